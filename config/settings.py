@@ -1,0 +1,371 @@
+"""Caducée settings: one TOML file, every key typed, defaulted and validated at start-up.
+
+Why a hand-written schema rather than a library: every error must be one line that names the key and
+the file (``caducee.toml: [limits] message_size: expected a size like "25MiB", got "big"``), the
+operator reads it at 3 a.m., and the whole schema stays readable in one screen per section.
+Relative paths are resolved against the directory holding the file, so a data directory can be moved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+ENV_VAR = "CADUCEE_CONFIG"
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased as the one line the operator will read."""
+
+
+class Size(int):
+    """A byte count written as ``25MiB``, ``512KiB``, ``10MB`` or a plain integer."""
+
+
+class Duration(float):
+    """Seconds written as ``30s``, ``30m``, ``12h``, ``5d`` or a plain number."""
+
+
+class FilePath(str):
+    """A filesystem path, resolved against the configuration file's directory."""
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_size(value: Any) -> int:
+    """Parse ``25MiB`` (binary and decimal units, case-insensitive) into bytes."""
+    if isinstance(value, bool):
+        raise ValueError('expected a size like "25MiB"')
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value)
+        if m and m.group(2).lower() in _SIZE_UNITS:
+            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    raise ValueError(f'expected a size like "25MiB", got {value!r}')
+
+
+def parse_duration(value: Any) -> float:
+    """Parse ``30m`` / ``12h`` / ``5d`` / a number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError('expected a duration like "30m"')
+    if isinstance(value, int | float) and value >= 0:
+        return float(value)
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    raise ValueError(f'expected a duration like "30m", got {value!r}')
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split ``127.0.0.1:2525`` or ``[::1]:2525`` into host and port."""
+    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", value)
+    if not m:
+        raise ValueError(f'expected "host:port", got {value!r}')
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range in {value!r}")
+    return host, port
+
+
+@dataclass
+class ServerSettings:
+    hostname: str = "localhost"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_grace: Duration = Duration(10)
+
+
+@dataclass
+class DatabaseSettings:
+    url: str = "sqlite+aiosqlite:///caducee.db"
+    pool_size: int = 10
+    echo: bool = False
+
+
+@dataclass
+class StorageSettings:
+    path: FilePath = FilePath("store")
+
+
+@dataclass
+class TLSSettings:
+    cert: FilePath = FilePath("tls/chain.pem")
+    key: FilePath = FilePath("tls/key.pem")
+    peer_ca: FilePath = FilePath("tls/peer-ca.pem")
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+
+@dataclass
+class SMTPSettings:
+    """The MTA that talks to the trust space (peer operators, mutual TLS)."""
+
+    listen: list[str] = field(default_factory=lambda: ["127.0.0.1:2525"])
+    require_client_cert: bool = True
+
+
+@dataclass
+class SubmissionSettings:
+    listen: list[str] = field(default_factory=lambda: ["127.0.0.1:2587"])
+    tls_listen: list[str] = field(default_factory=lambda: ["127.0.0.1:2465"])
+
+
+@dataclass
+class IMAPSettings:
+    listen: list[str] = field(default_factory=lambda: ["127.0.0.1:2143"])
+    tls_listen: list[str] = field(default_factory=lambda: ["127.0.0.1:2993"])
+
+
+@dataclass
+class PortalSettings:
+    listen: list[str] = field(default_factory=lambda: ["127.0.0.1:8080"])
+    secure_cookies: bool = True
+    session_lifetime: Duration = Duration(1800)
+
+
+@dataclass
+class LDAPSettings:
+    listen: list[str] = field(default_factory=list)
+    tls_listen: list[str] = field(default_factory=list)
+    base_dn: str = "ou=annuaire,dc=caducee"
+    size_limit: int = 200
+    time_limit: Duration = Duration(10)
+
+
+@dataclass
+class LimitsSettings:
+    """Every protective limit in one place; each one is also enforced by a test."""
+
+    message_size: Size = Size(25 * 1024**2)
+    connections_per_ip: int = 20
+    connections_per_user: int = 20
+    max_connections: int = 2000
+    smtp_line_length: Size = Size(4096)
+    imap_line_length: Size = Size(64 * 1024)
+    literal_size: Size = Size(25 * 1024**2)
+    recipients_per_message: int = 100
+    smtp_idle_timeout: Duration = Duration(300)
+    imap_idle_timeout: Duration = Duration(1800)
+    imap_command_timeout: Duration = Duration(1800)
+
+
+@dataclass
+class AuthSettings:
+    """Password hashing cost and lock-out. argon2id costs measured in README (login path, off-loop)."""
+
+    argon2_time_cost: int = 2
+    argon2_memory_kib: int = 19 * 1024
+    argon2_parallelism: int = 1
+    max_failures: int = 5
+    failure_window: Duration = Duration(900)
+    lockout: Duration = Duration(900)
+    max_failures_per_ip: int = 20
+
+
+@dataclass
+class DeliverySettings:
+    """Outbound queue to peer operators."""
+
+    routes: dict[str, str] = field(default_factory=dict)
+    retry_schedule: list[Duration] = field(
+        default_factory=lambda: [Duration(60), Duration(300), Duration(900), Duration(3600), Duration(14400)]
+    )
+    expire: Duration = Duration(5 * 86400)
+    workers: int = 4
+    connect_timeout: Duration = Duration(30)
+    dns_nameservers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrustSettings:
+    list: FilePath = FilePath("")
+    refresh: Duration = Duration(3600)
+
+
+@dataclass
+class SMIMESettings:
+    sign: Literal["always", "if-certificate", "never"] = "if-certificate"
+    encrypt: Literal["never", "if-certificate", "required"] = "never"
+    verify: bool = True
+    ca: FilePath = FilePath("")
+    crl: list[FilePath] = field(default_factory=list)
+    key_file: FilePath = FilePath("smime.key")
+
+
+@dataclass
+class QuotaSettings:
+    default_storage: Size = Size(1024**3)
+    default_messages: int = 0
+    warn_percent: list[int] = field(default_factory=lambda: [80, 95])
+
+
+@dataclass
+class Settings:
+    """The whole configuration; ``source`` is the file it came from (for messages), or None."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    tls: TLSSettings = field(default_factory=TLSSettings)
+    smtp: SMTPSettings = field(default_factory=SMTPSettings)
+    submission: SubmissionSettings = field(default_factory=SubmissionSettings)
+    imap: IMAPSettings = field(default_factory=IMAPSettings)
+    portal: PortalSettings = field(default_factory=PortalSettings)
+    ldap: LDAPSettings = field(default_factory=LDAPSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    trust: TrustSettings = field(default_factory=TrustSettings)
+    smime: SMIMESettings = field(default_factory=SMIMESettings)
+    quota: QuotaSettings = field(default_factory=QuotaSettings)
+    source: Path | None = None
+
+
+def _convert(value: Any, annotation: Any, base: Path, where: str) -> Any:
+    """Check and convert one TOML value to the annotated type; raise ValueError with the reason."""
+    origin = get_origin(annotation)
+    if annotation is Size:
+        return Size(parse_size(value))
+    if annotation is Duration:
+        return Duration(parse_duration(value))
+    if annotation is FilePath:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a path string, got {value!r}")
+        if not value:
+            return FilePath("")
+        p = Path(os.path.expanduser(value))
+        return FilePath(str(p if p.is_absolute() else (base / p)))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"expected a non-negative integer, got {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+        return value
+    if origin is Literal:
+        choices = get_args(annotation)
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+    if origin is list:
+        (item,) = get_args(annotation)
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list, got {value!r}")
+        return [_convert(v, item, base, where) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ValueError(f"expected a table of strings, got {value!r}")
+        return {str(k).lower(): v for k, v in value.items()}
+    raise ValueError(f"unsupported setting type {annotation!r}")  # a schema bug, not user input
+
+
+def _section_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def from_dict(data: dict[str, Any], source: Path | None = None) -> Settings:
+    """Build validated settings from parsed TOML; every problem raises ConfigError naming the key."""
+    name = str(source) if source else "<settings>"
+    base = source.parent if source else Path.cwd()
+    settings = Settings(source=source)
+    top = _section_types(Settings)
+    for section, values in data.items():
+        if section == "source" or section not in top:
+            raise ConfigError(f"{name}: unknown section [{section}]")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{name}: [{section}] must be a table")
+        cls = top[section]
+        hints = _section_types(cls)
+        current = getattr(settings, section)
+        for key, value in values.items():
+            if key not in hints:
+                raise ConfigError(f"{name}: [{section}] unknown key {key!r}")
+            try:
+                setattr(current, key, _convert(value, hints[key], base, f"{section}.{key}"))
+            except ValueError as exc:
+                raise ConfigError(f"{name}: [{section}] {key}: {exc}") from None
+    # Default relative paths are relative to the configuration file too.
+    for section in top:
+        if section == "source":
+            continue
+        obj = getattr(settings, section)
+        for f in dataclasses.fields(obj):
+            if _section_types(type(obj))[f.name] is FilePath and f.name not in data.get(section, {}):
+                setattr(obj, f.name, _convert(getattr(obj, f.name), FilePath, base, ""))
+    _check(settings, name)
+    return settings
+
+
+def _check(settings: Settings, name: str) -> None:
+    """Cross-field checks that a type alone cannot express."""
+    for section in ("smtp", "submission", "imap", "portal", "ldap"):
+        obj = getattr(settings, section)
+        for key in ("listen", "tls_listen"):
+            for addr in getattr(obj, key, []):
+                try:
+                    parse_listen(addr)
+                except ValueError as exc:
+                    raise ConfigError(f"{name}: [{section}] {key}: {exc}") from None
+    for domain, route in settings.delivery.routes.items():
+        try:
+            parse_listen(route)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: [delivery] routes.{domain}: {exc}") from None
+    url = settings.database.url
+    if not (url.startswith("sqlite+aiosqlite://") or url.startswith("postgresql+asyncpg://")):
+        raise ConfigError(
+            f"{name}: [database] url: expected sqlite+aiosqlite:///PATH or postgresql+asyncpg://…, got {url!r}"
+        )
+    if not all(0 < p < 100 for p in settings.quota.warn_percent):
+        raise ConfigError(f"{name}: [quota] warn_percent: each value must be between 1 and 99")
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Load the file named, else ``$CADUCEE_CONFIG``; a missing or malformed file is a ConfigError."""
+    chosen = path or os.environ.get(ENV_VAR)
+    if not chosen:
+        raise ConfigError(f"no configuration file: pass --config FILE or set {ENV_VAR}")
+    p = Path(chosen).expanduser().resolve()
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: configuration file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read configuration file: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    settings = from_dict(data, p)
+    url = settings.database.url
+    if url.startswith("sqlite+aiosqlite:///") and not url.startswith("sqlite+aiosqlite:////"):
+        rel = url.removeprefix("sqlite+aiosqlite:///")
+        if rel and rel != ":memory:":
+            settings.database.url = "sqlite+aiosqlite:///" + str(p.parent / rel)
+    return settings

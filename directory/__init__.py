@@ -1,0 +1,1 @@
+"""The national directory: professionals, structures, mailboxes and patients."""

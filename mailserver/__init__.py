@@ -1,0 +1,1 @@
+"""Caducée mail server: SMTP MTA and submission, IMAP, store, delivery, queue and portal."""

@@ -1,0 +1,194 @@
+"""Core tables: domains, mailboxes, credentials, folders, blobs, messages, audit.
+
+The schema itself is created and changed only by Alembic migrations (``alembic/versions``); these
+classes describe it for queries. Other concerns declare their tables on the same ``Base`` in their own
+module (``directory/models.py``, ``mailserver/queue/models.py``, ...).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class UTCDateTime(DateTime):
+    """Timezone-aware datetimes on both engines (SQLite stores naive values: we re-attach UTC)."""
+
+    cache_ok = True
+
+    def __init__(self) -> None:
+        super().__init__(timezone=True)
+
+    def result_processor(self, dialect, coltype):  # type: ignore[no-untyped-def]
+        parent = super().result_processor(dialect, coltype)
+
+        def process(value):  # type: ignore[no-untyped-def]
+            if parent is not None:
+                value = parent(value)
+            if value is not None and value.tzinfo is None:
+                value = value.replace(tzinfo=dt.UTC)
+            return value
+
+        return process
+
+
+MAILBOX_TYPES = ("PER", "ORG", "APP", "CAB", "PAT")
+
+
+class Domain(Base):
+    """A domain hosted here; a patient domain's mailboxes are addressed ``INS@domain``."""
+
+    __tablename__ = "domain"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(253), unique=True)
+    patients: Mapped[bool] = mapped_column(Boolean, default=False)
+    quota_storage: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    quota_messages: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Mailbox(Base):
+    """A mailbox (BAL): PER personal, ORG organisational, APP applicative, CAB practice, PAT patient."""
+
+    __tablename__ = "mailbox"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    address: Mapped[str] = mapped_column(String(320), unique=True)
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domain.id", ondelete="RESTRICT"), index=True)
+    type: Mapped[str] = mapped_column(String(3))
+    rpps: Mapped[str | None] = mapped_column(String(11), nullable=True, index=True)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    password_hash: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    accepts_patient_first: Mapped[bool] = mapped_column(Boolean, default=False)
+    quota_storage: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    quota_messages: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    used_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    used_messages: Mapped[int] = mapped_column(BigInteger, default=0)
+    quota_warned: Mapped[int] = mapped_column(Integer, default=0)
+    last_uidvalidity: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class SendAs(Base):
+    """``member`` may send as ``mailbox`` (an ORG mailbox shared by a service's staff)."""
+
+    __tablename__ = "send_as"
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailbox.id", ondelete="CASCADE"), primary_key=True)
+    member_id: Mapped[int] = mapped_column(ForeignKey("mailbox.id", ondelete="CASCADE"), primary_key=True)
+
+
+class AppPassword(Base):
+    """A per-device password: listed and revoked on its own, never shown again after creation."""
+
+    __tablename__ = "app_password"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailbox.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str] = mapped_column(String(100))
+    password_hash: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class AuthFailure(Base):
+    """Failure counter for one key (``mailbox:ADDRESS`` or ``ip:ADDRESS``), shared by every node."""
+
+    __tablename__ = "auth_failure"
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    window_start: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class Folder(Base):
+    """An IMAP mailbox (called a folder here, to keep "mailbox" for the account)."""
+
+    __tablename__ = "folder"
+    __table_args__ = (UniqueConstraint("mailbox_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailbox.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(1000))
+    special_use: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    uidnext: Mapped[int] = mapped_column(BigInteger, default=1)
+    highestmodseq: Mapped[int] = mapped_column(BigInteger, default=1)
+    subscribed: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Blob(Base):
+    """An immutable message file under the store, shared by reference count.
+
+    ``meta`` is the JSON made by ``mailserver.store.mime`` at delivery (envelope, body structure,
+    part offsets, header fields) so that IMAP never parses a message again to answer FETCH.
+    """
+
+    __tablename__ = "blob"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(String(200), unique=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    refcount: Mapped[int] = mapped_column(Integer, default=0)
+    meta: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Message(Base):
+    """One message in one folder: UID and MODSEQ per RFC 9051 / RFC 7162, flags as a sorted string."""
+
+    __tablename__ = "message"
+    __table_args__ = (
+        UniqueConstraint("folder_id", "uid", name="uq_message_folder_uid"),
+        Index("ix_message_folder_modseq", "folder_id", "modseq"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    folder_id: Mapped[int] = mapped_column(ForeignKey("folder.id", ondelete="CASCADE"))
+    uid: Mapped[int] = mapped_column(BigInteger)
+    modseq: Mapped[int] = mapped_column(BigInteger)
+    blob_id: Mapped[int] = mapped_column(ForeignKey("blob.id", ondelete="RESTRICT"), index=True)
+    flags: Mapped[str] = mapped_column(Text, default="")
+    internal_date: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    size: Mapped[int] = mapped_column(BigInteger)
+
+
+class Expunged(Base):
+    """A tombstone per expunged UID, for QRESYNC's VANISHED (RFC 7162 §3.2.10)."""
+
+    __tablename__ = "expunged"
+    __table_args__ = (Index("ix_expunged_folder_modseq", "folder_id", "modseq"),)
+    folder_id: Mapped[int] = mapped_column(ForeignKey("folder.id", ondelete="CASCADE"), primary_key=True)
+    uid: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    modseq: Mapped[int] = mapped_column(BigInteger)
+
+
+class AuditEvent(Base):
+    """Append-only trace: who, when, from where, what was asked, what was answered; never content."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = (Index("ix_audit_actor_at", "actor", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(400))
+    remote: Mapped[str] = mapped_column(String(100), default="")
+    action: Mapped[str] = mapped_column(String(40), index=True)
+    request: Mapped[str] = mapped_column(Text, default="")
+    response: Mapped[str] = mapped_column(Text, default="")

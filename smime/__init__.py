@@ -1,0 +1,1 @@
+"""S/MIME: signing, verification and encryption of messages (RFC 8551)."""
