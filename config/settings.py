@@ -15,7 +15,7 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 ENV_VAR = "CADUCEE_CONFIG"
 
@@ -24,16 +24,14 @@ class ConfigError(Exception):
     """A configuration problem, already phrased as the one line the operator will read."""
 
 
-class Size(int):
-    """A byte count written as ``25MiB``, ``512KiB``, ``10MB`` or a plain integer."""
+Size = Annotated[int, "size"]
+"""A byte count written as ``25MiB``, ``512KiB``, ``10MB`` or a plain integer."""
 
+Duration = Annotated[float, "duration"]
+"""Seconds written as ``30s``, ``30m``, ``12h``, ``5d`` or a plain number."""
 
-class Duration(float):
-    """Seconds written as ``30s``, ``30m``, ``12h``, ``5d`` or a plain number."""
-
-
-class FilePath(str):
-    """A filesystem path, resolved against the configuration file's directory."""
+FilePath = Annotated[str, "path"]
+"""A filesystem path, resolved against the configuration file's directory."""
 
 
 _SIZE_UNITS = {
@@ -94,7 +92,7 @@ def parse_listen(value: str) -> tuple[str, int]:
 class ServerSettings:
     hostname: str = "localhost"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    shutdown_grace: Duration = Duration(10)
+    shutdown_grace: Duration = 10
 
 
 @dataclass
@@ -106,14 +104,14 @@ class DatabaseSettings:
 
 @dataclass
 class StorageSettings:
-    path: FilePath = FilePath("store")
+    path: FilePath = "store"
 
 
 @dataclass
 class TLSSettings:
-    cert: FilePath = FilePath("tls/chain.pem")
-    key: FilePath = FilePath("tls/key.pem")
-    peer_ca: FilePath = FilePath("tls/peer-ca.pem")
+    cert: FilePath = "tls/chain.pem"
+    key: FilePath = "tls/key.pem"
+    peer_ca: FilePath = "tls/peer-ca.pem"
     min_version: Literal["1.2", "1.3"] = "1.2"
 
 
@@ -141,7 +139,7 @@ class IMAPSettings:
 class PortalSettings:
     listen: list[str] = field(default_factory=lambda: ["127.0.0.1:8080"])
     secure_cookies: bool = True
-    session_lifetime: Duration = Duration(1800)
+    session_lifetime: Duration = 1800
 
 
 @dataclass
@@ -150,24 +148,24 @@ class LDAPSettings:
     tls_listen: list[str] = field(default_factory=list)
     base_dn: str = "ou=annuaire,dc=caducee"
     size_limit: int = 200
-    time_limit: Duration = Duration(10)
+    time_limit: Duration = 10
 
 
 @dataclass
 class LimitsSettings:
     """Every protective limit in one place; each one is also enforced by a test."""
 
-    message_size: Size = Size(25 * 1024**2)
+    message_size: Size = 25 * 1024**2
     connections_per_ip: int = 20
     connections_per_user: int = 20
     max_connections: int = 2000
-    smtp_line_length: Size = Size(4096)
-    imap_line_length: Size = Size(64 * 1024)
-    literal_size: Size = Size(25 * 1024**2)
+    smtp_line_length: Size = 4096
+    imap_line_length: Size = 64 * 1024
+    literal_size: Size = 25 * 1024**2
     recipients_per_message: int = 100
-    smtp_idle_timeout: Duration = Duration(300)
-    imap_idle_timeout: Duration = Duration(1800)
-    imap_command_timeout: Duration = Duration(1800)
+    smtp_idle_timeout: Duration = 300
+    imap_idle_timeout: Duration = 1800
+    imap_command_timeout: Duration = 1800
 
 
 @dataclass
@@ -178,8 +176,8 @@ class AuthSettings:
     argon2_memory_kib: int = 19 * 1024
     argon2_parallelism: int = 1
     max_failures: int = 5
-    failure_window: Duration = Duration(900)
-    lockout: Duration = Duration(900)
+    failure_window: Duration = 900
+    lockout: Duration = 900
     max_failures_per_ip: int = 20
 
 
@@ -188,19 +186,17 @@ class DeliverySettings:
     """Outbound queue to peer operators."""
 
     routes: dict[str, str] = field(default_factory=dict)
-    retry_schedule: list[Duration] = field(
-        default_factory=lambda: [Duration(60), Duration(300), Duration(900), Duration(3600), Duration(14400)]
-    )
-    expire: Duration = Duration(5 * 86400)
+    retry_schedule: list[Duration] = field(default_factory=lambda: [60.0, 300.0, 900.0, 3600.0, 14400.0])
+    expire: Duration = 5 * 86400
     workers: int = 4
-    connect_timeout: Duration = Duration(30)
+    connect_timeout: Duration = 30
     dns_nameservers: list[str] = field(default_factory=list)
 
 
 @dataclass
 class TrustSettings:
-    list: FilePath = FilePath("")
-    refresh: Duration = Duration(3600)
+    list: FilePath = ""
+    refresh: Duration = 3600
 
 
 @dataclass
@@ -208,14 +204,14 @@ class SMIMESettings:
     sign: Literal["always", "if-certificate", "never"] = "if-certificate"
     encrypt: Literal["never", "if-certificate", "required"] = "never"
     verify: bool = True
-    ca: FilePath = FilePath("")
+    ca: FilePath = ""
     crl: list[FilePath] = field(default_factory=list)
-    key_file: FilePath = FilePath("smime.key")
+    key_file: FilePath = "smime.key"
 
 
 @dataclass
 class QuotaSettings:
-    default_storage: Size = Size(1024**3)
+    default_storage: Size = 1024**3
     default_messages: int = 0
     warn_percent: list[int] = field(default_factory=lambda: [80, 95])
 
@@ -242,20 +238,20 @@ class Settings:
     source: Path | None = None
 
 
-def _convert(value: Any, annotation: Any, base: Path, where: str) -> Any:
+def _convert(value: Any, annotation: Any, base: Path) -> Any:
     """Check and convert one TOML value to the annotated type; raise ValueError with the reason."""
     origin = get_origin(annotation)
-    if annotation is Size:
-        return Size(parse_size(value))
-    if annotation is Duration:
-        return Duration(parse_duration(value))
-    if annotation is FilePath:
+    if annotation == Size:
+        return parse_size(value)
+    if annotation == Duration:
+        return parse_duration(value)
+    if annotation == FilePath:
         if not isinstance(value, str):
             raise ValueError(f"expected a path string, got {value!r}")
         if not value:
-            return FilePath("")
+            return ""
         p = Path(os.path.expanduser(value))
-        return FilePath(str(p if p.is_absolute() else (base / p)))
+        return str(p if p.is_absolute() else (base / p))
     if annotation is bool:
         if not isinstance(value, bool):
             raise ValueError(f"expected true or false, got {value!r}")
@@ -277,7 +273,7 @@ def _convert(value: Any, annotation: Any, base: Path, where: str) -> Any:
         (item,) = get_args(annotation)
         if not isinstance(value, list):
             raise ValueError(f"expected a list, got {value!r}")
-        return [_convert(v, item, base, where) for v in value]
+        return [_convert(v, item, base) for v in value]
     if origin is dict:
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise ValueError(f"expected a table of strings, got {value!r}")
@@ -286,7 +282,7 @@ def _convert(value: Any, annotation: Any, base: Path, where: str) -> Any:
 
 
 def _section_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    return typing.get_type_hints(cls, include_extras=True)
 
 
 def from_dict(data: dict[str, Any], source: Path | None = None) -> Settings:
@@ -307,7 +303,7 @@ def from_dict(data: dict[str, Any], source: Path | None = None) -> Settings:
             if key not in hints:
                 raise ConfigError(f"{name}: [{section}] unknown key {key!r}")
             try:
-                setattr(current, key, _convert(value, hints[key], base, f"{section}.{key}"))
+                setattr(current, key, _convert(value, hints[key], base))
             except ValueError as exc:
                 raise ConfigError(f"{name}: [{section}] {key}: {exc}") from None
     # Default relative paths are relative to the configuration file too.
@@ -316,8 +312,8 @@ def from_dict(data: dict[str, Any], source: Path | None = None) -> Settings:
             continue
         obj = getattr(settings, section)
         for f in dataclasses.fields(obj):
-            if _section_types(type(obj))[f.name] is FilePath and f.name not in data.get(section, {}):
-                setattr(obj, f.name, _convert(getattr(obj, f.name), FilePath, base, ""))
+            if _section_types(type(obj))[f.name] == FilePath and f.name not in data.get(section, {}):
+                setattr(obj, f.name, _convert(getattr(obj, f.name), FilePath, base))
     _check(settings, name)
     return settings
 
@@ -340,7 +336,8 @@ def _check(settings: Settings, name: str) -> None:
     url = settings.database.url
     if not (url.startswith("sqlite+aiosqlite://") or url.startswith("postgresql+asyncpg://")):
         raise ConfigError(
-            f"{name}: [database] url: expected sqlite+aiosqlite:///PATH or postgresql+asyncpg://…, got {url!r}"
+            f"{name}: [database] url: expected sqlite+aiosqlite:///PATH"
+            f" or postgresql+asyncpg://…, got {url!r}"
         )
     if not all(0 < p < 100 for p in settings.quota.warn_percent):
         raise ConfigError(f"{name}: [quota] warn_percent: each value must be between 1 and 99")
