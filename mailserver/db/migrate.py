@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 from alembic.config import Config
@@ -13,6 +14,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from alembic import command
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "alembic"
+
+# Alembic narrates every step at INFO; the CLI and the server only want to hear about problems.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _config(url: str) -> Config:

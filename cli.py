@@ -1,0 +1,511 @@
+"""``caducee``: the administration command line. Each command calls a service function and prints.
+
+Errors are one line on stderr and a non-zero exit: 2 for configuration problems, 1 for refused
+requests. ``--json`` output is stable: keys are never renamed, only added.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import json
+import logging
+import secrets
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+
+import config
+from mailserver import accounts
+from mailserver.accounts import AccountError
+from mailserver.runtime import Runtime, open_runtime
+from mailserver.store.store import StoreError
+
+
+class CliState:
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+
+    def settings(self) -> config.Settings:
+        try:
+            return config.load(self.config_path)
+        except config.ConfigError as exc:
+            fail(str(exc), code=2)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"caducee: {message}", err=True)
+    sys.exit(code)
+
+
+def emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str, sort_keys=True))
+
+
+def with_runtime(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """Run an async command with the runtime; map refused requests and database trouble to clean errors."""
+
+    @click.pass_obj
+    @functools.wraps(fn)
+    def wrapper(state: CliState, *args: Any, **kwargs: Any) -> None:
+        settings = state.settings()
+
+        async def main() -> None:
+            async with open_runtime(settings) as rt:
+                await fn(rt, *args, **kwargs)
+
+        try:
+            asyncio.run(main())
+        except (AccountError, StoreError) as exc:
+            fail(str(exc))
+        except (OperationalError, ProgrammingError) as exc:
+            if "no such table" in str(exc) or "does not exist" in str(exc):
+                fail("the database is not initialised: run `caducee db upgrade`")
+            fail(f"database error: {exc.orig}")
+        except (DBAPIError, OSError) as exc:
+            fail(f"cannot reach the database or the store: {exc}")
+
+    return wrapper
+
+
+def read_password(from_stdin: bool) -> str | None:
+    if not from_stdin:
+        return None
+    line = sys.stdin.readline().rstrip("\r\n")
+    if not line:
+        fail("no password on standard input")
+    if len(line) < 8:
+        fail("a password needs at least 8 characters")
+    return line
+
+
+def parse_size_option(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return config.parse_size(value)
+    except ValueError as exc:
+        fail(f"--quota: {exc}")
+
+
+@click.group()
+@click.option(
+    "--config", "config_path", metavar="FILE", help="Configuration file (default: $CADUCEE_CONFIG)."
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
+    """Caducée: secure health messaging for the MSSanté trust space."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    ctx.obj = CliState(config_path)
+
+
+# ---------------------------------------------------------------------------------------------- init / db
+
+
+DEMO_RPPS = "10000000009"
+
+
+def _toml_config(data_dir: Path, hostname: str) -> str:
+    return f"""# Caducée configuration, written by `caducee init`. Every key is documented in README.md.
+[server]
+hostname = "{hostname}"
+
+[database]
+url = "sqlite+aiosqlite:///caducee.db"    # relative to this file; postgresql+asyncpg://… in production
+
+[storage]
+path = "store"
+
+[tls]
+cert = "tls/chain.pem"
+key = "tls/key.pem"
+peer_ca = "tls/peer-ca.pem"
+
+[smtp]
+listen = ["127.0.0.1:2525"]
+
+[submission]
+listen = ["127.0.0.1:2587"]
+tls_listen = ["127.0.0.1:2465"]
+
+[imap]
+listen = ["127.0.0.1:2143"]
+tls_listen = ["127.0.0.1:2993"]
+
+[portal]
+listen = ["127.0.0.1:8080"]
+
+[limits]
+message_size = "25MiB"
+"""
+
+
+@main.command()
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--domain", required=True, help="The first hosted domain (professionals).")
+@click.option("--patient-domain", help="A patient domain (mailboxes INS@domain).")
+@click.option("--hostname", help="Server host name (default: mx.DOMAIN).")
+@click.option(
+    "--demo-mailboxes", is_flag=True, help="Also create two demo mailboxes and print their passwords."
+)
+def init(
+    data_dir: Path, domain: str, patient_domain: str | None, hostname: str | None, demo_mailboxes: bool
+) -> None:
+    """Create a data directory: configuration, database, store, first-run TLS certificates."""
+    from mailserver.db import migrate
+    from mailserver.tls import make_first_run_certificates
+
+    data_dir = data_dir.resolve()
+    cfg_path = data_dir / "caducee.toml"
+    if cfg_path.exists():
+        fail(f"{cfg_path} already exists: this data directory is initialised")
+    try:
+        domain = accounts.validate_domain(domain)
+        patient_domain = accounts.validate_domain(patient_domain) if patient_domain else None
+    except AccountError as exc:
+        fail(str(exc))
+    hostname = hostname or f"mx.{domain}"
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        chain, key, ca = make_first_run_certificates(data_dir / "tls", hostname, domain)
+        cfg_path.write_text(_toml_config(data_dir, hostname), encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot write {data_dir}: {exc.strerror}")
+    settings = config.load(cfg_path)
+    migrate.upgrade(settings.database.url)
+    made: list[str] = [
+        f"configuration  {cfg_path}",
+        f"database       {settings.database.url}",
+        f"store          {settings.storage.path}",
+        f"certificate    {chain} (key {key}, CA {ca})",
+    ]
+
+    async def populate() -> None:
+        async with open_runtime(settings) as rt:
+            await asyncio.to_thread(rt.blobs.ensure)
+            await accounts.add_domain(rt, domain, patients=False)
+            made.append(f"domain         {domain}")
+            if patient_domain:
+                await accounts.add_domain(rt, patient_domain, patients=True)
+                made.append(f"patient domain {patient_domain}")
+            if demo_mailboxes:
+                for local, type_, extra in (
+                    ("dr.martin", "PER", {"rpps": DEMO_RPPS, "display_name": "Dr Martin"}),
+                    ("secretariat", "ORG", {"display_name": "Secrétariat"}),
+                ):
+                    password = secrets.token_urlsafe(12)
+                    mb = await accounts.add_mailbox(
+                        rt, f"{local}@{domain}", type_, password=password, **extra
+                    )
+                    made.append(f"mailbox        {mb.address} ({type_}) password: {password}")
+
+    try:
+        asyncio.run(populate())
+    except AccountError as exc:
+        fail(str(exc))
+    click.echo("Initialised Caducée in " + str(data_dir))
+    for line in made:
+        click.echo("  " + line)
+    click.echo(f"Run it with: caducee --config {cfg_path} serve")
+
+
+@main.group()
+def db() -> None:
+    """Database schema (Alembic migrations)."""
+
+
+@db.command("upgrade")
+@click.pass_obj
+def db_upgrade(state: CliState) -> None:
+    """Apply every pending migration."""
+    from mailserver.db import migrate
+
+    settings = state.settings()
+    try:
+        migrate.upgrade(settings.database.url)
+    except (OperationalError, DBAPIError, OSError) as exc:
+        fail(f"cannot migrate {settings.database.url}: {exc}")
+    click.echo("database schema is up to date: " + ", ".join(migrate.heads()))
+
+
+@db.command("current")
+@click.pass_obj
+def db_current(state: CliState) -> None:
+    """Show the schema revision of the database and of this code."""
+    from mailserver.db import migrate
+
+    settings = state.settings()
+    try:
+        current = asyncio.run(migrate.current(settings.database.url))
+    except (OperationalError, DBAPIError, OSError) as exc:
+        fail(f"cannot read {settings.database.url}: {exc}")
+    click.echo(f"database: {', '.join(current) or 'empty'}")
+    click.echo(f"code:     {', '.join(migrate.heads())}")
+
+
+# ---------------------------------------------------------------------------------------------- serve
+
+
+@main.command()
+@click.pass_obj
+def serve(state: CliState) -> None:
+    """Run every configured listener until SIGTERM or SIGINT."""
+    from mailserver import app
+
+    settings = state.settings()
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger().setLevel(settings.server.log_level.upper())
+    try:
+        asyncio.run(app.run(settings))
+    except app.SchemaOutOfDate as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot start: {exc}")
+
+
+# ---------------------------------------------------------------------------------------------- domains
+
+
+@main.group()
+def domain() -> None:
+    """Hosted domains."""
+
+
+@domain.command("add")
+@click.argument("name")
+@click.option("--patients", is_flag=True, help="A patient domain: mailboxes are INS@domain.")
+@with_runtime
+async def domain_add(rt: Runtime, name: str, patients: bool) -> None:
+    d = await accounts.add_domain(rt, name, patients)
+    click.echo(f"domain {d.name} added{' (patients)' if d.patients else ''}")
+
+
+@domain.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@with_runtime
+async def domain_list(rt: Runtime, as_json: bool) -> None:
+    domains = await accounts.list_domains(rt)
+    if as_json:
+        emit([{"name": d.name, "patients": d.patients, "quota_storage": d.quota_storage} for d in domains])
+        return
+    for d in domains:
+        click.echo(f"{d.name}{'  (patients)' if d.patients else ''}")
+
+
+# ---------------------------------------------------------------------------------------------- mailboxes
+
+
+@main.group()
+def mailbox() -> None:
+    """Mailboxes: creation, credentials, state."""
+
+
+@mailbox.command("add")
+@click.argument("address")
+@click.option("--type", "type_", required=True, type=click.Choice(["PER", "ORG", "APP", "CAB", "PAT"], False))
+@click.option("--rpps", help="RPPS identifier (11 digits) of a PER mailbox's professional.")
+@click.option("--name", "display_name", default="", help="Display name.")
+@click.option("--quota", help="Storage limit, e.g. 2GiB (default: the domain's or the server's).")
+@click.option("--accepts-patient-first", is_flag=True, help="ORG only: patients may write first (pharmacy).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@with_runtime
+async def mailbox_add(
+    rt: Runtime,
+    address: str,
+    type_: str,
+    rpps: str | None,
+    display_name: str,
+    quota: str | None,
+    accepts_patient_first: bool,
+    password_stdin: bool,
+) -> None:
+    password = read_password(password_stdin)
+    mb = await accounts.add_mailbox(
+        rt,
+        address,
+        type_,
+        rpps=rpps,
+        display_name=display_name,
+        password=password,
+        quota_storage=parse_size_option(quota),
+        accepts_patient_first=accepts_patient_first,
+    )
+    click.echo(f"mailbox {mb.address} ({mb.type}) added")
+
+
+@mailbox.command("list")
+@click.option("--domain", "domain_name")
+@click.option("--json", "as_json", is_flag=True)
+@with_runtime
+async def mailbox_list(rt: Runtime, domain_name: str | None, as_json: bool) -> None:
+    boxes = await accounts.list_mailboxes(rt, domain_name)
+    if as_json:
+        emit([m.as_dict() for m in boxes])
+        return
+    for m in boxes:
+        state = "" if m.enabled else "  [disabled]"
+        click.echo(f"{m.address:45} {m.type}  {m.used_messages:6} msgs {m.used_bytes:12} bytes{state}")
+
+
+@mailbox.command("show")
+@click.argument("address")
+@click.option("--json", "as_json", is_flag=True)
+@with_runtime
+async def mailbox_show(rt: Runtime, address: str, as_json: bool) -> None:
+    m = await accounts.get_mailbox(rt, address)
+    if as_json:
+        emit(m.as_dict())
+        return
+    for key, value in m.as_dict().items():
+        click.echo(f"{key:22} {value}")
+
+
+@mailbox.command("passwd")
+@click.argument("address")
+@click.option(
+    "--password-stdin", is_flag=True, required=True, help="Read the new password from standard input."
+)
+@with_runtime
+async def mailbox_passwd(rt: Runtime, address: str, password_stdin: bool) -> None:
+    m = await accounts.set_password(rt, address, read_password(password_stdin) or "")
+    click.echo(f"password of {m.address} changed")
+
+
+@mailbox.command("disable")
+@click.argument("address")
+@with_runtime
+async def mailbox_disable(rt: Runtime, address: str) -> None:
+    m = await accounts.set_enabled(rt, address, False)
+    click.echo(f"mailbox {m.address} disabled")
+
+
+@mailbox.command("enable")
+@click.argument("address")
+@with_runtime
+async def mailbox_enable(rt: Runtime, address: str) -> None:
+    m = await accounts.set_enabled(rt, address, True)
+    click.echo(f"mailbox {m.address} enabled")
+
+
+@mailbox.command("delete")
+@click.argument("address")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@with_runtime
+async def mailbox_delete(rt: Runtime, address: str, yes: bool) -> None:
+    if not yes and not click.confirm(f"Delete {address} and all its mail?", default=False):
+        fail("not deleted")
+    await accounts.delete_mailbox(rt, address)
+    click.echo(f"mailbox {address.lower()} deleted")
+
+
+@mailbox.command("send-as")
+@click.argument("member")
+@click.argument("org_address")
+@with_runtime
+async def mailbox_send_as(rt: Runtime, member: str, org_address: str) -> None:
+    """Let MEMBER send as the ORG mailbox ORG_ADDRESS."""
+    await accounts.grant_send_as(rt, org_address, member)
+    click.echo(f"{member.lower()} may send as {org_address.lower()}")
+
+
+@mailbox.group("app-password")
+def app_password() -> None:
+    """Per-device application passwords."""
+
+
+@app_password.command("add")
+@click.argument("address")
+@click.option("--label", required=True, help="The device, e.g. 'Thunderbird bureau'.")
+@with_runtime
+async def app_password_add(rt: Runtime, address: str, label: str) -> None:
+    app_id, secret = await accounts.add_app_password(rt, address, label)
+    click.echo(f"application password {app_id} for {label!r}: {secret}")
+    click.echo("It is shown only once.")
+
+
+@app_password.command("list")
+@click.argument("address")
+@click.option("--json", "as_json", is_flag=True)
+@with_runtime
+async def app_password_list(rt: Runtime, address: str, as_json: bool) -> None:
+    apps = await accounts.list_app_passwords(rt, address)
+    rows = [
+        {
+            "id": a.id,
+            "label": a.label,
+            "created_at": a.created_at.isoformat(),
+            "last_used_at": a.last_used_at.isoformat() if a.last_used_at else None,
+        }
+        for a in apps
+    ]
+    if as_json:
+        emit(rows)
+        return
+    for r in rows:
+        click.echo(
+            f"{r['id']:5}  {r['label']:30} created {r['created_at']}  last used {r['last_used_at'] or '-'}"
+        )
+
+
+@app_password.command("revoke")
+@click.argument("address")
+@click.argument("app_id", type=int)
+@with_runtime
+async def app_password_revoke(rt: Runtime, address: str, app_id: int) -> None:
+    await accounts.revoke_app_password(rt, address, app_id)
+    click.echo(f"application password {app_id} revoked")
+
+
+# ---------------------------------------------------------------------------------------------- audit
+
+
+def _parse_since(value: str | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        since = dt.datetime.fromisoformat(value)
+    except ValueError:
+        try:
+            since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=config.parse_duration(value))
+        except ValueError:
+            fail(f"--since: expected an ISO date (2026-11-22T08:00) or a duration (2h, 7d), got {value!r}")
+    return since if since.tzinfo else since.replace(tzinfo=dt.UTC)
+
+
+@main.group()
+def audit() -> None:
+    """The audit trail."""
+
+
+@audit.command("list")
+@click.option("--since", help="ISO date-time, or a duration back from now (30m, 2h, 7d).")
+@click.option("--mailbox", "actor", help="Only events of this mailbox (or peer, or admin).")
+@click.option("--action", help="Only this action (login, login-failure, send, receive, delete, admin, ...).")
+@click.option("--limit", type=click.IntRange(1, 100000), default=1000)
+@click.option("--json", "as_json", is_flag=True)
+@with_runtime
+async def audit_list(
+    rt: Runtime, since: str | None, actor: str | None, action: str | None, limit: int, as_json: bool
+) -> None:
+    events = await rt.audit.events(_parse_since(since), actor, action, limit)
+    if as_json:
+        emit([e.as_dict() for e in events])
+        return
+    for e in events:
+        click.echo(
+            f"{e.at.isoformat(timespec='seconds')}  {e.actor:35} {e.remote:15} {e.action:14} "
+            f"{e.request} -> {e.response}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,310 @@
+"""Hosted domains and mailboxes: creation, credentials, state. Called by the CLI (and later the API).
+
+Rules kept here, once: an address is validated by email-validator (any domain an administrator
+configures, ``.test`` included); a mailbox's type and address never change after creation (as in the
+national directory); a patient domain holds only ``PAT`` mailboxes addressed ``INS@domain`` with a
+valid INS; a ``PER`` mailbox carries a valid RPPS identifier.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import email_validator
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from directory.ins import InvalidINS, validate_ins
+from directory.rpps import InvalidRPPS, validate_rpps
+from mailserver.db.models import MAILBOX_TYPES, AppPassword, Domain, Mailbox, SendAs, utcnow
+from mailserver.runtime import Runtime
+
+
+class AccountError(Exception):
+    """A refused administrative request, phrased for the operator."""
+
+
+def validate_address(address: str) -> str:
+    """Normalise and validate an address (lower-case; syntax only, no DNS)."""
+    try:
+        info = email_validator.validate_email(
+            address.strip(), check_deliverability=False, test_environment=True, globally_deliverable=False
+        )
+    except email_validator.EmailNotValidError as exc:
+        raise AccountError(f"invalid address {address!r}: {exc}") from None
+    return info.normalized.lower()
+
+
+def validate_domain(name: str) -> str:
+    domain = name.strip().lower().rstrip(".")
+    validate_address(f"postmaster@{domain}")
+    return domain
+
+
+@dataclass(frozen=True)
+class MailboxView:
+    id: int
+    address: str
+    type: str
+    rpps: str | None
+    display_name: str
+    enabled: bool
+    quota_storage: int | None
+    quota_messages: int | None
+    used_bytes: int
+    used_messages: int
+    accepts_patient_first: bool
+    created_at: dt.datetime
+
+    def as_dict(self) -> dict[str, object]:
+        d = dict(self.__dict__)
+        d["created_at"] = self.created_at.isoformat()
+        return d
+
+
+def _view(m: Mailbox) -> MailboxView:
+    return MailboxView(
+        m.id,
+        m.address,
+        m.type,
+        m.rpps,
+        m.display_name,
+        m.enabled,
+        m.quota_storage,
+        m.quota_messages,
+        m.used_bytes,
+        m.used_messages,
+        m.accepts_patient_first,
+        m.created_at,
+    )
+
+
+async def add_domain(rt: Runtime, name: str, patients: bool) -> Domain:
+    domain = validate_domain(name)
+    try:
+        async with rt.db.write() as session:
+            d = Domain(name=domain, patients=patients, created_at=utcnow())
+            session.add(d)
+            await session.flush()
+            rt.audit.record_in(
+                session, "admin", "admin", "", f"domain add {domain} patients={patients}", "ok"
+            )
+            return d
+    except IntegrityError:
+        raise AccountError(f"domain {domain} already exists") from None
+
+
+async def list_domains(rt: Runtime) -> list[Domain]:
+    async with rt.db.read() as session:
+        return list((await session.execute(select(Domain).order_by(Domain.name))).scalars())
+
+
+async def find_mailbox(rt: Runtime, address: str) -> MailboxView | None:
+    async with rt.db.read() as session:
+        m = (
+            await session.execute(select(Mailbox).where(Mailbox.address == address.strip().lower()))
+        ).scalar_one_or_none()
+        return _view(m) if m else None
+
+
+async def get_mailbox(rt: Runtime, address: str) -> MailboxView:
+    m = await find_mailbox(rt, address)
+    if m is None:
+        raise AccountError(f"no mailbox {address.strip().lower()}")
+    return m
+
+
+async def add_mailbox(
+    rt: Runtime,
+    address: str,
+    type_: str,
+    *,
+    rpps: str | None = None,
+    display_name: str = "",
+    password: str | None = None,
+    quota_storage: int | None = None,
+    quota_messages: int | None = None,
+    accepts_patient_first: bool = False,
+) -> MailboxView:
+    """Create a mailbox with its default folders; every rule in the module docstring is checked first."""
+    type_ = type_.upper()
+    if type_ not in MAILBOX_TYPES:
+        raise AccountError(f"mailbox type must be one of {', '.join(MAILBOX_TYPES)}, got {type_!r}")
+    addr = validate_address(address)
+    local, _, domain_name = addr.rpartition("@")
+    if rpps is not None:
+        try:
+            rpps = validate_rpps(rpps)
+        except InvalidRPPS as exc:
+            raise AccountError(str(exc)) from None
+    if type_ == "PER" and rpps is None:
+        raise AccountError("a PER (personal) mailbox needs --rpps, the professional's RPPS identifier")
+    if accepts_patient_first and type_ != "ORG":
+        raise AccountError("only an ORG mailbox (a pharmacy) may accept a patient's first message")
+    password_hash = await rt.passwords.hash_async(password) if password else None
+    try:
+        async with rt.db.write() as session:
+            dom = (
+                await session.execute(select(Domain).where(Domain.name == domain_name))
+            ).scalar_one_or_none()
+            if dom is None:
+                raise AccountError(
+                    f"domain {domain_name} is not hosted here (caducee domain add {domain_name})"
+                )
+            if dom.patients != (type_ == "PAT"):
+                raise AccountError(
+                    f"{domain_name} is a patient domain: its mailboxes are of type PAT"
+                    if dom.patients
+                    else f"PAT mailboxes belong in a patient domain, and {domain_name} is not one"
+                )
+            if type_ == "PAT":
+                try:
+                    local = validate_ins(local)
+                except InvalidINS as exc:
+                    raise AccountError(f"a patient address is INS@domain: {exc}") from None
+                addr = f"{local.lower()}@{domain_name}"
+            mb = Mailbox(
+                address=addr,
+                domain_id=dom.id,
+                type=type_,
+                rpps=rpps,
+                display_name=display_name,
+                password_hash=password_hash,
+                enabled=True,
+                accepts_patient_first=accepts_patient_first,
+                quota_storage=quota_storage,
+                quota_messages=quota_messages,
+                used_bytes=0,
+                used_messages=0,
+                quota_warned=0,
+                last_uidvalidity=0,
+                created_at=utcnow(),
+            )
+            session.add(mb)
+            await session.flush()
+            await rt.store.create_default_folders(session, mb)
+            rt.audit.record_in(session, "admin", "admin", "", f"mailbox add {addr} type={type_}", "ok")
+            return _view(mb)
+    except IntegrityError:
+        raise AccountError(f"mailbox {addr} already exists") from None
+
+
+async def _update(rt: Runtime, address: str, what: str, **values: object) -> MailboxView:
+    addr = address.strip().lower()
+    async with rt.db.write() as session:
+        mb = (
+            await session.execute(select(Mailbox).where(Mailbox.address == addr).with_for_update())
+        ).scalar_one_or_none()
+        if mb is None:
+            raise AccountError(f"no mailbox {addr}")
+        for key, value in values.items():
+            setattr(mb, key, value)
+        rt.audit.record_in(session, "admin", "admin", "", f"mailbox {what} {addr}", "ok")
+        return _view(mb)
+
+
+async def set_password(rt: Runtime, address: str, password: str) -> MailboxView:
+    if len(password) < 8:
+        raise AccountError("a password needs at least 8 characters")
+    return await _update(rt, address, "passwd", password_hash=await rt.passwords.hash_async(password))
+
+
+async def set_enabled(rt: Runtime, address: str, enabled: bool) -> MailboxView:
+    return await _update(rt, address, "enable" if enabled else "disable", enabled=enabled)
+
+
+async def set_quota(rt: Runtime, address: str, storage: int | None, messages: int | None) -> MailboxView:
+    return await _update(
+        rt, address, f"quota {storage} {messages}", quota_storage=storage, quota_messages=messages
+    )
+
+
+async def delete_mailbox(rt: Runtime, address: str) -> None:
+    """Delete a mailbox and all its mail (blob files removed after the commit)."""
+    addr = address.strip().lower()
+    async with rt.db.write() as session:
+        mb = (await session.execute(select(Mailbox).where(Mailbox.address == addr))).scalar_one_or_none()
+        if mb is None:
+            raise AccountError(f"no mailbox {addr}")
+        paths = await rt.store.delete_mailbox_content(session, mb.id)
+        await session.execute(delete(AppPassword).where(AppPassword.mailbox_id == mb.id))
+        await session.execute(
+            delete(SendAs).where((SendAs.mailbox_id == mb.id) | (SendAs.member_id == mb.id))
+        )
+        await session.delete(mb)
+        rt.audit.record_in(session, "admin", "admin", "", f"mailbox delete {addr}", "ok")
+    for p in paths:
+        rt.blobs.remove(p)
+
+
+async def list_mailboxes(rt: Runtime, domain: str | None = None) -> list[MailboxView]:
+    q = select(Mailbox).order_by(Mailbox.address)
+    if domain:
+        q = q.join(Domain).where(Domain.name == domain.lower())
+    async with rt.db.read() as session:
+        return [_view(m) for m in (await session.execute(q)).scalars()]
+
+
+async def add_app_password(rt: Runtime, address: str, label: str) -> tuple[int, str]:
+    """Create an application password; the clear text is returned once and never stored."""
+    from mailserver.auth import generate_app_password
+
+    mb = await get_mailbox(rt, address)
+    secret = generate_app_password()
+    hashed = await rt.passwords.hash_async(secret)
+    async with rt.db.write() as session:
+        app = AppPassword(mailbox_id=mb.id, label=label, password_hash=hashed, created_at=utcnow())
+        session.add(app)
+        await session.flush()
+        rt.audit.record_in(session, "admin", "admin", "", f"app-password add {mb.address} {label!r}", "ok")
+        return app.id, secret
+
+
+async def list_app_passwords(rt: Runtime, address: str) -> list[AppPassword]:
+    mb = await get_mailbox(rt, address)
+    async with rt.db.read() as session:
+        q = select(AppPassword).where(AppPassword.mailbox_id == mb.id).order_by(AppPassword.id)
+        return list((await session.execute(q)).scalars())
+
+
+async def revoke_app_password(rt: Runtime, address: str, app_id: int) -> None:
+    mb = await get_mailbox(rt, address)
+    async with rt.db.write() as session:
+        result = await session.execute(
+            delete(AppPassword).where(AppPassword.id == app_id, AppPassword.mailbox_id == mb.id)
+        )
+        if result.rowcount == 0:
+            raise AccountError(f"{mb.address} has no application password {app_id}")
+        rt.audit.record_in(session, "admin", "admin", "", f"app-password revoke {mb.address} {app_id}", "ok")
+
+
+async def grant_send_as(rt: Runtime, org_address: str, member_address: str) -> None:
+    org, member = await get_mailbox(rt, org_address), await get_mailbox(rt, member_address)
+    if org.type != "ORG":
+        raise AccountError(f"{org.address} is not an ORG mailbox")
+    try:
+        async with rt.db.write() as session:
+            session.add(SendAs(mailbox_id=org.id, member_id=member.id))
+            rt.audit.record_in(
+                session, "admin", "admin", "", f"send-as {member.address} -> {org.address}", "ok"
+            )
+    except IntegrityError:
+        raise AccountError(f"{member.address} may already send as {org.address}") from None
+
+
+async def may_send_as(rt: Runtime, mailbox_id: int, address: str) -> bool:
+    """The authenticated mailbox may use ``address`` as sender: its own, or an ORG it was granted."""
+    addr = address.strip().lower()
+    async with rt.db.read() as session:
+        mb = await session.get(Mailbox, mailbox_id)
+        if mb is None:
+            return False
+        if mb.address == addr:
+            return True
+        q = (
+            select(Mailbox.id)
+            .join(SendAs, SendAs.mailbox_id == Mailbox.id)
+            .where(Mailbox.address == addr, SendAs.member_id == mailbox_id)
+        )
+        return (await session.execute(q)).first() is not None

@@ -1,0 +1,94 @@
+"""``caducee serve``: every configured listener in one asyncio process, with a clean shutdown.
+
+Each protocol module exposes ``async def start(rt: Runtime) -> list[Listener]``; the services are
+listed once in ``SERVICES``. On SIGTERM/SIGINT the process stops accepting, lets what is in flight finish
+(up to ``server.shutdown_grace`` seconds), closes the database and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import signal
+from typing import Protocol
+
+from config.settings import Settings
+from mailserver.db import migrate
+from mailserver.runtime import Runtime
+
+log = logging.getLogger("caducee")
+
+# Modules providing ``start(rt)``; a module whose settings list no address starts nothing.
+SERVICES: list[str] = []
+
+
+class Listener(Protocol):
+    service: str
+    address: str
+
+    async def close(self) -> None:
+        """Stop accepting, then wait for in-flight sessions to finish or be cut."""
+
+
+class SchemaOutOfDate(Exception):
+    pass
+
+
+def log_event(event: str, **fields: object) -> None:
+    """One structured (JSON) log line: what operators grep and what the tests wait for."""
+    log.info(json.dumps({"event": event, **fields}, separators=(",", ":"), default=str))
+
+
+async def check_schema(rt: Runtime) -> None:
+    current = set(await migrate.current(rt.settings.database.url))
+    expected = set(migrate.heads())
+    if current != expected:
+        raise SchemaOutOfDate(
+            f"database schema is at {sorted(current) or 'nothing'}, this version needs {sorted(expected)}: "
+            "run `caducee db upgrade`"
+        )
+
+
+async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Start everything, wait for a signal (or ``stop``), then shut down in order."""
+    rt = Runtime.build(settings)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    listeners: list[Listener] = []
+    background: list[asyncio.Task[None]] = []
+    try:
+        await check_schema(rt)
+        await asyncio.to_thread(rt.blobs.ensure)
+        if rt.db.kind == "postgresql":
+            dsn = settings.database.url.replace("postgresql+asyncpg://", "postgresql://")
+            background.append(asyncio.create_task(rt.notifier.listen_postgres(dsn)))
+        for module in SERVICES:
+            started = await importlib.import_module(module).start(rt)
+            for listener in started:
+                log_event("listening", service=listener.service, address=listener.address)
+            listeners.extend(started)
+        log_event("ready", hostname=settings.server.hostname, listeners=len(listeners))
+        await stop.wait()
+        log_event("stopping")
+    finally:
+        for listener in reversed(listeners):
+            try:
+                await asyncio.wait_for(listener.close(), settings.server.shutdown_grace)
+            except Exception as exc:
+                log.warning(
+                    "listener %s %s did not close cleanly: %s", listener.service, listener.address, exc
+                )
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await rt.close()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+    log_event("stopped")

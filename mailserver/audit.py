@@ -1,0 +1,100 @@
+"""The audit trail: one append-only table, written only through this module.
+
+Who (a mailbox address, a peer operator's domain, ``admin``), when, from where, what was asked and
+what was answered. Never message content: callers pass envelope facts and reply codes only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailserver.db.engine import Database
+from mailserver.db.models import AuditEvent, utcnow
+
+log = logging.getLogger("caducee.audit")
+
+_MAX = 2000
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    at: dt.datetime
+    actor: str
+    remote: str
+    action: str
+    request: str
+    response: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "at": self.at.isoformat(),
+            "actor": self.actor,
+            "remote": self.remote,
+            "action": self.action,
+            "request": self.request,
+            "response": self.response,
+        }
+
+
+def _row(actor: str, action: str, remote: str, request: str, response: str) -> AuditEvent:
+    return AuditEvent(
+        at=utcnow(),
+        actor=actor[:400],
+        remote=remote[:100],
+        action=action[:40],
+        request=request[:_MAX],
+        response=response[:_MAX],
+    )
+
+
+class Audit:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def record(
+        self, actor: str, action: str, remote: str = "", request: str = "", response: str = ""
+    ) -> None:
+        """Append one event in its own transaction (a failure to trace is logged, never hidden)."""
+        try:
+            async with self.db.write() as session:
+                session.add(_row(actor, action, remote, request, response))
+        except Exception:
+            log.exception("could not write audit event %s %s", actor, action)
+            raise
+
+    @staticmethod
+    def record_in(
+        session: AsyncSession,
+        actor: str,
+        action: str,
+        remote: str = "",
+        request: str = "",
+        response: str = "",
+    ) -> None:
+        """Append one event inside the caller's transaction (kept only if that transaction commits)."""
+        session.add(_row(actor, action, remote, request, response))
+
+    async def events(
+        self,
+        since: dt.datetime | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        limit: int = 1000,
+    ) -> list[Event]:
+        q = select(AuditEvent).order_by(AuditEvent.id)
+        if since is not None:
+            q = q.where(AuditEvent.at >= since)
+        if actor is not None:
+            q = q.where(AuditEvent.actor == actor.lower())
+        if action is not None:
+            q = q.where(AuditEvent.action == action)
+        async with self.db.read() as session:
+            rows = (await session.execute(q.limit(limit))).scalars()
+            return [Event(r.id, r.at, r.actor, r.remote, r.action, r.request, r.response) for r in rows]

@@ -1,0 +1,116 @@
+"""Two-phase delivery of one message, the same for every entry point (as maddy's delivery interface).
+
+    delivery = Delivery(rt, sender, source="mta:b.mssante.test", remote_addr="127.0.0.1")
+    delivery.add_local(target) / delivery.add_remote(target, ...)   # recipients, already checked by policy
+    await delivery.body(data)                                        # blob written and fsync'ed once
+    result = await delivery.commit()                                 # one transaction for everything
+    # or: await delivery.abort()
+
+``commit`` writes the message rows of every local recipient and, through the outbound queue's
+``enqueue`` hook, the queue rows of the remote ones in the same transaction, so an SMTP 250 sent after
+``commit`` returns means every recipient's copy is durable. One blob serves them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailserver.policy import LocalTarget, Refusal, RemoteTarget
+from mailserver.runtime import Runtime
+from mailserver.store.store import PreparedBlob
+
+# enqueue(session, blob_id, sender, remote recipients with their options) inside the commit transaction.
+EnqueueHook = Callable[[AsyncSession, int, str, list[tuple[RemoteTarget, dict[str, Any]]]], Awaitable[None]]
+
+
+@dataclass
+class DeliveryResult:
+    """What happened to each recipient: local UIDs, queued remote recipients, refusals."""
+
+    delivered: dict[str, int] = field(default_factory=dict)
+    queued: list[str] = field(default_factory=list)
+    refused: dict[str, Refusal] = field(default_factory=dict)
+    blob_id: int | None = None
+
+
+class Delivery:
+    def __init__(
+        self, rt: Runtime, sender: str, source: str, remote_addr: str = "", enqueue: EnqueueHook | None = None
+    ) -> None:
+        self.rt = rt
+        self.sender = sender
+        self.source = source
+        self.remote_addr = remote_addr
+        self.enqueue = enqueue
+        self.local: dict[int, LocalTarget] = {}
+        self.remote: list[tuple[RemoteTarget, dict[str, Any]]] = []
+        self.prepared: PreparedBlob | None = None
+        self.folder = "INBOX"
+        self.flags: tuple[str, ...] = ()
+
+    def add_local(self, target: LocalTarget) -> None:
+        self.local.setdefault(target.mailbox_id, target)
+
+    def add_remote(self, target: RemoteTarget, options: dict[str, Any] | None = None) -> None:
+        if self.enqueue is None:
+            raise Refusal(550, "5.7.1", f"<{target.address}>: relaying denied")
+        self.remote.append((target, options or {}))
+
+    @property
+    def recipient_count(self) -> int:
+        return len(self.local) + len(self.remote)
+
+    async def body(self, data: bytes) -> None:
+        """Write the message once, durably, and parse it once; nothing is visible before commit."""
+        if self.prepared is not None:
+            raise RuntimeError("body() called twice for one delivery")
+        self.prepared = await self.rt.store.prepare(data)
+
+    async def commit(self) -> DeliveryResult:
+        if self.prepared is None:
+            raise RuntimeError("commit() before body()")
+        prepared, self.prepared = self.prepared, None
+        remote = list(self.remote)
+        enqueue = self.enqueue
+
+        async def in_transaction(session: AsyncSession, blob_id: int) -> None:
+            if remote and enqueue is not None:
+                await enqueue(session, blob_id, self.sender, remote)
+
+        stored = await self.rt.store.deliver(
+            prepared,
+            list(self.local),
+            folder=self.folder,
+            flags=self.flags,
+            extra_refs=1 if remote else 0,
+            in_transaction=in_transaction,
+        )
+        result = DeliveryResult(blob_id=stored.blob_id, queued=[t.address for t, _ in remote])
+        for mailbox_id, target in self.local.items():
+            if mailbox_id in stored.uids:
+                result.delivered[target.address] = stored.uids[mailbox_id]
+            else:
+                result.refused[target.address] = Refusal(452, "4.2.2", f"<{target.address}>: mailbox full")
+        for address, uid in result.delivered.items():
+            await self.rt.audit.record(
+                address,
+                "receive",
+                self.remote_addr,
+                f"from <{self.sender}> via {self.source}",
+                f"delivered uid {uid}",
+            )
+        for address, refusal in result.refused.items():
+            await self.rt.audit.record(
+                address, "receive", self.remote_addr, f"from <{self.sender}> via {self.source}", refusal.smtp
+            )
+        return result
+
+    async def abort(self) -> None:
+        """Forget the delivery; a blob already written is removed (no row ever referenced it)."""
+        if self.prepared is not None:
+            prepared, self.prepared = self.prepared, None
+            await self.rt.store.discard(prepared)

@@ -1,0 +1,84 @@
+"""Who may send what to whom: the rules SMTP (MTA and submission), IMAP APPEND and the portal share.
+
+Plain functions over data read from the database; each refusal is a ``Refusal`` carrying the SMTP
+reply (code, enhanced status code, text) that the protocols translate for their own clients.
+Never an open relay: a recipient outside the hosted domains is only ever accepted for an
+authenticated sender, and only towards the trust space (see ``route_recipient``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailserver.db.models import Domain, Mailbox
+
+
+class Refusal(Exception):
+    """A refused envelope step, with the reply to give (RFC 5321 code + RFC 3463 enhanced code)."""
+
+    def __init__(self, code: int, enhanced: str, text: str) -> None:
+        super().__init__(f"{code} {enhanced} {text}")
+        self.code = code
+        self.enhanced = enhanced
+        self.text = text
+
+    @property
+    def smtp(self) -> str:
+        return f"{self.code} {self.enhanced} {self.text}"
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+
+@dataclass(frozen=True)
+class LocalTarget:
+    """A hosted, enabled mailbox."""
+
+    address: str
+    mailbox_id: int
+    type: str
+
+
+@dataclass(frozen=True)
+class RemoteTarget:
+    """A mailbox at a peer operator of the trust space, reached through the outbound queue."""
+
+    address: str
+    domain: str
+
+
+def split_address(address: str) -> tuple[str, str]:
+    """(local part, lower-case domain); refuses what no hosted mailbox could ever be (relay tricks).
+
+    The classic relay battery (``user%other@``, ``"user@other"@``, source routes ``@a:u@b``, ``!`` paths)
+    never names a local mailbox here: such local parts are refused outright rather than interpreted.
+    """
+    addr = address.strip()
+    if addr.startswith("@") or addr.count("@") != 1:
+        raise Refusal(550, "5.7.1", f"<{address}>: relaying denied (source routes and quoted @ are refused)")
+    local, domain = addr.rsplit("@", 1)
+    if not local or not domain or any(c in local for c in '%!"\\ ') or local.startswith(".") or ".." in local:
+        raise Refusal(550, "5.7.1", f"<{address}>: relaying denied (address form not accepted)")
+    return local, domain.lower().rstrip(".")
+
+
+async def hosted_domain(session: AsyncSession, domain: str) -> Domain | None:
+    return (await session.execute(select(Domain).where(Domain.name == domain))).scalar_one_or_none()
+
+
+async def local_recipient(session: AsyncSession, address: str) -> LocalTarget | None:
+    """The local target for ``address``, None when its domain is not hosted here; Refusal when unknown."""
+    local, domain = split_address(address)
+    if await hosted_domain(session, domain) is None:
+        return None
+    addr = f"{local.lower()}@{domain}"
+    mb = (await session.execute(select(Mailbox).where(Mailbox.address == addr))).scalar_one_or_none()
+    if mb is None:
+        raise Refusal(550, "5.1.1", f"<{addr}>: no such mailbox here")
+    if not mb.enabled:
+        raise Refusal(550, "5.2.1", f"<{addr}>: mailbox disabled")
+    return LocalTarget(addr, mb.id, mb.type)

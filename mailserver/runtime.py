@@ -1,0 +1,52 @@
+"""The services of one process, built once from the settings and shared by every listener and command."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from config.settings import Settings
+from mailserver.audit import Audit
+from mailserver.auth import Authenticator, Passwords
+from mailserver.db.engine import Database
+from mailserver.store.blobs import BlobStore
+from mailserver.store.notify import Notifier
+from mailserver.store.store import Store
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    blobs: BlobStore
+    notifier: Notifier
+    store: Store
+    audit: Audit
+    passwords: Passwords
+    auth: Authenticator
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        db = Database(
+            settings.database.url, echo=settings.database.echo, pool_size=settings.database.pool_size
+        )
+        blobs = BlobStore(settings.storage.path)
+        notifier = Notifier()
+        store = Store(db, blobs, notifier, settings.quota.default_storage, settings.quota.default_messages)
+        audit = Audit(db)
+        passwords = Passwords(settings.auth)
+        auth = Authenticator(db, settings.auth, audit, passwords)
+        return cls(settings, db, blobs, notifier, store, audit, passwords, auth)
+
+    async def close(self) -> None:
+        await self.db.close()
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    rt = Runtime.build(settings)
+    try:
+        yield rt
+    finally:
+        await rt.close()

@@ -1,0 +1,88 @@
+"""Write-once message files under ``storage.path``.
+
+Invariants:
+- A blob file is complete and fsync'ed, and its directory entry fsync'ed, before ``write`` returns,
+  so a database row can only ever point to a file that survives a crash.
+- Files are named by a random identifier, never by content: a blob being deleted (refcount reached
+  zero) can never be the one a concurrent delivery is about to reference.
+- A crash between ``write`` and the commit of the row leaves an orphan file, never a dangling row;
+  ``orphans()`` lists such files for ``caducee store gc``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class WrittenBlob:
+    path: str
+    size: int
+    sha256: str
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BlobStore:
+    """Files of the message store; blocking I/O, so callers run these methods in a thread."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.tmp = self.root / "tmp"
+
+    def ensure(self) -> None:
+        """Create the store's directories (idempotent)."""
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        _fsync_dir(self.root)
+
+    def write(self, data: bytes) -> WrittenBlob:
+        """Write ``data`` durably and return its relative path; the caller then commits the row."""
+        name = uuid.uuid4().hex
+        rel = f"{name[:2]}/{name[2:4]}/{name}"
+        final = self.root / rel
+        tmp = self.tmp / name
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        parent = final.parent
+        if not parent.is_dir():
+            parent.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(parent.parent)
+            _fsync_dir(parent.parent.parent)
+        os.replace(tmp, final)
+        _fsync_dir(parent)
+        return WrittenBlob(rel, len(data), hashlib.sha256(data).hexdigest())
+
+    def read(self, rel: str) -> bytes:
+        return (self.root / rel).read_bytes()
+
+    def exists(self, rel: str) -> bool:
+        return (self.root / rel).is_file()
+
+    def remove(self, rel: str) -> None:
+        """Delete a blob whose last reference is committed away; a missing file is not an error."""
+        try:
+            os.unlink(self.root / rel)
+        except FileNotFoundError:
+            return
+
+    def all_paths(self) -> Iterator[str]:
+        """Every blob file's relative path (for garbage collection and checks)."""
+        for dirpath, _dirs, files in os.walk(self.root):
+            d = Path(dirpath)
+            if d == self.tmp:
+                continue
+            for f in files:
+                yield str((d / f).relative_to(self.root))

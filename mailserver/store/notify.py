@@ -1,0 +1,74 @@
+"""Change notification: wakes IMAP sessions (IDLE, NOOP) and portals after a commit.
+
+A notification only says "folder F of mailbox M changed"; listeners then ask the store what changed
+since the MODSEQ they know, so a lost or merged wake-up can never lose a change. On PostgreSQL the
+store also issues ``NOTIFY caducee_changes`` inside the committing transaction (delivered only if it
+commits), and every node, this one included, relays what it hears to its local listeners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "caducee_changes"
+
+Listener = Callable[[int, int | None], None]
+
+
+class Notifier:
+    """In-process publish/subscribe keyed by mailbox id."""
+
+    def __init__(self) -> None:
+        self._listeners: dict[int, set[Listener]] = defaultdict(set)
+        self._pg_task: asyncio.Task[None] | None = None
+
+    def subscribe(self, mailbox_id: int, listener: Listener) -> Callable[[], None]:
+        """Register ``listener(mailbox_id, folder_id)``; returns the function that unsubscribes."""
+        self._listeners[mailbox_id].add(listener)
+
+        def unsubscribe() -> None:
+            self._listeners[mailbox_id].discard(listener)
+            if not self._listeners[mailbox_id]:
+                self._listeners.pop(mailbox_id, None)
+
+        return unsubscribe
+
+    def publish(self, mailbox_id: int, folder_id: int | None) -> None:
+        """Call every listener of the mailbox (folder None means the folder list changed)."""
+        for listener in list(self._listeners.get(mailbox_id, ())):
+            try:
+                listener(mailbox_id, folder_id)
+            except Exception:
+                log.exception("change listener failed")
+
+    async def listen_postgres(self, dsn: str) -> None:
+        """Relay NOTIFY messages from every node to local listeners until cancelled."""
+        import asyncpg
+
+        def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+            mailbox, _, folder = payload.partition(":")
+            self.publish(int(mailbox), int(folder) if folder else None)
+
+        while True:
+            conn = None
+            try:
+                lost = asyncio.Event()
+                conn = await asyncpg.connect(dsn)
+                conn.add_termination_listener(lambda _conn, ev=lost: ev.set())
+                await conn.add_listener(CHANNEL, on_notify)
+                await lost.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("change listener lost its PostgreSQL connection: %s", exc)
+                await asyncio.sleep(1)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()

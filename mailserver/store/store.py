@@ -1,0 +1,785 @@
+"""The message store: the only code that writes folders, messages, blobs and usage counters.
+
+SMTP delivery, IMAP, the portal, the queue and the quota tools all go through this API.
+
+Invariants (each one has a test in tests/store/):
+- Nothing is acknowledged before it is durable: blob files are fsync'ed (``BlobStore.write``) before the
+  transaction that references them commits, and callers answer the client only after these methods return.
+- A UID is assigned from ``folder.uidnext`` inside the write transaction and is never reused while the
+  folder keeps its UIDVALIDITY; every change to a message or folder raises ``folder.highestmodseq``
+  and stamps the changed messages with it (RFC 7162). Expunged UIDs leave a tombstone for VANISHED.
+- Usage (``mailbox.used_bytes`` / ``used_messages``) changes in the same transaction as the rows it
+  counts. A blob is counted once per mailbox that holds it, however many folders hold a copy.
+- The mailbox row is locked first (then folders) in every write, so concurrent writers to one mailbox
+  serialise on both engines and a quota can never be overrun by a race.
+- Change notifications are published only after commit (NOTIFY inside the transaction on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Literal
+
+from sqlalchemy import delete, exists, func, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailserver import quota
+from mailserver.db.engine import Database
+from mailserver.db.models import Blob, Domain, Expunged, Folder, Mailbox, Message, utcnow
+from mailserver.store import mime
+from mailserver.store.blobs import BlobStore, WrittenBlob
+from mailserver.store.notify import CHANNEL, Notifier
+
+DEFAULT_FOLDERS: tuple[tuple[str, str | None], ...] = (
+    ("INBOX", None),
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+    ("Archive", "\\Archive"),
+)
+SEPARATOR = "/"
+SYSTEM_FLAGS = frozenset({"\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"})
+
+
+class StoreError(Exception):
+    """A refused store operation; ``code`` is a stable reason the protocols map to their replies."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class FolderNotFound(StoreError):
+    def __init__(self, name: str) -> None:
+        super().__init__("NONEXISTENT", f"no folder named {name!r}")
+
+
+class FolderExists(StoreError):
+    def __init__(self, name: str) -> None:
+        super().__init__("ALREADYEXISTS", f"a folder named {name!r} already exists")
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    id: int
+    mailbox_id: int
+    name: str
+    special_use: str | None
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    subscribed: bool
+
+
+@dataclass(frozen=True)
+class MessageInfo:
+    uid: int
+    modseq: int
+    flags: frozenset[str]
+    size: int
+    internal_date: dt.datetime
+    blob_id: int
+
+
+@dataclass(frozen=True)
+class PreparedBlob:
+    """A blob file already durable on disk plus its parsed structure, not yet referenced by any row."""
+
+    written: WrittenBlob
+    meta: dict[str, Any]
+
+
+@dataclass
+class DeliveryResult:
+    """Per-mailbox outcome of one delivery: the UID, or the quota resource that refused it."""
+
+    uids: dict[int, int] = field(default_factory=dict)
+    over_quota: dict[int, str] = field(default_factory=dict)
+    blob_id: int | None = None
+
+
+@dataclass(frozen=True)
+class FlagChange:
+    changed: list[MessageInfo]
+    modified: list[int]
+
+
+def flags_to_text(flags: Iterable[str]) -> str:
+    return " ".join(sorted(set(flags)))
+
+
+def flags_from_text(value: str) -> frozenset[str]:
+    return frozenset(value.split()) if value else frozenset()
+
+
+def normalize_folder(name: str) -> str:
+    """INBOX is case-insensitive (RFC 9051 §5.1); other names are kept as given, trailing ``/`` dropped."""
+    name = name.rstrip(SEPARATOR)
+    head, sep, rest = name.partition(SEPARATOR)
+    if head.upper() == "INBOX":
+        return "INBOX" + sep + rest
+    return name
+
+
+def _info(m: Message) -> MessageInfo:
+    return MessageInfo(m.uid, m.modseq, flags_from_text(m.flags), m.size, m.internal_date, m.blob_id)
+
+
+def _folder_info(f: Folder) -> FolderInfo:
+    return FolderInfo(
+        f.id, f.mailbox_id, f.name, f.special_use, f.uidvalidity, f.uidnext, f.highestmodseq, f.subscribed
+    )
+
+
+@lru_cache(maxsize=4096)
+def _meta_cached(blob_id: int, meta: str) -> dict[str, Any]:
+    return json.loads(meta)
+
+
+class Store:
+    """Folders, messages and usage of every mailbox; see the module docstring for the invariants."""
+
+    def __init__(
+        self, db: Database, blobs: BlobStore, notifier: Notifier, default_storage: int, default_messages: int
+    ) -> None:
+        self.db = db
+        self.blobs = blobs
+        self.notifier = notifier
+        self.default_storage = default_storage
+        self.default_messages = default_messages
+
+    # ----------------------------------------------------------------- transactions and notification
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[tuple[AsyncSession, set[tuple[int, int | None]]]]:
+        """A write transaction that publishes the (mailbox, folder) pairs it changed after commit."""
+        changed: set[tuple[int, int | None]] = set()
+        async with self.db.write() as session:
+            yield session, changed
+            if self.db.kind == "postgresql":
+                for mailbox_id, folder_id in changed:
+                    payload = f"{mailbox_id}:{folder_id if folder_id is not None else ''}"
+                    await session.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": payload})
+        if self.db.kind != "postgresql":
+            for mailbox_id, folder_id in changed:
+                self.notifier.publish(mailbox_id, folder_id)
+
+    async def _lock_mailbox(self, session: AsyncSession, mailbox_id: int) -> Mailbox:
+        mb = (
+            await session.execute(select(Mailbox).where(Mailbox.id == mailbox_id).with_for_update())
+        ).scalar_one_or_none()
+        if mb is None:
+            raise StoreError("NONEXISTENT", f"no mailbox with id {mailbox_id}")
+        return mb
+
+    async def _folder(self, session: AsyncSession, mailbox_id: int, name: str, lock: bool = False) -> Folder:
+        q = select(Folder).where(Folder.mailbox_id == mailbox_id, Folder.name == normalize_folder(name))
+        if lock:
+            q = q.with_for_update()
+        f = (await session.execute(q)).scalar_one_or_none()
+        if f is None:
+            raise FolderNotFound(name)
+        return f
+
+    async def _folder_by_id(self, session: AsyncSession, folder_id: int, lock: bool = False) -> Folder:
+        q = select(Folder).where(Folder.id == folder_id)
+        if lock:
+            q = q.with_for_update()
+        f = (await session.execute(q)).scalar_one_or_none()
+        if f is None:
+            raise StoreError("NONEXISTENT", "the folder no longer exists")
+        return f
+
+    async def _bump(self, session: AsyncSession, folder: Folder, new_uids: int = 0) -> tuple[int, int]:
+        """Raise the folder's HIGHESTMODSEQ (and reserve ``new_uids`` UIDs); returns (first uid, modseq)."""
+        first_uid = folder.uidnext
+        folder.uidnext += new_uids
+        folder.highestmodseq += 1
+        await session.flush()
+        return first_uid, folder.highestmodseq
+
+    # ----------------------------------------------------------------- usage accounting
+
+    async def limits(self, session: AsyncSession, mb: Mailbox) -> quota.Limits:
+        dom = await session.get(Domain, mb.domain_id)
+        return quota.effective_limits(
+            mb.quota_storage,
+            mb.quota_messages,
+            dom.quota_storage if dom else None,
+            dom.quota_messages if dom else None,
+            self.default_storage,
+            self.default_messages,
+        )
+
+    async def _holds_blob(self, session: AsyncSession, mailbox_id: int, blob_id: int) -> bool:
+        q = select(
+            exists().where(
+                Message.blob_id == blob_id, Message.folder_id == Folder.id, Folder.mailbox_id == mailbox_id
+            )
+        )
+        return bool((await session.execute(q)).scalar())
+
+    async def _charge(
+        self, session: AsyncSession, mb: Mailbox, blobs: Sequence[tuple[int, int]], check: bool = True
+    ) -> None:
+        """Count ``blobs`` ((blob id, size) about to be added to ``mb``) against its usage and quota."""
+        new_bytes = 0
+        seen: set[int] = set()
+        for blob_id, size in blobs:
+            if blob_id in seen:
+                continue
+            seen.add(blob_id)
+            if not await self._holds_blob(session, mb.id, blob_id):
+                new_bytes += size
+        if check:
+            resource = quota.exceeded(
+                quota.Usage(mb.used_bytes, mb.used_messages),
+                await self.limits(session, mb),
+                new_bytes,
+                len(blobs),
+            )
+            if resource:
+                raise quota.OverQuota(mb.address, resource)
+        mb.used_bytes += new_bytes
+        mb.used_messages += len(blobs)
+
+    async def _release(self, session: AsyncSession, mb: Mailbox, removed: Sequence[Message]) -> list[str]:
+        """Account for rows already deleted from ``mb``; drop unreferenced blobs. Returns files to delete."""
+        mb.used_messages -= len(removed)
+        to_delete: list[str] = []
+        for blob_id in {m.blob_id for m in removed}:
+            count = sum(1 for m in removed if m.blob_id == blob_id)
+            blob = await session.get(Blob, blob_id, with_for_update=True)
+            if blob is None:
+                continue
+            if not await self._holds_blob(session, mb.id, blob_id):
+                mb.used_bytes -= blob.size
+            blob.refcount -= count
+            if blob.refcount <= 0:
+                to_delete.append(blob.path)
+                await session.delete(blob)
+        await session.flush()
+        return to_delete
+
+    async def _remove_files(self, paths: list[str]) -> None:
+        if paths:
+            await asyncio.to_thread(lambda: [self.blobs.remove(p) for p in paths])
+
+    # ----------------------------------------------------------------- blobs
+
+    async def prepare(self, data: bytes) -> PreparedBlob:
+        """Write ``data`` durably and analyse it once (off the event loop); not yet visible to anyone."""
+
+        def work() -> PreparedBlob:
+            meta = mime.analyze(data)
+            return PreparedBlob(self.blobs.write(data), meta)
+
+        return await asyncio.to_thread(work)
+
+    async def discard(self, prepared: PreparedBlob) -> None:
+        """Remove a prepared blob that no row references (an aborted delivery)."""
+        await asyncio.to_thread(self.blobs.remove, prepared.written.path)
+
+    async def _insert_blob(self, session: AsyncSession, prepared: PreparedBlob, refs: int) -> int:
+        w = prepared.written
+        result = await session.execute(
+            insert(Blob)
+            .values(
+                path=w.path,
+                size=w.size,
+                sha256=w.sha256,
+                refcount=refs,
+                meta=json.dumps(prepared.meta, separators=(",", ":")),
+                created_at=utcnow(),
+            )
+            .returning(Blob.id)
+        )
+        return int(result.scalar_one())
+
+    async def add_blob_refs(self, session: AsyncSession, blob_id: int, count: int) -> None:
+        """Other owners of a blob (the outbound queue) take references inside the caller's transaction."""
+        await session.execute(update(Blob).where(Blob.id == blob_id).values(refcount=Blob.refcount + count))
+
+    async def release_blob_ref(self, blob_id: int) -> None:
+        """Drop one reference held outside folders (a finished queue entry)."""
+        path = None
+        async with self.db.write() as session:
+            blob = await session.get(Blob, blob_id, with_for_update=True)
+            if blob is None:
+                return
+            blob.refcount -= 1
+            if blob.refcount <= 0:
+                path = blob.path
+                await session.delete(blob)
+        if path:
+            await self._remove_files([path])
+
+    async def read_blob(self, blob_id: int) -> bytes:
+        async with self.db.read() as session:
+            path = (await session.execute(select(Blob.path).where(Blob.id == blob_id))).scalar_one()
+        return await asyncio.to_thread(self.blobs.read, path)
+
+    async def blob_meta(self, blob_id: int) -> dict[str, Any]:
+        """The analysis made at delivery (envelope, body structure, offsets, header fields)."""
+        async with self.db.read() as session:
+            meta = (await session.execute(select(Blob.meta).where(Blob.id == blob_id))).scalar_one()
+        return _meta_cached(blob_id, meta)
+
+    async def blob_metas(self, blob_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        ids = list(set(blob_ids))
+        out: dict[int, dict[str, Any]] = {}
+        async with self.db.read() as session:
+            for i in range(0, len(ids), 500):
+                rows = await session.execute(select(Blob.id, Blob.meta).where(Blob.id.in_(ids[i : i + 500])))
+                for blob_id, meta in rows:
+                    out[blob_id] = _meta_cached(blob_id, meta)
+        return out
+
+    # ----------------------------------------------------------------- delivery (SMTP, portal)
+
+    async def deliver(
+        self,
+        prepared: PreparedBlob,
+        mailbox_ids: Sequence[int],
+        folder: str = "INBOX",
+        flags: Iterable[str] = (),
+        extra_refs: int = 0,
+        in_transaction: Any = None,
+    ) -> DeliveryResult:
+        """Put one durable blob into ``folder`` of each mailbox, in one transaction.
+
+        A mailbox over quota is refused alone (``over_quota``), the others still receive the message.
+        ``extra_refs`` references are kept for other owners (outbound queue entries) and
+        ``in_transaction(session, blob_id)`` lets them write their rows in the same commit.
+        The blob file is removed if, in the end, nothing references it.
+        """
+        result = DeliveryResult()
+        flag_text = flags_to_text(flags)
+        now = utcnow()
+        try:
+            async with self._write() as (session, changed):
+                accepted: list[tuple[Mailbox, Folder]] = []
+                blob_id = await self._insert_blob(session, prepared, 0)
+                for mailbox_id in sorted(set(mailbox_ids)):
+                    mb = await self._lock_mailbox(session, mailbox_id)
+                    try:
+                        await self._charge(session, mb, [(blob_id, prepared.written.size)])
+                    except quota.OverQuota as exc:
+                        result.over_quota[mailbox_id] = exc.resource
+                        continue
+                    accepted.append((mb, await self._folder(session, mailbox_id, folder, lock=True)))
+                for mb, fold in accepted:
+                    uid, modseq = await self._bump(session, fold, 1)
+                    session.add(
+                        Message(
+                            folder_id=fold.id,
+                            uid=uid,
+                            modseq=modseq,
+                            blob_id=blob_id,
+                            flags=flag_text,
+                            internal_date=now,
+                            size=prepared.written.size,
+                        )
+                    )
+                    result.uids[mb.id] = uid
+                    changed.add((mb.id, fold.id))
+                refs = len(accepted) + extra_refs
+                if refs == 0:
+                    raise _NothingToKeep
+                await session.execute(update(Blob).where(Blob.id == blob_id).values(refcount=refs))
+                if in_transaction is not None:
+                    await in_transaction(session, blob_id)
+                result.blob_id = blob_id
+        except _NothingToKeep:
+            await self.discard(prepared)
+        except BaseException:
+            await self.discard(prepared)
+            raise
+        return result
+
+    # ----------------------------------------------------------------- mailboxes and folders
+
+    async def create_default_folders(self, session: AsyncSession, mb: Mailbox) -> None:
+        """Called in the transaction that creates the mailbox."""
+        for name, special in DEFAULT_FOLDERS:
+            await self._new_folder(session, mb, name, special)
+
+    async def _new_folder(self, session: AsyncSession, mb: Mailbox, name: str, special: str | None) -> Folder:
+        mb.last_uidvalidity = max(int(time.time()), mb.last_uidvalidity + 1)
+        f = Folder(
+            mailbox_id=mb.id,
+            name=name,
+            special_use=special,
+            uidvalidity=mb.last_uidvalidity,
+            uidnext=1,
+            highestmodseq=1,
+            subscribed=True,
+            created_at=utcnow(),
+        )
+        session.add(f)
+        await session.flush()
+        return f
+
+    async def folders(self, mailbox_id: int) -> list[FolderInfo]:
+        async with self.db.read() as session:
+            rows = await session.execute(
+                select(Folder).where(Folder.mailbox_id == mailbox_id).order_by(Folder.name)
+            )
+            return [_folder_info(f) for f in rows.scalars()]
+
+    async def folder(self, mailbox_id: int, name: str) -> FolderInfo:
+        async with self.db.read() as session:
+            return _folder_info(await self._folder(session, mailbox_id, name))
+
+    async def folder_by_id(self, folder_id: int) -> FolderInfo:
+        async with self.db.read() as session:
+            return _folder_info(await self._folder_by_id(session, folder_id))
+
+    async def create_folder(self, mailbox_id: int, name: str, special_use: str | None = None) -> FolderInfo:
+        """Create ``name`` and any missing parents (RFC 9051 §6.3.4); existing name → FolderExists."""
+        name = normalize_folder(name)
+        if not name or any(not part for part in name.split(SEPARATOR)):
+            raise StoreError("CANNOT", f"invalid folder name {name!r}")
+        async with self._write() as (session, changed):
+            mb = await self._lock_mailbox(session, mailbox_id)
+            existing = set(
+                (await session.execute(select(Folder.name).where(Folder.mailbox_id == mailbox_id))).scalars()
+            )
+            if name in existing:
+                raise FolderExists(name)
+            parts = name.split(SEPARATOR)
+            for i in range(1, len(parts)):
+                parent = SEPARATOR.join(parts[:i])
+                if parent not in existing:
+                    await self._new_folder(session, mb, parent, None)
+            f = await self._new_folder(session, mb, name, special_use)
+            changed.add((mailbox_id, None))
+            return _folder_info(f)
+
+    async def delete_folder(self, mailbox_id: int, name: str) -> None:
+        """Delete a folder and its messages (usage freed at once); its children stay (RFC 9051 §6.3.5)."""
+        name = normalize_folder(name)
+        if name == "INBOX":
+            raise StoreError("CANNOT", "INBOX cannot be deleted")
+        async with self._write() as (session, changed):
+            mb = await self._lock_mailbox(session, mailbox_id)
+            f = await self._folder(session, mailbox_id, name, lock=True)
+            msgs = list((await session.execute(select(Message).where(Message.folder_id == f.id))).scalars())
+            await session.execute(delete(Message).where(Message.folder_id == f.id))
+            await session.execute(delete(Expunged).where(Expunged.folder_id == f.id))
+            await session.delete(f)
+            await session.flush()
+            paths = await self._release(session, mb, msgs)
+            changed.add((mailbox_id, None))
+            changed.add((mailbox_id, f.id))
+        await self._remove_files(paths)
+
+    async def rename_folder(self, mailbox_id: int, old: str, new: str) -> None:
+        """Rename a folder and its children; renaming INBOX moves its messages out (RFC 9051 §6.3.6)."""
+        old, new = normalize_folder(old), normalize_folder(new)
+        if not new or any(not part for part in new.split(SEPARATOR)):
+            raise StoreError("CANNOT", f"invalid folder name {new!r}")
+        if new == old or new.startswith(old + SEPARATOR):
+            raise StoreError("CANNOT", "a folder cannot be renamed into itself")
+        async with self._write() as (session, changed):
+            mb = await self._lock_mailbox(session, mailbox_id)
+            all_folders = {
+                f.name: f
+                for f in (
+                    await session.execute(select(Folder).where(Folder.mailbox_id == mailbox_id))
+                ).scalars()
+            }
+            if old not in all_folders:
+                raise FolderNotFound(old)
+            if new in all_folders:
+                raise FolderExists(new)
+            parts = new.split(SEPARATOR)
+            for i in range(1, len(parts)):
+                parent = SEPARATOR.join(parts[:i])
+                if parent not in all_folders and parent != old:
+                    all_folders[parent] = await self._new_folder(session, mb, parent, None)
+            if old == "INBOX":
+                await self._move_all_out_of_inbox(session, mb, all_folders["INBOX"], new)
+            else:
+                for fname, f in all_folders.items():
+                    if fname == old or fname.startswith(old + SEPARATOR):
+                        # UIDVALIDITY is kept: it is unique within the mailbox, so (name, UIDVALIDITY, UID)
+                        # still names one message forever (RFC 9051 §2.3.1.1).
+                        f.name = new + fname[len(old) :]
+                        changed.add((mailbox_id, f.id))
+            changed.add((mailbox_id, None))
+
+    async def _move_all_out_of_inbox(
+        self, session: AsyncSession, mb: Mailbox, inbox: Folder, new: str
+    ) -> None:
+        target = await self._new_folder(session, mb, new, None)
+        msgs = list(
+            (
+                await session.execute(
+                    select(Message).where(Message.folder_id == inbox.id).order_by(Message.uid)
+                )
+            ).scalars()
+        )
+        if not msgs:
+            return
+        first, modseq = await self._bump(session, target, len(msgs))
+        _, expunge_modseq = await self._bump(session, inbox)
+        for i, m in enumerate(msgs):
+            session.add(Expunged(folder_id=inbox.id, uid=m.uid, modseq=expunge_modseq))
+            m.folder_id, m.uid, m.modseq = target.id, first + i, modseq
+        await session.flush()
+
+    async def subscribe(self, mailbox_id: int, name: str, subscribed: bool) -> None:
+        async with self._write() as (session, changed):
+            f = await self._folder(session, mailbox_id, name, lock=True)
+            f.subscribed = subscribed
+            changed.add((mailbox_id, None))
+
+    # ----------------------------------------------------------------- messages
+
+    async def snapshot(self, folder_id: int) -> tuple[FolderInfo, list[MessageInfo]]:
+        """The folder and all its messages in UID order, read in one consistent transaction."""
+        async with self.db.read() as session:
+            f = await self._folder_by_id(session, folder_id)
+            rows = await session.execute(
+                select(Message).where(Message.folder_id == folder_id).order_by(Message.uid)
+            )
+            return _folder_info(f), [_info(m) for m in rows.scalars()]
+
+    async def changes_since(
+        self, folder_id: int, modseq: int
+    ) -> tuple[FolderInfo, list[MessageInfo], list[int]]:
+        """Messages changed or added after ``modseq`` and UIDs expunged after it (CONDSTORE/QRESYNC)."""
+        async with self.db.read() as session:
+            f = await self._folder_by_id(session, folder_id)
+            rows = await session.execute(
+                select(Message)
+                .where(Message.folder_id == folder_id, Message.modseq > modseq)
+                .order_by(Message.uid)
+            )
+            gone = await session.execute(
+                select(Expunged.uid)
+                .where(Expunged.folder_id == folder_id, Expunged.modseq > modseq)
+                .order_by(Expunged.uid)
+            )
+            return _folder_info(f), [_info(m) for m in rows.scalars()], list(gone.scalars())
+
+    async def append(
+        self, mailbox_id: int, folder: str, items: Sequence[tuple[bytes, Iterable[str], dt.datetime | None]]
+    ) -> tuple[int, list[int]]:
+        """Append messages (MULTIAPPEND: all or none); returns (UIDVALIDITY, UIDs) for APPENDUID."""
+        prepared = [await self.prepare(data) for data, _f, _d in items]
+        try:
+            async with self._write() as (session, changed):
+                mb = await self._lock_mailbox(session, mailbox_id)
+                f = await self._folder(session, mailbox_id, folder, lock=True)
+                blob_ids = [await self._insert_blob(session, p, 1) for p in prepared]
+                await self._charge(
+                    session, mb, [(b, p.written.size) for b, p in zip(blob_ids, prepared, strict=True)]
+                )
+                first, modseq = await self._bump(session, f, len(items))
+                for i, ((_data, flags, date), p, b) in enumerate(zip(items, prepared, blob_ids, strict=True)):
+                    session.add(
+                        Message(
+                            folder_id=f.id,
+                            uid=first + i,
+                            modseq=modseq,
+                            blob_id=b,
+                            flags=flags_to_text(flags),
+                            internal_date=date or utcnow(),
+                            size=p.written.size,
+                        )
+                    )
+                changed.add((mailbox_id, f.id))
+                return f.uidvalidity, list(range(first, first + len(items)))
+        except BaseException:
+            for p in prepared:
+                await self.discard(p)
+            raise
+
+    async def copy(
+        self, folder_id: int, uids: Iterable[int], dest: str, move: bool = False
+    ) -> tuple[int, list[tuple[int, int]]]:
+        """COPY or MOVE (RFC 6851: atomic, the source UIDs are expunged in the same transaction).
+
+        Returns (destination UIDVALIDITY, [(source uid, destination uid)]) for COPYUID.
+        """
+        wanted = sorted(set(uids))
+        async with self._write() as (session, changed):
+            src = await self._folder_by_id(session, folder_id)
+            mb = await self._lock_mailbox(session, src.mailbox_id)
+            src = await self._folder_by_id(session, folder_id, lock=True)
+            dst = await self._folder(session, src.mailbox_id, dest, lock=True)
+            msgs = await self._messages(session, folder_id, wanted)
+            if not msgs:
+                return dst.uidvalidity, []
+            if not move:
+                await self._charge(session, mb, [(m.blob_id, m.size) for m in msgs])
+            if move and dst.id == src.id:
+                raise StoreError("CANNOT", "source and destination are the same folder")
+            first, modseq = await self._bump(session, dst, len(msgs))
+            pairs = []
+            if move:
+                _, src_modseq = await self._bump(session, src)
+                for i, m in enumerate(msgs):
+                    session.add(Expunged(folder_id=src.id, uid=m.uid, modseq=src_modseq))
+                    pairs.append((m.uid, first + i))
+                    m.folder_id, m.uid, m.modseq = dst.id, first + i, modseq
+                changed.add((mb.id, src.id))
+            else:
+                for i, m in enumerate(msgs):
+                    session.add(
+                        Message(
+                            folder_id=dst.id,
+                            uid=first + i,
+                            modseq=modseq,
+                            blob_id=m.blob_id,
+                            flags=m.flags,
+                            internal_date=m.internal_date,
+                            size=m.size,
+                        )
+                    )
+                    pairs.append((m.uid, first + i))
+                for blob_id in {m.blob_id for m in msgs}:
+                    await self.add_blob_refs(session, blob_id, sum(1 for m in msgs if m.blob_id == blob_id))
+            changed.add((mb.id, dst.id))
+            await session.flush()
+            return dst.uidvalidity, pairs
+
+    async def _messages(self, session: AsyncSession, folder_id: int, uids: Sequence[int]) -> list[Message]:
+        out: list[Message] = []
+        for i in range(0, len(uids), 500):
+            chunk = uids[i : i + 500]
+            rows = await session.execute(
+                select(Message)
+                .where(Message.folder_id == folder_id, Message.uid.in_(chunk))
+                .order_by(Message.uid)
+            )
+            out.extend(rows.scalars())
+        return out
+
+    async def set_flags(
+        self,
+        folder_id: int,
+        uids: Iterable[int],
+        mode: Literal["add", "remove", "replace"],
+        flags: Iterable[str],
+        unchangedsince: int | None = None,
+    ) -> FlagChange:
+        """STORE flags; messages modified after ``unchangedsince`` are left alone (RFC 7162 §3.1.3)."""
+        wanted = sorted(set(uids))
+        flag_set = set(flags)
+        async with self._write() as (session, changed):
+            f = await self._folder_by_id(session, folder_id)
+            await self._lock_mailbox(session, f.mailbox_id)
+            f = await self._folder_by_id(session, folder_id, lock=True)
+            msgs = await self._messages(session, folder_id, wanted)
+            modified: list[int] = []
+            todo: list[tuple[Message, str]] = []
+            for m in msgs:
+                if unchangedsince is not None and m.modseq > unchangedsince:
+                    modified.append(m.uid)
+                    continue
+                current = flags_from_text(m.flags)
+                new = (
+                    (current | flag_set)
+                    if mode == "add"
+                    else (current - flag_set)
+                    if mode == "remove"
+                    else flag_set
+                )
+                if new != current:
+                    todo.append((m, flags_to_text(new)))
+            if todo:
+                _, modseq = await self._bump(session, f)
+                for m, new_text in todo:
+                    m.flags, m.modseq = new_text, modseq
+                changed.add((f.mailbox_id, f.id))
+            await session.flush()
+            return FlagChange([_info(m) for m, _ in todo], modified)
+
+    async def expunge(self, folder_id: int, uids: Iterable[int] | None = None) -> list[int]:
+        """Remove messages flagged \\Deleted (only among ``uids`` when given, RFC 4315 UID EXPUNGE)."""
+        async with self._write() as (session, changed):
+            f = await self._folder_by_id(session, folder_id)
+            mb = await self._lock_mailbox(session, f.mailbox_id)
+            f = await self._folder_by_id(session, folder_id, lock=True)
+            q = select(Message).where(Message.folder_id == folder_id).order_by(Message.uid)
+            candidates = (
+                await self._messages(session, folder_id, sorted(set(uids)))
+                if uids is not None
+                else list((await session.execute(q)).scalars())
+            )
+            gone = [m for m in candidates if "\\Deleted" in flags_from_text(m.flags)]
+            if not gone:
+                return []
+            paths = await self._remove_messages(session, mb, f, gone)
+            changed.add((mb.id, f.id))
+        await self._remove_files(paths)
+        return [m.uid for m in gone]
+
+    async def _remove_messages(
+        self, session: AsyncSession, mb: Mailbox, f: Folder, gone: list[Message]
+    ) -> list[str]:
+        _, modseq = await self._bump(session, f)
+        for m in gone:
+            session.add(Expunged(folder_id=f.id, uid=m.uid, modseq=modseq))
+        ids = [m.id for m in gone]
+        for i in range(0, len(ids), 500):
+            await session.execute(delete(Message).where(Message.id.in_(ids[i : i + 500])))
+        await session.flush()
+        return await self._release(session, mb, gone)
+
+    async def usage(self, mailbox_id: int) -> tuple[quota.Usage, quota.Limits]:
+        async with self.db.read() as session:
+            mb = await session.get(Mailbox, mailbox_id)
+            if mb is None:
+                raise StoreError("NONEXISTENT", f"no mailbox with id {mailbox_id}")
+            return quota.Usage(mb.used_bytes, mb.used_messages), await self.limits(session, mb)
+
+    async def recount(self, mailbox_id: int) -> tuple[quota.Usage, quota.Usage]:
+        """Rebuild usage from the rows; returns (stored before, recomputed) so drift can be reported."""
+        async with self._write() as (session, _changed):
+            mb = await self._lock_mailbox(session, mailbox_id)
+            before = quota.Usage(mb.used_bytes, mb.used_messages)
+            in_mailbox = (
+                select(Message.blob_id, Message.size).join(Folder).where(Folder.mailbox_id == mailbox_id)
+            )
+            count = (
+                await session.execute(select(func.count()).select_from(in_mailbox.subquery()))
+            ).scalar_one()
+            distinct = select(Message.blob_id).join(Folder).where(Folder.mailbox_id == mailbox_id).distinct()
+            size = (
+                await session.execute(
+                    select(func.coalesce(func.sum(Blob.size), 0)).where(Blob.id.in_(distinct))
+                )
+            ).scalar_one()
+            mb.used_bytes, mb.used_messages = int(size), int(count)
+            return before, quota.Usage(int(size), int(count))
+
+    async def delete_mailbox_content(self, session: AsyncSession, mailbox_id: int) -> list[str]:
+        """In the caller's transaction, drop every folder and message; returns the files to delete."""
+        mb = await self._lock_mailbox(session, mailbox_id)
+        folder_ids = list(
+            (await session.execute(select(Folder.id).where(Folder.mailbox_id == mailbox_id))).scalars()
+        )
+        msgs = list(
+            (await session.execute(select(Message).where(Message.folder_id.in_(folder_ids)))).scalars()
+        )
+        await session.execute(delete(Message).where(Message.folder_id.in_(folder_ids)))
+        await session.execute(delete(Expunged).where(Expunged.folder_id.in_(folder_ids)))
+        await session.execute(delete(Folder).where(Folder.mailbox_id == mailbox_id))
+        await session.flush()
+        return await self._release(session, mb, msgs)
+
+
+class _NothingToKeep(Exception):
+    """Internal: every recipient was refused, so the delivery transaction is rolled back."""
