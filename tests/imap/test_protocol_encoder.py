@@ -36,6 +36,7 @@ def test_status_responses_and_codes() -> None:
     )
     assert enc.status_response(None, "BAD", "no tag") == b"* BAD no tag\r\n"
     assert enc.status_response(None, "OK", "x", "UIDNEXT 5") == b"* OK [UIDNEXT 5] x\r\n"
+    assert enc.status_response("a", "NO", "bad\r\nb OK x") == b"a NO bad  b OK x\r\n"
     assert enc.continuation() == b"+ Ready\r\n"
     assert enc.continuation(data=b"\x00ab") == b"+ AGFi\r\n"
     assert Code.capability(["IMAP4rev2", "IDLE"]) == b"CAPABILITY IMAP4rev2 IDLE"

@@ -240,10 +240,14 @@ def _ordered_set(numbers: Sequence[int]) -> bytes:
 
 
 def status_response(tag: str | None, status: str, text: str, code: Str | None = None) -> bytes:
-    """``tag|* OK|NO|BAD|PREAUTH|BYE [code] text`` (RFC 9051 §7.1). Text must be one line."""
+    """``tag|* OK|NO|BAD|PREAUTH|BYE [code] text`` (RFC 9051 §7.1).
+
+    CR/LF in ``text`` are blanked so an echoed client value can never inject a response line.
+    """
     head = b"*" if tag is None else tag.encode("ascii")
     code_part = b"[" + _b(code) + b"] " if code else b""
-    return b"%s %s %s%s\r\n" % (head, status.encode("ascii"), code_part, _b(text or status))
+    line = _b(text or status).replace(b"\r", b" ").replace(b"\n", b" ")
+    return b"%s %s %s%s\r\n" % (head, status.encode("ascii"), code_part, line)
 
 
 def tagged(tag: str, status: str, text: str, code: Str | None = None) -> bytes:
