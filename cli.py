@@ -507,5 +507,10 @@ async def audit_list(
         )
 
 
+from mailserver.trust_commands import trust_group  # noqa: E402
+
+main.add_command(trust_group)
+
+
 if __name__ == "__main__":
     main()

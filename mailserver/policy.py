@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mailserver import trust
 from mailserver.db.models import Domain, Mailbox
 
 
@@ -82,3 +83,23 @@ async def local_recipient(session: AsyncSession, address: str) -> LocalTarget | 
     if not mb.enabled:
         raise Refusal(550, "5.2.1", f"<{addr}>: mailbox disabled")
     return LocalTarget(addr, mb.id, mb.type)
+
+
+async def route_recipient(
+    session: AsyncSession, address: str, *, authenticated: bool
+) -> LocalTarget | RemoteTarget:
+    """Where a recipient goes, or the Refusal to give at RCPT.
+
+    Hosted domains: an existing, enabled mailbox (else 550 5.1.1 / 5.2.1). Anything else is relaying:
+    refused to unauthenticated peers whoever asks, and allowed to an authenticated sender only towards
+    a domain of the trust list (550 5.7.1 otherwise).
+    """
+    local = await local_recipient(session, address)
+    if local is not None:
+        return local
+    local_part, domain = split_address(address)
+    if not authenticated:
+        raise Refusal(550, "5.7.1", f"<{address}>: relaying denied, {domain} is not hosted here")
+    if await trust.lookup(session, domain) is None:
+        raise Refusal(550, "5.7.1", f"<{address}>: {domain} is not in the MSSanté trust space")
+    return RemoteTarget(f"{local_part}@{domain}", domain)

@@ -2,5 +2,6 @@
 
 from mailserver.db import models
 from mailserver.db.models import Base
+from mailserver.queue import models as queue_models
 
-__all__ = ["Base", "models"]
+__all__ = ["Base", "models", "queue_models"]
