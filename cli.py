@@ -248,8 +248,8 @@ def db_current(state: CliState) -> None:
         current = asyncio.run(migrate.current(settings.database.url))
     except (OperationalError, DBAPIError, OSError) as exc:
         fail(f"cannot read {settings.database.url}: {exc}")
-    click.echo(f"database: {', '.join(current) or 'empty'}")
-    click.echo(f"code:     {', '.join(migrate.heads())}")
+    click.echo(f"database: {', '.join(sorted(current)) or 'empty'}")
+    click.echo(f"code:     {', '.join(sorted(migrate.heads()))}")
 
 
 # ---------------------------------------------------------------------------------------------- serve

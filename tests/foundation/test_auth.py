@@ -1,0 +1,72 @@
+"""Authentication: passwords, application passwords, lock-out per account and per address, audit."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import update
+
+from mailserver import accounts
+from mailserver.db.models import AuthFailure
+from mailserver.runtime import Runtime
+
+PASSWORD = "correct horse battery"
+
+
+async def test_password_and_app_password(runtime: Runtime) -> None:
+    await accounts.add_mailbox(
+        runtime, "dr.martin@a.mssante.test", "PER", rpps="10000000009", password=PASSWORD
+    )
+    ok = await runtime.auth.authenticate("Dr.Martin@a.mssante.test", PASSWORD, "127.0.0.1", "imap")
+    assert ok.ok and ok.address == "dr.martin@a.mssante.test"
+    assert (
+        await runtime.auth.authenticate("dr.martin@a.mssante.test", "wrong", "127.0.0.1", "imap")
+    ).reason == "invalid"
+
+    app_id, secret = await accounts.add_app_password(runtime, "dr.martin@a.mssante.test", "phone")
+    assert (await runtime.auth.authenticate("dr.martin@a.mssante.test", secret, "127.0.0.1", "smtp")).ok
+    apps = await accounts.list_app_passwords(runtime, "dr.martin@a.mssante.test")
+    assert apps[0].last_used_at is not None
+    await accounts.revoke_app_password(runtime, "dr.martin@a.mssante.test", app_id)
+    assert not (await runtime.auth.authenticate("dr.martin@a.mssante.test", secret, "127.0.0.1", "smtp")).ok
+
+    events = await runtime.audit.events(actor="dr.martin@a.mssante.test")
+    assert [e.action for e in events] == ["login", "login-failure", "login", "login-failure"]
+    assert all(PASSWORD not in e.request + e.response and secret not in e.request for e in events)
+
+
+async def test_unknown_and_disabled_accounts(runtime: Runtime) -> None:
+    assert (
+        await runtime.auth.authenticate("nobody@a.mssante.test", "x", "127.0.0.1", "imap")
+    ).reason == "invalid"
+    await accounts.add_mailbox(runtime, "off@a.mssante.test", "ORG", password=PASSWORD)
+    await accounts.set_enabled(runtime, "off@a.mssante.test", False)
+    assert (
+        await runtime.auth.authenticate("off@a.mssante.test", PASSWORD, "127.0.0.1", "imap")
+    ).reason == "disabled"
+
+
+async def test_account_lockout_then_expiry(runtime: Runtime) -> None:
+    await accounts.add_mailbox(runtime, "target@a.mssante.test", "ORG", password=PASSWORD)
+    limit = runtime.settings.auth.max_failures
+    for i in range(limit):
+        r = await runtime.auth.authenticate("target@a.mssante.test", "guess", f"10.0.0.{i}", "imap")
+        assert r.reason == "invalid"
+    # Locked: even the right password is refused, from any address.
+    assert (
+        await runtime.auth.authenticate("target@a.mssante.test", PASSWORD, "127.0.0.9", "imap")
+    ).reason == "locked"
+    async with runtime.db.write() as session:
+        await session.execute(
+            update(AuthFailure).values(locked_until=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
+        )
+    assert (await runtime.auth.authenticate("target@a.mssante.test", PASSWORD, "127.0.0.9", "imap")).ok
+
+
+async def test_client_address_lockout(runtime: Runtime) -> None:
+    await accounts.add_mailbox(runtime, "victim@a.mssante.test", "ORG", password=PASSWORD)
+    for i in range(runtime.settings.auth.max_failures_per_ip):
+        await runtime.auth.authenticate(f"user{i}@a.mssante.test", "guess", "192.0.2.7", "smtp")
+    r = await runtime.auth.authenticate("victim@a.mssante.test", PASSWORD, "192.0.2.7", "smtp")
+    assert r.reason == "locked"
+    assert (await runtime.auth.authenticate("victim@a.mssante.test", PASSWORD, "192.0.2.8", "smtp")).ok

@@ -1,0 +1,101 @@
+"""Configuration: defaults, conversions, and one-line errors that name the key and the file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from config.settings import ConfigError, load
+
+CADUCEE = [str(Path(sys.executable).with_name("caducee"))]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "caducee.toml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_defaults_and_conversions(tmp_path: Path) -> None:
+    p = write(
+        tmp_path,
+        '[server]\nhostname = "mx.a.mssante.test"\n[limits]\nmessage_size = "10MiB"\nsmtp_idle_timeout = "5m"\n'
+        '[database]\nurl = "sqlite+aiosqlite:///data/c.db"\n[storage]\npath = "spool"\n'
+        '[delivery]\nroutes = { "B.mssante.test" = "127.0.0.1:2526" }\n',
+    )
+    s = load(p)
+    assert s.server.hostname == "mx.a.mssante.test"
+    assert s.limits.message_size == 10 * 1024 * 1024
+    assert s.limits.smtp_idle_timeout == 300
+    assert s.limits.recipients_per_message == 100
+    assert s.storage.path == str(tmp_path / "spool")
+    assert s.database.url == f"sqlite+aiosqlite:///{tmp_path}/data/c.db"
+    assert s.tls.cert == str(tmp_path / "tls/chain.pem")
+    assert s.delivery.routes == {"b.mssante.test": "127.0.0.1:2526"}
+    assert s.smtp.listen == ["127.0.0.1:2525"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[limits]\nmessage_size = "big"\n',
+            "[limits] message_size: expected a size like \"25MiB\", got 'big'",
+        ),
+        ("[limits]\nmesage_size = 1\n", "[limits] unknown key 'mesage_size'"),
+        ("[smpt]\n", "unknown section [smpt]"),
+        ('[smtp]\nlisten = ["localhost"]\n', "[smtp] listen: expected \"host:port\", got 'localhost'"),
+        ('[smime]\nsign = "maybe"\n', "[smime] sign: expected one of 'always', 'if-certificate', 'never'"),
+        ('[database]\nurl = "mysql://x"\n', "[database] url: expected sqlite+aiosqlite:///PATH"),
+        ("[auth]\nmax_failures = -1\n", "[auth] max_failures: expected a non-negative integer, got -1"),
+        ("[server\n", "not valid TOML"),
+    ],
+)
+def test_bad_values_are_one_line_errors(tmp_path: Path, text: str, message: str) -> None:
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as exc:
+        load(p)
+    assert str(exc.value).startswith(str(p))
+    assert message in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("content", [None, '[limits]\nmessage_size = "big"\n'])
+def test_cli_reports_config_errors_with_exit_2(tmp_path: Path, content: str | None) -> None:
+    p = tmp_path / "caducee.toml"
+    if content is not None:
+        p.write_text(content)
+    r = subprocess.run(
+        [*CADUCEE, "--config", str(p), "domain", "list"], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("caducee: ")
+    assert "Traceback" not in r.stderr
+    assert str(p) in r.stderr
+
+
+def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CADUCEE, *args], capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin", **env}
+    )
+
+
+def test_environment_variable_and_option_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--config wins over $CADUCEE_CONFIG, which is used when no option is given."""
+    good = write(tmp_path, f'[database]\nurl = "sqlite+aiosqlite:///{tmp_path}/empty.db"\n')
+    missing = str(tmp_path / "missing.toml")
+    monkeypatch.setenv("CADUCEE_CONFIG", str(good))
+    assert load(None).source == good
+
+    # A valid file with an empty database answers "not initialised" (exit 1); a missing file exits 2.
+    r = run_cli(["--config", str(good), "domain", "list"], {"CADUCEE_CONFIG": missing})
+    assert r.returncode == 1 and "not initialised" in r.stderr
+    r = run_cli(["domain", "list"], {"CADUCEE_CONFIG": str(good)})
+    assert r.returncode == 1 and "not initialised" in r.stderr
+    r = run_cli(["domain", "list"], {"CADUCEE_CONFIG": missing})
+    assert r.returncode == 2 and "missing.toml: configuration file not found" in r.stderr
+    r = run_cli(["domain", "list"], {})
+    assert r.returncode == 2 and "CADUCEE_CONFIG" in r.stderr

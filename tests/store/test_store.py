@@ -1,0 +1,294 @@
+"""The store's invariants: durable blobs before rows, UIDs and MODSEQs, flags, usage, folders.
+
+Every test runs on SQLite and on PostgreSQL (``runtime`` is parametrised through ``db_url``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+from sqlalchemy import func, select
+
+from mailserver import accounts, quota
+from mailserver.db.models import Blob, Message
+from mailserver.runtime import Runtime
+from mailserver.store.store import FolderExists, FolderNotFound, StoreError
+
+
+def message(n: int, size: int = 0) -> bytes:
+    body = (b"x" * size) or f"body {n}".encode()
+    return (
+        (
+            f"From: sender@b.mssante.test\r\nTo: dr.martin@a.mssante.test\r\nSubject: message {n}\r\n"
+            f"Message-ID: <{n}@b.mssante.test>\r\n\r\n"
+        ).encode()
+        + body
+        + b"\r\n"
+    )
+
+
+async def mailbox(rt: Runtime, local: str = "dr.martin", **kw: object) -> int:
+    mb = await accounts.add_mailbox(rt, f"{local}@a.mssante.test", "ORG", **kw)  # type: ignore[arg-type]
+    return mb.id
+
+
+async def blob_count(rt: Runtime) -> int:
+    async with rt.db.read() as session:
+        return int((await session.execute(select(func.count()).select_from(Blob))).scalar_one())
+
+
+async def test_default_folders_with_special_use(runtime: Runtime) -> None:
+    mb = await mailbox(runtime)
+    folders = {f.name: f.special_use for f in await runtime.store.folders(mb)}
+    assert folders == {
+        "INBOX": None,
+        "Sent": "\\Sent",
+        "Drafts": "\\Drafts",
+        "Trash": "\\Trash",
+        "Junk": "\\Junk",
+        "Archive": "\\Archive",
+    }
+    validities = [f.uidvalidity for f in await runtime.store.folders(mb)]
+    assert len(set(validities)) == len(validities)
+
+
+async def test_blob_is_complete_on_disk_before_its_row_commits(runtime: Runtime) -> None:
+    """``prepare`` returns only after the file is fsync'ed; no row exists until ``deliver`` commits."""
+    mb = await mailbox(runtime)
+    data = message(1, 200_000)
+    prepared = await runtime.store.prepare(data)
+    path = runtime.blobs.root / prepared.written.path
+    assert path.read_bytes() == data
+    assert not list(runtime.blobs.tmp.iterdir())
+    assert await blob_count(runtime) == 0
+    result = await runtime.store.deliver(prepared, [mb])
+    assert result.uids == {mb: 1}
+    async with runtime.db.read() as session:
+        row = (await session.execute(select(Blob))).scalar_one()
+    assert row.path == prepared.written.path and row.size == len(data) and row.refcount == 1
+    assert await runtime.store.read_blob(row.id) == data
+
+
+async def test_failed_delivery_leaves_no_row_and_no_file(runtime: Runtime) -> None:
+    mb = await mailbox(runtime)
+    prepared = await runtime.store.prepare(message(1))
+    with pytest.raises(FolderNotFound):
+        await runtime.store.deliver(prepared, [mb], folder="Nope")
+    assert await blob_count(runtime) == 0
+    assert not (runtime.blobs.root / prepared.written.path).exists()
+
+
+async def test_one_blob_shared_by_all_local_recipients(runtime: Runtime) -> None:
+    a, b, c = await mailbox(runtime, "a"), await mailbox(runtime, "b"), await mailbox(runtime, "c")
+    result = await runtime.store.deliver(await runtime.store.prepare(message(1)), [a, b, c])
+    assert set(result.uids) == {a, b, c}
+    assert await blob_count(runtime) == 1
+    async with runtime.db.read() as session:
+        assert (await session.execute(select(Blob.refcount))).scalar_one() == 3
+
+
+async def test_uids_increase_and_modseq_rises_with_every_change(runtime: Runtime) -> None:
+    mb = await mailbox(runtime)
+    inbox = await runtime.store.folder(mb, "INBOX")
+    uids = []
+    for n in range(3):
+        uids.append((await runtime.store.deliver(await runtime.store.prepare(message(n)), [mb])).uids[mb])
+    assert uids == [1, 2, 3]
+    f, msgs = await runtime.store.snapshot(inbox.id)
+    assert f.uidnext == 4
+    assert [m.modseq for m in msgs] == sorted(m.modseq for m in msgs)
+    before = f.highestmodseq
+
+    change = await runtime.store.set_flags(inbox.id, [2], "add", {"\\Seen", "$Label1"})
+    assert [m.uid for m in change.changed] == [2]
+    assert change.changed[0].flags == frozenset({"\\Seen", "$Label1"})
+    assert change.changed[0].modseq == before + 1
+    f, _ = await runtime.store.snapshot(inbox.id)
+    assert f.highestmodseq == before + 1
+
+    # No actual change: MODSEQ must not move (RFC 7162 §3.1.3).
+    again = await runtime.store.set_flags(inbox.id, [2], "add", {"\\Seen"})
+    assert again.changed == [] and (await runtime.store.snapshot(inbox.id))[0].highestmodseq == before + 1
+
+    # UNCHANGEDSINCE older than the message's MODSEQ: refused for that message only.
+    cond = await runtime.store.set_flags(inbox.id, [1, 2], "add", {"\\Flagged"}, unchangedsince=before)
+    assert cond.modified == [2] and [m.uid for m in cond.changed] == [1]
+
+    await runtime.store.set_flags(inbox.id, [1, 3], "add", {"\\Deleted"})
+    assert await runtime.store.expunge(inbox.id) == [1, 3]
+    f, msgs = await runtime.store.snapshot(inbox.id)
+    assert [m.uid for m in msgs] == [2]
+    _, changed, vanished = await runtime.store.changes_since(inbox.id, before)
+    assert vanished == [1, 3]
+    assert [m.uid for m in changed] == [2]
+
+    # UIDs are never reused: the next delivery gets 4, not 1 or 3.
+    assert (await runtime.store.deliver(await runtime.store.prepare(message(9)), [mb])).uids[mb] == 4
+
+
+async def test_uid_expunge_only_touches_named_uids(runtime: Runtime) -> None:
+    mb = await mailbox(runtime)
+    inbox = await runtime.store.folder(mb, "INBOX")
+    for n in range(3):
+        await runtime.store.deliver(await runtime.store.prepare(message(n)), [mb])
+    await runtime.store.set_flags(inbox.id, [1, 2, 3], "add", {"\\Deleted"})
+    assert await runtime.store.expunge(inbox.id, [2]) == [2]
+    assert [m.uid for m in (await runtime.store.snapshot(inbox.id))[1]] == [1, 3]
+
+
+async def test_usage_after_deliver_copy_move_expunge(runtime: Runtime) -> None:
+    mb = await mailbox(runtime)
+    store = runtime.store
+    inbox = await store.folder(mb, "INBOX")
+    sizes = []
+    for n in range(3):
+        data = message(n, 1000 * (n + 1))
+        sizes.append(len(data))
+        await store.deliver(await store.prepare(data), [mb])
+    usage, _ = await store.usage(mb)
+    assert usage == quota.Usage(sum(sizes), 3)
+
+    # A copy in the same mailbox shares the blob: counted once in bytes, twice in messages.
+    validity, pairs = await store.copy(inbox.id, [1, 2], "Archive")
+    archive = await store.folder(mb, "Archive")
+    assert validity == archive.uidvalidity and pairs == [(1, 1), (2, 2)]
+    usage, _ = await store.usage(mb)
+    assert usage == quota.Usage(sum(sizes), 5)
+
+    # Expunging one of two copies frees no bytes; expunging the last one does.
+    await store.set_flags(inbox.id, [1], "add", {"\\Deleted"})
+    await store.expunge(inbox.id)
+    assert (await store.usage(mb))[0] == quota.Usage(sum(sizes), 4)
+    await store.set_flags(archive.id, [1], "add", {"\\Deleted"})
+    await store.expunge(archive.id)
+    assert (await store.usage(mb))[0] == quota.Usage(sizes[1] + sizes[2], 3)
+
+    # MOVE changes nothing in usage and leaves a tombstone in the source.
+    _, moved = await store.copy(inbox.id, [3], "Trash", move=True)
+    assert moved == [(3, 1)]
+    assert (await store.usage(mb))[0] == quota.Usage(sizes[1] + sizes[2], 3)
+    _, _, vanished = await store.changes_since(inbox.id, 0)
+    assert 3 in vanished
+
+    # The counters match a recount from the rows, and unreferenced blob files are gone.
+    before, recomputed = await store.recount(mb)
+    assert before == recomputed
+    async with runtime.db.read() as session:
+        paths = set((await session.execute(select(Blob.path))).scalars())
+    assert set(runtime.blobs.all_paths()) == paths
+
+
+async def test_quota_refuses_append_and_copy_and_changes_nothing(runtime: Runtime) -> None:
+    mb = await mailbox(runtime, quota_storage=5000)
+    store = runtime.store
+    inbox = await store.folder(mb, "INBOX")
+    await store.append(mb, "INBOX", [(message(1, 3000), [], None)])
+    with pytest.raises(quota.OverQuota) as exc:
+        await store.append(mb, "INBOX", [(message(2, 3000), [], None)])
+    assert exc.value.resource == "STORAGE"
+    f, msgs = await store.snapshot(inbox.id)
+    assert len(msgs) == 1 and f.uidnext == 2
+    assert await blob_count(runtime) == 1
+    assert len(list(runtime.blobs.all_paths())) == 1
+    # Copy within the mailbox adds no bytes, so it fits.
+    await store.copy(inbox.id, [1], "Archive")
+
+    limited = await mailbox(runtime, "limited", quota_messages=1)
+    await store.append(limited, "INBOX", [(message(3), [], None)])
+    with pytest.raises(quota.OverQuota) as exc:
+        await store.copy((await store.folder(limited, "INBOX")).id, [1], "Archive")
+    assert exc.value.resource == "MESSAGE"
+
+
+async def test_delivery_refuses_only_the_full_mailbox(runtime: Runtime) -> None:
+    full = await mailbox(runtime, "full", quota_storage=100)
+    ok = await mailbox(runtime, "ok")
+    result = await runtime.store.deliver(await runtime.store.prepare(message(1, 500)), [full, ok])
+    assert result.uids == {ok: 1} and result.over_quota == {full: "STORAGE"}
+
+
+async def test_parallel_deliveries_never_overrun_a_quota(runtime: Runtime) -> None:
+    data = message(1, 1000)
+    mb = await mailbox(runtime, quota_storage=len(data) * 5 + 10)
+    prepared = [await runtime.store.prepare(data) for _ in range(12)]
+    results = await asyncio.gather(*(runtime.store.deliver(p, [mb]) for p in prepared))
+    accepted = sum(1 for r in results if mb in r.uids)
+    assert accepted == 5
+    usage, limits = await runtime.store.usage(mb)
+    assert usage.bytes <= limits.storage and usage.messages == 5
+    assert len(list(runtime.blobs.all_paths())) == 5
+
+
+async def test_folders_create_rename_delete(runtime: Runtime) -> None:
+    mb = await mailbox(runtime)
+    store = runtime.store
+    created = await store.create_folder(mb, "Projets/2026/Janvier")
+    names = {f.name for f in await store.folders(mb)}
+    assert {"Projets", "Projets/2026", "Projets/2026/Janvier"} <= names
+    with pytest.raises(FolderExists):
+        await store.create_folder(mb, "Projets")
+    with pytest.raises(FolderExists):
+        await store.create_folder(mb, "inbox")
+
+    await store.append(mb, "Projets/2026/Janvier", [(message(1), ["\\Seen"], None)])
+    await store.rename_folder(mb, "Projets", "Anciens")
+    renamed = await store.folder(mb, "Anciens/2026/Janvier")
+    assert renamed.id == created.id and renamed.uidvalidity == created.uidvalidity
+    with pytest.raises(FolderNotFound):
+        await store.folder(mb, "Projets")
+
+    # Renaming INBOX moves its messages into a new folder and leaves INBOX empty (RFC 9051 §6.3.6).
+    await store.deliver(await store.prepare(message(2)), [mb])
+    await store.rename_folder(mb, "INBOX", "Old")
+    assert (await store.snapshot((await store.folder(mb, "INBOX")).id))[1] == []
+    assert len((await store.snapshot((await store.folder(mb, "Old")).id))[1]) == 1
+
+    with pytest.raises(StoreError):
+        await store.delete_folder(mb, "INBOX")
+    usage_before, _ = await store.usage(mb)
+    await store.delete_folder(mb, "Anciens/2026/Janvier")
+    usage_after, _ = await store.usage(mb)
+    assert usage_after.messages == usage_before.messages - 1
+
+
+async def test_notification_after_commit(runtime: Runtime) -> None:
+    """A listener hears about a delivery, and only once it is visible to readers."""
+    mb = await mailbox(runtime)
+    inbox = await runtime.store.folder(mb, "INBOX")
+    heard = asyncio.Event()
+    seen_uids: list[int] = []
+
+    def on_change(mailbox_id: int, folder_id: int | None) -> None:
+        assert mailbox_id == mb and folder_id == inbox.id
+        heard.set()
+
+    unsubscribe = runtime.notifier.subscribe(mb, on_change)
+    if runtime.db.kind == "postgresql":
+        task = asyncio.create_task(
+            runtime.notifier.listen_postgres(runtime.settings.database.url.replace("+asyncpg", ""))
+        )
+        await asyncio.sleep(0.3)
+    try:
+        await runtime.store.deliver(await runtime.store.prepare(message(1)), [mb])
+        async with asyncio.timeout(5):
+            await heard.wait()
+        seen_uids = [m.uid for m in (await runtime.store.snapshot(inbox.id))[1]]
+    finally:
+        unsubscribe()
+        if runtime.db.kind == "postgresql":
+            task.cancel()
+    assert seen_uids == [1]
+
+
+async def test_mailbox_delete_removes_mail_and_files(runtime: Runtime) -> None:
+    mb = await mailbox(runtime)
+    other = await mailbox(runtime, "other")
+    await runtime.store.deliver(await runtime.store.prepare(message(1)), [mb, other])
+    await runtime.store.deliver(await runtime.store.prepare(message(2)), [mb])
+    await accounts.delete_mailbox(runtime, "dr.martin@a.mssante.test")
+    async with runtime.db.read() as session:
+        assert (await session.execute(select(func.count()).select_from(Message))).scalar_one() == 1
+    assert len(list(runtime.blobs.all_paths())) == 1
+    assert all(os.path.getsize(runtime.blobs.root / p) > 0 for p in runtime.blobs.all_paths())
