@@ -22,7 +22,8 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_defaults_and_conversions(tmp_path: Path) -> None:
     p = write(
         tmp_path,
-        '[server]\nhostname = "mx.a.mssante.test"\n[limits]\nmessage_size = "10MiB"\nsmtp_idle_timeout = "5m"\n'
+        '[server]\nhostname = "mx.a.mssante.test"\n'
+        '[limits]\nmessage_size = "10MiB"\nsmtp_idle_timeout = "5m"\n'
         '[database]\nurl = "sqlite+aiosqlite:///data/c.db"\n[storage]\npath = "spool"\n'
         '[delivery]\nroutes = { "B.mssante.test" = "127.0.0.1:2526" }\n',
     )

@@ -6,7 +6,6 @@ Every test runs on SQLite and on PostgreSQL (``runtime`` is parametrised through
 from __future__ import annotations
 
 import asyncio
-import os
 
 import pytest
 from sqlalchemy import func, select
@@ -291,4 +290,5 @@ async def test_mailbox_delete_removes_mail_and_files(runtime: Runtime) -> None:
     async with runtime.db.read() as session:
         assert (await session.execute(select(func.count()).select_from(Message))).scalar_one() == 1
     assert len(list(runtime.blobs.all_paths())) == 1
-    assert all(os.path.getsize(runtime.blobs.root / p) > 0 for p in runtime.blobs.all_paths())
+    (remaining,) = runtime.blobs.all_paths()
+    assert await asyncio.to_thread(runtime.blobs.read, remaining) == message(1)
