@@ -301,6 +301,18 @@ async def domain_list(rt: Runtime, as_json: bool) -> None:
         click.echo(f"{d.name}{'  (patients)' if d.patients else ''}")
 
 
+@domain.command("quota")
+@click.argument("name")
+@click.argument("size")
+@click.option("--messages", type=click.IntRange(0), help="Message count limit (0 = none).")
+@with_runtime
+async def domain_quota(rt: Runtime, name: str, size: str, messages: int | None) -> None:
+    """Default storage limit for the domain's mailboxes (SIZE like 2GiB, 0 for none, "default" to unset)."""
+    storage = parse_limit(size)
+    await accounts.set_domain_quota(rt, name, storage, messages)
+    click.echo(f"domain {name.lower()}: default quota {size}")
+
+
 # ---------------------------------------------------------------------------------------------- mailboxes
 
 
@@ -463,6 +475,93 @@ async def app_password_list(rt: Runtime, address: str, as_json: bool) -> None:
 async def app_password_revoke(rt: Runtime, address: str, app_id: int) -> None:
     await accounts.revoke_app_password(rt, address, app_id)
     click.echo(f"application password {app_id} revoked")
+
+
+# ---------------------------------------------------------------------------------------------- quotas
+
+
+def parse_limit(value: str) -> int | None:
+    """A size limit from the command line; ``default`` means "inherit" (None)."""
+    if value.strip().lower() == "default":
+        return None
+    try:
+        return config.parse_size(value)
+    except ValueError as exc:
+        fail(f"SIZE: {exc}")
+
+
+@main.group()
+def quota() -> None:
+    """Mailbox quotas (storage and message count)."""
+
+
+@quota.command("set")
+@click.argument("address")
+@click.argument("size")
+@click.option("--messages", type=click.IntRange(0), help="Message count limit (0 = none).")
+@with_runtime
+async def quota_set(rt: Runtime, address: str, size: str, messages: int | None) -> None:
+    """Set ADDRESS's storage limit (SIZE like 500MiB, 0 for none, "default" for the domain's)."""
+    line = await accounts.set_mailbox_quota(rt, address, parse_limit(size), messages)
+    click.echo(f"{line.address}: {line.used_bytes} of {line.storage or 'unlimited'} bytes ({line.percent} %)")
+
+
+@quota.command("show")
+@click.argument("address")
+@click.option("--json", "as_json", is_flag=True)
+@with_runtime
+async def quota_show(rt: Runtime, address: str, as_json: bool) -> None:
+    (line,) = await accounts.quota_lines(rt, address)
+    if as_json:
+        emit(line.as_dict())
+        return
+    click.echo(f"mailbox   {line.address}")
+    click.echo(f"storage   {line.used_bytes} / {line.storage or 'unlimited'} bytes ({line.percent} %)")
+    click.echo(f"messages  {line.used_messages} / {line.messages or 'unlimited'}")
+
+
+@quota.command("report")
+@click.option(
+    "--over", type=click.FloatRange(0, 1000), default=0.0, help="Only mailboxes above this percent."
+)
+@click.option("--json", "as_json", is_flag=True)
+@with_runtime
+async def quota_report(rt: Runtime, over: float, as_json: bool) -> None:
+    """Every mailbox's usage, most used first."""
+    lines = [line for line in await accounts.quota_lines(rt) if line.percent >= over]
+    if as_json:
+        emit([line.as_dict() for line in lines])
+        return
+    for line in lines:
+        click.echo(
+            f"{line.percent:6.1f} %  {line.address:45} {line.used_bytes:>14} / {line.storage or '-':>14}"
+        )
+
+
+@quota.command("recalc")
+@click.argument("address", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@with_runtime
+async def quota_recalc(rt: Runtime, address: str | None, as_json: bool) -> None:
+    """Rebuild usage from the stored messages and report any drift."""
+    results = await accounts.recount_usage(rt, address)
+    drift = [(a, b, c) for a, b, c in results if b != c]
+    if as_json:
+        emit(
+            [
+                {
+                    "address": a,
+                    "before": {"bytes": b[0], "messages": b[1]},
+                    "after": {"bytes": c[0], "messages": c[1]},
+                    "drift": b != c,
+                }
+                for a, b, c in results
+            ]
+        )
+        return
+    for a, b, c in drift:
+        click.echo(f"{a}: was {b[0]} bytes / {b[1]} messages, now {c[0]} bytes / {c[1]} messages")
+    click.echo(f"{len(results)} mailbox(es) checked, {len(drift)} corrected")
 
 
 # ---------------------------------------------------------------------------------------------- audit

@@ -214,12 +214,6 @@ async def set_enabled(rt: Runtime, address: str, enabled: bool) -> MailboxView:
     return await _update(rt, address, "enable" if enabled else "disable", enabled=enabled)
 
 
-async def set_quota(rt: Runtime, address: str, storage: int | None, messages: int | None) -> MailboxView:
-    return await _update(
-        rt, address, f"quota {storage} {messages}", quota_storage=storage, quota_messages=messages
-    )
-
-
 async def delete_mailbox(rt: Runtime, address: str) -> None:
     """Delete a mailbox and all its mail (blob files removed after the commit)."""
     addr = address.strip().lower()
@@ -308,3 +302,83 @@ async def may_send_as(rt: Runtime, mailbox_id: int, address: str) -> bool:
             .where(Mailbox.address == addr, SendAs.member_id == mailbox_id)
         )
         return (await session.execute(q)).first() is not None
+
+
+@dataclass(frozen=True)
+class QuotaLine:
+    """One mailbox's usage against its effective limits (0 = unlimited)."""
+
+    address: str
+    used_bytes: int
+    storage: int
+    used_messages: int
+    messages: int
+
+    @property
+    def percent(self) -> float:
+        return round(self.used_bytes * 100 / self.storage, 1) if self.storage else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "address": self.address,
+            "used_bytes": self.used_bytes,
+            "storage_limit": self.storage,
+            "used_messages": self.used_messages,
+            "message_limit": self.messages,
+            "percent": self.percent,
+        }
+
+
+async def quota_lines(rt: Runtime, address: str | None = None) -> list[QuotaLine]:
+    """Usage and effective limits of one mailbox or all of them, most used (in percent) first."""
+    q = select(Mailbox).order_by(Mailbox.address)
+    if address is not None:
+        q = q.where(Mailbox.address == address.strip().lower())
+    async with rt.db.read() as session:
+        lines = []
+        for mb in (await session.execute(q)).scalars():
+            limits = await rt.store.limits(session, mb)
+            lines.append(
+                QuotaLine(mb.address, mb.used_bytes, limits.storage, mb.used_messages, limits.messages)
+            )
+    if address is not None and not lines:
+        raise AccountError(f"no mailbox {address.strip().lower()}")
+    return sorted(lines, key=lambda line: (-line.percent, -line.used_bytes, line.address))
+
+
+async def set_mailbox_quota(
+    rt: Runtime, address: str, storage: int | None, messages: int | None
+) -> QuotaLine:
+    """Set (or with None, reset to the domain's default) a mailbox's limits; warnings re-evaluated."""
+    mb = await _update(
+        rt,
+        address,
+        f"quota storage={storage} messages={messages}",
+        quota_storage=storage,
+        quota_messages=messages,
+    )
+    await rt.store.update_quota_warning(mb.id)
+    return (await quota_lines(rt, mb.address))[0]
+
+
+async def set_domain_quota(rt: Runtime, name: str, storage: int | None, messages: int | None) -> None:
+    """The default limits of every mailbox of a domain that has none of its own."""
+    domain = name.strip().lower()
+    async with rt.db.write() as session:
+        dom = (await session.execute(select(Domain).where(Domain.name == domain))).scalar_one_or_none()
+        if dom is None:
+            raise AccountError(f"domain {domain} is not hosted here")
+        dom.quota_storage, dom.quota_messages = storage, messages
+        rt.audit.record_in(session, "admin", "admin", "", f"domain quota {domain} {storage} {messages}", "ok")
+
+
+async def recount_usage(
+    rt: Runtime, address: str | None = None
+) -> list[tuple[str, tuple[int, int], tuple[int, int]]]:
+    """Rebuild usage counters from the store; returns (address, (bytes, msgs) before, after) per mailbox."""
+    targets = [await get_mailbox(rt, address)] if address else await list_mailboxes(rt)
+    out = []
+    for mb in targets:
+        before, after = await rt.store.recount(mb.id)
+        out.append((mb.address, (before.bytes, before.messages), (after.bytes, after.messages)))
+    return out

@@ -6,7 +6,10 @@ Plain functions over plain values, called by the store (every delivery, append, 
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
 from dataclasses import dataclass
+from email.utils import format_datetime
 
 
 @dataclass(frozen=True)
@@ -58,11 +61,35 @@ def exceeded(usage: Usage, limits: Limits, add_bytes: int, add_messages: int) ->
     return None
 
 
-def crossed_warning(before: Usage, after: Usage, limits: Limits, levels: list[int]) -> int | None:
-    """The highest warning level (percent of storage) crossed upwards by this change, if any."""
-    if not limits.storage:
-        return None
-    before_pct = before.bytes * 100 / limits.storage
-    after_pct = after.bytes * 100 / limits.storage
-    crossed = [lvl for lvl in levels if before_pct < lvl <= after_pct]
-    return max(crossed) if crossed else None
+def human_size(n: int) -> str:
+    """Sizes as people read them in French (``1,5 Mo``)."""
+    value = float(n)
+    for unit in ("octets", "Ko", "Mo", "Go"):
+        if value < 1024 or unit == "Go":
+            return f"{value:.0f} {unit}" if unit == "octets" else f"{value:.1f} {unit}".replace(".", ",")
+        value /= 1024
+    return f"{n} octets"
+
+
+def warning_message(address: str, level: int, used: int, limit: int) -> bytes:
+    """The notice put in the INBOX when usage crosses ``level`` percent (plain text, French)."""
+    domain = address.rpartition("@")[2]
+    now = format_datetime(dt.datetime.now(dt.UTC))
+    text = (
+        f"Bonjour,\r\n\r\nVotre boîte aux lettres {address} est remplie à {level} % :\r\n"
+        f"{human_size(used)} utilisés sur {human_size(limit)}.\r\n\r\n"
+        "Lorsqu'elle sera pleine, les nouveaux messages vous seront refusés. Supprimez les messages dont "
+        "vous n'avez plus besoin (pensez à vider la corbeille) ou contactez votre administrateur.\r\n"
+    )
+    headers = (
+        f"From: =?utf-8?q?Messagerie_Cadu=C3=A9e?= <postmaster@{domain}>\r\n"
+        f"To: <{address}>\r\n"
+        f"Subject: =?utf-8?q?Votre_bo=C3=AEte_aux_lettres_est_remplie_=C3=A0_{level}_=25?=\r\n"
+        f"Date: {now}\r\n"
+        f"Message-ID: <quota-{level}-{uuid.uuid4().hex}@{domain}>\r\n"
+        "Auto-Submitted: auto-generated\r\n"
+        "MIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        "Content-Transfer-Encoding: 8bit\r\n\r\n"
+    )
+    return headers.encode() + text.encode("utf-8")

@@ -33,7 +33,7 @@ class Runtime:
         )
         blobs = BlobStore(settings.storage.path)
         notifier = Notifier()
-        store = Store(db, blobs, notifier, settings.quota.default_storage, settings.quota.default_messages)
+        store = Store(db, blobs, notifier, settings.quota)
         audit = Audit(db)
         passwords = Passwords(settings.auth)
         auth = Authenticator(db, settings.auth, audit, passwords)

@@ -30,6 +30,7 @@ from typing import Any, Literal
 from sqlalchemy import delete, exists, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from config.settings import QuotaSettings
 from mailserver import quota
 from mailserver.db.engine import Database
 from mailserver.db.models import Blob, Domain, Expunged, Folder, Mailbox, Message, utcnow
@@ -107,6 +108,17 @@ class DeliveryResult:
 
 
 @dataclass(frozen=True)
+class Notice:
+    """A quota warning to deliver once the transaction that crossed the level has committed."""
+
+    mailbox_id: int
+    address: str
+    level: int
+    used: int
+    limit: int
+
+
+@dataclass(frozen=True)
 class FlagChange:
     changed: list[MessageInfo]
     modified: list[int]
@@ -147,14 +159,13 @@ def _meta_cached(blob_id: int, meta: str) -> dict[str, Any]:
 class Store:
     """Folders, messages and usage of every mailbox; see the module docstring for the invariants."""
 
-    def __init__(
-        self, db: Database, blobs: BlobStore, notifier: Notifier, default_storage: int, default_messages: int
-    ) -> None:
+    def __init__(self, db: Database, blobs: BlobStore, notifier: Notifier, quotas: QuotaSettings) -> None:
         self.db = db
         self.blobs = blobs
         self.notifier = notifier
-        self.default_storage = default_storage
-        self.default_messages = default_messages
+        self.default_storage = quotas.default_storage
+        self.default_messages = quotas.default_messages
+        self.warn_levels = sorted(quotas.warn_percent)
 
     # ----------------------------------------------------------------- transactions and notification
 
@@ -353,17 +364,20 @@ class Store:
         flags: Iterable[str] = (),
         extra_refs: int = 0,
         in_transaction: Any = None,
+        enforce_quota: bool = True,
     ) -> DeliveryResult:
         """Put one durable blob into ``folder`` of each mailbox, in one transaction.
 
         A mailbox over quota is refused alone (``over_quota``), the others still receive the message.
         ``extra_refs`` references are kept for other owners (outbound queue entries) and
         ``in_transaction(session, blob_id)`` lets them write their rows in the same commit.
-        The blob file is removed if, in the end, nothing references it.
+        The blob file is removed if, in the end, nothing references it. ``enforce_quota=False`` is only
+        for the server's own notices (a quota warning must reach a nearly full mailbox).
         """
         result = DeliveryResult()
         flag_text = flags_to_text(flags)
         now = utcnow()
+        notices: list[Notice | None] = []
         try:
             async with self._write() as (session, changed):
                 accepted: list[tuple[Mailbox, Folder]] = []
@@ -371,10 +385,14 @@ class Store:
                 for mailbox_id in sorted(set(mailbox_ids)):
                     mb = await self._lock_mailbox(session, mailbox_id)
                     try:
-                        await self._charge(session, mb, [(blob_id, prepared.written.size)])
+                        await self._charge(
+                            session, mb, [(blob_id, prepared.written.size)], check=enforce_quota
+                        )
                     except quota.OverQuota as exc:
                         result.over_quota[mailbox_id] = exc.resource
                         continue
+                    if enforce_quota:
+                        notices.append(await self._warning_due(session, mb))
                     accepted.append((mb, await self._folder(session, mailbox_id, folder, lock=True)))
                 for mb, fold in accepted:
                     uid, modseq = await self._bump(session, fold, 1)
@@ -403,7 +421,43 @@ class Store:
         except BaseException:
             await self.discard(prepared)
             raise
+        if result.uids:
+            await self._send_notices(notices)
         return result
+
+    # ----------------------------------------------------------------- quota warnings
+
+    async def _warning_due(self, session: AsyncSession, mb: Mailbox) -> Notice | None:
+        """In the transaction that changed usage: the notice to send, if a warning level was crossed.
+
+        ``mailbox.quota_warned`` remembers the highest level already announced; it goes back down when
+        usage falls below a level, so the next crossing warns again, and a notice is never repeated
+        while usage stays above its level.
+        """
+        if not self.warn_levels:
+            return None
+        limits = await self.limits(session, mb)
+        percent = mb.used_bytes * 100 / limits.storage if limits.storage else 0
+        level = max((lvl for lvl in self.warn_levels if percent >= lvl), default=0)
+        due = (
+            Notice(mb.id, mb.address, level, mb.used_bytes, limits.storage)
+            if level > mb.quota_warned
+            else None
+        )
+        mb.quota_warned = level
+        return due
+
+    async def _send_notices(self, notices: Iterable[Notice | None]) -> None:
+        for n in notices:
+            if n is not None:
+                data = quota.warning_message(n.address, n.level, n.used, n.limit)
+                await self.deliver(await self.prepare(data), [n.mailbox_id], enforce_quota=False)
+
+    async def update_quota_warning(self, mailbox_id: int) -> None:
+        """Re-evaluate the warning state after a limit changed (``caducee quota set``)."""
+        async with self.db.write() as session:
+            notice = await self._warning_due(session, await self._lock_mailbox(session, mailbox_id))
+        await self._send_notices([notice])
 
     # ----------------------------------------------------------------- mailboxes and folders
 
@@ -478,6 +532,7 @@ class Store:
             await session.delete(f)
             await session.flush()
             paths = await self._release(session, mb, msgs)
+            await self._warning_due(session, mb)
             changed.add((mailbox_id, None))
             changed.add((mailbox_id, f.id))
         await self._remove_files(paths)
@@ -554,6 +609,11 @@ class Store:
             )
             return _folder_info(f), [_info(m) for m in rows.scalars()]
 
+    async def messages(self, folder_id: int, uids: Iterable[int]) -> list[MessageInfo]:
+        """The current state of some messages in UID order (IMAP FETCH/STORE read only what they need)."""
+        async with self.db.read() as session:
+            return [_info(m) for m in await self._messages(session, folder_id, sorted(set(uids)))]
+
     async def changes_since(
         self, folder_id: int, modseq: int
     ) -> tuple[FolderInfo, list[MessageInfo], list[int]]:
@@ -585,6 +645,7 @@ class Store:
                 await self._charge(
                     session, mb, [(b, p.written.size) for b, p in zip(blob_ids, prepared, strict=True)]
                 )
+                notice = await self._warning_due(session, mb)
                 first, modseq = await self._bump(session, f, len(items))
                 for i, ((_data, flags, date), p, b) in enumerate(zip(items, prepared, blob_ids, strict=True)):
                     session.add(
@@ -599,11 +660,13 @@ class Store:
                         )
                     )
                 changed.add((mailbox_id, f.id))
-                return f.uidvalidity, list(range(first, first + len(items)))
+                outcome = f.uidvalidity, list(range(first, first + len(items)))
         except BaseException:
             for p in prepared:
                 await self.discard(p)
             raise
+        await self._send_notices([notice])
+        return outcome
 
     async def copy(
         self, folder_id: int, uids: Iterable[int], dest: str, move: bool = False
@@ -623,6 +686,7 @@ class Store:
                 return dst.uidvalidity, []
             if not move:
                 await self._charge(session, mb, [(m.blob_id, m.size) for m in msgs])
+            notice = await self._warning_due(session, mb)
             if move and dst.id == src.id:
                 raise StoreError("CANNOT", "source and destination are the same folder")
             first, modseq = await self._bump(session, dst, len(msgs))
@@ -652,7 +716,9 @@ class Store:
                     await self.add_blob_refs(session, blob_id, sum(1 for m in msgs if m.blob_id == blob_id))
             changed.add((mb.id, dst.id))
             await session.flush()
-            return dst.uidvalidity, pairs
+            outcome = dst.uidvalidity, pairs
+        await self._send_notices([notice])
+        return outcome
 
     async def _messages(self, session: AsyncSession, folder_id: int, uids: Sequence[int]) -> list[Message]:
         out: list[Message] = []
@@ -722,6 +788,7 @@ class Store:
             if not gone:
                 return []
             paths = await self._remove_messages(session, mb, f, gone)
+            await self._warning_due(session, mb)
             changed.add((mb.id, f.id))
         await self._remove_files(paths)
         return [m.uid for m in gone]

@@ -210,3 +210,28 @@ def test_serve_starts_and_stops_cleanly_on_sigterm(cli: Cli) -> None:
     rest = proc.communicate(timeout=60)[1]
     assert proc.returncode == 0, rest
     assert '"event":"stopped"' in rest
+
+
+def test_quota_commands(cli: Cli) -> None:
+    cli("mailbox", "add", "quota@a.mssante.test", "--type", "ORG")
+    out = cli("quota", "set", "quota@a.mssante.test", "10MiB", "--messages", "50").stdout
+    assert "quota@a.mssante.test" in out
+    shown = cli.json("quota", "show", "quota@a.mssante.test")
+    assert shown == {
+        "address": "quota@a.mssante.test",
+        "used_bytes": 0,
+        "storage_limit": 10 * 1024**2,
+        "used_messages": 0,
+        "message_limit": 50,
+        "percent": 0.0,
+    }
+    report = cli.json("quota", "report")
+    assert isinstance(report, list) and {r["address"] for r in report} >= {"quota@a.mssante.test"}
+    assert cli.json("quota", "report", "--over", "50") == []
+    recalc = cli.json("quota", "recalc")
+    assert isinstance(recalc, list) and not any(r["drift"] for r in recalc)
+    cli("domain", "quota", "a.mssante.test", "2GiB")
+    cli("quota", "set", "quota@a.mssante.test", "default")
+    assert cli.json("quota", "show", "quota@a.mssante.test")["storage_limit"] == 2 * 1024**3  # type: ignore[index]
+    assert "SIZE" in cli("quota", "set", "quota@a.mssante.test", "huge", ok=False).stderr
+    cli("quota", "show", "nobody@a.mssante.test", ok=False)
