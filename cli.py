@@ -564,6 +564,37 @@ async def quota_recalc(rt: Runtime, address: str | None, as_json: bool) -> None:
     click.echo(f"{len(results)} mailbox(es) checked, {len(drift)} corrected")
 
 
+# ---------------------------------------------------------------------------------------------- store
+
+
+@main.group("store")
+def store_group() -> None:
+    """The message store (files under storage.path)."""
+
+
+@store_group.command("check")
+@click.option("--gc", "collect", is_flag=True, help="Also delete orphan files older than --age.")
+@click.option("--age", default="1h", help="Only files older than this count as orphans (default 1h).")
+@with_runtime
+async def store_check(rt: Runtime, collect: bool, age: str) -> None:
+    """Check that every message row has its file, and list (or collect) files no row references."""
+    try:
+        older_than = config.parse_duration(age)
+    except ValueError as exc:
+        fail(f"--age: {exc}")
+    missing = await rt.store.missing_blobs()
+    orphans = await rt.store.collect_orphans(older_than, dry_run=not collect)
+    for path in missing:
+        click.echo(f"MISSING  {path}")
+    for path in orphans:
+        click.echo(f"{'removed' if collect else 'orphan '}  {path}")
+    click.echo(
+        f"{len(missing)} missing file(s), {len(orphans)} orphan file(s){' removed' if collect else ''}"
+    )
+    if missing:
+        sys.exit(1)
+
+
 # ---------------------------------------------------------------------------------------------- audit
 
 

@@ -832,6 +832,39 @@ class Store:
             mb.used_bytes, mb.used_messages = int(size), int(count)
             return before, quota.Usage(int(size), int(count))
 
+    async def collect_orphans(self, older_than: float = 3600.0, dry_run: bool = False) -> list[str]:
+        """Remove blob files no row references (left by a crash between write and commit).
+
+        Only files older than ``older_than`` seconds are touched: a younger one may belong to a delivery
+        whose transaction has not committed yet.
+        """
+        async with self.db.read() as session:
+            known = set((await session.execute(select(Blob.path))).scalars())
+        cutoff = time.time() - older_than
+
+        def sweep() -> list[str]:
+            found = []
+            for rel in self.blobs.all_paths():
+                path = self.blobs.root / rel
+                if rel not in known and path.stat().st_mtime < cutoff:
+                    found.append(rel)
+                    if not dry_run:
+                        self.blobs.remove(rel)
+            for tmp in self.blobs.tmp.iterdir() if self.blobs.tmp.is_dir() else ():
+                if tmp.stat().st_mtime < cutoff:
+                    found.append(str(tmp.relative_to(self.blobs.root)))
+                    if not dry_run:
+                        tmp.unlink(missing_ok=True)
+            return found
+
+        return await asyncio.to_thread(sweep)
+
+    async def missing_blobs(self) -> list[str]:
+        """Rows whose file is missing: must always be empty (files are durable before rows commit)."""
+        async with self.db.read() as session:
+            paths = list((await session.execute(select(Blob.path))).scalars())
+        return await asyncio.to_thread(lambda: [p for p in paths if not self.blobs.exists(p)])
+
     async def delete_mailbox_content(self, session: AsyncSession, mailbox_id: int) -> list[str]:
         """In the caller's transaction, drop every folder and message; returns the files to delete."""
         mb = await self._lock_mailbox(session, mailbox_id)

@@ -292,3 +292,17 @@ async def test_mailbox_delete_removes_mail_and_files(runtime: Runtime) -> None:
     assert len(list(runtime.blobs.all_paths())) == 1
     (remaining,) = runtime.blobs.all_paths()
     assert await asyncio.to_thread(runtime.blobs.read, remaining) == message(1)
+
+
+async def test_orphan_files_are_collected_only_when_old(runtime: Runtime) -> None:
+    """A crash between blob write and commit leaves an orphan file, never a row without a file."""
+    mb = await mailbox(runtime)
+    await runtime.store.deliver(await runtime.store.prepare(message(1)), [mb])
+    orphan = await runtime.store.prepare(message(2))  # written, never committed: as after a crash
+    assert await runtime.store.missing_blobs() == []
+    assert await runtime.store.collect_orphans(older_than=3600) == []
+    assert await runtime.store.collect_orphans(older_than=0, dry_run=True) == [orphan.written.path]
+    assert (runtime.blobs.root / orphan.written.path).exists()
+    assert await runtime.store.collect_orphans(older_than=0) == [orphan.written.path]
+    assert not (runtime.blobs.root / orphan.written.path).exists()
+    assert len(list(runtime.blobs.all_paths())) == 1
