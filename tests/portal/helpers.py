@@ -1,0 +1,84 @@
+"""Shared test helpers: hosted professionals and patients, and messages delivered the way SMTP will."""
+
+from __future__ import annotations
+
+import email.utils
+import secrets
+from email.message import EmailMessage
+
+from mailserver import accounts, conversations
+from mailserver.delivery import Delivery
+from mailserver.policy import local_recipient
+from mailserver.runtime import Runtime
+
+PATIENT_INS = "262112B82955335"
+OTHER_INS = "235037926101886"
+PATIENT = f"{PATIENT_INS.lower()}@patient.a.mssante.test"
+OTHER_PATIENT = f"{OTHER_INS.lower()}@patient.a.mssante.test"
+DOCTOR = "dr.martin@a.mssante.test"
+NURSE = "infirmiere@a.mssante.test"
+PHARMACY = "pharmacie@a.mssante.test"
+REMOTE_DOCTOR = "dr.bernard@b.mssante.test"
+
+
+async def populate(rt: Runtime) -> None:
+    await accounts.add_mailbox(
+        rt, DOCTOR, "PER", rpps="10000000009", display_name="Dr Martin", password="x" * 12
+    )
+    await accounts.add_mailbox(rt, NURSE, "ORG", display_name="Infirmière")
+    await accounts.add_mailbox(
+        rt, PHARMACY, "ORG", display_name="Pharmacie du Port", accepts_patient_first=True
+    )
+    await accounts.add_mailbox(rt, PATIENT, "PAT", display_name="PETIT Pierre")
+    await accounts.add_mailbox(rt, OTHER_PATIENT, "PAT", display_name="GIRARD Émilie")
+
+
+def build(
+    sender: str,
+    to: str,
+    subject: str,
+    body: str = "Bonjour",
+    *,
+    in_reply_to: str | None = None,
+    extra: dict[str, str] | None = None,
+    name: str = "",
+) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = email.utils.formataddr((name, sender)) if name else sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Date"] = email.utils.formatdate()
+    msg["Message-ID"] = f"<{secrets.token_hex(8)}@test>"
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+        msg["References"] = in_reply_to
+    for key, value in (extra or {}).items():
+        msg[key] = value
+    msg.set_content(body)
+    return msg
+
+
+async def send(rt: Runtime, msg: EmailMessage, recipients: list[str] | None = None) -> list[str]:
+    """What the SMTP layer does: policy check, two-phase delivery to local mailboxes, then record."""
+    sender = email.utils.parseaddr(msg["From"])[1]
+    rcpts = recipients or [email.utils.parseaddr(msg["To"])[1]]
+    headers = {k: str(v) for k, v in msg.items()}
+    await conversations.check_message(rt, sender, rcpts, headers)
+    delivery = Delivery(rt, sender, source="test")
+    async with rt.db.read() as session:
+        for rcpt in rcpts:
+            target = await local_recipient(session, rcpt)
+            if target is not None:
+                delivery.add_local(target)
+    await delivery.body(bytes(msg))
+    result = await delivery.commit()
+    return await conversations.record_message(
+        rt,
+        sender,
+        rcpts,
+        headers,
+        msg["Message-ID"],
+        msg["In-Reply-To"],
+        msg["References"],
+        blob_id=result.blob_id,
+    )
