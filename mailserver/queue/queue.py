@@ -1,0 +1,406 @@
+"""The persistent outbound queue: written in the accepting transaction, drained by workers on any node.
+
+- ``enqueue_hook`` is the ``Delivery`` hook: queue rows are written in the very transaction that makes
+  the message durable, so an SMTP 250 means the remote copies are queued too.
+- Claiming is safe across nodes: on PostgreSQL ``SELECT … FOR UPDATE SKIP LOCKED``, on SQLite the
+  write transaction is ``BEGIN IMMEDIATE`` (one writer at a time). A claimed batch (one message, one
+  domain) gets a lease (``next_attempt`` pushed forward) so a crashed worker's batch is retried later.
+- Temporary failures are retried on ``delivery.retry_schedule`` (last step repeated) with ±10 % jitter
+  until ``delivery.expire``; then, like a permanent failure, the recipient fails.
+- When no recipient of a message is left queued, one transaction removes the entry, drops its blob
+  reference and (when a report is due) stores the single RFC 3464 report in the sender's mailbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailserver.db.models import Blob, utcnow
+from mailserver.delivery import EnqueueHook
+from mailserver.policy import LocalTarget, Refusal, RemoteTarget, local_recipient
+from mailserver.queue import dsn
+from mailserver.queue.models import QueueMessage, QueueRecipient
+from mailserver.runtime import Runtime
+
+log = logging.getLogger("caducee.queue")
+
+LEASE = dt.timedelta(minutes=10)
+FINAL = ("sent", "relayed", "failed")
+
+
+@dataclass(frozen=True)
+class QueuedRecipient:
+    id: int
+    address: str
+    notify: str
+    orcpt: str | None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The recipients of one message at one domain, claimed together (one SMTP transaction)."""
+
+    message_id: int
+    blob_id: int
+    sender: str
+    envid: str | None
+    ret: str | None
+    smtputf8: bool
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    domain: str
+    recipients: tuple[QueuedRecipient, ...]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """``kind``: sent (peer handles DSNs), relayed (peer lacks DSN), temporary or permanent failure."""
+
+    kind: str
+    reply: str
+
+
+Sender = Callable[[Batch, bytes], Awaitable[dict[int, Outcome]]]
+
+
+class _Gone(Exception):
+    """The entry was finished by someone else meanwhile."""
+
+
+class Queue:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.settings = rt.settings.delivery
+        self._wake = asyncio.Event()
+
+    # ------------------------------------------------------------------ writing
+
+    def enqueue_hook(
+        self, envid: str | None = None, ret: str | None = None, smtputf8: bool = False
+    ) -> EnqueueHook:
+        """The ``Delivery`` hook writing one entry with the message's DSN options (RFC 3461 §4.3-4.4)."""
+
+        async def hook(
+            session: AsyncSession,
+            blob_id: int,
+            sender: str,
+            remote: list[tuple[RemoteTarget, dict[str, Any]]],
+        ) -> None:
+            now = utcnow()
+            msg = QueueMessage(
+                blob_id=blob_id,
+                sender=sender,
+                envid=envid,
+                ret=ret,
+                smtputf8=smtputf8,
+                created_at=now,
+                expires_at=now + dt.timedelta(seconds=self.settings.expire),
+            )
+            session.add(msg)
+            await session.flush()
+            for target, options in remote:
+                session.add(
+                    QueueRecipient(
+                        message_id=msg.id,
+                        address=target.address,
+                        domain=target.domain,
+                        notify=options.get("notify") or "",
+                        orcpt=options.get("orcpt"),
+                        status="queued",
+                        attempts=0,
+                        next_attempt=now,
+                        last_reply="",
+                        updated_at=now,
+                    )
+                )
+
+        return hook
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ------------------------------------------------------------------ claiming and recording
+
+    def _lockable(self, q: Any) -> Any:
+        return q.with_for_update(skip_locked=True) if self.rt.db.kind == "postgresql" else q
+
+    async def claim(self) -> Batch | None:
+        """Take the most overdue (message, domain) batch and lease it to this worker."""
+        now = utcnow()
+        async with self.rt.db.write() as session:
+            due = (QueueRecipient.status == "queued", QueueRecipient.next_attempt <= now)
+            first = (
+                await session.execute(
+                    self._lockable(
+                        select(QueueRecipient).where(*due).order_by(QueueRecipient.next_attempt).limit(1)
+                    )
+                )
+            ).scalar_one_or_none()
+            if first is None:
+                return None
+            rows = list(
+                (
+                    await session.execute(
+                        self._lockable(
+                            select(QueueRecipient)
+                            .where(*due, QueueRecipient.message_id == first.message_id)
+                            .where(QueueRecipient.domain == first.domain)
+                            .order_by(QueueRecipient.id)
+                        )
+                    )
+                ).scalars()
+            )
+            for r in rows:
+                r.next_attempt, r.updated_at = now + LEASE, now
+            msg = await session.get(QueueMessage, first.message_id)
+            assert msg is not None
+            return Batch(
+                msg.id,
+                msg.blob_id,
+                msg.sender,
+                msg.envid,
+                msg.ret,
+                msg.smtputf8,
+                msg.created_at,
+                msg.expires_at,
+                first.domain,
+                tuple(QueuedRecipient(r.id, r.address, r.notify, r.orcpt) for r in rows),
+            )
+
+    def delay(self, attempts: int) -> dt.timedelta:
+        """The wait after the ``attempts``-th failure: the schedule (last step repeating), ±10 % jitter."""
+        schedule = self.settings.retry_schedule or [300.0]
+        base = schedule[min(attempts, len(schedule)) - 1]
+        return dt.timedelta(seconds=base * random.uniform(0.9, 1.1))
+
+    async def record(self, batch: Batch, outcomes: dict[int, Outcome]) -> None:
+        """Store each recipient's outcome, then finish the message if nothing is left to try."""
+        now = utcnow()
+        async with self.rt.db.write() as session:
+            for rid, outcome in outcomes.items():
+                r = await session.get(QueueRecipient, rid, with_for_update=True)
+                if r is None or r.status != "queued":
+                    continue
+                r.attempts += 1
+                r.last_reply, r.updated_at = outcome.reply[:2000], now
+                if outcome.kind in ("sent", "relayed"):
+                    r.status = outcome.kind
+                elif outcome.kind == "permanent":
+                    r.status = "failed"
+                elif now >= batch.expires_at:
+                    r.status = "failed"
+                    r.last_reply = f"expired after {r.attempts} attempts; last reply: {outcome.reply}"[:2000]
+                else:
+                    r.next_attempt = now + self.delay(r.attempts)
+        await self.finish(batch.message_id)
+
+    # ------------------------------------------------------------------ finishing
+
+    async def finish(self, message_id: int) -> bool:
+        """Close the entry once every recipient is final: one report, blob reference dropped."""
+        async with self.rt.db.read() as session:
+            msg = await session.get(QueueMessage, message_id)
+            rows = list(
+                (
+                    await session.execute(
+                        select(QueueRecipient).where(QueueRecipient.message_id == message_id)
+                    )
+                ).scalars()
+            )
+        if msg is None or any(r.status == "queued" for r in rows):
+            return False
+        reports = _reports(rows)
+        removed: list[str] = []
+
+        async def close(session: AsyncSession, _blob_id: int | None = None) -> None:
+            current = await session.get(QueueMessage, message_id, with_for_update=True)
+            if current is None:
+                raise _Gone
+            left = await session.execute(
+                select(func.count())
+                .select_from(QueueRecipient)
+                .where(QueueRecipient.message_id == message_id, QueueRecipient.status == "queued")
+            )
+            if left.scalar_one():
+                raise _Gone
+            await session.execute(delete(QueueRecipient).where(QueueRecipient.message_id == message_id))
+            await session.execute(delete(QueueMessage).where(QueueMessage.id == message_id))
+            path = await _drop_blob_ref(session, current.blob_id)
+            if path:
+                removed.append(path)
+
+        try:
+            target = await self._local_sender(msg.sender) if reports else None
+            if target is not None:
+                original = await self.rt.store.read_blob(msg.blob_id)
+                data = dsn.build(
+                    self.rt.settings.server.hostname,
+                    msg.sender,
+                    reports,
+                    original,
+                    envid=msg.envid,
+                    ret=msg.ret,
+                    arrival=msg.created_at,
+                )
+                prepared = await self.rt.store.prepare(data)
+                result = await self.rt.store.deliver(prepared, [target.mailbox_id], in_transaction=close)
+                if result.blob_id is None:
+                    log.warning("report to <%s> refused (mailbox full): dropped", msg.sender)
+                    async with self.rt.db.write() as session:
+                        await close(session)
+                else:
+                    await self.rt.audit.record(
+                        msg.sender, "receive", "", "delivery status notification", f"queue entry {message_id}"
+                    )
+            else:
+                async with self.rt.db.write() as session:
+                    await close(session)
+        except _Gone:
+            return False
+        for path in removed:
+            await asyncio.to_thread(self.rt.blobs.remove, path)
+        return True
+
+    async def _local_sender(self, sender: str) -> LocalTarget | None:
+        if not sender:
+            return None
+        try:
+            async with self.rt.db.read() as session:
+                return await local_recipient(session, sender)
+        except Refusal as refusal:
+            log.warning("no report for <%s>: %s", sender, refusal.smtp)
+            return None
+
+    # ------------------------------------------------------------------ workers
+
+    async def seconds_to_next(self) -> float | None:
+        async with self.rt.db.read() as session:
+            when = (
+                await session.execute(
+                    select(func.min(QueueRecipient.next_attempt)).where(QueueRecipient.status == "queued")
+                )
+            ).scalar_one_or_none()
+        if when is None:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        return max(0.0, (when - utcnow()).total_seconds())
+
+    async def process_one(self, send: Sender) -> bool:
+        """Claim and attempt one batch; False when nothing is due."""
+        batch = await self.claim()
+        if batch is None:
+            return False
+        try:
+            data = await self.rt.store.read_blob(batch.blob_id)
+            outcomes = await send(batch, data)
+        except Exception as exc:
+            log.exception("delivery attempt for queue entry %s failed", batch.message_id)
+            outcomes = {r.id: Outcome("temporary", f"451 4.3.0 local error: {exc}") for r in batch.recipients}
+        await self.record(batch, outcomes)
+        return True
+
+    async def worker(self, send: Sender) -> None:
+        """Deliver due batches until cancelled; sleeps until the next due entry (at most 5 s) or a wake-up."""
+        while True:
+            try:
+                if await self.process_one(send):
+                    continue
+                wait = await self.seconds_to_next()
+            except Exception:
+                log.exception("queue worker error")
+                wait = 5.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), min(wait if wait is not None else 5.0, 5.0) or 0.01)
+            self._wake.clear()
+
+    # ------------------------------------------------------------------ administration
+
+    async def entries(self) -> list[dict[str, Any]]:
+        async with self.rt.db.read() as session:
+            msgs = list((await session.execute(select(QueueMessage).order_by(QueueMessage.id))).scalars())
+            rcpts = list(
+                (await session.execute(select(QueueRecipient).order_by(QueueRecipient.id))).scalars()
+            )
+        by_msg: dict[int, list[QueueRecipient]] = {}
+        for r in rcpts:
+            by_msg.setdefault(r.message_id, []).append(r)
+        return [
+            {
+                "id": m.id,
+                "sender": m.sender,
+                "created_at": m.created_at.isoformat(),
+                "expires_at": m.expires_at.isoformat(),
+                "envid": m.envid,
+                "recipients": [
+                    {
+                        "address": r.address,
+                        "status": r.status,
+                        "attempts": r.attempts,
+                        "next_attempt": r.next_attempt.isoformat(),
+                        "last_reply": r.last_reply,
+                    }
+                    for r in by_msg.get(m.id, [])
+                ],
+            }
+            for m in msgs
+        ]
+
+    async def retry(self, message_id: int | None = None) -> int:
+        """Make queued recipients due now (all, or one entry's); returns how many."""
+        q = update(QueueRecipient).where(QueueRecipient.status == "queued").values(next_attempt=utcnow())
+        if message_id is not None:
+            q = q.where(QueueRecipient.message_id == message_id)
+        async with self.rt.db.write() as session:
+            count = (await session.execute(q)).rowcount
+        self.wake()
+        return int(count or 0)
+
+    async def delete(self, message_id: int) -> bool:
+        """Drop an entry without any report (an operator's decision, audited by the caller)."""
+        path = None
+        async with self.rt.db.write() as session:
+            msg = await session.get(QueueMessage, message_id, with_for_update=True)
+            if msg is None:
+                return False
+            await session.execute(delete(QueueRecipient).where(QueueRecipient.message_id == message_id))
+            await session.execute(delete(QueueMessage).where(QueueMessage.id == message_id))
+            path = await _drop_blob_ref(session, msg.blob_id)
+        if path:
+            await asyncio.to_thread(self.rt.blobs.remove, path)
+        return True
+
+
+async def _drop_blob_ref(session: AsyncSession, blob_id: int) -> str | None:
+    """Release the queue's reference in the caller's transaction; the file to remove after commit."""
+    await session.execute(update(Blob).where(Blob.id == blob_id).values(refcount=Blob.refcount - 1))
+    refcount, path = (await session.execute(select(Blob.refcount, Blob.path).where(Blob.id == blob_id))).one()
+    if refcount <= 0:
+        await session.execute(delete(Blob).where(Blob.id == blob_id))
+        return str(path)
+    return None
+
+
+def _reports(rows: list[QueueRecipient]) -> list[dsn.RecipientReport]:
+    """Failed recipients wanting FAILURE, relayed ones wanting SUCCESS (RFC 3461 §4.1 defaults)."""
+    out = []
+    for r in rows:
+        notify = set(filter(None, r.notify.split(","))) or {"FAILURE", "DELAY"}
+        if r.status == "failed" and "FAILURE" in notify:
+            status = "5.4.7" if r.last_reply.startswith("expired") else dsn.status_of(r.last_reply, True)
+            if status.startswith("4"):
+                status = "5" + status[1:]
+            out.append(dsn.RecipientReport(r.address, "failed", status, r.last_reply, orcpt=r.orcpt))
+        elif r.status == "relayed" and "SUCCESS" in notify:
+            out.append(dsn.RecipientReport(r.address, "relayed", "2.0.0", r.last_reply, orcpt=r.orcpt))
+    return out

@@ -1,0 +1,173 @@
+"""What the SMTP listeners do with an envelope: the part the inbound MTA and submission share.
+
+``Handler.message`` is the durable-before-acknowledged rule: the reply is built only after
+``Delivery.commit()`` returned (blob fsync'ed, rows and queue entries committed). A local recipient
+refused at commit (quota) does not fail the message: it gets a bounce, the others keep their copy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import logging
+import uuid
+
+from aiosmtpd.smtp import Envelope, Session
+from cryptography import x509
+
+from mailserver import quota
+from mailserver.delivery import Delivery, DeliveryResult
+from mailserver.policy import LocalTarget, Refusal, RemoteTarget
+from mailserver.queue import dsn
+from mailserver.queue.queue import Queue
+from mailserver.runtime import Runtime
+from mailserver.smtp.server import MailOptions, SMTPEnvelope, SMTPServer
+
+log = logging.getLogger("caducee.smtp")
+
+
+def peer_certificate(server: SMTPServer) -> x509.Certificate | None:
+    """The client certificate verified during the TLS handshake, if one was presented."""
+    ssl_object = server.transport.get_extra_info("ssl_object") if server.transport else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    return x509.load_der_x509_certificate(der) if der else None
+
+
+def received_header(server: SMTPServer, queue_id: str, protocol: str) -> bytes:
+    """RFC 5321 §4.4 trace field with the TLS facts (version, cipher, verified peer subject)."""
+    helo = "".join(c for c in (server.session.host_name or "unknown") if 32 < ord(c) < 127)[:100]
+    parts = [f"Received: from {helo} ([{server.client_ip}])", f"\tby {server.hostname} (Caducée)"]
+    ssl_object = server.transport.get_extra_info("ssl_object") if server.transport else None
+    if ssl_object is not None:
+        cipher = ssl_object.cipher()
+        tls = f"\t(using {ssl_object.version()} with cipher {cipher[0] if cipher else 'unknown'}"
+        cert = peer_certificate(server)
+        if cert is not None:
+            tls += f";\r\n\t peer certificate {cert.subject.rfc4514_string()} verified"
+        parts.append(tls + ")")
+        protocol += "S"
+    if server.session.authenticated:
+        protocol += "A"
+    parts.append(f"\twith {protocol} id {queue_id};")
+    parts.append(f"\t{email.utils.format_datetime(dt.datetime.now(dt.UTC))}")
+    return ("\r\n".join(parts) + "\r\n").encode("utf-8", "replace")
+
+
+class Handler:
+    """Base of the MTA and submission handlers (one instance per connection, see ``service``)."""
+
+    service = "smtp"
+
+    def __init__(self, rt: Runtime, queue: Queue | None) -> None:
+        self.rt = rt
+        self.queue = queue
+
+    # ------------------------------------------------------------------ policy hooks (subclasses)
+
+    def actor(self, server: SMTPServer) -> str:
+        return f"peer:{server.client_ip}"
+
+    async def mail(self, server: SMTPServer, address: str, options: MailOptions) -> None:
+        raise NotImplementedError
+
+    async def rcpt(
+        self, server: SMTPServer, address: str, options: MailOptions
+    ) -> LocalTarget | RemoteTarget:
+        raise NotImplementedError
+
+    async def accepted(self, server: SMTPServer, result: DeliveryResult, reply: str) -> None:
+        """Called after a message was committed (submission audits the send)."""
+
+    # ------------------------------------------------------------------ shared
+
+    async def refused(self, server: SMTPServer, request: str, response: str) -> None:
+        await self.rt.audit.record(
+            self.actor(server), f"{self.service}-refused", server.client_ip, request[:500], response
+        )
+
+    async def check_quota(self, target: LocalTarget, size: int | None) -> None:
+        """With a declared SIZE, refuse at RCPT rather than bounce later (RFC 1870 §6.2 wording)."""
+        if not size:
+            return
+        usage, limits = await self.rt.store.usage(target.mailbox_id)
+        if quota.exceeded(usage, limits, size, 1):
+            raise Refusal(452, "4.2.2", f"<{target.address}>: mailbox full")
+
+    async def handle_DATA(self, server: SMTPServer, session: Session, envelope: Envelope) -> str:
+        return await self.message(server, envelope.original_content or b"")
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("SMTP session error", exc_info=error)
+        return "451 4.3.0 local error, please try again later"
+
+    async def message(self, server: SMTPServer, data: bytes) -> str:
+        """Store/queue the message for every accepted recipient; 250 only once it is durable."""
+        env: SMTPEnvelope = server.envelope
+        opts = env.options
+        queue_id = uuid.uuid4().hex[:16]
+        hook = self.queue.enqueue_hook(opts.envid, opts.ret, opts.smtputf8) if self.queue else None
+        delivery = Delivery(
+            self.rt,
+            env.mail_from or "",
+            source=f"{self.service}:{self.actor(server)}",
+            remote_addr=server.client_ip,
+            enqueue=hook,
+        )
+        for r in env.recipients:
+            if isinstance(r.target, LocalTarget):
+                delivery.add_local(r.target)
+            else:
+                delivery.add_remote(r.target, {"notify": ",".join(r.notify), "orcpt": r.orcpt})
+        protocol = "ESMTP" if server.session.extended_smtp else "SMTP"
+        content = received_header(server, queue_id, protocol) + data
+        server.busy = True
+        try:
+            await delivery.body(content)
+            result = await delivery.commit()
+        except BaseException:
+            await delivery.abort()
+            raise
+        finally:
+            server.busy = False
+        if not result.delivered and not result.queued:
+            first = next(iter(result.refused.values()), Refusal(451, "4.3.0", "not stored"))
+            await self.refused(server, "DATA", first.smtp)
+            return first.smtp
+        reply = f"250 2.0.0 message accepted as {queue_id}"
+        if result.queued and self.queue:
+            self.queue.wake()
+        await self.accepted(server, result, reply)
+        await self._reports(server, env, result, content)
+        return reply
+
+    async def _reports(
+        self, server: SMTPServer, env: SMTPEnvelope, result: DeliveryResult, data: bytes
+    ) -> None:
+        """Success DSNs for local deliveries asked with NOTIFY=SUCCESS, bounces for refusals at commit."""
+        reports = []
+        for r in env.recipients:
+            if r.address in result.delivered and r.wants("SUCCESS"):
+                reports.append(dsn.RecipientReport(r.address, "delivered", "2.0.0", orcpt=r.orcpt))
+            elif r.address in result.refused and r.wants("FAILURE"):
+                refusal = result.refused[r.address]
+                status = "5" + refusal.enhanced[1:]
+                reports.append(dsn.RecipientReport(r.address, "failed", status, refusal.smtp, orcpt=r.orcpt))
+        if not reports or not env.mail_from:
+            return
+        hook = self.queue.enqueue_hook() if self.queue else None
+        try:
+            sent = await dsn.send(
+                self.rt,
+                hook,
+                env.mail_from,
+                reports,
+                data,
+                envid=env.options.envid,
+                ret=env.options.ret,
+                arrival=dt.datetime.now(dt.UTC),
+            )
+        except Exception:
+            log.exception("could not send the delivery report to <%s>", env.mail_from)
+            return
+        if sent and self.queue:
+            self.queue.wake()

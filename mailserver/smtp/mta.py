@@ -1,0 +1,54 @@
+"""The inbound MTA: peer operators of the trust space deliver to our hosted mailboxes, nothing else.
+
+At MAIL the peer must be inside TLS (enforced before any MAIL by ``require_starttls``) with a client
+certificate that chained to ``tls.peer_ca`` during the handshake, and that certificate's subject must be
+the trust-list DN of the sender's domain (for a null sender, of some trust-list domain). Recipients are
+hosted mailboxes only: this listener never relays, whoever asks.
+"""
+
+from __future__ import annotations
+
+from mailserver import trust
+from mailserver.policy import LocalTarget, Refusal, RemoteTarget, route_recipient, split_address
+from mailserver.smtp.handler import Handler, peer_certificate
+from mailserver.smtp.server import MailOptions, SMTPServer
+
+
+class MTAHandler(Handler):
+    service = "mta"
+    peer_domain: str | None = None
+
+    def actor(self, server: SMTPServer) -> str:
+        return self.peer_domain or f"peer:{server.client_ip}"
+
+    async def mail(self, server: SMTPServer, address: str, options: MailOptions) -> None:
+        if not server.tls_active:
+            raise Refusal(530, "5.7.0", "must issue a STARTTLS command first")
+        cert = peer_certificate(server)
+        if cert is None:
+            raise Refusal(530, "5.7.0", "a client certificate of the MSSanté trust space is required")
+        async with self.rt.db.read() as session:
+            if not address:
+                domains = await trust.domains_of(session, cert.subject)
+                if not domains:
+                    raise Refusal(
+                        550,
+                        "5.7.1",
+                        f"certificate subject {cert.subject.rfc4514_string()} is not in the trust list",
+                    )
+                self.peer_domain = domains[0]
+                return
+            _local, domain = split_address(address)
+            why = await trust.check_peer(session, domain, cert.subject)
+        if why:
+            raise Refusal(550, "5.7.1", f"<{address}>: {why}")
+        self.peer_domain = domain
+
+    async def rcpt(
+        self, server: SMTPServer, address: str, options: MailOptions
+    ) -> LocalTarget | RemoteTarget:
+        async with self.rt.db.read() as session:
+            target = await route_recipient(session, address, authenticated=False)
+        if isinstance(target, LocalTarget):
+            await self.check_quota(target, options.size)
+        return target

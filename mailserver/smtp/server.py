@@ -1,0 +1,511 @@
+"""The ESMTP protocol engine shared by the inbound MTA and submission: aiosmtpd's ``SMTP``, extended.
+
+aiosmtpd gives the connection loop, STARTTLS, DATA dot-unstuffing and the AUTH exchange. Added here,
+each family of commands in its own method of one session state machine (``Envelope`` holds the
+transaction):
+
+- EHLO advertising exactly what is implemented: PIPELINING (RFC 2920: aiosmtpd already reads commands
+  from a buffered stream), SIZE (RFC 1870), 8BITMIME (RFC 6152), SMTPUTF8 (RFC 6531),
+  ENHANCEDSTATUSCODES (RFC 2034: ``push`` adds an RFC 3463 code to every reply lacking one), DSN
+  (RFC 3461: RET/ENVID on MAIL, NOTIFY/ORCPT on RCPT), CHUNKING (RFC 3030: BDAT), STARTTLS, AUTH.
+- Our own MAIL/RCPT parsing: paths must be ``<...>`` and are handed to policy verbatim (aiosmtpd's
+  parser silently drops source routes), parameters keep their case (ENVID and ORCPT are xtext).
+- Limits: per client address connections, line length (commands and message lines), idle time,
+  recipients per message, message size (SIZE, DATA and BDAT alike: 552 5.3.4).
+- Implicit TLS recognised as TLS (``tls_active``), which aiosmtpd does not do (its issues #274/#281).
+
+What a message *means* (who may send, where it goes, how it is stored) is the handler's business
+(``mailserver.smtp.handler``); this module only speaks the protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import re
+import ssl
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
+
+from mailserver.policy import LocalTarget, Refusal, RemoteTarget
+
+if TYPE_CHECKING:
+    from mailserver.smtp.handler import Handler
+
+log = logging.getLogger("caducee.smtp")
+
+# RFC 3463 / RFC 5248 defaults for replies whose text does not carry a more precise code.
+_DEFAULT_ENHANCED = {
+    "211": "2.0.0",
+    "214": "2.0.0",
+    "220": "2.0.0",
+    "221": "2.0.0",
+    "235": "2.7.0",
+    "250": "2.0.0",
+    "252": "2.5.0",
+    "421": "4.3.0",
+    "451": "4.3.0",
+    "452": "4.3.1",
+    "454": "4.7.0",
+    "500": "5.5.2",
+    "501": "5.5.4",
+    "502": "5.5.1",
+    "503": "5.5.1",
+    "504": "5.5.4",
+    "530": "5.7.0",
+    "535": "5.7.8",
+    "538": "5.7.11",
+    "550": "5.0.0",
+    "552": "5.3.4",
+    "553": "5.1.3",
+    "554": "5.0.0",
+    "555": "5.5.4",
+}
+_HAS_ENHANCED = re.compile(r"\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
+_BDAT = re.compile(r"(\d{1,15})(?:[ \t]+(LAST))?", re.IGNORECASE)
+_XTEXT = re.compile(r"\+([0-9A-F]{2})")
+_NOTIFY_VALUES = {"SUCCESS", "FAILURE", "DELAY"}
+
+
+def with_enhanced_code(status: str) -> str:
+    """Insert the default enhanced status code (RFC 2034 §3) into a 2xx/4xx/5xx reply lacking one."""
+    if status[:1] not in "245" or _HAS_ENHANCED.match(status):
+        return status
+    enhanced = _DEFAULT_ENHANCED.get(status[:3], f"{status[0]}.0.0")
+    code, sep, text = status[:3], status[3:4] or " ", status[4:]
+    return f"{code}{sep}{enhanced} {text}".rstrip()
+
+
+def xtext_decode(value: str) -> str:
+    """RFC 3461 §4: ``+XX`` hexadecimal escapes."""
+    return _XTEXT.sub(lambda m: chr(int(m.group(1), 16)), value)
+
+
+def xtext_encode(value: str) -> str:
+    return "".join(c if 33 <= ord(c) <= 126 and c not in "+=" else f"+{ord(c):02X}" for c in value)
+
+
+@dataclass
+class MailOptions:
+    """Parameters of MAIL FROM (RFC 1870 SIZE, RFC 6152 BODY, RFC 6531 SMTPUTF8, RFC 3461 RET/ENVID)."""
+
+    size: int | None = None
+    body: str = "7BIT"
+    smtputf8: bool = False
+    ret: str | None = None
+    envid: str | None = None
+
+
+@dataclass
+class Recipient:
+    """An accepted RCPT with its DSN options (RFC 3461 §4.1 NOTIFY, §4.2 ORCPT)."""
+
+    address: str
+    target: LocalTarget | RemoteTarget
+    notify: tuple[str, ...] = ()
+    orcpt: str | None = None
+
+    def wants(self, event: str) -> bool:
+        """Whether a DSN is due for ``event`` (``SUCCESS``/``FAILURE``/``DELAY``); FAILURE by default."""
+        if not self.notify:
+            return event in ("FAILURE", "DELAY")
+        return event in self.notify
+
+
+class SMTPEnvelope(Envelope):
+    def __init__(self) -> None:
+        super().__init__()
+        self.mail_seen = False
+        self.options = MailOptions()
+        self.recipients: list[Recipient] = []
+        self.chunks: bytearray | None = None
+        self.bdat_error: str | None = None
+
+
+class SMTPSession(Session):
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.mailbox_id: int | None = None
+        self.username: str | None = None
+
+    # aiosmtpd logs a deprecation warning at every access of its own property; we only keep the value.
+    @property
+    def login_data(self) -> Any:
+        return self._login_data
+
+    @login_data.setter
+    def login_data(self, value: Any) -> None:
+        self._login_data = value
+
+
+class ConnectionLimiter:
+    """Counts open connections per client address for one service."""
+
+    def __init__(self, per_ip: int) -> None:
+        self.per_ip = per_ip
+        self.counts: dict[str, int] = collections.defaultdict(int)
+
+    def acquire(self, ip: str) -> bool:
+        if self.per_ip and self.counts[ip] >= self.per_ip:
+            return False
+        self.counts[ip] += 1
+        return True
+
+    def release(self, ip: str) -> None:
+        self.counts[ip] -= 1
+        if self.counts[ip] <= 0:
+            del self.counts[ip]
+
+
+@dataclass
+class ServerConfig:
+    """What one listener's sessions share: limits, TLS, and the set of open sessions (for shutdown)."""
+
+    service: str
+    hostname: str
+    message_size: int
+    line_length: int
+    recipients_per_message: int
+    idle_timeout: float
+    limiter: ConnectionLimiter
+    starttls: ssl.SSLContext | None = None
+    implicit_tls: bool = False
+    auth: bool = False
+    active: set[SMTPServer] = field(default_factory=set)
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def parse_path(arg: str | None, keyword: str) -> tuple[str, str]:
+    """Split ``FROM:<path> params`` into (path, params); a bare or unterminated path raises Refusal."""
+    if arg is None or arg[: len(keyword)].upper() != keyword:
+        raise Refusal(501, "5.5.4", f"Syntax: {'MAIL FROM' if keyword == 'FROM:' else 'RCPT TO'}:<address>")
+    rest = arg[len(keyword) :].lstrip()
+    if not rest.startswith("<"):
+        raise Refusal(501, "5.5.4", "the address must be enclosed in <>")
+    in_quotes = False
+    escaped = False
+    for i, c in enumerate(rest[1:], 1):
+        if escaped:
+            escaped = False
+        elif c == "\\":
+            escaped = True
+        elif c == '"':
+            in_quotes = not in_quotes
+        elif c == ">" and not in_quotes:
+            return rest[1:i], rest[i + 1 :].strip()
+    raise Refusal(501, "5.5.4", "unterminated <address>")
+
+
+def parse_params(text: str) -> dict[str, str | None]:
+    """ESMTP parameters (RFC 5321 §4.1.2): keywords upper-cased, values kept as sent."""
+    params: dict[str, str | None] = {}
+    for item in text.split():
+        key, eq, value = item.partition("=")
+        if not key.replace("-", "").isalnum() or (eq and not value) or key.upper() in params:
+            raise Refusal(501, "5.5.4", f"invalid parameter {item!r}")
+        params[key.upper()] = value if eq else None
+    return params
+
+
+def mail_options(params: dict[str, str | None], limit: int) -> MailOptions:
+    opts = MailOptions()
+    for key, value in params.items():
+        if key == "SIZE":
+            if value is None or not value.isdigit():
+                raise Refusal(501, "5.5.4", "SIZE takes a number of octets")
+            opts.size = int(value)
+            if limit and opts.size > limit:
+                raise Refusal(552, "5.3.4", f"message size exceeds fixed maximum message size ({limit})")
+        elif key == "BODY":
+            if value is None or value.upper() not in ("7BIT", "8BITMIME"):
+                raise Refusal(501, "5.5.4", "BODY is 7BIT or 8BITMIME")
+            opts.body = value.upper()
+        elif key == "SMTPUTF8":
+            if value is not None:
+                raise Refusal(501, "5.5.4", "SMTPUTF8 takes no value")
+            opts.smtputf8 = True
+        elif key == "RET":
+            if value is None or value.upper() not in ("FULL", "HDRS"):
+                raise Refusal(501, "5.5.4", "RET is FULL or HDRS")
+            opts.ret = value.upper()
+        elif key == "ENVID":
+            envid = xtext_decode(value or "")
+            if not envid or len(envid) > 100:
+                raise Refusal(501, "5.5.4", "ENVID must be 1 to 100 characters")
+            opts.envid = envid
+        else:
+            raise Refusal(555, "5.5.4", f"MAIL parameter {key} not recognised")
+    return opts
+
+
+def rcpt_options(params: dict[str, str | None]) -> tuple[tuple[str, ...], str | None]:
+    notify: tuple[str, ...] = ()
+    orcpt = None
+    for key, value in params.items():
+        if key == "NOTIFY":
+            items = tuple((value or "").upper().split(","))
+            if items != ("NEVER",) and (not set(items) <= _NOTIFY_VALUES or len(set(items)) != len(items)):
+                raise Refusal(501, "5.5.4", "NOTIFY is NEVER or a list of SUCCESS, FAILURE, DELAY")
+            notify = items
+        elif key == "ORCPT":
+            kind, semi, addr = (value or "").partition(";")
+            if not semi or not kind or not addr:
+                raise Refusal(501, "5.5.4", "ORCPT is addr-type;xtext")
+            orcpt = f"{kind.lower()};{xtext_decode(addr)}"
+            if len(orcpt) > 500:
+                raise Refusal(501, "5.5.4", "ORCPT too long")
+        else:
+            raise Refusal(555, "5.5.4", f"RCPT parameter {key} not recognised")
+    return notify, orcpt
+
+
+class SMTPServer(SMTP):
+    """One connection. ``event_handler`` is a ``mailserver.smtp.handler.Handler`` (one per connection)."""
+
+    session: SMTPSession
+    envelope: SMTPEnvelope
+    event_handler: Handler
+
+    def __init__(self, handler: Handler, config: ServerConfig) -> None:
+        self.config = config
+        # aiosmtpd sizes its StreamReader from this attribute: it bounds command and message lines alike.
+        self.line_length_limit = config.line_length
+        self.busy = False
+        self._client_ip = ""
+        self._counted = False
+        self._greeted = False
+        super().__init__(
+            handler,
+            data_size_limit=config.message_size or None,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=config.hostname,
+            ident="Caducée ESMTP",
+            tls_context=config.starttls,
+            require_starttls=config.starttls is not None,
+            timeout=config.idle_timeout,
+            auth_required=config.auth,
+            auth_require_tls=True,
+        )
+        # Enforced by smtp_AUTH below through ``tls_active``, which also recognises implicit TLS.
+        self._auth_require_tls = False
+        # aiosmtpd keeps these on the class and grows them at every EHLO; ours are per connection.
+        self.command_size_limit = config.line_length
+        self.command_size_limits = collections.defaultdict(lambda: config.line_length)
+
+    # ------------------------------------------------------------------ connection and replies
+
+    def _create_session(self) -> SMTPSession:
+        return SMTPSession(self.loop)
+
+    def _create_envelope(self) -> SMTPEnvelope:
+        return SMTPEnvelope()
+
+    @property
+    def tls_active(self) -> bool:
+        return self.transport is not None and self.transport.get_extra_info("ssl_object") is not None
+
+    @property
+    def client_ip(self) -> str:
+        return self._client_ip
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if first:
+            peer = transport.get_extra_info("peername")
+            self._client_ip = str(peer[0]) if peer else ""
+            self._counted = self.config.limiter.acquire(self._client_ip)
+            self.config.active.add(self)
+            self.config.drained.clear()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._counted:
+            self._counted = False
+            self.config.limiter.release(self._client_ip)
+        self.config.active.discard(self)
+        if not self.config.active:
+            self.config.drained.set()
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if not self._counted:
+            self._greeted = True
+            await self.event_handler.refused(self, "connect", "421 4.7.0 too many connections")
+            await self.push("421 4.7.0 too many connections from your address, try again later")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super()._handle_client()
+
+    async def push(self, status: Any) -> None:
+        """Every reply but the greeting and EHLO's carries an enhanced status code (RFC 2034)."""
+        if isinstance(status, str):
+            if self._greeted:
+                status = with_enhanced_code(status)
+            self._greeted = True
+        await super().push(status)
+
+    async def reply(self, refusal: Refusal, request: str) -> None:
+        """Put a refusal in the audit trail, then send it (so the trace exists before the client knows)."""
+        await self.event_handler.refused(self, request, refusal.smtp)
+        await self.push(refusal.smtp)
+
+    # ------------------------------------------------------------------ EHLO, STARTTLS, AUTH
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: EHLO hostname")
+            return
+        self._set_rset_state()
+        self.session.extended_smtp = True
+        self.session.host_name = hostname
+        lines = [
+            self.hostname,
+            "PIPELINING",
+            f"SIZE {self.data_size_limit or 0}",
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+            "DSN",
+            "CHUNKING",
+        ]
+        if self.tls_context is not None and not self.tls_active:
+            lines.append("STARTTLS")
+        if self.config.auth and self.tls_active and not self.session.authenticated:
+            lines.append("AUTH PLAIN LOGIN")
+        text = "".join(f"250-{line}\r\n" for line in lines[:-1]) + f"250 {lines[-1]}"
+        await super().push(text)
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self.tls_active:
+            await self.push("503 5.5.1 TLS already active")
+            return
+        try:
+            await super().smtp_STARTTLS(arg)
+        except TLSSetupException as exc:
+            cause = exc.__cause__
+            await self.event_handler.refused(self, "STARTTLS", f"TLS handshake failed: {cause}")
+            raise
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        if not self.config.auth:
+            await self.push("502 5.5.1 AUTH not available here")
+            return
+        if not self.tls_active:
+            await self.reply(Refusal(538, "5.7.11", "encryption required: use STARTTLS first"), "AUTH")
+            return
+        await super().smtp_AUTH(arg)
+
+    # ------------------------------------------------------------------ envelope: MAIL, RCPT, RSET
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if await self.check_helo_needed() or await self.check_auth_needed("MAIL"):
+            return
+        if self.envelope.mail_seen:
+            await self.push("503 5.5.1 nested MAIL command")
+            return
+        request = f"MAIL FROM:{arg}"
+        try:
+            address, params_text = parse_path(arg, "FROM:")
+            params = parse_params(params_text)
+            if params and not self.session.extended_smtp:
+                raise Refusal(501, "5.5.4", "parameters need EHLO")
+            options = mail_options(params, self.data_size_limit or 0)
+            await self.event_handler.mail(self, address, options)
+        except Refusal as refusal:
+            await self.reply(refusal, request)
+            return
+        self.envelope.mail_seen = True
+        self.envelope.mail_from = address
+        self.envelope.options = options
+        self.envelope.smtp_utf8 = options.smtputf8
+        await self.push(f"250 2.1.0 <{address}> sender ok")
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if await self.check_helo_needed() or await self.check_auth_needed("RCPT"):
+            return
+        if not self.envelope.mail_seen:
+            await self.push("503 5.5.1 need MAIL command")
+            return
+        request = f"RCPT TO:{arg}"
+        try:
+            if len(self.envelope.recipients) >= self.config.recipients_per_message:
+                raise Refusal(452, "4.5.3", "too many recipients for one message")
+            address, params_text = parse_path(arg, "TO:")
+            params = parse_params(params_text)
+            if params and not self.session.extended_smtp:
+                raise Refusal(501, "5.5.4", "parameters need EHLO")
+            notify, orcpt = rcpt_options(params)
+            target = await self.event_handler.rcpt(self, address, self.envelope.options)
+        except Refusal as refusal:
+            await self.reply(refusal, request)
+            return
+        self.envelope.rcpt_tos.append(target.address)
+        self.envelope.recipients.append(Recipient(target.address, target, notify, orcpt))
+        await self.push(f"250 2.1.5 <{target.address}> recipient ok")
+
+    # ------------------------------------------------------------------ content: DATA, BDAT
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if self.envelope.chunks is not None:
+            await self.push("503 5.5.1 DATA cannot follow BDAT in one transaction")
+            return
+        await super().smtp_DATA(arg)
+
+    async def _discard(self, size: int) -> None:
+        while size > 0:
+            chunk = await self._reader.readexactly(min(size, 1 << 16))
+            size -= len(chunk)
+
+    async def smtp_BDAT(self, arg: str | None) -> None:
+        """RFC 3030: the chunk is always read (even when refused) so the stream stays in step."""
+        m = _BDAT.fullmatch((arg or "").strip())
+        if m is None:
+            await self.push("501 5.5.4 Syntax: BDAT chunk-size [LAST]; closing, the stream is out of step")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        size, last = int(m.group(1)), m.group(2) is not None
+        env = self.envelope
+        total = len(env.chunks or b"") + size
+        error = None
+        if not self.session.host_name:
+            error = "503 5.5.1 send EHLO first"
+        elif self._auth_required and not self.session.authenticated:
+            error = "530 5.7.0 authentication required"
+        elif not env.rcpt_tos:
+            error = "503 5.5.1 need RCPT command"
+        elif env.bdat_error:
+            error = env.bdat_error
+        elif self.data_size_limit and total > self.data_size_limit:
+            error = env.bdat_error = "552 5.3.4 message size exceeds fixed maximum message size"
+        try:
+            if error:
+                env.chunks = None
+                await self._discard(size)
+            else:
+                chunk = await self._reader.readexactly(size)
+                if env.chunks is None:
+                    env.chunks = bytearray()
+                env.chunks += chunk
+        except asyncio.IncompleteReadError:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self._reset_timeout()
+        if error:
+            if last and env.mail_seen:
+                self._set_post_data_state()
+            await self.push(error)
+            return
+        if not last:
+            await self.push(f"250 2.0.0 {size} octets received")
+            return
+        data = bytes(env.chunks or b"")
+        status = await self.event_handler.message(self, data)
+        self._set_post_data_state()
+        await self.push(status)

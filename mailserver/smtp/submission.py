@@ -1,0 +1,113 @@
+"""Submission (RFC 6409) for our users: AUTH inside TLS, then send as oneself (or a granted ORG mailbox).
+
+AUTH PLAIN (RFC 4616) and LOGIN are async ``@auth_mechanism`` methods: aiosmtpd's ``authenticator``
+callback is synchronous (an async one reports success without authenticating), so the check, which
+hashes a password off the event loop, is awaited here. Failures always answer (``handled=False``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from aiosmtpd.smtp import MISSING, AuthResult, auth_mechanism
+
+from mailserver import accounts
+from mailserver.auth import AuthOutcome
+from mailserver.delivery import DeliveryResult
+from mailserver.policy import LocalTarget, Refusal, RemoteTarget, route_recipient
+from mailserver.smtp.handler import Handler
+from mailserver.smtp.server import MailOptions, SMTPServer
+
+
+def _decode(value: str) -> bytes | None:
+    try:
+        return base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        return None
+
+
+class SubmissionHandler(Handler):
+    service = "submission"
+
+    def actor(self, server: SMTPServer) -> str:
+        return server.session.username or f"client:{server.client_ip}"
+
+    async def _result(self, server: SMTPServer, username: bytes, password: bytes) -> AuthResult:
+        try:
+            user, secret = username.decode("utf-8"), password.decode("utf-8")
+        except UnicodeDecodeError:
+            return AuthResult(success=False, handled=False, message="501 5.5.2 credentials must be UTF-8")
+        outcome: AuthOutcome = await self.rt.auth.authenticate(user, secret, server.client_ip, "smtp")
+        if outcome.ok:
+            server.session.mailbox_id = outcome.mailbox_id
+            server.session.username = outcome.address
+            return AuthResult(success=True, auth_data=outcome.address)
+        if outcome.reason == "locked":
+            message = "454 4.7.0 too many failed attempts, try again later"
+        else:
+            message = "535 5.7.8 authentication credentials invalid"
+        return AuthResult(success=False, handled=False, message=message)
+
+    @auth_mechanism("PLAIN")
+    async def auth_PLAIN(self, server: SMTPServer, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            raw = await server.challenge_auth("")
+            if raw is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            raw = _decode(args[1])
+            if raw is None:
+                return AuthResult(success=False, handled=False, message="501 5.5.2 cannot decode base64")
+        assert isinstance(raw, bytes)
+        fields = raw.split(b"\x00")
+        if len(fields) != 3:
+            return AuthResult(success=False, handled=False, message="501 5.5.2 malformed PLAIN response")
+        authzid, authcid, password = fields
+        if authzid and authzid != authcid:
+            return AuthResult(success=False, handled=False, message="535 5.7.8 proxy authorisation refused")
+        return await self._result(server, authcid, password)
+
+    @auth_mechanism("LOGIN")
+    async def auth_LOGIN(self, server: SMTPServer, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            login = await server.challenge_auth("Username:")
+        else:
+            login = _decode(args[1])
+            if login is None:
+                return AuthResult(success=False, handled=False, message="501 5.5.2 cannot decode base64")
+        if login is MISSING:
+            return AuthResult(success=False, handled=True)
+        password = await server.challenge_auth("Password:")
+        if password is MISSING:
+            return AuthResult(success=False, handled=True)
+        assert isinstance(login, bytes) and isinstance(password, bytes)
+        return await self._result(server, login, password)
+
+    async def mail(self, server: SMTPServer, address: str, options: MailOptions) -> None:
+        mailbox_id = server.session.mailbox_id
+        if not server.session.authenticated or mailbox_id is None:
+            raise Refusal(530, "5.7.0", "authentication required")
+        if not address:
+            raise Refusal(550, "5.7.1", "a null sender is not accepted from mail clients")
+        if not await accounts.may_send_as(self.rt, mailbox_id, address):
+            raise Refusal(550, "5.7.1", f"<{address}>: not an address {server.session.username} may send as")
+
+    async def rcpt(
+        self, server: SMTPServer, address: str, options: MailOptions
+    ) -> LocalTarget | RemoteTarget:
+        async with self.rt.db.read() as session:
+            target = await route_recipient(session, address, authenticated=True)
+        if isinstance(target, LocalTarget):
+            await self.check_quota(target, options.size)
+        return target
+
+    async def accepted(self, server: SMTPServer, result: DeliveryResult, reply: str) -> None:
+        env = server.envelope
+        await self.rt.audit.record(
+            self.actor(server),
+            "send",
+            server.client_ip,
+            f"from <{env.mail_from}> to " + ", ".join(f"<{r.address}>" for r in env.recipients),
+            reply,
+        )
