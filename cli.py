@@ -641,6 +641,10 @@ from mailserver.trust_commands import trust_group  # noqa: E402
 
 main.add_command(trust_group)
 
+from mailserver.queue.commands import queue_group  # noqa: E402
+
+main.add_command(queue_group)
+
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,54 @@
+"""``caducee queue``: look at and act on the outbound queue."""
+
+from __future__ import annotations
+
+import click
+
+from cli import emit, fail, with_runtime
+from mailserver.queue.queue import Queue
+from mailserver.runtime import Runtime
+
+
+@click.group("queue")
+def queue_group() -> None:
+    """The outbound queue towards peer operators."""
+
+
+@queue_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@with_runtime
+async def queue_list(rt: Runtime, as_json: bool) -> None:
+    entries = await Queue(rt).entries()
+    if as_json:
+        emit(entries)
+        return
+    for e in entries:
+        click.echo(f"{e['id']:6}  from <{e['sender']}>  queued {e['created_at']}  expires {e['expires_at']}")
+        for r in e["recipients"]:
+            click.echo(
+                f"        {r['address']:40} {r['status']:8} attempts {r['attempts']}  "
+                f"next {r['next_attempt']}  {r['last_reply']}"
+            )
+
+
+@queue_group.command("retry")
+@click.argument("message_id", type=int, required=False)
+@with_runtime
+async def queue_retry(rt: Runtime, message_id: int | None) -> None:
+    """Make queued recipients due now (every entry, or entry ID)."""
+    count = await Queue(rt).retry(message_id)
+    if message_id is not None and count == 0:
+        fail(f"no queued recipient in entry {message_id}")
+    await rt.audit.record("admin", "admin", "", f"queue retry {message_id or 'all'}", f"{count} recipients")
+    click.echo(f"{count} recipient(s) due now")
+
+
+@queue_group.command("delete")
+@click.argument("message_id", type=int)
+@with_runtime
+async def queue_delete(rt: Runtime, message_id: int) -> None:
+    """Drop entry ID without sending any report."""
+    if not await Queue(rt).delete(message_id):
+        fail(f"no queue entry {message_id}")
+    await rt.audit.record("admin", "admin", "", f"queue delete {message_id}", "ok")
+    click.echo(f"queue entry {message_id} deleted")
