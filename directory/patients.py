@@ -1,0 +1,249 @@
+"""Patients: their identity behind an ``INS@patient-domain`` address, so professionals see who writes.
+
+A patient's record is checked against the INS itself (sex digit, birth year and month), because an INS
+typed for the wrong person is the error that matters in practice. Mail from a patient address is shown to
+professionals as ``"DUPONT Marie (patiente)" <INS@domain>`` (``display_address``).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import email.utils
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from directory.ins import InvalidINS, validate_ins
+from directory.models import Patient
+from mailserver.db.engine import Database
+from mailserver.db.models import utcnow
+
+BATCH = 1000
+CSV_COLUMNS = ("ins", "nom", "prenom", "sexe", "date_naissance")
+
+
+class PatientError(ValueError):
+    """A refused patient record, phrased for the operator."""
+
+
+@dataclass(frozen=True)
+class PatientRecord:
+    ins: str
+    last_name: str
+    first_name: str
+    sex: str
+    birth_date: dt.date
+    address: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ins": self.ins,
+            "last_name": self.last_name,
+            "first_name": self.first_name,
+            "sex": self.sex,
+            "birth_date": self.birth_date.isoformat(),
+            "address": self.address,
+            "display_name": patient_display_name(self.last_name, self.first_name, self.sex),
+        }
+
+
+@dataclass
+class PatientImportSummary:
+    read: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "read": self.read,
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "rejected": len(self.errors),
+            "errors": [{"line": line, "reason": reason} for line, reason in self.errors],
+        }
+
+
+def patient_display_name(last_name: str, first_name: str, sex: str) -> str:
+    """``DUPONT Marie (patiente)`` for a woman, ``(patient)`` otherwise: how professionals see them."""
+    word = "patiente" if sex.upper() == "F" else "patient"
+    return f"{last_name.strip().upper()} {first_name.strip()} ({word})"
+
+
+def make_record(
+    ins: str, last_name: str, first_name: str, sex: str, birth_date: str | dt.date, address: str = ""
+) -> PatientRecord:
+    """Validate one patient; PatientError says exactly what is wrong."""
+    try:
+        canonical = validate_ins(ins)
+    except InvalidINS as exc:
+        raise PatientError(str(exc)) from None
+    last, first = last_name.strip(), first_name.strip()
+    if not last:
+        raise PatientError("the last name is empty")
+    if not first:
+        raise PatientError("the first name is empty")
+    sex = sex.strip().upper()
+    if sex not in ("F", "M"):
+        raise PatientError(f"sex must be F or M, got {sex!r}")
+    if isinstance(birth_date, str):
+        try:
+            birth_date = dt.date.fromisoformat(birth_date.strip())
+        except ValueError:
+            raise PatientError(f"birth date must be YYYY-MM-DD, got {birth_date!r}") from None
+    if birth_date > dt.date.today():
+        raise PatientError(f"birth date {birth_date.isoformat()} is in the future")
+    if canonical[0] in "12" and canonical[0] != ("1" if sex == "M" else "2"):
+        raise PatientError(f"INS {canonical} starts with {canonical[0]}, which does not match sex {sex}")
+    if canonical[1:3] != f"{birth_date.year % 100:02d}":
+        raise PatientError(
+            f"INS {canonical} gives birth year ..{canonical[1:3]}, the birth date {birth_date}"
+        )
+    if 1 <= int(canonical[3:5]) <= 12 and int(canonical[3:5]) != birth_date.month:
+        raise PatientError(f"INS {canonical} gives birth month {canonical[3:5]}, the birth date {birth_date}")
+    return PatientRecord(canonical, last, first, sex, birth_date, address.strip())
+
+
+def _view(p: Patient) -> PatientRecord:
+    return PatientRecord(p.ins, p.last_name, p.first_name, p.sex, p.birth_date, p.address)
+
+
+async def add_patient(db: Database, record: PatientRecord) -> PatientRecord:
+    """Register a new patient; an INS already known is refused (use import to update)."""
+    async with db.write() as session:
+        if await session.get(Patient, record.ins) is not None:
+            raise PatientError(f"patient {record.ins} is already registered")
+        session.add(
+            Patient(
+                ins=record.ins,
+                last_name=record.last_name,
+                first_name=record.first_name,
+                sex=record.sex,
+                birth_date=record.birth_date,
+                address=record.address,
+            )
+        )
+    return record
+
+
+async def get_patient(session: AsyncSession, ins: str) -> PatientRecord | None:
+    try:
+        canonical = validate_ins(ins)
+    except InvalidINS as exc:
+        raise PatientError(str(exc)) from None
+    found = await session.get(Patient, canonical)
+    return _view(found) if found else None
+
+
+def _read_csv(path: Path, summary: PatientImportSummary) -> Iterator[PatientRecord]:
+    if not path.is_file():
+        raise PatientError(f"{path}: file not found")
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = [h.strip().lower() for h in reader.fieldnames or []]
+        missing = [c for c in CSV_COLUMNS if c not in header]
+        if missing:
+            raise PatientError(
+                f"{path}: missing column(s) {', '.join(missing)} (expected {','.join(CSV_COLUMNS)})"
+            )
+        reader.fieldnames = header
+        try:
+            for row in reader:
+                if not any((v or "").strip() for v in row.values()):
+                    continue
+                summary.read += 1
+                try:
+                    yield make_record(
+                        row["ins"] or "",
+                        row["nom"] or "",
+                        row["prenom"] or "",
+                        row["sexe"] or "",
+                        row["date_naissance"] or "",
+                        row.get("adresse") or "",
+                    )
+                except PatientError as exc:
+                    summary.errors.append((reader.line_num, str(exc)))
+        except UnicodeDecodeError:
+            raise PatientError(f"{path}: not UTF-8 (line {reader.line_num + 1})") from None
+
+
+async def _write_batch(db: Database, batch: list[PatientRecord], summary: PatientImportSummary) -> None:
+    unique = {r.ins: r for r in batch}
+    async with db.write() as session:
+        existing = {
+            p.ins: p
+            for p in (await session.execute(select(Patient).where(Patient.ins.in_(list(unique))))).scalars()
+        }
+        now = utcnow()
+        rows = []
+        for r in unique.values():
+            old = existing.get(r.ins)
+            if old is None:
+                summary.added += 1
+            elif _view(old) == r:
+                summary.unchanged += 1
+                continue
+            else:
+                summary.updated += 1
+            rows.append({**r.__dict__, "created_at": now, "updated_at": now})
+        if rows:
+            stmt = (sqlite.insert if db.kind == "sqlite" else postgresql.insert)(Patient.__table__)
+            await session.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[Patient.__table__.c.ins],
+                    set_={
+                        c: stmt.excluded[c]
+                        for c in ("last_name", "first_name", "sex", "birth_date", "address", "updated_at")
+                    },
+                ),
+                rows,
+            )
+
+
+async def import_patients(db: Database, path: Path) -> PatientImportSummary:
+    """Add or update the patients of a CSV file (``ins,nom,prenom,sexe,date_naissance[,adresse]``).
+
+    Bad rows are reported with their line number and skipped; the others are written in batches.
+    """
+    summary = PatientImportSummary()
+    batch: list[PatientRecord] = []
+    for record in _read_csv(path, summary):
+        batch.append(record)
+        if len(batch) >= BATCH:
+            await _write_batch(db, batch, summary)
+            batch = []
+    if batch:
+        await _write_batch(db, batch, summary)
+    return summary
+
+
+async def display_name_for(session: AsyncSession, address: str) -> str | None:
+    """``DUPONT Marie (patiente)`` when ``address`` is ``INS@…`` of a registered patient, else None."""
+    local = address.strip().rpartition("@")[0]
+    try:
+        ins = validate_ins(local)
+    except InvalidINS:
+        return None
+    patient = await session.get(Patient, ins)
+    if patient is None:
+        return None
+    return patient_display_name(patient.last_name, patient.first_name, patient.sex)
+
+
+async def display_address(session: AsyncSession, address: str) -> str | None:
+    """The ``From`` value professionals should see for mail from a patient address, or None if unknown.
+
+    ``"DUPONT Marie (patiente)" <INS@domain>``, RFC 2047-encoded when the name is not ASCII.
+    """
+    name = await display_name_for(session, address)
+    if name is None:
+        return None
+    return email.utils.formataddr((name, address.strip()))
