@@ -33,7 +33,9 @@ def validate_ins(value: str) -> str:
             f"{value!r} is not an INS: expected 15 digits, with 2A or 2B allowed only as the birth place"
         )
     if ins[0] not in "123478":
-        raise InvalidINS(f"{value!r}: the first digit (sex) must be 1 or 2 (3, 4, 7, 8 for provisional numbers)")
+        raise InvalidINS(
+            f"{value!r}: the first digit (sex) must be 1 or 2 (3, 4, 7, 8 for provisional numbers)"
+        )
     month = int(ins[3:5])
     if not (1 <= month <= 12 or 20 <= month <= 42 or 50 <= month <= 99):
         raise InvalidINS(f"{value!r}: birth month {ins[3:5]} is not valid")
