@@ -1,0 +1,298 @@
+"""Authenticated-state folder commands (RFC 9051 §6.3): SELECT/EXAMINE (with RFC 7162 CONDSTORE and
+QRESYNC), CREATE (RFC 6154 USE), DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST (RFC 5258
+LIST-EXTENDED, RFC 5819 LIST-STATUS, RFC 6154 SPECIAL-USE), LSUB, NAMESPACE (RFC 2342), STATUS.
+
+Names are UTF-8 in the store and relative to the user's own tree: there is no path a client can
+write that leaves it, and names with empty components, a leading ``/`` or wildcards are refused.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from mailserver.imap.base import Done, Fail, State, command
+from mailserver.imap.protocol import encoder as enc
+from mailserver.imap.protocol.commands import (
+    Create,
+    Delete,
+    Examine,
+    List,
+    Lsub,
+    Rename,
+    Select,
+    Status,
+    Subscribe,
+    Unsubscribe,
+)
+from mailserver.imap.session import SYSTEM_FLAGS, Selected
+from mailserver.store.store import SEPARATOR, FolderInfo, MessageInfo, normalize_folder
+
+if TYPE_CHECKING:
+    from mailserver.imap.session import Session
+
+
+def check_name(name: str) -> str:
+    """A folder name a client may create (RFC 9051 §5.1); a trailing ``/`` is dropped (§6.3.4)."""
+    if name.endswith(SEPARATOR) and name != SEPARATOR:
+        name = name[:-1]
+    if not name or name.startswith(SEPARATOR) or any(not part for part in name.split(SEPARATOR)):
+        raise Fail("NO", "invalid mailbox name", "CANNOT")
+    if "*" in name or "%" in name or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name):
+        raise Fail("NO", "mailbox names cannot contain wildcards or control characters", "CANNOT")
+    return normalize_folder(name)
+
+
+def _mailbox_id(s: Session) -> int:
+    assert s.mailbox_id is not None
+    return s.mailbox_id
+
+
+# --------------------------------------------------------------------------- SELECT / EXAMINE
+
+
+async def _select(s: Session, cmd: Select | Examine) -> Done:
+    if s.selected is not None:
+        # RFC 9051 §6.3.2 / RFC 7162 §3.2.11: the old mailbox is closed before the new one opens.
+        s.deselect()
+        s.send(enc.status_response(None, "OK", "previous mailbox is now closed", "CLOSED"))
+    if cmd.qresync is not None and not s.qresync:
+        raise Fail("BAD", "QRESYNC parameter without ENABLE QRESYNC")
+    if cmd.condstore:
+        s.enable("CONDSTORE")
+    folder = await s.rt.store.folder(_mailbox_id(s), cmd.mailbox)
+    info, messages = await s.rt.store.snapshot(folder.id)
+    sel = Selected(info.id, info.name, cmd.readonly, info.uidvalidity, info.highestmodseq)
+    sel.uids.extend(m.uid for m in messages)
+    if cmd.readonly:
+        mark = s.server.recent_mark(info.id)
+        sel.recent = {u for u in sel.uids if u > mark}
+    else:
+        sel.recent = set(s.server.claim_recent(info.id, sel.uids))
+    keywords = sorted({f for m in messages for f in m.flags} - set(SYSTEM_FLAGS))
+    flags = [*SYSTEM_FLAGS, *keywords]
+    s.send(enc.flags(flags))
+    s.send(enc.exists(len(sel.uids)))
+    if not s.rev2:
+        s.send(enc.recent(len(sel.recent)))
+        unseen = next((i for i, m in enumerate(messages, 1) if "\\Seen" not in m.flags), 0)
+        if unseen:
+            s.send(enc.status_response(None, "OK", "first unseen", enc.Code.unseen(unseen)))
+    permanent = [] if cmd.readonly else [*flags, "\\*"]
+    s.send(enc.status_response(None, "OK", "flags permitted", enc.Code.permanentflags(permanent)))
+    s.send(enc.status_response(None, "OK", "UIDs valid", enc.Code.uidvalidity(info.uidvalidity)))
+    s.send(enc.status_response(None, "OK", "predicted next UID", enc.Code.uidnext(info.uidnext)))
+    s.send(enc.status_response(None, "OK", "highest", enc.Code.highestmodseq(info.highestmodseq)))
+    if s.rev2:
+        s.send(enc.list_response([], SEPARATOR, info.name, utf8=True))  # RFC 9051 §6.3.2
+    del messages
+    s.selected = sel
+    s.state = State.SELECTED
+    if cmd.qresync is not None and cmd.qresync.uidvalidity == info.uidvalidity:
+        await _qresync(s, sel, cmd.qresync.modseq, cmd.qresync.known_uids)
+    return Done(f"{cmd.name} completed", b"READ-ONLY" if cmd.readonly else b"READ-WRITE")
+
+
+async def _qresync(s: Session, sel: Selected, modseq: int, known: object) -> None:
+    """RFC 7162 §3.2.5: VANISHED (EARLIER) for what the client still has, then the changed flags."""
+    info, changed, vanished = await s.rt.store.changes_since(sel.folder_id, modseq)
+    if known is not None:
+        vanished = known.select_uids(vanished)  # type: ignore[attr-defined]
+    if vanished:
+        s.send(enc.vanished(vanished, earlier=True))
+    for m in changed:
+        seq = sel.seq(m.uid)
+        if seq:
+            s.send_flags(seq, m)
+    if info.highestmodseq > sel.modseq:
+        s.dirty = True
+
+
+@command("SELECT", State.AUTH_OR_SELECTED, ("CONDSTORE", "QRESYNC"))
+async def select(s: Session, tag: str, cmd: Select) -> Done:
+    return await _select(s, cmd)
+
+
+@command("EXAMINE", State.AUTH_OR_SELECTED)
+async def examine(s: Session, tag: str, cmd: Examine) -> Done:
+    return await _select(s, cmd)
+
+
+# --------------------------------------------------------------------------- CREATE / DELETE / RENAME
+
+
+@command("CREATE", State.AUTH_OR_SELECTED, ("CREATE-SPECIAL-USE",))
+async def create(s: Session, tag: str, cmd: Create) -> Done:
+    name = check_name(cmd.mailbox)
+    if len(cmd.special_use) > 1:
+        raise Fail("NO", "only one special-use attribute per mailbox", "USEATTR")
+    await s.rt.store.create_folder(_mailbox_id(s), name, cmd.special_use[0] if cmd.special_use else None)
+    return Done("CREATE completed")
+
+
+@command("DELETE", State.AUTH_OR_SELECTED)
+async def delete(s: Session, tag: str, cmd: Delete) -> Done:
+    name = normalize_folder(cmd.mailbox)
+    if name == "INBOX":
+        raise Fail("NO", "INBOX cannot be deleted", "CANNOT")
+    await s.rt.store.delete_folder(_mailbox_id(s), name)
+    await s.rt.audit.record(s.address, "delete", s.remote, f"imap DELETE folder {name}", "ok")
+    if s.selected is not None and s.selected.name == name:
+        s.dirty = True
+    return Done("DELETE completed")
+
+
+@command("RENAME", State.AUTH_OR_SELECTED)
+async def rename(s: Session, tag: str, cmd: Rename) -> Done:
+    new = check_name(cmd.new)
+    await s.rt.store.rename_folder(_mailbox_id(s), cmd.old, new)
+    if s.selected is not None and s.selected.name == normalize_folder(cmd.old):
+        s.selected.name = new
+        s.dirty = True
+    return Done("RENAME completed")
+
+
+@command("SUBSCRIBE", State.AUTH_OR_SELECTED)
+async def subscribe(s: Session, tag: str, cmd: Subscribe) -> Done:
+    await s.rt.store.subscribe(_mailbox_id(s), cmd.mailbox, True)
+    return Done("SUBSCRIBE completed")
+
+
+@command("UNSUBSCRIBE", State.AUTH_OR_SELECTED)
+async def unsubscribe(s: Session, tag: str, cmd: Unsubscribe) -> Done:
+    await s.rt.store.subscribe(_mailbox_id(s), cmd.mailbox, False)
+    return Done("UNSUBSCRIBE completed")
+
+
+# --------------------------------------------------------------------------- LIST / LSUB
+
+
+def pattern_regex(reference: str, pattern: str) -> re.Pattern[str]:
+    """RFC 9051 §6.3.9: ``*`` matches anything, ``%`` anything but the separator; INBOX is caseless."""
+    if reference and not reference.endswith(SEPARATOR) and not pattern.startswith(SEPARATOR):
+        reference += SEPARATOR
+    full = reference + pattern
+    if full[:5].upper() == "INBOX" and (len(full) == 5 or full[5] in (SEPARATOR, "*", "%")):
+        full = "INBOX" + full[5:]
+    out = []
+    for ch in full:
+        out.append(".*" if ch == "*" else "[^/]*" if ch == "%" else re.escape(ch))
+    return re.compile("".join(out), re.DOTALL)
+
+
+def _attributes(folder: FolderInfo, names: list[str], subscribed: bool = False) -> list[str]:
+    prefix = folder.name + SEPARATOR
+    attrs = ["\\HasChildren" if any(n.startswith(prefix) for n in names) else "\\HasNoChildren"]
+    if subscribed and folder.subscribed:
+        attrs.append("\\Subscribed")
+    if folder.special_use:
+        attrs.append(folder.special_use)
+    return attrs
+
+
+@command("LIST", State.AUTH_OR_SELECTED, ("LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE"))
+async def list_(s: Session, tag: str, cmd: List) -> Done:
+    if not cmd.extended and cmd.patterns == ("",):
+        # RFC 9051 §6.3.9: an empty pattern asks for the hierarchy delimiter and root.
+        s.send(enc.list_response(["\\Noselect"], SEPARATOR, "", utf8=s.utf8))
+        return Done("LIST completed")
+    folders = await s.rt.store.folders(_mailbox_id(s))
+    names = [f.name for f in folders]
+    regexes = [pattern_regex(cmd.reference, p) for p in cmd.patterns]
+    only_subscribed = "SUBSCRIBED" in cmd.selection
+    only_special = "SPECIAL-USE" in cmd.selection
+    recursive = "RECURSIVEMATCH" in cmd.selection
+    show_subscribed = only_subscribed or cmd.returns.subscribed
+    subscribed_names = {f.name for f in folders if f.subscribed}
+    listed: list[FolderInfo] = []
+    for folder in folders:
+        if not any(r.fullmatch(folder.name) for r in regexes):
+            continue
+        childinfo: list[str] = []
+        if only_subscribed and folder.name not in subscribed_names:
+            # RFC 5258 §3.5: with RECURSIVEMATCH a parent of a subscribed child is listed with CHILDINFO.
+            prefix = folder.name + SEPARATOR
+            if not (recursive and any(n.startswith(prefix) for n in subscribed_names)):
+                continue
+            childinfo = ["SUBSCRIBED"]
+        if only_special and not folder.special_use:
+            continue
+        attrs = _attributes(folder, names, show_subscribed)
+        s.send(enc.list_response(attrs, SEPARATOR, folder.name, utf8=s.utf8, childinfo=childinfo))
+        if cmd.returns.status is not None:
+            listed.append(folder)
+    for folder in listed:
+        # RFC 5819 §2: STATUS for each listed (selectable) mailbox.
+        assert cmd.returns.status is not None
+        await _status(s, folder, cmd.returns.status)
+    return Done("LIST completed")
+
+
+@command("LSUB", State.AUTH_OR_SELECTED)
+async def lsub(s: Session, tag: str, cmd: Lsub) -> Done:
+    """RFC 3501 §6.3.9 (deprecated in RFC 9051 but still answered for rev1 clients)."""
+    folders = await s.rt.store.folders(_mailbox_id(s))
+    regex = pattern_regex(cmd.reference, cmd.pattern)
+    subscribed = sorted(f.name for f in folders if f.subscribed)
+    shown: set[str] = set()
+    for name in subscribed:
+        if regex.fullmatch(name):
+            s.send(enc.list_response([], SEPARATOR, name, utf8=s.utf8, command="LSUB"))
+            shown.add(name)
+    # A "%" that stops at an unsubscribed parent of a subscribed folder lists it \Noselect.
+    for name in subscribed:
+        parts = name.split(SEPARATOR)
+        for i in range(1, len(parts)):
+            parent = SEPARATOR.join(parts[:i])
+            if parent not in shown and regex.fullmatch(parent):
+                shown.add(parent)
+                s.send(enc.list_response(["\\Noselect"], SEPARATOR, parent, utf8=s.utf8, command="LSUB"))
+    return Done("LSUB completed")
+
+
+@command("NAMESPACE", State.AUTH_OR_SELECTED, ("NAMESPACE",))
+async def namespace(s: Session, tag: str, cmd: object) -> Done:
+    """RFC 2342: one personal namespace, no other users' or shared ones."""
+    s.send(enc.namespace([("", SEPARATOR)]))
+    return Done("NAMESPACE completed")
+
+
+# --------------------------------------------------------------------------- STATUS
+
+
+def _status_value(s: Session, item: str, folder: FolderInfo, messages: list[MessageInfo]) -> int:
+    if item == "MESSAGES":
+        return len(messages)
+    if item == "UIDNEXT":
+        return folder.uidnext
+    if item == "UIDVALIDITY":
+        return folder.uidvalidity
+    if item == "UNSEEN":
+        return sum(1 for m in messages if "\\Seen" not in m.flags)
+    if item == "DELETED":
+        return sum(1 for m in messages if "\\Deleted" in m.flags)
+    if item == "SIZE":
+        return sum(m.size for m in messages)
+    if item == "DELETED-STORAGE":
+        return sum(m.size for m in messages if "\\Deleted" in m.flags)
+    if item == "RECENT":
+        return s.server.recent_count(folder.id, (m.uid for m in messages))
+    if item == "HIGHESTMODSEQ":
+        s.enable("CONDSTORE")  # RFC 7162 §3.1: STATUS HIGHESTMODSEQ is a CONDSTORE-enabling command.
+        return folder.highestmodseq
+    if item == "APPENDLIMIT":
+        return s.rt.settings.limits.message_size
+    raise Fail("BAD", f"unknown STATUS item {item}")
+
+
+async def _status(s: Session, folder: FolderInfo, items: tuple[str, ...]) -> None:
+    info, messages = await s.rt.store.snapshot(folder.id)
+    values = [(item, _status_value(s, item, info, messages)) for item in items]
+    s.send(enc.status(info.name, values, utf8=s.utf8))
+
+
+@command("STATUS", State.AUTH_OR_SELECTED, ("STATUS=SIZE",))
+async def status(s: Session, tag: str, cmd: Status) -> Done:
+    folder = await s.rt.store.folder(_mailbox_id(s), cmd.mailbox)
+    await _status(s, folder, cmd.items)
+    return Done("STATUS completed")

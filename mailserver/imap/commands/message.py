@@ -1,0 +1,119 @@
+"""Commands that add or remove messages (RFC 9051 §6.3.12, §6.4): APPEND with MULTIAPPEND (RFC 3502)
+and APPENDUID (RFC 4315), CHECK, CLOSE, UNSELECT (RFC 3691), EXPUNGE and UID EXPUNGE (RFC 4315),
+COPY with COPYUID and MOVE (RFC 6851).
+
+The tagged OK of APPEND/COPY/MOVE is sent only after the store returned, i.e. after commit and
+fsync. Expunges are audited ("delete", UIDs and folder, never content).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mailserver.imap.base import Done, Fail, State, command
+from mailserver.imap.protocol import encoder as enc
+from mailserver.imap.protocol.commands import Append, Copy, Expunge, Move
+from mailserver.imap.protocol.sequence import compress
+from mailserver.store.store import FolderNotFound, normalize_folder
+
+if TYPE_CHECKING:
+    from mailserver.imap.session import Session
+
+
+@command("APPEND", State.AUTH_OR_SELECTED, ("MULTIAPPEND", "UIDPLUS"))
+async def append(s: Session, tag: str, cmd: Append) -> Done:
+    limit = s.rt.settings.limits.message_size
+    items = []
+    for message in cmd.messages:
+        if "\\Recent" in message.flags:
+            raise Fail("BAD", "\\Recent cannot be set by a client")
+        if len(message.data) > limit:
+            raise Fail("NO", f"message larger than APPENDLIMIT {limit}", "TOOBIG")
+        items.append((message.data, message.flags, message.internal_date))
+    assert s.mailbox_id is not None
+    try:
+        uidvalidity, uids = await s.rt.store.append(s.mailbox_id, cmd.mailbox, items)
+    except FolderNotFound:
+        raise Fail("NO", "no such mailbox", "TRYCREATE") from None
+    if s.selected is not None and s.selected.name == normalize_folder(cmd.mailbox):
+        s.dirty = True  # RFC 9051 §6.3.12: the client sees EXISTS before the tagged OK.
+    return Done("APPEND completed", enc.Code.appenduid(uidvalidity, uids))
+
+
+@command("CHECK", State.SELECTED)
+async def check(s: Session, tag: str, cmd: object) -> Done:
+    """RFC 3501 §6.4.1 (gone in rev2): every change is already durable, so just report updates."""
+    s.dirty = True
+    return Done("CHECK completed")
+
+
+async def _audit_expunge(s: Session, folder: str, uids: list[int]) -> None:
+    if uids:
+        await s.rt.audit.record(
+            s.address, "delete", s.remote, f"imap EXPUNGE {folder} uids {compress(uids)}", "ok"
+        )
+
+
+@command("CLOSE", State.SELECTED)
+async def close(s: Session, tag: str, cmd: object) -> Done:
+    """RFC 9051 §6.4.1: expunge silently (no EXPUNGE responses) unless read-only, then deselect."""
+    sel = s.selected
+    assert sel is not None
+    if not sel.readonly:
+        gone = await s.rt.store.expunge(sel.folder_id)
+        await _audit_expunge(s, sel.name, gone)
+    s.deselect()
+    return Done("CLOSE completed")
+
+
+@command("UNSELECT", State.SELECTED, ("UNSELECT",))
+async def unselect(s: Session, tag: str, cmd: object) -> Done:
+    s.deselect()
+    return Done("UNSELECT completed")
+
+
+@command("EXPUNGE", State.SELECTED)
+async def expunge(s: Session, tag: str, cmd: Expunge) -> Done:
+    sel = s.require_writable()
+    uids = s.resolve(cmd.uid_set, True) if cmd.uid_set is not None else None
+    if uids is not None and not uids:
+        return Done("EXPUNGE completed")
+    gone = await s.rt.store.expunge(sel.folder_id, uids)
+    s.announce_expunged(gone)
+    s.own_change(None)
+    await _audit_expunge(s, sel.name, gone)
+    return Done("EXPUNGE completed")
+
+
+async def _copy(s: Session, cmd: Copy | Move, move: bool) -> Done:
+    sel = s.require_writable() if move else s.selected
+    assert sel is not None
+    uids = s.resolve(cmd.sequence_set, cmd.uid)
+    if not uids:
+        return Done(f"{cmd.name} completed, nothing to do")
+    try:
+        uidvalidity, pairs = await s.rt.store.copy(sel.folder_id, uids, cmd.mailbox, move=move)
+    except FolderNotFound:
+        raise Fail("NO", "no such mailbox", "TRYCREATE") from None
+    code = enc.Code.copyuid(uidvalidity, [a for a, _ in pairs], [b for _, b in pairs]) if pairs else None
+    same = normalize_folder(cmd.mailbox) == sel.name
+    if same:
+        s.dirty = True
+    if not move:
+        return Done("COPY completed", code)
+    # RFC 6851 §4.3: COPYUID goes in an untagged OK before the expunges of the moved messages.
+    if code is not None:
+        s.send(enc.status_response(None, "OK", "moved", code))
+    s.announce_expunged(a for a, _ in pairs)
+    s.own_change(None)
+    return Done("MOVE completed")
+
+
+@command("COPY", State.SELECTED)
+async def copy(s: Session, tag: str, cmd: Copy) -> Done:
+    return await _copy(s, cmd, move=False)
+
+
+@command("MOVE", State.SELECTED, ("MOVE",))
+async def move(s: Session, tag: str, cmd: Move) -> Done:
+    return await _copy(s, cmd, move=True)

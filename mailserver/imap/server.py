@@ -1,0 +1,144 @@
+"""IMAP listeners: ``[imap] listen`` (cleartext + STARTTLS) and ``tls_listen`` (implicit TLS, RFC 8314).
+
+One :class:`IMAPServer` per process holds what sessions share: the TLS context, the connection
+counters behind ``[limits] connections_per_ip`` / ``connections_per_user`` / ``max_connections``,
+and the \\Recent bookkeeping (RFC 3501 §2.3.2: a message is recent in exactly one session).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections import Counter
+from collections.abc import Iterable
+from functools import partial
+
+from config.settings import parse_listen
+from mailserver.imap import commands  # noqa: F401 - importing registers every verb
+from mailserver.imap.session import Session
+from mailserver.runtime import Runtime
+from mailserver.tls import server_context
+
+log = logging.getLogger("caducee.imap")
+
+
+class IMAPServer:
+    """Shared state of every IMAP session of this process."""
+
+    def __init__(self, rt: Runtime, tls_context: ssl.SSLContext | None) -> None:
+        self.rt = rt
+        self.tls_context = tls_context
+        self.sessions: set[Session] = set()
+        self.per_ip: Counter[str] = Counter()
+        self.per_user: Counter[int] = Counter()
+        self._user_of: dict[Session, int] = {}
+        self._recent_mark: dict[int, int] = {}
+
+    def admit(self, session: Session) -> bool:
+        """Count a new connection; False (answer BYE) beyond the per-address or global limit."""
+        limits = self.rt.settings.limits
+        if (
+            len(self.sessions) >= limits.max_connections
+            or self.per_ip[session.remote] >= limits.connections_per_ip
+        ):
+            log.warning("IMAP connection from %s refused: too many connections", session.remote)
+            return False
+        self.sessions.add(session)
+        self.per_ip[session.remote] += 1
+        return True
+
+    def admit_user(self, session: Session, mailbox_id: int) -> bool:
+        """Count an authenticated connection against ``connections_per_user``."""
+        if self.per_user[mailbox_id] >= self.rt.settings.limits.connections_per_user:
+            return False
+        self.per_user[mailbox_id] += 1
+        self._user_of[session] = mailbox_id
+        return True
+
+    def release(self, session: Session) -> None:
+        if session not in self.sessions:
+            return
+        self.sessions.discard(session)
+        self.per_ip[session.remote] -= 1
+        if self.per_ip[session.remote] <= 0:
+            del self.per_ip[session.remote]
+        mailbox_id = self._user_of.pop(session, None)
+        if mailbox_id is not None:
+            self.per_user[mailbox_id] -= 1
+            if self.per_user[mailbox_id] <= 0:
+                del self.per_user[mailbox_id]
+
+    def claim_recent(self, folder_id: int, uids: Iterable[int]) -> list[int]:
+        """The UIDs no session has seen yet become \\Recent for the caller (RFC 3501 §2.3.2)."""
+        mark = self._recent_mark.get(folder_id, 0)
+        mine = [u for u in uids if u > mark]
+        if mine:
+            self._recent_mark[folder_id] = max(mine)
+        return mine
+
+    def recent_mark(self, folder_id: int) -> int:
+        """Highest UID already \\Recent to some session (EXAMINE shows, but does not claim, the rest)."""
+        return self._recent_mark.get(folder_id, 0)
+
+    def recent_count(self, folder_id: int, uids: Iterable[int]) -> int:
+        """How many messages would be \\Recent to the next SELECT (STATUS RECENT)."""
+        mark = self._recent_mark.get(folder_id, 0)
+        return sum(1 for u in uids if u > mark)
+
+
+class Listener:
+    """One listening socket (``app.Listener`` protocol)."""
+
+    def __init__(self, service: str, server: asyncio.Server, imap: IMAPServer) -> None:
+        self.service = service
+        self.imap = imap
+        self._server = server
+        sock = server.sockets[0].getsockname()
+        self.address = f"{sock[0]}:{sock[1]}"
+        self.port = int(sock[1])
+
+    async def close(self) -> None:
+        """Stop accepting; every session of this listener says ``* BYE`` between commands, then ends."""
+        self._server.close()
+        mine = [s for s in self.imap.sessions if s.service == self.service and s.task is not None]
+        for session in mine:
+            session.shutdown()
+        tasks = [s.task for s in mine if s.task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._server.wait_closed()
+
+
+async def start(rt: Runtime) -> list[Listener]:
+    """Open every configured IMAP listener (``app.SERVICES`` entry point)."""
+    settings = rt.settings
+    if not settings.imap.listen and not settings.imap.tls_listen:
+        return []
+    ctx = server_context(settings.tls)
+    imap = IMAPServer(rt, ctx)
+    loop = asyncio.get_running_loop()
+    listeners: list[Listener] = []
+    try:
+        for service, addresses, implicit in (
+            ("imap", settings.imap.listen, False),
+            ("imaps", settings.imap.tls_listen, True),
+        ):
+            for address in addresses:
+                host, port = parse_listen(address)
+                server = await loop.create_server(
+                    partial(Session, rt, imap, tls=implicit, service=service),
+                    host,
+                    port,
+                    ssl=ctx if implicit else None,
+                    reuse_address=True,
+                    backlog=1024,
+                )
+                listeners.append(Listener(service, server, imap))
+    except BaseException:
+        for listener in listeners:
+            await listener.close()
+        raise
+    return listeners
