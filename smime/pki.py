@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -27,6 +28,7 @@ __all__ = [
     "TrustStore",
     "certificate_emails",
     "has_email_protection",
+    "has_key_encipherment",
 ]
 
 OK = "ok"
@@ -88,6 +90,15 @@ def _signing_key_usage(cert: x509.Certificate) -> bool:
     except x509.ExtensionNotFound:
         return True
     return ku.digital_signature or ku.content_commitment
+
+
+def has_key_encipherment(cert: x509.Certificate) -> bool:
+    """RFC 8550 §4.4.2: an RSA certificate used for key transport needs keyEncipherment when KU is present."""
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return True
+    return ku.key_encipherment
 
 
 def _eku_validator(_policy: Policy, cert: x509.Certificate, eku: x509.ExtendedKeyUsage | None) -> None:
@@ -198,11 +209,15 @@ class TrustStore:
         cert: x509.Certificate,
         untrusted: Sequence[x509.Certificate] = (),
         at: datetime.datetime | None = None,
+        *,
+        purpose: Literal["sign", "encrypt"] = "sign",
     ) -> ChainResult:
-        """Validate ``cert`` as an S/MIME signer at time ``at`` (default now), then check revocation.
+        """Validate ``cert`` as an S/MIME signer (or, with ``purpose="encrypt"``, as a recipient's
+        key-transport certificate) at time ``at`` (default now), then check revocation.
 
         The leaf's own validity and usage are examined first so the caller gets a precise reason;
-        everything else the path builder rejects is ``untrusted``.
+        everything else the path builder rejects is ``untrusted``. The purpose matters because CAs such
+        as the IGC-Santé issue separate signature and confidentiality certificates.
         """
         now = datetime.datetime.now(datetime.UTC)
         at = at or now
@@ -210,8 +225,10 @@ class TrustStore:
             return ChainResult(NOT_YET_VALID, f"valid from {cert.not_valid_before_utc.isoformat()}")
         if at > cert.not_valid_after_utc:
             return ChainResult(EXPIRED, f"expired on {cert.not_valid_after_utc.isoformat()}")
-        if not has_email_protection(cert) or not _signing_key_usage(cert):
-            return ChainResult(BAD_USAGE, "certificate not usable for S/MIME signatures")
+        usable = _signing_key_usage(cert) if purpose == "sign" else has_key_encipherment(cert)
+        if not has_email_protection(cert) or not usable:
+            what = "signatures" if purpose == "sign" else "encryption"
+            return ChainResult(BAD_USAGE, f"certificate not usable for S/MIME {what}")
         verifier = (
             PolicyBuilder()
             .store(self._store)

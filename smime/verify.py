@@ -51,6 +51,7 @@ class VerifyResult:
     ``no-certificate``, ``untrusted``, ``expired``, ``not-yet-valid``, ``revoked``, ``bad-usage``,
     ``address-mismatch``. ``detail`` is free text for logs. ``signed_content`` is the verified MIME
     entity (Content-* fields + body), which for opaque signed-data is the only readable content.
+    ``signer_certificate`` is set on pass, so a caller can remember it for encrypting replies.
     """
 
     status: str
@@ -62,6 +63,7 @@ class VerifyResult:
     detail: str = ""
     warnings: tuple[str, ...] = ()
     signed_content: bytes | None = None
+    signer_certificate: x509.Certificate | None = None
 
 
 class _Failure(Exception):
@@ -294,6 +296,7 @@ def _verify_signer(
         signing_time=signing_time,
         warnings=chain.warnings,
         signed_content=content,
+        signer_certificate=signer,
     )
 
 
