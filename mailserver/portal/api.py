@@ -1,0 +1,450 @@
+"""The portal's JSON API (for the phone app), described by the OpenAPI 3.1 document at ``/api/openapi.json``.
+
+Same functions as the pages (``service``). Authentication: ``POST /api/login`` returns a bearer token
+(also set as the session cookie). Requests with ``Authorization: Bearer`` need no CSRF token; requests
+authenticated by the cookie alone must send the session's ``X-CSRF-Token`` on every POST.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from aiohttp import web
+
+from mailserver.portal import service
+from mailserver.portal.http import (
+    ENQUEUE,
+    RT,
+    clear_session_cookie,
+    csrf_ok,
+    current_session,
+    download_response,
+    remote,
+    set_session_cookie,
+)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(
+            text='{"error": "application/json attendu"}', content_type="application/json"
+        )
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text='{"error": "objet JSON attendu"}', content_type="application/json")
+    return body
+
+
+async def _session(request: web.Request, post: bool = False) -> service.SessionInfo:
+    info = await current_session(request, allow_bearer=True)
+    if info is None:
+        raise web.HTTPUnauthorized(text='{"error": "non authentifié"}', content_type="application/json")
+    bearer = request.headers.get("Authorization", "").lower().startswith("bearer ")
+    if post and not bearer and not csrf_ok(info.csrf, request.headers.get("X-CSRF-Token")):
+        raise web.HTTPForbidden(text='{"error": "jeton CSRF invalide"}', content_type="application/json")
+    return info
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RT]
+    body = await _json_body(request)
+    try:
+        info = await service.login(
+            rt, str(body.get("ins", "")), str(body.get("password", "")), remote(request)
+        )
+    except service.PortalError as exc:
+        return _error(exc.status, exc.message)
+    resp = web.json_response(
+        {
+            "token": info.token,
+            "csrf_token": info.csrf,
+            "expires_at": info.expires_at.isoformat(),
+            "address": info.address,
+        }
+    )
+    set_session_cookie(resp, rt, info)
+    return resp
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    info = await _session(request, post=True)
+    await service.logout(request.app[RT], info.token)
+    resp = web.json_response({"ok": True})
+    clear_session_cookie(resp, request.app[RT])
+    return resp
+
+
+async def conversations(request: web.Request) -> web.StreamResponse:
+    info = await _session(request)
+    ov = await service.overview(request.app[RT], info.mailbox_id)
+    return web.json_response(
+        {
+            "unread": ov.unread,
+            "quota": ov.quota.as_dict(),
+            "professionals": [
+                {
+                    "address": g.professional.address,
+                    "name": g.professional.name,
+                    "profession": g.professional.profession,
+                    "unread": g.unread,
+                    "conversations": [c.as_dict() for c in g.conversations],
+                }
+                for g in ov.groups
+            ],
+        }
+    )
+
+
+async def conversation(request: web.Request) -> web.StreamResponse:
+    info = await _session(request)
+    try:
+        d = await service.read_conversation(request.app[RT], info.mailbox_id, request.match_info["id"])
+    except service.PortalError as exc:
+        return _error(exc.status, exc.message)
+    return web.json_response(
+        {
+            **d.summary.as_dict(),
+            "professional": {
+                "address": d.professional.address,
+                "name": d.professional.name,
+                "profession": d.professional.profession,
+            },
+            "messages": [m.as_dict() for m in d.messages],
+        }
+    )
+
+
+def _uploads(body: dict[str, Any]) -> list[service.Upload]:
+    items = body.get("attachments") or []
+    if not isinstance(items, list):
+        raise service.PortalError(400, "attachments doit être une liste.")
+    out = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("data"), str):
+            raise service.PortalError(400, "Pièce jointe invalide.")
+        try:
+            data = base64.b64decode(item["data"], validate=True)
+        except (binascii.Error, ValueError):
+            raise service.PortalError(400, "Pièce jointe invalide (base64 attendu).") from None
+        out.append(
+            service.Upload(
+                str(item.get("filename", "")),
+                str(item.get("content_type") or "application/octet-stream"),
+                data,
+            )
+        )
+    return out
+
+
+async def post_message(request: web.Request) -> web.StreamResponse:
+    info = await _session(request, post=True)
+    try:
+        body = await _json_body(request)
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, "Message trop volumineux.")
+    text = body.get("text", "")
+    try:
+        if not isinstance(text, str):
+            raise service.PortalError(400, "text doit être une chaîne.")
+        message_id = await service.reply(
+            request.app[RT],
+            info.mailbox_id,
+            request.match_info["id"],
+            text,
+            _uploads(body),
+            remote(request),
+            request.app[ENQUEUE],
+        )
+    except service.PortalError as exc:
+        return _error(exc.status, exc.message)
+    return web.json_response({"id": message_id}, status=201)
+
+
+async def attachment(request: web.Request) -> web.StreamResponse:
+    info = await _session(request)
+    try:
+        mid, n = int(request.match_info["mid"]), int(request.match_info["n"])
+        return download_response(await service.attachment(request.app[RT], info.mailbox_id, mid, n))
+    except ValueError:
+        return _error(404, "Cette pièce jointe n'existe pas.")
+    except service.PortalError as exc:
+        return _error(exc.status, exc.message)
+
+
+async def openapi_document(request: web.Request) -> web.StreamResponse:
+    return web.json_response(OPENAPI)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS = {
+    "401": _json(_ref("Error"), "Non authentifié"),
+    "404": _json(_ref("Error"), "Introuvable"),
+}
+_SECURED = [{"bearer": []}, {"cookie": []}]
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "Caducée — portail patient",
+        "version": "1.0.0",
+        "description": "Conversations sécurisées entre un patient et ses professionnels de santé (MSSanté).",
+    },
+    "servers": [{"url": "/"}],
+    "components": {
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "cookie": {"type": "apiKey", "in": "cookie", "name": "caducee_session"},
+        },
+        "schemas": {
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+            "Login": {
+                "type": "object",
+                "required": ["ins", "password"],
+                "properties": {
+                    "ins": {"type": "string", "minLength": 15, "maxLength": 15},
+                    "password": {"type": "string"},
+                },
+            },
+            "Session": {
+                "type": "object",
+                "required": ["token", "csrf_token", "expires_at", "address"],
+                "properties": {
+                    "token": {"type": "string"},
+                    "csrf_token": {"type": "string"},
+                    "expires_at": {"type": "string", "format": "date-time"},
+                    "address": {"type": "string"},
+                },
+            },
+            "Quota": {
+                "type": "object",
+                "properties": {
+                    "used_bytes": {"type": "integer"},
+                    "limit_bytes": {"type": ["integer", "null"]},
+                    "percent": {"type": ["integer", "null"]},
+                },
+            },
+            "ConversationSummary": {
+                "type": "object",
+                "required": ["id", "subject", "state", "opened_at", "last_at", "messages", "unread"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "subject": {"type": "string"},
+                    "state": {"type": "string", "enum": ["open", "closed"]},
+                    "opened_at": {"type": "string", "format": "date-time"},
+                    "closed_at": {"type": ["string", "null"], "format": "date-time"},
+                    "last_at": {"type": "string", "format": "date-time"},
+                    "messages": {"type": "integer"},
+                    "unread": {"type": "integer"},
+                },
+            },
+            "Professional": {
+                "type": "object",
+                "required": ["address", "name", "profession"],
+                "properties": {
+                    "address": {"type": "string"},
+                    "name": {"type": "string"},
+                    "profession": {"type": "string"},
+                },
+            },
+            "ProfessionalGroup": {
+                "allOf": [
+                    _ref("Professional"),
+                    {
+                        "type": "object",
+                        "properties": {
+                            "unread": {"type": "integer"},
+                            "conversations": {"type": "array", "items": _ref("ConversationSummary")},
+                        },
+                    },
+                ]
+            },
+            "Overview": {
+                "type": "object",
+                "properties": {
+                    "unread": {"type": "integer"},
+                    "quota": _ref("Quota"),
+                    "professionals": {"type": "array", "items": _ref("ProfessionalGroup")},
+                },
+            },
+            "Attachment": {
+                "type": "object",
+                "properties": {
+                    "n": {"type": "integer"},
+                    "filename": {"type": "string"},
+                    "content_type": {"type": "string"},
+                    "size": {"type": "integer"},
+                },
+            },
+            "Message": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "integer"},
+                    "direction": {"type": "string", "enum": ["in", "out"]},
+                    "kind": {"type": "string", "enum": ["message", "notice"]},
+                    "author": {"type": "string"},
+                    "at": {"type": "string", "format": "date-time"},
+                    "subject": {"type": "string"},
+                    "text": {"type": "string", "description": "Texte brut, à échapper avant affichage."},
+                    "unread": {"type": "boolean"},
+                    "attachments": {"type": "array", "items": _ref("Attachment")},
+                },
+            },
+            "Conversation": {
+                "allOf": [
+                    _ref("ConversationSummary"),
+                    {
+                        "type": "object",
+                        "properties": {
+                            "professional": _ref("Professional"),
+                            "messages": {"type": "array", "items": _ref("Message")},
+                        },
+                    },
+                ]
+            },
+            "NewMessage": {
+                "type": "object",
+                "properties": {
+                    "text": {"type": "string"},
+                    "attachments": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["filename", "data"],
+                            "properties": {
+                                "filename": {"type": "string"},
+                                "content_type": {"type": "string"},
+                                "data": {"type": "string", "contentEncoding": "base64"},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+    "paths": {
+        "/api/login": {
+            "post": {
+                "summary": "Connexion par INS et mot de passe",
+                "operationId": "login",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Login")}}},
+                "responses": {
+                    "200": _json(_ref("Session"), "Session ouverte"),
+                    "401": _json(_ref("Error"), "Identifiants incorrects"),
+                    "429": _json(_ref("Error"), "Compte temporairement verrouillé"),
+                },
+            }
+        },
+        "/api/logout": {
+            "post": {
+                "summary": "Déconnexion",
+                "operationId": "logout",
+                "security": _SECURED,
+                "responses": {"200": {"description": "Session fermée"}, "401": _ERRORS["401"]},
+            }
+        },
+        "/api/conversations": {
+            "get": {
+                "summary": "Conversations regroupées par professionnel",
+                "operationId": "listConversations",
+                "security": _SECURED,
+                "responses": {"200": _json(_ref("Overview"), "Conversations"), "401": _ERRORS["401"]},
+            }
+        },
+        "/api/conversations/{id}": {
+            "get": {
+                "summary": "Une conversation et ses messages (les marque comme lus)",
+                "operationId": "getConversation",
+                "security": _SECURED,
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": _json(_ref("Conversation"), "Conversation"), **_ERRORS},
+            }
+        },
+        "/api/conversations/{id}/messages": {
+            "post": {
+                "summary": "Répondre dans une conversation ouverte",
+                "operationId": "reply",
+                "security": _SECURED,
+                "parameters": [
+                    {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "X-CSRF-Token", "in": "header", "required": False, "schema": {"type": "string"}},
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("NewMessage")}},
+                },
+                "responses": {
+                    "201": _json(
+                        {"type": "object", "properties": {"id": {"type": "integer"}}}, "Message envoyé"
+                    ),
+                    "400": _json(_ref("Error"), "Message invalide"),
+                    **_ERRORS,
+                    "403": _json(_ref("Error"), "Refusé (CSRF ou règles de conversation)"),
+                    "409": _json(_ref("Error"), "Conversation close"),
+                    "413": _json(_ref("Error"), "Message trop volumineux"),
+                    "507": _json(_ref("Error"), "Espace de stockage plein"),
+                },
+            }
+        },
+        "/api/messages/{id}/attachments/{n}": {
+            "get": {
+                "summary": "Télécharger une pièce jointe",
+                "operationId": "getAttachment",
+                "security": _SECURED,
+                "parameters": [
+                    {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}},
+                    {
+                        "name": "n",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "integer", "minimum": 1},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "Le contenu, en pièce jointe",
+                        "content": {
+                            "*/*": {
+                                "schema": {"type": "string", "contentMediaType": "application/octet-stream"}
+                            }
+                        },
+                    },
+                    **_ERRORS,
+                },
+            }
+        },
+        "/api/openapi.json": {
+            "get": {
+                "summary": "Ce document",
+                "operationId": "openapi",
+                "responses": {"200": _json({"type": "object"}, "Description OpenAPI 3.1")},
+            }
+        },
+    },
+}
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/api/login", login)
+    app.router.add_post("/api/logout", logout)
+    app.router.add_get("/api/conversations", conversations)
+    app.router.add_get("/api/conversations/{id}", conversation)
+    app.router.add_post("/api/conversations/{id}/messages", post_message)
+    app.router.add_get("/api/messages/{mid}/attachments/{n}", attachment)
+    app.router.add_get("/api/openapi.json", openapi_document)

@@ -1,0 +1,786 @@
+"""What the patient portal does, once: the HTML pages (``web.py``) and the JSON API (``api.py``) both call
+these functions and only translate their results and ``PortalError`` into their own format.
+
+- Patients sign in with INS + password through ``rt.auth.authenticate`` (shared lock-out and audit);
+  sessions and invitation codes live in the database as SHA-256 of high-entropy secrets.
+- A reply is a proper RFC 5322 message from the patient, checked by ``conversations.check_message``,
+  kept in the patient's Sent folder (their quota), delivered with ``Delivery`` (local professional) or
+  through the outbound queue's hook (a professional at a peer operator), then linked to its conversation.
+- Message bodies are hostile: text is returned as text (HTML parts reduced to their text), to be
+  escaped by the caller; they are never logged nor put in audit events.
+"""
+
+from __future__ import annotations
+
+import codecs
+import datetime as dt
+import email.policy
+import email.utils
+import hashlib
+import re
+import secrets
+import unicodedata
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from html.parser import HTMLParser
+from typing import Any, ClassVar
+
+from sqlalchemy import delete, select
+
+from directory.ins import InvalidINS, validate_ins
+from directory.patients import display_name_for
+from directory.search import M as DirectoryMailbox
+from directory.search import entry_columns, joined, to_entry
+from mailserver import accounts, conversations, quota
+from mailserver.auth import generate_app_password
+from mailserver.conversation_models import (
+    CLOSED,
+    Conversation,
+    ConversationMessage,
+    PortalInvite,
+    PortalSession,
+)
+from mailserver.db.models import Domain, Folder, Mailbox, Message, utcnow
+from mailserver.delivery import Delivery, EnqueueHook
+from mailserver.policy import LocalTarget, Refusal, route_recipient
+from mailserver.runtime import Runtime
+from mailserver.store import mime
+
+INVITE_LIFETIME = dt.timedelta(days=7)
+SESSION_MAX_AGE = dt.timedelta(hours=12)
+MIN_PASSWORD = 10
+MAX_ATTACHMENTS = 10
+MAX_TEXT = 100_000
+SIGNATURE_TYPES = {("application", "pkcs7-signature"), ("application", "x-pkcs7-signature")}
+
+
+class PortalError(Exception):
+    """A refused portal request: ``status`` is the HTTP status, ``message`` the French text shown."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _sha(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- accounts
+
+
+async def _patient_mailbox(rt: Runtime, ins: str) -> Mailbox | None:
+    """The PAT mailbox ``ins@<a patient domain>``, looked up in every hosted patient domain."""
+    async with rt.db.read() as session:
+        return (
+            await session.execute(
+                select(Mailbox)
+                .join(Domain, Domain.id == Mailbox.domain_id)
+                .where(
+                    Domain.patients.is_(True), Mailbox.type == "PAT", Mailbox.address.like(f"{ins.lower()}@%")
+                )
+                .order_by(Mailbox.id)
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+
+
+async def invite(rt: Runtime, ins: str) -> tuple[str, str, dt.datetime]:
+    """A fresh one-time activation code for the patient (earlier unused codes stop working).
+
+    The patient's mailbox is created in the patient domain when it does not exist yet and exactly one
+    patient domain is hosted. Returns (address, code, expiry); only the code's hash is kept.
+    """
+    try:
+        ins = validate_ins(ins)
+    except InvalidINS as exc:
+        raise accounts.AccountError(str(exc)) from None
+    mb = await _patient_mailbox(rt, ins)
+    if mb is None:
+        domains = [d.name for d in await accounts.list_domains(rt) if d.patients]
+        if len(domains) != 1:
+            raise accounts.AccountError(
+                f"no mailbox for INS {ins}: add it with `caducee mailbox add {ins.lower()}@DOMAIN --type PAT`"
+            )
+        await accounts.add_mailbox(rt, f"{ins.lower()}@{domains[0]}", "PAT")
+        mb = await _patient_mailbox(rt, ins)
+        assert mb is not None
+    code = generate_app_password()
+    expires = utcnow() + INVITE_LIFETIME
+    async with rt.db.write() as session:
+        await session.execute(
+            delete(PortalInvite).where(PortalInvite.mailbox_id == mb.id, PortalInvite.used_at.is_(None))
+        )
+        session.add(
+            PortalInvite(mailbox_id=mb.id, code_hash=_sha(code), created_at=utcnow(), expires_at=expires)
+        )
+    await rt.audit.record("admin", "admin", "", f"patient invite {mb.address}", "code issued")
+    return mb.address, code, expires
+
+
+async def activate(rt: Runtime, ins: str, code: str, password: str, remote: str) -> None:
+    """Set the patient's password with a one-time activation code."""
+    if len(password) < MIN_PASSWORD:
+        raise PortalError(400, f"Le mot de passe doit comporter au moins {MIN_PASSWORD} caractères.")
+    try:
+        ins = validate_ins(ins)
+    except InvalidINS:
+        raise PortalError(400, "Identifiant national de santé (INS) invalide.") from None
+    mb = await _patient_mailbox(rt, ins)
+    now = utcnow()
+    async with rt.db.write() as session:
+        row = (
+            await session.execute(
+                select(PortalInvite)
+                .where(PortalInvite.code_hash == _sha(code.strip().lower()))
+                .with_for_update()
+            )
+        ).scalar_one_or_none()
+        valid = row is not None and mb is not None and row.mailbox_id == mb.id
+        if not valid or row is None or row.used_at is not None or row.expires_at <= now:
+            failure = True
+        else:
+            failure = False
+            row.used_at = now
+    if failure or mb is None:
+        await rt.audit.record(f"{ins.lower()}", "activation", remote, "portal activation", "refused")
+        raise PortalError(400, "Code d'activation invalide, déjà utilisé ou expiré.")
+    await accounts.set_password(rt, mb.address, password)
+    await rt.audit.record(mb.address, "activation", remote, "portal activation", "password set")
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    token: str
+    mailbox_id: int
+    address: str
+    csrf: str
+    expires_at: dt.datetime
+
+
+async def login(rt: Runtime, ins: str, password: str, remote: str) -> SessionInfo:
+    """INS + password → a new session; failures count towards the shared lock-out."""
+    try:
+        ins = validate_ins(ins)
+    except InvalidINS:
+        raise PortalError(401, "Identifiant ou mot de passe incorrect.") from None
+    mb = await _patient_mailbox(rt, ins)
+    address = mb.address if mb else f"{ins.lower()}@patient"
+    outcome = await rt.auth.authenticate(address, password, remote, "portal")
+    if outcome.reason == "locked":
+        raise PortalError(
+            429, "Trop de tentatives : votre compte est temporairement verrouillé. Réessayez plus tard."
+        )
+    if not outcome.ok or outcome.mailbox_id is None or outcome.address is None:
+        raise PortalError(401, "Identifiant ou mot de passe incorrect.")
+    token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    now = utcnow()
+    expires = now + dt.timedelta(seconds=rt.settings.portal.session_lifetime)
+    async with rt.db.write() as session:
+        await session.execute(delete(PortalSession).where(PortalSession.expires_at <= now))
+        session.add(
+            PortalSession(
+                token_hash=_sha(token),
+                mailbox_id=outcome.mailbox_id,
+                csrf=csrf,
+                remote=remote[:100],
+                created_at=now,
+                expires_at=expires,
+            )
+        )
+    return SessionInfo(token, outcome.mailbox_id, outcome.address, csrf, expires)
+
+
+async def resume(rt: Runtime, token: str) -> SessionInfo | None:
+    """The live session for ``token``, its idle expiry pushed back; None when unknown or expired."""
+    if not token:
+        return None
+    now = utcnow()
+    async with rt.db.write() as session:
+        row = await session.get(PortalSession, _sha(token), with_for_update=True)
+        if row is None:
+            return None
+        if row.expires_at <= now or now - row.created_at > SESSION_MAX_AGE:
+            await session.delete(row)
+            return None
+        mb = await session.get(Mailbox, row.mailbox_id)
+        if mb is None or not mb.enabled:
+            await session.delete(row)
+            return None
+        row.expires_at = now + dt.timedelta(seconds=rt.settings.portal.session_lifetime)
+        return SessionInfo(token, row.mailbox_id, mb.address, row.csrf, row.expires_at)
+
+
+async def logout(rt: Runtime, token: str) -> None:
+    async with rt.db.write() as session:
+        await session.execute(delete(PortalSession).where(PortalSession.token_hash == _sha(token)))
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class Professional:
+    address: str
+    name: str
+    profession: str
+
+
+@dataclass(frozen=True)
+class ConversationSummary:
+    id: str
+    subject: str
+    state: str
+    opened_at: dt.datetime
+    closed_at: dt.datetime | None
+    last_at: dt.datetime
+    messages: int
+    unread: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "subject": self.subject,
+            "state": self.state,
+            "opened_at": self.opened_at.isoformat(),
+            "closed_at": self.closed_at.isoformat() if self.closed_at else None,
+            "last_at": self.last_at.isoformat(),
+            "messages": self.messages,
+            "unread": self.unread,
+        }
+
+
+@dataclass(frozen=True)
+class Group:
+    professional: Professional
+    conversations: list[ConversationSummary]
+
+    @property
+    def unread(self) -> int:
+        return sum(c.unread for c in self.conversations)
+
+
+@dataclass(frozen=True)
+class QuotaView:
+    used_bytes: int
+    limit_bytes: int | None
+
+    @property
+    def percent(self) -> int | None:
+        if not self.limit_bytes:
+            return None
+        return min(100, round(100 * self.used_bytes / self.limit_bytes))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"used_bytes": self.used_bytes, "limit_bytes": self.limit_bytes, "percent": self.percent}
+
+
+@dataclass(frozen=True)
+class Overview:
+    groups: list[Group]
+    quota: QuotaView
+
+    @property
+    def unread(self) -> int:
+        return sum(g.unread for g in self.groups)
+
+
+@dataclass(frozen=True)
+class AttachmentInfo:
+    n: int
+    filename: str
+    content_type: str
+    size: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "filename": self.filename, "content_type": self.content_type, "size": self.size}
+
+
+@dataclass(frozen=True)
+class MessageView:
+    id: int
+    direction: str
+    kind: str
+    author: str
+    at: dt.datetime
+    subject: str
+    text: str
+    unread: bool
+    attachments: list[AttachmentInfo] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "direction": self.direction,
+            "kind": self.kind,
+            "author": self.author,
+            "at": self.at.isoformat(),
+            "subject": self.subject,
+            "text": self.text,
+            "unread": self.unread,
+            "attachments": [a.as_dict() for a in self.attachments],
+        }
+
+
+@dataclass(frozen=True)
+class ConversationDetail:
+    summary: ConversationSummary
+    professional: Professional
+    messages: list[MessageView]
+
+    @property
+    def closed(self) -> bool:
+        return self.summary.state == CLOSED
+
+
+async def professional_identity(rt: Runtime, conv: Conversation) -> Professional:
+    """Name and profession from the national directory; else what the professional's mail said."""
+    async with rt.db.read() as session:
+        row = (
+            await session.execute(
+                joined(select(*entry_columns())).where(DirectoryMailbox.address == conv.professional)
+            )
+        ).first()
+        local = (
+            await session.get(Mailbox, conv.professional_mailbox_id) if conv.professional_mailbox_id else None
+        )
+    if row is not None:
+        entry = to_entry(row)
+        person = " ".join(p for p in (entry.civility, entry.first_name, entry.last_name) if p)
+        name = person or entry.display_name or entry.organisation
+        profession = (
+            ", ".join(p for p in (entry.profession, entry.skill) if p) or entry.service or entry.organisation
+        )
+        if name:
+            return Professional(conv.professional, name, profession)
+    name = conv.professional_name or (local.display_name if local else "") or "Professionnel de santé"
+    return Professional(conv.professional, name, "")
+
+
+async def _seen_state(
+    rt: Runtime, mailbox_id: int, blob_ids: Sequence[int]
+) -> dict[int, tuple[int, int, bool]]:
+    """For each blob the patient holds: (folder id, uid, seen)."""
+    if not blob_ids:
+        return {}
+    async with rt.db.read() as session:
+        rows = await session.execute(
+            select(Message.blob_id, Message.folder_id, Message.uid, Message.flags)
+            .join(Folder, Folder.id == Message.folder_id)
+            .where(Folder.mailbox_id == mailbox_id, Message.blob_id.in_(list(set(blob_ids))))
+        )
+        return {b: (f, u, "\\Seen" in flags.split()) for b, f, u, flags in rows}
+
+
+def _summary(
+    c: Conversation, rows: list[ConversationMessage], seen: dict[int, tuple[int, int, bool]]
+) -> ConversationSummary:
+    unread = sum(1 for m in rows if m.direction == "in" and m.blob_id in seen and not seen[m.blob_id][2])
+    last = max((m.at for m in rows), default=c.opened_at)
+    return ConversationSummary(
+        c.public_id, c.subject, c.state, c.opened_at, c.closed_at, last, len(rows), unread
+    )
+
+
+async def _usage(rt: Runtime, mailbox_id: int) -> QuotaView:
+    usage, limits = await rt.store.usage(mailbox_id)
+    return QuotaView(usage.bytes, limits.storage or None)
+
+
+async def overview(rt: Runtime, mailbox_id: int) -> Overview:
+    """The patient's conversations grouped by professional (most recent activity first)."""
+    async with rt.db.read() as session:
+        convs = list(
+            (
+                await session.execute(
+                    select(Conversation).where(Conversation.patient_mailbox_id == mailbox_id)
+                )
+            ).scalars()
+        )
+        msgs = list(
+            (
+                await session.execute(
+                    select(ConversationMessage)
+                    .where(ConversationMessage.conversation_id.in_([c.id for c in convs]))
+                    .order_by(ConversationMessage.id)
+                )
+            ).scalars()
+        )
+    seen = await _seen_state(rt, mailbox_id, [m.blob_id for m in msgs if m.blob_id is not None])
+    by_pro: dict[str, tuple[Professional, list[ConversationSummary]]] = {}
+    for c in convs:
+        summary = _summary(c, [m for m in msgs if m.conversation_id == c.id], seen)
+        if c.professional not in by_pro:
+            by_pro[c.professional] = (await professional_identity(rt, c), [])
+        by_pro[c.professional][1].append(summary)
+    groups = [
+        Group(pro, sorted(items, key=lambda s: (s.state != "open", -s.last_at.timestamp())))
+        for pro, items in by_pro.values()
+    ]
+    groups.sort(key=lambda g: -max(s.last_at.timestamp() for s in g.conversations))
+    return Overview(groups, await _usage(rt, mailbox_id))
+
+
+async def _conversation(rt: Runtime, mailbox_id: int, public_id: str) -> Conversation:
+    async with rt.db.read() as session:
+        conv = (
+            await session.execute(
+                select(Conversation).where(
+                    Conversation.public_id == public_id, Conversation.patient_mailbox_id == mailbox_id
+                )
+            )
+        ).scalar_one_or_none()
+    if conv is None:
+        raise PortalError(404, "Cette conversation n'existe pas.")
+    return conv
+
+
+def _leaves(node: dict[str, Any], path: list[int]) -> Iterator[tuple[list[int], dict[str, Any]]]:
+    if node["type"] == "multipart":
+        for i, child in enumerate(node["parts"]):
+            yield from _leaves(child, [*path, i + 1])
+    else:
+        yield path or [1], node
+
+
+def _param(params: list[list[str]] | None, name: str) -> str | None:
+    return next((v for k, v in params or [] if k == name), None)
+
+
+def _filename(node: dict[str, Any]) -> str | None:
+    disposition = node.get("disposition") or [None, None]
+    name = _param(disposition[1], "filename") or _param(node.get("params"), "name")
+    return mime.decode_header(name) if name else None
+
+
+def _is_attachment(node: dict[str, Any]) -> bool:
+    disposition = (node.get("disposition") or [""])[0]
+    return disposition == "attachment" or _filename(node) is not None or node["type"] != "text"
+
+
+_UNSAFE_NAME = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]+')
+
+
+def safe_filename(name: str | None, n: int) -> str:
+    """A file name that is only a name: no directories, control or reserved characters, no leading dot."""
+    cleaned = _UNSAFE_NAME.sub("_", unicodedata.normalize("NFC", name or "")).strip(" ._")
+    return cleaned[-150:] if cleaned else f"piece-jointe-{n}"
+
+
+class _TextOfHTML(HTMLParser):
+    """The visible text of an HTML part; scripts, styles and every attribute are dropped."""
+
+    BLOCK: ClassVar[frozenset[str]] = frozenset(
+        {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "blockquote", "pre"}
+    )
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self.skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "style", "head", "title"):
+            self.skip += 1
+        elif tag in self.BLOCK:
+            self.out.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style", "head", "title"):
+            self.skip = max(0, self.skip - 1)
+        elif tag in self.BLOCK:
+            self.out.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self.skip:
+            self.out.append(data)
+
+
+def html_to_text(html: str) -> str:
+    parser = _TextOfHTML()
+    parser.feed(html)
+    parser.close()
+    return re.sub(r"\n{3,}", "\n\n", "".join(parser.out)).strip()
+
+
+def _decode(raw: bytes, meta: dict[str, Any], path: list[int], node: dict[str, Any]) -> str:
+    data = mime.binary_section(raw, meta, path)
+    if data is None:
+        data = raw[node["part"][2] : node["part"][3]]
+    charset = (_param(node.get("params"), "charset") or "utf-8").strip().lower()
+    try:
+        codecs.lookup(charset)
+    except LookupError:
+        charset = "utf-8"
+    return data.decode(charset, errors="replace")
+
+
+def _attachments(meta: dict[str, Any]) -> list[tuple[AttachmentInfo, list[int], dict[str, Any]]]:
+    out = []
+    for path, node in _leaves(meta["bodystructure"], []):
+        if (node["type"], node["subtype"]) in SIGNATURE_TYPES or not _is_attachment(node):
+            continue
+        n = len(out) + 1
+        info = AttachmentInfo(
+            n, safe_filename(_filename(node), n), f"{node['type']}/{node['subtype']}", node["size"]
+        )
+        out.append((info, path, node))
+    return out
+
+
+def _body_text(raw: bytes, meta: dict[str, Any]) -> str:
+    leaves = [(p, n) for p, n in _leaves(meta["bodystructure"], []) if not _is_attachment(n)]
+    for subtype in ("plain", "html"):
+        for path, node in leaves:
+            if node["subtype"] == subtype:
+                text = _decode(raw, meta, path, node)
+                return (html_to_text(text) if subtype == "html" else text)[:MAX_TEXT]
+    return ""
+
+
+def _date(meta: dict[str, Any], fallback: dt.datetime) -> dt.datetime:
+    value = meta["headers"].get("date")
+    return dt.datetime.fromisoformat(value) if value else fallback
+
+
+async def read_conversation(
+    rt: Runtime, mailbox_id: int, public_id: str, mark_read: bool = True
+) -> ConversationDetail:
+    """A conversation as a thread; its unread messages become read (``\\Seen`` in the patient's mailbox)."""
+    conv = await _conversation(rt, mailbox_id, public_id)
+    async with rt.db.read() as session:
+        rows = list(
+            (
+                await session.execute(
+                    select(ConversationMessage)
+                    .where(ConversationMessage.conversation_id == conv.id)
+                    .order_by(ConversationMessage.id)
+                )
+            ).scalars()
+        )
+    held = [m.blob_id for m in rows if m.blob_id is not None]
+    seen = await _seen_state(rt, mailbox_id, held)
+    metas = await rt.store.blob_metas([b for b in held if b in seen])
+    pro = await professional_identity(rt, conv)
+    messages = []
+    for m in rows:
+        if m.blob_id not in seen or m.blob_id not in metas:
+            continue
+        meta = metas[m.blob_id]
+        raw = await rt.store.read_blob(m.blob_id)
+        author = "Vous" if m.direction == "out" else "Messagerie Caducée" if m.kind == "notice" else pro.name
+        messages.append(
+            MessageView(
+                m.id,
+                m.direction,
+                m.kind,
+                author,
+                _date(meta, m.at),
+                meta["headers"].get("subject") or "",
+                _body_text(raw, meta),
+                m.direction == "in" and not seen[m.blob_id][2],
+                [info for info, _p, _n in _attachments(meta)],
+            )
+        )
+    if mark_read:
+        by_folder: dict[int, list[int]] = {}
+        for r in rows:
+            if r.direction == "in" and r.blob_id in seen and not seen[r.blob_id][2]:
+                folder_id, uid, _seen = seen[r.blob_id]
+                by_folder.setdefault(folder_id, []).append(uid)
+        for folder_id, uids in by_folder.items():
+            await rt.store.set_flags(folder_id, uids, "add", ["\\Seen"])
+    summary = _summary(conv, rows, seen)
+    return ConversationDetail(summary, pro, messages)
+
+
+@dataclass(frozen=True)
+class Download:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+async def attachment(rt: Runtime, mailbox_id: int, message_id: int, n: int) -> Download:
+    """Attachment ``n`` (from 1) of a conversation message the patient holds, decoded."""
+    async with rt.db.read() as session:
+        row = (
+            await session.execute(
+                select(ConversationMessage.blob_id)
+                .join(Conversation, Conversation.id == ConversationMessage.conversation_id)
+                .where(ConversationMessage.id == message_id, Conversation.patient_mailbox_id == mailbox_id)
+            )
+        ).scalar_one_or_none()
+    seen = await _seen_state(rt, mailbox_id, [row] if row is not None else [])
+    if row is None or row not in seen:
+        raise PortalError(404, "Cette pièce jointe n'existe pas.")
+    meta = await rt.store.blob_meta(row)
+    found = [a for a in _attachments(meta) if a[0].n == n]
+    if not found:
+        raise PortalError(404, "Cette pièce jointe n'existe pas.")
+    info, path, node = found[0]
+    raw = await rt.store.read_blob(row)
+    data = mime.binary_section(raw, meta, path)
+    return Download(
+        info.filename, info.content_type, raw[node["part"][2] : node["part"][3]] if data is None else data
+    )
+
+
+# ---------------------------------------------------------------------------------------------- replying
+
+
+@dataclass(frozen=True)
+class Upload:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+async def _patient_from(rt: Runtime, mb: Mailbox) -> str:
+    async with rt.db.read() as session:
+        name = await display_name_for(session, mb.address)
+    return email.utils.formataddr((name or mb.display_name or "", mb.address))
+
+
+def _build_reply(
+    rt: Runtime,
+    from_: str,
+    pro: Professional,
+    subject: str,
+    thread: list[str],
+    text: str,
+    files: Sequence[Upload],
+) -> EmailMessage:
+    msg = EmailMessage(policy=email.policy.SMTP)
+    msg["From"] = from_
+    msg["To"] = email.utils.formataddr((pro.name, pro.address))
+    msg["Subject"] = subject if re.match(r"(?i)re\s*:", subject) else f"Re: {subject}".strip()
+    msg["Date"] = email.utils.format_datetime(utcnow())
+    msg["Message-ID"] = f"<{secrets.token_hex(16)}@{rt.settings.server.hostname}>"
+    if thread:
+        msg["In-Reply-To"] = thread[-1]
+        msg["References"] = " ".join(thread[-20:])
+    msg.set_content(text or "")
+    for f in files:
+        maintype, _, subtype = f.content_type.partition("/")
+        if not maintype or not subtype or not re.fullmatch(r"[\w.+-]+", maintype + subtype):
+            maintype, subtype = "application", "octet-stream"
+        msg.add_attachment(f.data, maintype=maintype, subtype=subtype, filename=safe_filename(f.filename, 1))
+    return msg
+
+
+async def _remove_sent(rt: Runtime, mailbox_id: int, uid: int) -> None:
+    folder = await rt.store.folder(mailbox_id, "Sent")
+    await rt.store.set_flags(folder.id, [uid], "add", ["\\Deleted"])
+    await rt.store.expunge(folder.id, [uid])
+
+
+async def reply(
+    rt: Runtime,
+    mailbox_id: int,
+    public_id: str,
+    text: str,
+    files: Sequence[Upload],
+    remote: str,
+    enqueue: EnqueueHook | None = None,
+) -> int:
+    """Answer within a conversation; returns the new message's id. 409 once the conversation is closed.
+
+    The message is kept in the patient's Sent folder first (their quota), then delivered; if delivery
+    is refused the Sent copy is removed again, so the thread never shows a message nobody received.
+    """
+    conv = await _conversation(rt, mailbox_id, public_id)
+    if conv.state == CLOSED:
+        raise PortalError(409, "Cette conversation est close : vous ne pouvez plus y répondre.")
+    text = text.replace("\r\n", "\n").strip()
+    if not text and not files:
+        raise PortalError(400, "Votre message est vide.")
+    if len(files) > MAX_ATTACHMENTS:
+        raise PortalError(413, f"Au plus {MAX_ATTACHMENTS} pièces jointes par message.")
+    async with rt.db.read() as session:
+        mb = await session.get(Mailbox, mailbox_id)
+        thread = list(
+            (
+                await session.execute(
+                    select(ConversationMessage.message_id)
+                    .where(ConversationMessage.conversation_id == conv.id)
+                    .order_by(ConversationMessage.id)
+                )
+            ).scalars()
+        )
+    assert mb is not None
+    pro = await professional_identity(rt, conv)
+    msg = _build_reply(rt, await _patient_from(rt, mb), pro, conv.subject, thread, text, files)
+    data = bytes(msg)
+    if len(data) > rt.settings.limits.message_size:
+        raise PortalError(
+            413, f"Message trop volumineux : {rt.settings.limits.message_size // (1024 * 1024)} Mo au plus."
+        )
+    usage, limits = await rt.store.usage(mailbox_id)
+    if quota.exceeded(usage, limits, len(data), 1):
+        raise PortalError(507, "Votre espace de stockage est plein : supprimez des messages pour répondre.")
+    headers = {k: str(v) for k, v in msg.items()}
+    async with rt.db.read() as session:
+        try:
+            await conversations.check_message(session, mb.address, [conv.professional], headers)
+            target = await route_recipient(session, conv.professional, authenticated=True)
+        except conversations.ConversationRefused as exc:
+            raise PortalError(403, exc.explanation) from None
+        except Refusal:
+            raise PortalError(502, "Ce professionnel ne peut pas être joint pour le moment.") from None
+    try:
+        _uidvalidity, [uid] = await rt.store.append(mailbox_id, "Sent", [(data, ["\\Seen"], None)])
+    except quota.OverQuota:
+        raise PortalError(
+            507, "Votre espace de stockage est plein : supprimez des messages pour répondre."
+        ) from None
+    delivery = Delivery(rt, mb.address, source="portal", remote_addr=remote, enqueue=enqueue)
+    try:
+        if isinstance(target, LocalTarget):
+            delivery.add_local(target)
+        else:
+            delivery.add_remote(target)
+        await delivery.body(data)
+        result = await delivery.commit()
+    except Refusal:
+        await delivery.abort()
+        await _remove_sent(rt, mailbox_id, uid)
+        raise PortalError(502, "Ce professionnel ne peut pas être joint pour le moment.") from None
+    if result.refused:
+        await _remove_sent(rt, mailbox_id, uid)
+        raise PortalError(503, "La boîte de ce professionnel est pleine : réessayez plus tard.")
+    sent = await rt.store.folder(mailbox_id, "Sent")
+    async with rt.db.read() as session:
+        blob_id = (
+            await session.execute(
+                select(Message.blob_id).where(Message.folder_id == sent.id, Message.uid == uid)
+            )
+        ).scalar_one()
+    await conversations.record_message(
+        rt,
+        mb.address,
+        [conv.professional],
+        headers,
+        msg["Message-ID"],
+        msg["In-Reply-To"],
+        msg["References"],
+        blob_id=blob_id,
+    )
+    await rt.audit.record(
+        mb.address,
+        "send",
+        remote,
+        f"portal reply in conversation {conv.public_id} to <{conv.professional}>",
+        "queued" if result.queued else "delivered",
+    )
+    async with rt.db.read() as session:
+        return (
+            await session.execute(
+                select(ConversationMessage.id)
+                .where(ConversationMessage.conversation_id == conv.id, ConversationMessage.blob_id == blob_id)
+                .order_by(ConversationMessage.id.desc())
+                .limit(1)
+            )
+        ).scalar_one()

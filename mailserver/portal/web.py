@@ -1,0 +1,276 @@
+"""The patient portal: server-rendered French pages (Jinja2, autoescaped), no JavaScript at all.
+
+Every page answers with a strict Content-Security-Policy (no script, no remote content), every form
+carries a CSRF token (the session's, or a pre-session cookie for sign-in and activation), and message
+bodies reach the templates only as text. The JSON API (``api.py``) is mounted on the same application.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+
+from config.settings import parse_listen
+from mailserver.delivery import EnqueueHook
+from mailserver.portal import api, service
+from mailserver.portal.http import (
+    ENQUEUE,
+    PRE_COOKIE,
+    RT,
+    clear_session_cookie,
+    csrf_ok,
+    current_session,
+    download_response,
+    remote,
+    security_headers,
+    set_session_cookie,
+)
+from mailserver.runtime import Runtime
+
+HERE = Path(__file__).parent
+JINJA = web.AppKey("jinja", jinja2.Environment)
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "illimité"
+    for unit, factor in (("Go", 1024**3), ("Mo", 1024**2), ("ko", 1024)):
+        if value >= factor:
+            return f"{value / factor:.1f} {unit}".replace(".", ",")
+    return f"{value} o"
+
+
+def _date(value: Any) -> str:
+    return value.astimezone().strftime("%d/%m/%Y à %H:%M")
+
+
+def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
+    html = request.app[JINJA].get_template(template).render(**context)
+    return web.Response(text=html, content_type="text/html", charset="utf-8", status=status)
+
+
+def _anonymous_form(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
+    """A sign-in or activation page, with a fresh pre-session CSRF token in a cookie and the form."""
+    rt = request.app[RT]
+    token = secrets.token_urlsafe(24)
+    resp = render(request, template, status, csrf=token, **context)
+    resp.set_cookie(
+        PRE_COOKIE,
+        token,
+        path="/",
+        httponly=True,
+        secure=rt.settings.portal.secure_cookies,
+        samesite="Strict",
+    )
+    return resp
+
+
+def _anonymous_csrf_ok(request: web.Request, form: Any) -> bool:
+    return csrf_ok(request.cookies.get(PRE_COOKIE, ""), form.get("csrf"))
+
+
+async def _session(request: web.Request) -> service.SessionInfo:
+    info = await current_session(request)
+    if info is None:
+        raise web.HTTPSeeOther("/connexion")
+    return info
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPSeeOther("/conversations")
+
+
+async def favicon(request: web.Request) -> web.StreamResponse:
+    """Browsers ask for it on every site; an empty answer keeps their consoles (and our logs) quiet."""
+    return web.Response(status=204)
+
+
+async def login_page(request: web.Request) -> web.StreamResponse:
+    return _anonymous_form(request, "login.html")
+
+
+async def login_post(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RT]
+    form = await request.post()
+    if not _anonymous_csrf_ok(request, form):
+        return _anonymous_form(request, "login.html", 403, error="Formulaire expiré : veuillez réessayer.")
+    ins = str(form.get("ins", ""))
+    try:
+        info = await service.login(rt, ins, str(form.get("mot_de_passe", "")), remote(request))
+    except service.PortalError as exc:
+        return _anonymous_form(request, "login.html", exc.status, error=exc.message, ins=ins)
+    resp = web.HTTPSeeOther("/conversations")
+    set_session_cookie(resp, rt, info)
+    resp.del_cookie(PRE_COOKIE, path="/")
+    raise resp
+
+
+async def logout_post(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RT]
+    info = await _session(request)
+    form = await request.post()
+    if not csrf_ok(info.csrf, form.get("csrf")):
+        raise web.HTTPForbidden(text="Jeton CSRF invalide.")
+    await service.logout(rt, info.token)
+    resp = web.HTTPSeeOther("/connexion")
+    clear_session_cookie(resp, rt)
+    raise resp
+
+
+async def activation_page(request: web.Request) -> web.StreamResponse:
+    return _anonymous_form(request, "activation.html")
+
+
+async def activation_post(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RT]
+    form = await request.post()
+    if not _anonymous_csrf_ok(request, form):
+        return _anonymous_form(
+            request, "activation.html", 403, error="Formulaire expiré : veuillez réessayer."
+        )
+    ins = str(form.get("ins", ""))
+    password = str(form.get("mot_de_passe", ""))
+    if password != str(form.get("confirmation", "")):
+        return _anonymous_form(
+            request, "activation.html", 400, error="Les deux mots de passe ne sont pas identiques.", ins=ins
+        )
+    try:
+        await service.activate(rt, ins, str(form.get("code", "")), password, remote(request))
+    except service.PortalError as exc:
+        return _anonymous_form(request, "activation.html", exc.status, error=exc.message, ins=ins)
+    return _anonymous_form(
+        request,
+        "login.html",
+        notice="Votre compte est activé : connectez-vous avec votre mot de passe.",
+        ins=ins,
+    )
+
+
+async def conversations_page(request: web.Request) -> web.StreamResponse:
+    info = await _session(request)
+    ov = await service.overview(request.app[RT], info.mailbox_id)
+    return render(request, "conversations.html", session=info, overview=ov, quota=ov.quota)
+
+
+async def _conversation_page(
+    request: web.Request, info: service.SessionInfo, public_id: str, status: int = 200, **extra: Any
+) -> web.Response:
+    rt = request.app[RT]
+    detail = await service.read_conversation(rt, info.mailbox_id, public_id)
+    quota = await service.overview(rt, info.mailbox_id)
+    return render(
+        request,
+        "conversation.html",
+        status,
+        session=info,
+        c=detail,
+        quota=quota.quota,
+        max_size=_size(rt.settings.limits.message_size),
+        **extra,
+    )
+
+
+async def conversation_page(request: web.Request) -> web.StreamResponse:
+    info = await _session(request)
+    try:
+        return await _conversation_page(request, info, request.match_info["id"])
+    except service.PortalError as exc:
+        return render(request, "error.html", exc.status, session=info, error=exc.message)
+
+
+async def reply_post(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RT]
+    info = await _session(request)
+    public_id = request.match_info["id"]
+    try:
+        form = await request.post()
+    except web.HTTPRequestEntityTooLarge:
+        return await _conversation_page(
+            request, info, public_id, 413, error="Message trop volumineux.", text=""
+        )
+    if not csrf_ok(info.csrf, form.get("csrf")):
+        raise web.HTTPForbidden(text="Jeton CSRF invalide.")
+    text = str(form.get("texte", ""))
+    files = [
+        service.Upload(f.filename or "", f.content_type or "application/octet-stream", f.file.read())
+        for f in form.getall("pieces_jointes", [])
+        if isinstance(f, web.FileField) and f.filename
+    ]
+    try:
+        await service.reply(
+            rt, info.mailbox_id, public_id, text, files, remote(request), request.app[ENQUEUE]
+        )
+    except service.PortalError as exc:
+        if exc.status == 404:
+            return render(request, "error.html", 404, session=info, error=exc.message)
+        return await _conversation_page(request, info, public_id, exc.status, error=exc.message, text=text)
+    raise web.HTTPSeeOther(f"/conversations/{public_id}#dernier")
+
+
+async def attachment_get(request: web.Request) -> web.StreamResponse:
+    info = await _session(request)
+    try:
+        mid, n = int(request.match_info["mid"]), int(request.match_info["n"])
+        return download_response(await service.attachment(request.app[RT], info.mailbox_id, mid, n))
+    except ValueError:
+        raise web.HTTPNotFound() from None
+    except service.PortalError as exc:
+        return render(request, "error.html", exc.status, session=info, error=exc.message)
+
+
+def make_app(rt: Runtime, enqueue: EnqueueHook | None = None) -> web.Application:
+    """The portal application; ``enqueue`` is the outbound queue's hook for professionals at peers."""
+    app = web.Application(
+        middlewares=[security_headers], client_max_size=rt.settings.limits.message_size * 4 // 3 + 1024 * 1024
+    )
+    app[RT] = rt
+    app[ENQUEUE] = enqueue
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, undefined=jinja2.StrictUndefined
+    )
+    env.filters["taille"] = _size
+    env.filters["date"] = _date
+    app[JINJA] = env
+    app.router.add_get("/", index)
+    app.router.add_get("/favicon.ico", favicon)
+    app.router.add_get("/connexion", login_page)
+    app.router.add_post("/connexion", login_post)
+    app.router.add_post("/deconnexion", logout_post)
+    app.router.add_get("/activation", activation_page)
+    app.router.add_post("/activation", activation_post)
+    app.router.add_get("/conversations", conversations_page)
+    app.router.add_get("/conversations/{id}", conversation_page)
+    app.router.add_post("/conversations/{id}/reponse", reply_post)
+    app.router.add_get("/messages/{mid}/pieces-jointes/{n}", attachment_get)
+    app.router.add_static("/static", HERE / "static")
+    api.setup(app)
+    return app
+
+
+class PortalListener:
+    service = "portal"
+
+    def __init__(self, runner: web.AppRunner, address: str) -> None:
+        self.runner = runner
+        self.address = address
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start(rt: Runtime, enqueue: EnqueueHook | None = None) -> list[PortalListener]:
+    """One plain-HTTP listener per ``[portal] listen`` address (TLS is terminated in front)."""
+    listeners = []
+    for address in rt.settings.portal.listen:
+        host, port = parse_listen(address)
+        runner = web.AppRunner(make_app(rt, enqueue), access_log=None, shutdown_timeout=5)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound_host, bound_port = runner.addresses[-1][:2]
+        listeners.append(PortalListener(runner, f"{bound_host}:{bound_port}"))
+    return listeners
