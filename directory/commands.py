@@ -10,11 +10,11 @@ from typing import IO
 
 import click
 
-from cli import emit, fail, with_runtime
 from directory import patients
 from directory.importer import DirectoryImportError, ImportSummary, import_extraction
 from directory.models import DIRECTORY_TYPES
 from directory.search import search
+from mailserver.cli_support import emit, fail, with_runtime
 from mailserver.runtime import Runtime
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cli import emit, fail, with_runtime
+from mailserver.cli_support import emit, fail, with_runtime
 from mailserver.runtime import Runtime
 from smime.keys import MasterKeyError
 from smime.pki import PKIError

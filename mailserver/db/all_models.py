@@ -1,7 +1,10 @@
 """Imports every module that declares tables, so ``Base.metadata`` is complete (for Alembic)."""
 
+from directory import models as directory_models
+from mailserver import conversation_models
 from mailserver.db import models
 from mailserver.db.models import Base
 from mailserver.queue import models as queue_models
+from smime import models as smime_models
 
-__all__ = ["Base", "models", "queue_models"]
+__all__ = ["Base", "conversation_models", "directory_models", "models", "queue_models", "smime_models"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from cli import emit, fail, with_runtime
 from mailserver import conversations
+from mailserver.cli_support import emit, fail, with_runtime
 from mailserver.portal import service
 from mailserver.runtime import Runtime
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli import emit, fail, with_runtime
+from mailserver.cli_support import emit, fail, with_runtime
 from mailserver.queue.queue import Queue
 from mailserver.runtime import Runtime
 
