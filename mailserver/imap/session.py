@@ -472,11 +472,14 @@ class Session(asyncio.Protocol):
                 self.send(enc.recent(len(sel.recent)))
 
     def own_change(self, modseq: int | None) -> None:
-        """After our own write: skip re-announcing it if nobody else wrote in between (modseq + 1)."""
+        """After our own write: skip re-announcing it if nobody else wrote in between (modseq + 1).
+
+        Our own notification still marks us dirty; the next ``changes_since`` then starts after it.
+        """
         sel = self.selected
         if sel is None:
             return
-        if modseq is not None and modseq == sel.modseq + 1 and not self.dirty:
+        if modseq is not None and modseq == sel.modseq + 1:
             sel.modseq = modseq
         else:
             self.dirty = True

@@ -204,7 +204,6 @@ async def list_(s: Session, tag: str, cmd: List) -> Done:
     recursive = "RECURSIVEMATCH" in cmd.selection
     show_subscribed = only_subscribed or cmd.returns.subscribed
     subscribed_names = {f.name for f in folders if f.subscribed}
-    listed: list[FolderInfo] = []
     for folder in folders:
         if not any(r.fullmatch(folder.name) for r in regexes):
             continue
@@ -219,12 +218,8 @@ async def list_(s: Session, tag: str, cmd: List) -> Done:
             continue
         attrs = _attributes(folder, names, show_subscribed)
         s.send(enc.list_response(attrs, SEPARATOR, folder.name, utf8=s.utf8, childinfo=childinfo))
-        if cmd.returns.status is not None:
-            listed.append(folder)
-    for folder in listed:
-        # RFC 5819 §2: STATUS for each listed (selectable) mailbox.
-        assert cmd.returns.status is not None
-        await _status(s, folder, cmd.returns.status)
+        if cmd.returns.status is not None and not childinfo:
+            await _status(s, folder, cmd.returns.status)  # RFC 5819 §2: right after its LIST line.
     return Done("LIST completed")
 
 
