@@ -363,6 +363,9 @@ class Session(asyncio.Protocol):
     async def dispatch(self, tag: str, body: CommandBody) -> None:
         """Run one command: state check, handler, pending updates, tagged completion (RFC 9051 §2.2.2)."""
         handler = REGISTRY.get(body.name)
+        expunges = body.name not in _NO_EXPUNGE_DURING or bool(getattr(body, "uid", False))
+        if self.selected is not None and self.dirty and handler is not None and handler.states & self.state:
+            await self.sync(expunges=expunges)  # so that "*" and sequence numbers see new messages
         if handler is None:
             done = Done("unknown command", status="BAD")
         elif not handler.states & self.state:
@@ -388,7 +391,7 @@ class Session(asyncio.Protocol):
             await self.flush()
             return
         if self.selected is not None and not self.logout:
-            await self.sync(expunges=body.name not in _NO_EXPUNGE_DURING or bool(getattr(body, "uid", False)))
+            await self.sync(expunges=expunges)
         self.send(enc.tagged(tag, done.status, done.text, done.code))
         await self.flush()
 
