@@ -22,7 +22,12 @@ from mailserver.runtime import Runtime
 log = logging.getLogger("caducee")
 
 # Modules providing ``start(rt)``; a module whose settings list no address starts nothing.
-SERVICES: list[str] = ["mailserver.smtp.service", "mailserver.portal.web", "directory.ldap"]
+SERVICES: list[str] = [
+    "mailserver.smtp.service",
+    "mailserver.imap.server",
+    "mailserver.portal.web",
+    "directory.ldap",
+]
 
 
 class Listener(Protocol):
