@@ -9,6 +9,7 @@ PostgreSQL keeps the ordinary path.
 from __future__ import annotations
 
 import datetime as dt
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -35,4 +36,6 @@ async def executemany(session: AsyncSession, stmt: Any, rows: list[dict[str, Any
     datetimes = [n for n in names if isinstance(rows[0][n], dt.datetime)]
     if datetimes:
         rows = [{**r, **{n: _sqlite_datetime(r[n]) for n in datetimes}} for r in rows]
-    await conn.exec_driver_sql(compiled.string, [tuple(r[n] for n in names) for r in rows])
+    pick = itemgetter(*names)
+    values = pick if len(names) > 1 else lambda r: (pick(r),)
+    await conn.exec_driver_sql(compiled.string, [values(r) for r in rows])
