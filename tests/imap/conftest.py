@@ -123,4 +123,3 @@ def message(subject: str = "Bonjour", body: str = "Corps du message.\r\n", **hea
         f"Date: Mon, 7 Feb 2026 10:00:00 +0100\r\nMessage-ID: <{abs(hash(subject))}@a.mssante.test>\r\n"
         f"{extra}\r\n{body}"
     ).encode()
-
