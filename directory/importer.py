@@ -59,7 +59,7 @@ from mailserver.db.models import Domain, UTCDateTime, utcnow
 
 S = import_row
 
-BATCH = 2000
+BATCH = 5000
 SQLITE_CACHE_KIB = 256 * 1024
 
 # Canonical field name → header label in the published file (matched accent- and case-insensitively).

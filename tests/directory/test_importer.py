@@ -242,6 +242,7 @@ async def test_failure_while_staging_leaves_the_old_state(
         await real(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(importer, "_stage_batch", stage_then_crash)
+    monkeypatch.setattr(importer, "BATCH", 1000)
     with pytest.raises(RuntimeError, match="killed"):
         await run(db, write(tmp_path / "short.txt", sample_lines[:100] + sample_lines[-2100:]))
     assert await snapshot(db) == before
@@ -276,3 +277,14 @@ async def test_postgresql_import(pg_url: str, sample: Path, sample_lines: list[s
             assert await directory_status(session, sample_lines[2].split("|")[1]) == "retired"
     finally:
         await db.close()
+
+
+async def test_stale_staging_rows_of_a_killed_import_are_ignored(db: Database, sample: Path) -> None:
+    async with db.write() as session:
+        await session.execute(
+            import_row.insert(),
+            [{"line": 999999, "address": "ghost@medecin.mssante.test", "change": "new", "type": "PER"}],
+        )
+    summary, _ = await run(db, sample)
+    assert summary.added == 2999
+    assert await count(db, DirectoryMailbox.address == "ghost@medecin.mssante.test") == 0
