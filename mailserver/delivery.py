@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget
 from mailserver.runtime import Runtime
+from mailserver.store.store import DeliveryResult as StoreResult
 from mailserver.store.store import PreparedBlob
 
 # enqueue(session, blob_id, sender, remote recipients with their options) inside the commit transaction.
@@ -77,9 +78,17 @@ class Delivery:
         remote = list(self.remote)
         enqueue = self.enqueue
 
-        async def in_transaction(session: AsyncSession, blob_id: int) -> None:
+        async def in_transaction(session: AsyncSession, blob_id: int, stored: StoreResult) -> None:
             if remote and enqueue is not None:
                 await enqueue(session, blob_id, self.sender, remote)
+            request = f"from <{self.sender}> via {self.source}"
+            for mailbox_id, target in self.local.items():
+                reply = (
+                    f"delivered uid {stored.uids[mailbox_id]}"
+                    if mailbox_id in stored.uids
+                    else "452 4.2.2 full"
+                )
+                self.rt.audit.record_in(session, target.address, "receive", self.remote_addr, request, reply)
 
         stored = await self.rt.store.deliver(
             prepared,
@@ -95,18 +104,16 @@ class Delivery:
                 result.delivered[target.address] = stored.uids[mailbox_id]
             else:
                 result.refused[target.address] = Refusal(452, "4.2.2", f"<{target.address}>: mailbox full")
-        for address, uid in result.delivered.items():
-            await self.rt.audit.record(
-                address,
-                "receive",
-                self.remote_addr,
-                f"from <{self.sender}> via {self.source}",
-                f"delivered uid {uid}",
-            )
-        for address, refusal in result.refused.items():
-            await self.rt.audit.record(
-                address, "receive", self.remote_addr, f"from <{self.sender}> via {self.source}", refusal.smtp
-            )
+        if stored.blob_id is None:
+            # Nothing was kept (every recipient full), so no transaction carried the audit events.
+            for address, refusal in result.refused.items():
+                await self.rt.audit.record(
+                    address,
+                    "receive",
+                    self.remote_addr,
+                    f"from <{self.sender}> via {self.source}",
+                    refusal.smtp,
+                )
         return result
 
     async def abort(self) -> None:

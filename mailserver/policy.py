@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mailserver import trust
+from mailserver import quota, trust
 from mailserver.db.models import Domain, Mailbox
 
 
@@ -71,22 +71,52 @@ async def hosted_domain(session: AsyncSession, domain: str) -> Domain | None:
     return (await session.execute(select(Domain).where(Domain.name == domain))).scalar_one_or_none()
 
 
-async def local_recipient(session: AsyncSession, address: str) -> LocalTarget | None:
-    """The local target for ``address``, None when its domain is not hosted here; Refusal when unknown."""
+async def local_recipient(
+    session: AsyncSession, address: str, size: int | None = None, defaults: quota.Limits = quota.UNLIMITED
+) -> LocalTarget | None:
+    """The local target for ``address``, None when its domain is not hosted here; Refusal when unknown,
+    disabled, or (with the SIZE the client declared, RFC 1870) when the message cannot fit the quota
+    (``defaults``: the server-wide limits, for mailboxes and domains without their own)."""
     local, domain = split_address(address)
-    if await hosted_domain(session, domain) is None:
-        return None
     addr = f"{local.lower()}@{domain}"
-    mb = (await session.execute(select(Mailbox).where(Mailbox.address == addr))).scalar_one_or_none()
-    if mb is None:
+    row = (
+        await session.execute(
+            select(
+                Mailbox.id,
+                Mailbox.type,
+                Mailbox.enabled,
+                Mailbox.used_bytes,
+                Mailbox.used_messages,
+                Mailbox.quota_storage,
+                Mailbox.quota_messages,
+                Domain.quota_storage,
+                Domain.quota_messages,
+            )
+            .join(Domain, Domain.id == Mailbox.domain_id)
+            .where(Mailbox.address == addr)
+        )
+    ).first()
+    if row is None:
+        if await hosted_domain(session, domain) is None:
+            return None
         raise Refusal(550, "5.1.1", f"<{addr}>: no such mailbox here")
-    if not mb.enabled:
+    mailbox_id, type_, enabled, used, count, mq_s, mq_m, dq_s, dq_m = row
+    if not enabled:
         raise Refusal(550, "5.2.1", f"<{addr}>: mailbox disabled")
-    return LocalTarget(addr, mb.id, mb.type)
+    if size:
+        limits = quota.effective_limits(mq_s, mq_m, dq_s, dq_m, defaults.storage, defaults.messages)
+        if quota.exceeded(quota.Usage(used, count), limits, size, 1):
+            raise Refusal(452, "4.2.2", f"<{addr}>: mailbox full")
+    return LocalTarget(addr, mailbox_id, type_)
 
 
 async def route_recipient(
-    session: AsyncSession, address: str, *, authenticated: bool
+    session: AsyncSession,
+    address: str,
+    *,
+    authenticated: bool,
+    size: int | None = None,
+    defaults: quota.Limits = quota.UNLIMITED,
 ) -> LocalTarget | RemoteTarget:
     """Where a recipient goes, or the Refusal to give at RCPT.
 
@@ -94,7 +124,7 @@ async def route_recipient(
     refused to unauthenticated peers whoever asks, and allowed to an authenticated sender only towards
     a domain of the trust list (550 5.7.1 otherwise).
     """
-    local = await local_recipient(session, address)
+    local = await local_recipient(session, address, size, defaults)
     if local is not None:
         return local
     local_part, domain = split_address(address)

@@ -18,6 +18,9 @@ class Limits:
     messages: int
 
 
+UNLIMITED = Limits(0, 0)
+
+
 @dataclass(frozen=True)
 class Usage:
     bytes: int
@@ -59,6 +62,14 @@ def exceeded(usage: Usage, limits: Limits, add_bytes: int, add_messages: int) ->
     if add_messages > 0 and limits.messages and usage.messages + add_messages > limits.messages:
         return "MESSAGE"
     return None
+
+
+def warning_level(used_bytes: int, limits: Limits, levels: list[int]) -> int:
+    """The highest warning level (percent of the storage limit) that ``used_bytes`` has reached, or 0."""
+    if not limits.storage:
+        return 0
+    percent = used_bytes * 100 / limits.storage
+    return max((lvl for lvl in levels if percent >= lvl), default=0)
 
 
 def human_size(n: int) -> str:

@@ -7,6 +7,10 @@ Invariants (see tests/test_db_concurrency.py):
   PostgreSQL, rows read to be changed are locked with ``SELECT … FOR UPDATE`` (``with_for_update()``)
   or changed with a single ``UPDATE … RETURNING``.
 - ``db.read()`` is for transactions that only read: deferred on SQLite so readers never wait on writers.
+- On SQLite, writers of this process queue on an asyncio lock before ``BEGIN IMMEDIATE``: SQLite's own
+  busy handler sleeps with back-off (up to 100 ms a try), which under concurrency costs far more than
+  the transactions themselves. The busy timeout remains for other processes (the CLI). Never open a
+  write transaction inside another one: on SQLite that waits for itself.
 - SQLite runs in WAL mode with ``synchronous=FULL``: a commit is on disk before the caller acknowledges
   anything to a client (an SMTP 250 or an IMAP APPEND OK).
 - Never await network I/O to a client while a write transaction is open.
@@ -14,6 +18,7 @@ Invariants (see tests/test_db_concurrency.py):
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -59,12 +64,17 @@ class Database:
             )
             self.read_engine = self.write_engine
         self._write = async_sessionmaker(self.write_engine, expire_on_commit=False)
+        self._writer = asyncio.Lock() if self.kind == "sqlite" else None
         self._read = async_sessionmaker(self.read_engine, expire_on_commit=False)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         """A write transaction: committed on normal exit, rolled back on any exception."""
-        async with self._write() as session, session.begin():
+        if self._writer is None:
+            async with self._write() as session, session.begin():
+                yield session
+            return
+        async with self._writer, self._write() as session, session.begin():
             yield session
 
     @asynccontextmanager

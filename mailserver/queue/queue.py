@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mailserver.db.models import Blob, utcnow
+from mailserver.db.models import utcnow
 from mailserver.delivery import EnqueueHook
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget, local_recipient
 from mailserver.queue import dsn
@@ -222,7 +222,7 @@ class Queue:
         reports = _reports(rows)
         removed: list[str] = []
 
-        async def close(session: AsyncSession, _blob_id: int | None = None) -> None:
+        async def close(session: AsyncSession, *_unused: object) -> None:
             current = await session.get(QueueMessage, message_id, with_for_update=True)
             if current is None:
                 raise _Gone
@@ -235,7 +235,7 @@ class Queue:
                 raise _Gone
             await session.execute(delete(QueueRecipient).where(QueueRecipient.message_id == message_id))
             await session.execute(delete(QueueMessage).where(QueueMessage.id == message_id))
-            path = await _drop_blob_ref(session, current.blob_id)
+            path = await self.rt.store.drop_blob_ref(session, current.blob_id)
             if path:
                 removed.append(path)
 
@@ -375,20 +375,10 @@ class Queue:
                 return False
             await session.execute(delete(QueueRecipient).where(QueueRecipient.message_id == message_id))
             await session.execute(delete(QueueMessage).where(QueueMessage.id == message_id))
-            path = await _drop_blob_ref(session, msg.blob_id)
+            path = await self.rt.store.drop_blob_ref(session, msg.blob_id)
         if path:
             await asyncio.to_thread(self.rt.blobs.remove, path)
         return True
-
-
-async def _drop_blob_ref(session: AsyncSession, blob_id: int) -> str | None:
-    """Release the queue's reference in the caller's transaction; the file to remove after commit."""
-    await session.execute(update(Blob).where(Blob.id == blob_id).values(refcount=Blob.refcount - 1))
-    refcount, path = (await session.execute(select(Blob.refcount, Blob.path).where(Blob.id == blob_id))).one()
-    if refcount <= 0:
-        await session.execute(delete(Blob).where(Blob.id == blob_id))
-        return str(path)
-    return None
 
 
 def _reports(rows: list[QueueRecipient]) -> list[dsn.RecipientReport]:

@@ -15,7 +15,6 @@ import uuid
 from aiosmtpd.smtp import Envelope, Session
 from cryptography import x509
 
-from mailserver import quota
 from mailserver.delivery import Delivery, DeliveryResult
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget
 from mailserver.queue import dsn
@@ -84,14 +83,6 @@ class Handler:
         await self.rt.audit.record(
             self.actor(server), f"{self.service}-refused", server.client_ip, request[:500], response
         )
-
-    async def check_quota(self, target: LocalTarget, size: int | None) -> None:
-        """With a declared SIZE, refuse at RCPT rather than bounce later (RFC 1870 §6.2 wording)."""
-        if not size:
-            return
-        usage, limits = await self.rt.store.usage(target.mailbox_id)
-        if quota.exceeded(usage, limits, size, 1):
-            raise Refusal(452, "4.2.2", f"<{target.address}>: mailbox full")
 
     async def handle_DATA(self, server: SMTPServer, session: Session, envelope: Envelope) -> str:
         return await self.message(server, envelope.original_content or b"")

@@ -27,18 +27,22 @@ class MTAHandler(Handler):
         cert = peer_certificate(server)
         if cert is None:
             raise Refusal(530, "5.7.0", "a client certificate of the MSSanté trust space is required")
-        async with self.rt.db.read() as session:
-            if not address:
+        if not address:
+            async with self.rt.db.read() as session:
                 domains = await trust.domains_of(session, cert.subject)
-                if not domains:
-                    raise Refusal(
-                        550,
-                        "5.7.1",
-                        f"certificate subject {cert.subject.rfc4514_string()} is not in the trust list",
-                    )
-                self.peer_domain = domains[0]
-                return
-            _local, domain = split_address(address)
+            if not domains:
+                raise Refusal(
+                    550,
+                    "5.7.1",
+                    f"certificate subject {cert.subject.rfc4514_string()} is not in the trust list",
+                )
+            self.peer_domain = domains[0]
+            return
+        _local, domain = split_address(address)
+        if domain == self.peer_domain:
+            # Already verified on this connection, whose certificate cannot change.
+            return
+        async with self.rt.db.read() as session:
             why = await trust.check_peer(session, domain, cert.subject)
         if why:
             raise Refusal(550, "5.7.1", f"<{address}>: {why}")
@@ -48,7 +52,10 @@ class MTAHandler(Handler):
         self, server: SMTPServer, address: str, options: MailOptions
     ) -> LocalTarget | RemoteTarget:
         async with self.rt.db.read() as session:
-            target = await route_recipient(session, address, authenticated=False)
-        if isinstance(target, LocalTarget):
-            await self.check_quota(target, options.size)
-        return target
+            return await route_recipient(
+                session,
+                address,
+                authenticated=False,
+                size=options.size,
+                defaults=self.rt.store.default_limits,
+            )

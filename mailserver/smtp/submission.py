@@ -97,10 +97,9 @@ class SubmissionHandler(Handler):
         self, server: SMTPServer, address: str, options: MailOptions
     ) -> LocalTarget | RemoteTarget:
         async with self.rt.db.read() as session:
-            target = await route_recipient(session, address, authenticated=True)
-        if isinstance(target, LocalTarget):
-            await self.check_quota(target, options.size)
-        return target
+            return await route_recipient(
+                session, address, authenticated=True, size=options.size, defaults=self.rt.store.default_limits
+            )
 
     async def accepted(self, server: SMTPServer, result: DeliveryResult, reply: str) -> None:
         env = server.envelope

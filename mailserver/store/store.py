@@ -21,13 +21,13 @@ import asyncio
 import datetime as dt
 import json
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
-from sqlalchemy import delete, exists, func, insert, select, text, update
+from sqlalchemy import bindparam, delete, exists, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from config.settings import QuotaSettings
@@ -96,15 +96,7 @@ class PreparedBlob:
 
     written: WrittenBlob
     meta: dict[str, Any]
-
-
-@dataclass
-class DeliveryResult:
-    """Per-mailbox outcome of one delivery: the UID, or the quota resource that refused it."""
-
-    uids: dict[int, int] = field(default_factory=dict)
-    over_quota: dict[int, str] = field(default_factory=dict)
-    blob_id: int | None = None
+    meta_json: str
 
 
 @dataclass(frozen=True)
@@ -116,6 +108,19 @@ class Notice:
     level: int
     used: int
     limit: int
+
+
+@dataclass
+class DeliveryResult:
+    """Per-mailbox outcome of one delivery: the UID, or the quota resource that refused it."""
+
+    uids: dict[int, int] = field(default_factory=dict)
+    over_quota: dict[int, str] = field(default_factory=dict)
+    blob_id: int | None = None
+    notices: list[Notice] = field(default_factory=list)
+
+
+InTransaction = Callable[[AsyncSession, int, DeliveryResult], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,8 @@ class Store:
         self.default_storage = quotas.default_storage
         self.default_messages = quotas.default_messages
         self.warn_levels = sorted(quotas.warn_percent)
+        self._pending: list[_Pending] = []
+        self._committer: asyncio.Task[None] | None = None
 
     # ----------------------------------------------------------------- transactions and notification
 
@@ -218,6 +225,10 @@ class Store:
         return first_uid, folder.highestmodseq
 
     # ----------------------------------------------------------------- usage accounting
+
+    @property
+    def default_limits(self) -> quota.Limits:
+        return quota.Limits(self.default_storage, self.default_messages)
 
     async def limits(self, session: AsyncSession, mb: Mailbox) -> quota.Limits:
         dom = await session.get(Domain, mb.domain_id)
@@ -291,7 +302,7 @@ class Store:
 
         def work() -> PreparedBlob:
             meta = mime.analyze(data)
-            return PreparedBlob(self.blobs.write(data), meta)
+            return PreparedBlob(self.blobs.write(data), meta, json.dumps(meta, separators=(",", ":")))
 
         return await asyncio.to_thread(work)
 
@@ -301,37 +312,35 @@ class Store:
 
     async def _insert_blob(self, session: AsyncSession, prepared: PreparedBlob, refs: int) -> int:
         w = prepared.written
-        result = await session.execute(
-            insert(Blob)
-            .values(
-                path=w.path,
-                size=w.size,
-                sha256=w.sha256,
-                refcount=refs,
-                meta=json.dumps(prepared.meta, separators=(",", ":")),
-                created_at=utcnow(),
-            )
-            .returning(Blob.id)
-        )
-        return int(result.scalar_one())
+        row = {
+            "path": w.path,
+            "size": w.size,
+            "sha256": w.sha256,
+            "refcount": refs,
+            "meta": prepared.meta_json,
+            "created_at": utcnow(),
+        }
+        return int((await session.execute(_INSERT_BLOB, row)).scalar_one())
 
     async def add_blob_refs(self, session: AsyncSession, blob_id: int, count: int) -> None:
         """Other owners of a blob (the outbound queue) take references inside the caller's transaction."""
         await session.execute(update(Blob).where(Blob.id == blob_id).values(refcount=Blob.refcount + count))
 
-    async def release_blob_ref(self, blob_id: int) -> None:
-        """Drop one reference held outside folders (a finished queue entry)."""
-        path = None
-        async with self.db.write() as session:
-            blob = await session.get(Blob, blob_id, with_for_update=True)
-            if blob is None:
-                return
-            blob.refcount -= 1
-            if blob.refcount <= 0:
-                path = blob.path
-                await session.delete(blob)
-        if path:
-            await self._remove_files([path])
+    async def drop_blob_ref(self, session: AsyncSession, blob_id: int) -> str | None:
+        """Release one reference held outside folders (a finished queue entry) in the caller's
+        transaction; returns the file to remove (with ``remove_files``) once that transaction committed."""
+        blob = await session.get(Blob, blob_id, with_for_update=True)
+        if blob is None:
+            return None
+        blob.refcount -= 1
+        if blob.refcount > 0:
+            return None
+        await session.delete(blob)
+        return blob.path
+
+    async def remove_files(self, paths: list[str]) -> None:
+        """Delete blob files whose rows are gone (after the commit that removed them)."""
+        await self._remove_files(paths)
 
     async def read_blob(self, blob_id: int) -> bytes:
         async with self.db.read() as session:
@@ -363,66 +372,124 @@ class Store:
         folder: str = "INBOX",
         flags: Iterable[str] = (),
         extra_refs: int = 0,
-        in_transaction: Any = None,
+        in_transaction: InTransaction | None = None,
         enforce_quota: bool = True,
     ) -> DeliveryResult:
-        """Put one durable blob into ``folder`` of each mailbox, in one transaction.
+        """Put one durable blob into ``folder`` of each mailbox.
 
         A mailbox over quota is refused alone (``over_quota``), the others still receive the message.
         ``extra_refs`` references are kept for other owners (outbound queue entries) and
-        ``in_transaction(session, blob_id)`` lets them write their rows in the same commit.
-        The blob file is removed if, in the end, nothing references it. ``enforce_quota=False`` is only
-        for the server's own notices (a quota warning must reach a nearly full mailbox).
+        ``in_transaction(session, blob_id, result)`` lets them write their rows (queue entries, audit
+        events) in the same commit. The blob file is removed if, in the end, nothing references it.
+        ``enforce_quota=False`` is only for the server's own notices (a quota warning must reach a
+        nearly full mailbox).
+
+        Group commit: deliveries that arrive while a commit is in flight are committed together in the
+        next transaction, each inside its own savepoint, so one fsync serves many messages and one
+        failing delivery never affects another.
         """
-        result = DeliveryResult()
-        flag_text = flags_to_text(flags)
-        now = utcnow()
-        notices: list[Notice | None] = []
+        request = _Pending(
+            prepared,
+            tuple(sorted(set(mailbox_ids))),
+            folder,
+            flags_to_text(flags),
+            extra_refs,
+            in_transaction,
+            enforce_quota,
+            asyncio.get_running_loop().create_future(),
+        )
+        self._pending.append(request)
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_pending())
+        result = await asyncio.shield(request.done)
+        await self._send_notices(result.notices)
+        return result
+
+    async def _commit_pending(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:_BATCH], self._pending[_BATCH:]
+            await self._commit_batch(batch)
+
+    async def _commit_batch(self, batch: list[_Pending]) -> None:
+        outcomes: list[DeliveryResult | BaseException] = []
         try:
             async with self._write() as (session, changed):
-                accepted: list[tuple[Mailbox, Folder]] = []
-                blob_id = await self._insert_blob(session, prepared, 0)
-                for mailbox_id in sorted(set(mailbox_ids)):
-                    mb = await self._lock_mailbox(session, mailbox_id)
+                for request in batch:
                     try:
-                        await self._charge(
-                            session, mb, [(blob_id, prepared.written.size)], check=enforce_quota
-                        )
-                    except quota.OverQuota as exc:
-                        result.over_quota[mailbox_id] = exc.resource
-                        continue
-                    if enforce_quota:
-                        notices.append(await self._warning_due(session, mb))
-                    accepted.append((mb, await self._folder(session, mailbox_id, folder, lock=True)))
-                for mb, fold in accepted:
-                    uid, modseq = await self._bump(session, fold, 1)
-                    session.add(
-                        Message(
-                            folder_id=fold.id,
-                            uid=uid,
-                            modseq=modseq,
-                            blob_id=blob_id,
-                            flags=flag_text,
-                            internal_date=now,
-                            size=prepared.written.size,
-                        )
-                    )
-                    result.uids[mb.id] = uid
-                    changed.add((mb.id, fold.id))
-                refs = len(accepted) + extra_refs
-                if refs == 0:
-                    raise _NothingToKeep
-                await session.execute(update(Blob).where(Blob.id == blob_id).values(refcount=refs))
-                if in_transaction is not None:
-                    await in_transaction(session, blob_id)
-                result.blob_id = blob_id
-        except _NothingToKeep:
-            await self.discard(prepared)
-        except BaseException:
-            await self.discard(prepared)
-            raise
-        if result.uids:
-            await self._send_notices(notices)
+                        async with session.begin_nested():
+                            outcomes.append(await self._deliver_one(session, changed, request))
+                    except Exception as exc:
+                        outcomes.append(exc)
+        except Exception as exc:
+            outcomes = [exc] * len(batch)
+        for request, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, DeliveryResult) and outcome.blob_id is not None:
+                request.done.set_result(outcome)
+                continue
+            await self.discard(request.prepared)
+            if isinstance(outcome, _NothingToKeep):
+                request.done.set_result(outcome.result)
+            else:
+                request.done.set_exception(outcome)
+
+    async def _deliver_one(
+        self, session: AsyncSession, changed: set[tuple[int, int | None]], request: _Pending
+    ) -> DeliveryResult:
+        """One delivery inside the batch transaction, in a handful of statements (the MTA's hot path)."""
+        result = DeliveryResult()
+        size = request.prepared.written.size
+        rows = (await session.execute(_LOCK_RECIPIENTS, {"ids": list(request.mailbox_ids)})).all()
+        if len(rows) != len(request.mailbox_ids):
+            raise StoreError("NONEXISTENT", "a recipient mailbox no longer exists")
+        accepted = []
+        for mid, address, used, count, mq_s, mq_m, warned, dq_s, dq_m in rows:
+            limits = quota.effective_limits(
+                mq_s, mq_m, dq_s, dq_m, self.default_storage, self.default_messages
+            )
+            if request.enforce_quota:
+                resource = quota.exceeded(quota.Usage(used, count), limits, size, 1)
+                if resource:
+                    result.over_quota[mid] = resource
+                    continue
+            level = (
+                quota.warning_level(used + size, limits, self.warn_levels)
+                if request.enforce_quota
+                else warned
+            )
+            if level > warned:
+                result.notices.append(Notice(mid, address, level, used + size, limits.storage))
+            accepted.append((mid, level))
+        refs = len(accepted) + request.extra_refs
+        if refs == 0:
+            raise _NothingToKeep(result)
+        blob_id = await self._insert_blob(session, request.prepared, refs)
+        now = utcnow()
+        folder = normalize_folder(request.folder)
+        messages = []
+        for mid, _level in accepted:
+            bumped = (await session.execute(_NEXT_UID, {"mid": mid, "folder": folder})).first()
+            if bumped is None:
+                raise FolderNotFound(request.folder)
+            folder_id, uidnext, modseq = bumped
+            messages.append(
+                {
+                    "folder_id": folder_id,
+                    "uid": uidnext - 1,
+                    "modseq": modseq,
+                    "blob_id": blob_id,
+                    "flags": request.flags,
+                    "internal_date": now,
+                    "size": size,
+                }
+            )
+            result.uids[mid] = uidnext - 1
+            changed.add((mid, folder_id))
+        if accepted:  # an empty parameter list would insert one row of NULLs
+            await session.execute(_INSERT_MESSAGES, messages)
+            await session.execute(_CHARGE, [{"mid": m, "level": lvl, "size": size} for m, lvl in accepted])
+        result.blob_id = blob_id
+        if request.in_transaction is not None:
+            await request.in_transaction(session, blob_id, result)
         return result
 
     # ----------------------------------------------------------------- quota warnings
@@ -437,8 +504,7 @@ class Store:
         if not self.warn_levels:
             return None
         limits = await self.limits(session, mb)
-        percent = mb.used_bytes * 100 / limits.storage if limits.storage else 0
-        level = max((lvl for lvl in self.warn_levels if percent >= lvl), default=0)
+        level = quota.warning_level(mb.used_bytes, limits, self.warn_levels)
         due = (
             Notice(mb.id, mb.address, level, mb.used_bytes, limits.storage)
             if level > mb.quota_warned
@@ -882,4 +948,61 @@ class Store:
 
 
 class _NothingToKeep(Exception):
-    """Internal: every recipient was refused, so the delivery transaction is rolled back."""
+    """Internal: every recipient was refused, so the delivery's savepoint is rolled back."""
+
+    def __init__(self, result: DeliveryResult) -> None:
+        super().__init__("no recipient accepted the message")
+        self.result = result
+
+
+@dataclass
+class _Pending:
+    """A delivery waiting for the next group commit."""
+
+    prepared: PreparedBlob
+    mailbox_ids: tuple[int, ...]
+    folder: str
+    flags: str
+    extra_refs: int
+    in_transaction: InTransaction | None
+    enforce_quota: bool
+    done: asyncio.Future[DeliveryResult]
+
+
+_BATCH = 64
+
+# The delivery hot path's statements, built once (SQLAlchemy then reuses their compiled form).
+_LOCK_RECIPIENTS = (
+    select(
+        Mailbox.id,
+        Mailbox.address,
+        Mailbox.used_bytes,
+        Mailbox.used_messages,
+        Mailbox.quota_storage,
+        Mailbox.quota_messages,
+        Mailbox.quota_warned,
+        Domain.quota_storage,
+        Domain.quota_messages,
+    )
+    .join(Domain, Domain.id == Mailbox.domain_id)
+    .where(Mailbox.id.in_(bindparam("ids", expanding=True)))
+    .order_by(Mailbox.id)
+    .with_for_update(of=Mailbox)
+)
+_INSERT_BLOB = insert(Blob.__table__).returning(Blob.id)
+_NEXT_UID = (
+    update(Folder.__table__)
+    .where(Folder.mailbox_id == bindparam("mid"), Folder.name == bindparam("folder"))
+    .values(uidnext=Folder.uidnext + 1, highestmodseq=Folder.highestmodseq + 1)
+    .returning(Folder.id, Folder.uidnext, Folder.highestmodseq)
+)
+_INSERT_MESSAGES = insert(Message.__table__)
+_CHARGE = (
+    update(Mailbox.__table__)
+    .where(Mailbox.id == bindparam("mid"))
+    .values(
+        used_bytes=Mailbox.used_bytes + bindparam("size"),
+        used_messages=Mailbox.used_messages + 1,
+        quota_warned=bindparam("level"),
+    )
+)
