@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -352,6 +353,7 @@ async def run(rows: int, url: str | None, workdir: Path) -> None:
     try:
         first = await import_extraction(db, extraction)
         print(f"import:    {first.seconds:6.1f} s  {first.rows_per_second:8,.0f} rows/s  {first.as_dict()}")
+        print(f"peak RSS after import: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
         again = await import_extraction(db, extraction)
         print(f"re-import: {again.seconds:6.1f} s  {again.rows_per_second:8,.0f} rows/s  {again.as_dict()}")
         timings = []
