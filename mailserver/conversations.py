@@ -20,7 +20,7 @@ import datetime as dt
 import email.utils
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 
@@ -403,6 +403,11 @@ async def close(rt: Runtime, conversation_id: str, by: str, *, actor: str = "adm
         )
 
 
+def closes(flags: Iterable[str]) -> bool:
+    """Whether a flag list carries the closing keyword (IMAP keywords are case-insensitive)."""
+    return any(f.lower() == CLOSE_KEYWORD.lower() for f in flags)
+
+
 async def on_flags_changed(rt: Runtime, mailbox_id: int, folder_id: int, uids: Sequence[int]) -> None:
     """After IMAP STORE: ``$MSSClosed`` on a message in the professional's mailbox closes its conversation."""
     async with rt.db.read() as session:
@@ -417,7 +422,7 @@ async def on_flags_changed(rt: Runtime, mailbox_id: int, folder_id: int, uids: S
                 )
             )
         ).all()
-        blob_ids = [blob_id for _uid, blob_id, flags in rows if CLOSE_KEYWORD in flags.split()]
+        blob_ids = [blob_id for _uid, blob_id, flags in rows if closes(flags.split())]
         if not blob_ids:
             return
         actor = (await session.execute(select(Mailbox.address).where(Mailbox.id == mailbox_id))).scalar_one()

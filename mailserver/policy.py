@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from directory.recipients import directory_status
 from mailserver import quota, trust
 from mailserver.db.models import Domain, Mailbox
 
@@ -99,9 +100,17 @@ async def local_recipient(
     if row is None:
         if await hosted_domain(session, domain) is None:
             return None
+        if await directory_status(session, addr) == "retired":
+            raise Refusal(
+                550, "5.1.6", f"<{addr}>: mailbox retired from the MSSanté directory (moved or closed)"
+            )
         raise Refusal(550, "5.1.1", f"<{addr}>: no such mailbox here")
     mailbox_id, type_, enabled, used, count, mq_s, mq_m, dq_s, dq_m = row
     if not enabled:
+        if await directory_status(session, addr) == "retired":
+            raise Refusal(
+                550, "5.1.6", f"<{addr}>: mailbox retired from the MSSanté directory (moved or closed)"
+            )
         raise Refusal(550, "5.2.1", f"<{addr}>: mailbox disabled")
     if size:
         limits = quota.effective_limits(mq_s, mq_m, dq_s, dq_m, defaults.storage, defaults.messages)

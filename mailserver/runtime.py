@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from config.settings import Settings
 from mailserver.audit import Audit
@@ -13,6 +14,9 @@ from mailserver.db.engine import Database
 from mailserver.store.blobs import BlobStore
 from mailserver.store.notify import Notifier
 from mailserver.store.store import Store
+
+if TYPE_CHECKING:
+    from mailserver.queue.queue import Queue
 
 
 @dataclass
@@ -25,6 +29,16 @@ class Runtime:
     audit: Audit
     passwords: Passwords
     auth: Authenticator
+    _queue: Queue | None = field(default=None, init=False, repr=False)
+
+    @property
+    def queue(self) -> Queue:
+        """The outbound queue shared by SMTP, the portal and reports, so one wake-up reaches its workers."""
+        if self._queue is None:
+            from mailserver.queue.queue import Queue  # the queue module itself builds on Runtime
+
+            self._queue = Queue(self)
+        return self._queue
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:

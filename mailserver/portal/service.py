@@ -751,6 +751,8 @@ async def reply(
     if result.refused:
         await _remove_sent(rt, mailbox_id, uid)
         raise PortalError(503, "La boîte de ce professionnel est pleine : réessayez plus tard.")
+    if result.queued:
+        rt.queue.wake()
     sent = await rt.store.folder(mailbox_id, "Sent")
     async with rt.db.read() as session:
         blob_id = (

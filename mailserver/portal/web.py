@@ -262,12 +262,13 @@ class PortalListener:
         await self.runner.cleanup()
 
 
-async def start(rt: Runtime, enqueue: EnqueueHook | None = None) -> list[PortalListener]:
-    """One plain-HTTP listener per ``[portal] listen`` address (TLS is terminated in front)."""
+async def start(rt: Runtime) -> list[PortalListener]:
+    """One plain-HTTP listener per ``[portal] listen`` address (TLS is terminated in front); replies to
+    professionals at peer operators go through the shared outbound queue."""
     listeners = []
     for address in rt.settings.portal.listen:
         host, port = parse_listen(address)
-        runner = web.AppRunner(make_app(rt, enqueue), access_log=None, shutdown_timeout=5)
+        runner = web.AppRunner(make_app(rt, rt.queue.enqueue_hook()), access_log=None, shutdown_timeout=5)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()

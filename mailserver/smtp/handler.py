@@ -11,10 +11,13 @@ import datetime as dt
 import email.utils
 import logging
 import uuid
+from email.parser import BytesHeaderParser
+from email.policy import compat32
 
 from aiosmtpd.smtp import Envelope, Session
 from cryptography import x509
 
+from mailserver import conversations
 from mailserver.delivery import Delivery, DeliveryResult
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget
 from mailserver.queue import dsn
@@ -52,6 +55,12 @@ def received_header(server: SMTPServer, queue_id: str, protocol: str) -> bytes:
     return ("\r\n".join(parts) + "\r\n").encode("utf-8", "replace")
 
 
+def message_headers(data: bytes) -> dict[str, str]:
+    """The top-level header fields (the last occurrence wins), for the conversation rules."""
+    parsed = BytesHeaderParser(policy=compat32).parsebytes(data)
+    return {name: str(value) for name, value in parsed.items()}
+
+
 class Handler:
     """Base of the MTA and submission handlers (one instance per connection, see ``service``)."""
 
@@ -76,6 +85,17 @@ class Handler:
 
     async def accepted(self, server: SMTPServer, result: DeliveryResult, reply: str) -> None:
         """Called after a message was committed (submission audits the send)."""
+
+    async def prepare(self, server: SMTPServer, data: bytes) -> bytes:
+        """The message as it will be stored: S/MIME verification (inbound) or signing (submission)."""
+        return data
+
+    def involves_patients(self, server: SMTPServer) -> bool:
+        """Whether the patient-conversation rules apply: a hosted patient among the recipients (here), or
+        possibly as the sender (submission)."""
+        return any(
+            isinstance(r.target, LocalTarget) and r.target.type == "PAT" for r in server.envelope.recipients
+        )
 
     # ------------------------------------------------------------------ shared
 
@@ -109,6 +129,15 @@ class Handler:
                 delivery.add_local(r.target)
             else:
                 delivery.add_remote(r.target, {"notify": ",".join(r.notify), "orcpt": r.orcpt})
+        recipients = [r.address for r in env.recipients]
+        headers = message_headers(data) if self.involves_patients(server) else None
+        try:
+            if headers is not None:
+                await conversations.check_message(self.rt, env.mail_from or "", recipients, headers)
+            data = await self.prepare(server, data)
+        except Refusal as refusal:
+            await self.refused(server, "DATA", refusal.smtp)
+            return refusal.smtp
         protocol = "ESMTP" if server.session.extended_smtp else "SMTP"
         content = received_header(server, queue_id, protocol) + data
         server.busy = True
@@ -120,6 +149,17 @@ class Handler:
             raise
         finally:
             server.busy = False
+        if headers is not None and (result.delivered or result.queued):
+            await conversations.record_message(
+                self.rt,
+                env.mail_from or "",
+                recipients,
+                headers,
+                headers.get("Message-ID"),
+                headers.get("In-Reply-To"),
+                headers.get("References"),
+                blob_id=result.blob_id,
+            )
         if not result.delivered and not result.queued:
             first = next(iter(result.refused.values()), Refusal(451, "4.3.0", "not stored"))
             await self.refused(server, "DATA", first.smtp)

@@ -12,6 +12,7 @@ from mailserver import trust
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget, route_recipient, split_address
 from mailserver.smtp.handler import Handler, peer_certificate
 from mailserver.smtp.server import MailOptions, SMTPServer
+from smime import service as smime_service
 
 
 class MTAHandler(Handler):
@@ -47,6 +48,10 @@ class MTAHandler(Handler):
         if why:
             raise Refusal(550, "5.7.1", f"<{address}>: {why}")
         self.peer_domain = domain
+
+    async def prepare(self, server: SMTPServer, data: bytes) -> bytes:
+        """Verify S/MIME signatures and record the result (Authentication-Results), RFC 8551 / 8601."""
+        return await smime_service.prepare_for_local_delivery(self.rt, data)
 
     async def rcpt(
         self, server: SMTPServer, address: str, options: MailOptions

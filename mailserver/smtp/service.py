@@ -18,7 +18,6 @@ from typing import Literal
 from config.settings import parse_listen
 from mailserver import trust
 from mailserver.queue.outbound import Outbound
-from mailserver.queue.queue import Queue
 from mailserver.runtime import Runtime
 from mailserver.smtp.handler import Handler
 from mailserver.smtp.mta import MTAHandler
@@ -97,7 +96,7 @@ async def start(rt: Runtime) -> list[SMTPListener | BackgroundTasks]:
     s = rt.settings
     if not (s.smtp.listen or s.submission.listen or s.submission.tls_listen):
         return []
-    queue = Queue(rt)
+    queue = rt.queue
     limits = s.limits
 
     def config(

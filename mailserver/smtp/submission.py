@@ -12,12 +12,13 @@ import binascii
 
 from aiosmtpd.smtp import MISSING, AuthResult, auth_mechanism
 
-from mailserver import accounts
+from mailserver import accounts, conversations
 from mailserver.auth import AuthOutcome
 from mailserver.delivery import DeliveryResult
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget, route_recipient
 from mailserver.smtp.handler import Handler
 from mailserver.smtp.server import MailOptions, SMTPServer
+from smime import service as smime_service
 
 
 def _decode(value: str) -> bytes | None:
@@ -97,9 +98,30 @@ class SubmissionHandler(Handler):
         self, server: SMTPServer, address: str, options: MailOptions
     ) -> LocalTarget | RemoteTarget:
         async with self.rt.db.read() as session:
-            return await route_recipient(
+            target = await route_recipient(
                 session, address, authenticated=True, size=options.size, defaults=self.rt.store.default_limits
             )
+            await conversations.check_message(session, server.envelope.mail_from or "", [address], None)
+        if self.rt.settings.smime.encrypt == "required":
+            await smime_service.check_recipient(self.rt, target.address)
+        return target
+
+    def involves_patients(self, server: SMTPServer) -> bool:
+        """A patient may submit too (with a password set on the portal): always apply the rules."""
+        return True
+
+    async def prepare(self, server: SMTPServer, data: bytes) -> bytes:
+        """Sign (and encrypt) per ``[smime]`` as the mailbox named in MAIL FROM (RFC 8551)."""
+        env = server.envelope
+        sender = env.mail_from or ""
+        if sender.lower() == (server.session.username or "").lower():
+            sender_id = server.session.mailbox_id
+        else:
+            found = await accounts.find_mailbox(self.rt, sender)
+            sender_id = found.id if found else None
+        return await smime_service.prepare_for_sending(
+            self.rt, sender_id, data, [r.address for r in env.recipients]
+        )
 
     async def accepted(self, server: SMTPServer, result: DeliveryResult, reply: str) -> None:
         env = server.envelope

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mailserver import conversations
 from mailserver.imap.base import Done, Fail, State, command
 from mailserver.imap.protocol import encoder as enc
 from mailserver.imap.protocol.commands import Append, Copy, Expunge, Move
@@ -37,6 +38,10 @@ async def append(s: Session, tag: str, cmd: Append) -> Done:
         raise Fail("NO", "no such mailbox", "TRYCREATE") from None
     if s.selected is not None and s.selected.name == normalize_folder(cmd.mailbox):
         s.dirty = True  # RFC 9051 §6.3.12: the client sees EXISTS before the tagged OK.
+    closing = [uid for uid, m in zip(uids, cmd.messages, strict=True) if conversations.closes(m.flags)]
+    if closing:
+        folder = await s.rt.store.folder(s.mailbox_id, cmd.mailbox)
+        await conversations.on_flags_changed(s.rt, s.mailbox_id, folder.id, closing)
     return Done("APPEND completed", enc.Code.appenduid(uidvalidity, uids))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+from mailserver import conversations
 from mailserver.imap.base import Done, Fail, State, command
 from mailserver.imap.protocol import encoder as enc
 from mailserver.imap.protocol.commands import Store, StoreMode
@@ -36,6 +37,11 @@ async def store(s: Session, tag: str, cmd: Store) -> Done:
         return Done("STORE completed")
     change = await s.rt.store.set_flags(sel.folder_id, uids, _MODES[cmd.mode], cmd.flags, cmd.unchanged_since)
     s.own_change(change.changed[0].modseq if change.changed else None)
+    if cmd.mode != StoreMode.REMOVE and change.changed and conversations.closes(cmd.flags):
+        assert s.mailbox_id is not None
+        await conversations.on_flags_changed(
+            s.rt, s.mailbox_id, sel.folder_id, [m.uid for m in change.changed]
+        )
     changed = {m.uid: m for m in change.changed}
     if cmd.silent:
         if s.condstore:
