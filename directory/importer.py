@@ -469,8 +469,8 @@ async def _stage_batch(
         else:
             summary.unchanged += 1
             same.append({"line": line, "address": address, "change": "same"})
-    await bulk.executemany(session, S.insert(), same)
-    await bulk.executemany(session, S.insert(), changed)
+    await bulk.insert_rows(session, S, same)
+    await bulk.insert_rows(session, S, changed)
 
 
 # ---------------------------------------------------------------------------------------------- applying
@@ -586,6 +586,9 @@ async def _apply(db: Database, summary: ImportSummary) -> None:
         )
         summary.retired = result.rowcount
         await session.execute(delete(S))
+    if db.kind == "postgresql" and summary.added + summary.updated + summary.retired:
+        async with db.write() as session:
+            await session.execute(text("ANALYZE dir_mailbox, dir_professional, dir_structure"))
 
 
 async def _count_retiring(db: Database) -> int:

@@ -142,11 +142,13 @@ def _words_like(tokens: list[str]) -> ColumnElement[bool]:
     return and_(*(M.search_text.like(f"% {t}%") for t in tokens))
 
 
-def _starts_with(col: Any, prefix: str, dialect: str) -> ColumnElement[bool]:
-    """An index-friendly prefix test: SQLite's LIKE ignores case, so it skips indexes; a range does not."""
-    if dialect == "sqlite":
-        return and_(col >= prefix, col < prefix + "{")
-    return col.like(f"{prefix}%")
+def _starts_with(col: Any, prefix: str) -> ColumnElement[bool]:
+    """An index-friendly prefix test on a folded key ([a-z0-9 ] only, so ``{`` sorts after any suffix).
+
+    A range, because SQLite's LIKE ignores case and so skips indexes; on PostgreSQL the keys are
+    ``COLLATE "C"`` (migration 0002) so the range and the ordering follow the btree too.
+    """
+    return and_(col >= prefix, col < prefix + "{")
 
 
 async def _ids(session: AsyncSession, stmt: Any, found: list[int], limit: int) -> None:
@@ -177,10 +179,10 @@ async def search(
     tokens = words(query)
     filters: list[ColumnElement[bool]] = [visible()]
     if profession:
-        filters.append(_starts_with(M.profession_key, fold(profession), dialect))
+        filters.append(_starts_with(M.profession_key, fold(profession)))
     if city:
         place = fold(city)
-        filters.append(or_(_starts_with(M.city_key, place, dialect), M.postal_code == place))
+        filters.append(or_(_starts_with(M.city_key, place), M.postal_code == place))
     if type:
         filters.append(M.type == type.upper())
     if not tokens and len(filters) == 1:
@@ -200,7 +202,7 @@ async def search(
                 if len(found) < limit:
                     await _ids(session, exact.order_by(M.first_key, M.address), found, limit)
         if len(found) < limit:
-            prefix = select(M.id).where(_starts_with(M.name_key, tokens[0], dialect), matching, *filters)
+            prefix = select(M.id).where(_starts_with(M.name_key, tokens[0]), matching, *filters)
             await _ids(session, prefix.order_by(*order), found, limit)
         if len(found) < limit:
             if dialect == "sqlite":

@@ -32,6 +32,14 @@ _STAGED_TEXT = (
     *("department", "country", "p_identifier", "p_id_type", "rpps", "civility", "last_name", "first_name"),
     *("category_code", "category_label", "profession_code", "profession_label", "skill_code", "skill_label"),
 )
+_POSTGRES_C_COLLATED = (
+    ("address", 320),
+    ("name_key", 200),
+    ("first_key", 200),
+    ("profession_key", 200),
+    ("city_key", 100),
+    ("postal_code", 10),
+)
 _POSTGRES_SEARCH = (
     "CREATE EXTENSION IF NOT EXISTS pg_trgm",
     "CREATE INDEX ix_dir_mailbox_search_trgm ON dir_mailbox USING gin (search_text gin_trgm_ops)",
@@ -115,6 +123,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("address"),
     )
+    if op.get_bind().dialect.name == "postgresql":
+        # Folded keys are plain ASCII: byte order is their natural order, and lets prefix ranges and
+        # ORDER BY use the btree indexes whatever the database's locale.
+        for name, length in _POSTGRES_C_COLLATED:
+            op.execute(f'ALTER TABLE dir_mailbox ALTER COLUMN {name} TYPE varchar({length}) COLLATE "C"')
     op.create_index("ix_dir_mailbox_name_key", "dir_mailbox", ["name_key", "first_key", "address"])
     op.create_index("ix_dir_mailbox_city_key", "dir_mailbox", ["city_key"])
     op.create_index("ix_dir_mailbox_postal_code", "dir_mailbox", ["postal_code"])
