@@ -87,6 +87,10 @@ tls_listen = ["127.0.0.1:2993"]
 
 [portal]
 listen = ["127.0.0.1:8080"]
+secure_cookies = false                   # plain HTTP on loopback for a first run; true behind HTTPS
+
+[ldap]
+listen = ["127.0.0.1:3389"]              # address book for mail clients (STARTTLS, then bind)
 
 [limits]
 message_size = "25MiB"

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+import directory.search
 from mailserver.portal import service
 from mailserver.portal.http import (
     ENQUEUE,
@@ -181,6 +182,50 @@ async def attachment(request: web.Request) -> web.StreamResponse:
         return _error(exc.status, exc.message)
 
 
+async def _directory_user(request: web.Request) -> str:
+    """Who asks: a mailbox by HTTP Basic credentials (mail clients, scripts) or a portal session."""
+    auth = request.headers.get("Authorization", "")
+    if auth.lower().startswith("basic "):
+        try:
+            user, _, password = (
+                base64.b64decode(auth[6:].strip(), validate=True).decode("utf-8").partition(":")
+            )
+        except (binascii.Error, UnicodeDecodeError):
+            user, password = "", ""
+        outcome = await request.app[RT].auth.authenticate(user, password, remote(request), "directory-api")
+        if not outcome.ok or outcome.address is None:
+            raise web.HTTPUnauthorized(
+                text='{"error": "identifiants refusés"}',
+                content_type="application/json",
+                headers={"WWW-Authenticate": 'Basic realm="Caducee", charset="UTF-8"'},
+            )
+        return outcome.address
+    return (await _session(request)).address
+
+
+async def directory_search(request: web.Request) -> web.StreamResponse:
+    """Search the national directory (liste-rouge entries never returned), for address books."""
+    rt = request.app[RT]
+    await _directory_user(request)
+    q = request.query.get("q", "").strip()
+    if not q:
+        return _error(400, "paramètre q attendu")
+    try:
+        limit = min(max(int(request.query.get("limit", "20")), 1), 200)
+    except ValueError:
+        return _error(400, "limit doit être un entier")
+    async with rt.db.read() as session:
+        entries = await directory.search.search(
+            session,
+            q,
+            profession=request.query.get("profession") or None,
+            city=request.query.get("city") or None,
+            type=request.query.get("type") or None,
+            limit=limit,
+        )
+    return web.json_response([e.as_dict() for e in entries])
+
+
 async def openapi_document(request: web.Request) -> web.StreamResponse:
     return web.json_response(OPENAPI)
 
@@ -210,10 +255,37 @@ OPENAPI: dict[str, Any] = {
     "components": {
         "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer"},
+            "basic": {"type": "http", "scheme": "basic"},
             "cookie": {"type": "apiKey", "in": "cookie", "name": "caducee_session"},
         },
         "schemas": {
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+            "DirectoryEntry": {
+                "type": "object",
+                "required": ["address", "type", "display_name"],
+                "properties": {
+                    **{
+                        k: {"type": "string"}
+                        for k in (
+                            "address",
+                            "type",
+                            "display_name",
+                            "civility",
+                            "last_name",
+                            "first_name",
+                            "rpps",
+                            "profession",
+                            "skill",
+                            "service",
+                            "organisation",
+                            "street",
+                            "postal_code",
+                            "city",
+                        )
+                    },
+                    "hosted": {"type": "boolean"},
+                },
+            },
             "Login": {
                 "type": "object",
                 "required": ["ins", "password"],
@@ -359,6 +431,30 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": {"description": "Session fermée"}, "401": _ERRORS["401"]},
             }
         },
+        "/api/directory": {
+            "get": {
+                "summary": "Rechercher dans l'annuaire national (carnet d'adresses)",
+                "operationId": "searchDirectory",
+                "security": [{"basic": []}, *_SECURED],
+                "parameters": [
+                    {"name": n, "in": "query", "required": n == "q", "schema": {"type": "string"}}
+                    for n in ("q", "profession", "city", "type")
+                ]
+                + [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 200},
+                    }
+                ],
+                "responses": {
+                    "200": _json({"type": "array", "items": _ref("DirectoryEntry")}, "Entrées trouvées"),
+                    "400": _json(_ref("Error"), "Requête invalide"),
+                    "401": _ERRORS["401"],
+                },
+            }
+        },
         "/api/conversations": {
             "get": {
                 "summary": "Conversations regroupées par professionnel",
@@ -448,3 +544,4 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/api/conversations/{id}/messages", post_message)
     app.router.add_get("/api/messages/{mid}/attachments/{n}", attachment)
     app.router.add_get("/api/openapi.json", openapi_document)
+    app.router.add_get("/api/directory", directory_search)
