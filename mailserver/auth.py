@@ -77,11 +77,14 @@ class Authenticator:
         self.audit = audit
         self.passwords = passwords or Passwords(settings)
 
-    async def _locked(self, keys: list[str]) -> bool:
+    async def _failures(self, keys: list[str]) -> tuple[bool, set[str]]:
+        """(whether any key is locked now, the keys that have a failure record)."""
         now = utcnow()
         async with self.db.read() as session:
-            rows = (await session.execute(select(AuthFailure).where(AuthFailure.key.in_(keys)))).scalars()
-            return any(r.locked_until is not None and r.locked_until > now for r in rows)
+            rows = list(
+                (await session.execute(select(AuthFailure).where(AuthFailure.key.in_(keys)))).scalars()
+            )
+        return any(r.locked_until is not None and r.locked_until > now for r in rows), {r.key for r in rows}
 
     async def _fail(self, keys: list[tuple[str, int]]) -> None:
         now = utcnow()
@@ -106,7 +109,8 @@ class Authenticator:
         """Check a username (the mailbox address) and a password or application password."""
         address = username.strip().lower()
         account_key, ip_key = f"mailbox:{address}", f"ip:{remote}"
-        if await self._locked([account_key, ip_key]):
+        locked, recorded = await self._failures([account_key, ip_key])
+        if locked:
             await self.audit.record(address, "login-failure", remote, f"{service} login", "locked")
             return AuthOutcome(None, None, "locked")
         async with self.db.read() as session:
@@ -132,7 +136,8 @@ class Authenticator:
         if not mb.enabled:
             await self.audit.record(address, "login-failure", remote, f"{service} login", "mailbox disabled")
             return AuthOutcome(None, None, "disabled")
-        await self._clear(account_key)
+        if account_key in recorded:
+            await self._clear(account_key)
         if isinstance(matched_app, int):
             async with self.db.write() as session:
                 app = await session.get(AppPassword, matched_app)

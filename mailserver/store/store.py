@@ -810,8 +810,7 @@ class Store:
         wanted = sorted(set(uids))
         flag_set = set(flags)
         async with self._write() as (session, changed):
-            f = await self._folder_by_id(session, folder_id)
-            await self._lock_mailbox(session, f.mailbox_id)
+            # Flags change no usage: the folder's row lock alone orders concurrent STOREs.
             f = await self._folder_by_id(session, folder_id, lock=True)
             msgs = await self._messages(session, folder_id, wanted)
             modified: list[int] = []
