@@ -26,7 +26,7 @@ def _config(url: str) -> Config:
     return cfg
 
 
-def upgrade(url: str, revision: str = "heads") -> None:
+def upgrade(url: str, revision: str = "head") -> None:
     """Bring the schema to ``revision``; must not run inside an event loop (Alembic starts its own)."""
     command.upgrade(_config(url), revision)
 
@@ -36,7 +36,7 @@ def downgrade(url: str, revision: str) -> None:
 
 
 def heads() -> tuple[str, ...]:
-    """The newest revisions shipped with this code (one per concern branch until they are merged)."""
+    """The newest revision(s) shipped with this code (one, unless a branch is being developed)."""
     return tuple(ScriptDirectory.from_config(_config("sqlite://")).get_heads())
 
 
@@ -50,6 +50,6 @@ async def current(url: str) -> tuple[str, ...]:
         await engine.dispose()
 
 
-async def upgrade_async(url: str, revision: str = "heads") -> None:
+async def upgrade_async(url: str, revision: str = "head") -> None:
     """``upgrade`` from async code: Alembic's env runs its own loop, so it goes to a thread."""
     await asyncio.to_thread(upgrade, url, revision)
