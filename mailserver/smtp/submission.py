@@ -12,9 +12,11 @@ import binascii
 
 from aiosmtpd.smtp import MISSING, AuthResult, auth_mechanism
 
+from directory.patients import display_address
 from mailserver import accounts, conversations
 from mailserver.auth import AuthOutcome
 from mailserver.delivery import DeliveryResult
+from mailserver.headers import replace_field
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget, route_recipient
 from mailserver.smtp.handler import Handler
 from mailserver.smtp.server import MailOptions, SMTPServer
@@ -111,7 +113,8 @@ class SubmissionHandler(Handler):
         return True
 
     async def prepare(self, server: SMTPServer, data: bytes) -> bytes:
-        """Sign (and encrypt) per ``[smime]`` as the mailbox named in MAIL FROM (RFC 8551)."""
+        """A patient's From shows their name; then sign (and encrypt) per ``[smime]`` as the mailbox
+        named in MAIL FROM (RFC 8551)."""
         env = server.envelope
         sender = env.mail_from or ""
         if sender.lower() == (server.session.username or "").lower():
@@ -119,6 +122,11 @@ class SubmissionHandler(Handler):
         else:
             found = await accounts.find_mailbox(self.rt, sender)
             sender_id = found.id if found else None
+        async with self.rt.db.read() as session:
+            patient = await display_address(session, sender)
+        if patient is not None:
+            # Professionals see who writes, not a bare INS (directory issue: "DUPONT Marie (patiente)").
+            data = replace_field(data, "From", patient)
         return await smime_service.prepare_for_sending(
             self.rt, sender_id, data, [r.address for r in env.recipients]
         )
