@@ -25,6 +25,7 @@ FROM TO CC BCC SUBJECT hold only the first occurrence, other fields match any oc
 from __future__ import annotations
 
 import unicodedata
+from abc import ABC, abstractmethod
 from bisect import bisect_right
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -192,19 +193,19 @@ class _Doc:
 Indices = set[int]
 
 
-class _Node:
+class _Node(ABC):
     """A compiled search key. ``needs_raw`` orders siblings so that cheap keys run first."""
 
     __slots__ = ()
     needs_raw = False
 
+    @abstractmethod
     def decide(self, msgs: list[MessageView], cands: Iterable[int]) -> tuple[Indices, Indices]:
         """Phase 1: split ``cands`` into (true, unknown); the rest is false."""
-        raise NotImplementedError
 
+    @abstractmethod
     def match(self, doc: _Doc) -> bool:
         """Phase 2: the definitive answer for one loaded message."""
-        raise NotImplementedError
 
 
 class _Cheap(_Node):

@@ -11,6 +11,7 @@ import datetime as dt
 import email.utils
 import logging
 import uuid
+from abc import ABC, abstractmethod
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
@@ -61,7 +62,7 @@ def message_headers(data: bytes) -> dict[str, str]:
     return {name: str(value) for name, value in parsed.items()}
 
 
-class Handler:
+class Handler(ABC):
     """Base of the MTA and submission handlers (one instance per connection, see ``service``)."""
 
     service = "smtp"
@@ -75,16 +76,20 @@ class Handler:
     def actor(self, server: SMTPServer) -> str:
         return f"peer:{server.client_ip}"
 
+    @abstractmethod
     async def mail(self, server: SMTPServer, address: str, options: MailOptions) -> None:
-        raise NotImplementedError
+        """Accept the sender or raise Refusal (the listener's own identity rules)."""
 
+    @abstractmethod
     async def rcpt(
         self, server: SMTPServer, address: str, options: MailOptions
     ) -> LocalTarget | RemoteTarget:
-        raise NotImplementedError
+        """Where the recipient goes, or raise Refusal (never relay for a peer)."""
 
     async def accepted(self, server: SMTPServer, result: DeliveryResult, reply: str) -> None:
-        """Called after a message was committed (submission audits the send)."""
+        """Called after a message was committed: nothing more by default (receptions are audited by
+        the delivery itself); submission audits the send."""
+        return None
 
     async def prepare(self, server: SMTPServer, data: bytes) -> bytes:
         """The message as it will be stored: S/MIME verification (inbound) or signing (submission)."""
@@ -150,6 +155,14 @@ class Handler:
         finally:
             server.busy = False
         if headers is not None and (result.delivered or result.queued):
+            # Only a copy a patient holds may be linked: a patient's own message keeps none here (the
+            # queue's copy is released after sending, and its id may then be reused by another message).
+            patient_copy = any(
+                isinstance(r.target, LocalTarget)
+                and r.target.type == "PAT"
+                and r.target.address in result.delivered
+                for r in env.recipients
+            )
             await conversations.record_message(
                 self.rt,
                 env.mail_from or "",
@@ -158,7 +171,7 @@ class Handler:
                 headers.get("Message-ID"),
                 headers.get("In-Reply-To"),
                 headers.get("References"),
-                blob_id=result.blob_id,
+                blob_id=result.blob_id if patient_copy else None,
             )
         if not result.delivered and not result.queued:
             first = next(iter(result.refused.values()), Refusal(451, "4.3.0", "not stored"))

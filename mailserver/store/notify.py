@@ -26,7 +26,8 @@ class Notifier:
 
     def __init__(self) -> None:
         self._listeners: dict[int, set[Listener]] = defaultdict(set)
-        self._pg_task: asyncio.Task[None] | None = None
+        self.published = 0  # changes relayed so far: lets tests wait for a relay instead of sleeping
+        self.listening = asyncio.Event()  # set once the PostgreSQL relay is subscribed
 
     def subscribe(self, mailbox_id: int, listener: Listener) -> Callable[[], None]:
         """Register ``listener(mailbox_id, folder_id)``; returns the function that unsubscribes."""
@@ -41,6 +42,7 @@ class Notifier:
 
     def publish(self, mailbox_id: int, folder_id: int | None) -> None:
         """Call every listener of the mailbox (folder None means the folder list changed)."""
+        self.published += 1
         for listener in list(self._listeners.get(mailbox_id, ())):
             try:
                 listener(mailbox_id, folder_id)
@@ -62,7 +64,9 @@ class Notifier:
                 conn = await asyncpg.connect(dsn)
                 conn.add_termination_listener(lambda _conn, ev=lost: ev.set())
                 await conn.add_listener(CHANNEL, on_notify)
+                self.listening.set()
                 await lost.wait()
+                self.listening.clear()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -36,6 +36,15 @@ class IMAPEnv:
     def ctx(self) -> Any:
         return tls_client(self.pki)
 
+    async def relayed(self, since: int, changes: int) -> None:
+        """Wait until ``changes`` store changes made after ``since`` (a ``notifier.published`` reading)
+        reached this process's sessions: immediate on SQLite, through NOTIFY on PostgreSQL."""
+        async with asyncio.timeout(10):
+            while True:
+                if self.rt.notifier.published >= since + changes:
+                    return
+                await asyncio.sleep(0.01)
+
     async def connect(self, user: str | None = MARTIN) -> Client:
         """An implicit-TLS connection, logged in as ``user`` unless None."""
         client = await Client.connect(self.tls_port, self.ctx)
@@ -76,7 +85,7 @@ async def running(runtime: Runtime, pki: Any, **limits: Any) -> AsyncIterator[IM
     if runtime.db.kind == "postgresql":
         dsn = runtime.settings.database.url.replace("postgresql+asyncpg://", "postgresql://")
         relay = asyncio.create_task(runtime.notifier.listen_postgres(dsn))
-        await asyncio.sleep(0.2)
+        await asyncio.wait_for(runtime.notifier.listening.wait(), 10)
     env = await start_imap(runtime, pki, **limits)
     try:
         yield env

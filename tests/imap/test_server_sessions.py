@@ -3,7 +3,6 @@ IDLE woken at once by a delivery, CONDSTORE/QRESYNC resynchronisation, SEARCH/SO
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 
@@ -17,10 +16,11 @@ async def test_updates_reach_other_session_at_allowed_points(imap_both: IMAPEnv)
     a, b = await env.connect(), await env.connect()
     await a.ok("SELECT INBOX")
     await b.ok("SELECT INBOX")
+    since = env.rt.notifier.published
     await a.ok("STORE 2 +FLAGS.SILENT (\\Deleted \\Flagged)")
     await a.ok("EXPUNGE")
     await env.deliver(message("new"))
-    await asyncio.sleep(0.3)  # PostgreSQL: the NOTIFY relay is asynchronous
+    await env.relayed(since, 3)  # PostgreSQL: the NOTIFY relay is asynchronous
     # RFC 9051 §7.5.1: no EXPUNGE during FETCH; EXISTS is fine (message 2 is still seq 2 for b).
     lines = await b.ok("FETCH 1:3 (FLAGS)")
     assert not any("EXPUNGE" in x for x in lines)
@@ -29,8 +29,9 @@ async def test_updates_reach_other_session_at_allowed_points(imap_both: IMAPEnv)
     assert lines[0] == "* 2 EXPUNGE"
     lines = await b.ok("FETCH 1:* (UID)")
     assert [re.search(r"UID (\d+)", x).group(1) for x in lines[:-1]] == ["1", "3", "4"]  # type: ignore[union-attr]
+    since = env.rt.notifier.published
     await a.ok("STORE 1 +FLAGS (\\Answered)")
-    await asyncio.sleep(0.3)
+    await env.relayed(since, 1)
     lines = await b.ok("NOOP")
     assert lines[0] == "* 1 FETCH (UID 1 FLAGS (\\Answered))"
     for c in (a, b):
@@ -86,9 +87,10 @@ async def test_qresync_from_stale_state(imap_both: IMAPEnv) -> None:
     lines = await c.ok(f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE {modseq} VANISHED)")
     assert lines[0] == "* VANISHED (EARLIER) 2"
     assert re.match(r"\* 2 FETCH \(UID 3 FLAGS \(\\Flagged\) MODSEQ \(\d+\)\)", lines[1])
+    since = env.rt.notifier.published
     await other.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
     await other.ok("EXPUNGE")
-    await asyncio.sleep(0.3)
+    await env.relayed(since, 2)
     lines = await c.ok("NOOP")
     assert lines[0] == "* VANISHED 1"  # QRESYNC: VANISHED replaces EXPUNGE
     for x in (c, other):

@@ -274,7 +274,7 @@ async def test_notification_after_commit(runtime: Runtime) -> None:
         task = asyncio.create_task(
             runtime.notifier.listen_postgres(runtime.settings.database.url.replace("+asyncpg", ""))
         )
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(runtime.notifier.listening.wait(), 10)
     try:
         await runtime.store.deliver(await runtime.store.prepare(message(1)), [mb])
         async with asyncio.timeout(5):
