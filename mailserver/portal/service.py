@@ -531,11 +531,12 @@ def _attachments(meta: dict[str, Any]) -> list[tuple[AttachmentInfo, list[int], 
 
 
 def _body_text(raw: bytes, meta: dict[str, Any]) -> str:
+    """The message's text with ``\n`` line ends: mail received over SMTP is stored with CRLF."""
     leaves = [(p, n) for p, n in _leaves(meta["bodystructure"], []) if not _is_attachment(n)]
     for subtype in ("plain", "html"):
         for path, node in leaves:
             if node["subtype"] == subtype:
-                text = _decode(raw, meta, path, node)
+                text = _decode(raw, meta, path, node).replace("\r\n", "\n")
                 return (html_to_text(text) if subtype == "html" else text)[:MAX_TEXT]
     return ""
 

@@ -1,7 +1,13 @@
-"""The portal in a real browser (Debian's chromium, headless): login, read, reply, closed, hostile HTML."""
+"""The portal in a real browser (Debian's chromium, headless): login, read, reply, closed, hostile HTML.
+
+A normal run writes nothing into the tree. The README's screenshot (``docs/portal-conversation.png``) is
+refreshed with ``CADUCEE_SCREENSHOTS=docs .venv/bin/pytest tests/portal/test_browser.py``: when
+``CADUCEE_SCREENSHOTS`` names a directory, ``portal-conversation.png`` is written there.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,7 +28,6 @@ ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "portal-conversation.png"
 
 
 @pytest.fixture
@@ -60,7 +65,9 @@ async def test_login_read_reply_and_closed(portal: Portal, browser: Browser) -> 
     await page.get_by_role("button", name="Envoyer").click()
     await page.wait_for_load_state()
     assert await page.get_by_text("Merci docteur, bonne journée.").is_visible()
-    await page.screenshot(path=str(SCREENSHOT), full_page=True)
+    shots = os.environ.get("CADUCEE_SCREENSHOTS")
+    if shots:
+        await page.screenshot(path=str(Path(shots) / "portal-conversation.png"), full_page=True)
     await send(portal.rt, build(DOCTOR, PATIENT, "[FIN]", "Au revoir.", in_reply_to=first["Message-ID"]))
     await page.reload()
     assert await page.get_by_text("Conversation close.").is_visible()

@@ -8,146 +8,15 @@ while B is down.
 from __future__ import annotations
 
 import asyncio
-import signal
-import socket
-import subprocess
-import sys
-import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiosmtplib
 import pytest
 
-from config.settings import load
-from mailserver import accounts, trust
-from mailserver.db import migrate
 from mailserver.queue.queue import Queue
-from mailserver.runtime import Runtime
-from tests.smtp.conftest import PASSWORD, RPPS, tls_client, wait_for
-
-CADUCEE = str(Path(sys.executable).with_name("caducee"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Operator:
-    domain: str
-    directory: Path
-    config: Path
-    smtp: int
-    submission: int
-    proc: subprocess.Popen[bytes] | None = None
-    log: list[str] = field(default_factory=list)
-    rt: Runtime | None = None
-
-    def start(self) -> None:
-        self.log = []
-        self.proc = subprocess.Popen(
-            [CADUCEE, "--config", str(self.config), "serve"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            cwd=self.directory,
-        )
-        proc = self.proc
-
-        def pump() -> None:
-            assert proc.stderr is not None
-            for line in proc.stderr:
-                self.log.append(line.decode("utf-8", "replace"))
-
-        threading.Thread(target=pump, daemon=True).start()
-
-    async def ready(self) -> None:
-        async def seen() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.domain} exited:\n{''.join(self.log)}")
-            return any('"event":"ready"' in line for line in self.log)
-
-        await wait_for(seen, 30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(30)
-        self.proc = None
-
-    async def inbox(self, local: str) -> list[bytes]:
-        assert self.rt is not None
-        mb = await accounts.get_mailbox(self.rt, f"{local}@{self.domain}")
-        folder = await self.rt.store.folder(mb.id, "INBOX")
-        _info, msgs = await self.rt.store.snapshot(folder.id)
-        return [await self.rt.store.read_blob(m.blob_id) for m in msgs]
-
-    async def submit(self, pki: Any, local: str, rcpt: str, subject: str, notify: str = "") -> None:
-        client = aiosmtplib.SMTP(
-            hostname="127.0.0.1", port=self.submission, start_tls=False, tls_context=tls_client(pki)
-        )
-        await client.connect()
-        await client.starttls()
-        await client.ehlo()
-        await client.auth_plain(f"{local}@{self.domain}", PASSWORD)
-        await client.mail(f"{local}@{self.domain}", options=["RET=HDRS", "ENVID=env-" + subject])
-        await client.rcpt(rcpt, options=[f"NOTIFY={notify}"] if notify else [])
-        await client.data(f"Subject: {subject}\r\nFrom: <{local}@{self.domain}>\r\n\r\nBonjour.\r\n".encode())
-        await client.quit()
-
-
-def write_config(op: Operator, pki: Any, db_url: str, peer: Operator) -> None:
-    ident = pki.tls[op.domain]
-    op.config.write_text(
-        f"""[server]
-hostname = "mx.{op.domain}"
-log_level = "info"
-shutdown_grace = "5s"
-[database]
-url = "{db_url}"
-[storage]
-path = "store"
-[tls]
-cert = "{ident.chain_path}"
-key = "{ident.key_path}"
-peer_ca = "{pki.peer_ca}"
-[smtp]
-listen = ["127.0.0.1:{op.smtp}"]
-[submission]
-listen = ["127.0.0.1:{op.submission}"]
-tls_listen = []
-[imap]
-listen = []
-tls_listen = []
-[portal]
-listen = []
-[delivery]
-routes = {{ "{peer.domain}" = "127.0.0.1:{peer.smtp}" }}
-retry_schedule = ["1s"]
-workers = 2
-connect_timeout = "5s"
-[auth]
-argon2_time_cost = 1
-argon2_memory_kib = 8192
-"""
-    )
-
-
-async def prepare(op: Operator, pki: Any, users: list[str]) -> None:
-    settings = load(op.config)
-    await migrate.upgrade_async(settings.database.url)
-    op.rt = Runtime.build(settings)
-    await asyncio.to_thread(op.rt.blobs.ensure)
-    await accounts.add_domain(op.rt, op.domain, patients=False)
-    for local in users:
-        await accounts.add_mailbox(op.rt, f"{local}@{op.domain}", "PER", rpps=RPPS, password=PASSWORD)
-    for domain in ("a.mssante.test", "b.mssante.test"):
-        await trust.add(op.rt.db, domain, pki.tls[domain].subject)
+from tests.smtp.conftest import wait_for
+from tests.smtp.operators import Operator, free_port, prepare, write_config
 
 
 @pytest.fixture
