@@ -56,7 +56,9 @@ class ConversationMessage(Base):
     message_id: Mapped[str] = mapped_column(String(998), index=True)
     direction: Mapped[str] = mapped_column(String(3))
     kind: Mapped[str] = mapped_column(String(7), default="message")
-    blob_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    blob_id: Mapped[int | None] = mapped_column(
+        ForeignKey("blob.id", ondelete="SET NULL", name="fk_conversation_message_blob"), nullable=True
+    )
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
