@@ -339,7 +339,13 @@ class SMIMEService:
         cleaned = strip_authentication_results(raw, hostname)
         if not self.settings.smime.verify:
             return cleaned
-        result = await asyncio.to_thread(self._verify, cleaned)
+        entity = split_entity(cleaned)
+        if smime_type(entity) is None:
+            # Unsigned (most mail): nothing to compute, so no trip to a worker thread.
+            froms = [a.lower() for _, a in getaddresses(entity.get_all("from")) if a]
+            result = VerifyResult("none", "unsigned", from_address=froms[0] if froms else None)
+        else:
+            result = await asyncio.to_thread(self._verify, cleaned)
         if result.status == "fail":
             log.info(
                 "S/MIME verification failed for From %s: %s %s",

@@ -30,10 +30,17 @@ log = logging.getLogger("caducee.smtp")
 
 
 def peer_certificate(server: SMTPServer) -> x509.Certificate | None:
-    """The client certificate verified during the TLS handshake, if one was presented."""
+    """The client certificate verified during the TLS handshake, if one was presented (parsed once per
+    connection: it cannot change within it)."""
     ssl_object = server.transport.get_extra_info("ssl_object") if server.transport else None
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-    return x509.load_der_x509_certificate(der) if der else None
+    if not der:
+        return None
+    cached = getattr(server, "_peer_certificate", None)
+    if cached is None or cached[0] != der:
+        cached = (der, x509.load_der_x509_certificate(der))
+        server._peer_certificate = cached  # type: ignore[attr-defined]
+    return cached[1]
 
 
 def received_header(server: SMTPServer, queue_id: str, protocol: str) -> bytes:

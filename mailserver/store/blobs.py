@@ -3,6 +3,8 @@
 Invariants:
 - A blob file is complete and fsync'ed, and its directory entry fsync'ed, before ``write`` returns,
   so a database row can only ever point to a file that survives a crash.
+- Files are laid out as ``ab/abcdef…`` (256 directories); older stores may also hold ``ab/cd/…`` paths,
+  which are read the same way (the row keeps the relative path).
 - Files are named by a random identifier, never by content: a blob being deleted (refcount reached
   zero) can never be the one a concurrent delivery is about to reference.
 - A crash between ``write`` and the commit of the row leaves an orphan file, never a dangling row;
@@ -39,29 +41,30 @@ class BlobStore:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        self.tmp = self.root / "tmp"
 
     def ensure(self) -> None:
         """Create the store's directories (idempotent)."""
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
         _fsync_dir(self.root)
 
     def write(self, data: bytes) -> WrittenBlob:
-        """Write ``data`` durably and return its relative path; the caller then commits the row."""
+        """Write ``data`` durably and return its relative path; the caller then commits the row.
+
+        The file is created under its final name (exclusive create): a crash mid-write leaves an orphan
+        that no row references, never a row pointing to a partial file, so no rename is needed. One
+        level of 256 directories keeps directory creation (and its fsyncs) off the common path.
+        """
         name = uuid.uuid4().hex
-        rel = f"{name[:2]}/{name[2:4]}/{name}"
+        rel = f"{name[:2]}/{name}"
         final = self.root / rel
-        tmp = self.tmp / name
-        with open(tmp, "xb") as f:
+        parent = final.parent
+        if not parent.is_dir():
+            parent.mkdir(exist_ok=True)
+            _fsync_dir(self.root)
+        with open(final, "xb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        parent = final.parent
-        if not parent.is_dir():
-            parent.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(parent.parent)
-            _fsync_dir(parent.parent.parent)
-        os.replace(tmp, final)
         _fsync_dir(parent)
         return WrittenBlob(rel, len(data), hashlib.sha256(data).hexdigest())
 
@@ -82,7 +85,5 @@ class BlobStore:
         """Every blob file's relative path (for garbage collection and checks)."""
         for dirpath, _dirs, files in os.walk(self.root):
             d = Path(dirpath)
-            if d == self.tmp:
-                continue
             for f in files:
                 yield str((d / f).relative_to(self.root))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -37,6 +38,8 @@ from mailserver.db.models import Blob, Domain, Expunged, Folder, Mailbox, Messag
 from mailserver.store import mime
 from mailserver.store.blobs import BlobStore, WrittenBlob
 from mailserver.store.notify import CHANNEL, Notifier
+
+log = logging.getLogger("caducee.store")
 
 DEFAULT_FOLDERS: tuple[tuple[str, str | None], ...] = (
     ("INBOX", None),
@@ -310,17 +313,22 @@ class Store:
         """Remove a prepared blob that no row references (an aborted delivery)."""
         await asyncio.to_thread(self.blobs.remove, prepared.written.path)
 
-    async def _insert_blob(self, session: AsyncSession, prepared: PreparedBlob, refs: int) -> int:
+    @staticmethod
+    def _blob_row(prepared: PreparedBlob, refs: int, now: dt.datetime) -> dict[str, Any]:
         w = prepared.written
-        row = {
+        return {
             "path": w.path,
             "size": w.size,
             "sha256": w.sha256,
             "refcount": refs,
             "meta": prepared.meta_json,
-            "created_at": utcnow(),
+            "created_at": now,
         }
-        return int((await session.execute(_INSERT_BLOB, row)).scalar_one())
+
+    async def _insert_blob(self, session: AsyncSession, prepared: PreparedBlob, refs: int) -> int:
+        return int(
+            (await session.execute(_INSERT_BLOB, self._blob_row(prepared, refs, utcnow()))).scalar_one()
+        )
 
     async def add_blob_refs(self, session: AsyncSession, blob_id: int, count: int) -> None:
         """Other owners of a blob (the outbound queue) take references inside the caller's transaction."""
@@ -411,17 +419,27 @@ class Store:
             await self._commit_batch(batch)
 
     async def _commit_batch(self, batch: list[_Pending]) -> None:
+        """Commit a batch in one transaction: all deliveries together in a few statements, or, when
+        one of them fails (a folder or mailbox gone, a hook's error), again one savepoint each."""
         outcomes: list[DeliveryResult | BaseException] = []
         try:
             async with self._write() as (session, changed):
-                for request in batch:
-                    try:
-                        async with session.begin_nested():
-                            outcomes.append(await self._deliver_one(session, changed, request))
-                    except Exception as exc:
-                        outcomes.append(exc)
-        except Exception as exc:
-            outcomes = [exc] * len(batch)
+                outcomes = await self._deliver_together(session, changed, batch)
+        except Exception as exc:  # _Isolate, or any error: redo each delivery in its own savepoint
+            if not isinstance(exc, _Isolate):
+                log.warning("group commit failed, retrying deliveries one by one: %s", exc)
+            outcomes = []
+        if not outcomes:
+            try:
+                async with self._write() as (session, changed):
+                    for request in batch:
+                        try:
+                            async with session.begin_nested():
+                                outcomes.append(await self._deliver_one(session, changed, request))
+                        except Exception as exc:
+                            outcomes.append(exc)
+            except Exception as exc:
+                outcomes = [exc] * len(batch)
         for request, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, DeliveryResult) and outcome.blob_id is not None:
                 request.done.set_result(outcome)
@@ -431,6 +449,102 @@ class Store:
                 request.done.set_result(outcome.result)
             else:
                 request.done.set_exception(outcome)
+
+    async def _deliver_together(
+        self, session: AsyncSession, changed: set[tuple[int, int | None]], batch: list[_Pending]
+    ) -> list[DeliveryResult | BaseException]:
+        """Every delivery of the batch with one statement per step, whatever the batch size: lock the
+        recipients, reserve UIDs per folder, insert blobs, messages and usage. Quotas are checked in
+        order against running totals, so the batch cannot overrun a limit either. Raises ``_Isolate``
+        when a delivery needs its own savepoint (the transaction is then rolled back and redone)."""
+        ids = sorted({m for r in batch for m in r.mailbox_ids})
+        rows = {row[0]: row for row in (await session.execute(_LOCK_RECIPIENTS, {"ids": ids})).all()}
+        if len(rows) != len(ids):
+            raise _Isolate
+        usage = {mid: [row[2], row[3], row[6]] for mid, row in rows.items()}  # bytes, messages, warned
+        results: list[DeliveryResult | BaseException] = []
+        accepted: list[list[int]] = []
+        for request in batch:
+            result, size, taken = DeliveryResult(), request.prepared.written.size, []
+            for mid in request.mailbox_ids:
+                _mid, address, _u, _c, mq_s, mq_m, _w, dq_s, dq_m = rows[mid]
+                limits = quota.effective_limits(
+                    mq_s, mq_m, dq_s, dq_m, self.default_storage, self.default_messages
+                )
+                used, count, warned = usage[mid]
+                if request.enforce_quota:
+                    resource = quota.exceeded(quota.Usage(used, count), limits, size, 1)
+                    if resource:
+                        result.over_quota[mid] = resource
+                        continue
+                    level = quota.warning_level(used + size, limits, self.warn_levels)
+                    if level > warned:
+                        result.notices.append(Notice(mid, address, level, used + size, limits.storage))
+                    usage[mid][2] = level
+                usage[mid][0], usage[mid][1] = used + size, count + 1
+                taken.append(mid)
+            if len(taken) + request.extra_refs == 0:
+                results.append(_NothingToKeep(result))
+            else:
+                results.append(result)
+            accepted.append(taken)
+        # Reserve consecutive UIDs per (mailbox, folder), in batch order.
+        wanted: dict[tuple[int, str], int] = {}
+        for request, taken in zip(batch, accepted, strict=True):
+            for mid in taken:
+                key = (mid, normalize_folder(request.folder))
+                wanted[key] = wanted.get(key, 0) + 1
+        next_uid: dict[tuple[int, str], tuple[int, int, int]] = {}
+        for (mid, folder), n in wanted.items():
+            bumped = (await session.execute(_RESERVE_UIDS, {"mid": mid, "folder": folder, "n": n})).first()
+            if bumped is None:
+                raise _Isolate
+            folder_id, uidnext, modseq = bumped
+            next_uid[(mid, folder)] = (folder_id, uidnext - n, modseq)
+            changed.add((mid, folder_id))
+        kept = [(i, r) for i, r in enumerate(batch) if isinstance(results[i], DeliveryResult)]
+        if not kept:
+            return results
+        now = utcnow()
+        blob_rows = [self._blob_row(r.prepared, len(accepted[i]) + r.extra_refs, now) for i, r in kept]
+        blob_ids = list((await session.execute(_INSERT_BLOBS, blob_rows)).scalars())
+        messages = []
+        for (i, request), blob_id in zip(kept, blob_ids, strict=True):
+            result = results[i]
+            assert isinstance(result, DeliveryResult)
+            result.blob_id = blob_id
+            for mid in accepted[i]:
+                key = (mid, normalize_folder(request.folder))
+                folder_id, uid, modseq = next_uid[key]
+                next_uid[key] = (folder_id, uid + 1, modseq)
+                result.uids[mid] = uid
+                messages.append(
+                    {
+                        "folder_id": folder_id,
+                        "uid": uid,
+                        "modseq": modseq,
+                        "blob_id": blob_id,
+                        "flags": request.flags,
+                        "internal_date": now,
+                        "size": request.prepared.written.size,
+                    }
+                )
+        if messages:
+            await session.execute(_INSERT_MESSAGES, messages)
+            touched = sorted({mid for taken in accepted for mid in taken})
+            await session.execute(
+                _SET_USAGE,
+                [{"mid": m, "b": usage[m][0], "n": usage[m][1], "w": usage[m][2]} for m in touched],
+            )
+        for i, request in kept:
+            if request.in_transaction is not None:
+                result = results[i]
+                assert isinstance(result, DeliveryResult)
+                try:
+                    await request.in_transaction(session, result.blob_id or 0, result)
+                except Exception:
+                    raise _Isolate from None
+        return results
 
     async def _deliver_one(
         self, session: AsyncSession, changed: set[tuple[int, int | None]], request: _Pending
@@ -915,11 +1029,6 @@ class Store:
                     found.append(rel)
                     if not dry_run:
                         self.blobs.remove(rel)
-            for tmp in self.blobs.tmp.iterdir() if self.blobs.tmp.is_dir() else ():
-                if tmp.stat().st_mtime < cutoff:
-                    found.append(str(tmp.relative_to(self.blobs.root)))
-                    if not dry_run:
-                        tmp.unlink(missing_ok=True)
             return found
 
         return await asyncio.to_thread(sweep)
@@ -944,6 +1053,10 @@ class Store:
         await session.execute(delete(Folder).where(Folder.mailbox_id == mailbox_id))
         await session.flush()
         return await self._release(session, mb, msgs)
+
+
+class _Isolate(Exception):
+    """Internal: the batch must be redone with one savepoint per delivery."""
 
 
 class _NothingToKeep(Exception):
@@ -996,6 +1109,18 @@ _NEXT_UID = (
     .returning(Folder.id, Folder.uidnext, Folder.highestmodseq)
 )
 _INSERT_MESSAGES = insert(Message.__table__)
+_INSERT_BLOBS = insert(Blob.__table__).returning(Blob.id, sort_by_parameter_order=True)
+_RESERVE_UIDS = (
+    update(Folder.__table__)
+    .where(Folder.mailbox_id == bindparam("mid"), Folder.name == bindparam("folder"))
+    .values(uidnext=Folder.uidnext + bindparam("n"), highestmodseq=Folder.highestmodseq + 1)
+    .returning(Folder.id, Folder.uidnext, Folder.highestmodseq)
+)
+_SET_USAGE = (
+    update(Mailbox.__table__)
+    .where(Mailbox.id == bindparam("mid"))
+    .values(used_bytes=bindparam("b"), used_messages=bindparam("n"), quota_warned=bindparam("w"))
+)
 _CHARGE = (
     update(Mailbox.__table__)
     .where(Mailbox.id == bindparam("mid"))
