@@ -36,11 +36,9 @@ def peer_certificate(server: SMTPServer) -> x509.Certificate | None:
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
     if not der:
         return None
-    cached = getattr(server, "_peer_certificate", None)
-    if cached is None or cached[0] != der:
-        cached = (der, x509.load_der_x509_certificate(der))
-        server._peer_certificate = cached  # type: ignore[attr-defined]
-    return cached[1]
+    if server.peer_certificate is None or server.peer_certificate[0] != der:
+        server.peer_certificate = (der, x509.load_der_x509_certificate(der))
+    return server.peer_certificate[1]
 
 
 def received_header(server: SMTPServer, queue_id: str, protocol: str) -> bytes:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
+from cryptography import x509
 
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget
 
@@ -274,6 +275,7 @@ class SMTPServer(SMTP):
         # aiosmtpd sizes its StreamReader from this attribute: it bounds command and message lines alike.
         self.line_length_limit = config.line_length
         self.busy = False
+        self.peer_certificate: tuple[bytes, x509.Certificate] | None = None  # (DER, parsed), per connection
         self._client_ip = ""
         self._counted = False
         self._greeted = False
