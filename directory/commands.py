@@ -11,7 +11,7 @@ from typing import IO
 import click
 
 from directory import patients
-from directory.importer import DirectoryImportError, ImportSummary, import_extraction
+from directory.importer import DEFAULT_MAX_RETIRE, DirectoryImportError, ImportSummary, import_extraction
 from directory.models import DIRECTORY_TYPES
 from directory.search import search
 from mailserver.cli_support import emit, fail, with_runtime
@@ -62,9 +62,16 @@ def _summary_line(s: ImportSummary) -> str:
 @click.option("--dry-run", is_flag=True, help="Validate and compare only; change nothing.")
 @click.option("--rejects", type=click.Path(path_type=Path, dir_okay=False), help="Write refused rows here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option(
+    "--max-retire",
+    type=click.FloatRange(0, 100),
+    default=DEFAULT_MAX_RETIRE,
+    show_default=True,
+    help="Refuse a file that would retire more than this percent of the active mailboxes.",
+)
 @with_runtime
 async def directory_import(
-    rt: Runtime, file: Path, dry_run: bool, rejects: Path | None, as_json: bool
+    rt: Runtime, file: Path, dry_run: bool, rejects: Path | None, as_json: bool, max_retire: float
 ) -> None:
     """Import the national extraction FILE (text or ZIP): adds, updates and retires mailboxes."""
     with ExitStack() as stack:
@@ -72,7 +79,7 @@ async def directory_import(
         try:
             with _progress(sys.stdout.isatty() and not as_json) as progress:
                 summary = await import_extraction(
-                    rt.db, file, dry_run=dry_run, rejects=handle, progress=progress
+                    rt.db, file, dry_run=dry_run, rejects=handle, progress=progress, max_retire=max_retire
                 )
         except DirectoryImportError as exc:
             fail(str(exc))

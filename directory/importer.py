@@ -591,6 +591,28 @@ async def _apply(db: Database, summary: ImportSummary) -> None:
             await session.execute(text("ANALYZE dir_mailbox, dir_professional, dir_structure"))
 
 
+DEFAULT_MAX_RETIRE = 20.0
+RETIRE_ALWAYS_ALLOWED = 100
+
+
+async def _check_retirements(db: Database, retiring: int, max_retire: float) -> None:
+    """Refuse an import that would retire an implausible share of the directory (a truncated file)."""
+    if retiring <= RETIRE_ALWAYS_ALLOWED:
+        return
+    async with db.read() as session:
+        active = (
+            await session.execute(
+                select(func.count()).select_from(DirectoryMailbox).where(DirectoryMailbox.status == ACTIVE)
+            )
+        ).scalar_one()
+    if active and retiring * 100 > max_retire * active:
+        raise DirectoryImportError(
+            f"this file would retire {retiring} of {active} active mailboxes "
+            f"({retiring * 100 / active:.0f} %, more than {max_retire:g} %): it looks truncated; "
+            f"nothing was changed (use --max-retire 100 to accept it)"
+        )
+
+
 async def _count_retiring(db: Database) -> int:
     async with db.read() as session:
         return (
@@ -617,8 +639,13 @@ async def import_extraction(
     dry_run: bool = False,
     rejects: IO[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    max_retire: float = DEFAULT_MAX_RETIRE,
 ) -> ImportSummary:
     """Import the extraction at ``path`` (text or ZIP); ``progress(done_bytes, total_bytes)`` per batch.
+
+    A file that would retire more than ``max_retire`` percent of the active mailboxes (and more than
+    ``RETIRE_ALWAYS_ALLOWED`` of them) is refused before anything changes: it is far more likely
+    truncated than a real day's departures.
 
     With ``dry_run`` the file is validated and compared, the summary says what would change, and the live
     tables are left alone.
@@ -639,9 +666,11 @@ async def import_extraction(
                     await _stage_batch(session, batch, hosted_domains, reader, summary)
                 if progress is not None:
                     progress(reader.consumed, size)
+        retiring = await _count_retiring(db)
         if dry_run:
-            summary.retired = await _count_retiring(db)
+            summary.retired = retiring
         else:
+            await _check_retirements(db, retiring, max_retire)
             await _apply(db, summary)
     finally:
         await _clear_staging(db)

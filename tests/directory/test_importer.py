@@ -219,7 +219,7 @@ async def test_failure_while_applying_leaves_the_old_state(
         replace_field(line, 9, "CHANGED") if i % 2 else line for i, line in enumerate(sample_lines[:2000])
     ]
     with pytest.raises(RuntimeError, match="power cut"):
-        await run(db, write(tmp_path / "day2.txt", day2))
+        await run(db, write(tmp_path / "day2.txt", day2), max_retire=100)
     assert await snapshot(db) == before
     monkeypatch.undo()
     summary, _ = await run(db, sample)
@@ -288,3 +288,17 @@ async def test_stale_staging_rows_of_a_killed_import_are_ignored(db: Database, s
     summary, _ = await run(db, sample)
     assert summary.added == 2999
     assert await count(db, DirectoryMailbox.address == "ghost@medecin.mssante.test") == 0
+
+
+async def test_truncated_file_is_refused_before_anything_changes(
+    db: Database, sample: Path, sample_lines: list[str], tmp_path: Path
+) -> None:
+    """A next-day file holding a tenth of the directory would retire 90 %: refused unless asked."""
+    await run(db, sample)
+    before = await snapshot(db)
+    truncated = write(tmp_path / "truncated.txt", sample_lines[: len(sample_lines) // 10])
+    with pytest.raises(DirectoryImportError, match="looks truncated"):
+        await run(db, truncated)
+    assert await snapshot(db) == before
+    summary, _ = await run(db, truncated, max_retire=100)
+    assert summary.retired > 2000
