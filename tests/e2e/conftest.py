@@ -20,10 +20,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from directory.models import DirectoryMailbox, Professional
 from directory.patients import add_patient, make_record
 from mailserver import accounts, trust
 from mailserver.portal import service
+from tests.portal.helpers import add_professional
 from tests.smtp.conftest import PASSWORD, tls_client, wait_for
 from tests.smtp.operators import Operator, free_port, prepare, write_config
 
@@ -176,25 +176,7 @@ async def _setup_a(a: Operator) -> None:
     await accounts.add_domain(a.rt, PATIENT_DOMAIN, patients=True)
     await accounts.add_mailbox(a.rt, PATIENT, "PAT")
     await add_patient(a.rt.db, make_record(PATIENT_INS, "Petit", "Pierrette", "F", "1962-11-23"))
-    async with a.rt.db.write() as session:
-        pro = Professional(
-            identifier="810000000017",
-            id_type="8",
-            rpps="10000000017",
-            civility="DR",
-            last_name="DURAND",
-            first_name="Jean",
-            profession_label="Médecin",
-            skill_label="Cardiologie",
-            row_hash=b"0" * 16,
-        )
-        session.add(pro)
-        await session.flush()
-        session.add(
-            DirectoryMailbox(
-                address=DURAND, type="PER", professional_id=pro.id, hosted=False, row_hash=b"0" * 16
-            )
-        )
+    await add_professional(a.rt, DURAND, "10000000017", "DURAND", "Jean", "Cardiologie", hosted=False)
     _address, code, _expires = await service.invite(a.rt, PATIENT_INS)
     await service.activate(a.rt, PATIENT_INS, code, PATIENT_PASSWORD, "127.0.0.1")
 

@@ -6,6 +6,7 @@ import email.utils
 import secrets
 from email.message import EmailMessage
 
+from directory.models import DirectoryMailbox, Professional
 from mailserver import accounts, conversations
 from mailserver.delivery import Delivery
 from mailserver.policy import local_recipient
@@ -19,6 +20,31 @@ DOCTOR = "dr.martin@a.mssante.test"
 NURSE = "infirmiere@a.mssante.test"
 PHARMACY = "pharmacie@a.mssante.test"
 REMOTE_DOCTOR = "dr.bernard@b.mssante.test"
+
+
+async def add_professional(
+    rt: Runtime, address: str, rpps: str, last_name: str, first_name: str, skill: str, *, hosted: bool
+) -> None:
+    """A physician in the directory (as an import would make it), so pages show a name, not an address."""
+    async with rt.db.write() as session:
+        pro = Professional(
+            identifier="8" + rpps,
+            id_type="8",
+            rpps=rpps,
+            civility="DR",
+            last_name=last_name,
+            first_name=first_name,
+            profession_label="Médecin",
+            skill_label=skill,
+            row_hash=b"0" * 16,
+        )
+        session.add(pro)
+        await session.flush()
+        session.add(
+            DirectoryMailbox(
+                address=address, type="PER", professional_id=pro.id, hosted=hosted, row_hash=b"0" * 16
+            )
+        )
 
 
 async def populate(rt: Runtime) -> None:
