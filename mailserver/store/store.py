@@ -444,11 +444,14 @@ class Store:
             if isinstance(outcome, DeliveryResult) and outcome.blob_id is not None:
                 request.done.set_result(outcome)
                 continue
-            await self.discard(request.prepared)
             if isinstance(outcome, _NothingToKeep):
                 request.done.set_result(outcome.result)
             else:
                 request.done.set_exception(outcome)
+            try:
+                await self.discard(request.prepared)
+            except OSError as exc:  # an orphan file is harmless (store check --gc); a stuck caller is not
+                log.warning("could not remove unreferenced blob %s: %s", request.prepared.written.path, exc)
 
     async def _deliver_together(
         self, session: AsyncSession, changed: set[tuple[int, int | None]], batch: list[_Pending]
