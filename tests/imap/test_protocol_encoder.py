@@ -245,3 +245,23 @@ def test_bodystructure_multipart_and_message() -> None:
     full = enc.encode_bodystructure(mixed, True)
     assert b'("attachment" ("filename" "a.pdf")) ("fr" "en") NIL)' in full
     assert full.endswith(b' "mixed" ("boundary" "xyz") NIL NIL NIL)')
+
+
+def test_non_ascii_parameters_use_rfc2231_unless_utf8_is_enabled() -> None:
+    part = {
+        "type": "application",
+        "subtype": "pdf",
+        "params": [["name", "résultat.pdf"]],
+        "id": None,
+        "description": None,
+        "encoding": "BASE64",
+        "size": 4,
+        "md5": None,
+        "disposition": ["attachment", [["filename", "résultat.pdf"]]],
+        "language": None,
+        "location": None,
+    }
+    plain = enc.encode_bodystructure(part, True)
+    assert b'("name*" "utf-8\'\'r%C3%A9sultat.pdf")' in plain
+    assert b'("attachment" ("filename*" "utf-8\'\'r%C3%A9sultat.pdf"))' in plain
+    assert "résultat.pdf".encode() in enc.encode_bodystructure(part, True, utf8=True)

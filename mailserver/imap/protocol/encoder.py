@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import re
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -475,10 +476,18 @@ def encode_envelope(env: Sequence[Any], *, utf8: bool = False) -> bytes:
     return b"(" + b" ".join(parts) + b")"
 
 
+def _param(key: str, value: str, utf8: bool) -> bytes:
+    """One body parameter; a non-ASCII value goes back to its RFC 2231 form (``name*=utf-8''…``) for
+    clients that did not ENABLE UTF8=ACCEPT, as they expect MIME-encoded parameters, not raw 8-bit."""
+    if not utf8 and not value.isascii():
+        return string(key + "*") + b" " + string("utf-8''" + urllib.parse.quote(value, safe=""))
+    return string(key, utf8=utf8) + b" " + string(value, utf8=utf8)
+
+
 def _params(params: Sequence[Sequence[str]] | None, utf8: bool) -> bytes:
     if not params:
         return b"NIL"
-    return b"(" + b" ".join(string(k, utf8=utf8) + b" " + string(v, utf8=utf8) for k, v in params) + b")"
+    return b"(" + b" ".join(_param(k, v, utf8) for k, v in params) + b")"
 
 
 def _disposition(disp: Sequence[Any] | None, utf8: bool) -> bytes:
