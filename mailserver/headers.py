@@ -14,6 +14,17 @@ def header_end(raw: bytes) -> int:
     return min(candidates) if candidates else len(raw)
 
 
+def has_field(raw: bytes, name: str) -> bool:
+    """Whether the top-level header holds field ``name`` (case-insensitive)."""
+    wanted = name.lower().encode("ascii")
+    head = raw[: header_end(raw)]
+    return any(
+        line.split(b":", 1)[0].strip().lower() == wanted
+        for line in head.replace(b"\r\n", b"\n").split(b"\n")
+        if b":" in line and line[:1] not in (b" ", b"\t")
+    )
+
+
 def replace_field(raw: bytes, name: str, value: str) -> bytes:
     """Replace every occurrence of field ``name`` by one ``name: value`` line at the first one's place
     (or prepend it when absent); ``value`` is ASCII (RFC 2047-encode it first when needed)."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
+import email.utils
 
 from aiosmtpd.smtp import MISSING, AuthResult, auth_mechanism
 
@@ -16,7 +18,7 @@ from directory.patients import display_address
 from mailserver import accounts, conversations
 from mailserver.auth import AuthOutcome
 from mailserver.delivery import DeliveryResult
-from mailserver.headers import replace_field
+from mailserver.headers import has_field, replace_field
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget, route_recipient
 from mailserver.smtp.handler import Handler
 from mailserver.smtp.server import MailOptions, SMTPServer
@@ -113,8 +115,8 @@ class SubmissionHandler(Handler):
         return True
 
     async def prepare(self, server: SMTPServer, data: bytes) -> bytes:
-        """A patient's From shows their name; then sign (and encrypt) per ``[smime]`` as the mailbox
-        named in MAIL FROM (RFC 8551)."""
+        """Complete Date and Message-ID, show a patient's name in From, then sign (and encrypt) per
+        ``[smime]`` as the mailbox named in MAIL FROM (RFC 8551)."""
         env = server.envelope
         sender = env.mail_from or ""
         if sender.lower() == (server.session.username or "").lower():
@@ -122,6 +124,13 @@ class SubmissionHandler(Handler):
         else:
             found = await accounts.find_mailbox(self.rt, sender)
             sender_id = found.id if found else None
+        # RFC 6409 §8.2-8.3: the MSA completes what a client left out; threads and conversations need both.
+        if not has_field(data, "Message-ID"):
+            data = replace_field(
+                data, "Message-ID", email.utils.make_msgid(domain=self.rt.settings.server.hostname)
+            )
+        if not has_field(data, "Date"):
+            data = replace_field(data, "Date", email.utils.format_datetime(dt.datetime.now(dt.UTC)))
         async with self.rt.db.read() as session:
             patient = await display_address(session, sender)
         if patient is not None:

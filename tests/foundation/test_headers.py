@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailserver.headers import replace_field
+from mailserver.headers import has_field, replace_field
 
 
 def test_replace_keeps_every_other_byte() -> None:
@@ -24,3 +24,9 @@ def test_folded_and_repeated_fields_become_one_line() -> None:
 
 def test_absent_field_is_prepended() -> None:
     assert replace_field(b"To: b\r\n\r\n", "From", "x@y") == b"From: x@y\r\nTo: b\r\n\r\n"
+
+
+def test_has_field_reads_only_the_top_level_header() -> None:
+    raw = b"Subject: a\r\n message-id: folded\r\nDATE: x\r\n\r\nMessage-ID: <in the body>\r\n"
+    assert has_field(raw, "Date") and has_field(raw, "subject")
+    assert not has_field(raw, "Message-ID")

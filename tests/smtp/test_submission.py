@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import smtplib
 
 import aiosmtplib
@@ -52,6 +53,9 @@ async def test_auth_and_local_delivery(sqlite_env: SMTPEnv, port_name: str, mech
     assert not errors
     (msg,) = await sqlite_env.inbox("dr.autre@a.mssante.test")
     assert b"with ESMTPSA" in msg
+    # RFC 6409 §8: the submission server completes a message that lacks Message-ID and Date.
+    assert re.search(rb"\r\nMessage-ID: <[^>]+@mx\.a\.mssante\.test>\r\n", msg)
+    assert re.search(rb"\r\nDate: \w{3}, \d", msg)
     sends = await sqlite_env.rt.audit.events(action="send")
     assert sends[-1].actor == MARTIN
 
