@@ -225,7 +225,8 @@ def _new_conversation(
     professional: str, name: str, professional_mb: Mailbox | None, patient: Mailbox, subject: str
 ) -> Conversation:
     return Conversation(
-        public_id=secrets.token_urlsafe(12),
+        # Hex: safe in URLs, and never starts with "-" (an id like "-MkZ…" read as an option by the CLI).
+        public_id=secrets.token_hex(12),
         professional=professional,
         professional_name=name[:300],
         professional_mailbox_id=professional_mb.id if professional_mb else None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from sqlalchemy import select
 
@@ -55,6 +57,8 @@ async def test_professional_opens_and_patient_replies(rt: Runtime) -> None:
     assert await _inbox_count(rt, DOCTOR) == 1
     again = build(DOCTOR, PATIENT, "Re: Re: Résultats", in_reply_to=reply["Message-ID"])
     assert await send(rt, again) == [conv_id]
+    # Usable as a CLI argument and in URLs: never a leading "-" that click would read as an option.
+    assert re.fullmatch(r"[0-9a-f]{24}", conv_id)
 
 
 async def test_remote_professional_opens(rt: Runtime) -> None:
