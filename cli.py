@@ -28,13 +28,15 @@ from mailserver.trust_commands import trust_group
 from smime.commands import smime
 
 
-def parse_size_option(value: str | None) -> int | None:
-    if value is None:
+def parse_limit(value: str | None, what: str = "SIZE") -> int | None:
+    """A size limit from the command line (``2GiB``, ``0`` for none); absent or ``default`` means
+    "inherit the domain's or the server's" (None)."""
+    if value is None or value.strip().lower() == "default":
         return None
     try:
         return config.parse_size(value)
     except ValueError as exc:
-        fail(f"--quota: {exc}")
+        fail(f"{what}: {exc}")
 
 
 @click.group()
@@ -296,7 +298,7 @@ async def mailbox_add(
         rpps=rpps,
         display_name=display_name,
         password=password,
-        quota_storage=parse_size_option(quota),
+        quota_storage=parse_limit(quota, "--quota"),
         accepts_patient_first=accepts_patient_first,
     )
     click.echo(f"mailbox {mb.address} ({mb.type}) added")
@@ -426,16 +428,6 @@ async def app_password_revoke(rt: Runtime, address: str, app_id: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- quotas
-
-
-def parse_limit(value: str) -> int | None:
-    """A size limit from the command line; ``default`` means "inherit" (None)."""
-    if value.strip().lower() == "default":
-        return None
-    try:
-        return config.parse_size(value)
-    except ValueError as exc:
-        fail(f"SIZE: {exc}")
 
 
 @main.group()

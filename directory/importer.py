@@ -46,6 +46,7 @@ from directory import search as search_index
 from directory.models import (
     ACTIVE,
     DIRECTORY_TYPES,
+    MAILBOX_KEYS,
     RETIRED,
     DirectoryMailbox,
     Professional,
@@ -98,18 +99,6 @@ COLUMNS: dict[str, str] = {
 }
 FIELDS = tuple(COLUMNS)
 _all_fields = itemgetter(*FIELDS)
-_MAILBOX_KEYS = (
-    "display_name",
-    "name_key",
-    "first_key",
-    "cn_key",
-    "profession_key",
-    "org_key",
-    "service_key",
-    "city_key",
-    "postal_code",
-    "search_text",
-)
 _PROFESSIONAL_FIELDS = (
     "civility",
     "last_name",
@@ -546,7 +535,7 @@ async def _apply(db: Database, summary: ImportSummary) -> None:
             )
         )
         await search_index.unindex_staged(session)
-        mailbox_cols = ["address", "type", "service", "dematerialisation", "hosted", *_MAILBOX_KEYS]
+        mailbox_cols = ["address", "type", "service", "dematerialisation", "hosted", *MAILBOX_KEYS]
         source = (
             select(
                 *(S.c[c] for c in mailbox_cols),

@@ -103,11 +103,8 @@ class DirectoryMailbox(Base):
     retired_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
-STAGED_TEXT = (
-    # the mailbox
-    "type",
-    "service",
-    "dematerialisation",
+MAILBOX_KEYS = (
+    # the display and folded search columns of a directory mailbox, computed at import
     "display_name",
     "name_key",
     "first_key",
@@ -118,6 +115,13 @@ STAGED_TEXT = (
     "city_key",
     "postal_code",
     "search_text",
+)
+STAGED_TEXT = (
+    # the mailbox
+    "type",
+    "service",
+    "dematerialisation",
+    *MAILBOX_KEYS,
     # its structure
     "s_identifier",
     "s_id_type",

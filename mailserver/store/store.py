@@ -425,19 +425,22 @@ class Store:
         try:
             async with self._write() as (session, changed):
                 outcomes = await self._deliver_together(session, changed, batch)
-        except Exception as exc:  # _Isolate, or any error: redo each delivery in its own savepoint
-            if not isinstance(exc, _Isolate):
-                log.warning("group commit failed, retrying deliveries one by one: %s", exc)
+        except Exception as exc:  # a vanished folder, a hook's refusal...: one savepoint per delivery
+            log.debug("group commit of %d deliveries redone one by one: %s", len(batch), exc)
             outcomes = []
         if not outcomes:
             try:
                 async with self._write() as (session, changed):
                     for request in batch:
+                        touched: set[tuple[int, int | None]] = set()
                         try:
                             async with session.begin_nested():
-                                outcomes.append(await self._deliver_one(session, changed, request))
+                                (outcome,) = await self._deliver_together(session, touched, [request])
                         except Exception as exc:
-                            outcomes.append(exc)
+                            outcome = exc
+                        else:
+                            changed |= touched
+                        outcomes.append(outcome)
             except Exception as exc:
                 outcomes = [exc] * len(batch)
         for request, outcome in zip(batch, outcomes, strict=True):
@@ -458,12 +461,12 @@ class Store:
     ) -> list[DeliveryResult | BaseException]:
         """Every delivery of the batch with one statement per step, whatever the batch size: lock the
         recipients, reserve UIDs per folder, insert blobs, messages and usage. Quotas are checked in
-        order against running totals, so the batch cannot overrun a limit either. Raises ``_Isolate``
-        when a delivery needs its own savepoint (the transaction is then rolled back and redone)."""
+        order against running totals, so the batch cannot overrun a limit either. A vanished mailbox or
+        folder, or a hook's error, raises: the caller then redoes each delivery in its own savepoint."""
         ids = sorted({m for r in batch for m in r.mailbox_ids})
         rows = {row[0]: row for row in (await session.execute(_LOCK_RECIPIENTS, {"ids": ids})).all()}
         if len(rows) != len(ids):
-            raise _Isolate
+            raise StoreError("NONEXISTENT", "a recipient mailbox no longer exists")
         usage = {mid: [row[2], row[3], row[6]] for mid, row in rows.items()}  # bytes, messages, warned
         results: list[DeliveryResult | BaseException] = []
         accepted: list[list[int]] = []
@@ -501,7 +504,7 @@ class Store:
         for (mid, folder), n in wanted.items():
             bumped = (await session.execute(_RESERVE_UIDS, {"mid": mid, "folder": folder, "n": n})).first()
             if bumped is None:
-                raise _Isolate
+                raise FolderNotFound(folder)
             folder_id, uidnext, modseq = bumped
             next_uid[(mid, folder)] = (folder_id, uidnext - n, modseq)
             changed.add((mid, folder_id))
@@ -543,71 +546,8 @@ class Store:
             if request.in_transaction is not None:
                 result = results[i]
                 assert isinstance(result, DeliveryResult)
-                try:
-                    await request.in_transaction(session, result.blob_id or 0, result)
-                except Exception:
-                    raise _Isolate from None
+                await request.in_transaction(session, result.blob_id or 0, result)
         return results
-
-    async def _deliver_one(
-        self, session: AsyncSession, changed: set[tuple[int, int | None]], request: _Pending
-    ) -> DeliveryResult:
-        """One delivery inside the batch transaction, in a handful of statements (the MTA's hot path)."""
-        result = DeliveryResult()
-        size = request.prepared.written.size
-        rows = (await session.execute(_LOCK_RECIPIENTS, {"ids": list(request.mailbox_ids)})).all()
-        if len(rows) != len(request.mailbox_ids):
-            raise StoreError("NONEXISTENT", "a recipient mailbox no longer exists")
-        accepted = []
-        for mid, address, used, count, mq_s, mq_m, warned, dq_s, dq_m in rows:
-            limits = quota.effective_limits(
-                mq_s, mq_m, dq_s, dq_m, self.default_storage, self.default_messages
-            )
-            if request.enforce_quota:
-                resource = quota.exceeded(quota.Usage(used, count), limits, size, 1)
-                if resource:
-                    result.over_quota[mid] = resource
-                    continue
-            level = (
-                quota.warning_level(used + size, limits, self.warn_levels)
-                if request.enforce_quota
-                else warned
-            )
-            if level > warned:
-                result.notices.append(Notice(mid, address, level, used + size, limits.storage))
-            accepted.append((mid, level))
-        refs = len(accepted) + request.extra_refs
-        if refs == 0:
-            raise _NothingToKeep(result)
-        blob_id = await self._insert_blob(session, request.prepared, refs)
-        now = utcnow()
-        folder = normalize_folder(request.folder)
-        messages = []
-        for mid, _level in accepted:
-            bumped = (await session.execute(_NEXT_UID, {"mid": mid, "folder": folder})).first()
-            if bumped is None:
-                raise FolderNotFound(request.folder)
-            folder_id, uidnext, modseq = bumped
-            messages.append(
-                {
-                    "folder_id": folder_id,
-                    "uid": uidnext - 1,
-                    "modseq": modseq,
-                    "blob_id": blob_id,
-                    "flags": request.flags,
-                    "internal_date": now,
-                    "size": size,
-                }
-            )
-            result.uids[mid] = uidnext - 1
-            changed.add((mid, folder_id))
-        if accepted:  # an empty parameter list would insert one row of NULLs
-            await session.execute(_INSERT_MESSAGES, messages)
-            await session.execute(_CHARGE, [{"mid": m, "level": lvl, "size": size} for m, lvl in accepted])
-        result.blob_id = blob_id
-        if request.in_transaction is not None:
-            await request.in_transaction(session, blob_id, result)
-        return result
 
     # ----------------------------------------------------------------- quota warnings
 
@@ -1058,10 +998,6 @@ class Store:
         return await self._release(session, mb, msgs)
 
 
-class _Isolate(Exception):
-    """Internal: the batch must be redone with one savepoint per delivery."""
-
-
 class _NothingToKeep(Exception):
     """Internal: every recipient was refused, so the delivery's savepoint is rolled back."""
 
@@ -1105,12 +1041,6 @@ _LOCK_RECIPIENTS = (
     .with_for_update(of=Mailbox)
 )
 _INSERT_BLOB = insert(Blob.__table__).returning(Blob.id)
-_NEXT_UID = (
-    update(Folder.__table__)
-    .where(Folder.mailbox_id == bindparam("mid"), Folder.name == bindparam("folder"))
-    .values(uidnext=Folder.uidnext + 1, highestmodseq=Folder.highestmodseq + 1)
-    .returning(Folder.id, Folder.uidnext, Folder.highestmodseq)
-)
 _INSERT_MESSAGES = insert(Message.__table__)
 _INSERT_BLOBS = insert(Blob.__table__).returning(Blob.id, sort_by_parameter_order=True)
 _RESERVE_UIDS = (
@@ -1123,13 +1053,4 @@ _SET_USAGE = (
     update(Mailbox.__table__)
     .where(Mailbox.id == bindparam("mid"))
     .values(used_bytes=bindparam("b"), used_messages=bindparam("n"), quota_warned=bindparam("w"))
-)
-_CHARGE = (
-    update(Mailbox.__table__)
-    .where(Mailbox.id == bindparam("mid"))
-    .values(
-        used_bytes=Mailbox.used_bytes + bindparam("size"),
-        used_messages=Mailbox.used_messages + 1,
-        quota_warned=bindparam("level"),
-    )
 )

@@ -332,3 +332,19 @@ async def test_delivery_kept_only_for_other_owners(runtime: Runtime) -> None:
     assert path is not None
     await runtime.store.remove_files([path])
     assert await blob_count(runtime) == 0 and list(runtime.blobs.all_paths()) == []
+
+
+async def test_one_failing_delivery_does_not_sink_its_batch(runtime: Runtime) -> None:
+    """Deliveries committed together: a vanished folder fails only its own delivery (savepoint redo)."""
+    mb = await mailbox(runtime)
+    good, bad = await runtime.store.prepare(message(1)), await runtime.store.prepare(message(2))
+    results = await asyncio.gather(
+        runtime.store.deliver(good, [mb]),
+        runtime.store.deliver(bad, [mb], folder="Nope"),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], FolderNotFound)
+    assert not isinstance(results[0], BaseException) and results[0].uids == {mb: 1}
+    assert await blob_count(runtime) == 1
+    assert not (runtime.blobs.root / bad.written.path).exists()
+    assert (await runtime.store.usage(mb))[0].messages == 1
