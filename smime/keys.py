@@ -159,20 +159,34 @@ def open_private_key(sealed: bytes, master_key: bytes) -> bytes:
 def load_or_create_master_key(path: Path | str) -> bytes:
     """Return the 32-byte master key at ``path``, creating it (mode 0600) if absent.
 
-    An existing file readable or writable by group/others is refused rather than fixed: it may
-    already have leaked, and silently tightening it would hide that. Symlinks are not followed.
+    A new key is written to a private temporary file, fsync'ed, then linked to ``path`` (which fails
+    if another process or thread created it first: that key wins), so nobody can ever read a partial
+    key file. An existing file readable or writable by group/others is refused rather than fixed: it
+    may already have leaked, and silently tightening it would hide that. Symlinks are not followed.
     """
     path = Path(path)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
+    if os.path.lexists(path):
         return _read_master_key(path)
-    key = os.urandom(MASTER_KEY_SIZE)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(6).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        os.write(fd, key)
-        os.fsync(fd)
+        key = os.urandom(MASTER_KEY_SIZE)
+        try:
+            os.write(fd, key)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return _read_master_key(path)
     finally:
-        os.close(fd)
+        os.unlink(tmp)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
     return key
 
 

@@ -643,20 +643,25 @@ async def _replace_mailbox_certificate(session: AsyncSession, address: str, cert
 
 # ---------------------------------------------------------------------------------------- per-runtime cache
 
-_services: dict[int, tuple[weakref.ref[Runtime], SMIMEService]] = {}
+_services: dict[int, tuple[weakref.ref[Runtime], asyncio.Future[SMIMEService]]] = {}
 
 
 async def service_for(rt: Runtime) -> SMIMEService:
-    """The runtime's service, built on first use (in a thread: it reads the anchors, CRLs and key)."""
+    """The runtime's service, built once on first use (in a thread: it reads the anchors, CRLs and
+    key); deliveries arriving while it is being built wait for that one build. A failed build is
+    forgotten, so the next message tries again."""
     cached = _services.get(id(rt))
     if cached is None or cached[0]() is not rt:
-        built = await asyncio.to_thread(SMIMEService.from_runtime, rt)
-        cached = _services.get(id(rt))
-        if cached is None or cached[0]() is not rt:
-            cached = (weakref.ref(rt), built)
-            _services[id(rt)] = cached
-            weakref.finalize(rt, _services.pop, id(rt), None)
-    return cached[1]
+        building = asyncio.ensure_future(asyncio.to_thread(SMIMEService.from_runtime, rt))
+        cached = (weakref.ref(rt), building)
+        _services[id(rt)] = cached
+        weakref.finalize(rt, _services.pop, id(rt), None)
+    try:
+        return await asyncio.shield(cached[1])
+    except Exception:
+        if _services.get(id(rt)) is cached:
+            del _services[id(rt)]
+        raise
 
 
 async def prepare_for_sending(

@@ -235,3 +235,39 @@ async def test_import_encryption_only_recipient_certificate(svc: SMIMEService, p
 
 async def test_service_is_cached_per_runtime(smime_rt: Runtime, svc: SMIMEService) -> None:
     assert await service_for(smime_rt) is svc
+
+
+async def test_service_built_once_when_first_deliveries_arrive_together(
+    smime_rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At first start, concurrent deliveries share one build (it creates the master key file)."""
+    builds: list[Runtime] = []
+    real = SMIMEService.from_runtime.__func__
+
+    def counting(cls: type[SMIMEService], rt: Runtime) -> SMIMEService:
+        builds.append(rt)
+        return real(cls, rt)
+
+    monkeypatch.setattr(SMIMEService, "from_runtime", classmethod(counting))
+    services = await asyncio.gather(*(service_for(smime_rt) for _ in range(8)))
+    assert len(builds) == 1
+    assert all(s is services[0] for s in services)
+
+
+async def test_failed_service_build_is_tried_again(
+    smime_rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = SMIMEService.from_runtime.__func__
+    calls: list[int] = []
+
+    def flaky(cls: type[SMIMEService], rt: Runtime) -> SMIMEService:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("anchors unreadable")
+        return real(cls, rt)
+
+    monkeypatch.setattr(SMIMEService, "from_runtime", classmethod(flaky))
+    with pytest.raises(OSError):
+        await service_for(smime_rt)
+    assert isinstance(await service_for(smime_rt), SMIMEService)
+    assert len(calls) == 2

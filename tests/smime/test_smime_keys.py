@@ -88,6 +88,25 @@ def test_seal_round_trip_and_tampering(martin: Identity) -> None:
         seal_private_key(martin.key_pem, b"short")
 
 
+def test_master_key_created_by_two_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second creator arriving while the first is generating the key (another process, or another
+    delivery at first start) never reads a partial file, and both end with the one key on disk."""
+    path = tmp_path / "master.key"
+    real_urandom = os.urandom
+    seen: list[bytes] = []
+
+    def urandom(n: int) -> bytes:
+        if n == 32 and not seen:
+            seen.append(b"")
+            seen.append(load_or_create_master_key(path))
+        return real_urandom(n)
+
+    monkeypatch.setattr(os, "urandom", urandom)
+    key = load_or_create_master_key(path)
+    assert key == seen[1] == path.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["master.key"]
+
+
 def test_master_key_file(tmp_path: Path) -> None:
     path = tmp_path / "master.key"
     key = load_or_create_master_key(path)
