@@ -9,23 +9,19 @@ from __future__ import annotations
 
 from typing import Literal
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import bindparam, select
 
 from directory.models import ACTIVE, RETIRED, DirectoryMailbox
+from mailserver.db.engine import Reader
 
 Status = Literal["active", "retired"]
 
-RETIRED_REPLY = (550, "5.1.6 Mailbox retired from the MSSanté directory (moved or closed)")
+_STATUS = select(DirectoryMailbox.status).where(DirectoryMailbox.address == bindparam("address"))
 
 
-async def directory_status(session: AsyncSession, address: str) -> Status | None:
+async def directory_status(session: Reader, address: str) -> Status | None:
     """``"active"`` or ``"retired"`` for an address of the directory; None if the directory lacks it."""
-    status = (
-        await session.execute(
-            select(DirectoryMailbox.status).where(DirectoryMailbox.address == address.strip().lower())
-        )
-    ).scalar_one_or_none()
+    status = (await session.execute(_STATUS, {"address": address.strip().lower()})).scalar_one_or_none()
     if status == RETIRED:
         return "retired"
     if status == ACTIVE:

@@ -13,19 +13,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget
 from mailserver.runtime import Runtime
 from mailserver.store.store import DeliveryResult as StoreResult
 from mailserver.store.store import PreparedBlob
 
-# enqueue(session, blob_id, sender, remote recipients with their options) inside the commit transaction.
-EnqueueHook = Callable[[AsyncSession, int, str, list[tuple[RemoteTarget, dict[str, Any]]]], Awaitable[None]]
+# enqueue(session, blob_id, sender, remote recipients with their options) inside the commit transaction
+# (synchronous code: see ``Store.deliver``).
+EnqueueHook = Callable[[Session, int, str, list[tuple[RemoteTarget, dict[str, Any]]]], None]
 
 
 @dataclass
@@ -78,9 +79,9 @@ class Delivery:
         remote = list(self.remote)
         enqueue = self.enqueue
 
-        async def in_transaction(session: AsyncSession, blob_id: int, stored: StoreResult) -> None:
+        def in_transaction(session: Session, blob_id: int, stored: StoreResult) -> None:
             if remote and enqueue is not None:
-                await enqueue(session, blob_id, self.sender, remote)
+                enqueue(session, blob_id, self.sender, remote)
             request = f"from <{self.sender}> via {self.source}"
             for mailbox_id, target in self.local.items():
                 reply = (

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import bindparam, select
 
 from directory.recipients import directory_status
 from mailserver import quota, trust
+from mailserver.db.engine import Reader
 from mailserver.db.models import Domain, Mailbox
 
 
@@ -68,37 +68,40 @@ def split_address(address: str) -> tuple[str, str]:
     return local, domain.lower().rstrip(".")
 
 
-async def hosted_domain(session: AsyncSession, domain: str) -> Domain | None:
-    return (await session.execute(select(Domain).where(Domain.name == domain))).scalar_one_or_none()
+# Built once: RCPT runs these for every recipient (see ``Database.lookup``).
+_HOSTED_DOMAIN = select(Domain.id).where(Domain.name == bindparam("domain"))
+_RECIPIENT = (
+    select(
+        Mailbox.id,
+        Mailbox.type,
+        Mailbox.enabled,
+        Mailbox.used_bytes,
+        Mailbox.used_messages,
+        Mailbox.quota_storage,
+        Mailbox.quota_messages,
+        Domain.quota_storage,
+        Domain.quota_messages,
+    )
+    .join(Domain, Domain.id == Mailbox.domain_id)
+    .where(Mailbox.address == bindparam("address"))
+)
+
+
+async def is_hosted(session: Reader, domain: str) -> bool:
+    return (await session.execute(_HOSTED_DOMAIN, {"domain": domain})).first() is not None
 
 
 async def local_recipient(
-    session: AsyncSession, address: str, size: int | None = None, defaults: quota.Limits = quota.UNLIMITED
+    session: Reader, address: str, size: int | None = None, defaults: quota.Limits = quota.UNLIMITED
 ) -> LocalTarget | None:
     """The local target for ``address``, None when its domain is not hosted here; Refusal when unknown,
     disabled, or (with the SIZE the client declared, RFC 1870) when the message cannot fit the quota
     (``defaults``: the server-wide limits, for mailboxes and domains without their own)."""
     local, domain = split_address(address)
     addr = f"{local.lower()}@{domain}"
-    row = (
-        await session.execute(
-            select(
-                Mailbox.id,
-                Mailbox.type,
-                Mailbox.enabled,
-                Mailbox.used_bytes,
-                Mailbox.used_messages,
-                Mailbox.quota_storage,
-                Mailbox.quota_messages,
-                Domain.quota_storage,
-                Domain.quota_messages,
-            )
-            .join(Domain, Domain.id == Mailbox.domain_id)
-            .where(Mailbox.address == addr)
-        )
-    ).first()
+    row = (await session.execute(_RECIPIENT, {"address": addr})).first()
     if row is None:
-        if await hosted_domain(session, domain) is None:
+        if not await is_hosted(session, domain):
             return None
         if await directory_status(session, addr) == "retired":
             raise Refusal(
@@ -120,7 +123,7 @@ async def local_recipient(
 
 
 async def route_recipient(
-    session: AsyncSession,
+    session: Reader,
     address: str,
     *,
     authenticated: bool,

@@ -23,10 +23,10 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mailserver.db.engine import Database
+from mailserver.db.engine import Database, Reader
 from mailserver.db.models import utcnow
 from mailserver.queue.models import TrustDomain
 
@@ -237,9 +237,19 @@ async def entries(db: Database) -> list[TrustEntry]:
         return [_entry(r) for r in rows.scalars()]
 
 
-async def lookup(session: AsyncSession, domain: str) -> TrustEntry | None:
-    row = await session.get(TrustDomain, domain.lower().rstrip("."))
-    return _entry(row) if row is not None else None
+_ENTRY = select(
+    TrustDomain.name,
+    TrustDomain.dn,
+    TrustDomain.description,
+    TrustDomain.responsible_contact,
+    TrustDomain.support_contact,
+    TrustDomain.updated,
+).where(TrustDomain.name == bindparam("name"))
+
+
+async def lookup(session: Reader, domain: str) -> TrustEntry | None:
+    row = (await session.execute(_ENTRY, {"name": domain.lower().rstrip(".")})).first()
+    return TrustEntry(*row) if row is not None else None
 
 
 async def check_peer(session: AsyncSession, domain: str, subject: x509.Name | None) -> str | None:

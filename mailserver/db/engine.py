@@ -14,38 +14,98 @@ Invariants (see tests/test_db_concurrency.py):
 - SQLite runs in WAL mode with ``synchronous=FULL``: a commit is on disk before the caller acknowledges
   anything to a client (an SMTP 250 or an IMAP APPEND OK).
 - Never await network I/O to a client while a write transaction is open.
+- ``db.lookup()`` is for the few indexed point reads a protocol command needs (RCPT, the trust
+  check): on SQLite they run synchronously on the event loop over a read-only connection, because
+  such a read costs microseconds in WAL mode (it never waits for a writer) while a trip through
+  aiosqlite's thread and SQLAlchemy's async session costs a millisecond or more of CPU. Only
+  lookups by key belong there, never scans; statements are built once (module constants).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import Connection, Engine, Result, create_engine, event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import StaticPool
+
+T = TypeVar("T")
+
+# How long a lookup may wait for SQLite's lock: in WAL mode readers only wait in rare moments (recovery
+# of a crashed writer's WAL), and the event loop is blocked meanwhile, so this stays short.
+LOOKUP_BUSY_TIMEOUT_MS = 200
+
+
+def _configure_sqlite(engine: Engine, begin: str | None) -> None:
+    """Connection settings every SQLite engine of ours shares; ``begin`` is the statement opening a
+    transaction (``BEGIN IMMEDIATE`` for writers), None for the read-only lookup connection."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cur = dbapi_connection.cursor()
+        if begin is None:
+            cur.execute("PRAGMA query_only=ON")
+            cur.execute(f"PRAGMA busy_timeout={LOOKUP_BUSY_TIMEOUT_MS}")
+        else:
+            # Autocommit at the driver level: the "begin" event below issues BEGIN itself.
+            dbapi_connection.isolation_level = None
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    if begin is not None:
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql(begin)
 
 
 def _sqlite_engine(url: str, immediate: bool, echo: bool) -> AsyncEngine:
     engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Autocommit at the driver level: SQLAlchemy's "begin" event below issues BEGIN itself.
-        dbapi_connection.isolation_level = None
-        cur = dbapi_connection.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
+    _configure_sqlite(engine.sync_engine, "BEGIN IMMEDIATE" if immediate else "BEGIN")
     return engine
+
+
+def _sqlite_sync_engines(url: str, echo: bool) -> tuple[Engine, Engine] | None:
+    """The synchronous engines on the same SQLite file, (writer, read-only lookups); None for an
+    in-memory database, which another connection would not see."""
+    sync_url = make_url(url).set(drivername="sqlite")
+    if sync_url.database in (None, "", ":memory:"):
+        return None
+    writer = create_engine(sync_url, echo=echo, connect_args={"timeout": 30, "check_same_thread": False})
+    _configure_sqlite(writer, "BEGIN IMMEDIATE")
+    lookups = create_engine(
+        sync_url,
+        echo=echo,
+        poolclass=StaticPool,
+        connect_args={"check_same_thread": False, "timeout": LOOKUP_BUSY_TIMEOUT_MS / 1000},
+    )
+    _configure_sqlite(lookups, None)
+    return writer, lookups
+
+
+class Reader(Protocol):
+    """What lookups use of a session: ``AsyncSession`` and ``LookupConnection`` both provide it."""
+
+    async def execute(self, statement: Any, params: Any = None) -> Result[Any]: ...
+
+
+class LookupConnection:
+    """The awaitable ``execute`` of an ``AsyncSession`` over a synchronous Core connection, so policy
+    functions run unchanged on either (see ``Database.lookup``)."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    async def execute(self, statement: Any, params: Any = None) -> Result[Any]:
+        return self._connection.execute(statement, params)
 
 
 class Database:
@@ -53,10 +113,17 @@ class Database:
 
     def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10) -> None:
         self.url = url
+        self.sync_write_engine: Engine | None = None
+        self.lookup_engine: Engine | None = None
+        self._writer_thread: ThreadPoolExecutor | None = None
         if url.startswith("sqlite"):
             self.kind = "sqlite"
             self.write_engine = _sqlite_engine(url, immediate=True, echo=echo)
             self.read_engine = _sqlite_engine(url, immediate=False, echo=echo)
+            sync_engines = _sqlite_sync_engines(url, echo)
+            if sync_engines is not None:
+                self.sync_write_engine, self.lookup_engine = sync_engines
+                self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="caducee-db-writer")
         else:
             self.kind = "postgresql"
             self.write_engine = create_async_engine(
@@ -77,13 +144,48 @@ class Database:
         async with self._writer, self._write() as session, session.begin():
             yield session
 
+    async def run_write(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` (synchronous code) as one write transaction: committed when it returns,
+        rolled back if it raises.
+
+        For the hot write paths (group commit of deliveries). On SQLite the whole transaction runs in
+        the writer thread on a synchronous connection: one thread hop instead of several per statement,
+        each of which, under load, waits its turn on a busy event loop. On PostgreSQL (or an in-memory
+        SQLite database) it runs through ``AsyncSession.run_sync``.
+        """
+        if self._writer_thread is None or self._writer is None:
+            async with self.write() as session:
+                return await session.run_sync(work)
+        loop = asyncio.get_running_loop()
+        async with self._writer:
+            return await loop.run_in_executor(self._writer_thread, self._transaction, work)
+
+    def _transaction(self, work: Callable[[Session], T]) -> T:
+        with Session(self.sync_write_engine, expire_on_commit=False) as session, session.begin():
+            return work(session)
+
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         """A read-only transaction (never committed)."""
         async with self._read() as session, session.begin():
             yield session
 
+    @asynccontextmanager
+    async def lookup(self) -> AsyncIterator[Reader]:
+        """Point reads for a protocol command, each statement its own snapshot (see the invariants)."""
+        if self.lookup_engine is None:
+            async with self._read() as session:
+                yield session
+            return
+        with self.lookup_engine.connect() as connection:
+            yield LookupConnection(connection)
+
     async def close(self) -> None:
+        if self._writer_thread is not None:
+            self._writer_thread.shutdown(wait=True)
+        for engine in (self.lookup_engine, self.sync_write_engine):
+            if engine is not None:
+                engine.dispose()
         await self.write_engine.dispose()
         if self.read_engine is not self.write_engine:
             await self.read_engine.dispose()

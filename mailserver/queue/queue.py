@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from mailserver.db.models import utcnow
 from mailserver.delivery import EnqueueHook
@@ -31,6 +31,7 @@ from mailserver.policy import LocalTarget, Refusal, RemoteTarget, local_recipien
 from mailserver.queue import dsn
 from mailserver.queue.models import QueueMessage, QueueRecipient
 from mailserver.runtime import Runtime
+from mailserver.store.store import drop_blob_ref
 
 log = logging.getLogger("caducee.queue")
 
@@ -90,8 +91,8 @@ class Queue:
     ) -> EnqueueHook:
         """The ``Delivery`` hook writing one entry with the message's DSN options (RFC 3461 §4.3-4.4)."""
 
-        async def hook(
-            session: AsyncSession,
+        def hook(
+            session: Session,
             blob_id: int,
             sender: str,
             remote: list[tuple[RemoteTarget, dict[str, Any]]],
@@ -107,7 +108,7 @@ class Queue:
                 expires_at=now + dt.timedelta(seconds=self.settings.expire),
             )
             session.add(msg)
-            await session.flush()
+            session.flush()
             for target, options in remote:
                 session.add(
                     QueueRecipient(
@@ -222,20 +223,20 @@ class Queue:
         reports = _reports(rows)
         removed: list[str] = []
 
-        async def close(session: AsyncSession, *_unused: object) -> None:
-            current = await session.get(QueueMessage, message_id, with_for_update=True)
+        def close(session: Session, *_unused: object) -> None:
+            current = session.get(QueueMessage, message_id, with_for_update=True)
             if current is None:
                 raise _Gone
-            left = await session.execute(
+            left = session.execute(
                 select(func.count())
                 .select_from(QueueRecipient)
                 .where(QueueRecipient.message_id == message_id, QueueRecipient.status == "queued")
             )
             if left.scalar_one():
                 raise _Gone
-            await session.execute(delete(QueueRecipient).where(QueueRecipient.message_id == message_id))
-            await session.execute(delete(QueueMessage).where(QueueMessage.id == message_id))
-            path = await self.rt.store.drop_blob_ref(session, current.blob_id)
+            session.execute(delete(QueueRecipient).where(QueueRecipient.message_id == message_id))
+            session.execute(delete(QueueMessage).where(QueueMessage.id == message_id))
+            path = drop_blob_ref(session, current.blob_id)
             if path:
                 removed.append(path)
 
@@ -256,15 +257,13 @@ class Queue:
                 result = await self.rt.store.deliver(prepared, [target.mailbox_id], in_transaction=close)
                 if result.blob_id is None:
                     log.warning("report to <%s> refused (mailbox full): dropped", msg.sender)
-                    async with self.rt.db.write() as session:
-                        await close(session)
+                    await self.rt.db.run_write(close)
                 else:
                     await self.rt.audit.record(
                         msg.sender, "receive", "", "delivery status notification", f"queue entry {message_id}"
                     )
             else:
-                async with self.rt.db.write() as session:
-                    await close(session)
+                await self.rt.db.run_write(close)
         except _Gone:
             return False
         for path in removed:
@@ -375,7 +374,7 @@ class Queue:
                 return False
             await session.execute(delete(QueueRecipient).where(QueueRecipient.message_id == message_id))
             await session.execute(delete(QueueMessage).where(QueueMessage.id == message_id))
-            path = await self.rt.store.drop_blob_ref(session, msg.blob_id)
+            path = await session.run_sync(drop_blob_ref, msg.blob_id)
         if path:
             await asyncio.to_thread(self.rt.blobs.remove, path)
         return True

@@ -56,7 +56,7 @@ class MTAHandler(Handler):
     async def rcpt(
         self, server: SMTPServer, address: str, options: MailOptions
     ) -> LocalTarget | RemoteTarget:
-        async with self.rt.db.read() as session:
+        async with self.rt.db.lookup() as session:
             return await route_recipient(
                 session,
                 address,

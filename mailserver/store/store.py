@@ -22,7 +22,7 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from sqlalchemy import bindparam, delete, exists, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from config.settings import QuotaSettings
 from mailserver import quota
@@ -123,7 +124,9 @@ class DeliveryResult:
     notices: list[Notice] = field(default_factory=list)
 
 
-InTransaction = Callable[[AsyncSession, int, DeliveryResult], Awaitable[None]]
+# Synchronous: it runs inside the delivery's transaction (see ``Database.run_write``).
+InTransaction = Callable[[Session, int, DeliveryResult], None]
+_Changed = set[tuple[int, int | None]]
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,27 @@ def normalize_folder(name: str) -> str:
     if head.upper() == "INBOX":
         return "INBOX" + sep + rest
     return name
+
+
+def _pg_notify(session: Session, changed: _Changed) -> None:
+    """PostgreSQL: NOTIFY every process of the changed (mailbox, folder) pairs, sent at commit."""
+    for mailbox_id, folder_id in changed:
+        payload = f"{mailbox_id}:{folder_id if folder_id is not None else ''}"
+        session.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": payload})
+
+
+def drop_blob_ref(session: Session, blob_id: int) -> str | None:
+    """Release one reference held outside folders (a finished queue entry) in the caller's
+    transaction; returns the file to remove (with ``Store.remove_files``) once that transaction
+    committed."""
+    blob = session.get(Blob, blob_id, with_for_update=True)
+    if blob is None:
+        return None
+    blob.refcount -= 1
+    if blob.refcount > 0:
+        return None
+    session.delete(blob)
+    return blob.path
 
 
 def _info(m: Message) -> MessageInfo:
@@ -186,9 +210,12 @@ class Store:
         async with self.db.write() as session:
             yield session, changed
             if self.db.kind == "postgresql":
-                for mailbox_id, folder_id in changed:
-                    payload = f"{mailbox_id}:{folder_id if folder_id is not None else ''}"
-                    await session.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": payload})
+                await session.run_sync(_pg_notify, changed)
+        self._publish(changed)
+
+    def _publish(self, changed: set[tuple[int, int | None]]) -> None:
+        """After commit, on SQLite: tell this process's IMAP sessions (PostgreSQL's NOTIFY, sent inside
+        the transaction, reaches every process through the notifier's LISTEN)."""
         if self.db.kind != "postgresql":
             for mailbox_id, folder_id in changed:
                 self.notifier.publish(mailbox_id, folder_id)
@@ -334,18 +361,6 @@ class Store:
         """Other owners of a blob (the outbound queue) take references inside the caller's transaction."""
         await session.execute(update(Blob).where(Blob.id == blob_id).values(refcount=Blob.refcount + count))
 
-    async def drop_blob_ref(self, session: AsyncSession, blob_id: int) -> str | None:
-        """Release one reference held outside folders (a finished queue entry) in the caller's
-        transaction; returns the file to remove (with ``remove_files``) once that transaction committed."""
-        blob = await session.get(Blob, blob_id, with_for_update=True)
-        if blob is None:
-            return None
-        blob.refcount -= 1
-        if blob.refcount > 0:
-            return None
-        await session.delete(blob)
-        return blob.path
-
     async def remove_files(self, paths: list[str]) -> None:
         """Delete blob files whose rows are gone (after the commit that removed them)."""
         await self._remove_files(paths)
@@ -420,29 +435,45 @@ class Store:
 
     async def _commit_batch(self, batch: list[_Pending]) -> None:
         """Commit a batch in one transaction: all deliveries together in a few statements, or, when
-        one of them fails (a folder or mailbox gone, a hook's error), again one savepoint each."""
+        one of them fails (a folder or mailbox gone, a hook's error), again one savepoint each. The
+        transaction is synchronous code run by ``Database.run_write`` (one thread hop on SQLite)."""
+        kind = self.db.kind
+
+        def together(session: Session) -> tuple[list[DeliveryResult | BaseException], _Changed]:
+            changed: _Changed = set()
+            outcomes = self._deliver_together(session, changed, batch)
+            if kind == "postgresql":
+                _pg_notify(session, changed)
+            return outcomes, changed
+
+        def one_by_one(session: Session) -> tuple[list[DeliveryResult | BaseException], _Changed]:
+            changed: _Changed = set()
+            outcomes: list[DeliveryResult | BaseException] = []
+            for request in batch:
+                touched: _Changed = set()
+                try:
+                    with session.begin_nested():
+                        (outcome,) = self._deliver_together(session, touched, [request])
+                except Exception as exc:
+                    outcome = exc
+                else:
+                    changed |= touched
+                outcomes.append(outcome)
+            if kind == "postgresql":
+                _pg_notify(session, changed)
+            return outcomes, changed
+
         outcomes: list[DeliveryResult | BaseException] = []
+        changed: _Changed = set()
         try:
-            async with self._write() as (session, changed):
-                outcomes = await self._deliver_together(session, changed, batch)
+            outcomes, changed = await self.db.run_write(together)
         except Exception as exc:  # a vanished folder, a hook's refusal...: one savepoint per delivery
             log.debug("group commit of %d deliveries redone one by one: %s", len(batch), exc)
-            outcomes = []
-        if not outcomes:
             try:
-                async with self._write() as (session, changed):
-                    for request in batch:
-                        touched: set[tuple[int, int | None]] = set()
-                        try:
-                            async with session.begin_nested():
-                                (outcome,) = await self._deliver_together(session, touched, [request])
-                        except Exception as exc:
-                            outcome = exc
-                        else:
-                            changed |= touched
-                        outcomes.append(outcome)
+                outcomes, changed = await self.db.run_write(one_by_one)
             except Exception as exc:
                 outcomes = [exc] * len(batch)
+        self._publish(changed)
         for request, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, DeliveryResult) and outcome.blob_id is not None:
                 request.done.set_result(outcome)
@@ -456,15 +487,15 @@ class Store:
             except OSError as exc:  # an orphan file is harmless (store check --gc); a stuck caller is not
                 log.warning("could not remove unreferenced blob %s: %s", request.prepared.written.path, exc)
 
-    async def _deliver_together(
-        self, session: AsyncSession, changed: set[tuple[int, int | None]], batch: list[_Pending]
+    def _deliver_together(
+        self, session: Session, changed: _Changed, batch: list[_Pending]
     ) -> list[DeliveryResult | BaseException]:
         """Every delivery of the batch with one statement per step, whatever the batch size: lock the
         recipients, reserve UIDs per folder, insert blobs, messages and usage. Quotas are checked in
         order against running totals, so the batch cannot overrun a limit either. A vanished mailbox or
         folder, or a hook's error, raises: the caller then redoes each delivery in its own savepoint."""
         ids = sorted({m for r in batch for m in r.mailbox_ids})
-        rows = {row[0]: row for row in (await session.execute(_LOCK_RECIPIENTS, {"ids": ids})).all()}
+        rows = {row[0]: row for row in (session.execute(_LOCK_RECIPIENTS, {"ids": ids})).all()}
         if len(rows) != len(ids):
             raise StoreError("NONEXISTENT", "a recipient mailbox no longer exists")
         usage = {mid: [row[2], row[3], row[6]] for mid, row in rows.items()}  # bytes, messages, warned
@@ -502,7 +533,7 @@ class Store:
                 wanted[key] = wanted.get(key, 0) + 1
         next_uid: dict[tuple[int, str], tuple[int, int, int]] = {}
         for (mid, folder), n in wanted.items():
-            bumped = (await session.execute(_RESERVE_UIDS, {"mid": mid, "folder": folder, "n": n})).first()
+            bumped = (session.execute(_RESERVE_UIDS, {"mid": mid, "folder": folder, "n": n})).first()
             if bumped is None:
                 raise FolderNotFound(folder)
             folder_id, uidnext, modseq = bumped
@@ -513,7 +544,7 @@ class Store:
             return results
         now = utcnow()
         blob_rows = [self._blob_row(r.prepared, len(accepted[i]) + r.extra_refs, now) for i, r in kept]
-        blob_ids = list((await session.execute(_INSERT_BLOBS, blob_rows)).scalars())
+        blob_ids = list((session.execute(_INSERT_BLOBS, blob_rows)).scalars())
         messages = []
         for (i, request), blob_id in zip(kept, blob_ids, strict=True):
             result = results[i]
@@ -536,9 +567,9 @@ class Store:
                     }
                 )
         if messages:
-            await session.execute(_INSERT_MESSAGES, messages)
+            session.execute(_INSERT_MESSAGES, messages)
             touched = sorted({mid for taken in accepted for mid in taken})
-            await session.execute(
+            session.execute(
                 _SET_USAGE,
                 [{"mid": m, "b": usage[m][0], "n": usage[m][1], "w": usage[m][2]} for m in touched],
             )
@@ -546,7 +577,7 @@ class Store:
             if request.in_transaction is not None:
                 result = results[i]
                 assert isinstance(result, DeliveryResult)
-                await request.in_transaction(session, result.blob_id or 0, result)
+                request.in_transaction(session, result.blob_id or 0, result)
         return results
 
     # ----------------------------------------------------------------- quota warnings

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from mailserver import accounts, quota
 from mailserver.db.models import Blob, Message
 from mailserver.runtime import Runtime
-from mailserver.store.store import FolderExists, FolderNotFound, StoreError
+from mailserver.store.store import FolderExists, FolderNotFound, StoreError, drop_blob_ref
 
 
 def message(n: int, size: int = 0) -> bytes:
@@ -317,7 +317,7 @@ async def test_delivery_kept_only_for_other_owners(runtime: Runtime) -> None:
     """A delivery with no local recipient (remote ones only) keeps the blob for the queue, adds no row."""
     seen: list[int] = []
 
-    async def hook(session: object, blob_id: int, result: object) -> None:
+    def hook(session: object, blob_id: int, result: object) -> None:
         seen.append(blob_id)
 
     result = await runtime.store.deliver(
@@ -328,7 +328,7 @@ async def test_delivery_kept_only_for_other_owners(runtime: Runtime) -> None:
         assert (await session.execute(select(func.count()).select_from(Message))).scalar_one() == 0
         assert (await session.execute(select(Blob.refcount))).scalar_one() == 1
     async with runtime.db.write() as session:
-        path = await runtime.store.drop_blob_ref(session, seen[0])
+        path = await session.run_sync(drop_blob_ref, seen[0])
     assert path is not None
     await runtime.store.remove_files([path])
     assert await blob_count(runtime) == 0 and list(runtime.blobs.all_paths()) == []
