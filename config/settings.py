@@ -105,6 +105,9 @@ class DatabaseSettings:
 @dataclass
 class StorageSettings:
     path: FilePath = "store"
+    # Messages up to this size are kept in their database row, made durable by the same commit as
+    # the rest of the delivery; larger ones are files under ``path`` (0: always files).
+    inline_max: Size = 64 * 1024
 
 
 @dataclass

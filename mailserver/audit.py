@@ -10,8 +10,9 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from mailserver.db.engine import Database
 from mailserver.db.models import AuditEvent, utcnow
@@ -19,6 +20,7 @@ from mailserver.db.models import AuditEvent, utcnow
 log = logging.getLogger("caducee.audit")
 
 _MAX = 2000
+_INSERT = insert(AuditEvent.__table__)
 
 
 @dataclass(frozen=True)
@@ -43,15 +45,19 @@ class Event:
         }
 
 
+def _values(actor: str, action: str, remote: str, request: str, response: str) -> dict[str, object]:
+    return {
+        "at": utcnow(),
+        "actor": actor[:400],
+        "remote": remote[:100],
+        "action": action[:40],
+        "request": request[:_MAX],
+        "response": response[:_MAX],
+    }
+
+
 def _row(actor: str, action: str, remote: str, request: str, response: str) -> AuditEvent:
-    return AuditEvent(
-        at=utcnow(),
-        actor=actor[:400],
-        remote=remote[:100],
-        action=action[:40],
-        request=request[:_MAX],
-        response=response[:_MAX],
-    )
+    return AuditEvent(**_values(actor, action, remote, request, response))
 
 
 class Audit:
@@ -80,6 +86,19 @@ class Audit:
     ) -> None:
         """Append one event inside the caller's transaction (kept only if that transaction commits)."""
         session.add(_row(actor, action, remote, request, response))
+
+    @staticmethod
+    def insert_in(
+        session: Session,
+        actor: str,
+        action: str,
+        remote: str = "",
+        request: str = "",
+        response: str = "",
+    ) -> None:
+        """``record_in`` for a synchronous transaction (``Database.run_write``): one plain INSERT,
+        written at once, without the ORM's unit of work (the delivery hot path)."""
+        session.connection().execute(_INSERT, _values(actor, action, remote, request, response))
 
     async def events(
         self,

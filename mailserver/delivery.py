@@ -89,7 +89,7 @@ class Delivery:
                     if mailbox_id in stored.uids
                     else "452 4.2.2 full"
                 )
-                self.rt.audit.record_in(session, target.address, "receive", self.remote_addr, request, reply)
+                self.rt.audit.insert_in(session, target.address, "receive", self.remote_addr, request, reply)
 
         stored = await self.rt.store.deliver(
             prepared,

@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -136,7 +137,8 @@ class Folder(Base):
 
 
 class Blob(Base):
-    """An immutable message file under the store, shared by reference count.
+    """An immutable message, shared by reference count: a file under the store (``path``), or, for a
+    small one, the row itself (``data``, ``path`` NULL; see ``[storage] inline_max``).
 
     ``meta`` is the JSON made by ``mailserver.store.mime`` at delivery (envelope, body structure,
     part offsets, header fields) so that IMAP never parses a message again to answer FETCH.
@@ -144,7 +146,8 @@ class Blob(Base):
 
     __tablename__ = "blob"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    path: Mapped[str] = mapped_column(String(200), unique=True)
+    path: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
+    data: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     refcount: Mapped[int] = mapped_column(Integer, default=0)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class WrittenBlob:
-    path: str
+    path: str | None  # None: the message is kept in its database row, not as a file
     size: int
     sha256: str
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy import inspect
+import pytest
+from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from mailserver.db import migrate
@@ -43,3 +44,23 @@ async def test_composite_indexes_exist(db_url: str) -> None:
     columns = [tuple(i["column_names"]) for i in indexes] + [tuple(u["column_names"]) for u in uniques]
     assert ("folder_id", "uid") in columns
     assert ("folder_id", "modseq") in columns
+
+
+async def test_downgrade_refused_while_messages_are_inline(db_url: str) -> None:
+    """0008 keeps small messages in ``blob.data``: going back to 0007 would lose them, so it refuses."""
+    await migrate.upgrade_async(db_url)
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO blob (path, data, size, sha256, refcount, meta, created_at) "
+                    "VALUES (NULL, :d, 3, '', 1, '{}', CURRENT_TIMESTAMP)"
+                ),
+                {"d": b"abc"},
+            )
+    finally:
+        await engine.dispose()
+    with pytest.raises(RuntimeError, match="inline"):
+        await asyncio.to_thread(migrate.downgrade, db_url, "0007")
+    assert set(await migrate.current(db_url)) == set(migrate.heads())

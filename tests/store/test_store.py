@@ -33,6 +33,12 @@ async def mailbox(rt: Runtime, local: str = "dr.martin", **kw: object) -> int:
     return mb.id
 
 
+@pytest.fixture
+def files_only(runtime: Runtime) -> None:
+    """Every message kept as a file (``[storage] inline_max = 0``): what these tests check is files."""
+    runtime.store.inline_max = 0
+
+
 async def blob_count(rt: Runtime) -> int:
     async with rt.db.read() as session:
         return int((await session.execute(select(func.count()).select_from(Blob))).scalar_one())
@@ -69,6 +75,32 @@ async def test_blob_is_complete_on_disk_before_its_row_commits(runtime: Runtime)
     assert await runtime.store.read_blob(row.id) == data
 
 
+async def test_small_message_is_kept_in_its_row(runtime: Runtime) -> None:
+    """Up to ``[storage] inline_max`` a message is in its blob row (durable with the delivery's commit),
+    with no file; a larger one is a file. Reading, counting and freeing treat both alike."""
+    mb = await mailbox(runtime)
+    small = message(1)
+    runtime.store.inline_max = len(small)
+    prepared = await runtime.store.prepare(small)
+    assert prepared.written.path is None and list(runtime.blobs.all_paths()) == []
+    await runtime.store.deliver(prepared, [mb])
+    large = message(2, len(small))
+    await runtime.store.deliver(await runtime.store.prepare(large), [mb])
+    async with runtime.db.read() as session:
+        rows = (await session.execute(select(Blob.id, Blob.path, Blob.data).order_by(Blob.id))).all()
+    (inline_id, inline_path, inline_data), (file_id, file_path, file_data) = rows
+    assert inline_path is None and bytes(inline_data) == small
+    assert file_data is None and list(runtime.blobs.all_paths()) == [file_path]
+    assert await runtime.store.read_blob(inline_id) == small
+    assert await runtime.store.read_blob(file_id) == large
+    assert (await runtime.store.usage(mb))[0].bytes == len(small) + len(large)
+    assert await runtime.store.missing_blobs() == []
+    assert await runtime.store.collect_orphans(older_than=0) == []
+    await accounts.delete_mailbox(runtime, "dr.martin@a.mssante.test")
+    assert await blob_count(runtime) == 0 and list(runtime.blobs.all_paths()) == []
+
+
+@pytest.mark.usefixtures("files_only")
 async def test_failed_delivery_leaves_no_row_and_no_file(runtime: Runtime) -> None:
     mb = await mailbox(runtime)
     prepared = await runtime.store.prepare(message(1))
@@ -136,6 +168,7 @@ async def test_uid_expunge_only_touches_named_uids(runtime: Runtime) -> None:
     assert [m.uid for m in (await runtime.store.snapshot(inbox.id))[1]] == [1, 3]
 
 
+@pytest.mark.usefixtures("files_only")
 async def test_usage_after_deliver_copy_move_expunge(runtime: Runtime) -> None:
     mb = await mailbox(runtime)
     store = runtime.store
@@ -178,6 +211,7 @@ async def test_usage_after_deliver_copy_move_expunge(runtime: Runtime) -> None:
     assert set(runtime.blobs.all_paths()) == paths
 
 
+@pytest.mark.usefixtures("files_only")
 async def test_quota_refuses_append_and_copy_and_changes_nothing(runtime: Runtime) -> None:
     mb = await mailbox(runtime, quota_storage=5000)
     store = runtime.store
@@ -207,6 +241,7 @@ async def test_delivery_refuses_only_the_full_mailbox(runtime: Runtime) -> None:
     assert result.uids == {ok: 1} and result.over_quota == {full: "STORAGE"}
 
 
+@pytest.mark.usefixtures("files_only")
 async def test_parallel_deliveries_never_overrun_a_quota(runtime: Runtime) -> None:
     data = message(1, 1000)
     mb = await mailbox(runtime, quota_storage=len(data) * 5 + 10)
@@ -286,6 +321,7 @@ async def test_notification_after_commit(runtime: Runtime) -> None:
     assert seen_uids == [1]
 
 
+@pytest.mark.usefixtures("files_only")
 async def test_mailbox_delete_removes_mail_and_files(runtime: Runtime) -> None:
     mb = await mailbox(runtime)
     other = await mailbox(runtime, "other")
@@ -299,6 +335,7 @@ async def test_mailbox_delete_removes_mail_and_files(runtime: Runtime) -> None:
     assert await asyncio.to_thread(runtime.blobs.read, remaining) == message(1)
 
 
+@pytest.mark.usefixtures("files_only")
 async def test_orphan_files_are_collected_only_when_old(runtime: Runtime) -> None:
     """A crash between blob write and commit leaves an orphan file, never a row without a file."""
     mb = await mailbox(runtime)
@@ -313,6 +350,7 @@ async def test_orphan_files_are_collected_only_when_old(runtime: Runtime) -> Non
     assert len(list(runtime.blobs.all_paths())) == 1
 
 
+@pytest.mark.usefixtures("files_only")
 async def test_delivery_kept_only_for_other_owners(runtime: Runtime) -> None:
     """A delivery with no local recipient (remote ones only) keeps the blob for the queue, adds no row."""
     seen: list[int] = []
@@ -334,6 +372,7 @@ async def test_delivery_kept_only_for_other_owners(runtime: Runtime) -> None:
     assert await blob_count(runtime) == 0 and list(runtime.blobs.all_paths()) == []
 
 
+@pytest.mark.usefixtures("files_only")
 async def test_one_failing_delivery_does_not_sink_its_batch(runtime: Runtime) -> None:
     """Deliveries committed together: a vanished folder fails only its own delivery (savepoint redo)."""
     mb = await mailbox(runtime)
