@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
 
 from mailserver.db.engine import Database
 from mailserver.db.models import AuditEvent, utcnow
@@ -20,7 +19,9 @@ from mailserver.db.models import AuditEvent, utcnow
 log = logging.getLogger("caducee.audit")
 
 _MAX = 2000
-_INSERT = insert(AuditEvent.__table__)
+# For the few writers that add events with plain INSERTs in a synchronous transaction (the delivery
+# group commit, see ``Store.deliver``'s ``trace``): ``INSERT_EVENTS`` with ``event_row`` values.
+INSERT_EVENTS = insert(AuditEvent.__table__)
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Event:
         }
 
 
-def _values(actor: str, action: str, remote: str, request: str, response: str) -> dict[str, object]:
+def event_row(actor: str, action: str, remote: str, request: str, response: str) -> dict[str, object]:
     return {
         "at": utcnow(),
         "actor": actor[:400],
@@ -57,7 +58,7 @@ def _values(actor: str, action: str, remote: str, request: str, response: str) -
 
 
 def _row(actor: str, action: str, remote: str, request: str, response: str) -> AuditEvent:
-    return AuditEvent(**_values(actor, action, remote, request, response))
+    return AuditEvent(**event_row(actor, action, remote, request, response))
 
 
 class Audit:
@@ -86,19 +87,6 @@ class Audit:
     ) -> None:
         """Append one event inside the caller's transaction (kept only if that transaction commits)."""
         session.add(_row(actor, action, remote, request, response))
-
-    @staticmethod
-    def insert_in(
-        session: Session,
-        actor: str,
-        action: str,
-        remote: str = "",
-        request: str = "",
-        response: str = "",
-    ) -> None:
-        """``record_in`` for a synchronous transaction (``Database.run_write``): one plain INSERT,
-        written at once, without the ORM's unit of work (the delivery hot path)."""
-        session.connection().execute(_INSERT, _values(actor, action, remote, request, response))
 
     async def events(
         self,

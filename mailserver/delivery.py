@@ -80,24 +80,18 @@ class Delivery:
         enqueue = self.enqueue
 
         def in_transaction(session: Session, blob_id: int, stored: StoreResult) -> None:
-            if remote and enqueue is not None:
+            if enqueue is not None:
                 enqueue(session, blob_id, self.sender, remote)
-            request = f"from <{self.sender}> via {self.source}"
-            for mailbox_id, target in self.local.items():
-                reply = (
-                    f"delivered uid {stored.uids[mailbox_id]}"
-                    if mailbox_id in stored.uids
-                    else "452 4.2.2 full"
-                )
-                self.rt.audit.insert_in(session, target.address, "receive", self.remote_addr, request, reply)
 
+        request = f"from <{self.sender}> via {self.source}"
         stored = await self.rt.store.deliver(
             prepared,
             list(self.local),
             folder=self.folder,
             flags=self.flags,
             extra_refs=1 if remote else 0,
-            in_transaction=in_transaction,
+            in_transaction=in_transaction if remote else None,
+            trace=(self.remote_addr, request),
         )
         result = DeliveryResult(blob_id=stored.blob_id, queued=[t.address for t, _ in remote])
         for mailbox_id, target in self.local.items():
@@ -112,7 +106,7 @@ class Delivery:
                     address,
                     "receive",
                     self.remote_addr,
-                    f"from <{self.sender}> via {self.source}",
+                    request,
                     refusal.smtp,
                 )
         return result

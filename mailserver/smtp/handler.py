@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import logging
-import uuid
+import os
 from abc import ABC, abstractmethod
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -45,20 +45,32 @@ def received_header(server: SMTPServer, queue_id: str, protocol: str) -> bytes:
     """RFC 5321 §4.4 trace field with the TLS facts (version, cipher, verified peer subject)."""
     helo = "".join(c for c in (server.session.host_name or "unknown") if 32 < ord(c) < 127)[:100]
     parts = [f"Received: from {helo} ([{server.client_ip}])", f"\tby {server.hostname} (Caducée)"]
-    ssl_object = server.transport.get_extra_info("ssl_object") if server.transport else None
-    if ssl_object is not None:
-        cipher = ssl_object.cipher()
-        tls = f"\t(using {ssl_object.version()} with cipher {cipher[0] if cipher else 'unknown'}"
-        cert = peer_certificate(server)
-        if cert is not None:
-            tls += f";\r\n\t peer certificate {cert.subject.rfc4514_string()} verified"
-        parts.append(tls + ")")
+    tls = _tls_clause(server)
+    if tls is not None:
+        parts.append(tls)
         protocol += "S"
     if server.session.authenticated:
         protocol += "A"
     parts.append(f"\twith {protocol} id {queue_id};")
     parts.append(f"\t{email.utils.format_datetime(dt.datetime.now(dt.UTC))}")
     return ("\r\n".join(parts) + "\r\n").encode("utf-8", "replace")
+
+
+def _tls_clause(server: SMTPServer) -> str | None:
+    """The Received clause naming the TLS version, cipher and verified peer: fixed for a TLS session,
+    so rendered once per connection."""
+    ssl_object = server.transport.get_extra_info("ssl_object") if server.transport else None
+    if ssl_object is None:
+        return None
+    if server.tls_trace is not None and server.tls_trace[0] is ssl_object:
+        return server.tls_trace[1]
+    cipher = ssl_object.cipher()
+    tls = f"\t(using {ssl_object.version()} with cipher {cipher[0] if cipher else 'unknown'}"
+    cert = peer_certificate(server)
+    if cert is not None:
+        tls += f";\r\n\t peer certificate {cert.subject.rfc4514_string()} verified"
+    server.tls_trace = (ssl_object, tls + ")")
+    return server.tls_trace[1]
 
 
 def message_headers(data: bytes) -> dict[str, str]:
@@ -125,7 +137,7 @@ class Handler(ABC):
         """Store/queue the message for every accepted recipient; 250 only once it is durable."""
         env: SMTPEnvelope = server.envelope
         opts = env.options
-        queue_id = uuid.uuid4().hex[:16]
+        queue_id = os.urandom(8).hex()
         hook = self.queue.enqueue_hook(opts.envid, opts.ret, opts.smtputf8) if self.queue else None
         delivery = Delivery(
             self.rt,

@@ -276,6 +276,7 @@ class SMTPServer(SMTP):
         self.line_length_limit = config.line_length
         self.busy = False
         self.peer_certificate: tuple[bytes, x509.Certificate] | None = None  # (DER, parsed), per connection
+        self.tls_trace: tuple[object, str] | None = None  # (SSL object, Received clause), per connection
         self._client_ip = ""
         self._counted = False
         self._greeted = False

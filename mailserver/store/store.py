@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 
 from config.settings import QuotaSettings
 from mailserver import quota
+from mailserver.audit import INSERT_EVENTS, event_row
 from mailserver.db.engine import Database
 from mailserver.db.models import Blob, Domain, Expunged, Folder, Mailbox, Message, utcnow
 from mailserver.store import mime
@@ -176,6 +177,13 @@ def drop_blob_ref(session: Session, blob_id: int) -> str | None:
         return None
     session.delete(blob)
     return blob.path  # None for a message kept in its row: nothing more to remove
+
+
+def _receive_reply(result: DeliveryResult | BaseException, mailbox_id: int) -> str:
+    """What a ``receive`` audit event says was answered for one recipient mailbox."""
+    if isinstance(result, DeliveryResult) and mailbox_id in result.uids:
+        return f"delivered uid {result.uids[mailbox_id]}"
+    return "452 4.2.2 full"
 
 
 def _info(m: Message) -> MessageInfo:
@@ -421,13 +429,16 @@ class Store:
         extra_refs: int = 0,
         in_transaction: InTransaction | None = None,
         enforce_quota: bool = True,
+        trace: tuple[str, str] | None = None,
     ) -> DeliveryResult:
         """Put one durable blob into ``folder`` of each mailbox.
 
         A mailbox over quota is refused alone (``over_quota``), the others still receive the message.
         ``extra_refs`` references are kept for other owners (outbound queue entries) and
-        ``in_transaction(session, blob_id, result)`` lets them write their rows (queue entries, audit
-        events) in the same commit. The blob file is removed if, in the end, nothing references it.
+        ``in_transaction(session, blob_id, result)`` lets them write their rows (queue entries) in the
+        same commit. ``trace`` = (remote address, request) adds a ``receive`` audit event per mailbox
+        (its UID, or the quota refusal) in that commit too, for the whole batch in one statement.
+        The blob file is removed if, in the end, nothing references it.
         ``enforce_quota=False`` is only for the server's own notices (a quota warning must reach a
         nearly full mailbox).
 
@@ -443,6 +454,7 @@ class Store:
             extra_refs,
             in_transaction,
             enforce_quota,
+            trace,
             asyncio.get_running_loop().create_future(),
         )
         self._pending.append(request)
@@ -598,6 +610,15 @@ class Store:
                 _SET_USAGE,
                 [{"mid": m, "b": usage[m][0], "n": usage[m][1], "w": usage[m][2]} for m in touched],
             )
+        events = []
+        for i, request in kept:
+            if request.trace is not None:
+                remote, asked = request.trace
+                for mid in request.mailbox_ids:
+                    reply = _receive_reply(results[i], mid)
+                    events.append(event_row(rows[mid][1], "receive", remote, asked, reply))
+        if events:
+            conn.execute(INSERT_EVENTS, events)
         for i, request in kept:
             if request.in_transaction is not None:
                 result = results[i]
@@ -1073,6 +1094,7 @@ class _Pending:
     extra_refs: int
     in_transaction: InTransaction | None
     enforce_quota: bool
+    trace: tuple[str, str] | None
     done: asyncio.Future[DeliveryResult]
 
 
