@@ -10,18 +10,22 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailserver.db.engine import Database
 from mailserver.db.models import AuditEvent, utcnow
+from mailserver.db.prepared import Prepared
 
 log = logging.getLogger("caducee.audit")
 
 _MAX = 2000
-# For the few writers that add events with plain INSERTs in a synchronous transaction (the delivery
-# group commit, see ``Store.deliver``'s ``trace``): ``INSERT_EVENTS`` with ``event_row`` values.
-INSERT_EVENTS = insert(AuditEvent.__table__)
+# For the delivery group commit (``Store.deliver``'s ``trace``): ``INSERT_EVENTS.many`` of ``event_row``s.
+INSERT_EVENTS = Prepared(
+    insert(AuditEvent.__table__).values(
+        {c: bindparam(c) for c in ("at", "actor", "remote", "action", "request", "response")}
+    )
+)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from mailserver import quota
 from mailserver.audit import INSERT_EVENTS, event_row
 from mailserver.db.engine import Database
 from mailserver.db.models import Blob, Domain, Expunged, Folder, Mailbox, Message, utcnow
+from mailserver.db.prepared import Prepared
 from mailserver.store import mime
 from mailserver.store.blobs import BlobStore, WrittenBlob
 from mailserver.store.notify import CHANNEL, Notifier
@@ -570,7 +571,7 @@ class Store:
                 wanted[key] = wanted.get(key, 0) + 1
         next_uid: dict[tuple[int, str], tuple[int, int, int]] = {}
         for (mid, folder), n in wanted.items():
-            bumped = conn.execute(_RESERVE_UIDS, {"mid": mid, "folder": folder, "n": n}).first()
+            bumped = next(iter(_RESERVE_UIDS.rows(conn, {"mid": mid, "folder": folder, "n": n})), None)
             if bumped is None:
                 raise FolderNotFound(folder)
             folder_id, uidnext, modseq = bumped
@@ -581,7 +582,7 @@ class Store:
             return results
         now = utcnow()
         blob_rows = [self._blob_row(r.prepared, len(accepted[i]) + r.extra_refs, now) for i, r in kept]
-        blob_ids = list(conn.execute(_INSERT_BLOBS, blob_rows).scalars())
+        blob_ids = [_ADD_BLOB.rows(conn, row)[0][0] for row in blob_rows]
         messages = []
         for (i, request), blob_id in zip(kept, blob_ids, strict=True):
             result = results[i]
@@ -604,11 +605,10 @@ class Store:
                     }
                 )
         if messages:
-            conn.execute(_INSERT_MESSAGES, messages)
+            _ADD_MESSAGES.many(conn, messages)
             touched = sorted({mid for taken in accepted for mid in taken})
-            conn.execute(
-                _SET_USAGE,
-                [{"mid": m, "b": usage[m][0], "n": usage[m][1], "w": usage[m][2]} for m in touched],
+            _SET_USAGE.many(
+                conn, [{"mid": m, "b": usage[m][0], "n": usage[m][1], "w": usage[m][2]} for m in touched]
             )
         events = []
         for i, request in kept:
@@ -618,7 +618,7 @@ class Store:
                     reply = _receive_reply(results[i], mid)
                     events.append(event_row(rows[mid][1], "receive", remote, asked, reply))
         if events:
-            conn.execute(INSERT_EVENTS, events)
+            INSERT_EVENTS.many(conn, events)
         for i, request in kept:
             if request.in_transaction is not None:
                 result = results[i]
@@ -1118,16 +1118,18 @@ _LOCK_RECIPIENTS = (
     .order_by(Mailbox.id)
     .with_for_update(of=Mailbox)
 )
-_INSERT_BLOB = insert(Blob.__table__).returning(Blob.id)
-_INSERT_MESSAGES = insert(Message.__table__)
-_INSERT_BLOBS = insert(Blob.__table__).returning(Blob.id, sort_by_parameter_order=True)
-_RESERVE_UIDS = (
+_BLOB_COLUMNS = ("path", "data", "size", "sha256", "refcount", "meta", "created_at")
+_INSERT_BLOB = insert(Blob.__table__).values({c: bindparam(c) for c in _BLOB_COLUMNS}).returning(Blob.id)
+_ADD_BLOB = Prepared(_INSERT_BLOB)
+_MESSAGE_COLUMNS = ("folder_id", "uid", "modseq", "blob_id", "flags", "internal_date", "size")
+_ADD_MESSAGES = Prepared(insert(Message.__table__).values({c: bindparam(c) for c in _MESSAGE_COLUMNS}))
+_RESERVE_UIDS = Prepared(
     update(Folder.__table__)
     .where(Folder.mailbox_id == bindparam("mid"), Folder.name == bindparam("folder"))
     .values(uidnext=Folder.uidnext + bindparam("n"), highestmodseq=Folder.highestmodseq + 1)
     .returning(Folder.id, Folder.uidnext, Folder.highestmodseq)
 )
-_SET_USAGE = (
+_SET_USAGE = Prepared(
     update(Mailbox.__table__)
     .where(Mailbox.id == bindparam("mid"))
     .values(used_bytes=bindparam("b"), used_messages=bindparam("n"), quota_warned=bindparam("w"))
