@@ -14,6 +14,9 @@ Invariants (see tests/test_db_concurrency.py):
 - SQLite runs in WAL mode with ``synchronous=FULL``: a commit is on disk before the caller acknowledges
   anything to a client (an SMTP 250 or an IMAP APPEND OK).
 - Never await network I/O to a client while a write transaction is open.
+- ``db.run_write(work)`` runs synchronous code as one write transaction: on SQLite whole in the single
+  writer thread (one thread hop for the transaction, not one per statement), serialised with
+  ``db.write()`` by the same lock; through ``run_sync`` on PostgreSQL. The delivery group commit uses it.
 - ``db.lookup()`` is for the few indexed point reads a protocol command needs (RCPT, the trust
   check): on SQLite they run synchronously on the event loop over a read-only connection, because
   such a read costs microseconds in WAL mode (it never waits for a writer) while a trip through
