@@ -95,7 +95,8 @@ def _sqlite_sync_engines(url: str, echo: bool) -> tuple[Engine, Engine] | None:
 
 
 class Reader(Protocol):
-    """What lookups use of a session: ``AsyncSession`` and ``LookupConnection`` both provide it."""
+    """What lookups use of a session: ``AsyncSession``, ``AsyncConnection`` and ``LookupConnection``
+    all provide it."""
 
     async def execute(self, statement: Any, params: Any = None) -> Result[Any]: ...
 
@@ -175,10 +176,11 @@ class Database:
 
     @asynccontextmanager
     async def lookup(self) -> AsyncIterator[Reader]:
-        """Point reads for a protocol command, each statement its own snapshot (see the invariants)."""
+        """Point reads for a protocol command, each statement its own snapshot (see the invariants):
+        no transaction around them, so no BEGIN/ROLLBACK round trips on PostgreSQL either."""
         if self.lookup_engine is None:
-            async with self._read() as session:
-                yield session
+            async with self.read_engine.connect() as connection:
+                yield await connection.execution_options(isolation_level="AUTOCOMMIT")
             return
         with self.lookup_engine.connect() as connection:
             yield LookupConnection(connection)

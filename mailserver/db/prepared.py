@@ -60,6 +60,13 @@ class Prepared:
         finally:
             cursor.close()
 
+    def returned(self, conn: Connection, values: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """Execute once per set of values; the first RETURNING column of each, in order (elsewhere than
+        SQLite, one multi-row INSERT: the statement must say ``sort_by_parameter_order=True``)."""
+        if conn.dialect.name != "sqlite":
+            return list(conn.execute(self.statement, [dict(v) for v in values]).scalars())
+        return [self.rows(conn, v)[0][0] for v in values]
+
     def many(self, conn: Connection, values: Sequence[Mapping[str, Any]]) -> None:
         """Execute once per set of values (executemany), returning nothing."""
         if not values:

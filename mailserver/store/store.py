@@ -582,7 +582,7 @@ class Store:
             return results
         now = utcnow()
         blob_rows = [self._blob_row(r.prepared, len(accepted[i]) + r.extra_refs, now) for i, r in kept]
-        blob_ids = [_ADD_BLOB.rows(conn, row)[0][0] for row in blob_rows]
+        blob_ids = _ADD_BLOB.returned(conn, blob_rows)
         messages = []
         for (i, request), blob_id in zip(kept, blob_ids, strict=True):
             result = results[i]
@@ -1119,7 +1119,11 @@ _LOCK_RECIPIENTS = (
     .with_for_update(of=Mailbox)
 )
 _BLOB_COLUMNS = ("path", "data", "size", "sha256", "refcount", "meta", "created_at")
-_INSERT_BLOB = insert(Blob.__table__).values({c: bindparam(c) for c in _BLOB_COLUMNS}).returning(Blob.id)
+_INSERT_BLOB = (
+    insert(Blob.__table__)
+    .values({c: bindparam(c) for c in _BLOB_COLUMNS})
+    .returning(Blob.id, sort_by_parameter_order=True)
+)
 _ADD_BLOB = Prepared(_INSERT_BLOB)
 _MESSAGE_COLUMNS = ("folder_id", "uid", "modseq", "blob_id", "flags", "internal_date", "size")
 _ADD_MESSAGES = Prepared(insert(Message.__table__).values({c: bindparam(c) for c in _MESSAGE_COLUMNS}))

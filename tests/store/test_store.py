@@ -100,6 +100,20 @@ async def test_small_message_is_kept_in_its_row(runtime: Runtime) -> None:
     assert await blob_count(runtime) == 0 and list(runtime.blobs.all_paths()) == []
 
 
+async def test_deliveries_committed_together_keep_their_own_content(runtime: Runtime) -> None:
+    """A group commit inserts several blobs at once: each delivery's UID must lead to its own bytes."""
+    mb = await mailbox(runtime)
+    datas = [message(n) for n in range(8)]
+    prepared = [await runtime.store.prepare(d) for d in datas]
+    results = await asyncio.gather(*(runtime.store.deliver(p, [mb]) for p in prepared))
+    inbox = await runtime.store.folder(mb, "INBOX")
+    infos = {m.uid: m for m in await runtime.store.messages(inbox.id, [r.uids[mb] for r in results])}
+    for data, result in zip(datas, results, strict=True):
+        info = infos[result.uids[mb]]
+        assert info.blob_id == result.blob_id
+        assert await runtime.store.read_blob(info.blob_id) == data
+
+
 @pytest.mark.usefixtures("files_only")
 async def test_failed_delivery_leaves_no_row_and_no_file(runtime: Runtime) -> None:
     mb = await mailbox(runtime)
