@@ -6,8 +6,11 @@ The server runs in a subprocess (``--serve``: a fresh SQLite database, or ``--db
 self-signed TLS, mailboxes ``bench<i>@a.mssante.test`` each holding 50 messages). Clients speak
 IMAP over implicit TLS on loopback. Phase 1 runs N clients doing LOGIN, SELECT, FETCH flags+envelope,
 FETCH a body, STORE, SEARCH, APPEND, IDLE/DONE and LOGOUT for a fixed time and prints ops/s and
-p50/p99 per command. Phase 2 reads the server's RSS, opens ``--idle`` authenticated idle connections,
-reads it again and prints the difference per connection (target: under 64 KiB).
+p50/p99 per command. Phase 2 opens ``--idle`` authenticated idle connections, then as many again,
+reading the server's RSS before and after each batch. The first batch also pays for heap growth that
+the TLS handshakes leave behind (glibc keeps freed memory); the second, made once that memory is
+there to reuse, is what each further idle connection costs: the figure held to the target (under
+64 KiB). Both are printed.
 """
 
 from __future__ import annotations
@@ -194,8 +197,6 @@ async def run_mix(port: int, ctx: ssl.SSLContext, clients: int, seconds: float, 
 
 async def idle_memory(port: int, ctx: ssl.SSLContext, pid: int, count: int, boxes: int) -> None:
     conns: list[Conn] = []
-    await asyncio.sleep(1)
-    before = rss_kib(pid)
     sem = asyncio.Semaphore(50)
 
     async def one(i: int) -> None:
@@ -204,14 +205,19 @@ async def idle_memory(port: int, ctx: ssl.SSLContext, pid: int, count: int, boxe
             await conn.cmd(f'LOGIN "bench{i % boxes}@{DOMAIN}" "{PASSWORD}"')
             conns.append(conn)
 
-    await asyncio.gather(*(one(i) for i in range(count)))
-    await asyncio.sleep(2)
-    after = rss_kib(pid)
-    per = (after - before) * 1024 / count
-    print(
-        f"\nidle memory: server RSS {before} KiB -> {after} KiB with {count} authenticated idle connections"
-    )
-    print(f"  {per / 1024:.1f} KiB per idle connection (target < 64 KiB)")
+    async def batch() -> float:
+        """KiB of server RSS per connection for ``count`` more idle connections."""
+        await asyncio.sleep(1)
+        before = rss_kib(pid)
+        await asyncio.gather(*(one(i) for i in range(count)))
+        await asyncio.sleep(2)
+        return (rss_kib(pid) - before) / count
+
+    first = await batch()
+    steady = await batch()
+    print(f"\nidle memory: {2 * count} authenticated idle connections, server RSS per connection:")
+    print(f"  first {count}: {first:.1f} KiB (with the heap growth their handshakes leave)")
+    print(f"  next {count}:  {steady:.1f} KiB per idle connection (target < 64 KiB)")
     await asyncio.gather(*(c.close() for c in conns))
 
 

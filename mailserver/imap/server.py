@@ -24,10 +24,12 @@ from mailserver.tls import server_context
 
 log = logging.getLogger("caducee.imap")
 
-# asyncio's TLS transport preallocates a read buffer of ``SSLProtocol.max_size`` bytes per connection
-# (256 KiB in CPython 3.11), four times our whole per-connection budget. TLS records carry at most
-# 16 KiB (RFC 8446 §5.1), so 32 KiB loses nothing; SMTP in the same process benefits too.
-_TLS_READ_BUFFER = 32 * 1024
+# asyncio's TLS transport preallocates a buffer of ``SSLProtocol.max_size`` bytes per connection for the
+# ciphertext it reads from the socket (256 KiB in CPython 3.11), four times our whole per-connection
+# budget. Reading 16 KiB at a time (the largest TLS record's plaintext, RFC 8446 §5.1) is enough: the
+# TLS layer reassembles records across reads, a large transfer just takes more of them. SMTP in the
+# same process benefits too.
+_TLS_READ_BUFFER = 16 * 1024
 
 
 class IMAPServer:
