@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import bindparam, delete, exists, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -134,6 +134,7 @@ class DeliveryResult:
 # Synchronous: it runs inside the delivery's transaction (see ``Database.run_write``).
 InTransaction = Callable[[Session, int, DeliveryResult], None]
 _Changed = set[tuple[int, int | None]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,42 @@ def _receive_reply(result: DeliveryResult | BaseException, mailbox_id: int) -> s
     return "452 4.2.2 full"
 
 
+# Helpers shared by the synchronous transactions (``Store._run_write``) and, through
+# ``AsyncSession.run_sync``, by the asynchronous ones.
+
+
+def _folder_by_id(session: Session, folder_id: int, lock: bool = False) -> Folder:
+    q = select(Folder).where(Folder.id == folder_id)
+    if lock:
+        q = q.with_for_update()
+    f = session.execute(q).scalar_one_or_none()
+    if f is None:
+        raise StoreError("NONEXISTENT", "the folder no longer exists")
+    return f
+
+
+def _messages(session: Session, folder_id: int, uids: Sequence[int]) -> list[Message]:
+    out: list[Message] = []
+    for i in range(0, len(uids), 500):
+        chunk = uids[i : i + 500]
+        rows = session.execute(
+            select(Message)
+            .where(Message.folder_id == folder_id, Message.uid.in_(chunk))
+            .order_by(Message.uid)
+        )
+        out.extend(rows.scalars())
+    return out
+
+
+def _bump(session: Session, folder: Folder, new_uids: int = 0) -> tuple[int, int]:
+    """Raise the folder's HIGHESTMODSEQ (and reserve ``new_uids`` UIDs); returns (first uid, modseq)."""
+    first_uid = folder.uidnext
+    folder.uidnext += new_uids
+    folder.highestmodseq += 1
+    session.flush()
+    return first_uid, folder.highestmodseq
+
+
 def _info(m: Message) -> MessageInfo:
     return MessageInfo(m.uid, m.modseq, flags_from_text(m.flags), m.size, m.internal_date, m.blob_id)
 
@@ -230,6 +267,22 @@ class Store:
                 await session.run_sync(_pg_notify, changed)
         self._publish(changed)
 
+    async def _run_write(self, work: Callable[[Session, _Changed], T]) -> T:
+        """``_write`` for synchronous code (``Database.run_write``: one thread hop on SQLite); ``work``
+        adds the (mailbox, folder) pairs it changes to the set it is given."""
+        kind = self.db.kind
+
+        def transaction(session: Session) -> tuple[T, _Changed]:
+            changed: _Changed = set()
+            result = work(session, changed)
+            if kind == "postgresql":
+                _pg_notify(session, changed)
+            return result, changed
+
+        result, changed = await self.db.run_write(transaction)
+        self._publish(changed)
+        return result
+
     def _publish(self, changed: set[tuple[int, int | None]]) -> None:
         """After commit, on SQLite: tell this process's IMAP sessions (PostgreSQL's NOTIFY, sent inside
         the transaction, reaches every process through the notifier's LISTEN)."""
@@ -253,23 +306,6 @@ class Store:
         if f is None:
             raise FolderNotFound(name)
         return f
-
-    async def _folder_by_id(self, session: AsyncSession, folder_id: int, lock: bool = False) -> Folder:
-        q = select(Folder).where(Folder.id == folder_id)
-        if lock:
-            q = q.with_for_update()
-        f = (await session.execute(q)).scalar_one_or_none()
-        if f is None:
-            raise StoreError("NONEXISTENT", "the folder no longer exists")
-        return f
-
-    async def _bump(self, session: AsyncSession, folder: Folder, new_uids: int = 0) -> tuple[int, int]:
-        """Raise the folder's HIGHESTMODSEQ (and reserve ``new_uids`` UIDs); returns (first uid, modseq)."""
-        first_uid = folder.uidnext
-        folder.uidnext += new_uids
-        folder.highestmodseq += 1
-        await session.flush()
-        return first_uid, folder.highestmodseq
 
     # ----------------------------------------------------------------- usage accounting
 
@@ -474,17 +510,11 @@ class Store:
         """Commit a batch in one transaction: all deliveries together in a few statements, or, when
         one of them fails (a folder or mailbox gone, a hook's error), again one savepoint each. The
         transaction is synchronous code run by ``Database.run_write`` (one thread hop on SQLite)."""
-        kind = self.db.kind
 
-        def together(session: Session) -> tuple[list[DeliveryResult | BaseException], _Changed]:
-            changed: _Changed = set()
-            outcomes = self._deliver_together(session, changed, batch)
-            if kind == "postgresql":
-                _pg_notify(session, changed)
-            return outcomes, changed
+        def together(session: Session, changed: _Changed) -> list[DeliveryResult | BaseException]:
+            return self._deliver_together(session, changed, batch)
 
-        def one_by_one(session: Session) -> tuple[list[DeliveryResult | BaseException], _Changed]:
-            changed: _Changed = set()
+        def one_by_one(session: Session, changed: _Changed) -> list[DeliveryResult | BaseException]:
             outcomes: list[DeliveryResult | BaseException] = []
             for request in batch:
                 touched: _Changed = set()
@@ -496,21 +526,16 @@ class Store:
                 else:
                     changed |= touched
                 outcomes.append(outcome)
-            if kind == "postgresql":
-                _pg_notify(session, changed)
-            return outcomes, changed
+            return outcomes
 
-        outcomes: list[DeliveryResult | BaseException] = []
-        changed: _Changed = set()
         try:
-            outcomes, changed = await self.db.run_write(together)
+            outcomes = await self._run_write(together)
         except Exception as exc:  # a vanished folder, a hook's refusal...: one savepoint per delivery
             log.debug("group commit of %d deliveries redone one by one: %s", len(batch), exc)
             try:
-                outcomes, changed = await self.db.run_write(one_by_one)
+                outcomes = await self._run_write(one_by_one)
             except Exception as exc:
                 outcomes = [exc] * len(batch)
-        self._publish(changed)
         for request, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, DeliveryResult) and outcome.blob_id is not None:
                 request.done.set_result(outcome)
@@ -695,7 +720,7 @@ class Store:
 
     async def folder_by_id(self, folder_id: int) -> FolderInfo:
         async with self.db.read() as session:
-            return _folder_info(await self._folder_by_id(session, folder_id))
+            return _folder_info(await session.run_sync(_folder_by_id, folder_id))
 
     async def create_folder(self, mailbox_id: int, name: str, special_use: str | None = None) -> FolderInfo:
         """Create ``name`` and any missing parents (RFC 9051 §6.3.4); existing name → FolderExists."""
@@ -785,8 +810,8 @@ class Store:
         )
         if not msgs:
             return
-        first, modseq = await self._bump(session, target, len(msgs))
-        _, expunge_modseq = await self._bump(session, inbox)
+        first, modseq = await session.run_sync(_bump, target, len(msgs))
+        _, expunge_modseq = await session.run_sync(_bump, inbox)
         for i, m in enumerate(msgs):
             session.add(Expunged(folder_id=inbox.id, uid=m.uid, modseq=expunge_modseq))
             m.folder_id, m.uid, m.modseq = target.id, first + i, modseq
@@ -803,7 +828,7 @@ class Store:
     async def snapshot(self, folder_id: int) -> tuple[FolderInfo, list[MessageInfo]]:
         """The folder and all its messages in UID order, read in one consistent transaction."""
         async with self.db.read() as session:
-            f = await self._folder_by_id(session, folder_id)
+            f = await session.run_sync(_folder_by_id, folder_id)
             rows = await session.execute(
                 select(Message).where(Message.folder_id == folder_id).order_by(Message.uid)
             )
@@ -812,14 +837,14 @@ class Store:
     async def messages(self, folder_id: int, uids: Iterable[int]) -> list[MessageInfo]:
         """The current state of some messages in UID order (IMAP FETCH/STORE read only what they need)."""
         async with self.db.read() as session:
-            return [_info(m) for m in await self._messages(session, folder_id, sorted(set(uids)))]
+            return [_info(m) for m in await session.run_sync(_messages, folder_id, sorted(set(uids)))]
 
     async def changes_since(
         self, folder_id: int, modseq: int
     ) -> tuple[FolderInfo, list[MessageInfo], list[int]]:
         """Messages changed or added after ``modseq`` and UIDs expunged after it (CONDSTORE/QRESYNC)."""
         async with self.db.read() as session:
-            f = await self._folder_by_id(session, folder_id)
+            f = await session.run_sync(_folder_by_id, folder_id)
             rows = await session.execute(
                 select(Message)
                 .where(Message.folder_id == folder_id, Message.modseq > modseq)
@@ -846,7 +871,7 @@ class Store:
                     session, mb, [(b, p.written.size) for b, p in zip(blob_ids, prepared, strict=True)]
                 )
                 notice = await self._warning_due(session, mb)
-                first, modseq = await self._bump(session, f, len(items))
+                first, modseq = await session.run_sync(_bump, f, len(items))
                 for i, ((_data, flags, date), p, b) in enumerate(zip(items, prepared, blob_ids, strict=True)):
                     session.add(
                         Message(
@@ -877,11 +902,11 @@ class Store:
         """
         wanted = sorted(set(uids))
         async with self._write() as (session, changed):
-            src = await self._folder_by_id(session, folder_id)
+            src = await session.run_sync(_folder_by_id, folder_id)
             mb = await self._lock_mailbox(session, src.mailbox_id)
-            src = await self._folder_by_id(session, folder_id, lock=True)
+            src = await session.run_sync(_folder_by_id, folder_id, True)
             dst = await self._folder(session, src.mailbox_id, dest, lock=True)
-            msgs = await self._messages(session, folder_id, wanted)
+            msgs = await session.run_sync(_messages, folder_id, wanted)
             if not msgs:
                 return dst.uidvalidity, []
             if not move:
@@ -889,10 +914,10 @@ class Store:
             notice = await self._warning_due(session, mb)
             if move and dst.id == src.id:
                 raise StoreError("CANNOT", "source and destination are the same folder")
-            first, modseq = await self._bump(session, dst, len(msgs))
+            first, modseq = await session.run_sync(_bump, dst, len(msgs))
             pairs = []
             if move:
-                _, src_modseq = await self._bump(session, src)
+                _, src_modseq = await session.run_sync(_bump, src)
                 for i, m in enumerate(msgs):
                     session.add(Expunged(folder_id=src.id, uid=m.uid, modseq=src_modseq))
                     pairs.append((m.uid, first + i))
@@ -920,18 +945,6 @@ class Store:
         await self._send_notices([notice])
         return outcome
 
-    async def _messages(self, session: AsyncSession, folder_id: int, uids: Sequence[int]) -> list[Message]:
-        out: list[Message] = []
-        for i in range(0, len(uids), 500):
-            chunk = uids[i : i + 500]
-            rows = await session.execute(
-                select(Message)
-                .where(Message.folder_id == folder_id, Message.uid.in_(chunk))
-                .order_by(Message.uid)
-            )
-            out.extend(rows.scalars())
-        return out
-
     async def set_flags(
         self,
         folder_id: int,
@@ -943,13 +956,13 @@ class Store:
         """STORE flags; messages modified after ``unchangedsince`` are left alone (RFC 7162 §3.1.3)."""
         wanted = sorted(set(uids))
         flag_set = set(flags)
-        async with self._write() as (session, changed):
+
+        def work(session: Session, changed: _Changed) -> FlagChange:
             # Flags change no usage: the folder's row lock alone orders concurrent STOREs.
-            f = await self._folder_by_id(session, folder_id, lock=True)
-            msgs = await self._messages(session, folder_id, wanted)
+            f = _folder_by_id(session, folder_id, lock=True)
             modified: list[int] = []
             todo: list[tuple[Message, str]] = []
-            for m in msgs:
+            for m in _messages(session, folder_id, wanted):
                 if unchangedsince is not None and m.modseq > unchangedsince:
                     modified.append(m.uid)
                     continue
@@ -964,22 +977,24 @@ class Store:
                 if new != current:
                     todo.append((m, flags_to_text(new)))
             if todo:
-                _, modseq = await self._bump(session, f)
+                _, modseq = _bump(session, f)
                 for m, new_text in todo:
                     m.flags, m.modseq = new_text, modseq
                 changed.add((f.mailbox_id, f.id))
-            await session.flush()
+            session.flush()
             return FlagChange([_info(m) for m, _ in todo], modified)
+
+        return await self._run_write(work)
 
     async def expunge(self, folder_id: int, uids: Iterable[int] | None = None) -> list[int]:
         """Remove messages flagged \\Deleted (only among ``uids`` when given, RFC 4315 UID EXPUNGE)."""
         async with self._write() as (session, changed):
-            f = await self._folder_by_id(session, folder_id)
+            f = await session.run_sync(_folder_by_id, folder_id)
             mb = await self._lock_mailbox(session, f.mailbox_id)
-            f = await self._folder_by_id(session, folder_id, lock=True)
+            f = await session.run_sync(_folder_by_id, folder_id, True)
             q = select(Message).where(Message.folder_id == folder_id).order_by(Message.uid)
             candidates = (
-                await self._messages(session, folder_id, sorted(set(uids)))
+                await session.run_sync(_messages, folder_id, sorted(set(uids)))
                 if uids is not None
                 else list((await session.execute(q)).scalars())
             )
@@ -995,7 +1010,7 @@ class Store:
     async def _remove_messages(
         self, session: AsyncSession, mb: Mailbox, f: Folder, gone: list[Message]
     ) -> list[str]:
-        _, modseq = await self._bump(session, f)
+        _, modseq = await session.run_sync(_bump, f)
         for m in gone:
             session.add(Expunged(folder_id=f.id, uid=m.uid, modseq=modseq))
         ids = [m.id for m in gone]
