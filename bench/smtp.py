@@ -9,7 +9,7 @@ message. Client load runs in a separate process; the server's CPU time is this p
 1. Caducée's MTA: trust-list check, RCPT policy, the message durable before every 250 (committed in
    its row with the WAL fsync'ed, or, above ``[storage] inline_max``, as a file fsync'ed first).
 2. A bare aiosmtpd server with the same TLS context whose handler discards the message (a ceiling).
-The two run in alternating rounds (``--rounds``, default 3) so that the machine's other load weighs on
+The two run in alternating rounds (``--rounds``, default 5) so that the machine's other load weighs on
 both alike. Prints, for both, the median messages per second and server CPU milliseconds per message
 (and each round's rate), and the ratio of the medians (target: durable ≥ 50 % of the sink).
 """
@@ -173,6 +173,6 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--size", type=int, default=10 * 1024)
     parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of each (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of each (default 5)")
     parser.add_argument("--db", help="database URL (default: a SQLite file in a temporary directory)")
     asyncio.run(main(parser.parse_args()))
