@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from playwright.async_api import Browser, async_playwright
 
 from config.settings import Settings, from_dict
 from mailserver import accounts
@@ -94,3 +95,27 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from tests.pki import make_pki
 
     return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+# The portal's browser tests (tests/portal, tests/e2e): Debian's chromium, headless, loopback only.
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield b
+        finally:
+            await b.close()

@@ -8,12 +8,9 @@ stores to see what arrived.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import imaplib
-import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +20,7 @@ import pytest
 from directory.patients import add_patient, make_record
 from mailserver import accounts, trust
 from mailserver.portal import service
-from tests.portal.helpers import add_professional
+from tests.portal.helpers import add_professional, build
 from tests.smtp.conftest import PASSWORD, tls_client, wait_for
 from tests.smtp.operators import Operator, free_port, prepare, write_config
 
@@ -136,18 +133,9 @@ class Deployment:
     ) -> str:
         """``sender`` submits a message to the patient on their own operator; returns its Message-ID."""
         op = self.a if sender.endswith("@" + self.a.domain) else self.b
-        msg = EmailMessage()
-        msg["From"] = email.utils.formataddr((name, sender))
-        msg["To"] = PATIENT
-        msg["Subject"] = subject
-        msg["Date"] = email.utils.formatdate()
-        msg["Message-ID"] = f"<{secrets.token_hex(10)}@{op.domain}>"
-        if in_reply_to:
-            msg["In-Reply-To"] = in_reply_to
-            msg["References"] = in_reply_to
-        for key, value in (extra or {}).items():
-            msg[key] = value
-        msg.set_content(body)
+        msg = build(
+            sender, PATIENT, subject, body, in_reply_to=in_reply_to, extra=extra, name=name, domain=op.domain
+        )
         client = await op.submission_client(self.pki, sender)
         await client.send_message(msg)
         await client.quit()

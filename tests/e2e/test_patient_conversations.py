@@ -14,13 +14,12 @@ import asyncio
 import email
 import email.policy
 import os
-from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
 
 import aiosmtplib
 import pytest
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser
 
 from mailserver import conversations
 from mailserver.queue.queue import Queue
@@ -37,17 +36,6 @@ from tests.e2e.conftest import (
 from tests.smtp.conftest import wait_for
 from tests.smtp.operators import CADUCEE
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SUBJECT = "Résultats d'échographie"
 FIRST_TEXT = "Bonjour,\nvos résultats sont normaux."
 
@@ -257,16 +245,6 @@ async def test_patient_cannot_write_first_nor_answer_another_conversation(deploy
     assert [(m["author"], m["text"].strip()) for m in durand_thread["messages"]] == [
         (DURAND_NAME, FIRST_TEXT)
     ]
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
 
 
 @pytest.mark.slow

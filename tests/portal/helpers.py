@@ -68,13 +68,14 @@ def build(
     in_reply_to: str | None = None,
     extra: dict[str, str] | None = None,
     name: str = "",
+    domain: str = "test",
 ) -> EmailMessage:
     msg = EmailMessage()
     msg["From"] = email.utils.formataddr((name, sender)) if name else sender
     msg["To"] = to
     msg["Subject"] = subject
     msg["Date"] = email.utils.formatdate()
-    msg["Message-ID"] = f"<{secrets.token_hex(8)}@test>"
+    msg["Message-ID"] = f"<{secrets.token_hex(8)}@{domain}>"
     if in_reply_to:
         msg["In-Reply-To"] = in_reply_to
         msg["References"] = in_reply_to
