@@ -22,7 +22,7 @@ from mailserver import accounts, trust
 from mailserver.portal import service
 from tests.portal.helpers import add_professional, build
 from tests.smtp.conftest import PASSWORD, tls_client, wait_for
-from tests.smtp.operators import Operator, free_port, prepare, write_config
+from tests.smtp.operators import Operator, free_port, prepare, two_operators, write_config
 
 PATIENT_INS = "262112B82955335"
 PATIENT_DOMAIN = "patient.a.mssante.test"
@@ -171,12 +171,8 @@ async def _setup_a(a: Operator) -> None:
 
 @pytest.fixture
 async def deployment(tmp_path: Path, a_db_url: str, pki: Any) -> AsyncIterator[Deployment]:
-    ops = []
-    for domain in ("a.mssante.test", "b.mssante.test"):
-        d = tmp_path / domain
-        d.mkdir()
-        ops.append(Operator(domain, d, d / "caducee.toml", free_port(), free_port()))
-    a, b = ops
+    a, b = two_operators(tmp_path)
+    ops = [a, b]
     a.imaps, a.portal, a.also_hosts = free_port(), free_port(), (PATIENT_DOMAIN,)
     write_config(a, pki, a_db_url, b)
     write_config(b, pki, f"sqlite+aiosqlite:///{b.directory}/caducee.db", a)

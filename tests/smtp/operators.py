@@ -109,6 +109,16 @@ class Operator:
         await client.quit()
 
 
+def two_operators(root: Path) -> tuple[Operator, Operator]:
+    """Operators A and B of the trust space, each with its own directory under ``root`` and free ports."""
+    ops = []
+    for domain in ("a.mssante.test", "b.mssante.test"):
+        d = root / domain
+        d.mkdir()
+        ops.append(Operator(domain, d, d / "caducee.toml", free_port(), free_port()))
+    return ops[0], ops[1]
+
+
 def write_config(op: Operator, pki: Any, db_url: str, peer: Operator) -> None:
     ident = pki.tls[op.domain]
     imaps = f'"127.0.0.1:{op.imaps}"' if op.imaps else ""

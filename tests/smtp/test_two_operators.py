@@ -16,17 +16,13 @@ import pytest
 
 from mailserver.queue.queue import Queue
 from tests.smtp.conftest import wait_for
-from tests.smtp.operators import Operator, free_port, prepare, write_config
+from tests.smtp.operators import Operator, prepare, two_operators, write_config
 
 
 @pytest.fixture
 async def operators(tmp_path: Path, db_url: str, pki: Any) -> AsyncIterator[tuple[Operator, Operator]]:
-    ops = []
-    for domain in ("a.mssante.test", "b.mssante.test"):
-        d = tmp_path / domain
-        d.mkdir()
-        ops.append(Operator(domain, d, d / "caducee.toml", free_port(), free_port()))
-    a, b = ops
+    a, b = two_operators(tmp_path)
+    ops = [a, b]
     write_config(a, pki, db_url, b)
     write_config(b, pki, f"sqlite+aiosqlite:///{b.directory}/caducee.db", a)
     await prepare(a, pki, ["dr.martin"])
