@@ -80,8 +80,8 @@ class Delivery:
         enqueue = self.enqueue
 
         def in_transaction(session: Session, blob_id: int, stored: StoreResult) -> None:
-            if enqueue is not None:
-                enqueue(session, blob_id, self.sender, remote)
+            assert enqueue is not None  # add_remote refuses remote recipients without a queue
+            enqueue(session, blob_id, self.sender, remote)
 
         request = f"from <{self.sender}> via {self.source}"
         stored = await self.rt.store.deliver(

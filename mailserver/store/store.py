@@ -181,9 +181,9 @@ def drop_blob_ref(session: Session, blob_id: int) -> str | None:
     return blob.path  # None for a message kept in its row: nothing more to remove
 
 
-def _receive_reply(result: DeliveryResult | BaseException, mailbox_id: int) -> str:
+def _receive_reply(result: DeliveryResult, mailbox_id: int) -> str:
     """What a ``receive`` audit event says was answered for one recipient mailbox."""
-    if isinstance(result, DeliveryResult) and mailbox_id in result.uids:
+    if mailbox_id in result.uids:
         return f"delivered uid {result.uids[mailbox_id]}"
     return "452 4.2.2 full"
 
@@ -390,16 +390,18 @@ class Store:
         the filesystem" measurement, https://www.sqlite.org/fasterthanfs.html), and on PostgreSQL
         they are then shared by every node without a shared filesystem.
         """
-        if len(data) <= self.inline_max:
-            meta = mime.analyze(data)
-            written = WrittenBlob(None, len(data), hashlib.sha256(data).hexdigest())
-            return PreparedBlob(written, meta, json.dumps(meta, separators=(",", ":")), inline=data)
+        inline = len(data) <= self.inline_max
 
         def work() -> PreparedBlob:
             meta = mime.analyze(data)
-            return PreparedBlob(self.blobs.write(data), meta, json.dumps(meta, separators=(",", ":")))
+            meta_json = json.dumps(meta, separators=(",", ":"))
+            if inline:
+                written = WrittenBlob(None, len(data), hashlib.sha256(data).hexdigest())
+                return PreparedBlob(written, meta, meta_json, inline=data)
+            return PreparedBlob(self.blobs.write(data), meta, meta_json)
 
-        return await asyncio.to_thread(work)
+        # A small message costs microseconds to analyse: no trip to a worker thread for it.
+        return work() if inline else await asyncio.to_thread(work)
 
     async def discard(self, prepared: PreparedBlob) -> None:
         """Remove a prepared blob that no row references (an aborted delivery)."""
@@ -637,10 +639,12 @@ class Store:
             )
         events = []
         for i, request in kept:
+            result = results[i]
+            assert isinstance(result, DeliveryResult)
             if request.trace is not None:
                 remote, asked = request.trace
                 for mid in request.mailbox_ids:
-                    reply = _receive_reply(results[i], mid)
+                    reply = _receive_reply(result, mid)
                     events.append(event_row(rows[mid][1], "receive", remote, asked, reply))
         if events:
             INSERT_EVENTS.many(conn, events)
