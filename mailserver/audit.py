@@ -73,11 +73,11 @@ class Audit:
         self, actor: str, action: str, remote: str = "", request: str = "", response: str = ""
     ) -> None:
         """Append one event in its own transaction (a failure to trace is logged, never hidden); a
-        plain INSERT through ``run_write``, since logins and refusals make these the most frequent
-        small writes."""
+        plain INSERT through ``run_write`` (brief), since logins and refusals make these the most
+        frequent small writes."""
         row = event_row(actor, action, remote, request, response)
         try:
-            await self.db.run_write(lambda session: INSERT_EVENTS.many(session.connection(), [row]))
+            await self.db.run_write(lambda s: INSERT_EVENTS.many(s.connection(), [row]), brief=True)
         except Exception:
             log.exception("could not write audit event %s %s", actor, action)
             raise

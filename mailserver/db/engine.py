@@ -1,6 +1,6 @@
 """Database access: one ``Database`` per process, with explicit read and write transactions.
 
-Invariants (see tests/test_db_concurrency.py):
+Invariants (see tests/foundation/test_db_concurrency.py):
 - Every transaction that writes is opened with ``db.write()``. On SQLite that is ``BEGIN IMMEDIATE`` on a
   connection in autocommit mode (``isolation_level=None``), so two read-then-write transactions can never
   interleave and silently lose an update (Python's default sqlite3 handling does exactly that). On
@@ -16,7 +16,14 @@ Invariants (see tests/test_db_concurrency.py):
 - Never await network I/O to a client while a write transaction is open.
 - ``db.run_write(work)`` runs synchronous code as one write transaction: on SQLite whole in the single
   writer thread (one thread hop for the transaction, not one per statement), serialised with
-  ``db.write()`` by the same lock; through ``run_sync`` on PostgreSQL. The delivery group commit uses it.
+  ``db.write()`` by the same lock; through ``run_sync`` on PostgreSQL.
+- ``db.run_write(work, brief=True)`` is for transactions of a few indexed statements whatever the data
+  (a delivery batch, an audit event): on SQLite the statements run on the event loop and only the
+  COMMIT, whose fsync is the slow part, goes to the writer thread. A thread running the statements
+  would take the GIL back from the busy event loop after every one of them, which costs more than the
+  statements. Never for work that grows with a folder (STORE 1:*), which would stall the loop.
+  BEGIN does not wait there: if another process holds the write lock, the transaction runs in the
+  writer thread instead, which may wait (busy timeout).
 - ``db.lookup()`` is for the few indexed point reads a protocol command needs (RCPT, the trust
   check): on SQLite they run synchronously on the event loop over a read-only connection, because
   such a read costs microseconds in WAL mode (it never waits for a writer) while a trip through
@@ -33,6 +40,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, Result, create_engine, event, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
@@ -44,7 +52,7 @@ T = TypeVar("T")
 LOOKUP_BUSY_TIMEOUT_MS = 200
 
 
-def _configure_sqlite(engine: Engine, begin: str | None) -> None:
+def _configure_sqlite(engine: Engine, begin: str | None, busy_timeout_ms: int = 30000) -> None:
     """Connection settings every SQLite engine of ours shares; ``begin`` is the statement opening a
     transaction (``BEGIN IMMEDIATE`` for writers), None for the read-only lookup connection."""
 
@@ -59,7 +67,7 @@ def _configure_sqlite(engine: Engine, begin: str | None) -> None:
             dbapi_connection.isolation_level = None
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
             cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
@@ -76,14 +84,19 @@ def _sqlite_engine(url: str, immediate: bool, echo: bool) -> AsyncEngine:
     return engine
 
 
-def _sqlite_sync_engines(url: str, echo: bool) -> tuple[Engine, Engine] | None:
-    """The synchronous engines on the same SQLite file, (writer, read-only lookups); None for an
-    in-memory database, which another connection would not see."""
+def _sqlite_sync_engines(url: str, echo: bool) -> tuple[Engine, Engine, Engine] | None:
+    """The synchronous engines on the same SQLite file, (writer, brief writer, read-only lookups); None
+    for an in-memory database, which another connection would not see."""
     sync_url = make_url(url).set(drivername="sqlite")
     if sync_url.database in (None, "", ":memory:"):
         return None
     writer = create_engine(sync_url, echo=echo, connect_args={"timeout": 30, "check_same_thread": False})
     _configure_sqlite(writer, "BEGIN IMMEDIATE")
+    # Brief transactions begin on the event loop: BEGIN must fail at once rather than wait there.
+    brief = create_engine(
+        sync_url, echo=echo, poolclass=StaticPool, connect_args={"check_same_thread": False}
+    )
+    _configure_sqlite(brief, "BEGIN IMMEDIATE", busy_timeout_ms=0)
     lookups = create_engine(
         sync_url,
         echo=echo,
@@ -91,7 +104,13 @@ def _sqlite_sync_engines(url: str, echo: bool) -> tuple[Engine, Engine] | None:
         connect_args={"check_same_thread": False, "timeout": LOOKUP_BUSY_TIMEOUT_MS / 1000},
     )
     _configure_sqlite(lookups, None)
-    return writer, lookups
+    return writer, brief, lookups
+
+
+def _commit(session: Session) -> None:
+    """In the writer thread: COMMIT (the WAL's fsync) and give the connection back."""
+    with session:
+        session.commit()
 
 
 class Reader(Protocol):
@@ -118,15 +137,17 @@ class Database:
     def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10) -> None:
         self.url = url
         self.sync_write_engine: Engine | None = None
+        self.brief_engine: Engine | None = None
         self.lookup_engine: Engine | None = None
         self._writer_thread: ThreadPoolExecutor | None = None
+        self._brief_commit: asyncio.Future[None] | None = None
         if url.startswith("sqlite"):
             self.kind = "sqlite"
             self.write_engine = _sqlite_engine(url, immediate=True, echo=echo)
             self.read_engine = _sqlite_engine(url, immediate=False, echo=echo)
             sync_engines = _sqlite_sync_engines(url, echo)
             if sync_engines is not None:
-                self.sync_write_engine, self.lookup_engine = sync_engines
+                self.sync_write_engine, self.brief_engine, self.lookup_engine = sync_engines
                 self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="caducee-db-writer")
         else:
             self.kind = "postgresql"
@@ -148,23 +169,49 @@ class Database:
         async with self._writer, self._write() as session, session.begin():
             yield session
 
-    async def run_write(self, work: Callable[[Session], T]) -> T:
+    async def run_write(self, work: Callable[[Session], T], *, brief: bool = False) -> T:
         """Run ``work`` (synchronous code) as one write transaction: committed when it returns,
         rolled back if it raises.
 
-        For the hot write paths (group commit of deliveries). On SQLite the whole transaction runs in
-        the writer thread on a synchronous connection: one thread hop instead of several per statement,
-        each of which, under load, waits its turn on a busy event loop. On PostgreSQL (or an in-memory
-        SQLite database) it runs through ``AsyncSession.run_sync``.
+        For the hot write paths (group commit of deliveries, STORE, audit events). On SQLite the whole
+        transaction runs in the writer thread on a synchronous connection: one thread hop instead of
+        several per statement, each of which, under load, waits its turn on a busy event loop; with
+        ``brief`` only its COMMIT does (see the invariants). On PostgreSQL (or an in-memory SQLite
+        database) it runs through ``AsyncSession.run_sync``.
         """
         if self._writer_thread is None or self._writer is None:
             async with self.write() as session:
                 return await session.run_sync(work)
         loop = asyncio.get_running_loop()
         async with self._writer:
-            return await loop.run_in_executor(self._writer_thread, self._transaction, work)
+            # A caller cancelled during its COMMIT left the brief connection to the writer thread
+            # (and released the lock): until that COMMIT is done, transactions go to the thread.
+            free = self._brief_commit is None or self._brief_commit.done()
+            session = self._begin_brief() if brief and free else None
+            if session is None:
+                return await loop.run_in_executor(self._writer_thread, self._transaction, work)
+            try:
+                result = work(session)
+            except BaseException:
+                session.close()  # rolls back: nothing was written to disk yet
+                raise
+            # From here the session belongs to the writer thread, which commits and closes it even if
+            # we are cancelled meanwhile (shielded: a cancelled work item would never run).
+            self._brief_commit = loop.run_in_executor(self._writer_thread, _commit, session)
+            await asyncio.shield(self._brief_commit)
+            return result
 
-    def _transaction(self, work: Callable[[Session], T]) -> T:
+    def _begin_brief(self) -> Session | None:
+        """A transaction begun on the brief connection, or None if another process holds the lock."""
+        session = Session(self.brief_engine, expire_on_commit=False)
+        try:
+            session.connection()  # BEGIN IMMEDIATE, busy timeout 0
+        except OperationalError:
+            session.close()
+            return None
+        return session
+
+    def _transaction(self, work: Callable[[Session], T]) -> T:  # in the writer thread
         with Session(self.sync_write_engine, expire_on_commit=False) as session, session.begin():
             return work(session)
 
@@ -188,7 +235,7 @@ class Database:
     async def close(self) -> None:
         if self._writer_thread is not None:
             self._writer_thread.shutdown(wait=True)
-        for engine in (self.lookup_engine, self.sync_write_engine):
+        for engine in (self.lookup_engine, self.brief_engine, self.sync_write_engine):
             if engine is not None:
                 engine.dispose()
         await self.write_engine.dispose()

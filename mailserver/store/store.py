@@ -267,9 +267,10 @@ class Store:
                 await session.run_sync(_pg_notify, changed)
         self._publish(changed)
 
-    async def _run_write(self, work: Callable[[Session, _Changed], T]) -> T:
-        """``_write`` for synchronous code (``Database.run_write``: one thread hop on SQLite); ``work``
-        adds the (mailbox, folder) pairs it changes to the set it is given."""
+    async def _run_write(self, work: Callable[[Session, _Changed], T], *, brief: bool = False) -> T:
+        """``_write`` for synchronous code (``Database.run_write``: one thread hop on SQLite, only for
+        the COMMIT if ``brief``); ``work`` adds the (mailbox, folder) pairs it changes to the set it
+        is given."""
         kind = self.db.kind
 
         def transaction(session: Session) -> tuple[T, _Changed]:
@@ -279,7 +280,7 @@ class Store:
                 _pg_notify(session, changed)
             return result, changed
 
-        result, changed = await self.db.run_write(transaction)
+        result, changed = await self.db.run_write(transaction, brief=brief)
         self._publish(changed)
         return result
 
@@ -511,7 +512,8 @@ class Store:
     async def _commit_batch(self, batch: list[_Pending]) -> None:
         """Commit a batch in one transaction: all deliveries together in a few statements, or, when
         one of them fails (a folder or mailbox gone, a hook's error), again one savepoint each. The
-        transaction is synchronous code run by ``Database.run_write`` (one thread hop on SQLite)."""
+        transaction is synchronous code run by ``Database.run_write``; brief: at most ``_BATCH``
+        deliveries, a few indexed statements each."""
 
         def together(session: Session, changed: _Changed) -> list[DeliveryResult | BaseException]:
             return self._deliver_together(session, changed, batch)
@@ -531,11 +533,11 @@ class Store:
             return outcomes
 
         try:
-            outcomes = await self._run_write(together)
+            outcomes = await self._run_write(together, brief=True)
         except Exception as exc:  # a vanished folder, a hook's refusal...: one savepoint per delivery
             log.debug("group commit of %d deliveries redone one by one: %s", len(batch), exc)
             try:
-                outcomes = await self._run_write(one_by_one)
+                outcomes = await self._run_write(one_by_one, brief=True)
             except Exception as exc:
                 outcomes = [exc] * len(batch)
         for request, outcome in zip(batch, outcomes, strict=True):

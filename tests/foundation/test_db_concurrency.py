@@ -7,8 +7,14 @@ With Python's default sqlite3 transaction handling, 8 tasks × 100 increments en
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from mailserver import accounts
 from mailserver.db.models import Mailbox
@@ -59,3 +65,103 @@ async def test_readers_do_not_wait_for_an_open_writer(runtime: Runtime) -> None:
     assert "changing" not in names
     release.set()
     await task
+
+
+def _set(mailbox_id: int, **values: int) -> Callable[[Session], object]:
+    """A transaction's work: set columns of one mailbox."""
+    return lambda session: session.execute(update(Mailbox).where(Mailbox.id == mailbox_id).values(**values))
+
+
+async def test_brief_and_threaded_writes_interleave_without_loss(runtime: Runtime) -> None:
+    """``run_write`` with and without ``brief`` and ``db.write()``, all at once: every increment kept."""
+    mb = await accounts.add_mailbox(runtime, "mixed@a.mssante.test", "ORG")
+
+    def bump(session: Session) -> None:
+        row = session.execute(select(Mailbox).where(Mailbox.id == mb.id).with_for_update()).scalar_one()
+        row.used_messages += 1
+
+    async def sync_worker(brief: bool) -> None:
+        for _ in range(INCREMENTS):
+            await runtime.db.run_write(bump, brief=brief)
+
+    async def async_worker() -> None:
+        for _ in range(INCREMENTS):
+            async with runtime.db.write() as session:
+                row = (
+                    await session.execute(select(Mailbox).where(Mailbox.id == mb.id).with_for_update())
+                ).scalar_one()
+                row.used_messages += 1
+
+    await asyncio.gather(sync_worker(True), sync_worker(True), sync_worker(False), async_worker())
+    async with runtime.db.read() as session:
+        final = (await session.execute(select(Mailbox.used_messages).where(Mailbox.id == mb.id))).scalar_one()
+    assert final == 4 * INCREMENTS
+
+
+async def test_brief_write_that_raises_leaves_nothing(runtime: Runtime) -> None:
+    mb = await accounts.add_mailbox(runtime, "raises@a.mssante.test", "ORG")
+
+    def fail(session: Session) -> None:
+        session.execute(update(Mailbox).where(Mailbox.id == mb.id).values(used_messages=99))
+        raise RuntimeError("refused halfway")
+
+    with pytest.raises(RuntimeError):
+        await runtime.db.run_write(fail, brief=True)
+    await runtime.db.run_write(_set(mb.id, used_bytes=7), brief=True)
+    async with runtime.db.read() as session:
+        row = (await session.execute(select(Mailbox).where(Mailbox.id == mb.id))).scalar_one()
+    assert (row.used_messages, row.used_bytes) == (0, 7)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_brief_write_cancelled_during_its_commit_is_committed(runtime: Runtime) -> None:
+    """SQLite: once handed to the writer thread the COMMIT completes (a cancelled work item would never
+    run, leaving the connection inside its transaction); the connection is free afterwards."""
+    mb = await accounts.add_mailbox(runtime, "cancel@a.mssante.test", "ORG")
+    gate = threading.Event()
+    assert runtime.db._writer_thread is not None
+    busy = runtime.db._writer_thread.submit(gate.wait)  # the COMMIT will queue behind this
+    ran = threading.Event()
+
+    def work(session: Session) -> None:
+        _set(mb.id, used_messages=5)(session)
+        ran.set()
+
+    task = asyncio.create_task(runtime.db.run_write(work, brief=True))
+    await asyncio.sleep(0.05)  # the work ran; its COMMIT waits in the writer thread's queue
+    assert ran.is_set()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # At once, while that COMMIT still waits: this one must neither disturb it nor be lost.
+    second = asyncio.create_task(runtime.db.run_write(_set(mb.id, used_bytes=9), brief=True))
+    await asyncio.sleep(0.05)
+    gate.set()
+    await asyncio.wrap_future(busy)
+    await second
+    async with runtime.db.read() as session:
+        row = (await session.execute(select(Mailbox).where(Mailbox.id == mb.id))).scalar_one()
+    assert (row.used_messages, row.used_bytes) == (5, 9)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_brief_write_waits_in_the_thread_while_another_process_writes(
+    runtime: Runtime, db_url: str
+) -> None:
+    """SQLite: with the write lock held elsewhere (the CLI), a brief transaction does not block the
+    event loop on BEGIN; it waits in the writer thread and completes once the lock is released."""
+    mb = await accounts.add_mailbox(runtime, "locked@a.mssante.test", "ORG")
+    other = sqlite3.connect(db_url.split("///", 1)[1], isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    task = asyncio.create_task(runtime.db.run_write(_set(mb.id, used_messages=3), brief=True))
+    started = time.monotonic()
+    await asyncio.sleep(0.3)
+    assert time.monotonic() - started < 0.6  # the loop kept running meanwhile
+    assert not task.done()
+    other.execute("COMMIT")
+    other.close()
+    async with asyncio.timeout(10):
+        await task
+    async with runtime.db.read() as session:
+        used = (await session.execute(select(Mailbox.used_messages).where(Mailbox.id == mb.id))).scalar_one()
+    assert used == 3
