@@ -15,7 +15,6 @@ from abc import ABC, abstractmethod
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
-from aiosmtpd.smtp import Envelope, Session
 from cryptography import x509
 
 from mailserver import conversations
@@ -125,9 +124,6 @@ class Handler(ABC):
         await self.rt.audit.record(
             self.actor(server), f"{self.service}-refused", server.client_ip, request[:500], response
         )
-
-    async def handle_DATA(self, server: SMTPServer, session: Session, envelope: Envelope) -> str:
-        return await self.message(server, envelope.original_content or b"")
 
     async def handle_exception(self, error: Exception) -> str:
         log.error("SMTP session error", exc_info=error)

@@ -1,6 +1,6 @@
 """The ESMTP protocol engine shared by the inbound MTA and submission: aiosmtpd's ``SMTP``, extended.
 
-aiosmtpd gives the connection loop, STARTTLS, DATA dot-unstuffing and the AUTH exchange. Added here,
+aiosmtpd gives the connection loop, STARTTLS and the AUTH exchange. Added here,
 each family of commands in its own method of one session state machine (``Envelope`` holds the
 transaction):
 
@@ -12,6 +12,7 @@ transaction):
   parser silently drops source routes), parameters keep their case (ENVID and ORCPT are xtext).
 - Limits: per client address connections, line length (commands and message lines), idle time,
   recipients per message, message size (SIZE, DATA and BDAT alike: 552 5.3.4).
+- DATA read in large pieces rather than aiosmtpd's line by line (``read_data``).
 - Implicit TLS recognised as TLS (``tls_active``), which aiosmtpd does not do (its issues #274/#281).
 
 What a message *means* (who may send, where it goes, how it is stored) is the handler's business
@@ -25,6 +26,7 @@ import collections
 import logging
 import re
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -263,6 +265,50 @@ def rcpt_options(params: dict[str, str | None]) -> tuple[tuple[str, ...], str | 
     return notify, orcpt
 
 
+async def read_data(
+    reader: asyncio.StreamReader, size_limit: int, line_limit: int, activity: Callable[[], None]
+) -> tuple[bytes, str | None]:
+    """The message after DATA (RFC 5321 §4.1.1.4), up to the ``<CRLF>.<CRLF>`` that ends it and
+    dot-unstuffed (§4.5.2), with the error reply to give instead when it broke a limit (552 too large,
+    500 a line longer than ``line_limit`` octets with its CRLF), known only once it has all been read.
+
+    Read in large pieces, not line by line: ``readuntil`` stops at each ``.<CRLF>``, and one that starts
+    a line ends the data; what follows (a pipelined command) stays in the stream. ``activity`` is
+    called at each piece (the idle timeout counts from the last data received).
+    """
+    parts: list[bytes] = []
+    size = 0
+    error: str | None = None
+    tail = b"\r\n"  # the last two octets read: DATA's own line ending, to begin with
+    while True:
+        try:
+            piece = await reader.readuntil(b".\r\n")
+            before = piece[-5:-3] if len(piece) >= 5 else (tail + piece[:-3])[-2:]
+            end = before == b"\r\n"
+        except asyncio.LimitOverrunError as exc:  # a piece longer than the reader's limit: take it
+            piece, end = await reader.readexactly(exc.consumed), False
+        activity()
+        tail = piece[-2:] if len(piece) >= 2 else (tail + piece)[-2:]
+        if end:
+            piece = piece[:-3]
+        size += len(piece)
+        if error is None and size_limit and size > size_limit:
+            error = "552 5.3.4 message size exceeds fixed maximum message size"
+            parts.clear()
+        if error is None:
+            parts.append(piece)
+        if end:
+            break
+    if error:
+        return b"", error
+    data = b"".join(parts)
+    if len(data) > line_limit - 2 and max(map(len, data.split(b"\r\n"))) + 2 > line_limit:
+        return b"", "500 5.5.2 line too long (RFC 5321 §4.5.3.1.6)"
+    if data.startswith(b"."):
+        data = data[1:]
+    return data.replace(b"\r\n.", b"\r\n"), None
+
+
 class SMTPServer(SMTP):
     """One connection. ``event_handler`` is a ``mailserver.smtp.handler.Handler`` (one per connection)."""
 
@@ -453,11 +499,30 @@ class SMTPServer(SMTP):
 
     # ------------------------------------------------------------------ content: DATA, BDAT
 
-    async def smtp_DATA(self, arg: str) -> None:
+    async def smtp_DATA(self, arg: str | None) -> None:
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
         if self.envelope.chunks is not None:
             await self.push("503 5.5.1 DATA cannot follow BDAT in one transaction")
             return
-        await super().smtp_DATA(arg)
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            data, error = await read_data(
+                self._reader, self.data_size_limit or 0, self.line_length_limit, self._reset_timeout
+            )
+        except asyncio.IncompleteReadError:  # the client went away in the middle of its message
+            if self.transport is not None:
+                self.transport.close()
+            return
+        status = error or await self.event_handler.message(self, data)
+        self._set_post_data_state()
+        await self.push(status)
 
     async def _discard(self, size: int) -> None:
         while size > 0:
