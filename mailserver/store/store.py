@@ -959,7 +959,9 @@ class Store:
         flags: Iterable[str],
         unchangedsince: int | None = None,
     ) -> FlagChange:
-        """STORE flags; messages modified after ``unchangedsince`` are left alone (RFC 7162 §3.1.3)."""
+        """STORE flags; messages modified after ``unchangedsince`` are left alone (RFC 7162 §3.1.3).
+        A STORE of up to ``_BRIEF_STORE`` messages (a client marking what it read) is a brief
+        transaction; ``1:*`` on a large folder runs in the writer thread."""
         wanted = sorted(set(uids))
         flag_set = set(flags)
 
@@ -990,7 +992,7 @@ class Store:
             session.flush()
             return FlagChange([_info(m) for m, _ in todo], modified)
 
-        return await self._run_write(work)
+        return await self._run_write(work, brief=len(wanted) <= _BRIEF_STORE)
 
     async def expunge(self, folder_id: int, uids: Iterable[int] | None = None) -> list[int]:
         """Remove messages flagged \\Deleted (only among ``uids`` when given, RFC 4315 UID EXPUNGE)."""
@@ -1120,6 +1122,7 @@ class _Pending:
 
 
 _BATCH = 64
+_BRIEF_STORE = 100
 
 # The delivery hot path's statements, built once (SQLAlchemy then reuses their compiled form).
 _LOCK_RECIPIENTS = (

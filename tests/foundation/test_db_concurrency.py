@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from mailserver import accounts
@@ -165,3 +166,22 @@ async def test_brief_write_waits_in_the_thread_while_another_process_writes(
     async with runtime.db.read() as session:
         used = (await session.execute(select(Mailbox.used_messages).where(Mailbox.id == mb.id))).scalar_one()
     assert used == 3
+
+
+async def test_read_transaction_is_one_snapshot_and_interleaves(runtime: Runtime) -> None:
+    """Two read transactions open at once (interleaved on the loop); each sees one snapshot for all its
+    statements, whatever commits meanwhile; a read transaction cannot write."""
+    mb = await accounts.add_mailbox(runtime, "snapshot@a.mssante.test", "ORG")
+    query = select(Mailbox.used_messages).where(Mailbox.id == mb.id)
+    async with runtime.db.read() as first:
+        assert (await first.execute(query)).scalar_one() == 0
+        await runtime.db.run_write(_set(mb.id, used_messages=1), brief=True)
+        async with runtime.db.read() as second:
+            assert (await second.execute(query)).scalar_one() == 1
+            await runtime.db.run_write(_set(mb.id, used_messages=2))
+            assert (await first.execute(query)).scalar_one() == 0
+            assert (await second.execute(query)).scalar_one() == 1
+        with pytest.raises(DBAPIError):
+            await first.execute(update(Mailbox).where(Mailbox.id == mb.id).values(used_messages=9))
+    async with runtime.db.read() as third:
+        assert (await third.execute(query)).scalar_one() == 2
