@@ -89,7 +89,7 @@ class Authenticator:
     async def _fail(self, keys: list[tuple[str, int]]) -> None:
         now = utcnow()
         window = dt.timedelta(seconds=self.settings.failure_window)
-        async with self.db.write() as session:
+        async with self.db.write(brief=True) as session:
             for key, limit in keys:
                 row = await session.get(AuthFailure, key, with_for_update=True)
                 if row is None:
@@ -102,7 +102,7 @@ class Authenticator:
                     row.locked_until = now + dt.timedelta(seconds=self.settings.lockout)
 
     async def _clear(self, key: str) -> None:
-        async with self.db.write() as session:
+        async with self.db.write(brief=True) as session:
             await session.execute(delete(AuthFailure).where(AuthFailure.key == key))
 
     async def authenticate(self, username: str, password: str, remote: str, service: str) -> AuthOutcome:
@@ -139,7 +139,7 @@ class Authenticator:
         if account_key in recorded:
             await self._clear(account_key)
         if isinstance(matched_app, int):
-            async with self.db.write() as session:
+            async with self.db.write(brief=True) as session:
                 app = await session.get(AppPassword, matched_app)
                 if app is not None:
                     app.last_used_at = utcnow()

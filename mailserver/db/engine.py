@@ -181,6 +181,22 @@ class SyncReadSession:
         return fn(self.sync_session, *args, **kw)
 
 
+class SyncWriteSession(SyncReadSession):
+    """``SyncReadSession`` with the writing methods of an ``AsyncSession`` (``Database.write``)."""
+
+    def add(self, instance: object) -> None:
+        self.sync_session.add(instance)
+
+    async def delete(self, instance: object) -> None:
+        self.sync_session.delete(instance)
+
+    async def flush(self) -> None:
+        self.sync_session.flush()
+
+
+WriteSession = AsyncSession | SyncWriteSession
+
+
 class Database:
     """Owns the engines and hands out sessions; ``kind`` is ``"sqlite"`` or ``"postgresql"``."""
 
@@ -217,14 +233,29 @@ class Database:
         self._read = async_sessionmaker(self.read_engine, expire_on_commit=False)
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncSession]:
-        """A write transaction: committed on normal exit, rolled back on any exception."""
+    async def write(self, *, brief: bool = False) -> AsyncIterator[WriteSession]:
+        """A write transaction: committed on normal exit, rolled back on any exception.
+
+        ``brief``: bounded work (one command's messages, one folder, one login): on SQLite its
+        statements run on the event loop and only its COMMIT in the writer thread, as with
+        ``run_write(brief=True)``; otherwise (or when BEGIN would wait) through aiosqlite.
+        """
         if self._writer is None:
             async with self._write() as session, session.begin():
                 yield session
             return
-        async with self._writer, self._write() as session, session.begin():
-            yield session
+        async with self._writer:
+            sync = self._begin_brief() if brief else None
+            if sync is None:
+                async with self._write() as session, session.begin():
+                    yield session
+                return
+            try:
+                yield SyncWriteSession(sync)
+            except BaseException:
+                sync.close()  # rolls back: nothing was written to disk yet
+                raise
+            await self._commit_brief(sync)
 
     async def run_write(self, work: Callable[[Session], T], *, brief: bool = False) -> T:
         """Run ``work`` (synchronous code) as one write transaction: committed when it returns,
@@ -239,27 +270,25 @@ class Database:
         if self._writer_thread is None or self._writer is None:
             async with self.write() as session:
                 return await session.run_sync(work)
-        loop = asyncio.get_running_loop()
         async with self._writer:
-            # A caller cancelled during its COMMIT left the brief connection to the writer thread
-            # (and released the lock): until that COMMIT is done, transactions go to the thread.
-            free = self._brief_commit is None or self._brief_commit.done()
-            session = self._begin_brief() if brief and free else None
+            session = self._begin_brief() if brief else None
             if session is None:
+                loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(self._writer_thread, self._transaction, work)
             try:
                 result = work(session)
             except BaseException:
                 session.close()  # rolls back: nothing was written to disk yet
                 raise
-            # From here the session belongs to the writer thread, which commits and closes it even if
-            # we are cancelled meanwhile (shielded: a cancelled work item would never run).
-            self._brief_commit = loop.run_in_executor(self._writer_thread, _commit, session)
-            await asyncio.shield(self._brief_commit)
+            await self._commit_brief(session)
             return result
 
     def _begin_brief(self) -> Session | None:
-        """A transaction begun on the brief connection, or None if another process holds the lock."""
+        """A transaction begun on the brief connection; None when it must go elsewhere: an in-memory
+        database, another process holding the lock, or a COMMIT of ours still in the writer thread
+        (its caller was cancelled meanwhile and released the lock: the connection is still in use)."""
+        if self.brief_engine is None or not (self._brief_commit is None or self._brief_commit.done()):
+            return None
         session = Session(self.brief_engine, expire_on_commit=False)
         try:
             session.connection()  # BEGIN IMMEDIATE, busy timeout 0
@@ -267,6 +296,14 @@ class Database:
             session.close()
             return None
         return session
+
+    async def _commit_brief(self, session: Session) -> None:
+        """From here the session belongs to the writer thread, which commits and closes it even if we
+        are cancelled meanwhile (shielded: a cancelled work item would never run)."""
+        assert self._writer_thread is not None
+        loop = asyncio.get_running_loop()
+        self._brief_commit = loop.run_in_executor(self._writer_thread, _commit, session)
+        await asyncio.shield(self._brief_commit)
 
     def _transaction(self, work: Callable[[Session], T]) -> T:  # in the writer thread
         with Session(self.sync_write_engine, expire_on_commit=False) as session, session.begin():

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from config.settings import QuotaSettings
 from mailserver import quota
 from mailserver.audit import INSERT_EVENTS, event_row
-from mailserver.db.engine import Database
+from mailserver.db.engine import Database, WriteSession
 from mailserver.db.models import Blob, Domain, Expunged, Folder, Mailbox, Message, utcnow
 from mailserver.db.prepared import Prepared
 from mailserver.store import mime
@@ -258,10 +258,13 @@ class Store:
     # ----------------------------------------------------------------- transactions and notification
 
     @asynccontextmanager
-    async def _write(self) -> AsyncIterator[tuple[AsyncSession, set[tuple[int, int | None]]]]:
-        """A write transaction that publishes the (mailbox, folder) pairs it changed after commit."""
+    async def _write(
+        self, *, brief: bool = False
+    ) -> AsyncIterator[tuple[WriteSession, set[tuple[int, int | None]]]]:
+        """A write transaction that publishes the (mailbox, folder) pairs it changed after commit;
+        ``brief`` for work bounded by one command (see ``Database.write``)."""
         changed: set[tuple[int, int | None]] = set()
-        async with self.db.write() as session:
+        async with self.db.write(brief=brief) as session:
             yield session, changed
             if self.db.kind == "postgresql":
                 await session.run_sync(_pg_notify, changed)
@@ -733,7 +736,7 @@ class Store:
         name = normalize_folder(name)
         if not name or any(not part for part in name.split(SEPARATOR)):
             raise StoreError("CANNOT", f"invalid folder name {name!r}")
-        async with self._write() as (session, changed):
+        async with self._write(brief=True) as (session, changed):
             mb = await self._lock_mailbox(session, mailbox_id)
             existing = set(
                 (await session.execute(select(Folder.name).where(Folder.mailbox_id == mailbox_id))).scalars()
@@ -824,7 +827,7 @@ class Store:
         await session.flush()
 
     async def subscribe(self, mailbox_id: int, name: str, subscribed: bool) -> None:
-        async with self._write() as (session, changed):
+        async with self._write(brief=True) as (session, changed):
             f = await self._folder(session, mailbox_id, name, lock=True)
             f.subscribed = subscribed
             changed.add((mailbox_id, None))
@@ -869,7 +872,7 @@ class Store:
         """Append messages (MULTIAPPEND: all or none); returns (UIDVALIDITY, UIDs) for APPENDUID."""
         prepared = [await self.prepare(data) for data, _f, _d in items]
         try:
-            async with self._write() as (session, changed):
+            async with self._write(brief=True) as (session, changed):
                 mb = await self._lock_mailbox(session, mailbox_id)
                 f = await self._folder(session, mailbox_id, folder, lock=True)
                 blob_ids = [await self._insert_blob(session, p, 1) for p in prepared]
@@ -904,10 +907,11 @@ class Store:
     ) -> tuple[int, list[tuple[int, int]]]:
         """COPY or MOVE (RFC 6851: atomic, the source UIDs are expunged in the same transaction).
 
-        Returns (destination UIDVALIDITY, [(source uid, destination uid)]) for COPYUID.
+        Returns (destination UIDVALIDITY, [(source uid, destination uid)]) for COPYUID. Brief for up
+        to ``_BRIEF_STORE`` messages.
         """
         wanted = sorted(set(uids))
-        async with self._write() as (session, changed):
+        async with self._write(brief=len(wanted) <= _BRIEF_STORE) as (session, changed):
             src = await session.run_sync(_folder_by_id, folder_id)
             mb = await self._lock_mailbox(session, src.mailbox_id)
             src = await session.run_sync(_folder_by_id, folder_id, True)
@@ -995,15 +999,18 @@ class Store:
         return await self._run_write(work, brief=len(wanted) <= _BRIEF_STORE)
 
     async def expunge(self, folder_id: int, uids: Iterable[int] | None = None) -> list[int]:
-        """Remove messages flagged \\Deleted (only among ``uids`` when given, RFC 4315 UID EXPUNGE)."""
-        async with self._write() as (session, changed):
+        """Remove messages flagged \\Deleted (only among ``uids`` when given, RFC 4315 UID EXPUNGE);
+        brief when ``uids`` names at most ``_BRIEF_STORE`` messages."""
+        wanted = sorted(set(uids)) if uids is not None else None
+        brief = wanted is not None and len(wanted) <= _BRIEF_STORE
+        async with self._write(brief=brief) as (session, changed):
             f = await session.run_sync(_folder_by_id, folder_id)
             mb = await self._lock_mailbox(session, f.mailbox_id)
             f = await session.run_sync(_folder_by_id, folder_id, True)
             q = select(Message).where(Message.folder_id == folder_id).order_by(Message.uid)
             candidates = (
-                await session.run_sync(_messages, folder_id, sorted(set(uids)))
-                if uids is not None
+                await session.run_sync(_messages, folder_id, wanted)
+                if wanted is not None
                 else list((await session.execute(q)).scalars())
             )
             gone = [m for m in candidates if "\\Deleted" in flags_from_text(m.flags)]

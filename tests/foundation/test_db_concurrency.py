@@ -185,3 +185,48 @@ async def test_read_transaction_is_one_snapshot_and_interleaves(runtime: Runtime
             await first.execute(update(Mailbox).where(Mailbox.id == mb.id).values(used_messages=9))
     async with runtime.db.read() as third:
         assert (await third.execute(query)).scalar_one() == 2
+
+
+async def test_brief_write_block_commits_or_rolls_back(runtime: Runtime) -> None:
+    """``db.write(brief=True)``: the ORM calls of a write transaction, committed at the end of the block,
+    nothing kept when it raises."""
+    mb = await accounts.add_mailbox(runtime, "block@a.mssante.test", "ORG")
+    with pytest.raises(RuntimeError):
+        async with runtime.db.write(brief=True) as session:
+            row = await session.get(Mailbox, mb.id, with_for_update=True)
+            row.used_messages = 4
+            await session.flush()
+            raise RuntimeError("refused halfway")
+    async with runtime.db.write(brief=True) as session:
+        row = await session.get(Mailbox, mb.id, with_for_update=True)
+        row.used_bytes = 6
+    async with runtime.db.read() as session:
+        row = (await session.execute(select(Mailbox).where(Mailbox.id == mb.id))).scalar_one()
+    assert (row.used_messages, row.used_bytes) == (0, 6)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_brief_write_block_waits_off_the_loop_while_another_process_writes(
+    runtime: Runtime, db_url: str
+) -> None:
+    mb = await accounts.add_mailbox(runtime, "blocklocked@a.mssante.test", "ORG")
+    other = sqlite3.connect(db_url.split("///", 1)[1], isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+
+    async def write() -> None:
+        async with runtime.db.write(brief=True) as session:
+            row = await session.get(Mailbox, mb.id, with_for_update=True)
+            row.used_messages = 8
+
+    task = asyncio.create_task(write())
+    started = time.monotonic()
+    await asyncio.sleep(0.3)
+    assert time.monotonic() - started < 0.6  # the loop kept running meanwhile
+    assert not task.done()
+    other.execute("COMMIT")
+    other.close()
+    async with asyncio.timeout(10):
+        await task
+    async with runtime.db.read() as session:
+        used = (await session.execute(select(Mailbox.used_messages).where(Mailbox.id == mb.id))).scalar_one()
+    assert used == 8
