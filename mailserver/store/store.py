@@ -126,6 +126,7 @@ class DeliveryResult:
     """Per-mailbox outcome of one delivery: the UID, or the quota resource that refused it."""
 
     uids: dict[int, int] = field(default_factory=dict)
+    uidvalidity: dict[int, int] = field(default_factory=dict)  # of the folder each UID belongs to
     over_quota: dict[int, str] = field(default_factory=dict)
     blob_id: int | None = None
     notices: list[Notice] = field(default_factory=list)
@@ -473,8 +474,9 @@ class Store:
         in_transaction: InTransaction | None = None,
         enforce_quota: bool = True,
         trace: tuple[str, str] | None = None,
+        internal_date: dt.datetime | None = None,
     ) -> DeliveryResult:
-        """Put one durable blob into ``folder`` of each mailbox.
+        """Put one durable blob into ``folder`` of each mailbox (``internal_date``: now by default).
 
         A mailbox over quota is refused alone (``over_quota``), the others still receive the message.
         ``extra_refs`` references are kept for other owners (outbound queue entries) and
@@ -498,6 +500,7 @@ class Store:
             in_transaction,
             enforce_quota,
             trace,
+            internal_date,
             asyncio.get_running_loop().create_future(),
         )
         self._pending.append(request)
@@ -601,13 +604,13 @@ class Store:
             for mid in taken:
                 key = (mid, normalize_folder(request.folder))
                 wanted[key] = wanted.get(key, 0) + 1
-        next_uid: dict[tuple[int, str], tuple[int, int, int]] = {}
+        next_uid: dict[tuple[int, str], tuple[int, int, int, int]] = {}
         for (mid, folder), n in wanted.items():
             bumped = next(iter(_RESERVE_UIDS.rows(conn, {"mid": mid, "folder": folder, "n": n})), None)
             if bumped is None:
                 raise FolderNotFound(folder)
-            folder_id, uidnext, modseq = bumped
-            next_uid[(mid, folder)] = (folder_id, uidnext - n, modseq)
+            folder_id, uidnext, modseq, uidvalidity = bumped
+            next_uid[(mid, folder)] = (folder_id, uidnext - n, modseq, uidvalidity)
             changed.add((mid, folder_id))
         kept = [(i, r) for i, r in enumerate(batch) if isinstance(results[i], DeliveryResult)]
         if not kept:
@@ -622,9 +625,9 @@ class Store:
             result.blob_id = blob_id
             for mid in accepted[i]:
                 key = (mid, normalize_folder(request.folder))
-                folder_id, uid, modseq = next_uid[key]
-                next_uid[key] = (folder_id, uid + 1, modseq)
-                result.uids[mid] = uid
+                folder_id, uid, modseq, uidvalidity = next_uid[key]
+                next_uid[key] = (folder_id, uid + 1, modseq, uidvalidity)
+                result.uids[mid], result.uidvalidity[mid] = uid, uidvalidity
                 messages.append(
                     {
                         "folder_id": folder_id,
@@ -632,7 +635,7 @@ class Store:
                         "modseq": modseq,
                         "blob_id": blob_id,
                         "flags": request.flags,
-                        "internal_date": now,
+                        "internal_date": request.internal_date or now,
                         "size": request.prepared.written.size,
                     }
                 )
@@ -869,7 +872,17 @@ class Store:
     async def append(
         self, mailbox_id: int, folder: str, items: Sequence[tuple[bytes, Iterable[str], dt.datetime | None]]
     ) -> tuple[int, list[int]]:
-        """Append messages (MULTIAPPEND: all or none); returns (UIDVALIDITY, UIDs) for APPENDUID."""
+        """Append messages (MULTIAPPEND: all or none); returns (UIDVALIDITY, UIDs) for APPENDUID.
+
+        One message (the usual APPEND: a draft, a sent copy) joins the delivery group commit."""
+        if len(items) == 1:
+            data, flags, date = items[0]
+            result = await self.deliver(
+                await self.prepare(data), [mailbox_id], folder, flags, internal_date=date
+            )
+            if mailbox_id in result.over_quota:
+                raise quota.OverQuota(await self._address(mailbox_id), result.over_quota[mailbox_id])
+            return result.uidvalidity[mailbox_id], [result.uids[mailbox_id]]
         prepared = [await self.prepare(data) for data, _f, _d in items]
         try:
             async with self._write(brief=True) as (session, changed):
@@ -901,6 +914,12 @@ class Store:
             raise
         await self._send_notices([notice])
         return outcome
+
+    async def _address(self, mailbox_id: int) -> str:
+        async with self.db.read() as session:
+            return (
+                await session.execute(select(Mailbox.address).where(Mailbox.id == mailbox_id))
+            ).scalar_one()
 
     async def copy(
         self, folder_id: int, uids: Iterable[int], dest: str, move: bool = False
@@ -1125,6 +1144,7 @@ class _Pending:
     in_transaction: InTransaction | None
     enforce_quota: bool
     trace: tuple[str, str] | None
+    internal_date: dt.datetime | None
     done: asyncio.Future[DeliveryResult]
 
 
@@ -1162,7 +1182,7 @@ _RESERVE_UIDS = Prepared(
     update(Folder.__table__)
     .where(Folder.mailbox_id == bindparam("mid"), Folder.name == bindparam("folder"))
     .values(uidnext=Folder.uidnext + bindparam("n"), highestmodseq=Folder.highestmodseq + 1)
-    .returning(Folder.id, Folder.uidnext, Folder.highestmodseq)
+    .returning(Folder.id, Folder.uidnext, Folder.highestmodseq, Folder.uidvalidity)
 )
 _SET_USAGE = Prepared(
     update(Mailbox.__table__)
