@@ -25,7 +25,9 @@ Invariants (see tests/foundation/test_db_concurrency.py):
   would take the GIL back from the busy event loop after every one of them, which costs more than the
   statements. Never for work that grows with a folder (STORE 1:*), which would stall the loop.
   BEGIN does not wait there: if another process holds the write lock, the transaction runs in the
-  writer thread instead, which may wait (busy timeout).
+  writer thread instead, which may wait (busy timeout). Brief ``run_write`` works queued while a
+  COMMIT is in flight share the next transaction (one savepoint each) and its COMMIT; ``db.write(
+  brief=True)`` blocks take the lock and commit alone.
 - ``db.lookup()`` is for the few indexed point reads a protocol command needs (RCPT, the trust
   check): on SQLite they run synchronously on the event loop over a read-only connection, because
   such a read costs microseconds in WAL mode (it never waits for a writer) while a trip through
@@ -123,6 +125,25 @@ def _sqlite_sync_engines(url: str, echo: bool) -> tuple[Engine, Engine, Engine, 
     return writer, brief, readers, lookups
 
 
+# (True, result) or (False, the exception it raised)
+_Outcome = tuple[bool, Any]
+
+
+def _in_savepoint(session: Session, work: Callable[[Session], Any]) -> _Outcome:
+    """Run one brief transaction's work inside the shared transaction, rolled back alone if it raises."""
+    try:
+        with session.begin_nested():
+            return True, work(session)
+    except Exception as exc:
+        return False, exc
+
+
+def _settle(done: asyncio.Future[Any], outcome: _Outcome) -> None:
+    if not done.done():
+        ok, value = outcome
+        done.set_result(value) if ok else done.set_exception(value)
+
+
 def _commit(session: Session) -> None:
     """In the writer thread: COMMIT (the WAL's fsync) and give the connection back."""
     with session:
@@ -208,6 +229,8 @@ class Database:
         self.lookup_engine: Engine | None = None
         self._writer_thread: ThreadPoolExecutor | None = None
         self._brief_commit: asyncio.Future[None] | None = None
+        self._brief_queue: list[tuple[Callable[[Session], Any], asyncio.Future[Any]]] = []
+        self._brief_committer: asyncio.Task[None] | None = None
         if url.startswith("sqlite"):
             self.kind = "sqlite"
             self.write_engine = _sqlite_engine(url, immediate=True, echo=echo)
@@ -270,18 +293,48 @@ class Database:
         if self._writer_thread is None or self._writer is None:
             async with self.write() as session:
                 return await session.run_sync(work)
+        if brief:
+            return await self._run_brief(work)
         async with self._writer:
-            session = self._begin_brief() if brief else None
-            if session is None:
-                loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._writer_thread, self._transaction, work)
-            try:
-                result = work(session)
-            except BaseException:
-                session.close()  # rolls back: nothing was written to disk yet
-                raise
-            await self._commit_brief(session)
-            return result
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._writer_thread, self._transaction, work)
+
+    async def _run_brief(self, work: Callable[[Session], T]) -> T:
+        """Group commit of brief transactions: those that arrive while a COMMIT is in flight share the
+        next transaction, each in its own savepoint (one that raises is rolled back alone), and its
+        single COMMIT. Once queued, a transaction is committed even if its caller is cancelled."""
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._brief_queue.append((work, done))
+        if self._brief_committer is None or self._brief_committer.done():
+            self._brief_committer = asyncio.create_task(self._commit_brief_queue())
+        return await asyncio.shield(done)
+
+    async def _commit_brief_queue(self) -> None:
+        while self._brief_queue:
+            batch, self._brief_queue = self._brief_queue, []
+            async with self._writer:
+                session = self._begin_brief()
+                if session is None:  # another process is writing: each in the writer thread, which waits
+                    for work, done in batch:
+                        _settle(done, await self._outcome_in_thread(work))
+                    continue
+                outcomes = [_in_savepoint(session, work) for work, _done in batch]
+                try:
+                    await self._commit_brief(session)
+                except Exception as exc:
+                    outcomes = [(False, exc)] * len(batch)
+            for (_work, done), outcome in zip(batch, outcomes, strict=True):
+                _settle(done, outcome)
+
+    async def _outcome_in_thread(self, work: Callable[[Session], Any]) -> _Outcome:
+        assert self._writer_thread is not None
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._writer_thread, self._transaction, work
+            )
+        except Exception as exc:
+            return False, exc
+        return True, result
 
     def _begin_brief(self) -> Session | None:
         """A transaction begun on the brief connection; None when it must go elsewhere: an in-memory
@@ -338,6 +391,8 @@ class Database:
             yield LookupConnection(connection)
 
     async def close(self) -> None:
+        if self._brief_committer is not None:  # what was queued is committed before the engines go
+            await asyncio.gather(self._brief_committer, return_exceptions=True)
         if self._writer_thread is not None:
             self._writer_thread.shutdown(wait=True)
         for engine in (self.lookup_engine, self.sync_read_engine, self.brief_engine, self.sync_write_engine):

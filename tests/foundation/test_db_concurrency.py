@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from mailserver import accounts
+from mailserver.db import engine
 from mailserver.db.models import Mailbox
 from mailserver.runtime import Runtime
 
@@ -230,3 +231,37 @@ async def test_brief_write_block_waits_off_the_loop_while_another_process_writes
     async with runtime.db.read() as session:
         used = (await session.execute(select(Mailbox.used_messages).where(Mailbox.id == mb.id))).scalar_one()
     assert used == 8
+
+
+async def test_brief_writes_share_commits_and_fail_alone(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Brief transactions queued together are committed together (SQLite: fewer COMMITs than
+    transactions), and the one that raises is rolled back alone, on either engine."""
+    commits = []
+    real_commit = engine._commit
+    monkeypatch.setattr(engine, "_commit", lambda session: (commits.append(1), real_commit(session)))
+    boxes = [await accounts.add_mailbox(runtime, f"group{i}@a.mssante.test", "ORG") for i in range(20)]
+    commits.clear()
+
+    def work(mailbox_id: int) -> Callable[[Session], object]:
+        def run(session: Session) -> int:
+            _set(mailbox_id, used_messages=mailbox_id)(session)
+            if mailbox_id == boxes[7].id:
+                raise RuntimeError("this one fails")
+            return mailbox_id
+
+        return run
+
+    results = await asyncio.gather(
+        *(runtime.db.run_write(work(mb.id), brief=True) for mb in boxes), return_exceptions=True
+    )
+    assert [type(r) for r in results].count(RuntimeError) == 1 and isinstance(results[7], RuntimeError)
+    assert [r for r in results if not isinstance(r, Exception)] == [
+        mb.id for i, mb in enumerate(boxes) if i != 7
+    ]
+    async with runtime.db.read() as session:
+        used = dict((await session.execute(select(Mailbox.id, Mailbox.used_messages))).all())
+    assert all(used[mb.id] == (0 if i == 7 else mb.id) for i, mb in enumerate(boxes))
+    if runtime.db.kind == "sqlite":
+        assert 1 <= len(commits) < len(boxes)
