@@ -147,15 +147,24 @@ async def test_brief_write_cancelled_during_its_commit_is_committed(runtime: Run
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-async def test_brief_write_waits_in_the_thread_while_another_process_writes(
-    runtime: Runtime, db_url: str
+@pytest.mark.parametrize("form", ["run_write", "block"])
+async def test_brief_write_waits_off_the_loop_while_another_process_writes(
+    runtime: Runtime, db_url: str, form: str
 ) -> None:
-    """SQLite: with the write lock held elsewhere (the CLI), a brief transaction does not block the
-    event loop on BEGIN; it waits in the writer thread and completes once the lock is released."""
-    mb = await accounts.add_mailbox(runtime, "locked@a.mssante.test", "ORG")
+    """SQLite: with the write lock held elsewhere (the CLI), a brief transaction (``run_write`` or a
+    ``db.write`` block) does not block the event loop on BEGIN; it waits off the loop and completes
+    once the lock is released."""
+    mb = await accounts.add_mailbox(runtime, f"locked-{form}@a.mssante.test", "ORG")
     other = sqlite3.connect(db_url.split("///", 1)[1], isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
-    task = asyncio.create_task(runtime.db.run_write(_set(mb.id, used_messages=3), brief=True))
+
+    async def block() -> None:
+        async with runtime.db.write(brief=True) as session:
+            row = await session.get(Mailbox, mb.id, with_for_update=True)
+            row.used_messages = 3
+
+    write = runtime.db.run_write(_set(mb.id, used_messages=3), brief=True) if form == "run_write" else block()
+    task = asyncio.create_task(write)
     started = time.monotonic()
     await asyncio.sleep(0.3)
     assert time.monotonic() - started < 0.6  # the loop kept running meanwhile
@@ -204,33 +213,6 @@ async def test_brief_write_block_commits_or_rolls_back(runtime: Runtime) -> None
     async with runtime.db.read() as session:
         row = (await session.execute(select(Mailbox).where(Mailbox.id == mb.id))).scalar_one()
     assert (row.used_messages, row.used_bytes) == (0, 6)
-
-
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-async def test_brief_write_block_waits_off_the_loop_while_another_process_writes(
-    runtime: Runtime, db_url: str
-) -> None:
-    mb = await accounts.add_mailbox(runtime, "blocklocked@a.mssante.test", "ORG")
-    other = sqlite3.connect(db_url.split("///", 1)[1], isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")
-
-    async def write() -> None:
-        async with runtime.db.write(brief=True) as session:
-            row = await session.get(Mailbox, mb.id, with_for_update=True)
-            row.used_messages = 8
-
-    task = asyncio.create_task(write())
-    started = time.monotonic()
-    await asyncio.sleep(0.3)
-    assert time.monotonic() - started < 0.6  # the loop kept running meanwhile
-    assert not task.done()
-    other.execute("COMMIT")
-    other.close()
-    async with asyncio.timeout(10):
-        await task
-    async with runtime.db.read() as session:
-        used = (await session.execute(select(Mailbox.used_messages).where(Mailbox.id == mb.id))).scalar_one()
-    assert used == 8
 
 
 async def test_brief_writes_share_commits_and_fail_alone(
