@@ -127,6 +127,8 @@ def _sqlite_sync_engines(url: str, echo: bool) -> tuple[Engine, Engine, Engine, 
 
 # (True, result) or (False, the exception it raised)
 _Outcome = tuple[bool, Any]
+# A brief transaction waiting for the next group commit: its work and its caller's future.
+_Queued = tuple[Callable[[Session], Any], "asyncio.Future[Any]"]
 
 
 def _in_savepoint(session: Session, work: Callable[[Session], Any]) -> _Outcome:
@@ -139,9 +141,13 @@ def _in_savepoint(session: Session, work: Callable[[Session], Any]) -> _Outcome:
 
 
 def _settle(done: asyncio.Future[Any], outcome: _Outcome) -> None:
-    if not done.done():
-        ok, value = outcome
-        done.set_result(value) if ok else done.set_exception(value)
+    ok, value = outcome
+    if done.done():
+        return
+    if ok:
+        done.set_result(value)
+    else:
+        done.set_exception(value)
 
 
 def _commit(session: Session) -> None:
@@ -229,7 +235,7 @@ class Database:
         self.lookup_engine: Engine | None = None
         self._writer_thread: ThreadPoolExecutor | None = None
         self._brief_commit: asyncio.Future[None] | None = None
-        self._brief_queue: list[tuple[Callable[[Session], Any], asyncio.Future[Any]]] = []
+        self._brief_queue: list[_Queued] = []
         self._brief_committer: asyncio.Task[None] | None = None
         if url.startswith("sqlite"):
             self.kind = "sqlite"
@@ -312,19 +318,26 @@ class Database:
     async def _commit_brief_queue(self) -> None:
         while self._brief_queue:
             batch, self._brief_queue = self._brief_queue, []
-            async with self._writer:
-                session = self._begin_brief()
-                if session is None:  # another process is writing: each in the writer thread, which waits
-                    for work, done in batch:
-                        _settle(done, await self._outcome_in_thread(work))
-                    continue
-                outcomes = [_in_savepoint(session, work) for work, _done in batch]
-                try:
-                    await self._commit_brief(session)
-                except Exception as exc:
-                    outcomes = [(False, exc)] * len(batch)
+            try:
+                outcomes = await self._commit_brief_batch(batch)
+            except BaseException:  # cancelled (shutdown): nobody is left waiting forever
+                for _work, done in batch:
+                    done.cancel()
+                raise
             for (_work, done), outcome in zip(batch, outcomes, strict=True):
                 _settle(done, outcome)
+
+    async def _commit_brief_batch(self, batch: list[_Queued]) -> list[_Outcome]:
+        async with self._writer:
+            session = self._begin_brief()
+            if session is None:  # another process is writing: each in the writer thread, which waits
+                return [await self._outcome_in_thread(work) for work, _done in batch]
+            outcomes = [_in_savepoint(session, work) for work, _done in batch]
+            try:
+                await self._commit_brief(session)
+            except Exception as exc:
+                return [(False, exc)] * len(batch)
+            return outcomes
 
     async def _outcome_in_thread(self, work: Callable[[Session], Any]) -> _Outcome:
         assert self._writer_thread is not None
