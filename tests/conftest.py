@@ -26,7 +26,7 @@ PG_ADMIN = os.environ.get("CADUCEE_TEST_PG", "postgresql://postgres@127.0.0.1:54
 ENGINES = ["sqlite", "postgresql"]
 
 
-async def _pg_admin(sql: str) -> None:
+async def pg_admin(sql: str) -> None:
     conn = await asyncpg.connect(PG_ADMIN, timeout=10)
     try:
         await conn.execute(sql)
@@ -37,7 +37,7 @@ async def _pg_admin(sql: str) -> None:
 @pytest.fixture(scope="session")
 def pg_available() -> None:
     try:
-        asyncio.run(_pg_admin("SELECT 1"))
+        asyncio.run(pg_admin("SELECT 1"))
     except (OSError, asyncpg.PostgresError) as exc:
         pytest.fail(f"PostgreSQL is required at {PG_ADMIN} (run .ci/run, which starts it): {exc}")
 
@@ -46,12 +46,12 @@ def pg_available() -> None:
 def pg_url(pg_available: None) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test."""
     name = f"caducee_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    asyncio.run(pg_admin(f'CREATE DATABASE "{name}"'))
     base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
     try:
         yield f"{base}/{name}"
     finally:
-        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(params=ENGINES)

@@ -21,6 +21,7 @@ from mailserver import accounts
 from mailserver.db import engine
 from mailserver.db.models import Mailbox
 from mailserver.runtime import Runtime
+from tests.conftest import pg_admin
 
 TASKS, INCREMENTS = 8, 100
 
@@ -247,3 +248,40 @@ async def test_brief_writes_share_commits_and_fail_alone(
     assert all(used[mb.id] == (0 if i == 7 else mb.id) for i, mb in enumerate(boxes))
     if runtime.db.kind == "sqlite":
         assert 1 <= len(commits) < len(boxes)
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("idle", [False, True])
+async def test_connections_recover_after_the_server_drops_them(
+    runtime: Runtime, db_url: str, idle: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: a connection in steady use is not pinged before each use. Once the server has
+    dropped every connection (a restart), pooled connections that were idle are pinged and replaced
+    (no error at all), and among those in steady use at most one lookup and one write fail before
+    the pools reconnect."""
+    if idle:
+        monkeypatch.setattr(engine, "PING_IDLE_SECONDS", 0.0)
+    mb = await accounts.add_mailbox(runtime, "restart@a.mssante.test", "ORG")
+    query = select(Mailbox.used_messages).where(Mailbox.id == mb.id)
+
+    async def use() -> int:
+        async with runtime.db.lookup() as reader:
+            await reader.execute(query)
+        await runtime.db.run_write(_set(mb.id, used_bytes=1))
+        async with runtime.db.read() as session:
+            return (await session.execute(query)).scalar_one()
+
+    assert await use() == 0
+    name = db_url.rsplit("/", 1)[1]
+    await pg_admin(
+        f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' "
+        "AND pid <> pg_backend_pid()"
+    )
+    failures = 0
+    for _ in range(3):
+        try:
+            await use()
+        except DBAPIError:
+            failures += 1
+    assert failures == 0 if idle else failures <= 2  # one per pool: lookups, transactions
+    assert await use() == 0
