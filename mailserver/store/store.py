@@ -854,9 +854,13 @@ class Store:
     async def changes_since(
         self, folder_id: int, modseq: int
     ) -> tuple[FolderInfo, list[MessageInfo], list[int]]:
-        """Messages changed or added after ``modseq`` and UIDs expunged after it (CONDSTORE/QRESYNC)."""
+        """Messages changed or added after ``modseq`` and UIDs expunged after it (CONDSTORE/QRESYNC).
+        Every change to a folder's messages raises its HIGHESTMODSEQ: when that has not moved there is
+        nothing more to read (an IMAP NOOP's usual answer)."""
         async with self.db.read() as session:
             f = await session.run_sync(_folder_by_id, folder_id)
+            if f.highestmodseq <= modseq:
+                return _folder_info(f), [], []
             rows = await session.execute(
                 select(Message)
                 .where(Message.folder_id == folder_id, Message.modseq > modseq)

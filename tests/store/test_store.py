@@ -168,8 +168,20 @@ async def test_uids_increase_and_modseq_rises_with_every_change(runtime: Runtime
     assert vanished == [1, 3]
     assert [m.uid for m in changed] == [2]
 
+    # Nothing since the current HIGHESTMODSEQ; each kind of change moves it, so none is missed.
+    f, _ = await runtime.store.snapshot(inbox.id)
+    assert (await runtime.store.changes_since(inbox.id, f.highestmodseq))[1:] == ([], [])
+
     # UIDs are never reused: the next delivery gets 4, not 1 or 3.
     assert (await runtime.store.deliver(await runtime.store.prepare(message(9)), [mb])).uids[mb] == 4
+    _, changed, _ = await runtime.store.changes_since(inbox.id, f.highestmodseq)
+    assert [m.uid for m in changed] == [4]
+    archive = await runtime.store.folder(mb, "Archive")
+    await runtime.store.copy(inbox.id, [2], "Archive")
+    mark = (await runtime.store.snapshot(inbox.id))[0].highestmodseq
+    await runtime.store.copy(archive.id, [1], "INBOX")
+    _, changed, _ = await runtime.store.changes_since(inbox.id, mark)
+    assert [m.uid for m in changed] == [5]
 
 
 async def test_uid_expunge_only_touches_named_uids(runtime: Runtime) -> None:
