@@ -367,7 +367,11 @@ class Database:
             session = self._begin_brief()
             if session is None:  # another process is writing: each in the writer thread, which waits
                 return [await self._outcome_in_thread(work) for work, _done in batch]
-            outcomes = [_in_savepoint(session, work) for work, _done in batch]
+            try:
+                outcomes = [_in_savepoint(session, work) for work, _done in batch]
+            except BaseException:  # not an error of one work (those are outcomes): give up the transaction
+                session.close()
+                raise
             try:
                 await self._commit_brief(session)
             except Exception as exc:

@@ -285,3 +285,25 @@ async def test_connections_recover_after_the_server_drops_them(
             failures += 1
     assert failures == 0 if idle else failures <= 2  # one per pool: lookups, transactions
     assert await use() == 0
+
+
+async def test_brief_work_raising_a_base_exception_frees_the_connection(runtime: Runtime) -> None:
+    """Something other than an error of the work itself (a BaseException) abandons the shared
+    transaction, its callers are not left waiting, and the next brief transaction proceeds."""
+
+    class Abort(BaseException):
+        pass
+
+    mb = await accounts.add_mailbox(runtime, "abort@a.mssante.test", "ORG")
+
+    def abort(session: Session) -> None:
+        _set(mb.id, used_messages=7)(session)
+        raise Abort
+
+    async with asyncio.timeout(10):
+        with pytest.raises((Abort, asyncio.CancelledError)):
+            await runtime.db.run_write(abort, brief=True)
+        await runtime.db.run_write(_set(mb.id, used_bytes=2), brief=True)
+    async with runtime.db.read() as session:
+        row = (await session.execute(select(Mailbox).where(Mailbox.id == mb.id))).scalar_one()
+    assert (row.used_messages, row.used_bytes) == (0, 2)
