@@ -38,6 +38,7 @@ Invariants (see tests/foundation/test_db_concurrency.py):
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -149,6 +150,16 @@ def _settle(done: asyncio.Future[Any], outcome: _Outcome) -> None:
         done.set_result(value)
     else:
         done.set_exception(value)
+
+
+def _copy_outcome(work: concurrent.futures.Future[Any], done: asyncio.Future[Any]) -> None:
+    """On the loop: a finished work item's result or exception onto ``done`` (unless cancelled)."""
+    if done.cancelled():
+        return
+    if (error := work.exception()) is not None:
+        done.set_exception(error)
+    else:
+        done.set_result(work.result())
 
 
 def _commit(session: Session) -> None:
@@ -264,7 +275,7 @@ class Database:
         self.lookup_engine: Engine | None = None
         self.async_lookup_engine: AsyncEngine | None = None
         self._writer_thread: ThreadPoolExecutor | None = None
-        self._brief_commit: asyncio.Future[None] | None = None
+        self._brief_commit: concurrent.futures.Future[None] | None = None  # the COMMIT in the thread
         self._brief_queue: list[_Queued] = []
         self._brief_committer: asyncio.Task[None] | None = None
         if url.startswith("sqlite"):
@@ -404,11 +415,17 @@ class Database:
 
     async def _commit_brief(self, session: Session) -> None:
         """From here the session belongs to the writer thread, which commits and closes it even if we
-        are cancelled meanwhile (shielded: a cancelled work item would never run)."""
+        are cancelled meanwhile: what we await is a future of our own, not chained to the work item
+        (a cancelled work item would never run), and set straight from the thread's completion, which
+        saves the busy event loop a round of callbacks per COMMIT."""
         assert self._writer_thread is not None
         loop = asyncio.get_running_loop()
-        self._brief_commit = loop.run_in_executor(self._writer_thread, _commit, session)
-        await asyncio.shield(self._brief_commit)
+        done: asyncio.Future[None] = loop.create_future()
+        self._brief_commit = self._writer_thread.submit(_commit, session)
+        self._brief_commit.add_done_callback(
+            lambda work: loop.call_soon_threadsafe(_copy_outcome, work, done)
+        )
+        await done
 
     def _transaction(self, work: Callable[[Session], T]) -> T:  # in the writer thread
         with Session(self.sync_write_engine, expire_on_commit=False) as session, session.begin():
