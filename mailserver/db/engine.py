@@ -143,6 +143,7 @@ def _in_savepoint(session: Session, work: Callable[[Session], Any]) -> _Outcome:
 
 
 def _settle(done: asyncio.Future[Any], outcome: _Outcome) -> None:
+    """``outcome`` onto ``done``, unless its caller stopped waiting (cancelled)."""
     ok, value = outcome
     if done.done():
         return
@@ -154,12 +155,8 @@ def _settle(done: asyncio.Future[Any], outcome: _Outcome) -> None:
 
 def _copy_outcome(work: concurrent.futures.Future[Any], done: asyncio.Future[Any]) -> None:
     """On the loop: a finished work item's result or exception onto ``done`` (unless cancelled)."""
-    if done.cancelled():
-        return
-    if (error := work.exception()) is not None:
-        done.set_exception(error)
-    else:
-        done.set_result(work.result())
+    error = work.exception()
+    _settle(done, (True, work.result()) if error is None else (False, error))
 
 
 def _commit(session: Session) -> None:

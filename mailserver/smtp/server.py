@@ -71,6 +71,7 @@ _HAS_ENHANCED = re.compile(r"\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
 _BDAT = re.compile(r"(\d{1,15})(?:[ \t]+(LAST))?", re.IGNORECASE)
 _XTEXT = re.compile(r"\+([0-9A-F]{2})")
 _NOTIFY_VALUES = {"SUCCESS", "FAILURE", "DELAY"}
+_TOO_BIG = "552 5.3.4 message size exceeds fixed maximum message size"  # DATA and BDAT (RFC 1870)
 
 
 def with_enhanced_code(status: str) -> str:
@@ -293,7 +294,7 @@ async def read_data(
             piece = piece[:-3]
         size += len(piece)
         if error is None and size_limit and size > size_limit:
-            error = "552 5.3.4 message size exceeds fixed maximum message size"
+            error = _TOO_BIG
             parts.clear()
         if error is None:
             parts.append(piece)
@@ -550,7 +551,7 @@ class SMTPServer(SMTP):
         elif env.bdat_error:
             error = env.bdat_error
         elif self.data_size_limit and total > self.data_size_limit:
-            error = env.bdat_error = "552 5.3.4 message size exceeds fixed maximum message size"
+            error = env.bdat_error = _TOO_BIG
         try:
             if error:
                 env.chunks = None

@@ -162,7 +162,9 @@ def normalize_folder(name: str) -> str:
 
 
 def _pg_notify(session: Session, changed: _Changed) -> None:
-    """PostgreSQL: NOTIFY every process of the changed (mailbox, folder) pairs, sent at commit."""
+    """PostgreSQL: NOTIFY every process of the changed (mailbox, folder) pairs, sent at commit. The
+    payload ``mailbox:folder`` is what ``Notifier.listen_postgres`` parses (``_RESERVE_UIDS_NOTIFY``
+    builds the same in SQL)."""
     for mailbox_id, folder_id in changed:
         payload = f"{mailbox_id}:{folder_id if folder_id is not None else ''}"
         session.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": payload})
@@ -1193,7 +1195,8 @@ _RESERVE = (
 _RESERVE_UIDS = Prepared(
     _RESERVE.returning(Folder.id, Folder.uidnext, Folder.highestmodseq, Folder.uidvalidity)
 )
-# PostgreSQL: the same UPDATE sends the folder's NOTIFY (at commit), one round trip fewer per batch.
+# PostgreSQL: the same UPDATE sends the folder's NOTIFY (at commit), one round trip fewer per batch;
+# its payload is ``_pg_notify``'s, ``mailbox:folder``.
 _RESERVE_UIDS_NOTIFY = Prepared(
     _RESERVE.returning(
         Folder.id,
