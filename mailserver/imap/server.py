@@ -42,7 +42,7 @@ class IMAPServer:
         self.per_ip: Counter[str] = Counter()
         self.per_user: Counter[int] = Counter()
         self._user_of: dict[Session, int] = {}
-        self._recent_mark: dict[int, int] = {}
+        self._recent_mark: dict[int, tuple[int, int]] = {}  # folder id -> (UIDVALIDITY, mark)
 
     def admit(self, session: Session) -> bool:
         """Count a new connection; False (answer BYE) beyond the per-address or global limit."""
@@ -78,21 +78,26 @@ class IMAPServer:
             if self.per_user[mailbox_id] <= 0:
                 del self.per_user[mailbox_id]
 
-    def claim_recent(self, folder_id: int, uids: Iterable[int]) -> list[int]:
+    def claim_recent(self, folder_id: int, uidvalidity: int, uids: Iterable[int]) -> list[int]:
         """The UIDs no session has seen yet become \\Recent for the caller (RFC 3501 §2.3.2)."""
-        mark = self._recent_mark.get(folder_id, 0)
+        mark = self.recent_mark(folder_id, uidvalidity)
         mine = [u for u in uids if u > mark]
         if mine:
-            self._recent_mark[folder_id] = max(mine)
+            self._recent_mark[folder_id] = (uidvalidity, max(mine))
         return mine
 
-    def recent_mark(self, folder_id: int) -> int:
-        """Highest UID already \\Recent to some session (EXAMINE shows, but does not claim, the rest)."""
-        return self._recent_mark.get(folder_id, 0)
+    def recent_mark(self, folder_id: int, uidvalidity: int) -> int:
+        """Highest UID already \\Recent to some session (EXAMINE shows, but does not claim, the rest).
 
-    def recent_count(self, folder_id: int, uids: Iterable[int]) -> int:
+        The mark belongs to one UIDVALIDITY: a folder deleted and created again may get the same id
+        (SQLite reuses the highest rowid), and its new UIDs start at 1 again.
+        """
+        validity, mark = self._recent_mark.get(folder_id, (uidvalidity, 0))
+        return mark if validity == uidvalidity else 0
+
+    def recent_count(self, folder_id: int, uidvalidity: int, uids: Iterable[int]) -> int:
         """How many messages would be \\Recent to the next SELECT (STATUS RECENT)."""
-        mark = self._recent_mark.get(folder_id, 0)
+        mark = self.recent_mark(folder_id, uidvalidity)
         return sum(1 for u in uids if u > mark)
 
 

@@ -468,11 +468,23 @@ class Session(asyncio.Protocol):
         sel.modseq = max(sel.modseq, info.highestmodseq)
         if new:
             sel.uids.extend(new)
-            if not sel.readonly:
-                sel.recent.update(self.server.claim_recent(sel.folder_id, new))
+            self.take_recent(sel, new)
             self.send(enc.exists(len(sel.uids)))
             if not self.rev2:
                 self.send(enc.recent(len(sel.recent)))
+
+    def take_recent(self, sel: Selected, uids: list[int]) -> None:
+        """\\Recent for UIDs this session is the first to learn of (RFC 3501 §2.3.2): a read-write
+        session claims them, so no later session sees them recent; EXAMINE shows those nobody
+        claimed yet without claiming them. An IMAP4rev2 session has no \\Recent (RFC 9051 dropped
+        it) and claims nothing, so that the IMAP4rev1 clients of the same mailbox still see it."""
+        if self.rev2:
+            return
+        if sel.readonly:
+            mark = self.server.recent_mark(sel.folder_id, sel.uidvalidity)
+            sel.recent.update(u for u in uids if u > mark)
+        else:
+            sel.recent.update(self.server.claim_recent(sel.folder_id, sel.uidvalidity, uids))
 
     def own_change(self, modseq: int | None) -> None:
         """After our own write: skip re-announcing it if nobody else wrote in between (modseq + 1).

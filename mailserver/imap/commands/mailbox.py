@@ -64,11 +64,7 @@ async def _select(s: Session, cmd: Select | Examine) -> Done:
     info, messages = await s.rt.store.snapshot(folder.id)
     sel = Selected(info.id, info.name, cmd.readonly, info.uidvalidity, info.highestmodseq)
     sel.uids.extend(m.uid for m in messages)
-    if cmd.readonly:
-        mark = s.server.recent_mark(info.id)
-        sel.recent = {u for u in sel.uids if u > mark}
-    else:
-        sel.recent = set(s.server.claim_recent(info.id, sel.uids))
+    s.take_recent(sel, list(sel.uids))
     keywords = sorted({f for m in messages for f in m.flags} - set(SYSTEM_FLAGS))
     flags = [*SYSTEM_FLAGS, *keywords]
     s.send(enc.flags(flags))
@@ -271,7 +267,10 @@ def _status_value(s: Session, item: str, folder: FolderInfo, messages: list[Mess
     if item == "DELETED-STORAGE":
         return sum(m.size for m in messages if "\\Deleted" in m.flags)
     if item == "RECENT":
-        return s.server.recent_count(folder.id, (m.uid for m in messages))
+        sel = s.selected
+        if sel is not None and sel.folder_id == folder.id and sel.uidvalidity == folder.uidvalidity:
+            return len(sel.recent)  # RFC 3501 §6.3.10: those \\Recent here, claimed by this session
+        return s.server.recent_count(folder.id, folder.uidvalidity, (m.uid for m in messages))
     if item == "HIGHESTMODSEQ":
         s.enable("CONDSTORE")  # RFC 7162 §3.1: STATUS HIGHESTMODSEQ is a CONDSTORE-enabling command.
         return folder.highestmodseq
