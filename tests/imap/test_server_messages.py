@@ -166,7 +166,11 @@ async def test_store_copy_move_expunge(imap: IMAPEnv) -> None:
     assert lines[:2] == ["* 1 FETCH (FLAGS (\\Flagged \\Recent))", "* 2 FETCH (FLAGS (\\Flagged \\Recent))"]
     assert (await c.ok("STORE 1 +FLAGS.SILENT (\\Seen)")) == [f"t{c.counter} OK STORE completed"]
     lines = await c.ok("UID STORE 2 FLAGS (\\Answered kw1)")
-    assert lines[0] == "* 2 FETCH (UID 2 FLAGS (\\Answered kw1 \\Recent))"
+    assert lines[:2] == [  # RFC 9051 §7.3.5: the new keyword is announced before it is shown
+        "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft kw1)",
+        "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft kw1 \\*)] flags permitted",
+    ]
+    assert lines[2] == "* 2 FETCH (UID 2 FLAGS (\\Answered kw1 \\Recent))"
     assert (await c.command("STORE 1 +FLAGS (\\Recent)"))[-1].split()[1] == "BAD"
     lines = await c.ok("COPY 1:2 Archive")
     assert re.search(r"OK \[COPYUID \d+ 1:2 1:2\]", lines[-1])

@@ -65,25 +65,23 @@ async def _select(s: Session, cmd: Select | Examine) -> Done:
     sel = Selected(info.id, info.name, cmd.readonly, info.uidvalidity, info.highestmodseq)
     sel.uids.extend(m.uid for m in messages)
     s.take_recent(sel, list(sel.uids))
-    keywords = sorted({f for m in messages for f in m.flags} - set(SYSTEM_FLAGS))
-    flags = [*SYSTEM_FLAGS, *keywords]
-    s.send(enc.flags(flags))
+    sel.keywords = {f for m in messages for f in m.flags} - set(SYSTEM_FLAGS)
+    s.selected = sel
+    s.state = State.SELECTED
+    s.send_flags_response()
     s.send(enc.exists(len(sel.uids)))
     if not s.rev2:
         s.send(enc.recent(len(sel.recent)))
         unseen = next((i for i, m in enumerate(messages, 1) if "\\Seen" not in m.flags), 0)
         if unseen:
             s.send(enc.status_response(None, "OK", "first unseen", enc.Code.unseen(unseen)))
-    permanent = [] if cmd.readonly else [*flags, "\\*"]
-    s.send(enc.status_response(None, "OK", "flags permitted", enc.Code.permanentflags(permanent)))
+    s.send_permanent_flags()
     s.send(enc.status_response(None, "OK", "UIDs valid", enc.Code.uidvalidity(info.uidvalidity)))
     s.send(enc.status_response(None, "OK", "predicted next UID", enc.Code.uidnext(info.uidnext)))
     s.send(enc.status_response(None, "OK", "highest", enc.Code.highestmodseq(info.highestmodseq)))
     if s.rev2:
         s.send(enc.list_response([], SEPARATOR, info.name, utf8=True))  # RFC 9051 §6.3.2
     del messages
-    s.selected = sel
-    s.state = State.SELECTED
     if cmd.qresync is not None and cmd.qresync.uidvalidity == info.uidvalidity:
         await _qresync(s, sel, cmd.qresync.modseq, cmd.qresync.known_uids)
     return Done(f"{cmd.name} completed", b"READ-ONLY" if cmd.readonly else b"READ-WRITE")
