@@ -8,6 +8,7 @@ import imaplib
 import re
 
 import aioimaplib
+from imapclient import IMAPClient
 
 from tests.imap.conftest import MARTIN, PASSWORD, IMAPEnv, message
 
@@ -197,6 +198,40 @@ async def test_store_copy_move_expunge(imap: IMAPEnv) -> None:
     await c.ok("UNSELECT")
     assert (await c.command("FETCH 1 FLAGS"))[-1].split()[1] == "BAD"
     await c.close()
+
+
+async def test_move_into_the_selected_folder(imap_both: IMAPEnv) -> None:
+    """RFC 6851 §3.3: MOVE to the selected folder is COPY + EXPUNGE: new UIDs, the old ones expunged
+    (VANISHED under QRESYNC), then EXISTS; others see it at their next update; usage unchanged."""
+    env = imap_both
+    for i in range(3):
+        await env.deliver(message(f"m{i}"))
+    usage = await env.rt.store.usage(env.mailboxes[MARTIN])
+
+    def with_imapclient() -> tuple[object, list[int]]:
+        with IMAPClient("127.0.0.1", port=env.tls_port, ssl=True, ssl_context=env.ctx) as client:
+            client.login(MARTIN, PASSWORD)
+            client.select_folder("INBOX")
+            moved = client.move([1], "INBOX")  # UID MOVE
+            return moved, client.search()  # UID SEARCH
+
+    moved, uids = await asyncio.to_thread(with_imapclient)
+    assert moved is None and uids == [2, 3, 4]  # imapclient raises on NO
+
+    c, other = await env.connect(), await env.connect()
+    await other.ok("SELECT INBOX")
+    await c.ok("ENABLE QRESYNC")
+    await c.ok("SELECT INBOX")
+    since = env.rt.notifier.published
+    lines = await c.ok("UID MOVE 2:3 INBOX")
+    assert re.fullmatch(r"\* OK \[COPYUID \d+ 2:3 5:6\] moved", lines[0])
+    assert lines[1:3] == ["* VANISHED 2:3", "* 3 EXISTS"]
+    await env.relayed(since, 1)
+    assert (await other.ok("NOOP"))[:3] == ["* 2 EXPUNGE", "* 1 EXPUNGE", "* 3 EXISTS"]
+    assert (await other.ok("UID SEARCH ALL"))[0] == "* SEARCH 4 5 6"
+    assert await env.rt.store.usage(env.mailboxes[MARTIN]) == usage
+    for client in (c, other):
+        await client.close()
 
 
 async def test_unchangedsince(imap: IMAPEnv) -> None:
