@@ -731,6 +731,16 @@ class Store:
             )
             return [_folder_info(f) for f in rows.scalars()]
 
+    async def existing_folders(self, folder_ids: Iterable[int]) -> set[int]:
+        """Which of these folders still exist (IMAP forgets what it keeps in memory for the others)."""
+        ids = sorted(set(folder_ids))
+        found: set[int] = set()
+        async with self.db.read() as session:
+            for i in range(0, len(ids), 500):
+                rows = await session.execute(select(Folder.id).where(Folder.id.in_(ids[i : i + 500])))
+                found.update(rows.scalars())
+        return found
+
     async def folder(self, mailbox_id: int, name: str) -> FolderInfo:
         async with self.db.read() as session:
             return _folder_info(await self._folder(session, mailbox_id, name))

@@ -9,8 +9,10 @@ import imaplib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import pytest
 from imapclient import IMAPClient
 
+from mailserver.imap import server
 from tests.imap.conftest import MARTIN, PASSWORD, IMAPEnv, message
 
 T = TypeVar("T")
@@ -95,3 +97,20 @@ async def test_recent_belongs_to_one_session(imap_both: IMAPEnv) -> None:
     finally:
         for client in (owner, examiner, late, rev2):
             await _run(client.logout)
+
+
+async def test_marks_of_deleted_folders_are_forgotten(imap: IMAPEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-folder \\Recent marks stay bounded by the folders that exist (reviewed at each doubling)."""
+    monkeypatch.setattr(server, "_RECENT_REVIEW_MIN", 4, raising=False)
+    shared = imap.listeners[0].imap
+    shared._recent_review_at = 4
+    c = await imap.connect()
+    for i in range(12):
+        await c.ok(f"CREATE gone{i}")
+        await c.ok(f"APPEND gone{i} {{3+}}\r\nabc")
+        assert "* 1 RECENT" in await c.ok(f"SELECT gone{i}")
+        await c.ok("UNSELECT")
+        await c.ok(f"CREATE kept{i}")  # so that SQLite does not give a later folder the deleted id
+        await c.ok(f"DELETE gone{i}")
+    assert len(shared._recent_mark) <= 4
+    await c.close()

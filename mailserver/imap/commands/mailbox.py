@@ -65,6 +65,7 @@ async def _select(s: Session, cmd: Select | Examine) -> Done:
     sel = Selected(info.id, info.name, cmd.readonly, info.uidvalidity, info.highestmodseq)
     sel.uids.extend(m.uid for m in messages)
     s.take_recent(sel, list(sel.uids))
+    await s.server.forget_deleted_folders()
     sel.keywords = {f for m in messages for f in m.flags} - set(SYSTEM_FLAGS)
     s.selected = sel
     s.state = State.SELECTED
