@@ -268,7 +268,7 @@ def _status_value(s: Session, item: str, folder: FolderInfo, messages: list[Mess
     if item == "RECENT":
         sel = s.selected
         if sel is not None and sel.folder_id == folder.id and sel.uidvalidity == folder.uidvalidity:
-            return len(sel.recent)  # RFC 3501 §6.3.10: those \\Recent here, claimed by this session
+            return len(sel.recent)  # RFC 3501 §6.3.10: those \Recent here, claimed by this session
         return s.server.recent_count(folder.id, folder.uidvalidity, (m.uid for m in messages))
     if item == "HIGHESTMODSEQ":
         s.enable("CONDSTORE")  # RFC 7162 §3.1: STATUS HIGHESTMODSEQ is a CONDSTORE-enabling command.
