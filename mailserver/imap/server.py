@@ -30,6 +30,8 @@ log = logging.getLogger("caducee.imap")
 # TLS layer reassembles records across reads, a large transfer just takes more of them. SMTP in the
 # same process benefits too.
 _TLS_READ_BUFFER = 16 * 1024
+# The \Recent marks are reviewed for deleted folders from this many on (then at each doubling).
+_RECENT_REVIEW_MIN = 1024
 
 
 class IMAPServer:
@@ -42,7 +44,8 @@ class IMAPServer:
         self.per_ip: Counter[str] = Counter()
         self.per_user: Counter[int] = Counter()
         self._user_of: dict[Session, int] = {}
-        self._recent_mark: dict[int, int] = {}
+        self._recent_mark: dict[int, tuple[int, int]] = {}  # folder id -> (UIDVALIDITY, mark)
+        self._recent_review_at = _RECENT_REVIEW_MIN
 
     def admit(self, session: Session) -> bool:
         """Count a new connection; False (answer BYE) beyond the per-address or global limit."""
@@ -78,21 +81,39 @@ class IMAPServer:
             if self.per_user[mailbox_id] <= 0:
                 del self.per_user[mailbox_id]
 
-    def claim_recent(self, folder_id: int, uids: Iterable[int]) -> list[int]:
+    def claim_recent(self, folder_id: int, uidvalidity: int, uids: Iterable[int]) -> list[int]:
         """The UIDs no session has seen yet become \\Recent for the caller (RFC 3501 §2.3.2)."""
-        mark = self._recent_mark.get(folder_id, 0)
+        mark = self.recent_mark(folder_id, uidvalidity)
         mine = [u for u in uids if u > mark]
         if mine:
-            self._recent_mark[folder_id] = max(mine)
+            self._recent_mark[folder_id] = (uidvalidity, max(mine))
         return mine
 
-    def recent_mark(self, folder_id: int) -> int:
-        """Highest UID already \\Recent to some session (EXAMINE shows, but does not claim, the rest)."""
-        return self._recent_mark.get(folder_id, 0)
+    def recent_mark(self, folder_id: int, uidvalidity: int) -> int:
+        """Highest UID already \\Recent to some session (EXAMINE shows, but does not claim, the rest).
 
-    def recent_count(self, folder_id: int, uids: Iterable[int]) -> int:
+        The mark belongs to one UIDVALIDITY: a folder deleted and created again may get the same id
+        (SQLite reuses the highest rowid), and its new UIDs start at 1 again.
+        """
+        validity, mark = self._recent_mark.get(folder_id, (uidvalidity, 0))
+        return mark if validity == uidvalidity else 0
+
+    async def forget_deleted_folders(self) -> None:
+        """Keep the \\Recent marks bounded by the folders that exist: each time their number doubled
+        since the last review, drop those of deleted folders (a user creating, selecting and deleting
+        folders in a loop would otherwise grow them for as long as the process lives)."""
+        if len(self._recent_mark) < self._recent_review_at:
+            return
+        known = list(self._recent_mark)
+        live = await self.rt.store.existing_folders(known)
+        for folder_id in known:
+            if folder_id not in live:
+                self._recent_mark.pop(folder_id, None)
+        self._recent_review_at = max(_RECENT_REVIEW_MIN, 2 * len(self._recent_mark))
+
+    def recent_count(self, folder_id: int, uidvalidity: int, uids: Iterable[int]) -> int:
         """How many messages would be \\Recent to the next SELECT (STATUS RECENT)."""
-        mark = self._recent_mark.get(folder_id, 0)
+        mark = self.recent_mark(folder_id, uidvalidity)
         return sum(1 for u in uids if u > mark)
 
 

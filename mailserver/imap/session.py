@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("caducee.imap")
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+_SYSTEM = frozenset(SYSTEM_FLAGS)
 # RFC 9051 §7.5.1 / RFC 3501 §7.4.1: no EXPUNGE while answering these (their UID forms are fine).
 _NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH", "SORT", "THREAD"})
 _OUT_HIGH_WATER = 256 * 1024
@@ -64,6 +65,7 @@ class Selected:
 
     __slots__ = (
         "folder_id",
+        "keywords",
         "modseq",
         "name",
         "pending",
@@ -83,6 +85,7 @@ class Selected:
         self.uids: array[int] = array("I")
         self.pending: set[int] = set()
         self.recent: set[int] = set()
+        self.keywords: set[str] = set()  # announced in the last FLAGS response (RFC 9051 §7.3.5)
         self.saved: list[int] | None = None
 
     def seq(self, uid: int) -> int:
@@ -397,9 +400,41 @@ class Session(asyncio.Protocol):
 
     # ------------------------------------------------------------------ selected folder updates
 
+    def send_flags_response(self) -> None:
+        """``* FLAGS``: the system flags and every keyword of the folder this client was told of."""
+        sel = self.selected
+        assert sel is not None
+        self.send(enc.flags([*SYSTEM_FLAGS, *sorted(sel.keywords)]))
+
+    def send_permanent_flags(self) -> None:
+        """``PERMANENTFLAGS``: what STORE may set, new keywords too (``\\*``); nothing under EXAMINE."""
+        sel = self.selected
+        assert sel is not None
+        permanent = [] if sel.readonly else [*SYSTEM_FLAGS, *sorted(sel.keywords), "\\*"]
+        self.send(enc.status_response(None, "OK", "flags permitted", enc.Code.permanentflags(permanent)))
+
+    def announce_keywords(self, flags: Iterable[str]) -> None:
+        """A keyword the client was not told of yet: new FLAGS and PERMANENTFLAGS first.
+
+        RFC 9051 §7.3.5 / RFC 3501 §7.2.6: the client records the folder's flags from FLAGS, and
+        strict clients refuse a FETCH showing a keyword that no FLAGS response listed; so the set
+        is announced again when it grows, whoever set the keyword (this session, another one,
+        APPEND, COPY or delivery), before the response that shows it.
+        """
+        sel = self.selected
+        if sel is None:
+            return
+        new = {f for f in flags if f not in sel.keywords and f not in _SYSTEM}
+        if new:
+            sel.keywords |= new
+            self.send_flags_response()
+            self.send_permanent_flags()
+
     def flags_item(self, flags: Iterable[str], uid: int) -> bytes:
-        """FLAGS value; rev1 clients also see \\Recent (RFC 3501 §2.3.2, gone in RFC 9051)."""
+        """FLAGS value (its new keywords announced first); rev1 clients also see \\Recent (RFC 3501
+        §2.3.2, gone in RFC 9051). Called while the FETCH response is built, before it is sent."""
         names = sorted(flags)
+        self.announce_keywords(names)
         sel = self.selected
         if not self.rev2 and sel is not None and uid in sel.recent:
             names.append("\\Recent")
@@ -461,6 +496,7 @@ class Session(asyncio.Protocol):
         for m in changed:
             if m.uid > last:
                 new.append(m.uid)
+                self.announce_keywords(m.flags)
             elif m.uid not in sel.pending:
                 seq = sel.seq(m.uid)
                 if seq:
@@ -468,11 +504,23 @@ class Session(asyncio.Protocol):
         sel.modseq = max(sel.modseq, info.highestmodseq)
         if new:
             sel.uids.extend(new)
-            if not sel.readonly:
-                sel.recent.update(self.server.claim_recent(sel.folder_id, new))
+            self.take_recent(sel, new)
             self.send(enc.exists(len(sel.uids)))
             if not self.rev2:
                 self.send(enc.recent(len(sel.recent)))
+
+    def take_recent(self, sel: Selected, uids: list[int]) -> None:
+        """\\Recent for UIDs this session is the first to learn of (RFC 3501 §2.3.2): a read-write
+        session claims them, so no later session sees them recent; EXAMINE shows those nobody
+        claimed yet without claiming them. An IMAP4rev2 session has no \\Recent (RFC 9051 dropped
+        it) and claims nothing, so that the IMAP4rev1 clients of the same mailbox still see it."""
+        if self.rev2:
+            return
+        if sel.readonly:
+            mark = self.server.recent_mark(sel.folder_id, sel.uidvalidity)
+            sel.recent.update(u for u in uids if u > mark)
+        else:
+            sel.recent.update(self.server.claim_recent(sel.folder_id, sel.uidvalidity, uids))
 
     def own_change(self, modseq: int | None) -> None:
         """After our own write: skip re-announcing it if nobody else wrote in between (modseq + 1).

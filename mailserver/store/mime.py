@@ -726,6 +726,15 @@ def _decode_base64(data: bytes) -> bytes:
     return binascii.a2b_base64(data + b"=" * (-len(data) % 4))
 
 
+def _decode_quoted_printable(data: bytes) -> bytes:
+    """Quoted-printable body (RFC 2045 §6.7): white space at the end of a line was added in transit
+    and is deleted first (rule 3), so ``=`` then blanks is still a soft line break (rule 5); then the
+    ``=XX`` escapes. Line by line (no regex) to stay linear on any input."""
+    lines = data.split(b"\n")
+    kept = [ln[:-1].rstrip(b" \t") + b"\r" if ln.endswith(b"\r") else ln.rstrip(b" \t") for ln in lines]
+    return binascii.a2b_qp(b"\n".join(kept))
+
+
 def binary_section(raw: bytes, meta: dict[str, Any], part: list[int]) -> bytes | None:
     """BINARY[part] (RFC 3516 §4.2): the part body with its transfer encoding removed.
 
@@ -744,7 +753,7 @@ def binary_section(raw: bytes, meta: dict[str, Any], part: list[int]) -> bytes |
     if encoding == "BASE64":
         return _decode_base64(body)
     if encoding == "QUOTED-PRINTABLE":
-        return binascii.a2b_qp(body)
+        return _decode_quoted_printable(body)
     return None
 
 

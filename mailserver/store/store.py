@@ -731,6 +731,16 @@ class Store:
             )
             return [_folder_info(f) for f in rows.scalars()]
 
+    async def existing_folders(self, folder_ids: Iterable[int]) -> set[int]:
+        """Which of these folders still exist (IMAP forgets what it keeps in memory for the others)."""
+        ids = sorted(set(folder_ids))
+        found: set[int] = set()
+        async with self.db.read() as session:
+            for i in range(0, len(ids), 500):
+                rows = await session.execute(select(Folder.id).where(Folder.id.in_(ids[i : i + 500])))
+                found.update(rows.scalars())
+        return found
+
     async def folder(self, mailbox_id: int, name: str) -> FolderInfo:
         async with self.db.read() as session:
             return _folder_info(await self._folder(session, mailbox_id, name))
@@ -933,7 +943,8 @@ class Store:
     async def copy(
         self, folder_id: int, uids: Iterable[int], dest: str, move: bool = False
     ) -> tuple[int, list[tuple[int, int]]]:
-        """COPY or MOVE (RFC 6851: atomic, the source UIDs are expunged in the same transaction).
+        """COPY or MOVE (RFC 6851: atomic, the source UIDs are expunged in the same transaction), into
+        another folder or the same one.
 
         Returns (destination UIDVALIDITY, [(source uid, destination uid)]) for COPYUID. Brief for up
         to ``_BRIEF_STORE`` messages.
@@ -950,8 +961,8 @@ class Store:
             if not move:
                 await self._charge(session, mb, [(m.blob_id, m.size) for m in msgs])
             notice = await self._warning_due(session, mb)
-            if move and dst.id == src.id:
-                raise StoreError("CANNOT", "source and destination are the same folder")
+            # Into the source folder itself (``dst`` is then ``src``), MOVE renumbers the messages
+            # with new UIDs and leaves tombstones for the old ones: COPY + EXPUNGE (RFC 6851 §3.3).
             first, modseq = await session.run_sync(_bump, dst, len(msgs))
             pairs = []
             if move:

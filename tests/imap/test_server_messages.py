@@ -4,10 +4,15 @@ COPY/MOVE with COPYUID, EXPUNGE/UID EXPUNGE, CLOSE/UNSELECT, with raw sockets, i
 from __future__ import annotations
 
 import asyncio
+import base64
+import email
+import email.quoprimime
 import imaplib
 import re
+from email import policy
 
 import aioimaplib
+from imapclient import IMAPClient
 
 from tests.imap.conftest import MARTIN, PASSWORD, IMAPEnv, message
 
@@ -157,6 +162,61 @@ async def test_fetch_items(imap: IMAPEnv) -> None:
     await c.close()
 
 
+QP_BODY = (  # RFC 2045 §6.7: blanks at line ends were added in transit; "=" ends a soft line break
+    b"caf=C3=A9 au lait  \r\n"
+    b"soft line=\r\nbreak, then =3D=3d\t\r\n"
+    b"blanks after the equal sign= \t\r\n"
+    b"still the same line; tab=09and space=20 "
+)
+BINARY_PARTS = (
+    b"From: Dr Martin <dr.martin@a.mssante.test>\r\nSubject: binary\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+    b"--b\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: Quoted-Printable\r\n\r\n"
+    + QP_BODY
+    + b"\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    + base64.encodebytes(bytes(range(256))).replace(b"\n", b"\r\n")
+    + b"--b\r\nContent-Type: text/plain\r\n\r\n"
+    + b"\r\n--b\r\nContent-Type: application/x-thing\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\n"
+    + b"begin 644 f\r\n--b--\r\n"
+)
+
+
+async def test_binary_decodes_quoted_printable_and_base64(imap: IMAPEnv) -> None:
+    """RFC 3516 §4.2: BINARY[part] is the decoded content, BINARY.SIZE its decoded size; an empty part
+    is the literal {0}; an unknown encoding is NO [UNKNOWN-CTE]. Compared with Python's email package
+    (its quoted-printable body decoder applies RFC 2045 §6.7 rule 3; ``get_payload(decode=True)``
+    does not)."""
+    parsed = email.message_from_bytes(BINARY_PARTS, policy=policy.compat32)
+    qp = email.quoprimime.body_decode(QP_BODY.decode("ascii")).replace("\n", "\r\n").encode("latin-1")
+    b64 = parsed.get_payload(1).get_payload(decode=True)
+    assert qp == "café au lait\r\nsoft linebreak, then ==\r\nblanks after the equal sign".encode() + (
+        b"still the same line; tab\tand space "
+    )
+    await imap.deliver(BINARY_PARTS)
+
+    def with_imapclient() -> dict:
+        with IMAPClient("127.0.0.1", port=imap.tls_port, ssl=True, ssl_context=imap.ctx) as client:
+            client.login(MARTIN, PASSWORD)
+            client.select_folder("INBOX", readonly=True)
+            items = ["BINARY.SIZE[1]", "BINARY.SIZE[2]", "BINARY.SIZE[3]", "BINARY.PEEK[1]", "BODY.PEEK[3]"]
+            return client.fetch([1], items)[1]  # (imapclient cannot read a literal8: BINARY[2] below)
+
+    got = await asyncio.to_thread(with_imapclient)
+    assert got[b"BINARY.SIZE[1]"] == len(qp) and got[b"BINARY[1]"] == qp
+    assert got[b"BINARY.SIZE[2]"] == len(b64) == 256
+    assert got[b"BINARY.SIZE[3]"] == 0 and got[b"BODY[3]"] == b""
+    c = await imap.connect()
+    await c.ok("EXAMINE INBOX")
+    lines = await c.ok("FETCH 1 (BODY.PEEK[3] BINARY.PEEK[3] BINARY.PEEK[1]<0.5>)")
+    assert lines[0] == "* 1 FETCH (BODY[3] {0} BINARY[3] {0} BINARY[1]<0> {5}café)"  # literals, never ""
+    lines = await c.ok("FETCH 1 (BINARY.PEEK[2])")  # NUL inside: a literal8 (RFC 3516 §4.3)
+    shown = b64.replace(b"\r", b"\\r").replace(b"\n", b"\\n").decode("utf-8", "surrogateescape")
+    assert lines[0] == f"* 1 FETCH (BINARY[2] ~{{256}}{shown})"
+    lines = await c.command("FETCH 1 (BINARY.SIZE[4])")
+    assert lines[-1] == f"t{c.counter} NO [UNKNOWN-CTE] unknown Content-Transfer-Encoding"
+    await c.close()
+
+
 async def test_store_copy_move_expunge(imap: IMAPEnv) -> None:
     for i in range(5):
         await imap.deliver(message(f"m{i}"))
@@ -166,7 +226,11 @@ async def test_store_copy_move_expunge(imap: IMAPEnv) -> None:
     assert lines[:2] == ["* 1 FETCH (FLAGS (\\Flagged \\Recent))", "* 2 FETCH (FLAGS (\\Flagged \\Recent))"]
     assert (await c.ok("STORE 1 +FLAGS.SILENT (\\Seen)")) == [f"t{c.counter} OK STORE completed"]
     lines = await c.ok("UID STORE 2 FLAGS (\\Answered kw1)")
-    assert lines[0] == "* 2 FETCH (UID 2 FLAGS (\\Answered kw1 \\Recent))"
+    assert lines[:2] == [  # RFC 9051 §7.3.5: the new keyword is announced before it is shown
+        "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft kw1)",
+        "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft kw1 \\*)] flags permitted",
+    ]
+    assert lines[2] == "* 2 FETCH (UID 2 FLAGS (\\Answered kw1 \\Recent))"
     assert (await c.command("STORE 1 +FLAGS (\\Recent)"))[-1].split()[1] == "BAD"
     lines = await c.ok("COPY 1:2 Archive")
     assert re.search(r"OK \[COPYUID \d+ 1:2 1:2\]", lines[-1])
@@ -193,6 +257,40 @@ async def test_store_copy_move_expunge(imap: IMAPEnv) -> None:
     await c.ok("UNSELECT")
     assert (await c.command("FETCH 1 FLAGS"))[-1].split()[1] == "BAD"
     await c.close()
+
+
+async def test_move_into_the_selected_folder(imap_both: IMAPEnv) -> None:
+    """RFC 6851 §3.3: MOVE to the selected folder is COPY + EXPUNGE: new UIDs, the old ones expunged
+    (VANISHED under QRESYNC), then EXISTS; others see it at their next update; usage unchanged."""
+    env = imap_both
+    for i in range(3):
+        await env.deliver(message(f"m{i}"))
+    usage = await env.rt.store.usage(env.mailboxes[MARTIN])
+
+    def with_imapclient() -> tuple[object, list[int]]:
+        with IMAPClient("127.0.0.1", port=env.tls_port, ssl=True, ssl_context=env.ctx) as client:
+            client.login(MARTIN, PASSWORD)
+            client.select_folder("INBOX")
+            moved = client.move([1], "INBOX")  # UID MOVE
+            return moved, client.search()  # UID SEARCH
+
+    moved, uids = await asyncio.to_thread(with_imapclient)
+    assert moved is None and uids == [2, 3, 4]  # imapclient raises on NO
+
+    c, other = await env.connect(), await env.connect()
+    await other.ok("SELECT INBOX")
+    await c.ok("ENABLE QRESYNC")
+    await c.ok("SELECT INBOX")
+    since = env.rt.notifier.published
+    lines = await c.ok("UID MOVE 2:3 INBOX")
+    assert re.fullmatch(r"\* OK \[COPYUID \d+ 2:3 5:6\] moved", lines[0])
+    assert lines[1:3] == ["* VANISHED 2:3", "* 3 EXISTS"]
+    await env.relayed(since, 1)
+    assert (await other.ok("NOOP"))[:3] == ["* 2 EXPUNGE", "* 1 EXPUNGE", "* 3 EXISTS"]
+    assert (await other.ok("UID SEARCH ALL"))[0] == "* SEARCH 4 5 6"
+    assert await env.rt.store.usage(env.mailboxes[MARTIN]) == usage
+    for client in (c, other):
+        await client.close()
 
 
 async def test_unchangedsince(imap: IMAPEnv) -> None:

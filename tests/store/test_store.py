@@ -229,6 +229,15 @@ async def test_usage_after_deliver_copy_move_expunge(runtime: Runtime) -> None:
     _, _, vanished = await store.changes_since(inbox.id, 0)
     assert 3 in vanished
 
+    # MOVE into the folder itself (RFC 6851 §3.3: COPY then EXPUNGE): new UIDs, old ones vanished.
+    before = await store.folder(mb, "INBOX")
+    validity, moved = await store.copy(inbox.id, [2], "INBOX", move=True)
+    assert validity == before.uidvalidity and moved == [(2, before.uidnext)]
+    info, changed, vanished = await store.changes_since(inbox.id, before.highestmodseq)
+    assert [m.uid for m in changed] == [before.uidnext] and vanished == [2]
+    assert info.uidnext == before.uidnext + 1
+    assert (await store.usage(mb))[0] == quota.Usage(sizes[1] + sizes[2], 3)
+
     # The counters match a recount from the rows, and unreferenced blob files are gone.
     before, recomputed = await store.recount(mb)
     assert before == recomputed

@@ -64,30 +64,25 @@ async def _select(s: Session, cmd: Select | Examine) -> Done:
     info, messages = await s.rt.store.snapshot(folder.id)
     sel = Selected(info.id, info.name, cmd.readonly, info.uidvalidity, info.highestmodseq)
     sel.uids.extend(m.uid for m in messages)
-    if cmd.readonly:
-        mark = s.server.recent_mark(info.id)
-        sel.recent = {u for u in sel.uids if u > mark}
-    else:
-        sel.recent = set(s.server.claim_recent(info.id, sel.uids))
-    keywords = sorted({f for m in messages for f in m.flags} - set(SYSTEM_FLAGS))
-    flags = [*SYSTEM_FLAGS, *keywords]
-    s.send(enc.flags(flags))
+    s.take_recent(sel, list(sel.uids))
+    await s.server.forget_deleted_folders()
+    sel.keywords = {f for m in messages for f in m.flags} - set(SYSTEM_FLAGS)
+    s.selected = sel
+    s.state = State.SELECTED
+    s.send_flags_response()
     s.send(enc.exists(len(sel.uids)))
     if not s.rev2:
         s.send(enc.recent(len(sel.recent)))
         unseen = next((i for i, m in enumerate(messages, 1) if "\\Seen" not in m.flags), 0)
         if unseen:
             s.send(enc.status_response(None, "OK", "first unseen", enc.Code.unseen(unseen)))
-    permanent = [] if cmd.readonly else [*flags, "\\*"]
-    s.send(enc.status_response(None, "OK", "flags permitted", enc.Code.permanentflags(permanent)))
+    s.send_permanent_flags()
     s.send(enc.status_response(None, "OK", "UIDs valid", enc.Code.uidvalidity(info.uidvalidity)))
     s.send(enc.status_response(None, "OK", "predicted next UID", enc.Code.uidnext(info.uidnext)))
     s.send(enc.status_response(None, "OK", "highest", enc.Code.highestmodseq(info.highestmodseq)))
     if s.rev2:
         s.send(enc.list_response([], SEPARATOR, info.name, utf8=True))  # RFC 9051 §6.3.2
     del messages
-    s.selected = sel
-    s.state = State.SELECTED
     if cmd.qresync is not None and cmd.qresync.uidvalidity == info.uidvalidity:
         await _qresync(s, sel, cmd.qresync.modseq, cmd.qresync.known_uids)
     return Done(f"{cmd.name} completed", b"READ-ONLY" if cmd.readonly else b"READ-WRITE")
@@ -271,7 +266,10 @@ def _status_value(s: Session, item: str, folder: FolderInfo, messages: list[Mess
     if item == "DELETED-STORAGE":
         return sum(m.size for m in messages if "\\Deleted" in m.flags)
     if item == "RECENT":
-        return s.server.recent_count(folder.id, (m.uid for m in messages))
+        sel = s.selected
+        if sel is not None and sel.folder_id == folder.id and sel.uidvalidity == folder.uidvalidity:
+            return len(sel.recent)  # RFC 3501 §6.3.10: those \Recent here, claimed by this session
+        return s.server.recent_count(folder.id, folder.uidvalidity, (m.uid for m in messages))
     if item == "HIGHESTMODSEQ":
         s.enable("CONDSTORE")  # RFC 7162 §3.1: STATUS HIGHESTMODSEQ is a CONDSTORE-enabling command.
         return folder.highestmodseq

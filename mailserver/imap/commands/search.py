@@ -86,6 +86,15 @@ async def _matching(s: Session, key: SearchKey) -> list[MessageView]:
         raise Fail("NO", str(exc)) from None
 
 
+def _returned(found: list[MessageView], wanted: set[str]) -> list[MessageView]:
+    """The messages a RETURN reports: with MIN and/or MAX but neither ALL nor COUNT only those two,
+    else every match. Their highest mod-sequence is the MODSEQ result (RFC 4731 §3.2) and SAVE keeps
+    just them (RFC 5182 §2.4)."""
+    if not found or not wanted & {"MIN", "MAX"} or wanted & {"ALL", "COUNT"}:
+        return found
+    return ([found[0]] if "MIN" in wanted else []) + ([found[-1]] if "MAX" in wanted else [])
+
+
 @command("SEARCH", State.SELECTED, ("ESEARCH", "SEARCHRES", "WITHIN"))
 async def search_(s: Session, tag: str, cmd: Search) -> Done:
     sel = s.selected
@@ -103,18 +112,14 @@ async def search_(s: Session, tag: str, cmd: Search) -> Done:
             sel.saved = []  # RFC 5182 §2.1: a failed SAVE search empties $.
         raise
     numbers = [v.uid if cmd.uid else v.seq for v in found]
-    highest = max((v.modseq for v in found), default=None) if modseq else None
+    wanted = set(returns or ()) or {"ALL"}
+    returned = _returned(found, wanted)
+    highest = max((v.modseq for v in returned), default=None) if modseq else None
     if returns is None:
         s.send(enc.search(numbers, modseq=highest))
         return Done(f"{'UID ' if cmd.uid else ''}SEARCH completed")
-    wanted = set(returns) or {"ALL"}
     if "SAVE" in wanted:
-        # RFC 5182 §2.4: with MIN and/or MAX only, only those are saved.
-        if wanted & {"MIN", "MAX"} and not wanted & {"ALL", "COUNT"}:
-            picks = ([found[0]] if "MIN" in wanted else []) + ([found[-1]] if "MAX" in wanted else [])
-            sel.saved = sorted({v.uid for v in picks}) if found else []
-        else:
-            sel.saved = [v.uid for v in found]
+        sel.saved = sorted({v.uid for v in returned})
         wanted.discard("SAVE")
         if not wanted:
             return Done(f"{'UID ' if cmd.uid else ''}SEARCH completed, result saved")

@@ -37,6 +37,8 @@ async def store(s: Session, tag: str, cmd: Store) -> Done:
         return Done("STORE completed")
     change = await s.rt.store.set_flags(sel.folder_id, uids, _MODES[cmd.mode], cmd.flags, cmd.unchanged_since)
     s.own_change(change.changed[0].modseq if change.changed else None)
+    if cmd.mode != StoreMode.REMOVE and change.changed:
+        s.announce_keywords(cmd.flags)  # even under .SILENT (RFC 9051 §7.3.5)
     if cmd.mode != StoreMode.REMOVE and change.changed and conversations.closes(cmd.flags):
         assert s.mailbox_id is not None
         await conversations.on_flags_changed(
