@@ -58,6 +58,9 @@ __all__ = ["CACHED_HEADERS", "MessageView", "SearchError", "fold", "search"]
 CACHED_HEADERS = frozenset({"FROM", "TO", "CC", "BCC", "SUBJECT"})
 """Header fields whose decoded first occurrence is in ``meta["headers"]``: no load needed."""
 
+_ENVELOPE_FIELDS = {"FROM": 2, "TO": 5, "CC": 6, "BCC": 7}
+"""Positions of the address fields in the cached ENVELOPE (RFC 9051 §7.5.2)."""
+
 _ASCII_CHARSETS = frozenset({"us-ascii", "ascii", "ansi_x3.4-1968"})
 
 
@@ -419,15 +422,42 @@ def _internal_between(low: datetime | None, high: datetime | None) -> _Node:
     return _Cheap(between)
 
 
+def _addresses(m: MessageView, field: int) -> Iterator[str]:
+    """One envelope address field as a reader sees it: ``Name <local@host>`` (name decoded),
+    ``local@host``, or a group's name."""
+    envelope = m.meta.get("envelope") or []
+    for name, _adl, local, host in (envelope[field] if len(envelope) > field else None) or []:
+        if host is None:
+            if local is not None:
+                yield local
+        elif name:
+            yield f"{decode_header(name)} <{local}@{host}>"
+        else:
+            yield f"{local}@{host}"
+
+
 def _header(key: HeaderKey) -> _Node:
-    """Substring of the decoded field value; an empty string means "field present"."""
+    """Substring of the decoded field value; an empty string means "field present".
+
+    FROM TO CC BCC match "the envelope structure's field" (RFC 9051 §6.4.4): the header as
+    written, or any of its parsed addresses (so that comments, folding or quoting inside an
+    address do not hide it).
+    """
     name = key.field.upper()
     needle = fold(key.value)
     if name in CACHED_HEADERS:
         cached = name.lower()
         if not needle:
             return _Cheap(lambda m: _headers(m).get(cached) is not None)
-        return _Cheap(lambda m: needle in fold(_headers(m).get(cached) or ""))
+        field = _ENVELOPE_FIELDS.get(name)
+        if field is None:
+            return _Cheap(lambda m: needle in fold(_headers(m).get(cached) or ""))
+        return _Cheap(
+            lambda m: (
+                needle in fold(_headers(m).get(cached) or "")
+                or any(needle in fold(text) for text in _addresses(m, field))
+            )
+        )
     if not needle:
         return _Raw(lambda m: None, lambda doc: bool(doc.field(name)))
     return _Raw(lambda m: None, lambda doc: any(needle in v for v in doc.field(name)))

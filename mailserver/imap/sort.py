@@ -1,21 +1,49 @@
 """IMAP SORT ordering (RFC 5256 §3, RFC 5957 DISPLAYFROM/DISPLAYTO) over cached metadata.
 
-The string keys (addr-mailbox, display names, base subject) are stored by
-:func:`mailserver.store.mime.analyze` already folded with i;ascii-casemap, the default
-collation of RFC 5256 §3, so sorting compares them directly.
+String keys are compared with i;unicode-casemap (RFC 5051), the collation RFC 5256 §7 mandates:
+each character is replaced by its titlecase and canonically decomposed, and the results compare
+as code points (the order of their UTF-8 octets). For ASCII this is an uppercase fold, so letters
+sort before ``[`` and ``_``; "Éric" sorts with "Eric", before "Zoé".
+
+The address keys are read from the cached ENVELOPE (RFC 5256 §3 defines them on its address
+structures); the base subject is the one :func:`mailserver.store.mime.analyze` extracted at delivery.
 """
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import cache
 from operator import attrgetter
 from typing import Any
+
+from mailserver.store.mime import decode_header
 
 from .protocol.commands import SortCriterion
 from .search import MessageView, SearchError, _aware, _headers
 
-__all__ = ["sent_date", "sort"]
+__all__ = ["casemap", "sent_date", "sort"]
+
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_ESCAPED = re.compile(r"\\(.)")
+# Envelope positions (RFC 9051 §7.5.2) of the address fields that SORT reads.
+_FROM, _TO, _CC = 2, 5, 6
+
+
+@cache
+def _titlecase() -> dict[int, str]:
+    """Characters whose simple titlecase mapping differs from themselves (all below U+20000)."""
+    return {i: t for i in range(0x20000) if len(t := chr(i).title()) == 1 and t != chr(i)}
+
+
+def casemap(text: str) -> str:
+    """The i;unicode-casemap (RFC 5051 §2) form of ``text``: equal forms are equal under the
+    collation, and forms compare (as Python strings) in the collation's order."""
+    if text.isascii():
+        return text.upper()
+    return unicodedata.normalize("NFD", text.translate(_titlecase()))
 
 
 def sent_date(view: MessageView) -> datetime:
@@ -29,21 +57,69 @@ def sent_date(view: MessageView) -> datetime:
     return _aware(view.internal_date)
 
 
-def _header_key(name: str) -> Callable[[MessageView], Any]:
-    return lambda view: _headers(view).get(name) or ""
+def _first_address(view: MessageView, field: int) -> list[str | None] | None:
+    """The first address structure of an envelope field; a group's start carries its name."""
+    envelope = view.meta.get("envelope") or []
+    addresses = envelope[field] if len(envelope) > field else None
+    return addresses[0] if addresses else None
+
+
+def _unquoted(local: str) -> str:
+    """RFC 9051 §9 addr-mailbox is the local-part "after removing [RFC 5322] quoting"."""
+    if '"' not in local:
+        return local
+    return _QUOTED.sub(lambda m: _ESCAPED.sub(r"\1", m.group(1)), local)
+
+
+def _mailbox(field: int) -> Callable[[MessageView], str]:
+    """RFC 5256 §3 FROM / TO / CC: addr-mailbox of the first address, "" when there is none."""
+
+    def key(view: MessageView) -> str:
+        first = _first_address(view, field)
+        return casemap(_unquoted(first[2] or "")) if first else ""
+
+    return key
+
+
+def _display(field: int) -> Callable[[MessageView], str]:
+    """RFC 5957 §3 DISPLAYFROM / DISPLAYTO: the decoded display name of the first address, else
+    its addr-mailbox "@" addr-host (a group: its name)."""
+
+    def key(view: MessageView) -> str:
+        first = _first_address(view, field)
+        if first is None:
+            return ""
+        name, _adl, local, host = first
+        shown = decode_header(name).strip() if name else ""
+        if not shown:
+            local = _unquoted(local or "")
+            shown = f"{local}@{host}" if host is not None else local
+        return casemap(shown)
+
+    return key
+
+
+def _subject(view: MessageView) -> str:
+    return casemap(_headers(view).get("base_subject") or "")
 
 
 _KEYS: dict[str, Callable[[MessageView], Any]] = {
     "ARRIVAL": lambda view: _aware(view.internal_date),
-    "CC": _header_key("cc_sort"),
+    "CC": _mailbox(_CC),
     "DATE": sent_date,
-    "FROM": _header_key("from_sort"),
+    "FROM": _mailbox(_FROM),
     "SIZE": attrgetter("size"),
-    "SUBJECT": _header_key("base_subject"),
-    "TO": _header_key("to_sort"),
-    "DISPLAYFROM": _header_key("display_from"),
-    "DISPLAYTO": _header_key("display_to"),
+    "SUBJECT": _subject,
+    "TO": _mailbox(_TO),
+    "DISPLAYFROM": _display(_FROM),
+    "DISPLAYTO": _display(_TO),
 }
+
+
+def _check(criteria: Sequence[SortCriterion]) -> None:
+    for criterion in criteria:
+        if criterion.key not in _KEYS:
+            raise SearchError(f"unsupported sort key {criterion.key}")
 
 
 def sort(criteria: Sequence[SortCriterion], messages: list[MessageView]) -> list[MessageView]:
@@ -53,9 +129,7 @@ def sort(criteria: Sequence[SortCriterion], messages: list[MessageView]) -> list
     Python's sort is stable, also with ``reverse=True``, so sorting by the last criterion
     first and the first criterion last yields the lexicographic order of all keys.
     """
-    for criterion in criteria:
-        if criterion.key not in _KEYS:
-            raise SearchError(f"unsupported sort key {criterion.key}")
+    _check(criteria)
     out = sorted(messages, key=attrgetter("seq"))
     for criterion in reversed(criteria):
         out.sort(key=_KEYS[criterion.key], reverse=criterion.reverse)

@@ -59,7 +59,6 @@ _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _BETWEEN_WORDS = re.compile(r"(\?=)[ \t\r\n]+(=\?)")
 _MSG_ID = re.compile(r"<[^<>]*>")
 _WSP_RUN = re.compile(r"[ \t\r\n]+")
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _B64_JUNK = bytes(c for c in range(256) if not (chr(c).isascii() and (chr(c).isalnum() or chr(c) in "+/")))
 _IDENTITY_CTE = {"7BIT", "8BIT", "BINARY"}
 _MESSAGE_SUBTYPES = {"rfc822", "global"}
@@ -79,11 +78,6 @@ def _text(data: bytes) -> str:
 def _clean(value: str) -> str:
     """Replace lone surrogates (exotic charsets such as UTF-7 can yield them) so the cache is UTF-8 safe."""
     return value if value.isascii() else value.encode("utf-8", "replace").decode("utf-8")
-
-
-def _fold_key(value: str) -> str:
-    """Apply the i;ascii-casemap collation (RFC 4790 §9.2) used by SORT/THREAD comparisons."""
-    return value.translate(_ASCII_LOWER)
 
 
 def _decode_word(charset: str, enc: str, payload: str) -> str | None:
@@ -436,28 +430,6 @@ def _msg_ids(value: str | None) -> list[str]:
     return _MSG_ID.findall(value) if value else []
 
 
-def _first_mailbox(addresses: list[list[str | None]] | None) -> list[str | None] | None:
-    for addr in addresses or []:
-        if addr[3] is not None:
-            return addr
-    return None
-
-
-def _sort_mailbox(addresses: list[list[str | None]] | None) -> str:
-    """RFC 5256 §3: addr-mailbox of the first address, empty when missing."""
-    first = _first_mailbox(addresses)
-    return _fold_key(first[2] or "") if first else ""
-
-
-def _display(addresses: list[list[str | None]] | None) -> str:
-    """RFC 5957 §3: decoded display-name of the first address, else its addr-spec."""
-    first = _first_mailbox(addresses)
-    if first is None:
-        return ""
-    name = decode_header(first[0]).strip() if first[0] else ""
-    return _fold_key(name or f"{first[2]}@{first[3]}")
-
-
 def _iso_date(value: str | None) -> str | None:
     if not value:
         return None
@@ -470,7 +442,7 @@ def _iso_date(value: str | None) -> str | None:
     return parsed.isoformat()
 
 
-def _search_headers(fields: dict[str, str], envelope: list[Any]) -> dict[str, Any]:
+def _search_headers(fields: dict[str, str]) -> dict[str, Any]:
     decoded = {
         k: decode_header(fields[k]) if k in fields else None for k in ("subject", "from", "to", "cc", "bcc")
     }
@@ -484,13 +456,8 @@ def _search_headers(fields: dict[str, str], envelope: list[Any]) -> dict[str, An
         "message_id": message_id[0] if message_id else None,
         "in_reply_to": in_reply_to[0] if in_reply_to else None,
         "references": references,
-        "base_subject": _fold_key(base),
+        "base_subject": base,
         "subject_is_reply": reply,
-        "from_sort": _sort_mailbox(envelope[2]),
-        "to_sort": _sort_mailbox(envelope[5]),
-        "cc_sort": _sort_mailbox(envelope[6]),
-        "display_from": _display(envelope[2]),
-        "display_to": _display(envelope[5]),
     }
 
 
@@ -628,11 +595,10 @@ def analyze(raw: bytes) -> dict[str, Any]:
     """Parse `raw` once; the JSON-serialisable result answers FETCH/SEARCH/SORT/THREAD later."""
     budget = _Budget()
     body, fields = _entity(raw, 0, len(raw), 0, ("text", "plain"), budget)
-    envelope = _envelope(fields)
     return {
-        "envelope": envelope,
+        "envelope": _envelope(fields),
         "bodystructure": body,
-        "headers": _search_headers(fields, envelope),
+        "headers": _search_headers(fields),
         "size": len(raw),
         "lines": _count_lines(raw, 0, len(raw)),
         "header_size": body["part"][2],
