@@ -58,6 +58,26 @@ async def test_sort_addresses_by_first_mailbox(imap: IMAPEnv) -> None:
     await c.close()
 
 
+async def test_sort_display(imap: IMAPEnv) -> None:
+    """RFC 5957: SORT=DISPLAY is advertised; the display name, else the address, decoded and collated."""
+    c = await selected(
+        imap,
+        [
+            raw("1", From="Zoé <a@x.test>", To="b@x.test"),
+            raw("2", From="=?utf-8?q?=C3=89ric?= <z@x.test>", To='"Yves" <a@x.test>'),
+            raw("3", From="eric@x.test", To="undisclosed-recipients:;"),
+            raw("4", From="Alain <y@x.test>"),
+        ],
+    )
+    caps = (await c.ok("CAPABILITY"))[0].split()
+    assert "SORT=DISPLAY" in caps and "SORT" in caps
+    assert (await c.ok("SORT (DISPLAYFROM) UTF-8 ALL"))[
+        0
+    ] == "* SORT 4 3 2 1"  # ALAIN, ERIC@X.TEST, E\u0301RIC, ZOE\u0301
+    assert (await c.ok("SORT (DISPLAYTO) UTF-8 ALL"))[0] == "* SORT 4 1 3 2"  # "", B@, UNDISCLOSED, YVES
+    await c.close()
+
+
 async def test_search_address_keys_match_the_envelope(imap: IMAPEnv) -> None:
     """RFC 9051 §6.4.4: FROM/TO/CC/BCC "contain the specified string in the envelope structure's field"."""
     c = await selected(

@@ -132,7 +132,7 @@ async def search_(s: Session, tag: str, cmd: Search) -> Done:
     return Done(f"{'UID ' if cmd.uid else ''}SEARCH completed")
 
 
-@command("SORT", State.SELECTED, ("SORT",))
+@command("SORT", State.SELECTED, ("SORT", "SORT=DISPLAY"))
 async def sort_(s: Session, tag: str, cmd: Sort) -> Done:
     if cmd.returns is not None:
         raise Fail("BAD", "SORT RETURN (ESORT) is not supported")
