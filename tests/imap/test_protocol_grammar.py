@@ -350,10 +350,23 @@ def test_search_errors() -> None:
     assert bad(b"a SEARCH (SEEN").status == "BAD"
     assert bad(b"a SEARCH SINCE 31-Feb-2020")
     assert bad(b"a SEARCH SINCE 1-Foo-2020")
-    assert bad(b"a SEARCH RETURN (PARTIAL 1:5) ALL")
+    assert bad(b"a SEARCH RETURN (BOGUS) ALL")
     assert bad(b"a SEARCH " + b"NOT " * 200 + b"ALL").message == "search key nested too deeply"
     assert bad(b"a SEARCH CHARSET US-ASCII TEXT {2}\r\n\xc3\xa9")
     assert bad(b'a SEARCH MODSEQ "/flags/x" bogus 5')
+
+
+def test_context_return_options() -> None:
+    """RFC 5267 §5: CONTEXT, PARTIAL nz-number ":" nz-number (either order, no "*"), not with ALL."""
+    cmd = body(b"a UID SEARCH RETURN (CONTEXT COUNT PARTIAL 500:1) UNSEEN")
+    assert (cmd.returns, cmd.partial) == (("CONTEXT", "COUNT", "PARTIAL"), (1, 500))
+    sort = body(b"a SORT RETURN (PARTIAL 2:4 MIN) (DATE) UTF-8 ALL")
+    assert (sort.returns, sort.partial) == (("PARTIAL", "MIN"), (2, 4))
+    assert body(b"a SEARCH RETURN (COUNT) ALL").partial is None
+    for bogus in (b"PARTIAL 1", b"PARTIAL 1:*", b"PARTIAL *:1", b"PARTIAL 0:3", b"PARTIAL 1:2 ALL"):
+        assert bad(b"a SEARCH RETURN (" + bogus + b") ALL").status == "BAD"
+    assert bad(b"a SEARCH RETURN (PARTIAL 1:2 PARTIAL 3:4) ALL")
+    assert bad(b"a SORT RETURN (SAVE) (DATE) UTF-8 ALL")
 
 
 def test_sort_and_thread() -> None:

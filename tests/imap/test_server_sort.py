@@ -99,3 +99,42 @@ async def test_search_address_keys_match_the_envelope(imap: IMAPEnv) -> None:
     assert (await c.ok("SEARCH BCC user-bcc@domain.org"))[0] == "* SEARCH 4"
     assert (await c.ok("SEARCH CC nobody"))[0] == "* SEARCH"
     await c.close()
+
+
+async def test_esort_return_options(imap: IMAPEnv) -> None:
+    """RFC 5267 §3: SORT RETURN answers ESEARCH; MIN/MAX are the first/last sorted, ALL in sort order
+    with ascending ranges only (§3.2); RETURN () means ALL (§3.3)."""
+    c = await selected(
+        imap, [raw(s, From=f) for s, f in [("c", "a@x"), ("a", "b@x"), ("b", "c@x"), ("d", "d@x")]]
+    )
+    assert "ESORT" in (await c.ok("CAPABILITY"))[0].split()
+    lines = await c.ok("SORT RETURN (MIN MAX COUNT ALL) (SUBJECT) UTF-8 ALL")
+    assert lines[0] == f'* ESEARCH (TAG "{c.tag_of(lines)}") MIN 2 MAX 4 COUNT 4 ALL 2:3,1,4'
+    lines = await c.ok("SORT RETURN () (REVERSE FROM) UTF-8 ALL")
+    assert lines[0] == f'* ESEARCH (TAG "{c.tag_of(lines)}") ALL 4,3,2,1'
+    lines = await c.ok("UID SORT RETURN (COUNT) (SUBJECT) UTF-8 SUBJECT nothing")
+    assert lines[0] == f'* ESEARCH (TAG "{c.tag_of(lines)}") UID COUNT 0'
+    lines = await c.ok("SORT RETURN (MIN) (ARRIVAL) US-ASCII 2:4")
+    assert lines[0] == f'* ESEARCH (TAG "{c.tag_of(lines)}") MIN 2'
+    assert (await c.ok("SORT (SUBJECT) UTF-8 ALL"))[0] == "* SORT 2 3 1 4"  # plain SORT unchanged
+    await c.close()
+
+
+async def test_partial_results(imap: IMAPEnv) -> None:
+    """RFC 5267 §4.4: PARTIAL lo:hi returns that window of the (sorted) results, NIL past the end."""
+    c = await selected(imap, [raw(s) for s in "edcba"])
+    for command, data in [
+        ("SEARCH RETURN (PARTIAL 1:1) ALL", "PARTIAL (1:1 1)"),
+        ("SEARCH RETURN (PARTIAL 2:4) ALL", "PARTIAL (2:4 2:4)"),
+        ("SEARCH RETURN (PARTIAL 4:2) ALL", "PARTIAL (2:4 2:4)"),
+        ("SEARCH RETURN (PARTIAL 1:6) ALL", "PARTIAL (1:6 1:5)"),
+        ("SEARCH RETURN (PARTIAL 6:9) ALL", "PARTIAL (6:9 NIL)"),
+        ("UID SEARCH RETURN (COUNT PARTIAL 2:3) NOT 1", "UID COUNT 4 PARTIAL (2:3 3:4)"),
+        ("SORT RETURN (PARTIAL 2:4) (SUBJECT) UTF-8 ALL", "PARTIAL (2:4 4,3,2)"),
+        ("UID SORT RETURN (PARTIAL 1:2 MIN) (REVERSE SUBJECT) UTF-8 ALL", "UID MIN 1 PARTIAL (1:2 1:2)"),
+    ]:
+        lines = await c.ok(command)
+        assert lines[0] == f'* ESEARCH (TAG "{c.tag_of(lines)}") {data}', command
+    for bogus in ("PARTIAL 1", "PARTIAL 1:*", "PARTIAL *:1", "PARTIAL 1:2 ALL"):
+        assert (await c.command(f"SEARCH RETURN ({bogus}) ALL"))[-1].split()[1] == "BAD"
+    await c.close()

@@ -118,31 +118,46 @@ async def search_(s: Session, tag: str, cmd: Search) -> Done:
         wanted.discard("SAVE")
         if not wanted:
             return Done(f"{'UID ' if cmd.uid else ''}SEARCH completed, result saved")
-    s.send(
-        enc.esearch(
-            tag,
-            uid=cmd.uid,
-            min=min(numbers) if numbers and "MIN" in wanted else None,
-            max=max(numbers) if numbers and "MAX" in wanted else None,
-            count=len(numbers) if "COUNT" in wanted else None,
-            all=numbers if "ALL" in wanted and numbers else None,
-            modseq=highest,
-        )
-    )
+    s.send(_esearch(tag, cmd.uid, wanted, cmd.partial, numbers, highest))
     return Done(f"{'UID ' if cmd.uid else ''}SEARCH completed")
 
 
-@command("SORT", State.SELECTED, ("SORT", "SORT=DISPLAY"))
+def _esearch(
+    tag: str,
+    uid: bool,
+    wanted: set[str],
+    partial: tuple[int, int] | None,
+    numbers: list[int],
+    modseq: int | None,
+) -> bytes:
+    """The ESEARCH answer for ``numbers`` in the requested order: mailbox order for SEARCH, the
+    sort order for SORT, where MIN and MAX are the first and last sorted (RFC 5267 §3.1)."""
+    return enc.esearch(
+        tag,
+        uid=uid,
+        min=numbers[0] if numbers and "MIN" in wanted else None,
+        max=numbers[-1] if numbers and "MAX" in wanted else None,
+        count=len(numbers) if "COUNT" in wanted else None,
+        all=numbers if "ALL" in wanted else None,
+        # RFC 5267 §4.4: positions from 1; a range past the end yields what there is.
+        partial=(partial, numbers[partial[0] - 1 : partial[1]]) if partial is not None else None,
+        modseq=modseq,
+    )
+
+
+@command("SORT", State.SELECTED, ("SORT", "SORT=DISPLAY", "ESORT"))
 async def sort_(s: Session, tag: str, cmd: Sort) -> Done:
-    if cmd.returns is not None:
-        raise Fail("BAD", "SORT RETURN (ESORT) is not supported")
     found = await _matching(s, cmd.search)
     try:
         ordered = sort(cmd.criteria, found)
     except SearchError as exc:
         raise Fail("NO", str(exc)) from None
     modseq = max((v.modseq for v in found), default=None) if _uses_modseq(cmd.search) else None
-    s.send(enc.sort([v.uid if cmd.uid else v.seq for v in ordered], modseq=modseq))
+    numbers = [v.uid if cmd.uid else v.seq for v in ordered]
+    if cmd.returns is None:
+        s.send(enc.sort(numbers, modseq=modseq))
+    else:  # RFC 5267 §3: ESORT answers with ESEARCH, in the sort order.
+        s.send(_esearch(tag, cmd.uid, set(cmd.returns), cmd.partial, numbers, modseq))
     return Done(f"{'UID ' if cmd.uid else ''}SORT completed")
 
 

@@ -460,14 +460,16 @@ class Search(CommandBody):
     """SEARCH / UID SEARCH.
 
     ``returns`` is None for a classic SEARCH (answer ``* SEARCH``); otherwise the ESEARCH
-    RETURN options (RFC 4731/5182: MIN MAX ALL COUNT SAVE), with ``RETURN ()`` given as
-    ``("ALL",)`` as RFC 4731 §3.1 requires. ``charset`` is None when not specified.
+    RETURN options (RFC 4731/5182: MIN MAX ALL COUNT SAVE; RFC 5267: CONTEXT PARTIAL), with
+    ``RETURN ()`` given as ``("ALL",)`` as RFC 4731 §3.1 requires. ``partial`` is the PARTIAL
+    range as (low, high). ``charset`` is None when not specified.
     """
 
     uid: bool
     criteria: SearchKey
     charset: str | None = None
     returns: tuple[str, ...] | None = None
+    partial: tuple[int, int] | None = None
     name = "SEARCH"
 
 
@@ -613,13 +615,15 @@ class SortCriterion:
 
 @dataclass(frozen=True, slots=True)
 class Sort(CommandBody):
-    """SORT / UID SORT; ``returns`` are the ESORT RETURN options (RFC 5267) or None."""
+    """SORT / UID SORT; ``returns`` are the ESORT RETURN options (RFC 5267) or None, as for
+    :class:`Search`."""
 
     uid: bool
     criteria: tuple[SortCriterion, ...]
     charset: str
     search: SearchKey
     returns: tuple[str, ...] | None = None
+    partial: tuple[int, int] | None = None
     name = "SORT"
 
 

@@ -136,7 +136,8 @@ _STATUS_ITEMS = frozenset(
     }
 )
 _LIST_SELECT = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
-_SEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
+_SEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "CONTEXT", "PARTIAL"})
+_SORT_RETURN = _SEARCH_RETURN - {"SAVE"}
 _SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"})
 _THREAD_ALGORITHMS = frozenset({"REFERENCES", "ORDEREDSUBJECT"})
 _FETCH_MACROS = {
@@ -792,29 +793,42 @@ class _SearchParser:
         return WithinKey(word == "OLDER", c.nz_number())
 
 
-def _return_opts(c: _Cursor, allowed: frozenset[str]) -> tuple[str, ...]:
-    """Parse ``RETURN (opt ...)``; RFC 4731 §3.1: an empty list means ALL."""
+def _return_opts(c: _Cursor, allowed: frozenset[str]) -> tuple[tuple[str, ...], tuple[int, int] | None]:
+    """Parse ``RETURN (opt ...)`` into the options and the PARTIAL range (RFC 5267 §5
+    ``partial-range = nz-number ":" nz-number``, either order, no ``*``); RFC 4731 §3.1: an
+    empty list means ALL. RFC 5267 §4.4: at most one of PARTIAL and ALL."""
     c.sp()
     c.char(0x28, "(")
     opts: list[str] = []
+    partial = None
     while c.peek() != 0x29:
         word = c.keyword()
         if word not in allowed:
             raise c.fail(f"unknown RETURN option {word}")
+        if word == "PARTIAL":
+            if partial is not None:
+                raise c.fail("PARTIAL given twice")
+            c.sp()
+            low = c.nz_number()
+            c.char(0x3A, ":")
+            high = c.nz_number()
+            partial = (min(low, high), max(low, high))
         if word not in opts:
             opts.append(word)
         if c.peek() != 0x29:
             c.sp()
     c.pos += 1
-    return tuple(opts) or ("ALL",)
+    if partial is not None and "ALL" in opts:
+        raise c.fail("RETURN cannot have both PARTIAL and ALL")
+    return tuple(opts) or ("ALL",), partial
 
 
 def _search(c: _Cursor, uid: bool) -> Search:
     c.sp()
-    returns = None
+    returns = partial = None
     if c.peek_keyword() == "RETURN":
         c.keyword()
-        returns = _return_opts(c, _SEARCH_RETURN)
+        returns, partial = _return_opts(c, _SEARCH_RETURN)
         c.sp()
     charset = None
     if c.peek_keyword() == "CHARSET":
@@ -823,16 +837,16 @@ def _search(c: _Cursor, uid: bool) -> Search:
         charset = _charset(c)
         c.sp()
     criteria = _SearchParser(c, charset or "UTF-8").program()
-    return Search(uid, criteria, charset, returns)
+    return Search(uid, criteria, charset, returns, partial)
 
 
 def _sort(c: _Cursor, uid: bool) -> Sort:
     # RFC 5256 §5, RFC 5267 §3.2 (ESORT RETURN).
     c.sp()
-    returns = None
+    returns = partial = None
     if c.peek_keyword() == "RETURN":
         c.keyword()
-        returns = _return_opts(c, _SEARCH_RETURN - {"SAVE"})
+        returns, partial = _return_opts(c, _SORT_RETURN)
         c.sp()
 
     def criterion() -> SortCriterion:
@@ -850,7 +864,7 @@ def _sort(c: _Cursor, uid: bool) -> Sort:
     charset = _charset(c)
     c.sp()
     search = _SearchParser(c, charset).program()
-    return Sort(uid, criteria, charset, search, returns)
+    return Sort(uid, criteria, charset, search, returns, partial)
 
 
 def _thread(c: _Cursor, uid: bool) -> Thread:
