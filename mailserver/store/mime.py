@@ -38,6 +38,7 @@ __all__ = [
     "decode_header",
     "parse_addresses",
     "section",
+    "section_exists",
 ]
 
 MAX_DEPTH = 32
@@ -644,6 +645,17 @@ def _header_fields_section(block: bytes, names: list[str], negate: bool) -> byte
     if kept and not kept[-1].endswith(b"\n"):
         kept[-1] += b"\r\n"
     return b"".join(kept) + b"\r\n"
+
+
+def section_exists(meta: dict[str, Any], part: list[int], text: str | None) -> bool:
+    """Whether BODY[<part>.<text>] names an existing section (:func:`section` gives b"" otherwise);
+    HEADER and TEXT of a part need an encapsulated message (RFC 9051 §6.4.5)."""
+    if not part:
+        return True
+    node = _resolve(meta, part)
+    if node is None:
+        return False
+    return text is None or text.upper() == "MIME" or _is_message(node)
 
 
 def section(

@@ -449,6 +449,16 @@ def test_literal_must_end_line_and_match() -> None:
         parse_command([b"a LOGIN {3} x", b""], [b"abc"])
 
 
+def test_append_catenate() -> None:
+    """RFC 4469 §5: append-data =/ "CATENATE" SP "(" cat-part *(SP cat-part) ")"."""
+    wire = b'a APPEND Drafts (\\Draft) CATENATE (URL "/Drafts/;UID=1" TEXT {2}\r\nab url x) {1}\r\nz'
+    first, second = body(wire).messages
+    assert first == AppendMessage(b"", ("\\Draft",), catenate=("/Drafts/;UID=1", b"ab", "x"))
+    assert second == AppendMessage(b"z")
+    for bogus in (b"CATENATE ()", b"CATENATE (TEXT x)", b"CATENATE (URL)", b'CATENATE (BOGUS "x")'):
+        assert bad(b"a APPEND Drafts " + bogus).status == "BAD"
+
+
 def test_append_date_naive_forms() -> None:
     msg = body(b'a APPEND x "01-Jan-2024 00:00:00 +0000" {1}\r\nz').messages[0]
     assert msg.internal_date == datetime(2024, 1, 1, tzinfo=UTC)

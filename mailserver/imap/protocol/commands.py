@@ -270,7 +270,9 @@ class AppendMessage:
     """One message of a (MULTI)APPEND (RFC 3502).
 
     ``binary`` is true for a ``~{n}`` literal8 (RFC 3516); ``utf8`` for the RFC 6855
-    ``UTF8 (~{n})`` form, which also implies ``binary``.
+    ``UTF8 (~{n})`` form, which also implies ``binary``. ``catenate`` holds the parts of the
+    RFC 4469 ``CATENATE (...)`` form in order, literal bytes for TEXT and strings for URL
+    (``data`` is then empty).
     """
 
     data: bytes
@@ -278,6 +280,7 @@ class AppendMessage:
     internal_date: datetime | None = None
     binary: bool = False
     utf8: bool = False
+    catenate: tuple[bytes | str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

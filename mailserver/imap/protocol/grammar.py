@@ -663,6 +663,13 @@ def _append(c: _Cursor, uid: bool) -> Append:
         utf8 = False
         if c.peek() in (0x7B, 0x7E):
             data, binary = c.literal(allow_binary=True)
+        elif c.peek_keyword() == "CATENATE":
+            c.keyword()
+            c.sp()
+            messages.append(
+                AppendMessage(b"", flags, when, catenate=tuple(c.paren_list(lambda: _cat_part(c))))
+            )
+            continue
         else:
             c.expect_keyword("UTF8")
             c.sp()
@@ -676,6 +683,17 @@ def _append(c: _Cursor, uid: bool) -> Append:
     if not messages:
         raise c.fail("APPEND needs a message literal")
     return Append(mailbox, tuple(messages))
+
+
+def _cat_part(c: _Cursor) -> bytes | str:
+    """RFC 4469 §5 ``cat-part = "TEXT" SP literal / "URL" SP astring`` (literal8 too, RFC 3516)."""
+    word = c.keyword()
+    c.sp()
+    if word == "TEXT":
+        return c.literal(allow_binary=True)[0]
+    if word == "URL":
+        return c.text(c.astring(), "URL")
+    raise c.fail(f"unknown CATENATE part {word}")
 
 
 def _expunge(c: _Cursor, uid: bool) -> Expunge:
