@@ -24,7 +24,7 @@ from mailserver.store.mime import decode_header
 from .protocol.commands import SortCriterion
 from .search import MessageView, SearchError, _aware, _headers
 
-__all__ = ["casemap", "sent_date", "sort"]
+__all__ = ["casemap", "needs_meta", "sent_date", "sort", "sort_key"]
 
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _ESCAPED = re.compile(r"\\(.)")
@@ -120,6 +120,41 @@ def _check(criteria: Sequence[SortCriterion]) -> None:
     for criterion in criteria:
         if criterion.key not in _KEYS:
             raise SearchError(f"unsupported sort key {criterion.key}")
+
+
+class _Descending:
+    """A key that sorts in reverse (REVERSE on one criterion, RFC 5256 §3)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Descending) and self.value == other.value
+
+    def __lt__(self, other: _Descending) -> bool:
+        return other.value < self.value
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def sort_key(criteria: Sequence[SortCriterion]) -> Callable[[MessageView], tuple[Any, ...]]:
+    """One comparable key per message giving :func:`sort`'s order, the UID last as the tie-break
+    (the same order as sequence numbers, and stable across expunges): a SORT context (RFC 5267
+    §4.3) keeps its members' keys to place later messages."""
+    _check(criteria)
+    parts = [(_KEYS[c.key], c.reverse) for c in criteria]
+
+    def key(view: MessageView) -> tuple[Any, ...]:
+        return (*(_Descending(get(view)) if reverse else get(view) for get, reverse in parts), view.uid)
+
+    return key
+
+
+def needs_meta(criteria: Sequence[SortCriterion]) -> bool:
+    """Whether these keys read the cached analysis (all but ARRIVAL and SIZE)."""
+    return any(c.key not in ("ARRIVAL", "SIZE") for c in criteria)
 
 
 def sort(criteria: Sequence[SortCriterion], messages: list[MessageView]) -> list[MessageView]:

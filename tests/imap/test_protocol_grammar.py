@@ -11,6 +11,7 @@ from mailserver.imap.protocol.commands import (
     AppendMessage,
     Authenticate,
     BodyKey,
+    CancelUpdate,
     Capability,
     Check,
     Close,
@@ -367,6 +368,10 @@ def test_context_return_options() -> None:
         assert bad(b"a SEARCH RETURN (" + bogus + b") ALL").status == "BAD"
     assert bad(b"a SEARCH RETURN (PARTIAL 1:2 PARTIAL 3:4) ALL")
     assert bad(b"a SORT RETURN (SAVE) (DATE) UTF-8 ALL")
+    assert body(b"a SORT RETURN (UPDATE) (DATE) UTF-8 ALL").returns == ("UPDATE",)
+    assert body(b'a CANCELUPDATE "B01" "x y"') == CancelUpdate(("B01", "x y"))
+    for bogus in (b"a CANCELUPDATE", b"a CANCELUPDATE B01", b'a CANCELUPDATE "B01"  "x"'):
+        assert bad(bogus).status == "BAD"
 
 
 def test_sort_and_thread() -> None:

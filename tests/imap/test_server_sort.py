@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from tests.imap.conftest import IMAPEnv
+from typing import Any
+
+from tests.imap.conftest import MARTIN, IMAPEnv, running
 from tests.imap.helpers import Client
+from tests.imap.test_search_engine import RFC5256_SUBJECTS
 
 
 def raw(subject: str | None, **headers: str) -> bytes:
@@ -23,17 +26,7 @@ async def selected(imap: IMAPEnv, messages: list[bytes]) -> Client:
 
 async def test_sort_subject_uses_the_base_subject_and_the_collation(imap: IMAPEnv) -> None:
     """RFC 5256 §2.1 base subject; §7 collation: letters (uppercase-folded) sort before "[" and "_"."""
-    subjects = [
-        "a",
-        "C",
-        "b",
-        "_",
-        "[foo] Fwd: [bar] Re: fw: b (fWd)  (fwd)",
-        "b (a)",
-        "Re: [FWD: c]",
-        "[xyz]",
-    ]
-    c = await selected(imap, [raw(s) for s in subjects] + [raw(None)])
+    c = await selected(imap, [raw(s) for s in RFC5256_SUBJECTS] + [raw(None)])
     assert (await c.ok("SORT (SUBJECT) US-ASCII ALL"))[0] == "* SORT 9 1 3 5 6 2 7 8 4"
     assert (await c.ok("SORT (REVERSE SUBJECT) UTF-8 ALL"))[0] == "* SORT 4 8 2 7 6 3 5 1 9"
     assert (await c.ok("THREAD ORDEREDSUBJECT UTF-8 ALL"))[0] == "* THREAD (1)(2 7)(3 5)(4)(6)(8)(9)"
@@ -138,3 +131,137 @@ async def test_partial_results(imap: IMAPEnv) -> None:
     for bogus in ("PARTIAL 1", "PARTIAL 1:*", "PARTIAL *:1", "PARTIAL 1:2 ALL"):
         assert (await c.command(f"SEARCH RETURN ({bogus}) ALL"))[-1].split()[1] == "BAD"
     await c.close()
+
+
+def esearch(lines: list[str]) -> list[str]:
+    return [line for line in lines if line.startswith("* ESEARCH")]
+
+
+async def tagged(c: Client, tag: str, command: str) -> list[str]:
+    await c.send(f"{tag} {command}\r\n")
+    return await c.until(tag)
+
+
+async def test_search_context_updates(imap: IMAPEnv) -> None:
+    """RFC 5267 §4.3: RETURN (UPDATE) sends ADDTO/REMOVEFROM as flags change, messages arrive or go."""
+    c = await selected(imap, [raw(f"m{i}") for i in range(1, 7)])
+    caps = (await c.ok("CAPABILITY"))[0].split()
+    assert "CONTEXT=SEARCH" in caps and "CONTEXT=SORT" in caps
+    assert esearch(await tagged(c, "S1", "SEARCH RETURN (UPDATE) SEEN")) == ['* ESEARCH (TAG "S1")']
+    lines = await c.ok("STORE 1,2,5 +FLAGS (\\Seen)")
+    assert esearch(lines) == ['* ESEARCH (TAG "S1") ADDTO (0 1:2,5)']
+    assert lines.index(esearch(lines)[0]) == 3  # after the three FETCH responses
+    assert esearch(await c.ok("STORE 1,2 -FLAGS.SILENT (\\Seen)")) == [
+        '* ESEARCH (TAG "S1") REMOVEFROM (0 1:2)'
+    ]
+    assert esearch(await c.ok("FETCH 3 BODY[]")) == ['* ESEARCH (TAG "S1") ADDTO (0 3)']  # implicit \Seen
+    await c.ok("STORE 3:6 +FLAGS.SILENT (\\Deleted)")
+    lines = await c.ok("EXPUNGE")
+    assert lines[:5] == ['* ESEARCH (TAG "S1") REMOVEFROM (0 3,5)', *(f"* {n} EXPUNGE" for n in (6, 5, 4, 3))]
+    # A UID context, changes by another session, a new message.
+    assert esearch(await tagged(c, "U1", "UID SEARCH RETURN (UPDATE COUNT) UNSEEN")) == [
+        '* ESEARCH (TAG "U1") UID COUNT 2'
+    ]
+    other = await imap.connect()
+    await other.ok("SELECT INBOX")
+    await other.ok("STORE 1 +FLAGS (\\Seen)")
+    await imap.deliver(raw("m7"))
+    lines = await c.ok("NOOP")
+    assert esearch(lines) == [
+        '* ESEARCH (TAG "S1") ADDTO (0 1)',
+        '* ESEARCH (TAG "U1") UID REMOVEFROM (0 1) ADDTO (0 7)',
+    ]
+    assert lines.index("* 3 EXISTS") < lines.index(esearch(lines)[0])  # ADDTO after EXISTS (§4.3.3)
+    # Tag reuse is BAD while the context lives (§4.3); CANCELUPDATE ends it (§4.3.5).
+    assert (await tagged(c, "S1", "SEARCH RETURN (UPDATE) ALL"))[-1].startswith("S1 BAD")
+    assert (await c.ok('CANCELUPDATE "S1"'))[-1].split()[1] == "OK"
+    assert esearch(await c.ok("STORE 2 +FLAGS (\\Seen)")) == ['* ESEARCH (TAG "U1") UID REMOVEFROM (0 2)']
+    await other.ok("EXPUNGE")  # nothing deleted: no change
+    await other.ok("STORE 1:* -FLAGS (\\Seen)")
+    assert esearch(await c.ok("NOOP")) == ['* ESEARCH (TAG "U1") UID ADDTO (0 1:2)']
+    await c.ok("UNSELECT")
+    await c.ok("SELECT INBOX")
+    assert esearch(await c.ok("STORE 1:* +FLAGS (\\Seen)")) == []  # contexts end with the selection
+    await c.close()
+    await other.close()
+
+
+async def test_search_context_freezes_sequence_numbers(imap: IMAPEnv) -> None:
+    """RFC 5267 §4.3 / RFC 3501 errata: numbers and "*" in the program are evaluated once."""
+    c = await selected(imap, [raw(f"m{i}") for i in range(1, 4)])
+    assert esearch(await tagged(c, "F", "SEARCH RETURN (UPDATE ALL) 2:* UNFLAGGED")) == [
+        '* ESEARCH (TAG "F") ALL 2:3'
+    ]
+    await imap.deliver(raw("m4"))
+    lines = await c.ok("NOOP")
+    assert "* 4 EXISTS" in lines and esearch(lines) == []  # message 4 was not designated by 2:*
+    assert esearch(await c.ok("STORE 1,3 +FLAGS (\\Flagged)")) == ['* ESEARCH (TAG "F") REMOVEFROM (0 3)']
+    await c.close()
+
+
+async def test_sort_context_updates_keep_the_sort_order(imap: IMAPEnv) -> None:
+    """RFC 5267 §4.3.3/§4.3.4: SORT contexts insert and remove at their context positions."""
+    c = await selected(imap, [raw(s) for s in ("delta", "bravo", "foxtrot", "alpha")])
+    lines = await tagged(c, "R", "SORT RETURN (UPDATE ALL) (SUBJECT) UTF-8 UNDELETED")
+    assert esearch(lines) == ['* ESEARCH (TAG "R") ALL 4,2,1,3']
+    await imap.deliver(raw("charlie"))
+    await imap.deliver(raw("echo"))
+    lines = await c.ok("NOOP")
+    assert esearch(lines) == ['* ESEARCH (TAG "R") ADDTO (3 5 5 6)']  # alpha bravo CHARLIE delta ECHO
+    assert esearch(await c.ok("STORE 2,6 +FLAGS (\\Deleted)")) == ['* ESEARCH (TAG "R") REMOVEFROM (2 2 4 6)']
+    assert esearch(await c.ok("STORE 2 -FLAGS (\\Deleted)")) == ['* ESEARCH (TAG "R") ADDTO (2 2)']
+    lines = await tagged(c, "U", "UID SORT RETURN (UPDATE MIN) (REVERSE SUBJECT) UTF-8 ALL")
+    assert esearch(lines) == ['* ESEARCH (TAG "U") UID MIN 3']  # foxtrot echo delta charlie bravo alpha
+    assert esearch(await c.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")) == [
+        '* ESEARCH (TAG "R") REMOVEFROM (4 1)'
+    ]
+    lines = await c.ok("EXPUNGE")  # UIDs 1 (delta) and 6 (echo): REMOVEFROM before the EXPUNGE
+    assert lines[:3] == ['* ESEARCH (TAG "U") UID REMOVEFROM (3 1 2 6)', "* 6 EXPUNGE", "* 1 EXPUNGE"]
+    await imap.deliver(raw("golf"))
+    await imap.deliver(raw("bravo"))
+    assert esearch(await c.ok("NOOP")) == [
+        '* ESEARCH (TAG "R") ADDTO (5 5 3 6)',  # alpha bravo BRAVO' charlie foxtrot GOLF (numbers)
+        '* ESEARCH (TAG "U") UID ADDTO (1 7 5 8)',  # GOLF foxtrot charlie bravo BRAVO' alpha (UIDs)
+    ]
+    await c.close()
+
+
+async def test_update_contexts_are_limited(sqlite_runtime: Any, pki: Any) -> None:
+    """RFC 5267 §4.3.1: beyond [limits] imap_update_contexts, NOUPDATE and the other results."""
+    async with running(sqlite_runtime, pki, imap_update_contexts=2) as env:
+        c = await selected(env, [raw("a"), raw("b")])
+        assert esearch(await tagged(c, "A", "SEARCH RETURN (UPDATE) SEEN")) == ['* ESEARCH (TAG "A")']
+        await tagged(c, "B", "SORT RETURN (UPDATE) (DATE) UTF-8 SEEN")
+        lines = await tagged(c, "C", "UID SORT RETURN (UPDATE COUNT) (DATE) UTF-8 ALL")
+        assert lines[:2] == [
+            '* ESEARCH (TAG "C") UID COUNT 2',
+            '* NO [NOUPDATE "C"] at most 2 updating contexts',
+        ]
+        assert lines[-1].startswith("C OK")
+        events = await env.rt.audit.events(actor=MARTIN, action="limit")
+        assert [(e.request, e.response) for e in events] == [("imap C RETURN (UPDATE)", "NOUPDATE")]
+        assert esearch(await c.ok("STORE 1 +FLAGS (\\Seen)")) == [
+            '* ESEARCH (TAG "A") ADDTO (0 1)',
+            '* ESEARCH (TAG "B") ADDTO (1 1)',
+        ]
+        await c.ok('CANCELUPDATE "A" "nothing"')
+        lines = await tagged(c, "D", "SEARCH RETURN (UPDATE) UNSEEN")
+        assert lines[-1].startswith("D OK") and not any("NOUPDATE" in line for line in lines)
+        await c.close()
+
+
+async def test_updates_arrive_during_idle(imap: IMAPEnv) -> None:
+    """RFC 5267 §4.3.2: updates may be sent at any time, IDLE included."""
+    c = await selected(imap, [raw("a"), raw("b")])
+    await tagged(c, "W", "SEARCH RETURN (UPDATE) FLAGGED")
+    await c.send("i IDLE\r\n")
+    assert (await c.line()).startswith("+ ")
+    other = await imap.connect()
+    await other.ok("SELECT INBOX")
+    await other.ok("STORE 2 +FLAGS (\\Flagged)")
+    assert (await c.line()).startswith("* 2 FETCH (UID 2 FLAGS (\\Flagged")
+    assert await c.line() == '* ESEARCH (TAG "W") ADDTO (0 2)'
+    await c.send("DONE\r\n")
+    assert (await c.until("i"))[-1].startswith("i OK")
+    await c.close()
+    await other.close()

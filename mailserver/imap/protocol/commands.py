@@ -21,6 +21,7 @@ __all__ = [
     "AppendMessage",
     "Authenticate",
     "BodyKey",
+    "CancelUpdate",
     "Capability",
     "Check",
     "Close",
@@ -628,6 +629,14 @@ class Sort(CommandBody):
     returns: tuple[str, ...] | None = None
     partial: tuple[int, int] | None = None
     name = "SORT"
+
+
+@dataclass(frozen=True, slots=True)
+class CancelUpdate(CommandBody):
+    """CANCELUPDATE (RFC 5267 §4.3.5): stop the updates of the contexts named by these tags."""
+
+    tags: tuple[str, ...]
+    name = "CANCELUPDATE"
 
 
 @dataclass(frozen=True, slots=True)

@@ -375,6 +375,18 @@ def esearch(
     return out + CRLF
 
 
+def esearch_update(
+    tag: str, *, uid: bool, items: Sequence[tuple[str, Sequence[tuple[int, Sequence[int]]]]]
+) -> bytes:
+    """RFC 5267 §4.3.3/§4.3.4 ``* ESEARCH (TAG "t") [UID] REMOVEFROM (pos set ...) ADDTO (...)``;
+    each set keeps the order given (the requested order)."""
+    out = b"* ESEARCH (TAG " + quoted(tag) + b")" + (b" UID" if uid else b"")
+    for name, runs in items:
+        pairs = b" ".join(b"%d %s" % (position, _ordered_set(numbers)) for position, numbers in runs)
+        out += b" " + name.encode("ascii") + b" (" + pairs + b")"
+    return out + CRLF
+
+
 def list_response(
     attributes: Iterable[str],
     delimiter: str | None,

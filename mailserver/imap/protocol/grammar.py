@@ -23,6 +23,7 @@ from .commands import (
     AppendMessage,
     Authenticate,
     BodyKey,
+    CancelUpdate,
     Capability,
     Check,
     Close,
@@ -136,7 +137,7 @@ _STATUS_ITEMS = frozenset(
     }
 )
 _LIST_SELECT = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
-_SEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "CONTEXT", "PARTIAL"})
+_SEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "CONTEXT", "PARTIAL", "UPDATE"})
 _SORT_RETURN = _SEARCH_RETURN - {"SAVE"}
 _SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"})
 _THREAD_ALGORITHMS = frozenset({"REFERENCES", "ORDEREDSUBJECT"})
@@ -885,6 +886,17 @@ def _sort(c: _Cursor, uid: bool) -> Sort:
     return Sort(uid, criteria, charset, search, returns, partial)
 
 
+def _cancelupdate(c: _Cursor, uid: bool) -> CancelUpdate:
+    """RFC 5267 §5: ``"CANCELUPDATE" 1*(SP quoted)``, the tags of the updating commands."""
+    tags: list[str] = []
+    while not c.at_end():
+        c.sp()
+        tags.append(c.text(c.quoted(), "tag"))
+    if not tags:
+        raise c.fail("CANCELUPDATE needs at least one tag")
+    return CancelUpdate(tuple(tags))
+
+
 def _thread(c: _Cursor, uid: bool) -> Thread:
     c.sp()
     algorithm = c.keyword()
@@ -1120,6 +1132,7 @@ _COMMANDS = {
     "MOVE": _copy_like(Move),
     "SORT": _sort,
     "THREAD": _thread,
+    "CANCELUPDATE": _cancelupdate,
     "ID": _id,
     "GETQUOTA": _getquota,
     "GETQUOTAROOT": _one_mailbox(GetQuotaRoot),
