@@ -25,7 +25,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mailserver.imap.protocol import encoder as enc
-from mailserver.imap.protocol.commands import AndKey, NotKey, OrKey, SearchKey, SequenceKey, SortCriterion
+from mailserver.imap.protocol.commands import (
+    AndKey,
+    BodyKey,
+    DateKey,
+    HeaderKey,
+    NotKey,
+    OrKey,
+    SearchKey,
+    SequenceKey,
+    SortCriterion,
+    TextKey,
+)
 from mailserver.imap.protocol.sequence import SequenceSet
 from mailserver.imap.search import MessageView, search
 from mailserver.imap.sort import needs_meta as sort_needs_meta
@@ -85,13 +96,12 @@ def freeze(key: SearchKey, sel: Selected) -> SearchKey:
         case SequenceKey(sequence_set=seqset, uid=uid):
             plain = SequenceSet(seqset.ranges)
             if uid:
-                ranges = [*plain.resolve(sel.last_uid)]
+                uids = SequenceSet(tuple(plain.resolve(sel.last_uid)))
             else:
-                numbers = [sel.uids[n - 1] for n in plain.iter(len(sel.uids))]
-                ranges = [*SequenceSet.from_numbers(numbers).ranges]  # type: ignore[list-item]
+                uids = SequenceSet.from_numbers(sel.uids[n - 1] for n in plain.iter(len(sel.uids)))
             if seqset.saved and sel.saved:
-                ranges += SequenceSet.from_numbers(sel.saved).ranges  # type: ignore[arg-type]
-            return SequenceKey(SequenceSet(tuple(ranges)), uid=True)
+                uids = SequenceSet(uids.ranges + SequenceSet.from_numbers(sel.saved).ranges)
+            return SequenceKey(uids, uid=True)
         case AndKey(keys=keys):
             return AndKey(tuple(freeze(k, sel) for k in keys))
         case OrKey(left=left, right=right):
@@ -110,7 +120,7 @@ def _needs_meta(key: SearchKey) -> bool:
             return _needs_meta(left) or _needs_meta(right)
         case NotKey(key=inner):
             return _needs_meta(inner)
-    return type(key).__name__ in ("HeaderKey", "BodyKey", "TextKey", "DateKey")
+    return isinstance(key, HeaderKey | BodyKey | TextKey | DateKey)
 
 
 @dataclass(slots=True)
@@ -118,8 +128,8 @@ class Context:
     """One updating context; ``uid`` says whether the client gets UIDs or sequence numbers.
 
     SEARCH (``order`` None): ``members`` holds the matching UIDs ascending. SORT: ``keys`` holds the
-    members' sort keys in the requested order (the UID last, as the tie-break) and ``members`` maps
-    nothing; ``by_uid`` finds a member's key.
+    members' sort keys in the requested order (the UID last, as the tie-break) and ``by_uid`` finds
+    a member's key; ``members`` stays empty.
     """
 
     tag: str
@@ -194,6 +204,7 @@ class Contexts:
     ) -> None:
         """Keep ``results`` (in the requested order) of a searching command that asked for UPDATE."""
         key = sort_key(order) if order is not None else None
+        keys = [key(v) for v in results] if key else []
         self.active[tag] = Context(
             tag=tag,
             uid=uid,
@@ -201,11 +212,9 @@ class Contexts:
             order=key,
             needs_meta=_needs_meta(criteria) or (order is not None and sort_needs_meta(order)),
             members=array("I", [] if key else sorted(v.uid for v in results)),
-            keys=[key(v) for v in results] if key else [],
-            by_uid={},
+            keys=keys,
+            by_uid={k[-1]: k for k in keys},
         )
-        ctx = self.active[tag]
-        ctx.by_uid = {k[-1]: k for k in ctx.keys}
 
     def cancel(self, tags: Iterable[str]) -> None:
         for tag in tags:

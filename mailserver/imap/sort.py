@@ -1,49 +1,38 @@
 """IMAP SORT ordering (RFC 5256 §3, RFC 5957 DISPLAYFROM/DISPLAYTO) over cached metadata.
 
-String keys are compared with i;unicode-casemap (RFC 5051), the collation RFC 5256 §7 mandates:
-each character is replaced by its titlecase and canonically decomposed, and the results compare
-as code points (the order of their UTF-8 octets). For ASCII this is an uppercase fold, so letters
-sort before ``[`` and ``_``; "Éric" sorts with "Eric", before "Zoé".
-
-The address keys are read from the cached ENVELOPE (RFC 5256 §3 defines them on its address
-structures); the base subject is the one :func:`mailserver.store.mime.analyze` extracted at delivery.
+String keys are compared in i;unicode-casemap form (RFC 5051), the collation RFC 5256 §7 mandates:
+letters sort as their uppercase, so before ``[`` and ``_``, and "Éric" sorts with "Eric", before
+"Zoé". :func:`mailserver.store.mime.analyze` computes them at delivery (the address keys from the
+ENVELOPE, as RFC 5256 §3 defines them on its address structures).
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from functools import cache
 from operator import attrgetter
 from typing import Any
 
-from mailserver.store.mime import decode_header
+from mailserver.store.mime import sort_keys
 
 from .protocol.commands import SortCriterion
 from .search import MessageView, SearchError, _aware, _headers
 
-__all__ = ["casemap", "needs_meta", "sent_date", "sort", "sort_key"]
-
-_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
-_ESCAPED = re.compile(r"\\(.)")
-# Envelope positions (RFC 9051 §7.5.2) of the address fields that SORT reads.
-_FROM, _TO, _CC = 2, 5, 6
+__all__ = ["collation_keys", "needs_meta", "sent_date", "sort", "sort_key"]
 
 
-@cache
-def _titlecase() -> dict[int, str]:
-    """Characters whose simple titlecase mapping differs from themselves (all below U+20000)."""
-    return {i: t for i in range(0x20000) if len(t := chr(i).title()) == 1 and t != chr(i)}
+def collation_keys(view: MessageView) -> dict[str, str]:
+    """The cached string keys (``subject``, ``from``, ``to``, ``cc``, ``displayfrom``, ``displayto``);
+    a message analysed before they were cached gets them computed now."""
+    headers = _headers(view)
+    keys = headers.get("sort")
+    if keys is None:
+        keys = sort_keys(view.meta.get("envelope") or [None] * 10, headers.get("base_subject"))
+    return keys
 
 
-def casemap(text: str) -> str:
-    """The i;unicode-casemap (RFC 5051 §2) form of ``text``: equal forms are equal under the
-    collation, and forms compare (as Python strings) in the collation's order."""
-    if text.isascii():
-        return text.upper()
-    return unicodedata.normalize("NFD", text.translate(_titlecase()))
+def _string(name: str) -> Callable[[MessageView], str]:
+    return lambda view: collation_keys(view)[name]
 
 
 def sent_date(view: MessageView) -> datetime:
@@ -57,62 +46,16 @@ def sent_date(view: MessageView) -> datetime:
     return _aware(view.internal_date)
 
 
-def _first_address(view: MessageView, field: int) -> list[str | None] | None:
-    """The first address structure of an envelope field; a group's start carries its name."""
-    envelope = view.meta.get("envelope") or []
-    addresses = envelope[field] if len(envelope) > field else None
-    return addresses[0] if addresses else None
-
-
-def _unquoted(local: str) -> str:
-    """RFC 9051 §9 addr-mailbox is the local-part "after removing [RFC 5322] quoting"."""
-    if '"' not in local:
-        return local
-    return _QUOTED.sub(lambda m: _ESCAPED.sub(r"\1", m.group(1)), local)
-
-
-def _mailbox(field: int) -> Callable[[MessageView], str]:
-    """RFC 5256 §3 FROM / TO / CC: addr-mailbox of the first address, "" when there is none."""
-
-    def key(view: MessageView) -> str:
-        first = _first_address(view, field)
-        return casemap(_unquoted(first[2] or "")) if first else ""
-
-    return key
-
-
-def _display(field: int) -> Callable[[MessageView], str]:
-    """RFC 5957 §3 DISPLAYFROM / DISPLAYTO: the decoded display name of the first address, else
-    its addr-mailbox "@" addr-host (a group: its name)."""
-
-    def key(view: MessageView) -> str:
-        first = _first_address(view, field)
-        if first is None:
-            return ""
-        name, _adl, local, host = first
-        shown = decode_header(name).strip() if name else ""
-        if not shown:
-            local = _unquoted(local or "")
-            shown = f"{local}@{host}" if host is not None else local
-        return casemap(shown)
-
-    return key
-
-
-def _subject(view: MessageView) -> str:
-    return casemap(_headers(view).get("base_subject") or "")
-
-
 _KEYS: dict[str, Callable[[MessageView], Any]] = {
     "ARRIVAL": lambda view: _aware(view.internal_date),
-    "CC": _mailbox(_CC),
+    "CC": _string("cc"),
     "DATE": sent_date,
-    "FROM": _mailbox(_FROM),
+    "FROM": _string("from"),
     "SIZE": attrgetter("size"),
-    "SUBJECT": _subject,
-    "TO": _mailbox(_TO),
-    "DISPLAYFROM": _display(_FROM),
-    "DISPLAYTO": _display(_TO),
+    "SUBJECT": _string("subject"),
+    "TO": _string("to"),
+    "DISPLAYFROM": _string("displayfrom"),
+    "DISPLAYTO": _string("displayto"),
 }
 
 

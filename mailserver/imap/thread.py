@@ -16,7 +16,7 @@ from operator import attrgetter
 
 from .protocol.encoder import ThreadNode
 from .search import MessageView, SearchError, _headers
-from .sort import casemap, sent_date
+from .sort import collation_keys, sent_date
 
 __all__ = ["ThreadNode", "thread"]
 
@@ -79,7 +79,7 @@ def _order(dates: dict[int, datetime]) -> SortKey:
 
 def _base_subject(view: MessageView) -> str:
     """Base subjects compare under the SORT collation (RFC 5256 §3 step 5 note, §7)."""
-    return casemap(_headers(view).get("base_subject") or "")
+    return collation_keys(view)["subject"]
 
 
 def _sort_children(node: _Container, key: SortKey) -> None:

@@ -22,23 +22,28 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import unicodedata
 from datetime import UTC
 from email.message import Message
 from email.utils import collapse_rfc2231_value, parsedate_to_datetime
+from functools import cache
 from typing import Any
 
 __all__ = [
     "MAX_DEPTH",
     "MAX_HEADER_SCAN",
     "MAX_PARTS",
+    "address_texts",
     "analyze",
     "base_subject",
     "binary_section",
     "binary_size",
+    "casemap",
     "decode_header",
     "parse_addresses",
     "section",
     "section_exists",
+    "sort_keys",
 ]
 
 MAX_DEPTH = 32
@@ -60,6 +65,9 @@ _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _BETWEEN_WORDS = re.compile(r"(\?=)[ \t\r\n]+(=\?)")
 _MSG_ID = re.compile(r"<[^<>]*>")
 _WSP_RUN = re.compile(r"[ \t\r\n]+")
+_QUOTED_LOCAL = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_QUOTED_PAIR = re.compile(r"\\(.)")
+_ADDRESS_FIELDS = {"from": 2, "to": 5, "cc": 6, "bcc": 7}  # their ENVELOPE positions (RFC 9051 §7.5.2)
 _B64_JUNK = bytes(c for c in range(256) if not (chr(c).isascii() and (chr(c).isalnum() or chr(c) in "+/")))
 _IDENTITY_CTE = {"7BIT", "8BIT", "BINARY"}
 _MESSAGE_SUBTYPES = {"rfc822", "global"}
@@ -431,6 +439,76 @@ def _msg_ids(value: str | None) -> list[str]:
     return _MSG_ID.findall(value) if value else []
 
 
+@cache
+def _titlecase() -> dict[int, str]:
+    """Characters whose simple titlecase mapping differs from themselves (all below U+20000)."""
+    return {i: t for i in range(0x20000) if len(t := chr(i).title()) == 1 and t != chr(i)}
+
+
+def casemap(text: str) -> str:
+    """The i;unicode-casemap form (RFC 5051 §2) of ``text``, the collation of SORT and THREAD
+    (RFC 5256 §7): each character titlecased, then canonically decomposed. Equal forms are equal
+    under the collation, and forms compare as Python strings (code points, the order of their
+    UTF-8 octets) in its order; for ASCII it is an uppercase fold."""
+    if text.isascii():
+        return text.upper()
+    return unicodedata.normalize("NFD", text.translate(_titlecase()))
+
+
+def _unquoted(local: str) -> str:
+    """RFC 9051 §9 addr-mailbox is the local-part "after removing [RFC 5322] quoting"."""
+    if '"' not in local:
+        return local
+    return _QUOTED_LOCAL.sub(lambda m: _QUOTED_PAIR.sub(r"\1", m.group(1)), local)
+
+
+def _mailbox_key(addresses: list[list[str | None]] | None) -> str:
+    """RFC 5256 §3 FROM / TO / CC: addr-mailbox of the first address structure (a group's start:
+    its name), "" when there is none."""
+    return casemap(_unquoted(addresses[0][2] or "")) if addresses else ""
+
+
+def _display_key(addresses: list[list[str | None]] | None) -> str:
+    """RFC 5957 §3 DISPLAYFROM / DISPLAYTO: the decoded display name of the first address, else
+    its addr-mailbox "@" addr-host (a group: its name)."""
+    if not addresses:
+        return ""
+    name, _adl, local, host = addresses[0]
+    shown = decode_header(name).strip() if name else ""
+    if not shown:
+        local = _unquoted(local or "")
+        shown = f"{local}@{host}" if host is not None else local
+    return casemap(shown)
+
+
+def sort_keys(envelope: list[Any], base: str | None) -> dict[str, str]:
+    """The string keys of SORT (RFC 5256 §3, RFC 5957 §3) and the base subject of THREAD, in
+    :func:`casemap` form, from an ENVELOPE and the message's base subject."""
+    return {
+        "subject": casemap(base or ""),
+        "from": _mailbox_key(envelope[2]),
+        "to": _mailbox_key(envelope[5]),
+        "cc": _mailbox_key(envelope[6]),
+        "displayfrom": _display_key(envelope[2]),
+        "displayto": _display_key(envelope[5]),
+    }
+
+
+def address_texts(addresses: list[list[str | None]] | None) -> str:
+    """An address field as a reader sees it, one address a line: ``Name <local@host>`` (the name
+    decoded), ``local@host``, or a group's name; SEARCH FROM/TO/CC/BCC match it (RFC 9051 §6.4.4)."""
+    lines = []
+    for name, _adl, local, host in addresses or []:
+        if host is None:
+            if local is not None:
+                lines.append(local)
+        elif name:
+            lines.append(f"{decode_header(name)} <{local}@{host}>")
+        else:
+            lines.append(f"{local}@{host}")
+    return "\n".join(lines)
+
+
 def _iso_date(value: str | None) -> str | None:
     if not value:
         return None
@@ -443,7 +521,7 @@ def _iso_date(value: str | None) -> str | None:
     return parsed.isoformat()
 
 
-def _search_headers(fields: dict[str, str]) -> dict[str, Any]:
+def _search_headers(fields: dict[str, str], envelope: list[Any]) -> dict[str, Any]:
     decoded = {
         k: decode_header(fields[k]) if k in fields else None for k in ("subject", "from", "to", "cc", "bcc")
     }
@@ -459,6 +537,8 @@ def _search_headers(fields: dict[str, str]) -> dict[str, Any]:
         "references": references,
         "base_subject": base,
         "subject_is_reply": reply,
+        "sort": sort_keys(envelope, base),
+        "addresses": {name: address_texts(envelope[i]) for name, i in _ADDRESS_FIELDS.items()},
     }
 
 
@@ -596,10 +676,11 @@ def analyze(raw: bytes) -> dict[str, Any]:
     """Parse `raw` once; the JSON-serialisable result answers FETCH/SEARCH/SORT/THREAD later."""
     budget = _Budget()
     body, fields = _entity(raw, 0, len(raw), 0, ("text", "plain"), budget)
+    envelope = _envelope(fields)
     return {
-        "envelope": _envelope(fields),
+        "envelope": envelope,
         "bodystructure": body,
-        "headers": _search_headers(fields),
+        "headers": _search_headers(fields, envelope),
         "size": len(raw),
         "lines": _count_lines(raw, 0, len(raw)),
         "header_size": body["part"][2],

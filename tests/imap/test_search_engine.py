@@ -938,3 +938,32 @@ _SUBJECT_TOKENS = [
 def test_base_subject_is_exactly_rfc5256(subject: str) -> None:
     """RFC 5256 §2.1: "All servers ... MUST use exactly this algorithm"."""
     assert base_subject(subject)[0] == ref_base_subject(subject)
+
+
+@pytest.mark.parametrize("key", ["SUBJECT", "FROM", "TO", "CC", "DISPLAYFROM", "DISPLAYTO"])
+async def test_messages_analysed_before_the_cached_keys(key: str) -> None:
+    """Metas stored by earlier versions (no cached sort keys or address texts, lowercase base
+    subjects) sort, thread and search the same way."""
+    raws = _corpus()[0]
+    views = [view(raw, seq) for seq, raw in enumerate(raws, 1)]
+    old = []
+    for v in views:
+        headers = {k: x for k, x in v.meta["headers"].items() if k not in ("sort", "addresses")}
+        headers["base_subject"] = headers["base_subject"].lower()
+        old.append(replace(v, meta={**v.meta, "headers": headers}))
+    assert [v.seq for v in sort([SortCriterion(key)], old)] == [
+        v.seq for v in sort([SortCriterion(key)], views)
+    ]
+    assert rendered(thread("ORDEREDSUBJECT", old)) == rendered(thread("ORDEREDSUBJECT", views))
+    if key in ("FROM", "TO", "CC"):
+        for needle in ("x.test", "éric <", "team", "quoted local"):
+            found = await search(
+                HeaderKey(key, needle),
+                old,
+                load_raw=Box([]).load,
+                largest_seq=99,
+                largest_uid=99,
+                saved=None,
+                recent=set(),
+            )
+            assert [v.seq for v in found] == await Box(raws).seqs(HeaderKey(key, needle))

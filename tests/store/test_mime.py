@@ -453,10 +453,28 @@ def test_base_subject(subject: str | None, expected: str, reply: bool) -> None:
     assert (base.lower(), is_reply) == (expected, reply)
 
 
-def test_base_subject_is_kept_as_extracted() -> None:
-    """SORT and THREAD apply their collation (RFC 5256 §7) when they compare; the cache keeps the text."""
-    headers = analyze(b"From: Zed <ZED@X.FR>\nSubject: RE: [x] H\xc3\xa9llo (fwd)\n\nx")["headers"]
+def test_sort_keys_and_address_texts_are_cached() -> None:
+    """SORT/THREAD keys in i;unicode-casemap form (RFC 5256 §3, §7; RFC 5957), computed once."""
+    raw = (
+        "From: =?utf-8?q?Z=C3=A9d?= <ZED@X.FR>\nTo: undisclosed:;, B <Bob@Y.FR>\n"
+        'Cc: "a b"@z.fr\nSubject: RE: [x] Héllo (fwd)\n\nx'
+    ).encode()
+    headers = analyze(raw)["headers"]
     assert (headers["base_subject"], headers["subject_is_reply"]) == ("Héllo", True)
+    assert headers["sort"] == {
+        "subject": "HE\u0301LLO",
+        "from": "ZED",
+        "to": "UNDISCLOSED",  # a group's start: its name
+        "cc": "A B",  # quoting removed (RFC 9051 §9 addr-mailbox)
+        "displayfrom": "ZE\u0301D",
+        "displayto": "UNDISCLOSED",
+    }
+    assert headers["addresses"] == {
+        "from": "Zéd <ZED@X.FR>",
+        "to": "undisclosed\nB <Bob@Y.FR>",
+        "cc": '"a b"@z.fr',
+        "bcc": "",
+    }
 
 
 # --------------------------------------------------------------------------- robustness
