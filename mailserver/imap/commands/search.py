@@ -1,9 +1,11 @@
-"""SEARCH, SORT and THREAD glue (RFC 9051 §6.4.4, RFC 4731 ESEARCH, RFC 5182 SEARCHRES, RFC 5256).
+"""SEARCH, SORT and THREAD glue (RFC 9051 §6.4.4, RFC 4731 ESEARCH, RFC 5182 SEARCHRES, RFC 5256,
+RFC 5267 ESORT and CONTEXT).
 
 The evaluation engine (``mailserver.imap.search`` / ``sort`` / ``thread``) is pure; this module
 builds its :class:`MessageView` list for the messages the client knows (in sequence order), with
 metas fetched in batches, and renders the answer: ``* SEARCH`` for IMAP4rev1 clients without
-RETURN, ``* ESEARCH`` otherwise (RFC 9051 §7.3.4 only has ESEARCH).
+RETURN, ``* ESEARCH`` otherwise (RFC 9051 §7.3.4 only has ESEARCH), also for SORT RETURN. A
+RETURN (UPDATE) leaves an updating context (:mod:`mailserver.imap.contexts`) on the folder.
 """
 
 from __future__ import annotations
