@@ -169,6 +169,7 @@ class LimitsSettings:
     smtp_idle_timeout: Duration = 300
     imap_idle_timeout: Duration = 1800
     imap_command_timeout: Duration = 1800
+    imap_update_contexts: int = 8
 
 
 @dataclass
@@ -342,6 +343,8 @@ def _check(settings: Settings, name: str) -> None:
             f"{name}: [database] url: expected sqlite+aiosqlite:///PATH"
             f" or postgresql+asyncpg://…, got {url!r}"
         )
+    if settings.limits.imap_update_contexts < 1:  # RFC 5267 §4.3.1: at least one per client
+        raise ConfigError(f"{name}: [limits] imap_update_contexts: must be at least 1")
     if not all(0 < p < 100 for p in settings.quota.warn_percent):
         raise ConfigError(f"{name}: [quota] warn_percent: each value must be between 1 and 99")
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from mailserver.store.mime import binary_section, decode_header, section
+from mailserver.store.mime import address_texts, binary_section, decode_header, section
 
 from .protocol.commands import (
     AllKey,
@@ -57,6 +57,9 @@ __all__ = ["CACHED_HEADERS", "MessageView", "SearchError", "fold", "search"]
 
 CACHED_HEADERS = frozenset({"FROM", "TO", "CC", "BCC", "SUBJECT"})
 """Header fields whose decoded first occurrence is in ``meta["headers"]``: no load needed."""
+
+_ENVELOPE_FIELDS = {"from": 2, "to": 5, "cc": 6, "bcc": 7}
+"""Positions of the address fields in the cached ENVELOPE (RFC 9051 §7.5.2)."""
 
 _ASCII_CHARSETS = frozenset({"us-ascii", "ascii", "ansi_x3.4-1968"})
 
@@ -419,15 +422,39 @@ def _internal_between(low: datetime | None, high: datetime | None) -> _Node:
     return _Cheap(between)
 
 
+def _addresses(m: MessageView, name: str) -> str:
+    """A reader's view of an address field for a message analysed before it was cached."""
+    envelope = m.meta.get("envelope") or [None] * 10
+    return address_texts(envelope[_ENVELOPE_FIELDS[name]])
+
+
 def _header(key: HeaderKey) -> _Node:
-    """Substring of the decoded field value; an empty string means "field present"."""
+    """Substring of the decoded field value; an empty string means "field present".
+
+    FROM TO CC BCC match "the envelope structure's field" (RFC 9051 §6.4.4): the header as
+    written, or any of its parsed addresses (so that comments, folding or quoting inside an
+    address do not hide it).
+    """
     name = key.field.upper()
     needle = fold(key.value)
     if name in CACHED_HEADERS:
         cached = name.lower()
         if not needle:
             return _Cheap(lambda m: _headers(m).get(cached) is not None)
-        return _Cheap(lambda m: needle in fold(_headers(m).get(cached) or ""))
+        if cached not in _ENVELOPE_FIELDS:
+            return _Cheap(lambda m: needle in fold(_headers(m).get(cached) or ""))
+        seen: dict[tuple[str | None, str], bool] = {}  # Correspondents repeat: fold each text once.
+
+        def hit(m: MessageView) -> bool:
+            h = _headers(m)
+            addresses = h.get("addresses")
+            key = (h.get(cached), addresses.get(cached) if addresses is not None else _addresses(m, cached))
+            answer = seen.get(key)
+            if answer is None:
+                answer = seen[key] = needle in fold(f"{key[0] or ''}\n{key[1] or ''}")
+            return answer
+
+        return _Cheap(hit)
     if not needle:
         return _Raw(lambda m: None, lambda doc: bool(doc.field(name)))
     return _Raw(lambda m: None, lambda doc: any(needle in v for v in doc.field(name)))

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from mailserver import quota
 from mailserver.imap.base import REGISTRY, Done, Fail, State, store_code
+from mailserver.imap.contexts import Contexts
 from mailserver.imap.protocol import (
     NEED_DATA,
     AuthCancel,
@@ -64,6 +65,7 @@ class Selected:
     """The selected folder as this client knows it (RFC 9051 §2.3.1.2 sequence number ↔ UID map)."""
 
     __slots__ = (
+        "contexts",
         "folder_id",
         "keywords",
         "modseq",
@@ -87,6 +89,7 @@ class Selected:
         self.recent: set[int] = set()
         self.keywords: set[str] = set()  # announced in the last FLAGS response (RFC 9051 §7.3.5)
         self.saved: list[int] | None = None
+        self.contexts = Contexts()  # RFC 5267 §4.3: updates cease when the folder is deselected
 
     def seq(self, uid: int) -> int:
         """Sequence number of ``uid``, 0 when the client does not know it."""
@@ -457,6 +460,8 @@ class Session(asyncio.Protocol):
         gone = sorted({u for u in uids if sel.seq(u)}, reverse=True)
         if not gone:
             return
+        for update in sel.contexts.expunged(gone, sel.seq):  # RFC 5267 §4.3.4: before the EXPUNGE
+            self.send(update)
         if self.qresync:
             for uid in gone:
                 del sel.uids[sel.seq(uid) - 1]
@@ -476,6 +481,8 @@ class Session(asyncio.Protocol):
         if sel is None or not (self.dirty or force):
             if sel is not None and expunges and sel.pending:
                 self.announce_expunged(list(sel.pending))
+            if sel is not None and sel.contexts.backlog:
+                await self.update_contexts(())
             return
         self.dirty = False
         try:
@@ -508,6 +515,7 @@ class Session(asyncio.Protocol):
             self.send(enc.exists(len(sel.uids)))
             if not self.rev2:
                 self.send(enc.recent(len(sel.recent)))
+        await self.update_contexts(changed)
 
     def take_recent(self, sel: Selected, uids: list[int]) -> None:
         """\\Recent for UIDs this session is the first to learn of (RFC 3501 §2.3.2): a read-write
@@ -522,14 +530,23 @@ class Session(asyncio.Protocol):
         else:
             sel.recent.update(self.server.claim_recent(sel.folder_id, sel.uidvalidity, uids))
 
-    def own_change(self, modseq: int | None) -> None:
+    async def update_contexts(self, changed: Iterable[MessageInfo]) -> None:
+        """ADDTO/REMOVEFROM for updating contexts (RFC 5267 §4.3.2: after the FETCH or EXISTS)."""
+        sel = self.selected
+        if sel is not None and sel.contexts:
+            for update in await sel.contexts.update(self, changed):
+                self.send(update)
+
+    def own_change(self, modseq: int | None, changed: Iterable[MessageInfo] = ()) -> None:
         """After our own write: skip re-announcing it if nobody else wrote in between (modseq + 1).
 
         Our own notification still marks us dirty; the next ``changes_since`` then starts after it.
+        The messages whose flags we ``changed`` still reach the updating contexts.
         """
         sel = self.selected
         if sel is None:
             return
+        sel.contexts.saw(changed)
         if modseq is not None and modseq == sel.modseq + 1:
             sel.modseq = modseq
         else:

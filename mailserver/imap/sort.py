@@ -1,8 +1,9 @@
 """IMAP SORT ordering (RFC 5256 §3, RFC 5957 DISPLAYFROM/DISPLAYTO) over cached metadata.
 
-The string keys (addr-mailbox, display names, base subject) are stored by
-:func:`mailserver.store.mime.analyze` already folded with i;ascii-casemap, the default
-collation of RFC 5256 §3, so sorting compares them directly.
+String keys are compared in i;unicode-casemap form (RFC 5051), the collation RFC 5256 §7 mandates:
+letters sort as their uppercase, so before ``[`` and ``_``, and "Éric" sorts with "Eric", before
+"Zoé". :func:`mailserver.store.mime.analyze` computes them at delivery (the address keys from the
+ENVELOPE, as RFC 5256 §3 defines them on its address structures).
 """
 
 from __future__ import annotations
@@ -12,10 +13,26 @@ from datetime import datetime
 from operator import attrgetter
 from typing import Any
 
+from mailserver.store.mime import sort_keys
+
 from .protocol.commands import SortCriterion
 from .search import MessageView, SearchError, _aware, _headers
 
-__all__ = ["sent_date", "sort"]
+__all__ = ["collation_keys", "needs_meta", "sent_date", "sort", "sort_key"]
+
+
+def collation_keys(view: MessageView) -> dict[str, str]:
+    """The cached string keys (``subject``, ``from``, ``to``, ``cc``, ``displayfrom``, ``displayto``);
+    a message analysed before they were cached gets them computed now."""
+    headers = _headers(view)
+    keys = headers.get("sort")
+    if keys is None:
+        keys = sort_keys(view.meta.get("envelope") or [None] * 10, headers.get("base_subject"))
+    return keys
+
+
+def _string(name: str) -> Callable[[MessageView], str]:
+    return lambda view: collation_keys(view)[name]
 
 
 def sent_date(view: MessageView) -> datetime:
@@ -29,21 +46,58 @@ def sent_date(view: MessageView) -> datetime:
     return _aware(view.internal_date)
 
 
-def _header_key(name: str) -> Callable[[MessageView], Any]:
-    return lambda view: _headers(view).get(name) or ""
-
-
 _KEYS: dict[str, Callable[[MessageView], Any]] = {
     "ARRIVAL": lambda view: _aware(view.internal_date),
-    "CC": _header_key("cc_sort"),
+    "CC": _string("cc"),
     "DATE": sent_date,
-    "FROM": _header_key("from_sort"),
+    "FROM": _string("from"),
     "SIZE": attrgetter("size"),
-    "SUBJECT": _header_key("base_subject"),
-    "TO": _header_key("to_sort"),
-    "DISPLAYFROM": _header_key("display_from"),
-    "DISPLAYTO": _header_key("display_to"),
+    "SUBJECT": _string("subject"),
+    "TO": _string("to"),
+    "DISPLAYFROM": _string("displayfrom"),
+    "DISPLAYTO": _string("displayto"),
 }
+
+
+def _check(criteria: Sequence[SortCriterion]) -> None:
+    for criterion in criteria:
+        if criterion.key not in _KEYS:
+            raise SearchError(f"unsupported sort key {criterion.key}")
+
+
+class _Descending:
+    """A key that sorts in reverse (REVERSE on one criterion, RFC 5256 §3)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Descending) and self.value == other.value
+
+    def __lt__(self, other: _Descending) -> bool:
+        return other.value < self.value
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def sort_key(criteria: Sequence[SortCriterion]) -> Callable[[MessageView], tuple[Any, ...]]:
+    """One comparable key per message giving :func:`sort`'s order, the UID last as the tie-break
+    (the same order as sequence numbers, and stable across expunges): a SORT context (RFC 5267
+    §4.3) keeps its members' keys to place later messages."""
+    _check(criteria)
+    parts = [(_KEYS[c.key], c.reverse) for c in criteria]
+
+    def key(view: MessageView) -> tuple[Any, ...]:
+        return (*(_Descending(get(view)) if reverse else get(view) for get, reverse in parts), view.uid)
+
+    return key
+
+
+def needs_meta(criteria: Sequence[SortCriterion]) -> bool:
+    """Whether these keys read the cached analysis (all but ARRIVAL and SIZE)."""
+    return any(c.key not in ("ARRIVAL", "SIZE") for c in criteria)
 
 
 def sort(criteria: Sequence[SortCriterion], messages: list[MessageView]) -> list[MessageView]:
@@ -53,9 +107,7 @@ def sort(criteria: Sequence[SortCriterion], messages: list[MessageView]) -> list
     Python's sort is stable, also with ``reverse=True``, so sorting by the last criterion
     first and the first criterion last yields the lexicographic order of all keys.
     """
-    for criterion in criteria:
-        if criterion.key not in _KEYS:
-            raise SearchError(f"unsupported sort key {criterion.key}")
+    _check(criteria)
     out = sorted(messages, key=attrgetter("seq"))
     for criterion in reversed(criteria):
         out.sort(key=_KEYS[criterion.key], reverse=criterion.reverse)

@@ -16,7 +16,7 @@ from operator import attrgetter
 
 from .protocol.encoder import ThreadNode
 from .search import MessageView, SearchError, _headers
-from .sort import sent_date
+from .sort import collation_keys, sent_date
 
 __all__ = ["ThreadNode", "thread"]
 
@@ -77,6 +77,11 @@ def _order(dates: dict[int, datetime]) -> SortKey:
     return key
 
 
+def _base_subject(view: MessageView) -> str:
+    """Base subjects compare under the SORT collation (RFC 5256 §3 step 5 note, §7)."""
+    return collation_keys(view)["subject"]
+
+
 def _sort_children(node: _Container, key: SortKey) -> None:
     node.children = dict.fromkeys(sorted(node.children, key=key))
 
@@ -86,7 +91,7 @@ def _ordered_subject(messages: list[MessageView], dates: dict[int, datetime]) ->
     of the earliest; threads ordered by the date of their first message."""
     threads: dict[str, _Container] = {}
     for view in sorted(messages, key=lambda v: (dates[v.seq], v.seq)):
-        subject = _headers(view).get("base_subject") or ""
+        subject = _base_subject(view)
         root = threads.get(subject)
         if root is None:
             threads[subject] = _Container(view)
@@ -170,8 +175,8 @@ def _merge_subjects(roots: list[_Container]) -> list[_Container]:
     """Step 5: gather thread heads sharing a base subject (dummies use their first child's)."""
 
     def subject(node: _Container) -> tuple[str, bool]:
-        h = _headers(node.first_view())
-        return h.get("base_subject") or "", bool(h.get("subject_is_reply"))
+        view = node.first_view()
+        return _base_subject(view), bool(_headers(view).get("subject_is_reply"))
 
     table: dict[str, _Container] = {}
     for node in roots:  # Step 5.B: prefer a dummy, then a non-reply, as the thread holder.

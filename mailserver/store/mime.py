@@ -22,22 +22,28 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import unicodedata
 from datetime import UTC
 from email.message import Message
 from email.utils import collapse_rfc2231_value, parsedate_to_datetime
+from functools import cache
 from typing import Any
 
 __all__ = [
     "MAX_DEPTH",
     "MAX_HEADER_SCAN",
     "MAX_PARTS",
+    "address_texts",
     "analyze",
     "base_subject",
     "binary_section",
     "binary_size",
+    "casemap",
     "decode_header",
     "parse_addresses",
     "section",
+    "section_exists",
+    "sort_keys",
 ]
 
 MAX_DEPTH = 32
@@ -59,7 +65,9 @@ _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _BETWEEN_WORDS = re.compile(r"(\?=)[ \t\r\n]+(=\?)")
 _MSG_ID = re.compile(r"<[^<>]*>")
 _WSP_RUN = re.compile(r"[ \t\r\n]+")
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_QUOTED_LOCAL = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_QUOTED_PAIR = re.compile(r"\\(.)")
+_ADDRESS_FIELDS = {"from": 2, "to": 5, "cc": 6, "bcc": 7}  # their ENVELOPE positions (RFC 9051 §7.5.2)
 _B64_JUNK = bytes(c for c in range(256) if not (chr(c).isascii() and (chr(c).isalnum() or chr(c) in "+/")))
 _IDENTITY_CTE = {"7BIT", "8BIT", "BINARY"}
 _MESSAGE_SUBTYPES = {"rfc822", "global"}
@@ -79,11 +87,6 @@ def _text(data: bytes) -> str:
 def _clean(value: str) -> str:
     """Replace lone surrogates (exotic charsets such as UTF-7 can yield them) so the cache is UTF-8 safe."""
     return value if value.isascii() else value.encode("utf-8", "replace").decode("utf-8")
-
-
-def _fold_key(value: str) -> str:
-    """Apply the i;ascii-casemap collation (RFC 4790 §9.2) used by SORT/THREAD comparisons."""
-    return value.translate(_ASCII_LOWER)
 
 
 def _decode_word(charset: str, enc: str, payload: str) -> str | None:
@@ -436,26 +439,74 @@ def _msg_ids(value: str | None) -> list[str]:
     return _MSG_ID.findall(value) if value else []
 
 
-def _first_mailbox(addresses: list[list[str | None]] | None) -> list[str | None] | None:
-    for addr in addresses or []:
-        if addr[3] is not None:
-            return addr
-    return None
+@cache
+def _titlecase() -> dict[int, str]:
+    """Characters whose simple titlecase mapping differs from themselves (all below U+20000)."""
+    return {i: t for i in range(0x20000) if len(t := chr(i).title()) == 1 and t != chr(i)}
 
 
-def _sort_mailbox(addresses: list[list[str | None]] | None) -> str:
-    """RFC 5256 §3: addr-mailbox of the first address, empty when missing."""
-    first = _first_mailbox(addresses)
-    return _fold_key(first[2] or "") if first else ""
+def casemap(text: str) -> str:
+    """The i;unicode-casemap form (RFC 5051 §2) of ``text``, the collation of SORT and THREAD
+    (RFC 5256 §7): each character titlecased, then canonically decomposed. Equal forms are equal
+    under the collation, and forms compare as Python strings (code points, the order of their
+    UTF-8 octets) in its order; for ASCII it is an uppercase fold."""
+    if text.isascii():
+        return text.upper()
+    return unicodedata.normalize("NFD", text.translate(_titlecase()))
 
 
-def _display(addresses: list[list[str | None]] | None) -> str:
-    """RFC 5957 §3: decoded display-name of the first address, else its addr-spec."""
-    first = _first_mailbox(addresses)
-    if first is None:
+def _unquoted(local: str) -> str:
+    """RFC 9051 §9 addr-mailbox is the local-part "after removing [RFC 5322] quoting"."""
+    if '"' not in local:
+        return local
+    return _QUOTED_LOCAL.sub(lambda m: _QUOTED_PAIR.sub(r"\1", m.group(1)), local)
+
+
+def _mailbox_key(addresses: list[list[str | None]] | None) -> str:
+    """RFC 5256 §3 FROM / TO / CC: addr-mailbox of the first address structure (a group's start:
+    its name), "" when there is none."""
+    return casemap(_unquoted(addresses[0][2] or "")) if addresses else ""
+
+
+def _display_key(addresses: list[list[str | None]] | None) -> str:
+    """RFC 5957 §3 DISPLAYFROM / DISPLAYTO: the decoded display name of the first address, else
+    its addr-mailbox "@" addr-host (a group: its name)."""
+    if not addresses:
         return ""
-    name = decode_header(first[0]).strip() if first[0] else ""
-    return _fold_key(name or f"{first[2]}@{first[3]}")
+    name, _adl, local, host = addresses[0]
+    shown = decode_header(name).strip() if name else ""
+    if not shown:
+        local = _unquoted(local or "")
+        shown = f"{local}@{host}" if host is not None else local
+    return casemap(shown)
+
+
+def sort_keys(envelope: list[Any], base: str | None) -> dict[str, str]:
+    """The string keys of SORT (RFC 5256 §3, RFC 5957 §3) and the base subject of THREAD, in
+    :func:`casemap` form, from an ENVELOPE and the message's base subject."""
+    return {
+        "subject": casemap(base or ""),
+        "from": _mailbox_key(envelope[2]),
+        "to": _mailbox_key(envelope[5]),
+        "cc": _mailbox_key(envelope[6]),
+        "displayfrom": _display_key(envelope[2]),
+        "displayto": _display_key(envelope[5]),
+    }
+
+
+def address_texts(addresses: list[list[str | None]] | None) -> str:
+    """An address field as a reader sees it, one address a line: ``Name <local@host>`` (the name
+    decoded), ``local@host``, or a group's name; SEARCH FROM/TO/CC/BCC match it (RFC 9051 §6.4.4)."""
+    lines = []
+    for name, _adl, local, host in addresses or []:
+        if host is None:
+            if local is not None:
+                lines.append(local)
+        elif name:
+            lines.append(f"{decode_header(name)} <{local}@{host}>")
+        else:
+            lines.append(f"{local}@{host}")
+    return "\n".join(lines)
 
 
 def _iso_date(value: str | None) -> str | None:
@@ -484,13 +535,10 @@ def _search_headers(fields: dict[str, str], envelope: list[Any]) -> dict[str, An
         "message_id": message_id[0] if message_id else None,
         "in_reply_to": in_reply_to[0] if in_reply_to else None,
         "references": references,
-        "base_subject": _fold_key(base),
+        "base_subject": base,
         "subject_is_reply": reply,
-        "from_sort": _sort_mailbox(envelope[2]),
-        "to_sort": _sort_mailbox(envelope[5]),
-        "cc_sort": _sort_mailbox(envelope[6]),
-        "display_from": _display(envelope[2]),
-        "display_to": _display(envelope[5]),
+        "sort": sort_keys(envelope, base),
+        "addresses": {name: address_texts(envelope[i]) for name, i in _ADDRESS_FIELDS.items()},
     }
 
 
@@ -678,6 +726,17 @@ def _header_fields_section(block: bytes, names: list[str], negate: bool) -> byte
     if kept and not kept[-1].endswith(b"\n"):
         kept[-1] += b"\r\n"
     return b"".join(kept) + b"\r\n"
+
+
+def section_exists(meta: dict[str, Any], part: list[int], text: str | None) -> bool:
+    """Whether BODY[<part>.<text>] names an existing section (:func:`section` gives b"" otherwise);
+    HEADER and TEXT of a part need an encapsulated message (RFC 9051 §6.4.5)."""
+    if not part:
+        return True
+    node = _resolve(meta, part)
+    if node is None:
+        return False
+    return text is None or text.upper() == "MIME" or _is_message(node)
 
 
 def section(

@@ -52,6 +52,7 @@ def test_defaults_and_conversions(tmp_path: Path) -> None:
         ('[smime]\nsign = "maybe"\n', "[smime] sign: expected one of 'always', 'if-certificate', 'never'"),
         ('[database]\nurl = "mysql://x"\n', "[database] url: expected sqlite+aiosqlite:///PATH"),
         ("[auth]\nmax_failures = -1\n", "[auth] max_failures: expected a non-negative integer, got -1"),
+        ("[limits]\nimap_update_contexts = 0\n", "[limits] imap_update_contexts: must be at least 1"),
         ("[server\n", "not valid TOML"),
     ],
 )

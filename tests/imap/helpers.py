@@ -71,6 +71,11 @@ class Client:
             if line.startswith(tag + " "):
                 return lines
 
+    @staticmethod
+    def tag_of(lines: list[str]) -> str:
+        """The tag of a completed command, from its tagged completion (the last line)."""
+        return lines[-1].split(" ", 1)[0]
+
     async def ok(self, text: str) -> list[str]:
         lines = await self.command(text)
         assert lines[-1].split(" ", 2)[1] == "OK", lines

@@ -11,6 +11,7 @@ from mailserver.imap.protocol.commands import (
     AppendMessage,
     Authenticate,
     BodyKey,
+    CancelUpdate,
     Capability,
     Check,
     Close,
@@ -350,10 +351,27 @@ def test_search_errors() -> None:
     assert bad(b"a SEARCH (SEEN").status == "BAD"
     assert bad(b"a SEARCH SINCE 31-Feb-2020")
     assert bad(b"a SEARCH SINCE 1-Foo-2020")
-    assert bad(b"a SEARCH RETURN (PARTIAL 1:5) ALL")
+    assert bad(b"a SEARCH RETURN (BOGUS) ALL")
     assert bad(b"a SEARCH " + b"NOT " * 200 + b"ALL").message == "search key nested too deeply"
     assert bad(b"a SEARCH CHARSET US-ASCII TEXT {2}\r\n\xc3\xa9")
     assert bad(b'a SEARCH MODSEQ "/flags/x" bogus 5')
+
+
+def test_context_return_options() -> None:
+    """RFC 5267 §5: CONTEXT, PARTIAL nz-number ":" nz-number (either order, no "*"), not with ALL."""
+    cmd = body(b"a UID SEARCH RETURN (CONTEXT COUNT PARTIAL 500:1) UNSEEN")
+    assert (cmd.returns, cmd.partial) == (("CONTEXT", "COUNT", "PARTIAL"), (1, 500))
+    sort = body(b"a SORT RETURN (PARTIAL 2:4 MIN) (DATE) UTF-8 ALL")
+    assert (sort.returns, sort.partial) == (("PARTIAL", "MIN"), (2, 4))
+    assert body(b"a SEARCH RETURN (COUNT) ALL").partial is None
+    for bogus in (b"PARTIAL 1", b"PARTIAL 1:*", b"PARTIAL *:1", b"PARTIAL 0:3", b"PARTIAL 1:2 ALL"):
+        assert bad(b"a SEARCH RETURN (" + bogus + b") ALL").status == "BAD"
+    assert bad(b"a SEARCH RETURN (PARTIAL 1:2 PARTIAL 3:4) ALL")
+    assert bad(b"a SORT RETURN (SAVE) (DATE) UTF-8 ALL")
+    assert body(b"a SORT RETURN (UPDATE) (DATE) UTF-8 ALL").returns == ("UPDATE",)
+    assert body(b'a CANCELUPDATE "B01" "x y"') == CancelUpdate(("B01", "x y"))
+    for bogus in (b"a CANCELUPDATE", b"a CANCELUPDATE B01", b'a CANCELUPDATE "B01"  "x"'):
+        assert bad(bogus).status == "BAD"
 
 
 def test_sort_and_thread() -> None:
@@ -434,6 +452,16 @@ def test_literal_must_end_line_and_match() -> None:
         parse_command([b"a LOGIN {3}", b" x"], [b"ab"])
     with pytest.raises(ParseError):
         parse_command([b"a LOGIN {3} x", b""], [b"abc"])
+
+
+def test_append_catenate() -> None:
+    """RFC 4469 §5: append-data =/ "CATENATE" SP "(" cat-part *(SP cat-part) ")"."""
+    wire = b'a APPEND Drafts (\\Draft) CATENATE (URL "/Drafts/;UID=1" TEXT {2}\r\nab url x) {1}\r\nz'
+    first, second = body(wire).messages
+    assert first == AppendMessage(b"", ("\\Draft",), catenate=("/Drafts/;UID=1", b"ab", "x"))
+    assert second == AppendMessage(b"z")
+    for bogus in (b"CATENATE ()", b"CATENATE (TEXT x)", b"CATENATE (URL)", b'CATENATE (BOGUS "x")'):
+        assert bad(b"a APPEND Drafts " + bogus).status == "BAD"
 
 
 def test_append_date_naive_forms() -> None:

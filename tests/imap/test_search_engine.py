@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import base64
+import email
+import email.message
+import email.policy
 import time as clock
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
@@ -37,7 +41,7 @@ from mailserver.imap.protocol.sequence import SequenceSet
 from mailserver.imap.search import MessageView, SearchError, fold, search
 from mailserver.imap.sort import sort
 from mailserver.imap.thread import thread
-from mailserver.store.mime import analyze
+from mailserver.store.mime import analyze, base_subject
 
 T0 = datetime(2024, 3, 10, 12, 0, tzinfo=UTC)
 
@@ -681,3 +685,285 @@ def test_sort_is_a_permutation(specs: list[dict], criteria: list[SortCriterion],
     out = sort(criteria, shuffled)
     assert sorted(v.seq for v in out) == [v.seq for v in views]
     assert [v.seq for v in out] == [v.seq for v in sort(criteria, views)]  # input order is irrelevant
+
+
+# --------------------------------------------------------------------------- RFC 5256 keys vs a reference
+
+
+def _ref_blob(s: str, i: int) -> int:
+    """Length of a subj-blob (``"[" *BLOBCHAR "]" *WSP``) at ``i``, 0 if none."""
+    if s[i : i + 1] != "[":
+        return 0
+    j = s.find("]", i + 1)
+    if j < 0 or "[" in s[i + 1 : j]:
+        return 0
+    j += 1
+    while s[j : j + 1] == " ":
+        j += 1
+    return j - i
+
+
+def _ref_leader(s: str) -> int:
+    """Length of a subj-leader (``(*subj-blob subj-refwd) / WSP``) at the start, 0 if none."""
+    if s.startswith(" "):
+        return 1
+    i = 0
+    while n := _ref_blob(s, i):
+        i += n
+    for token in ("re", "fwd", "fw"):
+        if s[i : i + len(token)].lower() == token:
+            j = i + len(token)
+            while s[j : j + 1] == " ":
+                j += 1
+            for k in (j + _ref_blob(s, j), j):
+                if s[k : k + 1] == ":":
+                    return k + 1
+    return 0
+
+
+def ref_base_subject(subject: str) -> str:
+    """RFC 5256 §2.1 steps 1-7, written from the ABNF one token at a time (no regular expressions)."""
+    s = " ".join(subject.replace("\t", " ").replace("\r\n", " ").split(" "))
+    while "  " in s:
+        s = s.replace("  ", " ")
+    while True:
+        while s.endswith(" ") or s.lower().endswith("(fwd)"):  # (2)
+            s = s[:-1] if s.endswith(" ") else s[:-5]
+        while True:  # (3) (4) (5)
+            before = s
+            while n := _ref_leader(s):
+                s = s[n:]
+            n = _ref_blob(s, 0)
+            if n and s[n:]:
+                s = s[n:]
+            if s == before:
+                break
+        if s[:5].lower() == "[fwd:" and s.endswith("]"):  # (6)
+            s = s[5:-1]
+            continue
+        return s
+
+
+def ref_casemap(text: str) -> bytes:
+    """RFC 5051 §2: titlecase each character, decompose, compare the UTF-8 octets."""
+    out = []
+    for ch in text:
+        title = ch.title()
+        out.append(unicodedata.normalize("NFD", title if len(title) == 1 else ch))
+    return "".join(out).encode("utf-8")
+
+
+def _parsed(raw: bytes) -> email.message.EmailMessage:
+    return email.message_from_string(raw.decode("utf-8"), policy=email.policy.default)  # type: ignore[return-value]
+
+
+def _ref_first(raw: bytes, field: str) -> tuple[str, str] | None:
+    """(addr-mailbox, display key) of the first address of ``field``, parsed by the standard library."""
+    header = _parsed(raw)[field]
+    if header is None or not header.groups:
+        return None
+    group = header.groups[0]
+    if group.display_name is not None:  # a group: its start carries the group name
+        return group.display_name, group.display_name
+    address = group.addresses[0]
+    return address.username, address.display_name or f"{address.username}@{address.domain}"
+
+
+def ref_sort(key: str, raws: list[bytes], sizes: list[int], arrivals: list[datetime]) -> list[int]:
+    def value(i: int) -> object:
+        raw = raws[i]
+        if key == "SUBJECT":
+            subject = _parsed(raw)["Subject"]
+            return ref_casemap(ref_base_subject(str(subject)) if subject is not None else "")
+        if key in ("FROM", "TO", "CC", "DISPLAYFROM", "DISPLAYTO"):
+            first = _ref_first(raw, key.removeprefix("DISPLAY"))
+            return ref_casemap(first[key.startswith("DISPLAY")] if first else "")
+        if key == "SIZE":
+            return sizes[i]
+        if key == "ARRIVAL":
+            return arrivals[i]
+        msg = _parsed(raw)
+        return msg["Date"].datetime if msg["Date"] is not None else arrivals[i]
+
+    return [i + 1 for i in sorted(range(len(raws)), key=lambda i: (value(i), i))]
+
+
+RFC5256_SUBJECTS = [
+    "a",
+    "C",
+    "b",
+    "_",
+    "[foo] Fwd: [bar] Re: fw: b (fWd)  (fwd)",
+    "b (a)",
+    "Re: [FWD: c]",
+    "[xyz]",
+]
+"""Leaders, trailers, blobs and cases that the base subject and the collation must get right."""
+_SUBJECTS = [
+    *RFC5256_SUBJECTS,
+    None,
+    "=?utf-8?q?R=C3=A9union?= du lundi",
+    "Reunion du lundi",
+    "=?iso-8859-1?q?Re=3A_=C9cole?=",
+    "RE:\t[liste]  Zoé",
+    "Fwd: [Fwd: Re: [PATCH] x] (fwd)",
+    "[a][b] Re [c]: ZZ",
+    "re:re: Fw :  yy",
+    "   ",
+    "[Fwd: ]",
+    "Eric",
+    "Éric",
+    "ǆungla",
+]
+_ADDRESSES = [
+    "user@x.test",
+    "Zoé <z@x.test>",
+    "=?utf-8?q?=C3=89ric?= <eric@x.test>",
+    '"Dupont, Jean" <jean@x.test>',
+    "undisclosed-recipients:;",
+    "team: Bob <bob@x.test>, carol@x.test;",
+    '"quoted local"@x.test',
+    "_under@x.test",
+    "Alice Martin <ALICE@x.test>",
+    "zed@x.test (a comment)",
+    "éloïse@x.test",
+    None,
+]
+
+
+def _corpus() -> tuple[list[bytes], list[int], list[datetime]]:
+    raws, sizes, arrivals = [], [], []
+    for i, subject in enumerate(_SUBJECTS):
+        headers = {}
+        for offset, field in enumerate(("From", "To", "Cc")):
+            address = _ADDRESSES[(i * (offset + 2) + offset) % len(_ADDRESSES)]
+            if address is not None:
+                headers[field] = address
+        if subject is not None:
+            headers["Subject"] = subject
+        if i % 4:
+            headers["Date"] = f"Mon, 04 Mar 2024 {(i * 7) % 24:02d}:00:00 {'+0200' if i % 3 else '-0500'}"
+        raws.append(message(headers))
+        sizes.append((i * 37) % 5)
+        arrivals.append(T0 + timedelta(minutes=(i * 11) % 7))
+    return raws, sizes, arrivals
+
+
+@pytest.mark.parametrize(
+    "key", ["SUBJECT", "FROM", "TO", "CC", "DISPLAYFROM", "DISPLAYTO", "SIZE", "ARRIVAL", "DATE"]
+)
+def test_sort_matches_the_rfc_reference(key: str) -> None:
+    raws, sizes, arrivals = _corpus()
+    views = [
+        replace(view(raw, seq, internal=arrivals[seq - 1]), size=sizes[seq - 1])
+        for seq, raw in enumerate(raws, 1)
+    ]
+    expected = ref_sort(key, raws, sizes, arrivals)
+    assert [v.seq for v in sort([SortCriterion(key)], views[::-1])] == expected
+    assert len(set(expected)) == len(raws)
+
+
+def test_sort_subject_rfc5256_examples() -> None:
+    """Base subjects and the collation: letters (as uppercase) before "[" and "_" (RFC 5256 §2.1, §7)."""
+    views = [view(message({"Subject": s}, "x" * seq), seq) for seq, s in enumerate(RFC5256_SUBJECTS, 1)]
+    views.append(view(message({}), 9))
+    assert [v.seq for v in sort([SortCriterion("SUBJECT")], views)] == [9, 1, 3, 5, 6, 2, 7, 8, 4]
+    assert [v.seq for v in sort([SortCriterion("SUBJECT", True)], views)] == [4, 8, 2, 7, 6, 3, 5, 1, 9]
+    both = [SortCriterion("SUBJECT"), SortCriterion("SIZE", True)]
+    assert [v.seq for v in sort(both, views)] == [9, 1, 5, 3, 6, 7, 2, 8, 4]
+
+
+def test_thread_groups_subjects_under_the_collation() -> None:
+    views = [
+        view(message({"Subject": "RÉUNION", "Date": "Mon, 04 Mar 2024 08:00:00 +0000"}), 1),
+        view(message({"Subject": "Re: réunion", "Date": "Mon, 04 Mar 2024 09:00:00 +0000"}), 2),
+        view(message({"Subject": "reunion", "Date": "Mon, 04 Mar 2024 10:00:00 +0000"}), 3),
+    ]
+    assert rendered(thread("ORDEREDSUBJECT", views)) == b"* THREAD (1 2)(3)\r\n"
+    assert rendered(thread("REFERENCES", views)) == b"* THREAD (1 2)(3)\r\n"
+
+
+@pytest.mark.parametrize(
+    ("field", "header"),
+    [
+        ("FROM", "<user-from (comment)@ (comment) domain.org>"),
+        ("FROM", "user-from@domain.org (RealFrom)"),
+        ("TO", '"Real To" <user-from@\r\n domain.org>'),
+        ("CC", "group: =?utf-8?q?R=C3=A9al?= <user-from@domain.org>;"),
+        ("BCC", "<user-from@domain.org>"),
+    ],
+)
+async def test_address_search_matches_the_envelope_address(field: str, header: str) -> None:
+    """RFC 9051 §6.4.4: FROM/TO/CC/BCC search the envelope's address, not only the header's text."""
+    box = Box([message({field.title(): header}), message({field.title(): "other@domain.org"})])
+    assert await box.seqs(HeaderKey(field, "user-from@domain.org")) == [1]
+    assert await box.seqs(HeaderKey(field, "USER-FROM@DOMAIN")) == [1]
+    assert await box.seqs(HeaderKey(field, "domain.org")) == [1, 2]
+    assert sum(box.loads.values()) == 0
+
+
+async def test_address_search_sees_decoded_names_and_groups() -> None:
+    raw = message(
+        {"To": "équipe: =?utf-8?q?Ren=C3=A9e?= <r@x.test>, b@x.test;", "From": "=?utf-8?q?Zo=C3=A9?= <z@x>"}
+    )
+    box = Box([raw])
+    assert await box.seqs(HeaderKey("TO", "équipe")) == [1]
+    assert await box.seqs(HeaderKey("TO", "renée <r@x.test>")) == [1]
+    assert await box.seqs(HeaderKey("FROM", "zoé <z@x>")) == [1]
+    assert await box.seqs(HeaderKey("FROM", "b@x.test")) == []
+
+
+_SUBJECT_TOKENS = [
+    "re",
+    "RE",
+    "Fw",
+    "fwd",
+    ":",
+    " ",
+    "  ",
+    "\t",
+    "[",
+    "]",
+    "[x]",
+    "(fwd)",
+    "(FWD)",
+    "[fwd:",
+    "a",
+    "é",
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(_SUBJECT_TOKENS), max_size=12).map("".join))
+def test_base_subject_is_exactly_rfc5256(subject: str) -> None:
+    """RFC 5256 §2.1: "All servers ... MUST use exactly this algorithm"."""
+    assert base_subject(subject)[0] == ref_base_subject(subject)
+
+
+@pytest.mark.parametrize("key", ["SUBJECT", "FROM", "TO", "CC", "DISPLAYFROM", "DISPLAYTO"])
+async def test_messages_analysed_before_the_cached_keys(key: str) -> None:
+    """Metas stored by earlier versions (no cached sort keys or address texts, lowercase base
+    subjects) sort, thread and search the same way."""
+    raws = _corpus()[0]
+    views = [view(raw, seq) for seq, raw in enumerate(raws, 1)]
+    old = []
+    for v in views:
+        headers = {k: x for k, x in v.meta["headers"].items() if k not in ("sort", "addresses")}
+        headers["base_subject"] = headers["base_subject"].lower()
+        old.append(replace(v, meta={**v.meta, "headers": headers}))
+    assert [v.seq for v in sort([SortCriterion(key)], old)] == [
+        v.seq for v in sort([SortCriterion(key)], views)
+    ]
+    assert rendered(thread("ORDEREDSUBJECT", old)) == rendered(thread("ORDEREDSUBJECT", views))
+    if key in ("FROM", "TO", "CC"):
+        for needle in ("x.test", "éric <", "team", "quoted local"):
+            found = await search(
+                HeaderKey(key, needle),
+                old,
+                load_raw=Box([]).load,
+                largest_seq=99,
+                largest_uid=99,
+                saved=None,
+                recent=set(),
+            )
+            assert [v.seq for v in found] == await Box(raws).seqs(HeaderKey(key, needle))

@@ -207,9 +207,6 @@ def test_simple_text_message() -> None:
     assert section(SIMPLE, meta, [1], "HEADER") == b""
     headers = meta["headers"]
     assert headers["date"] == "2025-03-03T09:15:00+01:00"
-    assert headers["from_sort"] == "alice.martin"
-    assert headers["display_from"] == "dr alice martin"
-    assert headers["display_to"] == "bob@cabinet.mssante.fr"
     assert headers["message_id"] == "<cr-1@chu-exemple.mssante.fr>"
 
 
@@ -381,7 +378,7 @@ def test_missing_and_empty_headers() -> None:
     assert env[1] == ""  # present but empty → empty string (RFC 9051 §7.5.2)
     assert env[0] is None and env[9] is None and env[8] is None
     assert env[2] is env[3] is env[4] is env[5] is None
-    assert meta["headers"]["from_sort"] == "" and meta["headers"]["display_from"] == ""
+    assert meta["headers"]["base_subject"] == ""
     assert meta["headers"]["date"] is None
     body = meta["bodystructure"]
     assert (body["type"], body["subtype"], body["params"]) == ("text", "plain", [["charset", "us-ascii"]])
@@ -412,7 +409,6 @@ def test_eight_bit_headers() -> None:
     meta = roundtrip(raw)
     assert meta["envelope"][1] == "Résultat d'analyse"
     assert meta["envelope"][2] == [["Hélène Lévêque", None, "helene", "hôpital.fr"]]
-    assert meta["headers"]["display_from"] == "hélène lévêque"
 
     latin1 = "Subject: Compte rendu opératoire\n\nok\n".encode("latin-1")
     meta = roundtrip(latin1)
@@ -437,7 +433,7 @@ def test_encoded_words_decoded_for_search_but_not_envelope() -> None:
     assert headers["references"] == ["<a@x>", "<b@y>", "<c@z>"]
     assert headers["in_reply_to"] == "<c@z>"
     assert headers["date"] == "2025-03-04T10:00:00+00:00"
-    assert headers["display_from"] == "françois"
+    assert headers["base_subject"] == "Résultats bio [ok]"
 
 
 @pytest.mark.parametrize(
@@ -458,14 +454,28 @@ def test_base_subject(subject: str | None, expected: str, reply: bool) -> None:
     assert (base.lower(), is_reply) == (expected, reply)
 
 
-def test_sort_keys_are_ascii_casemapped() -> None:
-    raw = b"From: Zed <ZED@X.FR>\nTo: undisclosed:;, B <Bob@Y.FR>\nCc: CC@Z.FR\nSubject: RE: Hello\n\nx"
+def test_sort_keys_and_address_texts_are_cached() -> None:
+    """SORT/THREAD keys in i;unicode-casemap form (RFC 5256 §3, §7; RFC 5957), computed once."""
+    raw = (
+        "From: =?utf-8?q?Z=C3=A9d?= <ZED@X.FR>\nTo: undisclosed:;, B <Bob@Y.FR>\n"
+        'Cc: "a b"@z.fr\nSubject: RE: [x] Héllo (fwd)\n\nx'
+    ).encode()
     headers = analyze(raw)["headers"]
-    assert headers["from_sort"] == "zed"
-    assert headers["to_sort"] == "bob"  # group markers are skipped
-    assert headers["cc_sort"] == "cc"
-    assert headers["display_to"] == "b"
-    assert headers["base_subject"] == "hello"
+    assert (headers["base_subject"], headers["subject_is_reply"]) == ("Héllo", True)
+    assert headers["sort"] == {
+        "subject": "HE\u0301LLO",
+        "from": "ZED",
+        "to": "UNDISCLOSED",  # a group's start: its name
+        "cc": "A B",  # quoting removed (RFC 9051 §9 addr-mailbox)
+        "displayfrom": "ZE\u0301D",
+        "displayto": "UNDISCLOSED",
+    }
+    assert headers["addresses"] == {
+        "from": "Zéd <ZED@X.FR>",
+        "to": "undisclosed\nB <Bob@Y.FR>",
+        "cc": '"a b"@z.fr',
+        "bcc": "",
+    }
 
 
 # --------------------------------------------------------------------------- robustness

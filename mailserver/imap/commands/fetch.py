@@ -121,7 +121,7 @@ async def fetch(s: Session, tag: str, cmd: Fetch) -> Done:
                 change = await store.set_flags(sel.folder_id, unseen, "add", ["\\Seen"])
                 updated = {m.uid: m for m in change.changed}
                 infos = [updated.get(m.uid, m) for m in infos]
-                s.own_change(change.changed[0].modseq if change.changed else None)
+                s.own_change(change.changed[0].modseq if change.changed else None, change.changed)
         if cmd.changed_since is not None:
             infos = [m for m in infos if m.modseq > cmd.changed_since]
         metas = await store.blob_metas(m.blob_id for m in infos) if meta_needed else {}

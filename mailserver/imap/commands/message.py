@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from mailserver import conversations
 from mailserver.imap.base import Done, Fail, State, command
+from mailserver.imap.catenate import catenate
 from mailserver.imap.protocol import encoder as enc
 from mailserver.imap.protocol.commands import Append, Copy, Expunge, Move
 from mailserver.imap.protocol.sequence import compress
@@ -21,16 +22,19 @@ if TYPE_CHECKING:
     from mailserver.imap.session import Session
 
 
-@command("APPEND", State.AUTH_OR_SELECTED, ("MULTIAPPEND", "UIDPLUS"))
+@command("APPEND", State.AUTH_OR_SELECTED, ("MULTIAPPEND", "UIDPLUS", "CATENATE"))
 async def append(s: Session, tag: str, cmd: Append) -> Done:
     limit = s.rt.settings.limits.message_size
     items = []
     for message in cmd.messages:
         if "\\Recent" in message.flags:
             raise Fail("BAD", "\\Recent cannot be set by a client")
-        if len(message.data) > limit:
+        data = message.data
+        if message.catenate is not None:
+            data = await catenate(s, message.catenate, limit)
+        if len(data) > limit:
             raise Fail("NO", f"message larger than APPENDLIMIT {limit}", "TOOBIG")
-        items.append((message.data, message.flags, message.internal_date))
+        items.append((data, message.flags, message.internal_date))
     assert s.mailbox_id is not None
     try:
         uidvalidity, uids = await s.rt.store.append(s.mailbox_id, cmd.mailbox, items)

@@ -1,9 +1,11 @@
-"""SEARCH, SORT and THREAD glue (RFC 9051 §6.4.4, RFC 4731 ESEARCH, RFC 5182 SEARCHRES, RFC 5256).
+"""SEARCH, SORT and THREAD glue (RFC 9051 §6.4.4, RFC 4731 ESEARCH, RFC 5182 SEARCHRES, RFC 5256,
+RFC 5267 ESORT and CONTEXT).
 
 The evaluation engine (``mailserver.imap.search`` / ``sort`` / ``thread``) is pure; this module
 builds its :class:`MessageView` list for the messages the client knows (in sequence order), with
 metas fetched in batches, and renders the answer: ``* SEARCH`` for IMAP4rev1 clients without
-RETURN, ``* ESEARCH`` otherwise (RFC 9051 §7.3.4 only has ESEARCH).
+RETURN, ``* ESEARCH`` otherwise (RFC 9051 §7.3.4 only has ESEARCH), also for SORT RETURN. A
+RETURN (UPDATE) leaves an updating context (:mod:`mailserver.imap.contexts`) on the folder.
 """
 
 from __future__ import annotations
@@ -11,26 +13,27 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mailserver.imap.base import Done, Fail, State, command
+from mailserver.imap.contexts import evaluate, load_views
 from mailserver.imap.protocol import SequenceSet
 from mailserver.imap.protocol import encoder as enc
 from mailserver.imap.protocol.commands import (
     AndKey,
+    CancelUpdate,
     ModSeqKey,
     NotKey,
     OrKey,
     Search,
     SearchKey,
     Sort,
+    SortCriterion,
     Thread,
 )
-from mailserver.imap.search import MessageView, SearchError, search
+from mailserver.imap.search import MessageView, SearchError
 from mailserver.imap.sort import sort
 from mailserver.imap.thread import thread
 
 if TYPE_CHECKING:
     from mailserver.imap.session import Session
-
-_META_BATCH = 500
 
 
 def _uses_modseq(key: SearchKey) -> bool:
@@ -52,36 +55,16 @@ async def _views(s: Session) -> tuple[list[MessageView], dict[int, int]]:
     _info, messages = await s.rt.store.snapshot(sel.folder_id)
     known = [(sel.seq(m.uid), m) for m in messages]
     known = [(seq, m) for seq, m in known if seq]
-    views: list[MessageView] = []
-    for start in range(0, len(known), _META_BATCH):
-        chunk = known[start : start + _META_BATCH]
-        metas = await s.rt.store.blob_metas(m.blob_id for _, m in chunk)
-        views.extend(
-            MessageView(seq, m.uid, m.modseq, m.flags, m.size, m.internal_date, metas.get(m.blob_id, {}))
-            for seq, m in chunk
-        )
-    return views, {m.uid: m.blob_id for _, m in known}
+    return await load_views(s, known), {m.uid: m.blob_id for _, m in known}
 
 
 async def _matching(s: Session, key: SearchKey) -> list[MessageView]:
     sel = s.selected
     assert sel is not None
     views, blobs = await _views(s)
-
-    async def load_raw(view: MessageView) -> bytes:
-        return await s.rt.store.read_blob(blobs[view.uid])
-
     saved = SequenceSet.from_numbers(sel.saved) if sel.saved is not None else None
     try:
-        return await search(
-            key,
-            views,
-            load_raw=load_raw,
-            largest_seq=len(sel.uids),
-            largest_uid=sel.last_uid,
-            saved=saved,
-            recent=sel.recent,
-        )
+        return await evaluate(s, key, views, blobs, saved)
     except SearchError as exc:
         raise Fail("NO", str(exc)) from None
 
@@ -105,6 +88,7 @@ async def search_(s: Session, tag: str, cmd: Search) -> Done:
     returns = cmd.returns
     if returns is None and s.rev2:
         returns = ("ALL",)  # RFC 9051 §6.4.4: IMAP4rev2 answers ESEARCH only.
+    _reject_reused_tag(s, tag, returns)
     try:
         found = await _matching(s, cmd.criteria)
     except Fail:
@@ -123,32 +107,88 @@ async def search_(s: Session, tag: str, cmd: Search) -> Done:
         wanted.discard("SAVE")
         if not wanted:
             return Done(f"{'UID ' if cmd.uid else ''}SEARCH completed, result saved")
-    s.send(
-        enc.esearch(
-            tag,
-            uid=cmd.uid,
-            min=min(numbers) if numbers and "MIN" in wanted else None,
-            max=max(numbers) if numbers and "MAX" in wanted else None,
-            count=len(numbers) if "COUNT" in wanted else None,
-            all=numbers if "ALL" in wanted and numbers else None,
-            modseq=highest,
-        )
-    )
+    s.send(_esearch(tag, cmd.uid, wanted, cmd.partial, numbers, highest))
+    if "UPDATE" in wanted:
+        await _keep(s, tag, cmd.uid, cmd.criteria, found, None)
     return Done(f"{'UID ' if cmd.uid else ''}SEARCH completed")
 
 
-@command("SORT", State.SELECTED, ("SORT",))
+def _reject_reused_tag(s: Session, tag: str, returns: tuple[str, ...] | None) -> None:
+    """RFC 5267 §4.3: UPDATE with the tag of a live updating context is a BAD."""
+    sel = s.selected
+    assert sel is not None
+    if returns is not None and "UPDATE" in returns and tag in sel.contexts.active:
+        raise Fail("BAD", f"tag {tag} already names an updating context")
+
+
+async def _keep(
+    s: Session,
+    tag: str,
+    uid: bool,
+    criteria: SearchKey,
+    results: list[MessageView],
+    order: tuple[SortCriterion, ...] | None,
+) -> None:
+    """Open an updating context for these results, or say NOUPDATE at the limit (RFC 5267 §4.3.1)."""
+    sel = s.selected
+    assert sel is not None
+    limit = s.rt.settings.limits.imap_update_contexts
+    if len(sel.contexts.active) >= limit:
+        s.send(enc.status_response(None, "NO", f"at most {limit} updating contexts", f'NOUPDATE "{tag}"'))
+        await s.rt.audit.record(s.address, "limit", s.remote, f"imap {tag} RETURN (UPDATE)", "NOUPDATE")
+        return
+    sel.contexts.create(tag, uid, criteria, sel, results, order)
+
+
+def _esearch(
+    tag: str,
+    uid: bool,
+    wanted: set[str],
+    partial: tuple[int, int] | None,
+    numbers: list[int],
+    modseq: int | None,
+) -> bytes:
+    """The ESEARCH answer for ``numbers`` in the requested order: mailbox order for SEARCH, the
+    sort order for SORT, where MIN and MAX are the first and last sorted (RFC 5267 §3.1)."""
+    return enc.esearch(
+        tag,
+        uid=uid,
+        min=numbers[0] if numbers and "MIN" in wanted else None,
+        max=numbers[-1] if numbers and "MAX" in wanted else None,
+        count=len(numbers) if "COUNT" in wanted else None,
+        all=numbers if "ALL" in wanted else None,
+        # RFC 5267 §4.4: positions from 1; a range past the end yields what there is.
+        partial=(partial, numbers[partial[0] - 1 : partial[1]]) if partial is not None else None,
+        modseq=modseq,
+    )
+
+
+@command("SORT", State.SELECTED, ("SORT", "SORT=DISPLAY", "ESORT"))
 async def sort_(s: Session, tag: str, cmd: Sort) -> Done:
-    if cmd.returns is not None:
-        raise Fail("BAD", "SORT RETURN (ESORT) is not supported")
+    _reject_reused_tag(s, tag, cmd.returns)
     found = await _matching(s, cmd.search)
     try:
         ordered = sort(cmd.criteria, found)
     except SearchError as exc:
         raise Fail("NO", str(exc)) from None
     modseq = max((v.modseq for v in found), default=None) if _uses_modseq(cmd.search) else None
-    s.send(enc.sort([v.uid if cmd.uid else v.seq for v in ordered], modseq=modseq))
+    numbers = [v.uid if cmd.uid else v.seq for v in ordered]
+    if cmd.returns is None:
+        s.send(enc.sort(numbers, modseq=modseq))
+    else:  # RFC 5267 §3: ESORT answers with ESEARCH, in the sort order.
+        s.send(_esearch(tag, cmd.uid, set(cmd.returns), cmd.partial, numbers, modseq))
+        if "UPDATE" in cmd.returns:
+            await _keep(s, tag, cmd.uid, cmd.search, ordered, cmd.criteria)
     return Done(f"{'UID ' if cmd.uid else ''}SORT completed")
+
+
+@command("CANCELUPDATE", State.SELECTED, ("CONTEXT=SEARCH", "CONTEXT=SORT"))
+async def cancelupdate(s: Session, tag: str, cmd: CancelUpdate) -> Done:
+    """RFC 5267 §4.3.5: no more updates for these contexts (unknown tags have none anyway)."""
+    sel = s.selected
+    assert sel is not None
+    sel.contexts.cancel(cmd.tags)
+    return Done("CANCELUPDATE completed, no further updates")
 
 
 @command("THREAD", State.SELECTED, ("THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT"))

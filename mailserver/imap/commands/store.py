@@ -36,7 +36,7 @@ async def store(s: Session, tag: str, cmd: Store) -> Done:
     if not uids:
         return Done("STORE completed")
     change = await s.rt.store.set_flags(sel.folder_id, uids, _MODES[cmd.mode], cmd.flags, cmd.unchanged_since)
-    s.own_change(change.changed[0].modseq if change.changed else None)
+    s.own_change(change.changed[0].modseq if change.changed else None, change.changed)
     if cmd.mode != StoreMode.REMOVE and change.changed:
         s.announce_keywords(cmd.flags)  # even under .SILENT (RFC 9051 §7.3.5)
     if cmd.mode != StoreMode.REMOVE and change.changed and conversations.closes(cmd.flags):

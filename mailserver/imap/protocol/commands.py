@@ -21,6 +21,7 @@ __all__ = [
     "AppendMessage",
     "Authenticate",
     "BodyKey",
+    "CancelUpdate",
     "Capability",
     "Check",
     "Close",
@@ -270,7 +271,9 @@ class AppendMessage:
     """One message of a (MULTI)APPEND (RFC 3502).
 
     ``binary`` is true for a ``~{n}`` literal8 (RFC 3516); ``utf8`` for the RFC 6855
-    ``UTF8 (~{n})`` form, which also implies ``binary``.
+    ``UTF8 (~{n})`` form, which also implies ``binary``. ``catenate`` holds the parts of the
+    RFC 4469 ``CATENATE (...)`` form in order, literal bytes for TEXT and strings for URL
+    (``data`` is then empty).
     """
 
     data: bytes
@@ -278,6 +281,7 @@ class AppendMessage:
     internal_date: datetime | None = None
     binary: bool = False
     utf8: bool = False
+    catenate: tuple[bytes | str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,14 +464,16 @@ class Search(CommandBody):
     """SEARCH / UID SEARCH.
 
     ``returns`` is None for a classic SEARCH (answer ``* SEARCH``); otherwise the ESEARCH
-    RETURN options (RFC 4731/5182: MIN MAX ALL COUNT SAVE), with ``RETURN ()`` given as
-    ``("ALL",)`` as RFC 4731 §3.1 requires. ``charset`` is None when not specified.
+    RETURN options (RFC 4731/5182: MIN MAX ALL COUNT SAVE; RFC 5267: CONTEXT PARTIAL), with
+    ``RETURN ()`` given as ``("ALL",)`` as RFC 4731 §3.1 requires. ``partial`` is the PARTIAL
+    range as (low, high). ``charset`` is None when not specified.
     """
 
     uid: bool
     criteria: SearchKey
     charset: str | None = None
     returns: tuple[str, ...] | None = None
+    partial: tuple[int, int] | None = None
     name = "SEARCH"
 
 
@@ -613,14 +619,24 @@ class SortCriterion:
 
 @dataclass(frozen=True, slots=True)
 class Sort(CommandBody):
-    """SORT / UID SORT; ``returns`` are the ESORT RETURN options (RFC 5267) or None."""
+    """SORT / UID SORT; ``returns`` are the ESORT RETURN options (RFC 5267) or None, as for
+    :class:`Search`."""
 
     uid: bool
     criteria: tuple[SortCriterion, ...]
     charset: str
     search: SearchKey
     returns: tuple[str, ...] | None = None
+    partial: tuple[int, int] | None = None
     name = "SORT"
+
+
+@dataclass(frozen=True, slots=True)
+class CancelUpdate(CommandBody):
+    """CANCELUPDATE (RFC 5267 §4.3.5): stop the updates of the contexts named by these tags."""
+
+    tags: tuple[str, ...]
+    name = "CANCELUPDATE"
 
 
 @dataclass(frozen=True, slots=True)

@@ -345,10 +345,15 @@ def esearch(
     min: int | None = None,
     max: int | None = None,
     count: int | None = None,
-    all: Iterable[int] | None = None,
+    all: Sequence[int] | None = None,
+    partial: tuple[tuple[int, int], Sequence[int]] | None = None,
     modseq: int | None = None,
 ) -> bytes:
-    """RFC 4731 §3.1 ``* ESEARCH (TAG "t") [UID] ...``; ALL omitted when empty (§3.1)."""
+    """RFC 4731 §3.1 ``* ESEARCH (TAG "t") [UID] ...``; ALL omitted when empty (§3.1).
+
+    ALL and PARTIAL (RFC 5267 §4.4: the requested range, then its results or NIL) keep the
+    order given: mailbox order for SEARCH, the requested order for SORT (RFC 5267 §3.2 only
+    allows ascending ranges, which is what the ordered rendering makes)."""
     out = b"* ESEARCH"
     if tag is not None:
         out += b" (TAG " + quoted(tag) + b")"
@@ -360,12 +365,25 @@ def esearch(
         out += b" MAX %d" % max
     if count is not None:
         out += b" COUNT %d" % count
-    if all is not None:
-        rendered = sequence_set(all)
-        if rendered:
-            out += b" ALL " + rendered
+    if all:
+        out += b" ALL " + _ordered_set(all)
+    if partial is not None:
+        (low, high), numbers = partial
+        out += b" PARTIAL (%d:%d %s)" % (low, high, _ordered_set(numbers) if numbers else b"NIL")
     if modseq is not None:
         out += b" MODSEQ %d" % modseq
+    return out + CRLF
+
+
+def esearch_update(
+    tag: str, *, uid: bool, items: Sequence[tuple[str, Sequence[tuple[int, Sequence[int]]]]]
+) -> bytes:
+    """RFC 5267 §4.3.3/§4.3.4 ``* ESEARCH (TAG "t") [UID] REMOVEFROM (pos set ...) ADDTO (...)``;
+    each set keeps the order given (the requested order)."""
+    out = b"* ESEARCH (TAG " + quoted(tag) + b")" + (b" UID" if uid else b"")
+    for name, runs in items:
+        pairs = b" ".join(b"%d %s" % (position, _ordered_set(numbers)) for position, numbers in runs)
+        out += b" " + name.encode("ascii") + b" (" + pairs + b")"
     return out + CRLF
 
 

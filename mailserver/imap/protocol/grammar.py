@@ -23,6 +23,7 @@ from .commands import (
     AppendMessage,
     Authenticate,
     BodyKey,
+    CancelUpdate,
     Capability,
     Check,
     Close,
@@ -136,7 +137,8 @@ _STATUS_ITEMS = frozenset(
     }
 )
 _LIST_SELECT = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
-_SEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
+_SEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "CONTEXT", "PARTIAL", "UPDATE"})
+_SORT_RETURN = _SEARCH_RETURN - {"SAVE"}
 _SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"})
 _THREAD_ALGORITHMS = frozenset({"REFERENCES", "ORDEREDSUBJECT"})
 _FETCH_MACROS = {
@@ -662,6 +664,13 @@ def _append(c: _Cursor, uid: bool) -> Append:
         utf8 = False
         if c.peek() in (0x7B, 0x7E):
             data, binary = c.literal(allow_binary=True)
+        elif c.peek_keyword() == "CATENATE":
+            c.keyword()
+            c.sp()
+            messages.append(
+                AppendMessage(b"", flags, when, catenate=tuple(c.paren_list(lambda: _cat_part(c))))
+            )
+            continue
         else:
             c.expect_keyword("UTF8")
             c.sp()
@@ -675,6 +684,17 @@ def _append(c: _Cursor, uid: bool) -> Append:
     if not messages:
         raise c.fail("APPEND needs a message literal")
     return Append(mailbox, tuple(messages))
+
+
+def _cat_part(c: _Cursor) -> bytes | str:
+    """RFC 4469 §5 ``cat-part = "TEXT" SP literal / "URL" SP astring`` (literal8 too, RFC 3516)."""
+    word = c.keyword()
+    c.sp()
+    if word == "TEXT":
+        return c.literal(allow_binary=True)[0]
+    if word == "URL":
+        return c.text(c.astring(), "URL")
+    raise c.fail(f"unknown CATENATE part {word}")
 
 
 def _expunge(c: _Cursor, uid: bool) -> Expunge:
@@ -792,29 +812,42 @@ class _SearchParser:
         return WithinKey(word == "OLDER", c.nz_number())
 
 
-def _return_opts(c: _Cursor, allowed: frozenset[str]) -> tuple[str, ...]:
-    """Parse ``RETURN (opt ...)``; RFC 4731 §3.1: an empty list means ALL."""
+def _return_opts(c: _Cursor, allowed: frozenset[str]) -> tuple[tuple[str, ...], tuple[int, int] | None]:
+    """Parse ``RETURN (opt ...)`` into the options and the PARTIAL range (RFC 5267 §5
+    ``partial-range = nz-number ":" nz-number``, either order, no ``*``); RFC 4731 §3.1: an
+    empty list means ALL. RFC 5267 §4.4: at most one of PARTIAL and ALL."""
     c.sp()
     c.char(0x28, "(")
     opts: list[str] = []
+    partial = None
     while c.peek() != 0x29:
         word = c.keyword()
         if word not in allowed:
             raise c.fail(f"unknown RETURN option {word}")
+        if word == "PARTIAL":
+            if partial is not None:
+                raise c.fail("PARTIAL given twice")
+            c.sp()
+            low = c.nz_number()
+            c.char(0x3A, ":")
+            high = c.nz_number()
+            partial = (min(low, high), max(low, high))
         if word not in opts:
             opts.append(word)
         if c.peek() != 0x29:
             c.sp()
     c.pos += 1
-    return tuple(opts) or ("ALL",)
+    if partial is not None and "ALL" in opts:
+        raise c.fail("RETURN cannot have both PARTIAL and ALL")
+    return tuple(opts) or ("ALL",), partial
 
 
 def _search(c: _Cursor, uid: bool) -> Search:
     c.sp()
-    returns = None
+    returns = partial = None
     if c.peek_keyword() == "RETURN":
         c.keyword()
-        returns = _return_opts(c, _SEARCH_RETURN)
+        returns, partial = _return_opts(c, _SEARCH_RETURN)
         c.sp()
     charset = None
     if c.peek_keyword() == "CHARSET":
@@ -823,16 +856,16 @@ def _search(c: _Cursor, uid: bool) -> Search:
         charset = _charset(c)
         c.sp()
     criteria = _SearchParser(c, charset or "UTF-8").program()
-    return Search(uid, criteria, charset, returns)
+    return Search(uid, criteria, charset, returns, partial)
 
 
 def _sort(c: _Cursor, uid: bool) -> Sort:
     # RFC 5256 §5, RFC 5267 §3.2 (ESORT RETURN).
     c.sp()
-    returns = None
+    returns = partial = None
     if c.peek_keyword() == "RETURN":
         c.keyword()
-        returns = _return_opts(c, _SEARCH_RETURN - {"SAVE"})
+        returns, partial = _return_opts(c, _SORT_RETURN)
         c.sp()
 
     def criterion() -> SortCriterion:
@@ -850,7 +883,18 @@ def _sort(c: _Cursor, uid: bool) -> Sort:
     charset = _charset(c)
     c.sp()
     search = _SearchParser(c, charset).program()
-    return Sort(uid, criteria, charset, search, returns)
+    return Sort(uid, criteria, charset, search, returns, partial)
+
+
+def _cancelupdate(c: _Cursor, uid: bool) -> CancelUpdate:
+    """RFC 5267 §5: ``"CANCELUPDATE" 1*(SP quoted)``, the tags of the updating commands."""
+    tags: list[str] = []
+    while not c.at_end():
+        c.sp()
+        tags.append(c.text(c.quoted(), "tag"))
+    if not tags:
+        raise c.fail("CANCELUPDATE needs at least one tag")
+    return CancelUpdate(tuple(tags))
 
 
 def _thread(c: _Cursor, uid: bool) -> Thread:
@@ -1088,6 +1132,7 @@ _COMMANDS = {
     "MOVE": _copy_like(Move),
     "SORT": _sort,
     "THREAD": _thread,
+    "CANCELUPDATE": _cancelupdate,
     "ID": _id,
     "GETQUOTA": _getquota,
     "GETQUOTAROOT": _one_mailbox(GetQuotaRoot),
