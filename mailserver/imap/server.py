@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from functools import partial
 
 from config.settings import parse_listen
+from mailserver import handshakes
 from mailserver.imap import commands  # noqa: F401 - importing registers every verb
 from mailserver.imap.session import Session
 from mailserver.runtime import Runtime
@@ -137,14 +138,13 @@ async def start(rt: Runtime) -> list[Listener]:
         ):
             for address in addresses:
                 host, port = parse_listen(address)
-                server = await loop.create_server(
-                    partial(Session, rt, imap, tls=implicit, service=service),
-                    host,
-                    port,
-                    ssl=ctx if implicit else None,
-                    reuse_address=True,
-                    backlog=1024,
-                )
+                factory = partial(Session, rt, imap, tls=implicit, service=service)
+                if implicit:
+                    server = await handshakes.create_server(
+                        rt, service, factory, host, port, ctx, reuse_address=True, backlog=1024
+                    )
+                else:
+                    server = await loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
                 listeners.append(Listener(service, server, imap))
     except BaseException:
         for listener in listeners:

@@ -7,6 +7,9 @@ import io
 import json
 import logging
 import smtplib
+import socket
+import ssl
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -18,6 +21,9 @@ from mailserver import logs
 from tests.instance import MARTIN, SECRETARIAT, Instance
 
 CADUCEE = str(Path(sys.executable).with_name("caducee"))
+# RFC 4511 §4.14.1: LDAPMessage { messageID 1, extendedReq [APPLICATION 23] { requestName [0]
+# "1.3.6.1.4.1.1466.20037" } }, BER-encoded.
+LDAP_STARTTLS = bytes.fromhex("301d02010177188016") + b"1.3.6.1.4.1.1466.20037"
 
 
 def render(record: Any) -> dict[str, Any]:
@@ -99,6 +105,77 @@ def test_configure_routes_every_logger_and_warnings_through_one_handler(
 # ---------------------------------------------------------------------------------------------- a real server
 
 
+def old_tls() -> ssl.SSLContext:
+    """A client that offers TLS 1.0 and 1.1 only (the server's minimum is 1.2)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    return ctx
+
+
+def handshake_fails(sock: socket.socket, ctx: ssl.SSLContext) -> None:
+    """The server refuses the handshake: at once, or (TLS 1.3, a client certificate it rejects) with an
+    alert or a close right after the client's side of it."""
+    with pytest.raises((ssl.SSLError, ConnectionError)), ctx.wrap_socket(sock) as tls:
+        if not tls.recv(1):
+            raise ConnectionError("closed by the server")
+    sock.close()
+
+
+def connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=30)
+
+
+def smtp_starttls_fails(port: int, ctx: ssl.SSLContext) -> None:
+    sock = connect(port)
+    f = sock.makefile("rb")
+    assert f.readline().startswith(b"220")
+    sock.sendall(b"EHLO client.test\r\n")
+    while not f.readline().startswith(b"250 "):
+        pass
+    sock.sendall(b"STARTTLS\r\n")
+    assert f.readline().startswith(b"220")
+    handshake_fails(sock, ctx)
+
+
+def imap_starttls_fails(port: int, ctx: ssl.SSLContext) -> None:
+    sock = connect(port)
+    f = sock.makefile("rb")
+    assert f.readline().startswith(b"* OK")
+    sock.sendall(b"a STARTTLS\r\n")
+    assert f.readline().startswith(b"a OK")
+    handshake_fails(sock, ctx)
+
+
+def ldap_starttls_fails(port: int, ctx: ssl.SSLContext) -> None:
+    sock = connect(port)
+    sock.sendall(LDAP_STARTTLS)
+    head = sock.recv(2)
+    assert head[0] == 0x30 and head[1] < 0x80, head  # a short SEQUENCE: the extended response
+    body = b""
+    while len(body) < head[1]:
+        body += sock.recv(head[1] - len(body))
+    assert b"\x0a\x01\x00" in body, body  # resultCode success (RFC 4511 §4.14.2)
+    handshake_fails(sock, ctx)
+
+
+def openssl_tls11(port: int, ca: str, *starttls: str) -> None:
+    old = ["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"]
+    r = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", *old, "-CAfile", ca, *starttls],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode != 0 and "Cipher is (NONE)" in r.stdout, r.stdout + r.stderr
+
+
 def assert_all_json(inst: Instance) -> list[dict[str, Any]]:
     assert inst.lines
     records = []
@@ -108,6 +185,59 @@ def assert_all_json(inst: Instance) -> list[dict[str, Any]]:
         records.append(record)
     assert "Traceback" not in "".join(inst.lines)
     return records
+
+
+@pytest.mark.slow
+def test_refused_tls_handshakes_are_one_json_line_and_an_audit_event(tmp_path: Path, pki: Any) -> None:
+    inst = Instance.init(CADUCEE, tmp_path / "data")
+    inst.start()
+    ports = inst.ports
+    try:
+        for service in ("smtp", "submission"):
+            smtp_starttls_fails(ports[service], old_tls())
+        imap_starttls_fails(ports["imap"], old_tls())
+        ldap_starttls_fails(ports["ldap"], old_tls())
+        for service in ("submissions", "imaps", "ldaps"):
+            handshake_fails(connect(ports[service]), old_tls())
+        # a peer whose certificate does not chain to tls.peer_ca (the test PKI is unknown to this instance)
+        stranger = inst.tls()
+        stranger.check_hostname = False
+        stranger.load_cert_chain(pki.tls["b.mssante.test"].chain_path, pki.tls["b.mssante.test"].key_path)
+        smtp_starttls_fails(ports["smtp"], stranger)
+        # no cipher in common: RSA key exchange only, against an ECDSA certificate
+        rsa_only = old_tls()
+        rsa_only.maximum_version = ssl.TLSVersion.TLSv1_2
+        rsa_only.set_ciphers("AES128-SHA")
+        handshake_fails(connect(ports["submissions"]), rsa_only)
+        openssl_tls11(ports["imaps"], inst.ca_file)
+        openssl_tls11(ports["submission"], inst.ca_file, "-starttls", "smtp")
+        expected = sorted(
+            [("smtp", "UNSUPPORTED_PROTOCOL"), ("submission", "UNSUPPORTED_PROTOCOL")]
+            + [("imap", "UNSUPPORTED_PROTOCOL"), ("ldap", "UNSUPPORTED_PROTOCOL")]
+            + [(s, "UNSUPPORTED_PROTOCOL") for s in ("submissions", "imaps", "ldaps", "imaps", "submission")]
+            + [("smtp", "CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate")]
+            + [("submissions", "NO_SHARED_CIPHER")]
+        )
+        inst.wait_for(lambda: len(inst.events("tls-handshake-failed")) >= len(expected))
+        audited = json.loads(
+            subprocess.run(
+                [CADUCEE, "--config", str(inst.config), "audit", "list", "--action", "tls-refused", "--json"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=True,
+            ).stdout
+        )
+        inst.check_every_listener()  # and the listeners still serve
+    finally:
+        code = inst.stop()
+    assert code == 0
+    records = assert_all_json(inst)
+    failed = [r for r in records if r.get("event") == "tls-handshake-failed"]
+    assert sorted((r["service"], r["reason"]) for r in failed) == expected
+    assert all(r["peer"] == "127.0.0.1" and r["level"] == "warning" for r in failed)
+    assert sorted((e["request"].split()[0], e["response"]) for e in audited) == expected
+    assert {(e["actor"], e["remote"]) for e in audited} == {("peer:127.0.0.1", "127.0.0.1")}
 
 
 @pytest.mark.slow
