@@ -31,11 +31,7 @@ def reason(exc: BaseException) -> str:
         return f"{exc.reason or 'CERTIFICATE_VERIFY_FAILED'}: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError) and exc.reason:
         return str(exc.reason)
-    if isinstance(exc, TimeoutError):
-        return "handshake timed out"
-    if isinstance(exc, ConnectionError | ssl.SSLEOFError):
-        return "connection closed during the handshake"
-    return f"{type(exc).__name__}: {exc}"
+    return str(exc) or type(exc).__name__  # a reset, or asyncio's handshake timeout
 
 
 async def report(rt: Runtime, service: str, peer: str, exc: BaseException) -> None:
