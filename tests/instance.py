@@ -46,12 +46,14 @@ class Instance:
     def init(cls, caducee: str, directory: Path, extra_config: str = "") -> Instance:
         """``caducee init`` with the two demo mailboxes, listeners moved to free ports, ``extra_config``
         (TOML sections ``init`` does not write) appended."""
+        directory.parent.mkdir(parents=True, exist_ok=True)
         args = ["--data-dir", str(directory), "--domain", DOMAIN, "--patient-domain", PATIENT_DOMAIN]
         r = subprocess.run(
             [caducee, "init", *args, "--demo-mailboxes"],
             capture_output=True,
             text=True,
             timeout=180,
+            cwd=directory.parent,
         )
         assert r.returncode == 0 and not r.stderr, r.stdout + r.stderr
         passwords = dict(re.findall(r"mailbox\s+(\S+) \(\w+\) password: (\S+)", r.stdout))
