@@ -492,7 +492,7 @@ class LDAPServer:
         self.sessions: set[asyncio.Task[None]] = set()
 
     def protocol(self) -> asyncio.StreamReaderProtocol:
-        """What ``asyncio.start_server`` would make for ``serve`` (for the implicit-TLS listener)."""
+        """A connection's protocol: ``serve`` on streams (what ``asyncio.start_server`` would make)."""
         return asyncio.StreamReaderProtocol(asyncio.StreamReader(), self.serve)
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -549,12 +549,10 @@ async def start(rt: Runtime) -> list[Listener]:
         ):
             for address in addresses:
                 host, port = parse_listen(address)
-                if implicit:
-                    server = await handshakes.create_server(
-                        rt, service, ldap.protocol, host, port, ctx, reuse_address=True
-                    )
-                else:
-                    server = await asyncio.start_server(ldap.serve, host, port, reuse_address=True)
+                tls = ctx if implicit else None
+                server = await handshakes.create_server(
+                    rt, service, ldap.protocol, host, port, tls, reuse_address=True
+                )
                 listeners.append(Listener(service, server, ldap))
     except BaseException:
         for listener in listeners:

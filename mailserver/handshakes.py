@@ -5,11 +5,11 @@ chain to ``tls.peer_ca`` is refused during the handshake, before any protocol ex
 that, so it must cost one line: ``{"event":"tls-handshake-failed","service":..,"peer":..,"reason":..}``
 and the audit event ``tls-refused`` (actor ``peer:IP``).
 
-STARTTLS (SMTP, IMAP, LDAP) catches the failure where it upgrades the connection. Implicit TLS
-(submissions, imaps, ldaps) goes through :func:`create_server`: asyncio's own server-side TLS drops a
-failed handshake silently (it only logs in debug mode), so these listeners accept the TCP connection,
-run the handshake with ``loop.start_tls`` and give the service's protocol the connection only once
-it is encrypted.
+STARTTLS (SMTP, IMAP, LDAP) catches the failure where it upgrades the connection. Every listener opens
+through :func:`create_server`; for implicit TLS (submissions, imaps, ldaps) it does not hand the
+context to asyncio, whose server-side TLS drops a failed handshake silently (it only logs in debug
+mode): it accepts the TCP connection, runs the handshake with ``loop.start_tls`` and gives the
+service's protocol the connection only once it is encrypted.
 """
 
 from __future__ import annotations
@@ -110,11 +110,15 @@ async def create_server(
     factory: Callable[[], asyncio.Protocol],
     host: str,
     port: int,
-    context: ssl.SSLContext,
+    implicit_tls: ssl.SSLContext | None,
     **kwargs: Any,
 ) -> asyncio.Server:
-    """``loop.create_server(factory, host, port, ssl=context)``, but a failed handshake is reported."""
+    """``loop.create_server(factory, host, port, **kwargs)``; with ``implicit_tls``, every connection is
+    TLS from its first byte and a failed handshake is reported."""
+    loop = asyncio.get_running_loop()
+    if implicit_tls is None:
+        return await loop.create_server(factory, host, port, **kwargs)
     pending: set[asyncio.Task[None]] = set()
-    return await asyncio.get_running_loop().create_server(
-        lambda: _Handshake(rt, service, factory, context, pending), host, port, **kwargs
+    return await loop.create_server(
+        lambda: _Handshake(rt, service, factory, implicit_tls, pending), host, port, **kwargs
     )

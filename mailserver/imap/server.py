@@ -129,7 +129,6 @@ async def start(rt: Runtime) -> list[Listener]:
     ctx = server_context(settings.tls)
     asyncio.sslproto.SSLProtocol.max_size = min(asyncio.sslproto.SSLProtocol.max_size, _TLS_READ_BUFFER)
     imap = IMAPServer(rt, ctx)
-    loop = asyncio.get_running_loop()
     listeners: list[Listener] = []
     try:
         for service, addresses, implicit in (
@@ -139,12 +138,10 @@ async def start(rt: Runtime) -> list[Listener]:
             for address in addresses:
                 host, port = parse_listen(address)
                 factory = partial(Session, rt, imap, tls=implicit, service=service)
-                if implicit:
-                    server = await handshakes.create_server(
-                        rt, service, factory, host, port, ctx, reuse_address=True, backlog=1024
-                    )
-                else:
-                    server = await loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
+                tls = ctx if implicit else None
+                server = await handshakes.create_server(
+                    rt, service, factory, host, port, tls, reuse_address=True, backlog=1024
+                )
                 listeners.append(Listener(service, server, imap))
     except BaseException:
         for listener in listeners:

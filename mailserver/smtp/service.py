@@ -85,15 +85,10 @@ async def _listen(
     rt: Runtime, config: ServerConfig, make_handler: Callable[[], Handler], address: str, implicit: bool
 ) -> SMTPListener:
     host, port = parse_listen(address)
-
-    def protocol() -> SMTPServer:
-        return SMTPServer(make_handler(), config)
-
-    if implicit:
-        ctx = server_context(rt.settings.tls)
-        server = await handshakes.create_server(rt, config.service, protocol, host, port, ctx)
-    else:
-        server = await asyncio.get_running_loop().create_server(protocol, host, port)
+    ctx = server_context(rt.settings.tls) if implicit else None
+    server = await handshakes.create_server(
+        rt, config.service, lambda: SMTPServer(make_handler(), config), host, port, ctx
+    )
     bound = server.sockets[0].getsockname()
     return SMTPListener(config.service, f"{bound[0]}:{bound[1]}", server, config)
 
