@@ -302,9 +302,10 @@ class Session:
         except (TimeoutError, ConnectionError, ssl.SSLError):
             return
         finally:
+            # Not waiting for the close to complete: over TLS that is the peer's close_notify, and a
+            # client that never sends it would hold the session, and the server's shutdown, for
+            # asyncio's 30 s TLS shutdown timeout.
             self.writer.close()
-            with contextlib.suppress(Exception):
-                await self.writer.wait_closed()
 
     async def disconnect(self, reason: str) -> None:
         response = _result(ExtendedResponse(), PROTOCOL_ERROR, reason)

@@ -170,6 +170,18 @@ class Instance:
         client.login(address, self.passwords[address])
         return client
 
+    def ldap(self, service: str) -> ldap3.Connection:
+        """An LDAP session bound as dr.martin, after StartTLS (``ldap``) or over LDAPS (``ldaps``)."""
+        implicit = service == "ldaps"
+        server = ldap3.Server(
+            "127.0.0.1", self.ports[service], use_ssl=implicit, tls=ldap3.Tls(ca_certs_file=self.ca_file)
+        )
+        conn = ldap3.Connection(server, MARTIN, self.passwords[MARTIN], receive_timeout=30)
+        conn.open()
+        assert implicit or conn.start_tls(), conn.result
+        assert conn.bind(), conn.result
+        return conn
+
     def check_every_listener(self) -> None:
         """Each listener answers as its protocol says: the SMTP banners, IMAP greetings and a message
         submitted then read back, the portal's home page, an LDAP bind and search after StartTLS and
@@ -192,15 +204,8 @@ class Instance:
             client.logout()
         with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['portal']}/", timeout=30) as page:
             assert page.status == 200 and "text/html" in page.headers["Content-Type"]
-        for service, use_ssl in (("ldap", False), ("ldaps", True)):
-            server = ldap3.Server(
-                "127.0.0.1", self.ports[service], use_ssl=use_ssl, tls=ldap3.Tls(ca_certs_file=self.ca_file)
-            )
-            conn = ldap3.Connection(server, MARTIN, self.passwords[MARTIN], receive_timeout=30)
-            conn.open()
-            if not use_ssl:
-                assert conn.start_tls(), conn.result
-            assert conn.bind(), conn.result
+        for service in ("ldap", "ldaps"):
+            conn = self.ldap(service)
             conn.search(BASE_DN, "(mail=*)", attributes=["mail"])
             assert conn.result["result"] == 0, conn.result  # the national directory: empty after init
             conn.unbind()
