@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 import config
 from directory.commands import directory, patient
-from mailserver import accounts
+from mailserver import accounts, logs
 from mailserver.accounts import AccountError
 from mailserver.cli_support import CliState, emit, fail, read_password, with_runtime
 from mailserver.portal.commands import conversation, invite
@@ -47,10 +47,7 @@ def parse_limit(value: str | None, what: str = "SIZE") -> int | None:
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
     """Caducée: secure health messaging for the MSSanté trust space."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    logs.configure("debug" if verbose else "warning")
     ctx.obj = CliState(config_path)
 
 
@@ -212,8 +209,8 @@ def serve(state: CliState) -> None:
     from mailserver import app
 
     settings = state.settings()
-    if logging.getLogger().level > logging.DEBUG:
-        logging.getLogger().setLevel(settings.server.log_level.upper())
+    if logging.getLogger().level > logging.DEBUG:  # -v keeps debug
+        logs.set_level(settings.server.log_level)
     try:
         asyncio.run(app.run(settings))
     except app.SchemaOutOfDate as exc:

@@ -55,6 +55,7 @@ from sqlalchemy import ColumnElement, and_, false, not_, or_, select, true
 from config.settings import parse_listen
 from directory.search import Entry, M, entry_columns, joined, to_entry, visible
 from directory.text import fold
+from mailserver import handshakes
 from mailserver.runtime import Runtime
 from mailserver.tls import server_context
 
@@ -301,9 +302,10 @@ class Session:
         except (TimeoutError, ConnectionError, ssl.SSLError):
             return
         finally:
+            # Not waiting for the close to complete: over TLS that is the peer's close_notify, and a
+            # client that never sends it would hold the session, and the server's shutdown, for
+            # asyncio's 30 s TLS shutdown timeout.
             self.writer.close()
-            with contextlib.suppress(Exception):
-                await self.writer.wait_closed()
 
     async def disconnect(self, reason: str) -> None:
         response = _result(ExtendedResponse(), PROTOCOL_ERROR, reason)
@@ -380,7 +382,11 @@ class Session:
             )
             return True
         await self.send(message_id, "extendedResp", _result(response, SUCCESS))
-        await self.writer.start_tls(self.server.tls_context)
+        try:
+            await self.writer.start_tls(self.server.tls_context)
+        except OSError as exc:  # ssl.SSLError, a reset or the handshake timeout
+            await handshakes.report(self.rt, "ldap", self.remote, exc)
+            return False
         self.tls = True
         return True
 
@@ -486,12 +492,21 @@ class LDAPServer:
         self.base_dn = ",".join(p.strip() for p in rt.settings.ldap.base_dn.split(","))
         self.sessions: set[asyncio.Task[None]] = set()
 
+    def protocol(self) -> asyncio.StreamReaderProtocol:
+        """A connection's protocol: ``serve`` on streams (what ``asyncio.start_server`` would make)."""
+        return asyncio.StreamReaderProtocol(asyncio.StreamReader(), self.serve)
+
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is not None:
             self.sessions.add(task)
         try:
             await Session(self, reader, writer).run()
+        except asyncio.CancelledError:
+            # ``Listener.close`` at shutdown. The task ends normally rather than cancelled: Python 3.11's
+            # stream server calls ``task.exception()`` when it is done, which raises for a cancelled task
+            # and logs an error with a traceback.
+            return
         except Exception:
             log.exception("LDAP session failed")
         finally:
@@ -535,8 +550,9 @@ async def start(rt: Runtime) -> list[Listener]:
         ):
             for address in addresses:
                 host, port = parse_listen(address)
-                server = await asyncio.start_server(
-                    ldap.serve, host, port, ssl=ctx if implicit else None, reuse_address=True
+                tls = ctx if implicit else None
+                server = await handshakes.create_server(
+                    rt, service, ldap.protocol, host, port, tls, reuse_address=True
                 )
                 listeners.append(Listener(service, server, ldap))
     except BaseException:

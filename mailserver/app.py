@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import json
 import logging
 import signal
 from typing import Protocol
 
 from config.settings import Settings
 from mailserver.db import migrate
+from mailserver.logs import log_event
 from mailserver.runtime import Runtime
 
 log = logging.getLogger("caducee")
@@ -40,11 +40,6 @@ class Listener(Protocol):
 
 class SchemaOutOfDate(Exception):
     pass
-
-
-def log_event(event: str, **fields: object) -> None:
-    """One structured (JSON) log line: what operators grep and what the tests wait for."""
-    log.info(json.dumps({"event": event, **fields}, separators=(",", ":"), default=str))
 
 
 async def check_schema(rt: Runtime) -> None:

@@ -42,11 +42,16 @@ def emit(data: Any) -> None:
 
 
 def with_runtime(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
-    """Run an async command with the runtime; map refused requests and database trouble to clean errors."""
+    """Run an async command with the runtime; map refused requests and database trouble to clean errors.
 
-    @click.pass_obj
+    The wrapper takes nothing but the command's own parameters (the ``CliState`` comes from the click
+    context, not from an argument), so no option name can collide with one of its own.
+    """
+
     @functools.wraps(fn)
-    def wrapper(state: CliState, *args: Any, **kwargs: Any) -> None:
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        # ``caducee`` itself sets the state; a group invoked on its own reads $CADUCEE_CONFIG.
+        state = click.get_current_context().find_object(CliState) or CliState(None)
         settings = state.settings()
 
         async def main() -> None:

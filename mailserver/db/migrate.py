@@ -6,14 +6,14 @@ import asyncio
 import logging
 from pathlib import Path
 
+from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from alembic import command
-
-MIGRATIONS = Path(__file__).resolve().parents[2] / "alembic"
+# Inside the package, so that an installed Caducée (not only a source checkout) can migrate its database.
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 # Alembic narrates every step at INFO; the CLI and the server only want to hear about problems.
 logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -1,8 +1,9 @@
 """Core tables: domains, mailboxes, credentials, folders, blobs, messages, audit.
 
-The schema itself is created and changed only by Alembic migrations (``alembic/versions``); these
-classes describe it for queries. Other concerns declare their tables on the same ``Base`` in their own
-module (``directory/models.py``, ``mailserver/queue/models.py``, ...).
+The schema itself is created and changed only by Alembic migrations
+(``mailserver/db/migrations/versions``); these classes describe it for queries. Other concerns declare
+their tables on the same ``Base`` in their own module (``directory/models.py``,
+``mailserver/queue/models.py``, ...).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from functools import partial
 
 from config.settings import parse_listen
+from mailserver import handshakes
 from mailserver.imap import commands  # noqa: F401 - importing registers every verb
 from mailserver.imap.session import Session
 from mailserver.runtime import Runtime
@@ -149,7 +150,6 @@ async def start(rt: Runtime) -> list[Listener]:
     ctx = server_context(settings.tls)
     asyncio.sslproto.SSLProtocol.max_size = min(asyncio.sslproto.SSLProtocol.max_size, _TLS_READ_BUFFER)
     imap = IMAPServer(rt, ctx)
-    loop = asyncio.get_running_loop()
     listeners: list[Listener] = []
     try:
         for service, addresses, implicit in (
@@ -158,13 +158,10 @@ async def start(rt: Runtime) -> list[Listener]:
         ):
             for address in addresses:
                 host, port = parse_listen(address)
-                server = await loop.create_server(
-                    partial(Session, rt, imap, tls=implicit, service=service),
-                    host,
-                    port,
-                    ssl=ctx if implicit else None,
-                    reuse_address=True,
-                    backlog=1024,
+                factory = partial(Session, rt, imap, tls=implicit, service=service)
+                tls = ctx if implicit else None
+                server = await handshakes.create_server(
+                    rt, service, factory, host, port, tls, reuse_address=True, backlog=1024
                 )
                 listeners.append(Listener(service, server, imap))
     except BaseException:

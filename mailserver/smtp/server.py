@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 from cryptography import x509
 
+from mailserver import handshakes
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget
 
 if TYPE_CHECKING:
@@ -436,10 +437,17 @@ class SMTPServer(SMTP):
             return
         try:
             await super().smtp_STARTTLS(arg)
-        except TLSSetupException as exc:
-            cause = exc.__cause__
-            await self.event_handler.refused(self, "STARTTLS", f"TLS handshake failed: {cause}")
+        except TLSSetupException as exc:  # aiosmtpd then closes the connection (see handle_exception)
+            rt = self.event_handler.rt
+            await handshakes.report(rt, self.config.service, self.client_ip, exc.__cause__ or exc)
             raise
+
+    async def handle_exception(self, error: Exception) -> str:
+        """aiosmtpd's hook for an exception out of a command; a failed STARTTLS handshake was reported
+        by ``smtp_STARTTLS`` (no reply can be sent on a broken TLS layer), anything else is the handler's."""
+        if isinstance(error, TLSSetupException):
+            return ""
+        return await super().handle_exception(error)
 
     async def smtp_AUTH(self, arg: str) -> None:
         if not self.config.auth:

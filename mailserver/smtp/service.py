@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from config.settings import parse_listen
-from mailserver import trust
+from mailserver import handshakes, trust
 from mailserver.queue.outbound import Outbound
 from mailserver.runtime import Runtime
 from mailserver.smtp.handler import Handler
@@ -85,9 +85,10 @@ async def _listen(
     rt: Runtime, config: ServerConfig, make_handler: Callable[[], Handler], address: str, implicit: bool
 ) -> SMTPListener:
     host, port = parse_listen(address)
-    ssl_ctx = server_context(rt.settings.tls) if implicit else None
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: SMTPServer(make_handler(), config), host, port, ssl=ssl_ctx)
+    ctx = server_context(rt.settings.tls) if implicit else None
+    server = await handshakes.create_server(
+        rt, config.service, lambda: SMTPServer(make_handler(), config), host, port, ctx
+    )
     bound = server.sockets[0].getsockname()
     return SMTPListener(config.service, f"{bound[0]}:{bound[1]}", server, config)
 

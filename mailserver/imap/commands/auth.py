@@ -11,6 +11,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from mailserver import handshakes
 from mailserver.imap.base import Done, Fail, State, command
 from mailserver.imap.protocol import AuthCancel, AuthResponse, ReceiverMode
 from mailserver.imap.protocol import encoder as enc
@@ -72,7 +73,11 @@ async def starttls(s: Session, tag: str, cmd: object) -> Done:
     # No await between dropping the plaintext buffer and handing the socket to TLS: nothing sent in
     # clear after the command can reach the new Receiver, while the first encrypted command can.
     s.receiver = s.new_receiver()
-    s.transport = await loop.start_tls(s.transport, s, s.server.tls_context, server_side=True)  # type: ignore[assignment]
+    try:
+        s.transport = await loop.start_tls(s.transport, s, s.server.tls_context, server_side=True)  # type: ignore[assignment]
+    except OSError as exc:  # ssl.SSLError, a reset or the handshake timeout: the session ends
+        await handshakes.report(s.rt, s.service, s.remote, exc)
+        raise
     s.tls = True
     return Done(status="")
 

@@ -2,11 +2,11 @@
 
 import asyncio
 
+from alembic import context
 from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import async_engine_from_config
 
-from alembic import context
 from mailserver.db.all_models import Base
 
 config = context.config

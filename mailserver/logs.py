@@ -1,0 +1,84 @@
+"""One log format for the whole process: a JSON object per line on stderr, for our loggers and the
+libraries' (aiosmtpd, asyncio, aiohttp, alembic) alike, so operators parse one format and a client can
+never make the server write a multi-line traceback.
+
+Every line has ``ts`` (UTC, ISO 8601), ``level``, ``logger`` and ``message``; an event logged with
+``log_event`` also has ``event`` and its own fields (``{"event":"listening","service":"imap",...}``);
+a logged exception is one ``exception`` string. Keys are never renamed, only added.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+from typing import Any, TextIO
+
+log = logging.getLogger("caducee")
+
+_BASE_KEYS = ("ts", "level", "logger", "message")
+# aiosmtpd logs every SMTP command at INFO, recipient addresses included (health metadata): those lines
+# are kept for ``[server] log_level = "debug"``.
+_CHATTY = ("mail.log",)
+
+
+def log_event(event: str, /, level: int = logging.INFO, **fields: object) -> None:
+    """One structured line: what operators grep for and what the tests wait for."""
+    log.log(level, event, extra={"event": event, "fields": fields})
+
+
+class JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        event = getattr(record, "event", None)
+        if isinstance(event, str):
+            line["event"] = event
+            fields = getattr(record, "fields", {})
+            line.update({k: v for k, v in fields.items() if k not in _BASE_KEYS})
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(line, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record comes (click's test runner swaps it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass
+
+
+def configure(level: str) -> None:
+    """Send every logger's records to stderr as JSON lines (once per process: the handler is replaced,
+    never added twice), Python warnings included."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _Stderr)]:
+        root.removeHandler(handler)
+    handler = _Stderr()
+    handler.setFormatter(JSONFormatter())
+    root.addHandler(handler)
+    logging.captureWarnings(True)
+    set_level(level)
+
+
+def set_level(level: str) -> None:
+    """``debug``, ``info``, ``warning`` or ``error`` for the process; aiosmtpd's per-command lines only
+    in ``debug``."""
+    logging.getLogger().setLevel(level.upper())
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(logging.DEBUG if level.lower() == "debug" else logging.WARNING)
