@@ -12,7 +12,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import create_async_engine
 
-# Inside the package, so that an installed Caducée (not only a source checkout) can migrate its database.
+# The client's layout keeps the migrations in the top-level alembic/; mailserver/db/migrations links to it,
+# so that the wheel ships them inside the package and an installed Caducée can migrate its database.
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 # Alembic narrates every step at INFO; the CLI and the server only want to hear about problems.

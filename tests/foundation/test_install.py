@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -31,7 +32,9 @@ def shipped_files(project: dict[str, object]) -> list[Path]:
     setuptools = project["tool"]["setuptools"]  # type: ignore[index]
     files = [ROOT / f"{module}.py" for module in setuptools["py-modules"]]
     for pattern in setuptools["packages"]["find"]["include"]:
-        files += sorted((ROOT / pattern.rstrip("*")).rglob("*.py"))
+        # Links followed, as setuptools does: mailserver/db/migrations is the top-level alembic/.
+        for directory, _dirs, names in os.walk(ROOT / pattern.rstrip("*"), followlinks=True):
+            files += sorted(Path(directory) / n for n in names if n.endswith(".py"))
     return files
 
 
