@@ -14,6 +14,8 @@ import quopri
 import re
 from dataclasses import dataclass
 
+from mailserver import headers
+
 __all__ = [
     "Entity",
     "base64_lines",
@@ -75,9 +77,8 @@ def field_name(field: bytes) -> str:
 
 
 def field_value(field: bytes) -> str:
-    """RFC 5322 §2.2.3 unfolding; 8-bit octets (RFC 6532) are decoded as UTF-8."""
-    value = field.split(b":", 1)[1] if b":" in field else b""
-    return _LINE_BREAK.sub(b"", value).strip().decode("utf-8", "replace")
+    """The unfolded value, read as every header field is (``mailserver.headers.field_value``)."""
+    return headers.field_value(field) if b":" in field else ""
 
 
 def split_entity(raw: bytes) -> Entity:

@@ -12,13 +12,12 @@ import email.utils
 import logging
 import os
 from abc import ABC, abstractmethod
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 
 from cryptography import x509
 
 from mailserver import conversations
 from mailserver.delivery import Delivery, DeliveryResult
+from mailserver.headers import HeaderView
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget
 from mailserver.queue import dsn
 from mailserver.queue.queue import Queue
@@ -70,12 +69,6 @@ def _tls_clause(server: SMTPServer) -> str | None:
         tls += f";\r\n\t peer certificate {cert.subject.rfc4514_string()} verified"
     server.tls_trace = (ssl_object, tls + ")")
     return server.tls_trace[1]
-
-
-def message_headers(data: bytes) -> dict[str, str]:
-    """The top-level header fields (the last occurrence wins), for the conversation rules."""
-    parsed = BytesHeaderParser(policy=compat32).parsebytes(data)
-    return {name: str(value) for name, value in parsed.items()}
 
 
 class Handler(ABC):
@@ -148,9 +141,10 @@ class Handler(ABC):
             else:
                 delivery.add_remote(r.target, {"notify": ",".join(r.notify), "orcpt": r.orcpt})
         recipients = [r.address for r in env.recipients]
-        headers = message_headers(data) if self.involves_patients(server) else None
+        headers = HeaderView.parse(data)
+        patients = self.involves_patients(server)
         try:
-            if headers is not None:
+            if patients:
                 await conversations.check_message(self.rt, env.mail_from or "", recipients, headers)
             data = await self.prepare(server, data)
         except Refusal as refusal:
@@ -167,7 +161,7 @@ class Handler(ABC):
             raise
         finally:
             server.busy = False
-        if headers is not None and (result.delivered or result.queued):
+        if patients and (result.delivered or result.queued):
             # Only a copy a patient holds may be linked: a patient's own message keeps none here (the
             # queue's copy is released after sending, and its id may then be reused by another message).
             patient_copy = any(
@@ -181,9 +175,6 @@ class Handler(ABC):
                 env.mail_from or "",
                 recipients,
                 headers,
-                headers.get("Message-ID"),
-                headers.get("In-Reply-To"),
-                headers.get("References"),
                 blob_id=result.blob_id if patient_copy else None,
             )
         if not result.delivered and not result.queued:
