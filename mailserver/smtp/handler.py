@@ -146,10 +146,14 @@ class Handler(ABC):
         try:
             if patients:
                 await conversations.check_message(self.rt, env.mail_from or "", recipients, headers)
-            data = await self.prepare(server, data)
+            prepared = await self.prepare(server, data)
         except Refusal as refusal:
             await self.refused(server, "DATA", refusal.smtp)
             return refusal.smtp
+        if patients and prepared is not data:
+            # Conversations follow the message as stored: submission may have given it its Message-ID.
+            headers = HeaderView.parse(prepared)
+        data = prepared
         protocol = "ESMTP" if server.session.extended_smtp else "SMTP"
         content = received_header(server, queue_id, protocol) + data
         server.busy = True

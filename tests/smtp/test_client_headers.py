@@ -187,6 +187,17 @@ async def test_message_id_in_any_case_threads_the_conversation(deployment: Deplo
     await _conversation_flow(d, first_id, field.swapcase())
 
 
+async def test_message_id_completed_by_submission_threads_the_conversation(deployment: Deployment) -> None:
+    """A client that writes no Message-ID gets one from submission (RFC 6409 §8.3): the conversation
+    follows that one, so the patient's answer refers to what the patient received, not a placeholder."""
+    d = deployment
+    raw = _first_message("X-No-Message-ID", "<none>", "Ordonnance", b"Votre ordonnance.\r\n")
+    await asyncio.to_thread(d.submit, MARTIN, PASSWORD, raw, to=PATIENT)
+    [received] = [_parse(m) for m in await d.env.inbox(PATIENT)]
+    assert received["Message-ID"].endswith("@mx.a.mssante.test>")
+    await _conversation_flow(d, received["Message-ID"], "Message-ID")
+
+
 async def test_swaks_message_id_threads_the_conversation(deployment: Deployment) -> None:
     """swaks writes ``Message-Id:`` (and the patient's reply must still be accepted)."""
     d = deployment
