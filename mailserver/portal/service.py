@@ -719,6 +719,11 @@ async def reply(
     if quota.exceeded(usage, limits, len(data), 1):
         raise PortalError(507, "Votre espace de stockage est plein : supprimez des messages pour répondre.")
     headers = HeaderView.parse(data)
+    try:
+        await accounts.check_authors(rt, mailbox_id, mb.address, headers)
+    except Refusal as refusal:
+        await rt.audit.record(mb.address, "portal-refused", remote, "portal reply", refusal.smtp)
+        raise PortalError(403, "Vous ne pouvez écrire qu'en votre nom.") from None
     async with rt.db.read() as session:
         try:
             await conversations.check_message(session, mb.address, [conv.professional], headers)

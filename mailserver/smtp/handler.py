@@ -104,6 +104,11 @@ class Handler(ABC):
         """The message as it will be stored: S/MIME verification (inbound) or signing (submission)."""
         return data
 
+    async def check_header(self, server: SMTPServer, headers: HeaderView) -> None:
+        """Refuse (raise Refusal) a header this listener does not accept: nothing by default; submission
+        checks who the message says it is from."""
+        return None
+
     def involves_patients(self, server: SMTPServer) -> bool:
         """Whether the patient-conversation rules apply: a hosted patient among the recipients (here), or
         possibly as the sender (submission)."""
@@ -144,6 +149,7 @@ class Handler(ABC):
         headers = HeaderView.parse(data)
         patients = self.involves_patients(server)
         try:
+            await self.check_header(server, headers)
             if patients:
                 await conversations.check_message(self.rt, env.mail_from or "", recipients, headers)
             prepared = await self.prepare(server, data)

@@ -34,6 +34,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_HEADER_SCAN",
     "MAX_PARTS",
+    "addr_specs",
     "analyze",
     "base_subject",
     "binary_section",
@@ -287,6 +288,16 @@ def parse_addresses(value: str | None) -> list[list[str | None]] | None:
     if in_group:
         out.append([None, None, None, None])
     return out or None
+
+
+def addr_specs(value: str | None) -> list[str]:
+    """The ``local@domain`` of every mailbox of an address list (group members too) as ENVELOPE shows
+    them; a mailbox missing its local part or domain (RFC 9051 ``MISSING_*``) gives only what it has."""
+    return [
+        "@".join(p for p in (local, domain) if p and not p.startswith("MISSING_"))
+        for _name, _adl, local, domain in parse_addresses(value) or []
+        if domain is not None
+    ]
 
 
 def _envelope(fields: Mapping[str, str]) -> list[Any]:

@@ -314,3 +314,22 @@ async def test_8bit_body_without_a_valid_charset(
             return list(c.search(["BODY", needle], charset="UTF-8"))
 
     assert len(await asyncio.to_thread(search)) == 1
+
+
+async def test_patient_header_from_must_be_their_own(deployment: Deployment) -> None:
+    """A patient's client cannot sign as the professional: From is checked before submission rewrites it."""
+    d = deployment
+    first_id = "<first-from@a.mssante.test>"
+    raw = _first_message("Message-ID", first_id, "Ordonnance", b"Votre ordonnance.\r\n")
+    await asyncio.to_thread(d.submit, MARTIN, PASSWORD, raw, to=PATIENT)
+    await d.conversation()
+    forged = _patient_answer(first_id, "Message-ID").replace(
+        f"From: <{PATIENT}>".encode(), f"From: <{MARTIN}>".encode()
+    )
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        await asyncio.to_thread(d.submit, PATIENT, PATIENT_PASSWORD, forged, to=MARTIN)
+    assert refused.value.smtp_code == 550
+    assert (
+        refused.value.smtp_error.decode() == f"5.7.1 From: <{MARTIN}> is not an address {PATIENT} may send as"
+    )
+    assert await d.martin_inbox() == []
