@@ -9,6 +9,7 @@ valid INS; a ``PER`` mailbox carries a valid RPPS identifier.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 
 import email_validator
@@ -18,7 +19,10 @@ from sqlalchemy.exc import IntegrityError
 from directory.ins import InvalidINS, validate_ins
 from directory.rpps import InvalidRPPS, validate_rpps
 from mailserver.db.models import MAILBOX_TYPES, AppPassword, Domain, Mailbox, SendAs, utcnow
+from mailserver.headers import HeaderView, decode_header
+from mailserver.policy import Refusal
 from mailserver.runtime import Runtime
+from mailserver.store import mime
 
 
 class AccountError(Exception):
@@ -287,21 +291,64 @@ async def grant_send_as(rt: Runtime, org_address: str, member_address: str) -> N
         raise AccountError(f"{member.address} may already send as {org.address}") from None
 
 
-async def may_send_as(rt: Runtime, mailbox_id: int, address: str) -> bool:
-    """The authenticated mailbox may use ``address`` as sender: its own, or an ORG it was granted."""
-    addr = address.strip().lower()
+async def send_as_addresses(rt: Runtime, mailbox_id: int) -> frozenset[str]:
+    """Every address the authenticated mailbox may send as: its own, and each ORG it was granted."""
     async with rt.db.read() as session:
-        mb = await session.get(Mailbox, mailbox_id)
-        if mb is None:
-            return False
-        if mb.address == addr:
-            return True
-        q = (
-            select(Mailbox.id)
+        own = (await session.execute(select(Mailbox.address).where(Mailbox.id == mailbox_id))).scalar()
+        if own is None:
+            return frozenset()
+        granted = await session.execute(
+            select(Mailbox.address)
             .join(SendAs, SendAs.mailbox_id == Mailbox.id)
-            .where(Mailbox.address == addr, SendAs.member_id == mailbox_id)
+            .where(SendAs.member_id == mailbox_id)
         )
-        return (await session.execute(q)).first() is not None
+        return frozenset([own, *granted.scalars()])
+
+
+async def may_send_as(rt: Runtime, mailbox_id: int, address: str) -> bool:
+    """The authenticated mailbox may use ``address`` as sender (MAIL FROM): see ``send_as_addresses``."""
+    return _normalised(address) in await send_as_addresses(rt, mailbox_id)
+
+
+def _normalised(address: str) -> str:
+    """Mailbox addresses are stored lower-case, local part included: compare them so."""
+    return address.strip().lower().rstrip(".")
+
+
+_ADDRESS_LIKE = re.compile(r'[^\s<>()\[\],;:"@\\]+@[^\s<>()\[\],;:"@\\]+')
+
+
+def _author_addresses(value: str) -> dict[str, str]:
+    """Every address a reader may take for the author in a From/Sender value (normalised → as written):
+    its mailboxes as parsed, and anything address-like in it, raw or RFC 2047-encoded (display names)."""
+    found: dict[str, str] = {}
+    for address in mime.addr_specs(value) + _ADDRESS_LIKE.findall(value + " " + decode_header(value)):
+        found.setdefault(_normalised(address), address)
+    return found
+
+
+async def check_authors(rt: Runtime, mailbox_id: int, username: str, headers: HeaderView) -> None:
+    """Refuse (550 5.7.1) a message whose From or Sender names anyone the mailbox may not send as.
+
+    RFC 6409 lets the submission server enforce submission rights (§6.1, there for MAIL FROM) and its
+    site policy on the message (§8); the strict reading is kept: every address in every From and Sender
+    field (a From of several mailboxes, a group's members, an address written in a display name) must
+    be one of ``send_as_addresses``, and each such field must name one. A message without From passes
+    (there is nobody to impersonate). Submission, the portal and any later sending API call this before
+    accepting a message.
+    """
+    allowed: frozenset[str] | None = None
+    for name in ("From", "Sender"):
+        for value in headers.get_all(name):
+            addresses = _author_addresses(value)
+            if not addresses:
+                raise Refusal(550, "5.7.1", f"{name}: names no address (RFC 5322 §3.6.2)")
+            allowed = await send_as_addresses(rt, mailbox_id) if allowed is None else allowed
+            refused = [written for address, written in addresses.items() if address not in allowed]
+            if refused:
+                raise Refusal(
+                    550, "5.7.1", f"{name}: <{refused[0]}> is not an address {username} may send as"
+                )
 
 
 @dataclass(frozen=True)

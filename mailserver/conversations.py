@@ -20,7 +20,7 @@ import datetime as dt
 import email.utils
 import re
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 
@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mailserver.conversation_models import CLOSED, CLOSED_BY, OPEN, Conversation, ConversationMessage
 from mailserver.db.models import Domain, Folder, Mailbox, Message, utcnow
 from mailserver.delivery import Delivery
+from mailserver.headers import HeaderView, decode_header
 from mailserver.policy import LocalTarget, Refusal
 from mailserver.runtime import Runtime
 from mailserver.store import mime
@@ -96,22 +97,16 @@ def view(c: Conversation) -> ConversationView:
     )
 
 
-def header(headers: Mapping[str, str], name: str) -> str | None:
-    """Case-insensitive header lookup (SMTP hands over whatever case the client wrote)."""
-    wanted = name.lower()
-    return next((v for k, v in headers.items() if k.lower() == wanted), None)
-
-
 def message_ids(value: str | None) -> list[str]:
     return _MSG_ID.findall(value) if value else []
 
 
-def closing_reason(headers: Mapping[str, str]) -> str | None:
+def closing_reason(headers: HeaderView) -> str | None:
     """``subject`` for a subject exactly ``[FIN]``, ``header`` for ``X-MSS-MES: FIN``, else None."""
-    subject = header(headers, "Subject")
-    if subject is not None and mime.decode_header(subject).strip() == FIN_SUBJECT:
+    subject = headers.text("Subject")
+    if subject is not None and subject.strip() == FIN_SUBJECT:
         return "subject"
-    value = header(headers, FIN_HEADER)
+    value = headers.get(FIN_HEADER)
     if value is not None and value.strip().upper() == "FIN":
         return "header"
     return None
@@ -158,7 +153,7 @@ async def check_message(
     session_or_rt: AsyncSession | Runtime,
     sender: str,
     recipients: Sequence[str],
-    headers: Mapping[str, str] | None,
+    headers: HeaderView | None,
 ) -> None:
     """Refuse (``ConversationRefused``, 550 5.7.1) a patient's message outside an open conversation.
 
@@ -181,9 +176,7 @@ async def check_message(
         )
     answered = None
     if headers is not None:
-        answered = (
-            message_ids(header(headers, "In-Reply-To")) or message_ids(header(headers, "References"))
-        )[-1:]
+        answered = (message_ids(headers.get("In-Reply-To")) or message_ids(headers.get("References")))[-1:]
     for rcpt in recipients:
         address = _norm(rcpt)
         if _domain(address) in patient_domains:
@@ -238,21 +231,18 @@ def _new_conversation(
     )
 
 
-def _display_name(from_value: str | None) -> str:
-    if not from_value:
-        return ""
-    name, _addr = email.utils.parseaddr(mime.decode_header(from_value))
-    return name.strip()
+def _display_name(headers: HeaderView) -> str:
+    """The decoded display name of the first From mailbox: parsed first, then RFC 2047-decoded, so an
+    encoded word cannot forge the address part."""
+    first = next((a for a in mime.parse_addresses(headers.get("From")) or [] if a[3] is not None), None)
+    return decode_header(first[0]).strip() if first and first[0] else ""
 
 
 async def record_message(
     rt: Runtime,
     sender: str,
     recipients: Sequence[str],
-    raw_headers: Mapping[str, str],
-    message_id: str | None,
-    in_reply_to: str | None,
-    references: str | None,
+    headers: HeaderView,
     *,
     blob_id: int | None = None,
 ) -> list[str]:
@@ -264,10 +254,10 @@ async def record_message(
     ``blob_id`` is the patient's copy (the delivered blob, or their Sent copy for their own messages).
     Messages between professionals cost one query and are ignored.
     """
-    ids = message_ids(message_id)
+    ids = message_ids(headers.get("Message-ID"))
     msg_id = ids[0] if ids else f"<caducee-{secrets.token_hex(12)}@no-message-id>"
-    subject = mime.decode_header(header(raw_headers, "Subject") or "").strip()
-    reason = closing_reason(raw_headers)
+    subject = (headers.text("Subject") or "").strip()
+    reason = closing_reason(headers)
     touched: list[str] = []
     audit: list[tuple[str, str, str]] = []
     now = utcnow()
@@ -297,7 +287,7 @@ async def record_message(
                 )
                 touched.append(conv.public_id)
             return touched
-        name = _display_name(header(raw_headers, "From"))
+        name = _display_name(headers)
         pro_mb = None
         for rcpt in recipients:
             address = _norm(rcpt)
@@ -395,7 +385,7 @@ async def close(rt: Runtime, conversation_id: str, by: str, *, actor: str = "adm
         session.add(
             ConversationMessage(
                 conversation_id=conv.id,
-                message_id=message_ids(mime.analyze(data)["headers"]["message_id"])[0],
+                message_id=message_ids(HeaderView.parse(data).get("Message-ID"))[0],
                 direction="in",
                 kind="notice",
                 blob_id=result.blob_id,

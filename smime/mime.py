@@ -14,6 +14,9 @@ import quopri
 import re
 from dataclasses import dataclass
 
+from mailserver import headers
+from mailserver.store import mime
+
 __all__ = [
     "Entity",
     "base64_lines",
@@ -21,6 +24,7 @@ __all__ = [
     "content_entity",
     "field_name",
     "field_value",
+    "from_addresses",
     "is_content_field",
     "make_transfer_safe",
     "rewrap",
@@ -75,9 +79,13 @@ def field_name(field: bytes) -> str:
 
 
 def field_value(field: bytes) -> str:
-    """RFC 5322 §2.2.3 unfolding; 8-bit octets (RFC 6532) are decoded as UTF-8."""
-    value = field.split(b":", 1)[1] if b":" in field else b""
-    return _LINE_BREAK.sub(b"", value).strip().decode("utf-8", "replace")
+    """The unfolded value, read as every header field is (``mailserver.headers.field_value``)."""
+    return headers.field_value(field) if b":" in field else ""
+
+
+def from_addresses(entity: Entity) -> list[str]:
+    """The addresses of every From mailbox, lower-case, as the server's policies read them."""
+    return [a.lower() for value in entity.get_all("from") for a in mime.addr_specs(value) if "@" in a]
 
 
 def split_entity(raw: bytes) -> Entity:

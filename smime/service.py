@@ -20,7 +20,6 @@ import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from email.utils import getaddresses
 from pathlib import Path
 from typing import Literal
 
@@ -49,7 +48,7 @@ from smime.keys import (
     open_private_key,
     seal_private_key,
 )
-from smime.mime import field_name, field_value, smime_type, split_entity
+from smime.mime import field_name, field_value, from_addresses, smime_type, split_entity
 from smime.models import SMIMEIdentity as IdentityRow
 from smime.models import SMIMERecipientCert
 from smime.pki import PKIError, TrustStore, certificate_emails, has_email_protection, has_key_encipherment
@@ -342,7 +341,7 @@ class SMIMEService:
         entity = split_entity(cleaned)
         if smime_type(entity) is None:
             # Unsigned (most mail): nothing to compute, so no trip to a worker thread.
-            froms = [a.lower() for _, a in getaddresses(entity.get_all("from")) if a]
+            froms = from_addresses(entity)
             result = VerifyResult("none", "unsigned", from_address=froms[0] if froms else None)
         else:
             result = await asyncio.to_thread(self._verify, cleaned)
@@ -362,7 +361,7 @@ class SMIMEService:
             self._refresh_crls()
             return verify_message(raw, self.trust)
         entity = split_entity(raw)
-        froms = [a.lower() for _, a in getaddresses(entity.get_all("from")) if a]
+        froms = from_addresses(entity)
         if smime_type(entity) is None:
             return VerifyResult("none", "unsigned", from_address=froms[0] if froms else None)
         return VerifyResult("temperror", "no-trust-anchors", from_address=froms[0] if froms else None)

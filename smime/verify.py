@@ -12,7 +12,6 @@ import hmac
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from email.utils import getaddresses
 
 from asn1crypto import cms
 from asn1crypto import x509 as asn1_x509
@@ -21,7 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from smime.mime import Entity, canonicalize, smime_type, split_entity, split_multipart
+from smime.mime import Entity, canonicalize, from_addresses, smime_type, split_entity, split_multipart
 from smime.pki import TrustStore, certificate_emails
 
 __all__ = [
@@ -82,7 +81,7 @@ def verify_message(raw: bytes, trust: TrustStore, *, now: datetime.datetime | No
     """
     now = now or datetime.datetime.now(datetime.UTC)
     entity = split_entity(raw)
-    froms = [addr.lower() for _, addr in getaddresses(entity.get_all("from")) if addr]
+    froms = from_addresses(entity)
     from_address = froms[0] if froms else None
     kind = smime_type(entity)
     if kind is None:

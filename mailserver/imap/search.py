@@ -32,7 +32,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from mailserver.store.mime import address_texts, binary_section, decode_header, section
+from mailserver.charsets import decode_text
+from mailserver.headers import decode_header
+from mailserver.store.mime import address_texts, binary_section, section
 
 from .protocol.commands import (
     AllKey,
@@ -60,8 +62,6 @@ CACHED_HEADERS = frozenset({"FROM", "TO", "CC", "BCC", "SUBJECT"})
 
 _ENVELOPE_FIELDS = {"from": 2, "to": 5, "cc": 6, "bcc": 7}
 """Positions of the address fields in the cached ENVELOPE (RFC 9051 §7.5.2)."""
-
-_ASCII_CHARSETS = frozenset({"us-ascii", "ascii", "ansi_x3.4-1968"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,22 +101,9 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def _decode_text(data: bytes, charset: str | None) -> str:
-    """Body bytes to str with the declared charset; undeclared/ASCII: UTF-8, else Latin-1."""
-    if charset and charset.lower() not in _ASCII_CHARSETS:
-        try:
-            return data.decode(charset, "replace")
-        except LookupError:
-            pass
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
-
-
 def _unfold(block: bytes) -> str:
     """Header block to text, one field per line: folding removed (RFC 5322 §2.2.3)."""
-    return _decode_text(block.replace(b"\r\n", b"\n").replace(b"\n ", b" ").replace(b"\n\t", b"\t"), None)
+    return decode_text(block.replace(b"\r\n", b"\n").replace(b"\n ", b" ").replace(b"\n\t", b"\t"))
 
 
 def _text_parts(meta: dict[str, Any]) -> Iterator[tuple[str, list[int], str | None]]:
@@ -185,7 +172,7 @@ class _Doc:
                 data = binary_section(self.raw, self.meta, path)
                 if data is None:  # Unknown transfer encoding: search the bytes as they are.
                     data = section(self.raw, self.meta, path, None)
-                chunks.append(_decode_text(data, charset))
+                chunks.append(decode_text(data, charset))
             self._body = fold("\n".join(chunks))
         return self._body
 

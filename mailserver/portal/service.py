@@ -12,7 +12,6 @@ these functions and only translate their results and ``PortalError`` into their 
 
 from __future__ import annotations
 
-import codecs
 import datetime as dt
 import email.policy
 import email.utils
@@ -34,6 +33,7 @@ from directory.search import M as DirectoryMailbox
 from directory.search import entry_columns, joined, to_entry
 from mailserver import accounts, conversations, quota
 from mailserver.auth import generate_app_password
+from mailserver.charsets import decode_text
 from mailserver.conversation_models import (
     CLOSED,
     Conversation,
@@ -43,6 +43,7 @@ from mailserver.conversation_models import (
 )
 from mailserver.db.models import Domain, Folder, Mailbox, Message, utcnow
 from mailserver.delivery import Delivery, EnqueueHook
+from mailserver.headers import HeaderView, decode_header
 from mailserver.policy import LocalTarget, Refusal, route_recipient
 from mailserver.runtime import Runtime
 from mailserver.store import mime
@@ -452,7 +453,7 @@ def _param(params: list[list[str]] | None, name: str) -> str | None:
 def _filename(node: dict[str, Any]) -> str | None:
     disposition = node.get("disposition") or [None, None]
     name = _param(disposition[1], "filename") or _param(node.get("params"), "name")
-    return mime.decode_header(name) if name else None
+    return decode_header(name) if name else None
 
 
 def _is_attachment(node: dict[str, Any]) -> bool:
@@ -509,12 +510,7 @@ def _decode(raw: bytes, meta: dict[str, Any], path: list[int], node: dict[str, A
     data = mime.binary_section(raw, meta, path)
     if data is None:
         data = raw[node["part"][2] : node["part"][3]]
-    charset = (_param(node.get("params"), "charset") or "utf-8").strip().lower()
-    try:
-        codecs.lookup(charset)
-    except LookupError:
-        charset = "utf-8"
-    return data.decode(charset, errors="replace")
+    return decode_text(data, _param(node.get("params"), "charset"))
 
 
 def _attachments(meta: dict[str, Any]) -> list[tuple[AttachmentInfo, list[int], dict[str, Any]]]:
@@ -722,7 +718,12 @@ async def reply(
     usage, limits = await rt.store.usage(mailbox_id)
     if quota.exceeded(usage, limits, len(data), 1):
         raise PortalError(507, "Votre espace de stockage est plein : supprimez des messages pour répondre.")
-    headers = {k: str(v) for k, v in msg.items()}
+    headers = HeaderView.parse(data)
+    try:
+        await accounts.check_authors(rt, mailbox_id, mb.address, headers)
+    except Refusal as refusal:
+        await rt.audit.record(mb.address, "portal-refused", remote, "portal reply", refusal.smtp)
+        raise PortalError(403, "Vous ne pouvez écrire qu'en votre nom.") from None
     async with rt.db.read() as session:
         try:
             await conversations.check_message(session, mb.address, [conv.professional], headers)
@@ -766,9 +767,6 @@ async def reply(
         mb.address,
         [conv.professional],
         headers,
-        msg["Message-ID"],
-        msg["In-Reply-To"],
-        msg["References"],
         blob_id=blob_id,
     )
     await rt.audit.record(

@@ -12,13 +12,12 @@ import email.utils
 import logging
 import os
 from abc import ABC, abstractmethod
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 
 from cryptography import x509
 
 from mailserver import conversations
 from mailserver.delivery import Delivery, DeliveryResult
+from mailserver.headers import HeaderView
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget
 from mailserver.queue import dsn
 from mailserver.queue.queue import Queue
@@ -72,12 +71,6 @@ def _tls_clause(server: SMTPServer) -> str | None:
     return server.tls_trace[1]
 
 
-def message_headers(data: bytes) -> dict[str, str]:
-    """The top-level header fields (the last occurrence wins), for the conversation rules."""
-    parsed = BytesHeaderParser(policy=compat32).parsebytes(data)
-    return {name: str(value) for name, value in parsed.items()}
-
-
 class Handler(ABC):
     """Base of the MTA and submission handlers (one instance per connection, see ``service``)."""
 
@@ -110,6 +103,11 @@ class Handler(ABC):
     async def prepare(self, server: SMTPServer, data: bytes) -> bytes:
         """The message as it will be stored: S/MIME verification (inbound) or signing (submission)."""
         return data
+
+    async def check_header(self, server: SMTPServer, headers: HeaderView) -> None:
+        """Refuse (raise Refusal) a header this listener does not accept: nothing by default; submission
+        checks who the message says it is from."""
+        return None
 
     def involves_patients(self, server: SMTPServer) -> bool:
         """Whether the patient-conversation rules apply: a hosted patient among the recipients (here), or
@@ -148,14 +146,20 @@ class Handler(ABC):
             else:
                 delivery.add_remote(r.target, {"notify": ",".join(r.notify), "orcpt": r.orcpt})
         recipients = [r.address for r in env.recipients]
-        headers = message_headers(data) if self.involves_patients(server) else None
+        headers = HeaderView.parse(data)
+        patients = self.involves_patients(server)
         try:
-            if headers is not None:
+            await self.check_header(server, headers)
+            if patients:
                 await conversations.check_message(self.rt, env.mail_from or "", recipients, headers)
-            data = await self.prepare(server, data)
+            prepared = await self.prepare(server, data)
         except Refusal as refusal:
             await self.refused(server, "DATA", refusal.smtp)
             return refusal.smtp
+        if patients and prepared is not data:
+            # Conversations follow the message as stored: submission may have given it its Message-ID.
+            headers = HeaderView.parse(prepared)
+        data = prepared
         protocol = "ESMTP" if server.session.extended_smtp else "SMTP"
         content = received_header(server, queue_id, protocol) + data
         server.busy = True
@@ -167,7 +171,7 @@ class Handler(ABC):
             raise
         finally:
             server.busy = False
-        if headers is not None and (result.delivered or result.queued):
+        if patients and (result.delivered or result.queued):
             # Only a copy a patient holds may be linked: a patient's own message keeps none here (the
             # queue's copy is released after sending, and its id may then be reused by another message).
             patient_copy = any(
@@ -181,9 +185,6 @@ class Handler(ABC):
                 env.mail_from or "",
                 recipients,
                 headers,
-                headers.get("Message-ID"),
-                headers.get("In-Reply-To"),
-                headers.get("References"),
                 blob_id=result.blob_id if patient_copy else None,
             )
         if not result.delivered and not result.queued:

@@ -18,7 +18,7 @@ from directory.patients import display_address
 from mailserver import accounts, conversations
 from mailserver.auth import AuthOutcome
 from mailserver.delivery import DeliveryResult
-from mailserver.headers import has_field, replace_field
+from mailserver.headers import HeaderView, has_field, replace_field
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget, route_recipient
 from mailserver.smtp.handler import Handler
 from mailserver.smtp.server import MailOptions, SMTPServer
@@ -109,6 +109,13 @@ class SubmissionHandler(Handler):
         if self.rt.settings.smime.encrypt == "required":
             await smime_service.check_recipient(self.rt, target.address)
         return target
+
+    async def check_header(self, server: SMTPServer, headers: HeaderView) -> None:
+        """From and Sender must be addresses the user may send as, as MAIL FROM must (RFC 6409 §6.1, §8)."""
+        assert server.session.mailbox_id is not None  # ``mail`` refused the unauthenticated
+        await accounts.check_authors(
+            self.rt, server.session.mailbox_id, server.session.username or "", headers
+        )
 
     def involves_patients(self, server: SMTPServer) -> bool:
         """A patient may submit too (with a password set on the portal): always apply the rules."""

@@ -19,27 +19,30 @@ servers in practice (Dovecot, Cyrus) answer with an empty string rather than NO.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 import unicodedata
+from collections.abc import Mapping
 from datetime import UTC
 from email.message import Message
-from email.utils import collapse_rfc2231_value, parsedate_to_datetime
+from email.utils import parsedate_to_datetime
 from functools import cache
 from typing import Any
+
+from mailserver.charsets import decode_text
+from mailserver.headers import MAX_HEADER_SCAN, HeaderView, decode_header, find_header_end, split_fields
 
 __all__ = [
     "MAX_DEPTH",
     "MAX_HEADER_SCAN",
     "MAX_PARTS",
+    "addr_specs",
     "address_texts",
     "analyze",
     "base_subject",
     "binary_section",
     "binary_size",
     "casemap",
-    "decode_header",
     "parse_addresses",
     "section",
     "section_exists",
@@ -52,17 +55,9 @@ MAX_DEPTH = 32
 MAX_PARTS = 10_000
 """Beyond this many body parts, remaining multipart bodies are no longer split."""
 
-MAX_HEADER_SCAN = 1024 * 1024
-"""Header fields are only looked up in the first MiB of a header block (Postfix's
-header_size_limit idea): offsets stay exact, a hostile giant header stays cheap."""
-
 _DEFAULT_PARAMS = [["charset", "us-ascii"]]
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_LINE_SPLIT = re.compile(rb"\r?\n")
-_FIELD = re.compile(rb"(?:([!-9;-~]+)[ \t]*:)?[^\n]*(?:\n[ \t][^\n]*)*\n?")  # RFC 5322 §2.2 field-name
 _DELIM_AT_START = re.compile(rb"(--)?[ \t]*(?=\r\n|\n|\Z)")  # lookahead: the EOL may start the next one
-_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
-_BETWEEN_WORDS = re.compile(r"(\?=)[ \t\r\n]+(=\?)")
 _MSG_ID = re.compile(r"<[^<>]*>")
 _WSP_RUN = re.compile(r"[ \t\r\n]+")
 _QUOTED_LOCAL = re.compile(r'"((?:[^"\\]|\\.)*)"')
@@ -74,93 +69,6 @@ _MESSAGE_SUBTYPES = {"rfc822", "global"}
 
 
 # --------------------------------------------------------------------------- text helpers
-
-
-def _text(data: bytes) -> str:
-    """Bytes to str: UTF-8 (RFC 6532) when valid, else Latin-1 so 8-bit legacy headers survive."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
-
-
-def _clean(value: str) -> str:
-    """Replace lone surrogates (exotic charsets such as UTF-7 can yield them) so the cache is UTF-8 safe."""
-    return value if value.isascii() else value.encode("utf-8", "replace").decode("utf-8")
-
-
-def _decode_word(charset: str, enc: str, payload: str) -> str | None:
-    charset = charset.split("*", 1)[0]  # RFC 2231 §5 language suffix
-    try:
-        if enc in "bB":
-            data = base64.b64decode(payload + "=" * (-len(payload) % 4))
-        else:
-            data = binascii.a2b_qp(payload.replace("_", " ").encode("ascii"), header=False)
-        return _clean(data.decode(charset, errors="replace"))
-    except (LookupError, ValueError, binascii.Error, UnicodeError):
-        return None
-
-
-def decode_header(value: str) -> str:
-    """RFC 2047 decode leniently (never raises): SEARCH matches on the human-visible text."""
-    if "=?" not in value:
-        return value
-    value = _BETWEEN_WORDS.sub(r"\1\2", value)  # RFC 2047 §6.2: drop whitespace between encoded words
-
-    def repl(match: re.Match[str]) -> str:
-        decoded = _decode_word(match.group(1), match.group(2), match.group(3))
-        return match.group(0) if decoded is None else decoded
-
-    return _ENCODED_WORD.sub(repl, value)
-
-
-# --------------------------------------------------------------------------- header blocks
-
-
-def _find_header_end(raw: bytes, start: int, end: int) -> tuple[int, int]:
-    """Return (header_end, body_start): the header stops at the first empty line (RFC 5322 §2.1)."""
-    if raw.startswith(b"\r\n", start, end):
-        return start, start + 2
-    if raw.startswith(b"\n", start, end):
-        return start, start + 1
-    crlf = raw.find(b"\n\r\n", start, end)
-    lf = raw.find(b"\n\n", start, end)
-    if crlf < 0 and lf < 0:
-        return end, end
-    if lf < 0 or (0 <= crlf < lf):
-        return crlf + 1, crlf + 3
-    return lf + 1, lf + 2
-
-
-def _header_fields(block: bytes) -> list[tuple[str | None, bytes]]:
-    """Split a header block into (lower-case name or None, verbatim field bytes incl. EOL).
-
-    Continuation lines (leading WSP, RFC 5322 §2.2.3) stay with their field; lines
-    without a valid field name get None so callers can skip them.  One C-level regex
-    pass keeps this fast on hostile multi-megabyte headers.
-    """
-    return [
-        (m.group(1).decode("ascii").lower() if m.group(1) else None, m.group(0))
-        for m in _FIELD.finditer(block)
-        if m.group(0)
-    ]
-
-
-def _field_value(data: bytes) -> str:
-    """Unfolded, otherwise verbatim value (RFC 5322 §2.2.3), surrounding WSP removed."""
-    value = data[data.find(b":") + 1 :]
-    return _text(_LINE_SPLIT.sub(b"", value)).strip(" \t\r\n")
-
-
-def _first_values(raw: bytes, start: int, end: int) -> dict[str, str]:
-    """First occurrence of each header field, unfolded; IMAP uses the first one (RFC 9051 §7.5.2)."""
-    if end - start > MAX_HEADER_SCAN:
-        end = max(start, raw.rfind(b"\n", start, start + MAX_HEADER_SCAN) + 1)
-    values: dict[str, str] = {}
-    for name, data in _header_fields(raw[start:end]):
-        if name is not None and name not in values:
-            values[name] = _field_value(data)
-    return values
 
 
 # --------------------------------------------------------------------------- MIME header values
@@ -178,14 +86,20 @@ def _params(header: str, value: str) -> tuple[str, list[list[str]] | None]:
         return "", None
     head = raw_params[0][0].strip()
     params = [
-        [name.lower(), _clean(collapse_rfc2231_value(val)) if isinstance(val, tuple) else val]
-        for name, val in raw_params[1:]
+        [name.lower(), _rfc2231(val) if isinstance(val, tuple) else val] for name, val in raw_params[1:]
     ]
     return head, params or None
 
 
+def _rfc2231(value: tuple[str | None, str | None, str]) -> str:
+    """An RFC 2231 ``name*=charset'lang'%xx`` value: its octets (one per character, as the stdlib's
+    ``collapse_rfc2231_value`` reads them) decoded by the one charset rule."""
+    charset, _language, text = value
+    return decode_text(bytes(text, "raw-unicode-escape"), charset)
+
+
 def _content_type(
-    fields: dict[str, str], default: tuple[str, str]
+    fields: Mapping[str, str], default: tuple[str, str]
 ) -> tuple[str, str, list[list[str]] | None]:
     """RFC 2045 §5.2: absent → context default; syntactically invalid → text/plain; charset=us-ascii."""
     value = fields.get("content-type")
@@ -200,7 +114,7 @@ def _content_type(
     return maintype, subtype, params
 
 
-def _disposition(fields: dict[str, str]) -> list[Any] | None:
+def _disposition(fields: Mapping[str, str]) -> list[Any] | None:
     """RFC 2183 disposition as [type, params]; None when absent or empty."""
     value = fields.get("content-disposition")
     if not value:
@@ -211,7 +125,7 @@ def _disposition(fields: dict[str, str]) -> list[Any] | None:
     return [head.lower(), params]
 
 
-def _language(fields: dict[str, str]) -> list[str] | None:
+def _language(fields: Mapping[str, str]) -> list[str] | None:
     """RFC 3282 Content-Language: comma-separated tags."""
     value = fields.get("content-language")
     if not value:
@@ -220,7 +134,7 @@ def _language(fields: dict[str, str]) -> list[str] | None:
     return [t for t in tags if t] or None
 
 
-def _squeezed(fields: dict[str, str], name: str) -> str | None:
+def _squeezed(fields: Mapping[str, str], name: str) -> str | None:
     """Content-Location (RFC 2557 §4.1) may be folded anywhere: drop all whitespace."""
     value = fields.get(name)
     return None if value is None else _WSP_RUN.sub("", value)
@@ -379,7 +293,17 @@ def parse_addresses(value: str | None) -> list[list[str | None]] | None:
     return out or None
 
 
-def _envelope(fields: dict[str, str]) -> list[Any]:
+def addr_specs(value: str | None) -> list[str]:
+    """The ``local@domain`` of every mailbox of an address list (group members too) as ENVELOPE shows
+    them; a mailbox missing its local part or domain (RFC 9051 ``MISSING_*``) gives only what it has."""
+    return [
+        "@".join(p for p in (local, domain) if p and not p.startswith("MISSING_"))
+        for _name, _adl, local, domain in parse_addresses(value) or []
+        if domain is not None
+    ]
+
+
+def _envelope(fields: Mapping[str, str]) -> list[Any]:
     """RFC 9051 §7.5.2 ENVELOPE; Sender and Reply-To default to From."""
     frm = parse_addresses(fields.get("from"))
     sender = parse_addresses(fields.get("sender")) or frm
@@ -521,7 +445,7 @@ def _iso_date(value: str | None) -> str | None:
     return parsed.isoformat()
 
 
-def _search_headers(fields: dict[str, str], envelope: list[Any]) -> dict[str, Any]:
+def _search_headers(fields: Mapping[str, str], envelope: list[Any]) -> dict[str, Any]:
     decoded = {
         k: decode_header(fields[k]) if k in fields else None for k in ("subject", "from", "to", "cc", "bcc")
     }
@@ -586,13 +510,13 @@ def _strip_eol(raw: bytes, start: int, pos: int) -> int:
     return max(start, pos)
 
 
-def _cte(fields: dict[str, str]) -> str:
+def _cte(fields: Mapping[str, str]) -> str:
     """Content-Transfer-Encoding token (RFC 2045 §6.1), 7BIT when absent; comments dropped."""
     return (fields.get("content-transfer-encoding") or "").split("(", 1)[0].strip().upper() or "7BIT"
 
 
 def _leaf(
-    maintype: str, subtype: str, params: Any, fields: dict[str, str], offsets: list[int]
+    maintype: str, subtype: str, params: Any, fields: Mapping[str, str], offsets: list[int]
 ) -> dict[str, Any]:
     return {
         "type": maintype,
@@ -612,11 +536,11 @@ def _leaf(
 
 def _entity(
     raw: bytes, start: int, end: int, depth: int, default: tuple[str, str], budget: _Budget
-) -> tuple[dict[str, Any], dict[str, str]]:
+) -> tuple[dict[str, Any], HeaderView]:
     """Body structure of the entity raw[start:end] and its first-occurrence header fields."""
     budget.parts += 1
-    header_end, body_start = _find_header_end(raw, start, end)
-    fields = _first_values(raw, start, header_end)
+    header_end, body_start = find_header_end(raw, start, end)
+    fields = HeaderView.of_block(raw, start, header_end)
     offsets = [start, header_end, body_start, end]
     maintype, subtype, params = _content_type(fields, default)
     too_deep = depth >= MAX_DEPTH or budget.parts >= MAX_PARTS
@@ -722,7 +646,7 @@ def _resolve(meta: dict[str, Any], part: list[int]) -> dict[str, Any] | None:
 def _header_fields_section(block: bytes, names: list[str], negate: bool) -> bytes:
     """HEADER.FIELDS[.NOT] (RFC 9051 §6.4.5): matching fields verbatim, then the blank line."""
     wanted = {n.lower() for n in names}
-    kept = [data for name, data in _header_fields(block) if name is not None and (name in wanted) != negate]
+    kept = [data for name, data in split_fields(block) if name is not None and (name in wanted) != negate]
     if kept and not kept[-1].endswith(b"\n"):
         kept[-1] += b"\r\n"
     return b"".join(kept) + b"\r\n"

@@ -9,6 +9,7 @@ from email.message import EmailMessage
 from directory.models import DirectoryMailbox, Professional
 from mailserver import accounts, conversations
 from mailserver.delivery import Delivery
+from mailserver.headers import HeaderView
 from mailserver.policy import local_recipient
 from mailserver.runtime import Runtime
 
@@ -89,7 +90,7 @@ async def send(rt: Runtime, msg: EmailMessage, recipients: list[str] | None = No
     """What the SMTP layer does: policy check, two-phase delivery to local mailboxes, then record."""
     sender = email.utils.parseaddr(msg["From"])[1]
     rcpts = recipients or [email.utils.parseaddr(msg["To"])[1]]
-    headers = {k: str(v) for k, v in msg.items()}
+    headers = HeaderView.parse(bytes(msg))
     await conversations.check_message(rt, sender, rcpts, headers)
     delivery = Delivery(rt, sender, source="test")
     async with rt.db.read() as session:
@@ -104,8 +105,5 @@ async def send(rt: Runtime, msg: EmailMessage, recipients: list[str] | None = No
         sender,
         rcpts,
         headers,
-        msg["Message-ID"],
-        msg["In-Reply-To"],
-        msg["References"],
         blob_id=result.blob_id,
     )

@@ -6,6 +6,7 @@ from sqlalchemy import select
 
 from mailserver import accounts, conversations
 from mailserver.conversation_models import ConversationMessage
+from mailserver.headers import HeaderView
 from mailserver.runtime import Runtime
 
 PATIENT = "262112b82955335@patient.a.mssante.test"
@@ -18,7 +19,7 @@ async def test_expunged_copy_is_unlinked(runtime: Runtime) -> None:
     raw = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode() + "\r\nVos résultats.\r\n".encode()
     stored = await runtime.store.deliver(await runtime.store.prepare(raw), [patient.id])
     await conversations.record_message(
-        runtime, pro.address, [PATIENT], headers, "<m1@a>", None, None, blob_id=stored.blob_id
+        runtime, pro.address, [PATIENT], HeaderView.parse(raw), blob_id=stored.blob_id
     )
     async with runtime.db.read() as session:
         assert (await session.execute(select(ConversationMessage.blob_id))).scalar_one() == stored.blob_id
