@@ -221,6 +221,8 @@ async def list_(s: Session, tag: str, cmd: List) -> Done:
 @command("LSUB", State.AUTH_OR_SELECTED)
 async def lsub(s: Session, tag: str, cmd: Lsub) -> Done:
     """RFC 3501 §6.3.9 (deprecated in RFC 9051 but still answered for rev1 clients)."""
+    if cmd.pattern is None:  # not a name in any valid encoding: it matches nothing
+        return Done("LSUB completed")
     folders = await s.rt.store.folders(_mailbox_id(s))
     regex = pattern_regex(cmd.reference, cmd.pattern)
     subscribed = sorted(f.name for f in folders if f.subscribed)
