@@ -14,6 +14,9 @@ Invariants (each one has a test in tests/store/):
 - The mailbox row is locked first (then folders) in every write, so concurrent writers to one mailbox
   serialise on both engines and a quota can never be overrun by a race.
 - Change notifications are published only after commit (NOTIFY inside the transaction on PostgreSQL).
+- Whoever makes folders (IMAP CREATE and RENAME, a new mailbox's defaults), names obey
+  ``check_folder_name`` and a mailbox's folders never pass ``[limits] folders_per_mailbox``: counted
+  inside the write transaction, after the mailbox row lock.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+import unicodedata
+from collections.abc import AsyncIterator, Callable, Container, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -34,7 +38,7 @@ from sqlalchemy import String, bindparam, cast, delete, exists, func, insert, se
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from config.settings import QuotaSettings
+from config.settings import LimitsSettings, QuotaSettings
 from mailserver import quota
 from mailserver.audit import INSERT_EVENTS, event_row
 from mailserver.db.engine import Database, WriteSession
@@ -161,6 +165,33 @@ def normalize_folder(name: str) -> str:
     return name
 
 
+def check_folder_name(name: str, limits: LimitsSettings) -> str:
+    """The one rule for a folder name that any path may create or rename to (RFC 9051 §5.1); returns
+    it normalised. No empty level, no leading separator, no wildcard (it could never be LISTed
+    alone), no control character: ``CANNOT``; longer or deeper than the limits: ``LIMIT`` (RFC 5530)."""
+    if not name or any(not part for part in name.split(SEPARATOR)):
+        raise StoreError("CANNOT", f"invalid folder name {name!r}")
+    name = normalize_folder(name)
+    if "*" in name or "%" in name or any(unicodedata.category(ch) in ("Cc", "Cs") for ch in name):
+        raise StoreError("CANNOT", "folder names cannot contain wildcards or control characters")
+    if len(name.encode("utf-8")) > limits.folder_name_length:
+        raise StoreError("LIMIT", f"folder names are limited to {limits.folder_name_length} octets")
+    if name.count(SEPARATOR) >= limits.folder_depth:
+        raise StoreError("LIMIT", f"folders are limited to {limits.folder_depth} levels")
+    return name
+
+
+def _in_subtree(name: str, root: str) -> bool:
+    return name == root or name.startswith(root + SEPARATOR)
+
+
+def _missing_parents(name: str, existing: Container[str]) -> list[str]:
+    """The levels above ``name`` that do not exist yet, outermost first (created with it, §6.3.4)."""
+    parts = name.split(SEPARATOR)
+    parents = (SEPARATOR.join(parts[:i]) for i in range(1, len(parts)))
+    return [p for p in parents if p not in existing]
+
+
 def _pg_notify(session: Session, changed: _Changed) -> None:
     """PostgreSQL: NOTIFY every process of the changed (mailbox, folder) pairs, sent at commit. The
     payload ``mailbox:folder`` is what ``Notifier.listen_postgres`` parses (``_RESERVE_UIDS_NOTIFY``
@@ -246,9 +277,18 @@ class Store:
     """Folders, messages and usage of every mailbox; see the module docstring for the invariants."""
 
     def __init__(
-        self, db: Database, blobs: BlobStore, notifier: Notifier, quotas: QuotaSettings, inline_max: int = 0
+        self,
+        db: Database,
+        blobs: BlobStore,
+        notifier: Notifier,
+        quotas: QuotaSettings,
+        inline_max: int = 0,
+        limits: LimitsSettings | None = None,
     ) -> None:
         self.db = db
+        # [limits] folder_name_length, folder_depth, folders_per_mailbox, read at each call, like every
+        # limit.
+        self.folder_limits = limits or LimitsSettings()
         self.blobs = blobs
         self.notifier = notifier
         self.default_storage = quotas.default_storage
@@ -724,6 +764,17 @@ class Store:
         await session.flush()
         return f
 
+    async def _folder_names(self, session: AsyncSession, mailbox_id: int) -> set[str]:
+        return set(
+            (await session.execute(select(Folder.name).where(Folder.mailbox_id == mailbox_id))).scalars()
+        )
+
+    def _check_count(self, existing: int, adding: int) -> None:
+        """Inside the write transaction, after the mailbox row lock: concurrent CREATEs serialise here."""
+        limit = self.folder_limits.folders_per_mailbox
+        if adding and existing + adding > limit:
+            raise StoreError("LIMIT", f"a mailbox holds at most {limit} folders")
+
     async def folders(self, mailbox_id: int) -> list[FolderInfo]:
         async with self.db.read() as session:
             rows = await session.execute(
@@ -750,22 +801,18 @@ class Store:
             return _folder_info(await session.run_sync(_folder_by_id, folder_id))
 
     async def create_folder(self, mailbox_id: int, name: str, special_use: str | None = None) -> FolderInfo:
-        """Create ``name`` and any missing parents (RFC 9051 §6.3.4); existing name → FolderExists."""
-        name = normalize_folder(name)
-        if not name or any(not part for part in name.split(SEPARATOR)):
-            raise StoreError("CANNOT", f"invalid folder name {name!r}")
+        """Create ``name`` and any missing parents (RFC 9051 §6.3.4); existing name → FolderExists.
+        The parents count against ``folders_per_mailbox`` too."""
+        name = check_folder_name(name, self.folder_limits)
         async with self._write(brief=True) as (session, changed):
             mb = await self._lock_mailbox(session, mailbox_id)
-            existing = set(
-                (await session.execute(select(Folder.name).where(Folder.mailbox_id == mailbox_id))).scalars()
-            )
+            existing = await self._folder_names(session, mailbox_id)
             if name in existing:
                 raise FolderExists(name)
-            parts = name.split(SEPARATOR)
-            for i in range(1, len(parts)):
-                parent = SEPARATOR.join(parts[:i])
-                if parent not in existing:
-                    await self._new_folder(session, mb, parent, None)
+            parents = _missing_parents(name, existing)
+            self._check_count(len(existing), len(parents) + 1)
+            for parent in parents:
+                await self._new_folder(session, mb, parent, None)
             f = await self._new_folder(session, mb, name, special_use)
             changed.add((mailbox_id, None))
             return _folder_info(f)
@@ -790,10 +837,9 @@ class Store:
         await self._remove_files(paths)
 
     async def rename_folder(self, mailbox_id: int, old: str, new: str) -> None:
-        """Rename a folder and its children; renaming INBOX moves its messages out (RFC 9051 §6.3.6)."""
-        old, new = normalize_folder(old), normalize_folder(new)
-        if not new or any(not part for part in new.split(SEPARATOR)):
-            raise StoreError("CANNOT", f"invalid folder name {new!r}")
+        """Rename a folder and its children; renaming INBOX moves its messages out (RFC 9051 §6.3.6).
+        Every new name obeys the limits, created parents count as folders."""
+        old, new = normalize_folder(old), check_folder_name(new, self.folder_limits)
         if new == old or new.startswith(old + SEPARATOR):
             raise StoreError("CANNOT", "a folder cannot be renamed into itself")
         async with self._write() as (session, changed):
@@ -808,20 +854,23 @@ class Store:
                 raise FolderNotFound(old)
             if new in all_folders:
                 raise FolderExists(new)
-            parts = new.split(SEPARATOR)
-            for i in range(1, len(parts)):
-                parent = SEPARATOR.join(parts[:i])
-                if parent not in all_folders and parent != old:
-                    all_folders[parent] = await self._new_folder(session, mb, parent, None)
+            moved = [] if old == "INBOX" else [n for n in all_folders if _in_subtree(n, old)]
+            for fname in moved:
+                target = check_folder_name(new + fname[len(old) :], self.folder_limits)
+                if target in all_folders:
+                    raise FolderExists(target)
+            parents = [p for p in _missing_parents(new, all_folders) if p != old]
+            self._check_count(len(all_folders), len(parents) + (1 if old == "INBOX" else 0))
+            for parent in parents:
+                all_folders[parent] = await self._new_folder(session, mb, parent, None)
             if old == "INBOX":
                 await self._move_all_out_of_inbox(session, mb, all_folders["INBOX"], new)
-            else:
-                for fname, f in all_folders.items():
-                    if fname == old or fname.startswith(old + SEPARATOR):
-                        # UIDVALIDITY is kept: it is unique within the mailbox, so (name, UIDVALIDITY, UID)
-                        # still names one message forever (RFC 9051 §2.3.1.1).
-                        f.name = new + fname[len(old) :]
-                        changed.add((mailbox_id, f.id))
+            for fname in moved:
+                # UIDVALIDITY is kept: it is unique within the mailbox, so (name, UIDVALIDITY, UID)
+                # still names one message forever (RFC 9051 §2.3.1.1).
+                f = all_folders[fname]
+                f.name = new + fname[len(old) :]
+                changed.add((mailbox_id, f.id))
             changed.add((mailbox_id, None))
 
     async def _move_all_out_of_inbox(

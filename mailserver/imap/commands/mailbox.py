@@ -3,7 +3,8 @@ QRESYNC), CREATE (RFC 6154 USE), DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST (R
 LIST-EXTENDED, RFC 5819 LIST-STATUS, RFC 6154 SPECIAL-USE), LSUB, NAMESPACE (RFC 2342), STATUS.
 
 Names are UTF-8 in the store and relative to the user's own tree: there is no path a client can
-write that leaves it, and names with empty components, a leading ``/`` or wildcards are refused.
+write that leaves it; which names may be created, and how many, is the store's rule
+(``check_folder_name`` and the ``[limits] folder_*`` settings), refused ``NO [CANNOT]`` / ``NO [LIMIT]``.
 """
 
 from __future__ import annotations
@@ -26,21 +27,16 @@ from mailserver.imap.protocol.commands import (
     Unsubscribe,
 )
 from mailserver.imap.session import SYSTEM_FLAGS, Selected
-from mailserver.store.store import SEPARATOR, FolderInfo, MessageInfo, normalize_folder
+from mailserver.store.store import SEPARATOR, FolderInfo, MessageInfo, StoreError, normalize_folder
 
 if TYPE_CHECKING:
     from mailserver.imap.session import Session
 
 
 def check_name(name: str) -> str:
-    """A folder name a client may create (RFC 9051 §5.1); a trailing ``/`` is dropped (§6.3.4)."""
-    if name.endswith(SEPARATOR) and name != SEPARATOR:
-        name = name[:-1]
-    if not name or name.startswith(SEPARATOR) or any(not part for part in name.split(SEPARATOR)):
-        raise Fail("NO", "invalid mailbox name", "CANNOT")
-    if "*" in name or "%" in name or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name):
-        raise Fail("NO", "mailbox names cannot contain wildcards or control characters", "CANNOT")
-    return normalize_folder(name)
+    """A name to create: one trailing ``/`` says the client means to create children under it
+    (RFC 9051 §6.3.4) and is dropped; everything else is the store's rule (``check_folder_name``)."""
+    return name[:-1] if name.endswith(SEPARATOR) and name != SEPARATOR else name
 
 
 def _mailbox_id(s: Session) -> int:
@@ -116,12 +112,22 @@ async def examine(s: Session, tag: str, cmd: Examine) -> Done:
 # --------------------------------------------------------------------------- CREATE / DELETE / RENAME
 
 
+async def _audit_limit(s: Session, request: str, exc: StoreError) -> None:
+    """A folder limit refusal (RFC 5530 LIMIT) is an audit event: who tried to grow past it, how."""
+    if exc.code == "LIMIT":
+        await s.rt.audit.record(s.address, "limit", s.remote, request, f"NO [LIMIT] {exc}")
+
+
 @command("CREATE", State.AUTH_OR_SELECTED, ("CREATE-SPECIAL-USE",))
 async def create(s: Session, tag: str, cmd: Create) -> Done:
     name = check_name(cmd.mailbox)
     if len(cmd.special_use) > 1:
         raise Fail("NO", "only one special-use attribute per mailbox", "USEATTR")
-    await s.rt.store.create_folder(_mailbox_id(s), name, cmd.special_use[0] if cmd.special_use else None)
+    try:
+        await s.rt.store.create_folder(_mailbox_id(s), name, cmd.special_use[0] if cmd.special_use else None)
+    except StoreError as exc:
+        await _audit_limit(s, f"imap CREATE {name}", exc)
+        raise
     return Done("CREATE completed")
 
 
@@ -140,9 +146,13 @@ async def delete(s: Session, tag: str, cmd: Delete) -> Done:
 @command("RENAME", State.AUTH_OR_SELECTED)
 async def rename(s: Session, tag: str, cmd: Rename) -> Done:
     new = check_name(cmd.new)
-    await s.rt.store.rename_folder(_mailbox_id(s), cmd.old, new)
+    try:
+        await s.rt.store.rename_folder(_mailbox_id(s), cmd.old, new)
+    except StoreError as exc:
+        await _audit_limit(s, f"imap RENAME {cmd.old} {new}", exc)
+        raise
     if s.selected is not None and s.selected.name == normalize_folder(cmd.old):
-        s.selected.name = new
+        s.selected.name = normalize_folder(new)
         s.dirty = True
     return Done("RENAME completed")
 
