@@ -15,13 +15,14 @@ Invariants (each one has a test in tests/store/):
   serialise on both engines and a quota can never be overrun by a race.
 - Change notifications are published only after commit (NOTIFY inside the transaction on PostgreSQL).
 - Whoever makes folders (IMAP CREATE and RENAME, a new mailbox's defaults), names obey
-  ``check_folder_name`` and a mailbox's folders never pass ``[limits] folders_per_mailbox``: counted
-  inside the write transaction, after the mailbox row lock.
+  ``check_folder_name`` and a mailbox's folders and subscriptions never pass ``[limits]
+  folders_per_mailbox``: counted inside the write transaction, after the mailbox row lock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -42,7 +43,7 @@ from config.settings import LimitsSettings, QuotaSettings
 from mailserver import quota
 from mailserver.audit import INSERT_EVENTS, event_row
 from mailserver.db.engine import Database, WriteSession
-from mailserver.db.models import Blob, Domain, Expunged, Folder, Mailbox, Message, utcnow
+from mailserver.db.models import Blob, Domain, Expunged, Folder, Mailbox, Message, Subscription, utcnow
 from mailserver.db.prepared import Prepared
 from mailserver.store import mime
 from mailserver.store.blobs import BlobStore, WrittenBlob
@@ -89,7 +90,6 @@ class FolderInfo:
     uidvalidity: int
     uidnext: int
     highestmodseq: int
-    subscribed: bool
 
 
 @dataclass(frozen=True)
@@ -263,9 +263,7 @@ def _info(m: Message) -> MessageInfo:
 
 
 def _folder_info(f: Folder) -> FolderInfo:
-    return FolderInfo(
-        f.id, f.mailbox_id, f.name, f.special_use, f.uidvalidity, f.uidnext, f.highestmodseq, f.subscribed
-    )
+    return FolderInfo(f.id, f.mailbox_id, f.name, f.special_use, f.uidvalidity, f.uidnext, f.highestmodseq)
 
 
 @lru_cache(maxsize=4096)
@@ -286,8 +284,8 @@ class Store:
         limits: LimitsSettings | None = None,
     ) -> None:
         self.db = db
-        # [limits] folder_name_length, folder_depth, folders_per_mailbox, read at each call, like every
-        # limit.
+        # [limits] folder_name_length, folder_depth, folders_per_mailbox (the last bounds the
+        # subscription list too, which outlives folders); read at each call, like every limit.
         self.folder_limits = limits or LimitsSettings()
         self.blobs = blobs
         self.notifier = notifier
@@ -744,9 +742,10 @@ class Store:
     # ----------------------------------------------------------------- mailboxes and folders
 
     async def create_default_folders(self, session: AsyncSession, mb: Mailbox) -> None:
-        """Called in the transaction that creates the mailbox."""
+        """Called in the transaction that creates the mailbox; the folders start subscribed."""
         for name, special in DEFAULT_FOLDERS:
             await self._new_folder(session, mb, name, special)
+        await self._subscribe_new(session, mb.id, [name for name, _special in DEFAULT_FOLDERS])
 
     async def _new_folder(self, session: AsyncSession, mb: Mailbox, name: str, special: str | None) -> Folder:
         mb.last_uidvalidity = max(int(time.time()), mb.last_uidvalidity + 1)
@@ -757,7 +756,6 @@ class Store:
             uidvalidity=mb.last_uidvalidity,
             uidnext=1,
             highestmodseq=1,
-            subscribed=True,
             created_at=utcnow(),
         )
         session.add(f)
@@ -768,6 +766,19 @@ class Store:
         return set(
             (await session.execute(select(Folder.name).where(Folder.mailbox_id == mailbox_id))).scalars()
         )
+
+    async def _subscription_names(self, session: AsyncSession, mailbox_id: int) -> set[str]:
+        rows = await session.execute(select(Subscription.name).where(Subscription.mailbox_id == mailbox_id))
+        return set(rows.scalars())
+
+    async def _subscribe_new(self, session: AsyncSession, mailbox_id: int, names: Iterable[str]) -> None:
+        """New folders start subscribed, as long as the subscription list has room (it is bounded like
+        the folders, and names of deleted folders stay in it: RFC 3501 §6.3.6)."""
+        have = await self._subscription_names(session, mailbox_id)
+        room = self.folder_limits.folders_per_mailbox - len(have)
+        new = [n for n in dict.fromkeys(names) if n not in have][: max(room, 0)]
+        if new:
+            await session.execute(insert(Subscription), [{"mailbox_id": mailbox_id, "name": n} for n in new])
 
     def _check_count(self, existing: int, adding: int) -> None:
         """Inside the write transaction, after the mailbox row lock: concurrent CREATEs serialise here."""
@@ -792,6 +803,15 @@ class Store:
                 found.update(rows.scalars())
         return found
 
+    async def listing(self, mailbox_id: int) -> tuple[list[FolderInfo], set[str]]:
+        """The folders and the subscribed names (RFC 9051 §6.3.9 LIST), read in one transaction; columns,
+        not ORM objects: up to ``folders_per_mailbox`` of them, read on the event loop on SQLite."""
+        columns = [getattr(Folder, f.name) for f in dataclasses.fields(FolderInfo)]
+        async with self.db.read() as session:
+            rows = await session.execute(select(*columns).where(Folder.mailbox_id == mailbox_id))
+            folders = [FolderInfo(*row) for row in rows]
+            return folders, await self._subscription_names(session, mailbox_id)
+
     async def folder(self, mailbox_id: int, name: str) -> FolderInfo:
         async with self.db.read() as session:
             return _folder_info(await self._folder(session, mailbox_id, name))
@@ -814,11 +834,13 @@ class Store:
             for parent in parents:
                 await self._new_folder(session, mb, parent, None)
             f = await self._new_folder(session, mb, name, special_use)
+            await self._subscribe_new(session, mailbox_id, [*parents, name])
             changed.add((mailbox_id, None))
             return _folder_info(f)
 
     async def delete_folder(self, mailbox_id: int, name: str) -> None:
-        """Delete a folder and its messages (usage freed at once); its children stay (RFC 9051 §6.3.5)."""
+        """Delete a folder and its messages (usage freed at once); its children stay (RFC 9051 §6.3.5),
+        and so does its subscription (RFC 3501 §6.3.6)."""
         name = normalize_folder(name)
         if name == "INBOX":
             raise StoreError("CANNOT", "INBOX cannot be deleted")
@@ -837,8 +859,8 @@ class Store:
         await self._remove_files(paths)
 
     async def rename_folder(self, mailbox_id: int, old: str, new: str) -> None:
-        """Rename a folder and its children; renaming INBOX moves its messages out (RFC 9051 §6.3.6).
-        Every new name obeys the limits, created parents count as folders."""
+        """Rename a folder and its children, and their subscriptions; renaming INBOX moves its messages
+        out (RFC 9051 §6.3.6). Every new name obeys the limits, created parents count as folders."""
         old, new = normalize_folder(old), check_folder_name(new, self.folder_limits)
         if new == old or new.startswith(old + SEPARATOR):
             raise StoreError("CANNOT", "a folder cannot be renamed into itself")
@@ -871,7 +893,26 @@ class Store:
                 f = all_folders[fname]
                 f.name = new + fname[len(old) :]
                 changed.add((mailbox_id, f.id))
+            await self._rename_subscriptions(session, mailbox_id, old, new)
+            await self._subscribe_new(session, mailbox_id, [*parents, new] if old == "INBOX" else parents)
             changed.add((mailbox_id, None))
+
+    async def _rename_subscriptions(self, session: AsyncSession, mailbox_id: int, old: str, new: str) -> None:
+        """The subscriptions of a renamed subtree follow it (INBOX's stay: INBOX is not renamed)."""
+        if old == "INBOX":
+            return
+        have = await self._subscription_names(session, mailbox_id)
+        moving = [n for n in have if _in_subtree(n, old)]
+        if not moving:
+            return
+        await session.execute(
+            delete(Subscription).where(Subscription.mailbox_id == mailbox_id, Subscription.name.in_(moving))
+        )
+        renamed = {new + n[len(old) :] for n in moving} - have
+        if renamed:
+            await session.execute(
+                insert(Subscription), [{"mailbox_id": mailbox_id, "name": n} for n in renamed]
+            )
 
     async def _move_all_out_of_inbox(
         self, session: AsyncSession, mb: Mailbox, inbox: Folder, new: str
@@ -894,9 +935,28 @@ class Store:
         await session.flush()
 
     async def subscribe(self, mailbox_id: int, name: str, subscribed: bool) -> None:
+        """SUBSCRIBE (an existing folder, while the list has room) or UNSUBSCRIBE (a subscribed name,
+        even of a deleted folder; an existing folder that is not subscribed is fine) (RFC 9051 §6.3.7-8)."""
+        name = normalize_folder(name)
         async with self._write(brief=True) as (session, changed):
-            f = await self._folder(session, mailbox_id, name, lock=True)
-            f.subscribed = subscribed
+            await self._lock_mailbox(session, mailbox_id)
+            have = await self._subscription_names(session, mailbox_id)
+            if subscribed:
+                await self._folder(session, mailbox_id, name)
+                if name not in have:
+                    if len(have) >= self.folder_limits.folders_per_mailbox:
+                        raise StoreError(
+                            "LIMIT", f"at most {self.folder_limits.folders_per_mailbox} subscriptions"
+                        )
+                    await session.execute(insert(Subscription), [{"mailbox_id": mailbox_id, "name": name}])
+            elif name in have:
+                await session.execute(
+                    delete(Subscription).where(
+                        Subscription.mailbox_id == mailbox_id, Subscription.name == name
+                    )
+                )
+            else:
+                await self._folder(session, mailbox_id, name)
             changed.add((mailbox_id, None))
 
     # ----------------------------------------------------------------- messages
@@ -1189,6 +1249,7 @@ class Store:
         await session.execute(delete(Message).where(Message.folder_id.in_(folder_ids)))
         await session.execute(delete(Expunged).where(Expunged.folder_id.in_(folder_ids)))
         await session.execute(delete(Folder).where(Folder.mailbox_id == mailbox_id))
+        await session.execute(delete(Subscription).where(Subscription.mailbox_id == mailbox_id))
         await session.flush()
         return await self._release(session, mb, msgs)
 

@@ -1,6 +1,6 @@
 """Folder hardening (issue 13): every way of making folders is bounded (``[limits] folder_name_length
-/ folder_depth / folders_per_mailbox``, ``NO [LIMIT]``), and an error in a command costs that
-command, never the connection."""
+/ folder_depth / folders_per_mailbox``, ``NO [LIMIT]``), subscriptions too, and an error in a command
+costs that command, never the connection. (LIST and the event loop: test_server_starvation.py.)"""
 
 from __future__ import annotations
 
@@ -75,6 +75,23 @@ async def test_folder_count_is_a_limit_even_for_concurrent_creates(runtime: Runt
         await a.ok("RENAME a0 Ancien")  # a rename that adds none is fine
         for c in (a, b):
             await c.close()
+
+
+async def test_subscriptions_are_bounded_and_outlive_delete(runtime: Runtime, pki: Any) -> None:
+    """RFC 3501 §6.3.6: DELETE keeps the subscription, so the list is bounded on its own."""
+    async with running(runtime, pki, folders_per_mailbox=8) as env:
+        c = await env.connect()
+        for verb, name in [("CREATE", "X1"), ("CREATE", "X2"), ("DELETE", "X1"), ("DELETE", "X2")]:
+            await c.ok(f"{verb} {name}")
+        await c.ok("CREATE X3")  # made, but not subscribed: the list holds 8 names already
+        assert status(await c.command("SUBSCRIBE X3")) == ["NO", "[LIMIT]"]
+        lines = await c.ok('LIST (SUBSCRIBED) "" "X*"')
+        assert lines[:-1] == [f'* LIST (\\NonExistent \\Subscribed) "/" {name}' for name in ("X1", "X2")]
+        await c.ok("UNSUBSCRIBE X2")  # a subscribed name whose folder is gone
+        assert status(await c.command("UNSUBSCRIBE X2")) == ["NO", "[NONEXISTENT]"]
+        await c.ok("SUBSCRIBE X3")
+        assert (await c.ok('LSUB "" "X*"'))[:-1] == ['* LSUB () "/" X1', '* LSUB () "/" X3']
+        await c.close()
 
 
 async def test_a_failing_command_costs_only_the_command(imap: IMAPEnv, monkeypatch: Any) -> None:

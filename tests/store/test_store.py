@@ -355,6 +355,24 @@ async def test_folder_limits_hold_for_every_caller(runtime: Runtime) -> None:
     assert info.value.code == "LIMIT"
 
 
+async def test_subscriptions_are_names_that_outlive_their_folder(runtime: Runtime) -> None:
+    """RFC 3501 §6.3.6: deleting a folder keeps its subscription; renaming moves the subtree's."""
+    mb = await mailbox(runtime)
+    store = runtime.store
+    await store.create_folder(mb, "A/B")
+    await store.subscribe(mb, "A", False)
+    await store.rename_folder(mb, "A", "C")
+    await store.delete_folder(mb, "C/B")
+    folders, subscribed = await store.listing(mb)
+    assert {"C", "C/B"} & {f.name for f in folders} == {"C"}
+    assert "C/B" in subscribed and "C" not in subscribed and not {"A", "A/B"} & subscribed
+    with pytest.raises(FolderNotFound):
+        await store.subscribe(mb, "Nowhere", True)
+    await store.subscribe(mb, "C/B", False)
+    with pytest.raises(FolderNotFound):
+        await store.subscribe(mb, "C/B", False)
+
+
 async def test_notification_after_commit(runtime: Runtime) -> None:
     """A listener hears about a delivery, and only once it is visible to readers."""
     mb = await mailbox(runtime)

@@ -9,9 +9,9 @@ write that leaves it; which names may be created, and how many, is the store's r
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
+from mailserver.imap import listing
 from mailserver.imap.base import Done, Fail, State, command
 from mailserver.imap.protocol import encoder as enc
 from mailserver.imap.protocol.commands import (
@@ -27,6 +27,7 @@ from mailserver.imap.protocol.commands import (
     Unsubscribe,
 )
 from mailserver.imap.session import SYSTEM_FLAGS, Selected
+from mailserver.imap.wildcard import canonical
 from mailserver.store.store import SEPARATOR, FolderInfo, MessageInfo, StoreError, normalize_folder
 
 if TYPE_CHECKING:
@@ -159,7 +160,11 @@ async def rename(s: Session, tag: str, cmd: Rename) -> Done:
 
 @command("SUBSCRIBE", State.AUTH_OR_SELECTED)
 async def subscribe(s: Session, tag: str, cmd: Subscribe) -> Done:
-    await s.rt.store.subscribe(_mailbox_id(s), cmd.mailbox, True)
+    try:
+        await s.rt.store.subscribe(_mailbox_id(s), cmd.mailbox, True)
+    except StoreError as exc:
+        await _audit_limit(s, f"imap SUBSCRIBE {cmd.mailbox}", exc)
+        raise
     return Done("SUBSCRIBE completed")
 
 
@@ -172,26 +177,20 @@ async def unsubscribe(s: Session, tag: str, cmd: Unsubscribe) -> Done:
 # --------------------------------------------------------------------------- LIST / LSUB
 
 
-def pattern_regex(reference: str, pattern: str) -> re.Pattern[str]:
-    """RFC 9051 §6.3.9: ``*`` matches anything, ``%`` anything but the separator; INBOX is caseless."""
-    if reference and not reference.endswith(SEPARATOR) and not pattern.startswith(SEPARATOR):
-        reference += SEPARATOR
-    full = reference + pattern
-    if full[:5].upper() == "INBOX" and (len(full) == 5 or full[5] in (SEPARATOR, "*", "%")):
-        full = "INBOX" + full[5:]
-    out = []
-    for ch in full:
-        out.append(".*" if ch == "*" else "[^/]*" if ch == "%" else re.escape(ch))
-    return re.compile("".join(out), re.DOTALL)
+def _nonexistent(s: Session, cmd: List) -> str:
+    """RFC 5258 §3: ``\\NonExistent`` (implying ``\\Noselect``) where LIST-EXTENDED is in use, else
+    the ``\\Noselect`` that RFC 3501 §6.3.8 gives to a level of hierarchy that is not a mailbox."""
+    return "\\NonExistent" if cmd.extended or s.rev2 else "\\Noselect"
 
 
-def _attributes(folder: FolderInfo, names: list[str], subscribed: bool = False) -> list[str]:
-    prefix = folder.name + SEPARATOR
-    attrs = ["\\HasChildren" if any(n.startswith(prefix) for n in names) else "\\HasNoChildren"]
-    if subscribed and folder.subscribed:
+def _attributes(s: Session, cmd: List, row: listing.Row) -> list[str]:
+    attrs = [] if row.folder is not None else [_nonexistent(s, cmd)]
+    if row.folder is not None or row.has_children:
+        attrs.append("\\HasChildren" if row.has_children else "\\HasNoChildren")
+    if row.subscribed and ("SUBSCRIBED" in cmd.selection or cmd.returns.subscribed):
         attrs.append("\\Subscribed")
-    if folder.special_use:
-        attrs.append(folder.special_use)
+    if row.folder is not None and row.folder.special_use:
+        attrs.append(row.folder.special_use)
     return attrs
 
 
@@ -201,54 +200,37 @@ async def list_(s: Session, tag: str, cmd: List) -> Done:
         # RFC 9051 §6.3.9: an empty pattern asks for the hierarchy delimiter and root.
         s.send(enc.list_response(["\\Noselect"], SEPARATOR, "", utf8=s.utf8))
         return Done("LIST completed")
-    folders = await s.rt.store.folders(_mailbox_id(s))
-    names = [f.name for f in folders]
-    regexes = [pattern_regex(cmd.reference, p) for p in cmd.patterns]
-    only_subscribed = "SUBSCRIBED" in cmd.selection
-    only_special = "SPECIAL-USE" in cmd.selection
-    recursive = "RECURSIVEMATCH" in cmd.selection
-    show_subscribed = only_subscribed or cmd.returns.subscribed
-    subscribed_names = {f.name for f in folders if f.subscribed}
-    for folder in folders:
-        if not any(r.fullmatch(folder.name) for r in regexes):
-            continue
-        childinfo: list[str] = []
-        if only_subscribed and folder.name not in subscribed_names:
-            # RFC 5258 §3.5: with RECURSIVEMATCH a parent of a subscribed child is listed with CHILDINFO.
-            prefix = folder.name + SEPARATOR
-            if not (recursive and any(n.startswith(prefix) for n in subscribed_names)):
-                continue
-            childinfo = ["SUBSCRIBED"]
-        if only_special and not folder.special_use:
-            continue
-        attrs = _attributes(folder, names, show_subscribed)
-        s.send(enc.list_response(attrs, SEPARATOR, folder.name, utf8=s.utf8, childinfo=childinfo))
-        if cmd.returns.status is not None and not childinfo:
-            await _status(s, folder, cmd.returns.status)  # RFC 5819 §2: right after its LIST line.
+    folders, subscriptions = await s.rt.store.listing(_mailbox_id(s))
+    criteria = [opt for opt in ("SUBSCRIBED", "SPECIAL-USE") if opt in cmd.selection]
+    rows = await listing.rows(
+        folders,
+        subscriptions,
+        [canonical(cmd.reference, p, SEPARATOR) for p in cmd.patterns],
+        subscribed_only="SUBSCRIBED" in cmd.selection,
+        special_use_only="SPECIAL-USE" in cmd.selection,
+        recursive="RECURSIVEMATCH" in cmd.selection,
+    )
+    async for row in listing.paced(rows):
+        childinfo = criteria if row.childinfo else []
+        attrs = _attributes(s, cmd, row)
+        s.send(enc.list_response(attrs, SEPARATOR, row.name, utf8=s.utf8, childinfo=childinfo))
+        if cmd.returns.status is not None and row.folder is not None and row.selected:
+            await _status(s, row.folder, cmd.returns.status)  # RFC 5819 §2: right after its LIST line.
     return Done("LIST completed")
 
 
 @command("LSUB", State.AUTH_OR_SELECTED)
 async def lsub(s: Session, tag: str, cmd: Lsub) -> Done:
-    """RFC 3501 §6.3.9 (deprecated in RFC 9051 but still answered for rev1 clients)."""
-    if cmd.pattern is None:  # not a name in any valid encoding: it matches nothing
+    """RFC 3501 §6.3.9 (deprecated in RFC 9051 but still answered for rev1 clients): the subscribed
+    names; an unsubscribed level above one that the pattern does not reach (``%``) is ``\\Noselect``."""
+    if cmd.pattern is None:
         return Done("LSUB completed")
-    folders = await s.rt.store.folders(_mailbox_id(s))
-    regex = pattern_regex(cmd.reference, cmd.pattern)
-    subscribed = sorted(f.name for f in folders if f.subscribed)
-    shown: set[str] = set()
-    for name in subscribed:
-        if regex.fullmatch(name):
-            s.send(enc.list_response([], SEPARATOR, name, utf8=s.utf8, command="LSUB"))
-            shown.add(name)
-    # A "%" that stops at an unsubscribed parent of a subscribed folder lists it \Noselect.
-    for name in subscribed:
-        parts = name.split(SEPARATOR)
-        for i in range(1, len(parts)):
-            parent = SEPARATOR.join(parts[:i])
-            if parent not in shown and regex.fullmatch(parent):
-                shown.add(parent)
-                s.send(enc.list_response(["\\Noselect"], SEPARATOR, parent, utf8=s.utf8, command="LSUB"))
+    folders, subscriptions = await s.rt.store.listing(_mailbox_id(s))
+    pattern = canonical(cmd.reference, cmd.pattern, SEPARATOR)
+    rows = await listing.rows(folders, subscriptions, [pattern], subscribed_only=True, recursive=True)
+    async for row in listing.paced(rows):
+        attrs = [] if row.selected else ["\\Noselect"]
+        s.send(enc.list_response(attrs, SEPARATOR, row.name, utf8=s.utf8, command="LSUB"))
     return Done("LSUB completed")
 
 
