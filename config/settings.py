@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 ENV_VAR = "CADUCEE_CONFIG"
+FOLDER_NAME_COLUMN = 1000  # folder.name is String(1000): no longer name can be stored
+MIN_FOLDERS = 6  # a new mailbox's INBOX, Sent, Drafts, Trash, Junk and Archive
 
 
 class ConfigError(Exception):
@@ -170,6 +172,14 @@ class LimitsSettings:
     imap_idle_timeout: Duration = 1800
     imap_command_timeout: Duration = 1800
     imap_update_contexts: int = 8
+    # Folders, however they are made (IMAP CREATE/RENAME, the default folders), and subscriptions.
+    # 255 octets of UTF-8 for a full name (Dovecot's limit for one hierarchy level, and room for 16
+    # levels of ordinary names); 16 levels (Dovecot's hierarchy limit); 1000 folders and as many
+    # subscribed names per mailbox: a LIST of all of them is about 50 KiB and a few milliseconds,
+    # far more than a practice's folder tree, and it bounds every per-folder loop on the event loop.
+    folder_name_length: Size = 255
+    folder_depth: int = 16
+    folders_per_mailbox: int = 1000
 
 
 @dataclass
@@ -343,8 +353,15 @@ def _check(settings: Settings, name: str) -> None:
             f"{name}: [database] url: expected sqlite+aiosqlite:///PATH"
             f" or postgresql+asyncpg://…, got {url!r}"
         )
-    if settings.limits.imap_update_contexts < 1:  # RFC 5267 §4.3.1: at least one per client
+    limits = settings.limits
+    if limits.imap_update_contexts < 1:  # RFC 5267 §4.3.1: at least one per client
         raise ConfigError(f"{name}: [limits] imap_update_contexts: must be at least 1")
+    if not 1 <= limits.folder_name_length <= FOLDER_NAME_COLUMN:
+        raise ConfigError(f"{name}: [limits] folder_name_length: must be between 1 and {FOLDER_NAME_COLUMN}")
+    if limits.folder_depth < 1:
+        raise ConfigError(f"{name}: [limits] folder_depth: must be at least 1")
+    if limits.folders_per_mailbox < MIN_FOLDERS:
+        raise ConfigError(f"{name}: [limits] folders_per_mailbox: must be at least {MIN_FOLDERS}")
     if not all(0 < p < 100 for p in settings.quota.warn_percent):
         raise ConfigError(f"{name}: [quota] warn_percent: each value must be between 1 and 99")
 

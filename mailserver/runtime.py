@@ -47,7 +47,7 @@ class Runtime:
         )
         blobs = BlobStore(settings.storage.path)
         notifier = Notifier()
-        store = Store(db, blobs, notifier, settings.quota, settings.storage.inline_max)
+        store = Store(db, blobs, notifier, settings.quota, settings.storage.inline_max, settings.limits)
         audit = Audit(db)
         passwords = Passwords(settings.auth)
         auth = Authenticator(db, settings.auth, audit, passwords)

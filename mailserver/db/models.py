@@ -133,8 +133,16 @@ class Folder(Base):
     uidvalidity: Mapped[int] = mapped_column(BigInteger)
     uidnext: Mapped[int] = mapped_column(BigInteger, default=1)
     highestmodseq: Mapped[int] = mapped_column(BigInteger, default=1)
-    subscribed: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Subscription(Base):
+    """A subscribed folder name (RFC 9051 §6.3.7), kept by name and not by folder: it outlives the
+    folder's DELETE (RFC 3501 §6.3.6) and LIST (SUBSCRIBED) then says ``\\NonExistent``."""
+
+    __tablename__ = "subscription"
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailbox.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(1000), primary_key=True)
 
 
 class Blob(Base):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable
@@ -245,6 +246,11 @@ class Session(asyncio.Protocol):
     def closed(self) -> bool:
         return self._closed
 
+    def _lost(self, exc: OSError) -> bool:
+        """Whether a handler's OSError is this connection going away (nobody is left to answer)."""
+        gone = self._closed or self.transport is None or self.transport.is_closing()
+        return gone or isinstance(exc, ConnectionError | ssl.SSLError)
+
     # ------------------------------------------------------------------ state
 
     @property
@@ -370,14 +376,14 @@ class Session(asyncio.Protocol):
         """Run one command: state check, handler, pending updates, tagged completion (RFC 9051 §2.2.2)."""
         handler = REGISTRY.get(body.name)
         expunges = body.name not in _NO_EXPUNGE_DURING or bool(getattr(body, "uid", False))
-        if self.selected is not None and self.dirty and handler is not None and handler.states & self.state:
-            await self.sync(expunges=expunges)  # so that "*" and sequence numbers see new messages
         if handler is None:
             done = Done("unknown command", status="BAD")
         elif not handler.states & self.state:
             done = Done(f"{body.name} not allowed now", status="BAD")
         else:
             try:
+                if self.selected is not None and self.dirty:
+                    await self.sync(expunges=expunges)  # so that "*" and sequence numbers see new messages
                 done = await handler.run(self, tag, body)
             except Fail as exc:
                 done = Done(exc.text, exc.code, exc.status)
@@ -385,10 +391,11 @@ class Session(asyncio.Protocol):
                 done = Done(f"quota exceeded ({exc.resource})", "OVERQUOTA", "NO")
             except StoreError as exc:
                 done = Done(str(exc), store_code(exc.code), "NO")
-            except (ConnectionError, OSError):
-                self._closed = True
-                return
-            except Exception:
+            except Exception as exc:
+                if isinstance(exc, OSError) and self._lost(exc):
+                    self._closed = True
+                    return
+                # Anything else, an OSError of a file or the database included, costs the command.
                 log.exception("IMAP %s failed for %s", body.name, self.address or self.remote)
                 done = Done("internal server error", "SERVERBUG", "NO")
         if self._closed:

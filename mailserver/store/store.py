@@ -14,17 +14,22 @@ Invariants (each one has a test in tests/store/):
 - The mailbox row is locked first (then folders) in every write, so concurrent writers to one mailbox
   serialise on both engines and a quota can never be overrun by a race.
 - Change notifications are published only after commit (NOTIFY inside the transaction on PostgreSQL).
+- Whoever makes folders (IMAP CREATE and RENAME, a new mailbox's defaults), names obey
+  ``check_folder_name`` and a mailbox's folders and subscriptions never pass ``[limits]
+  folders_per_mailbox``: counted inside the write transaction, after the mailbox row lock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+import unicodedata
+from collections.abc import AsyncIterator, Callable, Container, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -34,11 +39,11 @@ from sqlalchemy import String, bindparam, cast, delete, exists, func, insert, se
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from config.settings import QuotaSettings
+from config.settings import LimitsSettings, QuotaSettings
 from mailserver import quota
 from mailserver.audit import INSERT_EVENTS, event_row
 from mailserver.db.engine import Database, WriteSession
-from mailserver.db.models import Blob, Domain, Expunged, Folder, Mailbox, Message, utcnow
+from mailserver.db.models import Blob, Domain, Expunged, Folder, Mailbox, Message, Subscription, utcnow
 from mailserver.db.prepared import Prepared
 from mailserver.store import mime
 from mailserver.store.blobs import BlobStore, WrittenBlob
@@ -85,7 +90,6 @@ class FolderInfo:
     uidvalidity: int
     uidnext: int
     highestmodseq: int
-    subscribed: bool
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,33 @@ def normalize_folder(name: str) -> str:
     return name
 
 
+def check_folder_name(name: str, limits: LimitsSettings) -> str:
+    """The one rule for a folder name that any path may create or rename to (RFC 9051 §5.1); returns
+    it normalised. No empty level, no leading separator, no wildcard (it could never be LISTed
+    alone), no control character: ``CANNOT``; longer or deeper than the limits: ``LIMIT`` (RFC 5530)."""
+    if not name or any(not part for part in name.split(SEPARATOR)):
+        raise StoreError("CANNOT", f"invalid folder name {name!r}")
+    name = normalize_folder(name)
+    if "*" in name or "%" in name or any(unicodedata.category(ch) in ("Cc", "Cs") for ch in name):
+        raise StoreError("CANNOT", "folder names cannot contain wildcards or control characters")
+    if len(name.encode("utf-8")) > limits.folder_name_length:
+        raise StoreError("LIMIT", f"folder names are limited to {limits.folder_name_length} octets")
+    if name.count(SEPARATOR) >= limits.folder_depth:
+        raise StoreError("LIMIT", f"folders are limited to {limits.folder_depth} levels")
+    return name
+
+
+def _in_subtree(name: str, root: str) -> bool:
+    return name == root or name.startswith(root + SEPARATOR)
+
+
+def _missing_parents(name: str, existing: Container[str]) -> list[str]:
+    """The levels above ``name`` that do not exist yet, outermost first (created with it, §6.3.4)."""
+    parts = name.split(SEPARATOR)
+    parents = (SEPARATOR.join(parts[:i]) for i in range(1, len(parts)))
+    return [p for p in parents if p not in existing]
+
+
 def _pg_notify(session: Session, changed: _Changed) -> None:
     """PostgreSQL: NOTIFY every process of the changed (mailbox, folder) pairs, sent at commit. The
     payload ``mailbox:folder`` is what ``Notifier.listen_postgres`` parses (``_RESERVE_UIDS_NOTIFY``
@@ -232,9 +263,7 @@ def _info(m: Message) -> MessageInfo:
 
 
 def _folder_info(f: Folder) -> FolderInfo:
-    return FolderInfo(
-        f.id, f.mailbox_id, f.name, f.special_use, f.uidvalidity, f.uidnext, f.highestmodseq, f.subscribed
-    )
+    return FolderInfo(f.id, f.mailbox_id, f.name, f.special_use, f.uidvalidity, f.uidnext, f.highestmodseq)
 
 
 @lru_cache(maxsize=4096)
@@ -246,9 +275,18 @@ class Store:
     """Folders, messages and usage of every mailbox; see the module docstring for the invariants."""
 
     def __init__(
-        self, db: Database, blobs: BlobStore, notifier: Notifier, quotas: QuotaSettings, inline_max: int = 0
+        self,
+        db: Database,
+        blobs: BlobStore,
+        notifier: Notifier,
+        quotas: QuotaSettings,
+        inline_max: int = 0,
+        limits: LimitsSettings | None = None,
     ) -> None:
         self.db = db
+        # [limits] folder_name_length, folder_depth, folders_per_mailbox (the last bounds the
+        # subscription list too, which outlives folders); read at each call, like every limit.
+        self.folder_limits = limits or LimitsSettings()
         self.blobs = blobs
         self.notifier = notifier
         self.default_storage = quotas.default_storage
@@ -704,9 +742,10 @@ class Store:
     # ----------------------------------------------------------------- mailboxes and folders
 
     async def create_default_folders(self, session: AsyncSession, mb: Mailbox) -> None:
-        """Called in the transaction that creates the mailbox."""
+        """Called in the transaction that creates the mailbox; the folders start subscribed."""
         for name, special in DEFAULT_FOLDERS:
             await self._new_folder(session, mb, name, special)
+        await self._subscribe_new(session, mb.id, [name for name, _special in DEFAULT_FOLDERS])
 
     async def _new_folder(self, session: AsyncSession, mb: Mailbox, name: str, special: str | None) -> Folder:
         mb.last_uidvalidity = max(int(time.time()), mb.last_uidvalidity + 1)
@@ -717,12 +756,35 @@ class Store:
             uidvalidity=mb.last_uidvalidity,
             uidnext=1,
             highestmodseq=1,
-            subscribed=True,
             created_at=utcnow(),
         )
         session.add(f)
         await session.flush()
         return f
+
+    async def _folder_names(self, session: AsyncSession, mailbox_id: int) -> set[str]:
+        return set(
+            (await session.execute(select(Folder.name).where(Folder.mailbox_id == mailbox_id))).scalars()
+        )
+
+    async def _subscription_names(self, session: AsyncSession, mailbox_id: int) -> set[str]:
+        rows = await session.execute(select(Subscription.name).where(Subscription.mailbox_id == mailbox_id))
+        return set(rows.scalars())
+
+    async def _subscribe_new(self, session: AsyncSession, mailbox_id: int, names: Iterable[str]) -> None:
+        """New folders start subscribed, as long as the subscription list has room (it is bounded like
+        the folders, and names of deleted folders stay in it: RFC 3501 §6.3.6)."""
+        have = await self._subscription_names(session, mailbox_id)
+        room = self.folder_limits.folders_per_mailbox - len(have)
+        new = [n for n in dict.fromkeys(names) if n not in have][: max(room, 0)]
+        if new:
+            await session.execute(insert(Subscription), [{"mailbox_id": mailbox_id, "name": n} for n in new])
+
+    def _check_count(self, existing: int, adding: int) -> None:
+        """Inside the write transaction, after the mailbox row lock: concurrent CREATEs serialise here."""
+        limit = self.folder_limits.folders_per_mailbox
+        if adding and existing + adding > limit:
+            raise StoreError("LIMIT", f"a mailbox holds at most {limit} folders")
 
     async def folders(self, mailbox_id: int) -> list[FolderInfo]:
         async with self.db.read() as session:
@@ -741,6 +803,15 @@ class Store:
                 found.update(rows.scalars())
         return found
 
+    async def listing(self, mailbox_id: int) -> tuple[list[FolderInfo], set[str]]:
+        """The folders and the subscribed names (RFC 9051 §6.3.9 LIST), read in one transaction; columns,
+        not ORM objects: up to ``folders_per_mailbox`` of them, read on the event loop on SQLite."""
+        columns = [getattr(Folder, f.name) for f in dataclasses.fields(FolderInfo)]
+        async with self.db.read() as session:
+            rows = await session.execute(select(*columns).where(Folder.mailbox_id == mailbox_id))
+            folders = [FolderInfo(*row) for row in rows]
+            return folders, await self._subscription_names(session, mailbox_id)
+
     async def folder(self, mailbox_id: int, name: str) -> FolderInfo:
         async with self.db.read() as session:
             return _folder_info(await self._folder(session, mailbox_id, name))
@@ -750,28 +821,26 @@ class Store:
             return _folder_info(await session.run_sync(_folder_by_id, folder_id))
 
     async def create_folder(self, mailbox_id: int, name: str, special_use: str | None = None) -> FolderInfo:
-        """Create ``name`` and any missing parents (RFC 9051 §6.3.4); existing name → FolderExists."""
-        name = normalize_folder(name)
-        if not name or any(not part for part in name.split(SEPARATOR)):
-            raise StoreError("CANNOT", f"invalid folder name {name!r}")
+        """Create ``name`` and any missing parents (RFC 9051 §6.3.4); existing name → FolderExists.
+        The parents count against ``folders_per_mailbox`` too."""
+        name = check_folder_name(name, self.folder_limits)
         async with self._write(brief=True) as (session, changed):
             mb = await self._lock_mailbox(session, mailbox_id)
-            existing = set(
-                (await session.execute(select(Folder.name).where(Folder.mailbox_id == mailbox_id))).scalars()
-            )
+            existing = await self._folder_names(session, mailbox_id)
             if name in existing:
                 raise FolderExists(name)
-            parts = name.split(SEPARATOR)
-            for i in range(1, len(parts)):
-                parent = SEPARATOR.join(parts[:i])
-                if parent not in existing:
-                    await self._new_folder(session, mb, parent, None)
+            parents = _missing_parents(name, existing)
+            self._check_count(len(existing), len(parents) + 1)
+            for parent in parents:
+                await self._new_folder(session, mb, parent, None)
             f = await self._new_folder(session, mb, name, special_use)
+            await self._subscribe_new(session, mailbox_id, [*parents, name])
             changed.add((mailbox_id, None))
             return _folder_info(f)
 
     async def delete_folder(self, mailbox_id: int, name: str) -> None:
-        """Delete a folder and its messages (usage freed at once); its children stay (RFC 9051 §6.3.5)."""
+        """Delete a folder and its messages (usage freed at once); its children stay (RFC 9051 §6.3.5),
+        and so does its subscription (RFC 3501 §6.3.6)."""
         name = normalize_folder(name)
         if name == "INBOX":
             raise StoreError("CANNOT", "INBOX cannot be deleted")
@@ -790,10 +859,9 @@ class Store:
         await self._remove_files(paths)
 
     async def rename_folder(self, mailbox_id: int, old: str, new: str) -> None:
-        """Rename a folder and its children; renaming INBOX moves its messages out (RFC 9051 §6.3.6)."""
-        old, new = normalize_folder(old), normalize_folder(new)
-        if not new or any(not part for part in new.split(SEPARATOR)):
-            raise StoreError("CANNOT", f"invalid folder name {new!r}")
+        """Rename a folder and its children, and their subscriptions; renaming INBOX moves its messages
+        out (RFC 9051 §6.3.6). Every new name obeys the limits, created parents count as folders."""
+        old, new = normalize_folder(old), check_folder_name(new, self.folder_limits)
         if new == old or new.startswith(old + SEPARATOR):
             raise StoreError("CANNOT", "a folder cannot be renamed into itself")
         async with self._write() as (session, changed):
@@ -808,21 +876,43 @@ class Store:
                 raise FolderNotFound(old)
             if new in all_folders:
                 raise FolderExists(new)
-            parts = new.split(SEPARATOR)
-            for i in range(1, len(parts)):
-                parent = SEPARATOR.join(parts[:i])
-                if parent not in all_folders and parent != old:
-                    all_folders[parent] = await self._new_folder(session, mb, parent, None)
+            moved = [] if old == "INBOX" else [n for n in all_folders if _in_subtree(n, old)]
+            for fname in moved:
+                target = check_folder_name(new + fname[len(old) :], self.folder_limits)
+                if target in all_folders:
+                    raise FolderExists(target)
+            parents = [p for p in _missing_parents(new, all_folders) if p != old]
+            self._check_count(len(all_folders), len(parents) + (1 if old == "INBOX" else 0))
+            for parent in parents:
+                all_folders[parent] = await self._new_folder(session, mb, parent, None)
             if old == "INBOX":
                 await self._move_all_out_of_inbox(session, mb, all_folders["INBOX"], new)
-            else:
-                for fname, f in all_folders.items():
-                    if fname == old or fname.startswith(old + SEPARATOR):
-                        # UIDVALIDITY is kept: it is unique within the mailbox, so (name, UIDVALIDITY, UID)
-                        # still names one message forever (RFC 9051 §2.3.1.1).
-                        f.name = new + fname[len(old) :]
-                        changed.add((mailbox_id, f.id))
+            for fname in moved:
+                # UIDVALIDITY is kept: it is unique within the mailbox, so (name, UIDVALIDITY, UID)
+                # still names one message forever (RFC 9051 §2.3.1.1).
+                f = all_folders[fname]
+                f.name = new + fname[len(old) :]
+                changed.add((mailbox_id, f.id))
+            await self._rename_subscriptions(session, mailbox_id, old, new)
+            await self._subscribe_new(session, mailbox_id, [*parents, new] if old == "INBOX" else parents)
             changed.add((mailbox_id, None))
+
+    async def _rename_subscriptions(self, session: AsyncSession, mailbox_id: int, old: str, new: str) -> None:
+        """The subscriptions of a renamed subtree follow it (INBOX's stay: INBOX is not renamed)."""
+        if old == "INBOX":
+            return
+        have = await self._subscription_names(session, mailbox_id)
+        moving = [n for n in have if _in_subtree(n, old)]
+        if not moving:
+            return
+        await session.execute(
+            delete(Subscription).where(Subscription.mailbox_id == mailbox_id, Subscription.name.in_(moving))
+        )
+        renamed = {new + n[len(old) :] for n in moving} - have
+        if renamed:
+            await session.execute(
+                insert(Subscription), [{"mailbox_id": mailbox_id, "name": n} for n in renamed]
+            )
 
     async def _move_all_out_of_inbox(
         self, session: AsyncSession, mb: Mailbox, inbox: Folder, new: str
@@ -845,9 +935,28 @@ class Store:
         await session.flush()
 
     async def subscribe(self, mailbox_id: int, name: str, subscribed: bool) -> None:
+        """SUBSCRIBE (an existing folder, while the list has room) or UNSUBSCRIBE (a subscribed name,
+        even of a deleted folder; an existing folder that is not subscribed is fine) (RFC 9051 §6.3.7-8)."""
+        name = normalize_folder(name)
         async with self._write(brief=True) as (session, changed):
-            f = await self._folder(session, mailbox_id, name, lock=True)
-            f.subscribed = subscribed
+            await self._lock_mailbox(session, mailbox_id)
+            have = await self._subscription_names(session, mailbox_id)
+            if subscribed:
+                await self._folder(session, mailbox_id, name)
+                if name not in have:
+                    if len(have) >= self.folder_limits.folders_per_mailbox:
+                        raise StoreError(
+                            "LIMIT", f"at most {self.folder_limits.folders_per_mailbox} subscriptions"
+                        )
+                    await session.execute(insert(Subscription), [{"mailbox_id": mailbox_id, "name": name}])
+            elif name in have:
+                await session.execute(
+                    delete(Subscription).where(
+                        Subscription.mailbox_id == mailbox_id, Subscription.name == name
+                    )
+                )
+            else:
+                await self._folder(session, mailbox_id, name)
             changed.add((mailbox_id, None))
 
     # ----------------------------------------------------------------- messages
@@ -1140,6 +1249,7 @@ class Store:
         await session.execute(delete(Message).where(Message.folder_id.in_(folder_ids)))
         await session.execute(delete(Expunged).where(Expunged.folder_id.in_(folder_ids)))
         await session.execute(delete(Folder).where(Folder.mailbox_id == mailbox_id))
+        await session.execute(delete(Subscription).where(Subscription.mailbox_id == mailbox_id))
         await session.flush()
         return await self._release(session, mb, msgs)
 

@@ -32,6 +32,11 @@ def test_defaults_and_conversions(tmp_path: Path) -> None:
     assert s.limits.message_size == 10 * 1024 * 1024
     assert s.limits.smtp_idle_timeout == 300
     assert s.limits.recipients_per_message == 100
+    assert (s.limits.folder_name_length, s.limits.folder_depth, s.limits.folders_per_mailbox) == (
+        255,
+        16,
+        1000,
+    )
     assert s.storage.path == str(tmp_path / "spool")
     assert s.database.url == f"sqlite+aiosqlite:///{tmp_path}/data/c.db"
     assert s.tls.cert == str(tmp_path / "tls/chain.pem")
@@ -53,6 +58,9 @@ def test_defaults_and_conversions(tmp_path: Path) -> None:
         ('[database]\nurl = "mysql://x"\n', "[database] url: expected sqlite+aiosqlite:///PATH"),
         ("[auth]\nmax_failures = -1\n", "[auth] max_failures: expected a non-negative integer, got -1"),
         ("[limits]\nimap_update_contexts = 0\n", "[limits] imap_update_contexts: must be at least 1"),
+        ("[limits]\nfolder_name_length = 1001\n", "[limits] folder_name_length: must be between 1 and 1000"),
+        ("[limits]\nfolder_depth = 0\n", "[limits] folder_depth: must be at least 1"),
+        ("[limits]\nfolders_per_mailbox = 5\n", "[limits] folders_per_mailbox: must be at least 6"),
         ("[server\n", "not valid TOML"),
     ],
 )

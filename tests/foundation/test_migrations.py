@@ -61,6 +61,50 @@ async def test_downgrade_refused_while_messages_are_inline(db_url: str) -> None:
             )
     finally:
         await engine.dispose()
+    # Step down to 0008 first: SQLite's DDL is not transactional, so a refusal keeps the steps before it.
+    await asyncio.to_thread(migrate.downgrade, db_url, "0008")
     with pytest.raises(RuntimeError, match="inline"):
         await asyncio.to_thread(migrate.downgrade, db_url, "0007")
-    assert set(await migrate.current(db_url)) == set(migrate.heads())
+    assert await migrate.current(db_url) == ("0008",)
+
+
+async def test_subscriptions_move_to_their_own_table_and_back(db_url: str) -> None:
+    """0009 turns ``folder.subscribed`` into rows of ``subscription`` (which outlive folders); going
+    back keeps the subscriptions of the folders that still exist."""
+    await migrate.upgrade_async(db_url, "0008")
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO domain (name, patients, created_at)"
+                    " VALUES ('a.test', false, CURRENT_TIMESTAMP)"
+                )
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO mailbox (address, domain_id, type, password_hash, enabled,"
+                    " accepts_patient_first, display_name, used_bytes, used_messages, quota_warned,"
+                    " last_uidvalidity, created_at) SELECT 'x@a.test', id, 'ORG', '', true, false, 'X',"
+                    " 0, 0, 0, 0, CURRENT_TIMESTAMP FROM domain"
+                )
+            )
+            for name, subscribed in (("INBOX", True), ("Kept", False), ("Sub", True)):
+                await conn.execute(
+                    text(
+                        "INSERT INTO folder (mailbox_id, name, uidvalidity, uidnext, highestmodseq,"
+                        " subscribed, created_at) SELECT id, :n, 1, 1, 1, :s, CURRENT_TIMESTAMP FROM mailbox"
+                    ),
+                    {"n": name, "s": subscribed},
+                )
+        await migrate.upgrade_async(db_url)
+        async with engine.begin() as conn:
+            rows = await conn.execute(text("SELECT name FROM subscription ORDER BY name"))
+            assert [r[0] for r in rows] == ["INBOX", "Sub"]
+            await conn.execute(text("DELETE FROM folder WHERE name = 'Sub'"))
+        await asyncio.to_thread(migrate.downgrade, db_url, "0008")
+        async with engine.begin() as conn:
+            rows = await conn.execute(text("SELECT name, subscribed FROM folder ORDER BY name"))
+            assert [(r[0], bool(r[1])) for r in rows] == [("INBOX", True), ("Kept", False)]
+    finally:
+        await engine.dispose()

@@ -407,9 +407,27 @@ def test_mailbox_names() -> None:
     assert body(b"a SELECT Foo&-Bar").mailbox == "Foo&Bar"
     assert body(b'a SELECT "caf\xc3\xa9"', utf8=True).mailbox == "café"
     assert body(b"a SELECT A&B", utf8=True).mailbox == "A&B"
-    assert bad(b"a SELECT &Jjo").status == "BAD"
-    assert bad(b'a SELECT "caf\xc3\xa9"')
     assert body(b'a LIST "" &AMk-*').patterns == ("É*",)
+
+
+def test_names_in_no_valid_encoding_are_names_that_cannot_exist() -> None:
+    """A valid astring that is not modified UTF-7 (or, under UTF8=ACCEPT, not UTF-8) is no syntax
+    error: no mailbox has that name, so it is a NO once the whole command parsed, and a pattern
+    that matches nothing."""
+    name = b"!#$&'+,-.0123456789:;<=>?@^_`|[}"
+    for wire in (b"a SELECT " + name, b"a STATUS &Jjo (MESSAGES)", b'a SELECT "caf\xc3\xa9"'):
+        assert (bad(wire).status, bad(wire).code) == ("NO", "NONEXISTENT"), wire
+    assert (bad(b"a CREATE " + name).status, bad(b"a CREATE " + name).code) == ("NO", "CANNOT")
+    assert bad(b"a RENAME &Jjo B&Jjo").code == "NONEXISTENT"  # the first unusable name decides
+    assert bad(b"a RENAME A " + name).code == "CANNOT"
+    with pytest.raises(ParseError) as info:
+        parse(b"a SELECT {2}\r\n\xff\xfe", utf8=True)
+    assert (info.value.status, info.value.code) == ("NO", "NONEXISTENT")
+    assert bad(b"a SELECT &Jjo (BOGUS)").status == "BAD"  # syntax is checked first
+    assert body(b'a LIST "" ' + name + b"%*") == List("", ())
+    assert body(b'a LIST "" (' + name + b' "Foo")').patterns == ("Foo",)
+    assert body(b'a LIST "&Jjo" "%"').patterns == ()
+    assert body(b'a LSUB "" ' + name) == Lsub("", None)
 
 
 @pytest.mark.parametrize(

@@ -327,6 +327,52 @@ async def test_folders_create_rename_delete(runtime: Runtime) -> None:
     assert usage_after.messages == usage_before.messages - 1
 
 
+async def test_folder_limits_hold_for_every_caller(runtime: Runtime) -> None:
+    """``[limits] folder_*`` are checked in the store, so any path that makes folders is bounded;
+    concurrent creations serialise on the mailbox lock and never pass the count."""
+    limits = runtime.settings.limits
+    limits.folders_per_mailbox, limits.folder_depth, limits.folder_name_length = 9, 3, 12
+    mb = await mailbox(runtime)
+    store = runtime.store
+    for name, code in [("a/b/c/d", "LIMIT"), ("x" * 13, "LIMIT"), ("é" * 7, "LIMIT"), ("a*", "CANNOT")]:
+        with pytest.raises(StoreError) as info:
+            await store.create_folder(mb, name)
+        assert info.value.code == code, name
+    for bad in ("a\x85b", "a\udc80", "/a", "a//b", "a/"):
+        with pytest.raises(StoreError):
+            await store.create_folder(mb, bad)
+    await store.create_folder(mb, "é" * 6)
+    with pytest.raises(StoreError) as info:
+        await store.create_folder(mb, "p/q/r")  # 7 folders + 3 new > 9: nothing is created
+    assert info.value.code == "LIMIT" and len(await store.folders(mb)) == 7
+    results = await asyncio.gather(
+        *(store.create_folder(mb, f"n{i}") for i in range(8)), return_exceptions=True
+    )
+    assert sum(1 for r in results if isinstance(r, StoreError) and r.code == "LIMIT") == 6
+    assert len(await store.folders(mb)) == 9
+    with pytest.raises(StoreError) as info:
+        await store.rename_folder(mb, "INBOX", "Old")  # a rename that adds a folder
+    assert info.value.code == "LIMIT"
+
+
+async def test_subscriptions_are_names_that_outlive_their_folder(runtime: Runtime) -> None:
+    """RFC 3501 §6.3.6: deleting a folder keeps its subscription; renaming moves the subtree's."""
+    mb = await mailbox(runtime)
+    store = runtime.store
+    await store.create_folder(mb, "A/B")
+    await store.subscribe(mb, "A", False)
+    await store.rename_folder(mb, "A", "C")
+    await store.delete_folder(mb, "C/B")
+    folders, subscribed = await store.listing(mb)
+    assert {"C", "C/B"} & {f.name for f in folders} == {"C"}
+    assert "C/B" in subscribed and "C" not in subscribed and not {"A", "A/B"} & subscribed
+    with pytest.raises(FolderNotFound):
+        await store.subscribe(mb, "Nowhere", True)
+    await store.subscribe(mb, "C/B", False)
+    with pytest.raises(FolderNotFound):
+        await store.subscribe(mb, "C/B", False)
+
+
 async def test_notification_after_commit(runtime: Runtime) -> None:
     """A listener hears about a delivery, and only once it is visible to readers."""
     mb = await mailbox(runtime)

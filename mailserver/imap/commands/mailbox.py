@@ -3,14 +3,15 @@ QRESYNC), CREATE (RFC 6154 USE), DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST (R
 LIST-EXTENDED, RFC 5819 LIST-STATUS, RFC 6154 SPECIAL-USE), LSUB, NAMESPACE (RFC 2342), STATUS.
 
 Names are UTF-8 in the store and relative to the user's own tree: there is no path a client can
-write that leaves it, and names with empty components, a leading ``/`` or wildcards are refused.
+write that leaves it; which names may be created, and how many, is the store's rule
+(``check_folder_name`` and the ``[limits] folder_*`` settings), refused ``NO [CANNOT]`` / ``NO [LIMIT]``.
 """
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
+from mailserver.imap import listing
 from mailserver.imap.base import Done, Fail, State, command
 from mailserver.imap.protocol import encoder as enc
 from mailserver.imap.protocol.commands import (
@@ -26,21 +27,17 @@ from mailserver.imap.protocol.commands import (
     Unsubscribe,
 )
 from mailserver.imap.session import SYSTEM_FLAGS, Selected
-from mailserver.store.store import SEPARATOR, FolderInfo, MessageInfo, normalize_folder
+from mailserver.imap.wildcard import canonical
+from mailserver.store.store import SEPARATOR, FolderInfo, MessageInfo, StoreError, normalize_folder
 
 if TYPE_CHECKING:
     from mailserver.imap.session import Session
 
 
 def check_name(name: str) -> str:
-    """A folder name a client may create (RFC 9051 §5.1); a trailing ``/`` is dropped (§6.3.4)."""
-    if name.endswith(SEPARATOR) and name != SEPARATOR:
-        name = name[:-1]
-    if not name or name.startswith(SEPARATOR) or any(not part for part in name.split(SEPARATOR)):
-        raise Fail("NO", "invalid mailbox name", "CANNOT")
-    if "*" in name or "%" in name or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name):
-        raise Fail("NO", "mailbox names cannot contain wildcards or control characters", "CANNOT")
-    return normalize_folder(name)
+    """A name to create: one trailing ``/`` says the client means to create children under it
+    (RFC 9051 §6.3.4) and is dropped; everything else is the store's rule (``check_folder_name``)."""
+    return name[:-1] if name.endswith(SEPARATOR) and name != SEPARATOR else name
 
 
 def _mailbox_id(s: Session) -> int:
@@ -116,12 +113,22 @@ async def examine(s: Session, tag: str, cmd: Examine) -> Done:
 # --------------------------------------------------------------------------- CREATE / DELETE / RENAME
 
 
+async def _audit_limit(s: Session, request: str, exc: StoreError) -> None:
+    """A folder limit refusal (RFC 5530 LIMIT) is an audit event: who tried to grow past it, how."""
+    if exc.code == "LIMIT":
+        await s.rt.audit.record(s.address, "limit", s.remote, request, f"NO [LIMIT] {exc}")
+
+
 @command("CREATE", State.AUTH_OR_SELECTED, ("CREATE-SPECIAL-USE",))
 async def create(s: Session, tag: str, cmd: Create) -> Done:
     name = check_name(cmd.mailbox)
     if len(cmd.special_use) > 1:
         raise Fail("NO", "only one special-use attribute per mailbox", "USEATTR")
-    await s.rt.store.create_folder(_mailbox_id(s), name, cmd.special_use[0] if cmd.special_use else None)
+    try:
+        await s.rt.store.create_folder(_mailbox_id(s), name, cmd.special_use[0] if cmd.special_use else None)
+    except StoreError as exc:
+        await _audit_limit(s, f"imap CREATE {name}", exc)
+        raise
     return Done("CREATE completed")
 
 
@@ -140,16 +147,24 @@ async def delete(s: Session, tag: str, cmd: Delete) -> Done:
 @command("RENAME", State.AUTH_OR_SELECTED)
 async def rename(s: Session, tag: str, cmd: Rename) -> Done:
     new = check_name(cmd.new)
-    await s.rt.store.rename_folder(_mailbox_id(s), cmd.old, new)
+    try:
+        await s.rt.store.rename_folder(_mailbox_id(s), cmd.old, new)
+    except StoreError as exc:
+        await _audit_limit(s, f"imap RENAME {cmd.old} {new}", exc)
+        raise
     if s.selected is not None and s.selected.name == normalize_folder(cmd.old):
-        s.selected.name = new
+        s.selected.name = normalize_folder(new)
         s.dirty = True
     return Done("RENAME completed")
 
 
 @command("SUBSCRIBE", State.AUTH_OR_SELECTED)
 async def subscribe(s: Session, tag: str, cmd: Subscribe) -> Done:
-    await s.rt.store.subscribe(_mailbox_id(s), cmd.mailbox, True)
+    try:
+        await s.rt.store.subscribe(_mailbox_id(s), cmd.mailbox, True)
+    except StoreError as exc:
+        await _audit_limit(s, f"imap SUBSCRIBE {cmd.mailbox}", exc)
+        raise
     return Done("SUBSCRIBE completed")
 
 
@@ -162,26 +177,20 @@ async def unsubscribe(s: Session, tag: str, cmd: Unsubscribe) -> Done:
 # --------------------------------------------------------------------------- LIST / LSUB
 
 
-def pattern_regex(reference: str, pattern: str) -> re.Pattern[str]:
-    """RFC 9051 §6.3.9: ``*`` matches anything, ``%`` anything but the separator; INBOX is caseless."""
-    if reference and not reference.endswith(SEPARATOR) and not pattern.startswith(SEPARATOR):
-        reference += SEPARATOR
-    full = reference + pattern
-    if full[:5].upper() == "INBOX" and (len(full) == 5 or full[5] in (SEPARATOR, "*", "%")):
-        full = "INBOX" + full[5:]
-    out = []
-    for ch in full:
-        out.append(".*" if ch == "*" else "[^/]*" if ch == "%" else re.escape(ch))
-    return re.compile("".join(out), re.DOTALL)
+def _nonexistent(s: Session, cmd: List) -> str:
+    """RFC 5258 §3: ``\\NonExistent`` (implying ``\\Noselect``) where LIST-EXTENDED is in use, else
+    the ``\\Noselect`` that RFC 3501 §6.3.8 gives to a level of hierarchy that is not a mailbox."""
+    return "\\NonExistent" if cmd.extended or s.rev2 else "\\Noselect"
 
 
-def _attributes(folder: FolderInfo, names: list[str], subscribed: bool = False) -> list[str]:
-    prefix = folder.name + SEPARATOR
-    attrs = ["\\HasChildren" if any(n.startswith(prefix) for n in names) else "\\HasNoChildren"]
-    if subscribed and folder.subscribed:
+def _attributes(s: Session, cmd: List, row: listing.Row) -> list[str]:
+    attrs = [] if row.folder is not None else [_nonexistent(s, cmd)]
+    if row.folder is not None or row.has_children:
+        attrs.append("\\HasChildren" if row.has_children else "\\HasNoChildren")
+    if row.subscribed and ("SUBSCRIBED" in cmd.selection or cmd.returns.subscribed):
         attrs.append("\\Subscribed")
-    if folder.special_use:
-        attrs.append(folder.special_use)
+    if row.folder is not None and row.folder.special_use:
+        attrs.append(row.folder.special_use)
     return attrs
 
 
@@ -191,52 +200,37 @@ async def list_(s: Session, tag: str, cmd: List) -> Done:
         # RFC 9051 §6.3.9: an empty pattern asks for the hierarchy delimiter and root.
         s.send(enc.list_response(["\\Noselect"], SEPARATOR, "", utf8=s.utf8))
         return Done("LIST completed")
-    folders = await s.rt.store.folders(_mailbox_id(s))
-    names = [f.name for f in folders]
-    regexes = [pattern_regex(cmd.reference, p) for p in cmd.patterns]
-    only_subscribed = "SUBSCRIBED" in cmd.selection
-    only_special = "SPECIAL-USE" in cmd.selection
-    recursive = "RECURSIVEMATCH" in cmd.selection
-    show_subscribed = only_subscribed or cmd.returns.subscribed
-    subscribed_names = {f.name for f in folders if f.subscribed}
-    for folder in folders:
-        if not any(r.fullmatch(folder.name) for r in regexes):
-            continue
-        childinfo: list[str] = []
-        if only_subscribed and folder.name not in subscribed_names:
-            # RFC 5258 §3.5: with RECURSIVEMATCH a parent of a subscribed child is listed with CHILDINFO.
-            prefix = folder.name + SEPARATOR
-            if not (recursive and any(n.startswith(prefix) for n in subscribed_names)):
-                continue
-            childinfo = ["SUBSCRIBED"]
-        if only_special and not folder.special_use:
-            continue
-        attrs = _attributes(folder, names, show_subscribed)
-        s.send(enc.list_response(attrs, SEPARATOR, folder.name, utf8=s.utf8, childinfo=childinfo))
-        if cmd.returns.status is not None and not childinfo:
-            await _status(s, folder, cmd.returns.status)  # RFC 5819 §2: right after its LIST line.
+    folders, subscriptions = await s.rt.store.listing(_mailbox_id(s))
+    criteria = [opt for opt in ("SUBSCRIBED", "SPECIAL-USE") if opt in cmd.selection]
+    rows = await listing.rows(
+        folders,
+        subscriptions,
+        [canonical(cmd.reference, p, SEPARATOR) for p in cmd.patterns],
+        subscribed_only="SUBSCRIBED" in cmd.selection,
+        special_use_only="SPECIAL-USE" in cmd.selection,
+        recursive="RECURSIVEMATCH" in cmd.selection,
+    )
+    async for row in listing.paced(rows):
+        childinfo = criteria if row.childinfo else []
+        attrs = _attributes(s, cmd, row)
+        s.send(enc.list_response(attrs, SEPARATOR, row.name, utf8=s.utf8, childinfo=childinfo))
+        if cmd.returns.status is not None and row.folder is not None and row.selected:
+            await _status(s, row.folder, cmd.returns.status)  # RFC 5819 §2: right after its LIST line.
     return Done("LIST completed")
 
 
 @command("LSUB", State.AUTH_OR_SELECTED)
 async def lsub(s: Session, tag: str, cmd: Lsub) -> Done:
-    """RFC 3501 §6.3.9 (deprecated in RFC 9051 but still answered for rev1 clients)."""
-    folders = await s.rt.store.folders(_mailbox_id(s))
-    regex = pattern_regex(cmd.reference, cmd.pattern)
-    subscribed = sorted(f.name for f in folders if f.subscribed)
-    shown: set[str] = set()
-    for name in subscribed:
-        if regex.fullmatch(name):
-            s.send(enc.list_response([], SEPARATOR, name, utf8=s.utf8, command="LSUB"))
-            shown.add(name)
-    # A "%" that stops at an unsubscribed parent of a subscribed folder lists it \Noselect.
-    for name in subscribed:
-        parts = name.split(SEPARATOR)
-        for i in range(1, len(parts)):
-            parent = SEPARATOR.join(parts[:i])
-            if parent not in shown and regex.fullmatch(parent):
-                shown.add(parent)
-                s.send(enc.list_response(["\\Noselect"], SEPARATOR, parent, utf8=s.utf8, command="LSUB"))
+    """RFC 3501 §6.3.9 (deprecated in RFC 9051 but still answered for rev1 clients): the subscribed
+    names; an unsubscribed level above one that the pattern does not reach (``%``) is ``\\Noselect``."""
+    if cmd.pattern is None:
+        return Done("LSUB completed")
+    folders, subscriptions = await s.rt.store.listing(_mailbox_id(s))
+    pattern = canonical(cmd.reference, cmd.pattern, SEPARATOR)
+    rows = await listing.rows(folders, subscriptions, [pattern], subscribed_only=True, recursive=True)
+    async for row in listing.paced(rows):
+        attrs = [] if row.selected else ["\\Noselect"]
+        s.send(enc.list_response(attrs, SEPARATOR, row.name, utf8=s.utf8, command="LSUB"))
     return Done("LSUB completed")
 
 

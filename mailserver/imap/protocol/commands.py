@@ -234,7 +234,8 @@ class List(CommandBody):
 
     ``selection`` holds the upper-case selection options (SUBSCRIBED, REMOTE, RECURSIVEMATCH,
     SPECIAL-USE). ``extended`` is true when the client used any RFC 5258 syntax, which
-    obliges the server to use extended LIST responses (CHILDINFO etc.).
+    obliges the server to use extended LIST responses (CHILDINFO etc.). Patterns in no valid
+    encoding are left out (they match nothing), so ``patterns`` may be empty.
     """
 
     reference: str
@@ -247,8 +248,10 @@ class List(CommandBody):
 
 @dataclass(frozen=True, slots=True)
 class Lsub(CommandBody):
+    """``pattern`` is None when it (or the reference) is in no valid encoding: it matches nothing."""
+
     reference: str
-    pattern: str
+    pattern: str | None
     name = "LSUB"
 
 

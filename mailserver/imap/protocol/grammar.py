@@ -211,7 +211,7 @@ class ParseError(Exception):
 class _Cursor:
     """Position in a framed command; crossing a literal moves to the next line."""
 
-    __slots__ = ("buf", "line", "lines", "literals", "pos", "utf8")
+    __slots__ = ("buf", "line", "lines", "literals", "pos", "refusal", "utf8")
 
     def __init__(self, lines: list[bytes], literals: list[bytes], utf8: bool) -> None:
         self.lines = lines
@@ -220,6 +220,8 @@ class _Cursor:
         self.buf = lines[0]
         self.pos = 0
         self.utf8 = utf8
+        # The first mailbox name that no mailbox can have; answered NO once the rest parsed.
+        self.refusal: ParseError | None = None
 
     # -- low level --------------------------------------------------------------------------
 
@@ -338,21 +340,30 @@ class _Cursor:
         except UnicodeDecodeError as exc:
             raise self.fail(f"invalid UTF-8 in {what}") from exc
 
-    def name(self, raw: bytes) -> str:
-        """Decode a mailbox name or pattern (mUTF-7 unless UTF8=ACCEPT, RFC 6855 §3)."""
-        if self.utf8:
-            return self.text(raw, "mailbox name")
+    def name(self, raw: bytes) -> str | None:
+        """Decode a mailbox name or pattern (mUTF-7 unless UTF8=ACCEPT, RFC 6855 §3); None when it is
+        a valid astring but not in that encoding: a name that no mailbox has, not a syntax error."""
         try:
-            return mutf7.decode(raw)
-        except mutf7.MUTF7Error as exc:
-            raise ParseError(f"invalid mailbox name: {exc}") from exc
+            return raw.decode("utf-8") if self.utf8 else mutf7.decode(raw)
+        except (UnicodeDecodeError, mutf7.MUTF7Error):
+            return None
 
-    def mailbox(self) -> str:
+    def mailbox(self, unusable: str = "NONEXISTENT") -> str:
+        """A mailbox argument. One in no valid encoding makes the command a NO with ``unusable``
+        (``NONEXISTENT`` for a mailbox to use, ``CANNOT`` for one to create) after the parse."""
         raw = self.astring()
-        # RFC 9051 §5.1: INBOX is case-insensitive.
-        return "INBOX" if raw.upper() == b"INBOX" else self.name(raw)
+        if raw.upper() == b"INBOX":  # RFC 9051 §5.1: INBOX is case-insensitive.
+            return "INBOX"
+        name = self.name(raw)
+        if name is not None:
+            return name
+        if self.refusal is None:
+            how = "UTF-8" if self.utf8 else "modified UTF-7 (RFC 3501 §5.1.3)"
+            self.refusal = ParseError(f"mailbox name is not valid {how}", status="NO", code=unusable)
+        return raw.decode("latin-1")
 
-    def list_mailbox(self) -> str:
+    def list_mailbox(self) -> str | None:
+        """A LIST pattern; None for one that cannot match any name (see :meth:`name`)."""
         ch = self.peek()
         raw = self.string() if ch in (0x22, 0x7B) else self.match(_LIST_ATOM, "list-mailbox").group()
         return self.name(raw)
@@ -527,7 +538,7 @@ def _select_like(cls: type[Select] | type[Examine]):
 
 def _create(c: _Cursor, uid: bool) -> Create:
     c.sp()
-    mailbox = c.mailbox()
+    mailbox = c.mailbox("CANNOT")
     uses: list[str] = []
     if c.maybe_sp():
 
@@ -560,7 +571,7 @@ def _rename(c: _Cursor, uid: bool) -> Rename:
     c.sp()
     old = c.mailbox()
     c.sp()
-    new = c.mailbox()
+    new = c.mailbox("CANNOT")
     c.end()
     return Rename(old, new)
 
@@ -596,9 +607,11 @@ def _list(c: _Cursor, uid: bool) -> List:
     c.sp()
     if c.peek() == 0x28:
         extended = True
-        patterns = tuple(c.paren_list(c.list_mailbox))
+        given = c.paren_list(c.list_mailbox)
     else:
-        patterns = (c.list_mailbox(),)
+        given = [c.list_mailbox()]
+    # A reference or pattern in no valid encoding matches nothing: the LIST is answered, just empty.
+    patterns = () if reference is None else tuple(p for p in given if p is not None)
     returns = ListReturn()
     if c.maybe_sp():
         extended = True
@@ -625,7 +638,7 @@ def _list(c: _Cursor, uid: bool) -> List:
         c.pos += 1
         returns = ListReturn(status=status, **opts)
     c.end()
-    return List(reference, patterns, frozenset(selection), returns, extended)
+    return List(reference or "", patterns, frozenset(selection), returns, extended)
 
 
 def _lsub(c: _Cursor, uid: bool) -> Lsub:
@@ -634,7 +647,7 @@ def _lsub(c: _Cursor, uid: bool) -> Lsub:
     c.sp()
     pattern = c.list_mailbox()
     c.end()
-    return Lsub(reference, pattern)
+    return Lsub(reference or "", None if reference is None else pattern)
 
 
 def _status(c: _Cursor, uid: bool) -> Status:
@@ -1171,7 +1184,10 @@ def parse_command(
     handler = _COMMANDS.get(word)
     if handler is None:
         return tag, Unknown(word)
-    return tag, handler(c, uid)
+    body = handler(c, uid)
+    if c.refusal is not None:
+        raise c.refusal
+    return tag, body
 
 
 def split_literals(data: bytes) -> tuple[list[bytes], list[bytes]]:
