@@ -189,6 +189,9 @@ class AuthSettings:
     failure_window: Duration = 900
     lockout: Duration = 900
     max_failures_per_ip: int = 20
+    # Logins verified at once per process; the others queue before taking a place in the lock-out
+    # counters (mailserver/auth.py). Each argon2 verification takes one core and argon2_memory_kib.
+    concurrent_verifications: int = 4
 
 
 @dataclass
@@ -335,6 +338,7 @@ _AT_LEAST_ONE = (
     ("limits", "connections_per_user"),
     ("auth", "max_failures"),
     ("auth", "max_failures_per_ip"),
+    ("auth", "concurrent_verifications"),
 )
 
 

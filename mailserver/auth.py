@@ -8,7 +8,9 @@ LDAP bind) calls, so lock-out, application passwords and the audit trail behave 
 - An attempt takes its place in both counters *before* the password is verified, in one brief write
   transaction (row-locked on PostgreSQL, serialised by SQLite's write lock), and a success gives it
   back: however many guesses arrive at once, on however many nodes, at most ``max_failures`` of them
-  are verified (a check before and a count after let a whole burst through).
+  are verified (a check before and a count after let a whole burst through). At most
+  ``auth.concurrent_verifications`` attempts per process hold places at once; the others queue before
+  taking theirs, so a crowd of right passwords from one address does not look like a burst of guesses.
 - An unknown account costs the same hash verification as a known one (no user enumeration by timing).
 - Per-device application passwords are accepted wherever the main password is, and can be revoked alone.
 """
@@ -16,9 +18,11 @@ LDAP bind) calls, so lock-out, application passwords and the audit trail behave 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import secrets
 import string
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import argon2
@@ -98,6 +102,25 @@ class Authenticator:
         self.settings = settings
         self.audit = audit
         self.passwords = passwords or Passwords(settings)
+        self._turn = asyncio.Condition()
+        self._holding = 0  # attempts of this process holding places in the counters
+
+    @contextlib.asynccontextmanager
+    async def _one_of_few(self) -> AsyncIterator[None]:
+        """At most ``auth.concurrent_verifications`` attempts of this process hold places in the
+        counters at a time; the others wait here, before taking one. A place is held until the
+        verification ends, so attempts waiting for a verification thread would otherwise fill the
+        counters: a hospital's clients logging in together from its one address, several as the same
+        clinician, would be refused as locked. argon2 needs the CPU and memory anyway."""
+        async with self._turn:
+            await self._turn.wait_for(lambda: self._holding < self.settings.concurrent_verifications)
+            self._holding += 1
+        try:
+            yield
+        finally:
+            async with self._turn:
+                self._holding -= 1
+                self._turn.notify()
 
     def _reserve(self, session: Session, limits: dict[str, int], refusal: tuple[str, ...]) -> bool:
         """Take one place in each counter of ``limits`` (key → limit), or none when one is full or
@@ -159,6 +182,10 @@ class Authenticator:
 
     async def authenticate(self, username: str, password: str, remote: str, service: str) -> AuthOutcome:
         """Check a username (the mailbox address) and a password or application password."""
+        async with self._one_of_few():
+            return await self._authenticate(username, password, remote, service)
+
+    async def _authenticate(self, username: str, password: str, remote: str, service: str) -> AuthOutcome:
         address = username.strip().lower()
         account_key, ip_key = f"mailbox:{address}", f"ip:{remote}"
         limits = {account_key: self.settings.max_failures, ip_key: self.settings.max_failures_per_ip}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import asyncio.sslproto
 import contextlib
-import logging
 import ssl
 from collections.abc import Iterable
 from functools import partial
@@ -23,8 +22,6 @@ from mailserver.imap.session import Session
 from mailserver.limits import ConnectionGate, Refused, Slot
 from mailserver.runtime import Runtime
 from mailserver.tls import server_context
-
-log = logging.getLogger("caducee.imap")
 
 # asyncio's TLS transport preallocates a buffer of ``SSLProtocol.max_size`` bytes per connection for the
 # ciphertext it reads from the socket (256 KiB in CPython 3.11), four times our whole per-connection

@@ -129,3 +129,20 @@ async def test_parallel_guesses_across_nodes_stay_within_the_limit(runtime: Runt
         await runtime.auth.authenticate("target@a.mssante.test", PASSWORD, "127.0.0.9", "imap")
     ).reason == "locked"
     assert len(verified) == limit
+
+
+async def test_a_burst_of_right_passwords_from_one_address_all_get_in(runtime: Runtime) -> None:
+    """Places in the lock-out counters are taken before verifying, so logins waiting for a verification
+    would fill them: a hospital (one NAT address) whose clients all log in at once, several of them as
+    the same clinician, would be refused as locked. At most ``auth.concurrent_verifications`` attempts
+    hold a place at a time per process; the others wait their turn."""
+    await accounts.add_mailbox(runtime, "dr.martin@a.mssante.test", "ORG", password=PASSWORD)
+    others = [f"dr.{i}@a.mssante.test" for i in range(25)]
+    for address in others:
+        await accounts.add_mailbox(runtime, address, "ORG", password=PASSWORD)
+    logins = ["dr.martin@a.mssante.test"] * 8 + others  # more than max_failures, and max_failures_per_ip
+    assert len(logins) > runtime.settings.auth.max_failures_per_ip
+    outcomes = await asyncio.gather(
+        *(runtime.auth.authenticate(address, PASSWORD, "192.0.2.50", "imap") for address in logins)
+    )
+    assert [o.reason for o in outcomes] == [""] * len(logins)

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from mailserver import accounts
 from mailserver.runtime import Runtime
 from tests.imap.conftest import MARTIN as IMAP_USER
 from tests.imap.conftest import PASSWORD as IMAP_PASSWORD
@@ -32,6 +33,8 @@ async def burst(rt: Runtime, attempt: Attempt, guesses: int, right: str) -> tupl
     the answers to the guesses, the answer to the right password and how many verifications ran."""
     loop = asyncio.get_running_loop()
     limit = rt.settings.auth.max_failures
+    # Every guess may be verified at once, as on as many nodes: the counters alone must hold them back.
+    rt.settings.auth.concurrent_verifications = guesses + 1
     verified: list[str] = []
     release = threading.Event()
     progress = asyncio.Event()
@@ -106,3 +109,21 @@ async def test_smtp_auth_burst(smtp_env: SMTPEnv) -> None:
     assert verified == limit
     assert sorted(answers) == ["454 4.7.0"] * (20 - limit) + ["535 5.7.8"] * limit
     assert right == "454 4.7.0"
+
+
+async def test_a_hospital_logging_in_at_once(imap_both: IMAPEnv) -> None:
+    """The other side of reserving places: 8 connections of one clinician and 25 colleagues, all from the
+    hospital's one address at once (more than max_failures, and than max_failures_per_ip), all get in."""
+    env = imap_both
+    colleagues = [f"dr.{i}@a.mssante.test" for i in range(25)]
+    for address in colleagues:
+        await accounts.add_mailbox(env.rt, address, "ORG", password=IMAP_PASSWORD)
+
+    async def login(user: str) -> Client:
+        client = await Client.connect(env.tls_port, env.ctx)
+        await client.login(user, IMAP_PASSWORD)
+        return client
+
+    clients = await asyncio.gather(*(login(user) for user in [IMAP_USER] * 8 + colleagues))
+    for client in clients:
+        await client.close()

@@ -167,3 +167,17 @@ async def test_connection_ceilings_on_every_listener(tmp_path: Path, pki: Any, s
         ]
         for _reader, writer in held + again:
             writer.close()
+
+
+async def test_idle_portal_and_ldap_connections_are_closed(tmp_path: Path, pki: Any) -> None:
+    """An idle socket holds a place: the portal's (aiohttp keeps one for an hour by default, whether it
+    sent a request or not) and LDAP's close after their ``[limits]`` idle timeouts."""
+    async with everything(tmp_path, pki, portal_idle_timeout="1s", ldap_idle_timeout="1s") as listeners:
+        portal = int(listeners["portal"].address.rsplit(":", 1)[1])
+        ldap = int(listeners["ldap"].address.rsplit(":", 1)[1])
+        silent = [await open_from("127.0.0.1", port, None) for port in (portal, ldap)]
+        kept_alive = await admitted("portal", "127.0.0.1", portal, None)
+        for reader, _writer in [*silent, kept_alive]:
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+        for _reader, writer in [*silent, kept_alive]:
+            writer.close()
