@@ -106,7 +106,7 @@ class Authenticator:
         self._holding = 0  # attempts of this process holding places in the counters
 
     @contextlib.asynccontextmanager
-    async def _one_of_few(self) -> AsyncIterator[None]:
+    async def _taking_turns(self) -> AsyncIterator[None]:
         """At most ``auth.concurrent_verifications`` attempts of this process hold places in the
         counters at a time; the others wait here, before taking one. A place is held until the
         verification ends, so attempts waiting for a verification thread would otherwise fill the
@@ -182,7 +182,7 @@ class Authenticator:
 
     async def authenticate(self, username: str, password: str, remote: str, service: str) -> AuthOutcome:
         """Check a username (the mailbox address) and a password or application password."""
-        async with self._one_of_few():
+        async with self._taking_turns():
             return await self._authenticate(username, password, remote, service)
 
     async def _authenticate(self, username: str, password: str, remote: str, service: str) -> AuthOutcome:
