@@ -364,7 +364,7 @@ class SMTPServer(SMTP):
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
-        if isinstance(self.slot, Refused):  # audited by the gate (a flood costs a bounded number of writes)
+        if isinstance(self.slot, Refused):  # RFC 5321 §3.8; audited by the gate, a flood at a bounded cost
             self._greeted = True
             await self.push(f"421 4.7.0 {self.slot.text}")
             if self.transport is not None:
@@ -373,7 +373,8 @@ class SMTPServer(SMTP):
         await super()._handle_client()
 
     def login(self, user: str) -> str | None:
-        """Count this connection as ``user``'s at AUTH; the reply instead of 235 when refused."""
+        """Count this connection as ``user``'s at AUTH; the reply instead of 235 when refused (RFC 4954
+        §6: 454 4.7.0, a temporary authentication failure)."""
         assert isinstance(self.slot, Slot)
         refused = self.config.gate.login(self.slot, user)
         return None if refused is None else f"454 4.7.0 {refused.text}"
