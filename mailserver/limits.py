@@ -151,7 +151,7 @@ class ConnectionGate:
         if self._unaudited:
             response = f"{self._unaudited} more refusals within a minute, not audited one by one"
             log.warning("%s connections refused: %s", self.service, response)
-            self._write("server", "", "connect", response)
+            self._write("server", "", "connect or login", response)
         self._audited.clear()
         self._unaudited = 0
 

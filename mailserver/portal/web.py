@@ -277,7 +277,8 @@ class Admission(asyncio.Protocol):
             body = f"{slot.text}\n".encode()
             head = (
                 "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                f"Content-Length: {len(body)}\r\nRetry-After: 60\r\nConnection: close\r\n\r\n"
+                f"Content-Length: {len(body)}\r\nX-Content-Type-Options: nosniff\r\nRetry-After: 60\r\n"
+                "Connection: close\r\n\r\n"
             )
             transport.write(head.encode() + body)  # type: ignore[attr-defined]
             transport.close()
