@@ -15,7 +15,8 @@ and ``tls_listen`` count together, so do submission's 587 and 465), applies the 
 Counts are in memory: each process (node) admits its own connections. A refusal is logged and audited
 the first time in a minute for its address (and user) and limit, up to ``AUDITED_PER_MINUTE`` of them;
 the others are counted and reported in one event when the minute ends, so a flood costs a bounded number
-of audit writes and log lines.
+of audit writes and log lines (``{"event":"connection-refused","service":..,"peer":..,"limit":..}``, and
+``connections-refused`` with the number not audited one by one).
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ from typing import TypeVar
 
 from config.settings import LimitsSettings
 from mailserver.audit import Audit
-
-log = logging.getLogger("caducee.limits")
+from mailserver.logs import log_event
 
 K = TypeVar("K")
 
@@ -140,7 +140,15 @@ class ConnectionGate:
             return
         self._audited.add(key)
         response = f"{refused.text} ([limits] {refused.limit} = {getattr(self.limits, refused.limit)})"
-        log.warning("%s %s from %s refused: %s", self.service, request, user or ip, response)
+        log_event(
+            "connection-refused",
+            logging.WARNING,
+            service=self.service,
+            peer=ip,
+            user=user,
+            request=request,
+            limit=refused.limit,
+        )
         self._write(user or f"client:{ip}", ip, request, response)
 
     def _summarise(self) -> None:
@@ -150,7 +158,7 @@ class ConnectionGate:
             self._summary = None
         if self._unaudited:
             response = f"{self._unaudited} more refusals within a minute, not audited one by one"
-            log.warning("%s connections refused: %s", self.service, response)
+            log_event("connections-refused", logging.WARNING, service=self.service, unaudited=self._unaudited)
             self._write("server", "", "connect or login", response)
         self._audited.clear()
         self._unaudited = 0

@@ -3,6 +3,8 @@ that a flood cannot turn into unbounded writes."""
 
 from __future__ import annotations
 
+import pytest
+
 from config.settings import LimitsSettings
 from mailserver import limits
 from mailserver.limits import ConnectionGate, Refused, Slot
@@ -50,7 +52,9 @@ async def test_counts_per_address_user_and_user_address(runtime: Runtime) -> Non
     await gate.drain()
 
 
-async def test_a_flood_of_refusals_costs_a_bounded_number_of_audit_events(runtime: Runtime) -> None:
+async def test_a_flood_of_refusals_costs_a_bounded_number_of_audit_events(
+    runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
     gate = ConnectionGate("smtp", LimitsSettings(max_connections=1000, connections_per_ip=1), runtime.audit)
     held = [
         admitted(gate.connect(f"10.1.{i // 250}.{i % 250}")) for i in range(limits.AUDITED_PER_MINUTE + 50)
@@ -69,3 +73,6 @@ async def test_a_flood_of_refusals_costs_a_bounded_number_of_audit_events(runtim
     )
     [summary] = [e for e in events if e.actor == "server"]
     assert summary.response == "70 more refusals within a minute, not audited one by one"
+    lines = [getattr(r, "event", None) for r in caplog.records]
+    assert lines.count("connection-refused") == limits.AUDITED_PER_MINUTE
+    assert lines.count("connections-refused") == 1
