@@ -68,7 +68,12 @@ async def serve(directory: Path, db_url: str | None, mailboxes: int) -> None:
         url,
         tls={"cert": str(chain), "key": str(key), "peer_ca": str(ca)},
         imap={"listen": [], "tls_listen": ["127.0.0.1:0"]},
-        limits={"connections_per_ip": 100000, "connections_per_user": 100000, "max_connections": 100000},
+        limits={
+            "connections_per_ip": 100000,
+            "connections_per_user_ip": 100000,
+            "connections_per_user": 100000,
+            "max_connections": 100000,
+        },
     )
     await migrate.upgrade_async(url)
     rt = Runtime.build(settings)

@@ -161,9 +161,13 @@ class LimitsSettings:
     """Every protective limit in one place; each one is also enforced by a test."""
 
     message_size: Size = 25 * 1024**2
-    connections_per_ip: int = 20
-    connections_per_user: int = 20
+    # Connections of one protocol in one process, see mailserver/limits.py: all of them, from one
+    # client address (a hospital's NAT: a ceiling against floods), of one user from one address
+    # (Dovecot's mail_max_userip_connections) and of one user from all addresses.
     max_connections: int = 2000
+    connections_per_ip: int = 1000
+    connections_per_user_ip: int = 10
+    connections_per_user: int = 50
     smtp_line_length: Size = 4096
     imap_line_length: Size = 64 * 1024
     literal_size: Size = 25 * 1024**2
@@ -180,6 +184,8 @@ class LimitsSettings:
     folder_name_length: Size = 255
     folder_depth: int = 16
     folders_per_mailbox: int = 1000
+    ldap_idle_timeout: Duration = 600
+    portal_idle_timeout: Duration = 75  # HTTP keep-alive, and a connection that sends no request
 
 
 @dataclass
@@ -193,6 +199,9 @@ class AuthSettings:
     failure_window: Duration = 900
     lockout: Duration = 900
     max_failures_per_ip: int = 20
+    # Logins verified at once per process; the others queue before taking a place in the lock-out
+    # counters (mailserver/auth.py). Each argon2 verification takes one core and argon2_memory_kib.
+    concurrent_verifications: int = 4
 
 
 @dataclass
@@ -332,6 +341,17 @@ def from_dict(data: dict[str, Any], source: Path | None = None) -> Settings:
     return settings
 
 
+_AT_LEAST_ONE = (
+    ("limits", "max_connections"),
+    ("limits", "connections_per_ip"),
+    ("limits", "connections_per_user_ip"),
+    ("limits", "connections_per_user"),
+    ("auth", "max_failures"),
+    ("auth", "max_failures_per_ip"),
+    ("auth", "concurrent_verifications"),
+)
+
+
 def _check(settings: Settings, name: str) -> None:
     """Cross-field checks that a type alone cannot express."""
     for section in ("smtp", "submission", "imap", "portal", "ldap"):
@@ -362,6 +382,12 @@ def _check(settings: Settings, name: str) -> None:
         raise ConfigError(f"{name}: [limits] folder_depth: must be at least 1")
     if limits.folders_per_mailbox < MIN_FOLDERS:
         raise ConfigError(f"{name}: [limits] folders_per_mailbox: must be at least {MIN_FOLDERS}")
+    for section, key in _AT_LEAST_ONE:
+        if getattr(getattr(settings, section), key) < 1:
+            raise ConfigError(f"{name}: [{section}] {key}: must be at least 1 (0 would refuse everyone)")
+    for key in ("ldap_idle_timeout", "portal_idle_timeout"):
+        if getattr(settings.limits, key) <= 0:
+            raise ConfigError(f"{name}: [limits] {key}: must be more than 0 seconds")
     if not all(0 < p < 100 for p in settings.quota.warn_percent):
         raise ConfigError(f"{name}: [quota] warn_percent: each value must be between 1 and 99")
 

@@ -18,6 +18,10 @@ Rules:
   asks for one row more than allowed and stops there (4 sizeLimitExceeded, 3 timeLimitExceeded).
 - Writes (add, modify, delete, rename, compare) get unwillingToPerform (53); unknown extended operations
   protocolError (2); undecodable input a notice of disconnection.
+- Connections go through the same gate as every listener (``mailserver.limits``): one beyond
+  ``max_connections`` or ``connections_per_ip`` gets a notice of disconnection with busy (51), and a
+  bind beyond ``connections_per_user_ip`` / ``connections_per_user`` a bindResponse busy (51). A
+  connection idle for ``[limits] ldap_idle_timeout`` is closed.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from config.settings import parse_listen
 from directory.search import Entry, M, entry_columns, joined, to_entry, visible
 from directory.text import fold
 from mailserver import handshakes
+from mailserver.limits import ConnectionGate, Refused, Slot
 from mailserver.runtime import Runtime
 from mailserver.tls import server_context
 
@@ -64,7 +69,6 @@ log = logging.getLogger("caducee.ldap")
 STARTTLS_OID = "1.3.6.1.4.1.1466.20037"
 NOTICE_OF_DISCONNECTION_OID = "1.3.6.1.4.1.1466.20036"
 MAX_MESSAGE = 64 * 1024
-IDLE_TIMEOUT = 600
 
 SUCCESS = 0
 OPERATIONS_ERROR = 1
@@ -78,6 +82,7 @@ INVALID_DN_SYNTAX = 34
 INAPPROPRIATE_AUTHENTICATION = 48
 INVALID_CREDENTIALS = 49
 INSUFFICIENT_ACCESS_RIGHTS = 50
+BUSY = 51
 UNWILLING_TO_PERFORM = 53
 
 OBJECT_CLASSES = ("top", "person", "organizationalPerson", "inetOrgPerson")
@@ -144,6 +149,15 @@ def _result(op: Any, code: int, diagnostic: str = "", matched: str = "") -> Any:
     op["matchedDN"] = matched
     op["diagnosticMessage"] = diagnostic
     return op
+
+
+async def notify_disconnection(writer: asyncio.StreamWriter, code: int, reason: str) -> None:
+    """RFC 4511 §4.4.1: the unsolicited notice of disconnection (message ID 0), sent before closing."""
+    response = _result(ExtendedResponse(), code, reason)
+    response["responseName"] = ResponseName(NOTICE_OF_DISCONNECTION_OID)
+    writer.write(_encode(0, "extendedResp", response))
+    with contextlib.suppress(ConnectionError):
+        await writer.drain()
 
 
 def _entry(dn: str, attributes: Iterable[tuple[str, list[str]]], types_only: bool) -> Any:
@@ -262,14 +276,14 @@ class Session:
     """One client connection: bind state, TLS state, and the request loop."""
 
     def __init__(
-        self, server: LDAPServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, server: LDAPServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slot: Slot
     ) -> None:
         self.server = server
         self.rt = server.rt
         self.reader = reader
         self.writer = writer
-        peer = writer.get_extra_info("peername")
-        self.remote = str(peer[0]) if peer else ""
+        self.slot = slot
+        self.remote = slot.ip
         self.tls = writer.get_extra_info("ssl_object") is not None
         self.bound: str | None = None
 
@@ -286,7 +300,9 @@ class Session:
                     await self.disconnect("message too large")
                     return
                 if size == -1 or len(buffer) < size:
-                    chunk = await asyncio.wait_for(self.reader.read(65536), IDLE_TIMEOUT)
+                    chunk = await asyncio.wait_for(
+                        self.reader.read(65536), self.rt.settings.limits.ldap_idle_timeout
+                    )
                     if not chunk:
                         return
                     buffer += chunk
@@ -308,10 +324,7 @@ class Session:
             self.writer.close()
 
     async def disconnect(self, reason: str) -> None:
-        response = _result(ExtendedResponse(), PROTOCOL_ERROR, reason)
-        response["responseName"] = ResponseName(NOTICE_OF_DISCONNECTION_OID)
-        with contextlib.suppress(ConnectionError):
-            await self.send(0, "extendedResp", response)
+        await notify_disconnection(self.writer, PROTOCOL_ERROR, reason)
 
     async def handle(self, message: Any) -> bool:
         """Answer one request; False ends the session."""
@@ -342,6 +355,7 @@ class Session:
 
     async def bind(self, message_id: int, request: Any) -> None:
         self.bound = None
+        self.server.gate.logout(self.slot)
         auth = request["authentication"]
         if int(request["version"]) != 3:
             code, text = PROTOCOL_ERROR, "only LDAP version 3 is supported"
@@ -358,11 +372,13 @@ class Session:
                 code, text = INVALID_DN_SYNTAX, "bind as your mailbox address or mail=ADDRESS,<base DN>"
             else:
                 outcome = await self.rt.auth.authenticate(address, password, self.remote, "ldap")
-                if outcome.ok:
+                if not outcome.ok or outcome.address is None:
+                    code, text = INVALID_CREDENTIALS, "invalid credentials"
+                elif (refused := self.server.gate.login(self.slot, outcome.address)) is not None:
+                    code, text = BUSY, refused.text
+                else:
                     self.bound = outcome.address
                     code, text = SUCCESS, ""
-                else:
-                    code, text = INVALID_CREDENTIALS, "invalid credentials"
         await self.send(message_id, "bindResponse", _result(BindResponse(), code, text))
 
     async def extended(self, message_id: int, request: Any) -> bool:
@@ -491,17 +507,24 @@ class LDAPServer:
         self.tls_context = tls_context
         self.base_dn = ",".join(p.strip() for p in rt.settings.ldap.base_dn.split(","))
         self.sessions: set[asyncio.Task[None]] = set()
+        self.gate = ConnectionGate("ldap", rt.settings.limits, rt.audit)
 
     def protocol(self) -> asyncio.StreamReaderProtocol:
         """A connection's protocol: ``serve`` on streams (what ``asyncio.start_server`` would make)."""
         return asyncio.StreamReaderProtocol(asyncio.StreamReader(), self.serve)
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        slot = self.gate.connect(str(peer[0]) if peer else "")
+        if isinstance(slot, Refused):  # audited by the gate
+            await notify_disconnection(writer, BUSY, slot.text)
+            writer.close()
+            return
         task = asyncio.current_task()
         if task is not None:
             self.sessions.add(task)
         try:
-            await Session(self, reader, writer).run()
+            await Session(self, reader, writer, slot).run()
         except asyncio.CancelledError:
             # ``Listener.close`` at shutdown. The task ends normally rather than cancelled: Python 3.11's
             # stream server calls ``task.exception()`` when it is done, which raises for a cancelled task
@@ -510,6 +533,7 @@ class LDAPServer:
         except Exception:
             log.exception("LDAP session failed")
         finally:
+            self.gate.release(slot)
             if task is not None:
                 self.sessions.discard(task)
 
@@ -520,6 +544,7 @@ class Listener:
     def __init__(self, service: str, server: asyncio.Server, ldap: LDAPServer) -> None:
         self.service = service
         self.ldap = ldap
+        self.gate = ldap.gate
         self._server = server
         sock = server.sockets[0].getsockname()
         self.address = f"{sock[0]}:{sock[1]}"
@@ -531,6 +556,7 @@ class Listener:
         for task in list(self.ldap.sessions):
             task.cancel()
         await asyncio.gather(*self.ldap.sessions, return_exceptions=True)
+        await self.ldap.gate.drain()
         with contextlib.suppress(Exception):
             await self._server.wait_closed()
 

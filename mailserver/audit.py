@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from mailserver.db.engine import Database
 from mailserver.db.models import AuditEvent, utcnow
@@ -84,14 +85,15 @@ class Audit:
 
     @staticmethod
     def record_in(
-        session: AsyncSession,
+        session: AsyncSession | Session,
         actor: str,
         action: str,
         remote: str = "",
         request: str = "",
         response: str = "",
     ) -> None:
-        """Append one event inside the caller's transaction (kept only if that transaction commits)."""
+        """Append one event inside the caller's transaction (kept only if that transaction commits);
+        ``Session`` for the synchronous work of ``db.run_write``."""
         session.add(_row(actor, action, remote, request, response))
 
     async def events(

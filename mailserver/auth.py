@@ -3,7 +3,14 @@ LDAP bind) calls, so lock-out, application passwords and the audit trail behave 
 
 - Passwords are argon2id hashes; verification runs in a thread, never on the event loop.
 - An account is locked after ``auth.max_failures`` failures within ``auth.failure_window``, and a client
-  address after ``auth.max_failures_per_ip``; counters live in the database so every node shares them.
+  address after ``auth.max_failures_per_ip``, for ``auth.lockout``; counters live in the database so
+  every node shares them.
+- An attempt takes its place in both counters *before* the password is verified, in one brief write
+  transaction (row-locked on PostgreSQL, serialised by SQLite's write lock), and a success gives it
+  back: however many guesses arrive at once, on however many nodes, at most ``max_failures`` of them
+  are verified (a check before and a count after let a whole burst through). At most
+  ``auth.concurrent_verifications`` attempts per process hold places at once; the others queue before
+  taking theirs, so a crowd of right passwords from one address does not look like a burst of guesses.
 - An unknown account costs the same hash verification as a known one (no user enumeration by timing).
 - Per-device application passwords are accepted wherever the main password is, and can be revoked alone.
 """
@@ -11,13 +18,17 @@ LDAP bind) calls, so lock-out, application passwords and the audit trail behave 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import secrets
 import string
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import argon2
 from sqlalchemy import delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 from config.settings import AuthSettings
 from mailserver.audit import Audit
@@ -36,6 +47,21 @@ class AuthOutcome:
     @property
     def ok(self) -> bool:
         return self.mailbox_id is not None
+
+
+@dataclass(frozen=True)
+class Credential:
+    """The secret that matched: the mailbox's own password (``app_id`` None) or one application
+    password, named as the audit trail shows it."""
+
+    app_id: int | None = None
+    label: str = ""
+
+    def __str__(self) -> str:
+        return "password" if self.app_id is None else f'application password "{self.label}"'
+
+
+MAIN_PASSWORD = Credential()
 
 
 class Passwords:
@@ -76,42 +102,96 @@ class Authenticator:
         self.settings = settings
         self.audit = audit
         self.passwords = passwords or Passwords(settings)
+        self._turn = asyncio.Condition()
+        self._holding = 0  # attempts of this process holding places in the counters
 
-    async def _failures(self, keys: list[str]) -> tuple[bool, set[str]]:
-        """(whether any key is locked now, the keys that have a failure record)."""
-        now = utcnow()
-        async with self.db.read() as session:
-            rows = list(
-                (await session.execute(select(AuthFailure).where(AuthFailure.key.in_(keys)))).scalars()
-            )
-        return any(r.locked_until is not None and r.locked_until > now for r in rows), {r.key for r in rows}
+    @contextlib.asynccontextmanager
+    async def _taking_turns(self) -> AsyncIterator[None]:
+        """At most ``auth.concurrent_verifications`` attempts of this process hold places in the
+        counters at a time; the others wait here, before taking one. A place is held until the
+        verification ends, so attempts waiting for a verification thread would otherwise fill the
+        counters: a hospital's clients logging in together from its one address, several as the same
+        clinician, would be refused as locked. argon2 needs the CPU and memory anyway."""
+        async with self._turn:
+            await self._turn.wait_for(lambda: self._holding < self.settings.concurrent_verifications)
+            self._holding += 1
+        try:
+            yield
+        finally:
+            async with self._turn:
+                self._holding -= 1
+                self._turn.notify()
 
-    async def _fail(self, keys: list[tuple[str, int]]) -> None:
+    def _reserve(self, session: Session, limits: dict[str, int], refusal: tuple[str, ...]) -> bool:
+        """Take one place in each counter of ``limits`` (key → limit), or none when one is full or
+        locked, then record ``refusal`` (the audit event) in the same transaction. A counter whose
+        lock-out is over, or whose window passed without one, starts again. Reaching the limit starts
+        the lock-out at once: attempts still being verified hold their places meanwhile."""
         now = utcnow()
+        keys = sorted(limits)  # one locking order everywhere: no deadlock between two attempts
+        insert = (postgresql if self.db.kind == "postgresql" else sqlite).insert(AuthFailure)
+        session.execute(
+            insert.values(
+                [{"key": k, "count": 0, "window_start": now} for k in keys]
+            ).on_conflict_do_nothing()
+        )
+        rows = list(
+            session.execute(
+                select(AuthFailure)
+                .where(AuthFailure.key.in_(keys))
+                .order_by(AuthFailure.key)
+                .with_for_update()
+            ).scalars()
+        )
         window = dt.timedelta(seconds=self.settings.failure_window)
-        async with self.db.write(brief=True) as session:
-            for key, limit in keys:
-                row = await session.get(AuthFailure, key, with_for_update=True)
-                if row is None:
-                    row = AuthFailure(key=key, count=0, window_start=now)
-                    session.add(row)
-                if now - row.window_start > window:
-                    row.count, row.window_start = 0, now
-                row.count += 1
-                if row.count >= limit:
-                    row.locked_until = now + dt.timedelta(seconds=self.settings.lockout)
+        for row in rows:
+            served = row.locked_until is not None and row.locked_until <= now
+            if served or (row.locked_until is None and now - row.window_start > window):
+                row.count, row.window_start, row.locked_until = 0, now, None
+        if any(r.count >= limits[r.key] or r.locked_until is not None for r in rows):
+            self.audit.record_in(session, *refusal)
+            return False
+        for row in rows:
+            row.count += 1
+            if row.count >= limits[row.key]:
+                row.locked_until = now + dt.timedelta(seconds=self.settings.lockout)
+        return True
 
-    async def _clear(self, key: str) -> None:
-        async with self.db.write(brief=True) as session:
-            await session.execute(delete(AuthFailure).where(AuthFailure.key == key))
+    def _give_back(
+        self,
+        session: Session,
+        account_key: str,
+        ip_key: str,
+        credential: Credential | None,
+        event: tuple[str, ...],
+    ) -> None:
+        """The password was right: the account's counter is cleared, the address gives back the place
+        this attempt took (its earlier failures still count), the application password used is stamped,
+        and ``event`` is audited, all in one transaction."""
+        ip = session.get(AuthFailure, ip_key, with_for_update=True)
+        if ip is not None:
+            ip.count = max(ip.count - 1, 0)
+            if ip.count < self.settings.max_failures_per_ip:
+                ip.locked_until = None
+        session.execute(delete(AuthFailure).where(AuthFailure.key == account_key))
+        if credential is not None and credential.app_id is not None:
+            app = session.get(AppPassword, credential.app_id)
+            if app is not None:
+                app.last_used_at = utcnow()
+        self.audit.record_in(session, *event)
 
     async def authenticate(self, username: str, password: str, remote: str, service: str) -> AuthOutcome:
         """Check a username (the mailbox address) and a password or application password."""
+        async with self._taking_turns():
+            return await self._authenticate(username, password, remote, service)
+
+    async def _authenticate(self, username: str, password: str, remote: str, service: str) -> AuthOutcome:
         address = username.strip().lower()
         account_key, ip_key = f"mailbox:{address}", f"ip:{remote}"
-        locked, recorded = await self._failures([account_key, ip_key])
-        if locked:
-            await self.audit.record(address, "login-failure", remote, f"{service} login", "locked")
+        limits = {account_key: self.settings.max_failures, ip_key: self.settings.max_failures_per_ip}
+        request = f"{service} login"
+        locked = (address, "login-failure", remote, request, "locked")
+        if not await self.db.run_write(lambda s: self._reserve(s, limits, locked), brief=True):
             return AuthOutcome(None, None, "locked")
         async with self.db.read() as session:
             mb = (
@@ -124,37 +204,30 @@ class Authenticator:
                         await session.execute(select(AppPassword).where(AppPassword.mailbox_id == mb.id))
                     ).scalars()
                 )
-        matched_app = await asyncio.to_thread(self._check, mb, apps, password)
-        if mb is None or matched_app is False:
-            await self._fail(
-                [(account_key, self.settings.max_failures), (ip_key, self.settings.max_failures_per_ip)]
-            )
-            await self.audit.record(
-                address, "login-failure", remote, f"{service} login", "invalid credentials"
-            )
+        credential = await asyncio.to_thread(self._check, mb, apps, password)
+        if mb is None or credential is None:  # the place taken stays, as this failure
+            await self.audit.record(address, "login-failure", remote, request, "invalid credentials")
             return AuthOutcome(None, None, "invalid")
         if not mb.enabled:
-            await self.audit.record(address, "login-failure", remote, f"{service} login", "mailbox disabled")
+            event = (address, "login-failure", remote, request, "mailbox disabled")
+            await self.db.run_write(
+                lambda s: self._give_back(s, account_key, ip_key, None, event), brief=True
+            )
             return AuthOutcome(None, None, "disabled")
-        if account_key in recorded:
-            await self._clear(account_key)
-        if isinstance(matched_app, int):
-            async with self.db.write(brief=True) as session:
-                app = await session.get(AppPassword, matched_app)
-                if app is not None:
-                    app.last_used_at = utcnow()
-        how = "application password" if isinstance(matched_app, int) else "password"
-        await self.audit.record(address, "login", remote, f"{service} login ({how})", "ok")
+        event = (address, "login", remote, f"{request} ({credential})", "ok")
+        await self.db.run_write(
+            lambda s: self._give_back(s, account_key, ip_key, credential, event), brief=True
+        )
         return AuthOutcome(mb.id, mb.address)
 
-    def _check(self, mb: Mailbox | None, apps: list[AppPassword], password: str) -> bool | int:
-        """True for the main password, an application password's id, False otherwise (in a thread)."""
+    def _check(self, mb: Mailbox | None, apps: list[AppPassword], password: str) -> Credential | None:
+        """Which secret ``password`` is, None when none (in a thread)."""
         if mb is None:
             self.passwords.verify(None, password)
-            return False
+            return None
         if mb.password_hash and self.passwords.verify(mb.password_hash, password):
-            return True
+            return MAIN_PASSWORD
         for app in apps:
             if self.passwords.verify(app.password_hash, password):
-                return app.id
-        return False
+                return Credential(app.id, app.label)
+        return None

@@ -1,8 +1,9 @@
 """IMAP listeners: ``[imap] listen`` (cleartext + STARTTLS) and ``tls_listen`` (implicit TLS, RFC 8314).
 
-One :class:`IMAPServer` per process holds what sessions share: the TLS context, the connection
-counters behind ``[limits] connections_per_ip`` / ``connections_per_user`` / ``max_connections``,
-and the \\Recent bookkeeping (RFC 3501 §2.3.2: a message is recent in exactly one session).
+One :class:`IMAPServer` per process holds what sessions share: the TLS context, the connection gate
+of both ports (``mailserver.limits``: ``[limits] max_connections``, ``connections_per_ip``,
+``connections_per_user_ip``, ``connections_per_user``), and the \\Recent bookkeeping (RFC 3501
+§2.3.2: a message is recent in exactly one session).
 """
 
 from __future__ import annotations
@@ -10,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import asyncio.sslproto
 import contextlib
-import logging
 import ssl
-from collections import Counter
 from collections.abc import Iterable
 from functools import partial
 
@@ -20,10 +19,9 @@ from config.settings import parse_listen
 from mailserver import handshakes
 from mailserver.imap import commands  # noqa: F401 - importing registers every verb
 from mailserver.imap.session import Session
+from mailserver.limits import ConnectionGate, Refused, Slot
 from mailserver.runtime import Runtime
 from mailserver.tls import server_context
-
-log = logging.getLogger("caducee.imap")
 
 # asyncio's TLS transport preallocates a buffer of ``SSLProtocol.max_size`` bytes per connection for the
 # ciphertext it reads from the socket (256 KiB in CPython 3.11), four times our whole per-connection
@@ -42,45 +40,29 @@ class IMAPServer:
         self.rt = rt
         self.tls_context = tls_context
         self.sessions: set[Session] = set()
-        self.per_ip: Counter[str] = Counter()
-        self.per_user: Counter[int] = Counter()
-        self._user_of: dict[Session, int] = {}
+        self.gate = ConnectionGate("imap", rt.settings.limits, rt.audit)
+        self._slots: dict[Session, Slot] = {}
         self._recent_mark: dict[int, tuple[int, int]] = {}  # folder id -> (UIDVALIDITY, mark)
         self._recent_review_at = _RECENT_REVIEW_MIN
 
-    def admit(self, session: Session) -> bool:
-        """Count a new connection; False (answer BYE) beyond the per-address or global limit."""
-        limits = self.rt.settings.limits
-        if (
-            len(self.sessions) >= limits.max_connections
-            or self.per_ip[session.remote] >= limits.connections_per_ip
-        ):
-            log.warning("IMAP connection from %s refused: too many connections", session.remote)
-            return False
+    def admit(self, session: Session) -> Refused | None:
+        """Count a new connection; a refusal is answered ``* BYE [UNAVAILABLE]`` by the session."""
+        slot = self.gate.connect(session.remote)
+        if isinstance(slot, Refused):
+            return slot
         self.sessions.add(session)
-        self.per_ip[session.remote] += 1
-        return True
+        self._slots[session] = slot
+        return None
 
-    def admit_user(self, session: Session, mailbox_id: int) -> bool:
-        """Count an authenticated connection against ``connections_per_user``."""
-        if self.per_user[mailbox_id] >= self.rt.settings.limits.connections_per_user:
-            return False
-        self.per_user[mailbox_id] += 1
-        self._user_of[session] = mailbox_id
-        return True
+    def admit_user(self, session: Session, address: str) -> Refused | None:
+        """Count an authenticated connection of ``address`` (answered ``NO [LIMIT]`` when refused)."""
+        return self.gate.login(self._slots[session], address)
 
     def release(self, session: Session) -> None:
-        if session not in self.sessions:
-            return
-        self.sessions.discard(session)
-        self.per_ip[session.remote] -= 1
-        if self.per_ip[session.remote] <= 0:
-            del self.per_ip[session.remote]
-        mailbox_id = self._user_of.pop(session, None)
-        if mailbox_id is not None:
-            self.per_user[mailbox_id] -= 1
-            if self.per_user[mailbox_id] <= 0:
-                del self.per_user[mailbox_id]
+        slot = self._slots.pop(session, None)
+        if slot is not None:
+            self.sessions.discard(session)
+            self.gate.release(slot)
 
     def claim_recent(self, folder_id: int, uidvalidity: int, uids: Iterable[int]) -> list[int]:
         """The UIDs no session has seen yet become \\Recent for the caller (RFC 3501 §2.3.2)."""
@@ -124,6 +106,7 @@ class Listener:
     def __init__(self, service: str, server: asyncio.Server, imap: IMAPServer) -> None:
         self.service = service
         self.imap = imap
+        self.gate = imap.gate
         self._server = server
         sock = server.sockets[0].getsockname()
         self.address = f"{sock[0]}:{sock[1]}"
@@ -138,6 +121,7 @@ class Listener:
         tasks = [s.task for s in mine if s.task is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        await self.imap.gate.drain()
         with contextlib.suppress(Exception):
             await self._server.wait_closed()
 

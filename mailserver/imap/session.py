@@ -138,8 +138,9 @@ class Session(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.remote = str(peer[0]) if peer else ""
-        if not self.server.admit(self):
-            transport.write(enc.status_response(None, "BYE", "too many connections", "UNAVAILABLE"))
+        refused = self.server.admit(self)
+        if refused is not None:
+            transport.write(enc.status_response(None, "BYE", refused.text, "UNAVAILABLE"))
             transport.close()
             self._closed = True
             return

@@ -3,11 +3,19 @@
 Every page answers with a strict Content-Security-Policy (no script, no remote content), every form
 carries a CSRF token (the session's, or a pre-session cookie for sign-in and activation), and message
 bodies reach the templates only as text. The JSON API (``api.py``) is mounted on the same application.
+
+Sockets go through the connection gate shared by every listener (``mailserver.limits``) before aiohttp
+sees them: one beyond ``max_connections`` or ``connections_per_ip`` is answered 503 and closed. Behind a
+reverse proxy every socket comes from the proxy's address, so there the per-address ceiling bounds the
+proxy's connections. An idle keep-alive connection, or one that sends no request, is closed after
+``[limits] portal_idle_timeout``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +24,7 @@ from aiohttp import web
 
 from config.settings import parse_listen
 from mailserver.delivery import EnqueueHook
+from mailserver.limits import ConnectionGate, Refused, Slot
 from mailserver.portal import api, service
 from mailserver.portal.http import (
     ENQUEUE,
@@ -251,27 +260,92 @@ def make_app(rt: Runtime, enqueue: EnqueueHook | None = None) -> web.Application
     return app
 
 
+class Admission(asyncio.Protocol):
+    """One portal socket: admitted by the gate, then handed to aiohttp's protocol (every event passed
+    on), or answered 503 and closed before any request is read."""
+
+    def __init__(self, gate: ConnectionGate, make: Callable[[], asyncio.Protocol]) -> None:
+        self.gate = gate
+        self.make = make
+        self.slot: Slot | None = None
+        self.inner: asyncio.Protocol | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        slot = self.gate.connect(str(peer[0]) if peer else "")
+        if isinstance(slot, Refused):  # audited by the gate
+            body = f"{slot.text}\n".encode()
+            head = (
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                f"Content-Length: {len(body)}\r\nX-Content-Type-Options: nosniff\r\nRetry-After: 60\r\n"
+                "Connection: close\r\n\r\n"
+            )
+            transport.write(head.encode() + body)  # type: ignore[attr-defined]
+            transport.close()
+            return
+        self.slot = slot
+        self.inner = self.make()
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.slot is not None:
+            self.gate.release(self.slot)
+        if self.inner is not None:
+            self.inner.connection_lost(exc)
+
+
 class PortalListener:
     service = "portal"
 
-    def __init__(self, runner: web.AppRunner, address: str) -> None:
+    def __init__(
+        self, runner: web.AppRunner, server: asyncio.Server, gate: ConnectionGate, address: str
+    ) -> None:
         self.runner = runner
+        self.server = server
+        self.gate = gate
         self.address = address
 
     async def close(self) -> None:
-        await self.runner.cleanup()
+        self.server.close()
+        await self.runner.cleanup()  # ends aiohttp's connections
+        await self.gate.drain()
 
 
 async def start(rt: Runtime) -> list[PortalListener]:
-    """One plain-HTTP listener per ``[portal] listen`` address (TLS is terminated in front); replies to
-    professionals at peer operators go through the shared outbound queue."""
+    """One plain-HTTP listener per ``[portal] listen`` address (TLS is terminated in front), all behind
+    one connection gate; replies to professionals at peer operators go through the shared outbound queue."""
     listeners = []
+    gate = ConnectionGate("portal", rt.settings.limits, rt.audit)
+    loop = asyncio.get_running_loop()
     for address in rt.settings.portal.listen:
         host, port = parse_listen(address)
-        runner = web.AppRunner(make_app(rt, rt.queue.enqueue_hook()), access_log=None, shutdown_timeout=5)
+        runner = web.AppRunner(
+            make_app(rt, rt.queue.enqueue_hook()),
+            access_log=None,
+            shutdown_timeout=5,
+            keepalive_timeout=rt.settings.limits.portal_idle_timeout,
+        )
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound_host, bound_port = runner.addresses[-1][:2]
-        listeners.append(PortalListener(runner, f"{bound_host}:{bound_port}"))
+        handlers = runner.server
+        assert handlers is not None
+        server = await loop.create_server(
+            lambda handlers=handlers: Admission(gate, handlers), host, port, reuse_address=True
+        )
+        bound_host, bound_port = server.sockets[0].getsockname()[:2]
+        listeners.append(PortalListener(runner, server, gate, f"{bound_host}:{bound_port}"))
     return listeners

@@ -10,8 +10,8 @@ transaction):
   (RFC 3461: RET/ENVID on MAIL, NOTIFY/ORCPT on RCPT), CHUNKING (RFC 3030: BDAT), STARTTLS, AUTH.
 - Our own MAIL/RCPT parsing: paths must be ``<...>`` and are handed to policy verbatim (aiosmtpd's
   parser silently drops source routes), parameters keep their case (ENVID and ORCPT are xtext).
-- Limits: per client address connections, line length (commands and message lines), idle time,
-  recipients per message, message size (SIZE, DATA and BDAT alike: 552 5.3.4).
+- Limits: connections (``mailserver.limits``: 421 at connect, 454 at AUTH), line length (commands
+  and message lines), idle time, recipients per message, message size (SIZE, DATA and BDAT alike: 552 5.3.4).
 - DATA read in large pieces rather than aiosmtpd's line by line (``read_data``).
 - Implicit TLS recognised as TLS (``tls_active``), which aiosmtpd does not do (its issues #274/#281).
 
@@ -34,6 +34,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 from cryptography import x509
 
 from mailserver import handshakes
+from mailserver.limits import ConnectionGate, Refused, Slot
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget
 
 if TYPE_CHECKING:
@@ -146,25 +147,6 @@ class SMTPSession(Session):
         self._login_data = value
 
 
-class ConnectionLimiter:
-    """Counts open connections per client address for one service."""
-
-    def __init__(self, per_ip: int) -> None:
-        self.per_ip = per_ip
-        self.counts: dict[str, int] = collections.defaultdict(int)
-
-    def acquire(self, ip: str) -> bool:
-        if self.per_ip and self.counts[ip] >= self.per_ip:
-            return False
-        self.counts[ip] += 1
-        return True
-
-    def release(self, ip: str) -> None:
-        self.counts[ip] -= 1
-        if self.counts[ip] <= 0:
-            del self.counts[ip]
-
-
 @dataclass
 class ServerConfig:
     """What one listener's sessions share: limits, TLS, and the set of open sessions (for shutdown)."""
@@ -175,7 +157,7 @@ class ServerConfig:
     line_length: int
     recipients_per_message: int
     idle_timeout: float
-    limiter: ConnectionLimiter
+    gate: ConnectionGate
     starttls: ssl.SSLContext | None = None
     implicit_tls: bool = False
     auth: bool = False
@@ -326,7 +308,7 @@ class SMTPServer(SMTP):
         self.peer_certificate: tuple[bytes, x509.Certificate] | None = None  # (DER, parsed), per connection
         self.tls_trace: tuple[object, str] | None = None  # (SSL object, Received clause), per connection
         self._client_ip = ""
-        self._counted = False
+        self.slot: Slot | Refused | None = None
         self._greeted = False
         super().__init__(
             handler,
@@ -369,28 +351,33 @@ class SMTPServer(SMTP):
         if first:
             peer = transport.get_extra_info("peername")
             self._client_ip = str(peer[0]) if peer else ""
-            self._counted = self.config.limiter.acquire(self._client_ip)
+            self.slot = self.config.gate.connect(self._client_ip)
             self.config.active.add(self)
             self.config.drained.clear()
 
     def connection_lost(self, error: Exception | None) -> None:
-        if self._counted:
-            self._counted = False
-            self.config.limiter.release(self._client_ip)
+        if isinstance(self.slot, Slot):
+            self.config.gate.release(self.slot)
         self.config.active.discard(self)
         if not self.config.active:
             self.config.drained.set()
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
-        if not self._counted:
+        if isinstance(self.slot, Refused):  # RFC 5321 §3.8; audited by the gate, a flood at a bounded cost
             self._greeted = True
-            await self.event_handler.refused(self, "connect", "421 4.7.0 too many connections")
-            await self.push("421 4.7.0 too many connections from your address, try again later")
+            await self.push(f"421 4.7.0 {self.slot.text}")
             if self.transport is not None:
                 self.transport.close()
             return
         await super()._handle_client()
+
+    def login(self, user: str) -> str | None:
+        """Count this connection as ``user``'s at AUTH; the reply instead of 235 when refused (RFC 4954
+        §6: 454 4.7.0, a temporary authentication failure)."""
+        assert isinstance(self.slot, Slot)
+        refused = self.config.gate.login(self.slot, user)
+        return None if refused is None else f"454 4.7.0 {refused.text}"
 
     async def push(self, status: Any) -> None:
         """Every reply but the greeting and EHLO's carries an enhanced status code (RFC 2034)."""

@@ -2,7 +2,8 @@
 
 Listeners: ``[smtp] listen`` (peers, STARTTLS + client certificate), ``[submission] listen`` (STARTTLS)
 and ``tls_listen`` (implicit TLS, RFC 8314). Each connection gets its own protocol and handler objects;
-limits are per service. Closing a listener stops accepting, closes idle sessions and waits for the
+connections are admitted per protocol (``mailserver.limits``: the MTA's gate, and one for submission's
+two ports). Closing a listener stops accepting, closes idle sessions and waits for the
 ones inside a transaction.
 """
 
@@ -17,11 +18,12 @@ from typing import Literal
 
 from config.settings import parse_listen
 from mailserver import handshakes, trust
+from mailserver.limits import ConnectionGate
 from mailserver.queue.outbound import Outbound
 from mailserver.runtime import Runtime
 from mailserver.smtp.handler import Handler
 from mailserver.smtp.mta import MTAHandler
-from mailserver.smtp.server import ConnectionLimiter, ServerConfig, SMTPServer
+from mailserver.smtp.server import ServerConfig, SMTPServer
 from mailserver.smtp.submission import SubmissionHandler
 from mailserver.tls import server_context
 
@@ -36,6 +38,7 @@ class SMTPListener:
         self.address = address
         self.server = server
         self.config = config
+        self.gate = config.gate
 
     async def close(self) -> None:
         self.server.close()
@@ -44,6 +47,7 @@ class SMTPListener:
                 session.transport.close()
         if self.config.active:
             await self.config.drained.wait()
+        await self.config.gate.drain()
 
 
 class BackgroundTasks:
@@ -99,6 +103,8 @@ async def start(rt: Runtime) -> list[SMTPListener | BackgroundTasks]:
         return []
     queue = rt.queue
     limits = s.limits
+    # One gate per protocol: submission's two ports count together (see mailserver.limits).
+    gates = {name: ConnectionGate(name, limits, rt.audit) for name in ("smtp", "submission")}
 
     def config(
         service: str, starttls: bool, client_cert: ClientCert, auth: bool, implicit: bool
@@ -110,7 +116,7 @@ async def start(rt: Runtime) -> list[SMTPListener | BackgroundTasks]:
             line_length=limits.smtp_line_length,
             recipients_per_message=limits.recipients_per_message,
             idle_timeout=limits.smtp_idle_timeout,
-            limiter=ConnectionLimiter(limits.connections_per_ip),
+            gate=gates["smtp" if service == "smtp" else "submission"],
             starttls=server_context(s.tls, client_cert) if starttls else None,
             implicit_tls=implicit,
             auth=auth,

@@ -44,7 +44,10 @@ class SubmissionHandler(Handler):
         except UnicodeDecodeError:
             return AuthResult(success=False, handled=False, message="501 5.5.2 credentials must be UTF-8")
         outcome: AuthOutcome = await self.rt.auth.authenticate(user, secret, server.client_ip, "smtp")
-        if outcome.ok:
+        if outcome.ok and outcome.address is not None:
+            refused = server.login(outcome.address)
+            if refused is not None:
+                return AuthResult(success=False, handled=False, message=refused)
             server.session.mailbox_id = outcome.mailbox_id
             server.session.username = outcome.address
             return AuthResult(success=True, auth_data=outcome.address)

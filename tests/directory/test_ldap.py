@@ -18,8 +18,10 @@ from directory import ldap as ldap_service
 from directory.importer import import_extraction
 from directory.models import DirectoryMailbox
 from mailserver import accounts
+from mailserver.limits import ConnectionGate
 from mailserver.runtime import Runtime
 from tests.directory.conftest import make_settings
+from tests.smtp.conftest import wait_for
 
 USER = "dr.test@caducee.test"
 PASSWORD = "correct horse battery"
@@ -32,6 +34,7 @@ class Server:
     port: int
     tls_port: int
     ca: Path
+    listener: ldap_service.Listener
 
 
 @pytest.fixture
@@ -49,7 +52,7 @@ async def server(tmp_path: Path, sqlite_url: str, sample: Path) -> AsyncIterator
     plain = next(x for x in listeners if x.service == "ldap")
     implicit = next(x for x in listeners if x.service == "ldaps")
     try:
-        yield Server(rt, plain.port, implicit.port, Path(settings.tls.peer_ca))
+        yield Server(rt, plain.port, implicit.port, Path(settings.tls.peer_ca), plain)
     finally:
         for listener in listeners:
             await listener.close()
@@ -368,3 +371,26 @@ async def test_served_by_the_application(server: Server) -> None:
     from mailserver import app
 
     assert "directory.ldap" in app.SERVICES
+
+
+async def test_binds_beyond_the_user_and_address_limit_are_busy(server: Server) -> None:
+    """Issue 13 §8: a bind is an authenticated connection like an IMAP LOGIN; beyond
+    ``connections_per_user_ip`` it gets busy (51), and an unbind frees the place."""
+    server.rt.settings.limits.connections_per_user_ip = 2
+    conns = [await in_thread(connect, server) for _ in range(3)]
+
+    def bind(conn: ldap3.Connection) -> int:
+        conn.bind()
+        return conn.result["result"]
+
+    assert [await in_thread(bind, conn) for conn in conns] == [0, 0, 51]
+    await in_thread(conns.pop(0).unbind)  # ldap3 does not wait for the server to close
+
+    async def released() -> bool:
+        gate: ConnectionGate = server.listener.gate
+        return gate.per_user_ip[(USER, "127.0.0.1")] < 2
+
+    await wait_for(released)
+    assert await in_thread(bind, conns[-1]) == 0
+    for conn in conns:
+        await in_thread(conn.unbind)

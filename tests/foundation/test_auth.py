@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 from sqlalchemy import update
 
 from mailserver import accounts
+from mailserver.audit import Audit
+from mailserver.auth import Authenticator
+from mailserver.db.engine import Database
 from mailserver.db.models import AuthFailure
 from mailserver.runtime import Runtime
 
@@ -70,3 +74,75 @@ async def test_client_address_lockout(runtime: Runtime) -> None:
     r = await runtime.auth.authenticate("victim@a.mssante.test", PASSWORD, "192.0.2.7", "smtp")
     assert r.reason == "locked"
     assert (await runtime.auth.authenticate("victim@a.mssante.test", PASSWORD, "192.0.2.8", "smtp")).ok
+
+
+async def test_main_password_login_leaves_application_passwords_alone(runtime: Runtime) -> None:
+    """Issue 13 §6: the main password matched used to come back as ``True``, an ``int``, so every login
+    stamped application password id 1 (whoever owned it) and was audited as "(application password)"."""
+    await accounts.add_mailbox(runtime, "other@a.mssante.test", "ORG", password="other password")
+    app_id, secret = await accounts.add_app_password(runtime, "other@a.mssante.test", "phone")
+    assert app_id == 1
+    await accounts.add_mailbox(runtime, "dr.martin@a.mssante.test", "ORG", password=PASSWORD)
+
+    assert (await runtime.auth.authenticate("dr.martin@a.mssante.test", PASSWORD, "127.0.0.1", "imap")).ok
+    [other_app] = await accounts.list_app_passwords(runtime, "other@a.mssante.test")
+    assert other_app.last_used_at is None
+    [login] = await runtime.audit.events(actor="dr.martin@a.mssante.test", action="login")
+    assert login.request == "imap login (password)"
+
+    assert (await runtime.auth.authenticate("other@a.mssante.test", secret, "127.0.0.1", "smtp")).ok
+    [other_app] = await accounts.list_app_passwords(runtime, "other@a.mssante.test")
+    assert other_app.last_used_at is not None
+    [login] = await runtime.audit.events(actor="other@a.mssante.test", action="login")
+    assert login.request == 'smtp login (application password "phone")'
+
+
+async def test_parallel_guesses_across_nodes_stay_within_the_limit(runtime: Runtime) -> None:
+    """Issue 13 §7: the lock-out was check-then-act, so a burst of guesses was verified whole. Each
+    attempt now reserves its place in the database first; two nodes (two engines on one database)
+    guessing at once still get ``max_failures`` verifications between them."""
+    await accounts.add_mailbox(runtime, "target@a.mssante.test", "ORG", password=PASSWORD)
+    second_db = Database(runtime.settings.database.url)
+    second = Authenticator(second_db, runtime.settings.auth, Audit(second_db), runtime.passwords)
+    verified: list[str] = []
+    real = runtime.passwords.verify
+
+    def counting(hashed: str | None, password: str) -> bool:
+        verified.append(password)
+        return real(hashed, password)
+
+    runtime.passwords.verify = counting  # type: ignore[method-assign]
+    try:
+        outcomes = await asyncio.gather(
+            *(
+                node.authenticate("target@a.mssante.test", f"guess {i}", f"10.0.1.{i}", "imap")
+                for i in range(20)
+                for node in (runtime.auth, second)
+            )
+        )
+    finally:
+        await second_db.close()
+    limit = runtime.settings.auth.max_failures
+    assert len(verified) == limit
+    assert sorted(o.reason for o in outcomes) == ["invalid"] * limit + ["locked"] * (40 - limit)
+    assert (
+        await runtime.auth.authenticate("target@a.mssante.test", PASSWORD, "127.0.0.9", "imap")
+    ).reason == "locked"
+    assert len(verified) == limit
+
+
+async def test_a_burst_of_right_passwords_from_one_address_all_get_in(runtime: Runtime) -> None:
+    """Places in the lock-out counters are taken before verifying, so logins waiting for a verification
+    would fill them: a hospital (one NAT address) whose clients all log in at once, several of them as
+    the same clinician, would be refused as locked. At most ``auth.concurrent_verifications`` attempts
+    hold a place at a time per process; the others wait their turn."""
+    await accounts.add_mailbox(runtime, "dr.martin@a.mssante.test", "ORG", password=PASSWORD)
+    others = [f"dr.{i}@a.mssante.test" for i in range(25)]
+    for address in others:
+        await accounts.add_mailbox(runtime, address, "ORG", password=PASSWORD)
+    logins = ["dr.martin@a.mssante.test"] * 8 + others  # more than max_failures, and max_failures_per_ip
+    assert len(logins) > runtime.settings.auth.max_failures_per_ip
+    outcomes = await asyncio.gather(
+        *(runtime.auth.authenticate(address, PASSWORD, "192.0.2.50", "imap") for address in logins)
+    )
+    assert [o.reason for o in outcomes] == [""] * len(logins)

@@ -61,6 +61,9 @@ def test_defaults_and_conversions(tmp_path: Path) -> None:
         ("[limits]\nfolder_name_length = 1001\n", "[limits] folder_name_length: must be between 1 and 1000"),
         ("[limits]\nfolder_depth = 0\n", "[limits] folder_depth: must be at least 1"),
         ("[limits]\nfolders_per_mailbox = 5\n", "[limits] folders_per_mailbox: must be at least 6"),
+        ("[auth]\nmax_failures = 0\n", "[auth] max_failures: must be at least 1"),
+        ("[limits]\nconnections_per_user_ip = 0\n", "[limits] connections_per_user_ip: must be at least 1"),
+        ('[limits]\nportal_idle_timeout = "0s"\n', "[limits] portal_idle_timeout: must be more than 0"),
         ("[server\n", "not valid TOML"),
     ],
 )
@@ -71,6 +74,16 @@ def test_bad_values_are_one_line_errors(tmp_path: Path, text: str, message: str)
     assert str(exc.value).startswith(str(p))
     assert message in str(exc.value)
     assert "\n" not in str(exc.value)
+
+
+def test_connection_limits_default_for_a_hospital_behind_one_address(tmp_path: Path) -> None:
+    """Issue 13 §8: the old default of 20 connections per address locked a hospital (one NAT address)
+    out; a file that still says ``connections_per_ip = 20`` loads, as the per-address ceiling it is."""
+    defaults = load(write(tmp_path, "")).limits
+    assert (defaults.connections_per_ip, defaults.connections_per_user_ip) == (1000, 10)
+    assert (defaults.connections_per_user, defaults.max_connections) == (50, 2000)
+    old = load(write(tmp_path, "[limits]\nconnections_per_ip = 20\nconnections_per_user = 20\n")).limits
+    assert (old.connections_per_ip, old.connections_per_user_ip, old.connections_per_user) == (20, 10, 20)
 
 
 @pytest.mark.parametrize("content", [None, '[limits]\nmessage_size = "big"\n'])

@@ -131,3 +131,31 @@ async def test_connection_limits(sqlite_runtime, pki) -> None:  # type: ignore[n
         assert c.greeting.startswith("* BYE")
         for x in (a, b, c):
             await x.close()
+
+
+async def test_eleventh_login_of_one_user_from_one_address_is_refused(imap: IMAPEnv) -> None:
+    """Issue 13 §8: the limit that matters is per user *and* address (Dovecot's
+    mail_max_userip_connections, 10): a hospital's clinicians all come from one NAT address."""
+    from tests.imap.conftest import SECRETARIAT
+
+    limit = 10  # connections_per_user_ip's default
+    mine = [await imap.connect() for _ in range(limit)]
+    extra = await imap.connect(None)
+    lines = await extra.command(f'LOGIN "{MARTIN}" "{PASSWORD}"')
+    assert lines[-1].split()[1:3] == ["NO", "[LIMIT]"]
+    assert "too many connections for this account from your address" in lines[-1]
+    colleagues = [await imap.connect(SECRETARIAT) for _ in range(3)]
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", imap.tls_port, ssl=imap.ctx, local_addr=("127.0.0.2", 0)
+    )
+    elsewhere = Client(reader, writer)
+    elsewhere.greeting = await elsewhere.line()
+    await elsewhere.login(MARTIN, PASSWORD)  # the same user from another address
+    leaving = mine.pop()
+    await leaving.ok("LOGOUT")
+    assert await leaving.reader.read() == b""  # closed by the server, which released the place first
+    await extra.login(MARTIN, PASSWORD)  # the place freed is taken
+    [event] = await imap.rt.audit.events(action="imap-refused")
+    assert (event.actor, event.remote, event.request) == (MARTIN, "127.0.0.1", "login")
+    for c in [*mine, extra, *colleagues, elsewhere]:
+        await c.close()

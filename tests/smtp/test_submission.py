@@ -125,3 +125,29 @@ async def test_plain_port_refuses_tls_less_auth_with_smtplib(sqlite_env: SMTPEnv
             assert code == 530
 
     await asyncio.to_thread(attempt)
+
+
+async def test_eleventh_auth_of_one_user_from_one_address_is_refused(sqlite_env: SMTPEnv) -> None:
+    """Issue 13 §8: ``connections_per_user_ip`` (10) at AUTH on both submission ports together; a
+    colleague behind the same address still gets in, and a place freed is taken."""
+    limit = 10  # connections_per_user_ip's default
+    leaving = await Raw.connect(sqlite_env.ports["submissions"], sqlite_env.user())
+    await leaving.cmd("EHLO client.a.mssante.test")
+    plain = base64.b64encode(f"\0{MARTIN}\0{PASSWORD}".encode()).decode()
+    assert (await leaving.cmd(f"AUTH PLAIN {plain}")).startswith("235")
+    mine = [await client(sqlite_env, ("submission", "submissions")[i % 2]) for i in range(limit)]
+    for c in mine[: limit - 1]:
+        await c.auth_plain(MARTIN, PASSWORD)
+    with pytest.raises(aiosmtplib.SMTPAuthenticationError) as refused:
+        await mine[-1].auth_plain(MARTIN, PASSWORD)
+    assert refused.value.code == 454
+    assert refused.value.message == "4.7.0 too many connections for this account from your address"
+    colleague = await client(sqlite_env, "submission")
+    await colleague.auth_plain(SECRETARIAT, PASSWORD)
+    assert (await leaving.cmd("QUIT")).startswith("221")
+    assert await leaving.reader.read() == b""  # closed by the server, which released the place first
+    await mine[-1].auth_plain(MARTIN, PASSWORD)
+    [event] = await sqlite_env.rt.audit.events(action="submission-refused")
+    assert (event.actor, event.remote, event.request) == (MARTIN, "127.0.0.1", "login")
+    for c in [*mine, colleague]:
+        await c.quit()

@@ -91,8 +91,9 @@ async def _login(s: Session, username: str, password: str) -> Done:
             raise Fail("NO", "account disabled", "CONTACTADMIN")
         raise Fail("NO", "authentication failed", "AUTHENTICATIONFAILED")
     assert outcome.mailbox_id is not None and outcome.address is not None
-    if not s.server.admit_user(s, outcome.mailbox_id):
-        raise Fail("NO", "too many connections for this account", "LIMIT")
+    refused = s.server.admit_user(s, outcome.address)
+    if refused is not None:
+        raise Fail("NO", refused.text, "LIMIT")  # RFC 5530 §3
     s.authenticated(outcome.mailbox_id, outcome.address)
     return Done("authenticated", enc.Code.capability(s.capabilities()))
 
