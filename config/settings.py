@@ -198,7 +198,10 @@ class AuthSettings:
     max_failures: int = 5
     failure_window: Duration = 900
     lockout: Duration = 900
-    max_failures_per_ip: int = 20
+    # Failures from one address, whatever the accounts: a hospital's clinicians all come from one NAT
+    # address, so this bounds password spraying without locking a site out for a morning of typos;
+    # each account keeps its own max_failures.
+    max_failures_per_ip: int = 100
     # Logins verified at once per process; the others queue before taking a place in the lock-out
     # counters (mailserver/auth.py). Each argon2 verification takes one core and argon2_memory_kib.
     concurrent_verifications: int = 4
