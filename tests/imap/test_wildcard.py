@@ -49,7 +49,8 @@ def test_any_characters_match_themselves(literal: str, pattern: str) -> None:
 
 def test_adversarial_patterns_cost_linear_time() -> None:
     """The pattern of issue 13 took 10.6 s as a regex (``.*a.*a…ab``): backtracking is exponential in
-    the stars. Here each is one pass over the name; a thousand of them take well under a second."""
+    the stars. Here each is one pass over the name; a thousand of them take well under a second of
+    this process's CPU (CPU time, so other load on the machine does not count)."""
     cases = [
         ("*a*a*a*a*a*a*a*a*a*a*a*a*ab", "a" * 32, False),
         ("*a" * 100 + "*b*", "a" * 255, False),
@@ -58,10 +59,10 @@ def test_adversarial_patterns_cost_linear_time() -> None:
     ]
     for pattern, name, expected in cases:
         compiled = Pattern(pattern, "/")
-        start = time.perf_counter()
+        start = time.process_time()
         for _ in range(1000):
             assert compiled.match(name) is expected
-        assert time.perf_counter() - start < 2.0, pattern
+        assert time.process_time() - start < 2.0, pattern
 
 
 def test_canonical_joins_reference_and_pattern() -> None:

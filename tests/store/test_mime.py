@@ -630,9 +630,9 @@ def test_quoted_printable_decoding_is_linear() -> None:
         + b"x\r\n"
         + b"\t " * 500_000
     )
-    started = time.perf_counter()
+    started = time.process_time()
     assert binary_section(raw, analyze(raw), [1]) == b" " * 2_000_000 + b"x\r\n"
-    assert time.perf_counter() - started < 1.0
+    assert time.process_time() - started < 1.0  # CPU time: a backtracking decoder takes minutes
 
 
 def test_large_message_is_fast() -> None:
@@ -645,9 +645,9 @@ def test_large_message_is_fast() -> None:
     raw = b'From: a@b.fr\r\nContent-Type: multipart/mixed; boundary="big"\r\n\r\n' + b"".join(parts)
     raw += b"--big--\r\n"
     assert len(raw) > 24 * 1024 * 1024
-    started = time.perf_counter()
+    started = time.process_time()
     meta = analyze(raw)
-    elapsed = time.perf_counter() - started
+    elapsed = time.process_time() - started  # CPU time: other load on the machine does not count
     assert elapsed < 1.0, elapsed
     assert [p["size"] for p in meta["bodystructure"]["parts"][1:]] == [len(attachment) - 2] * 3
     assert len(json.dumps(meta)) < 10_000
