@@ -2,9 +2,10 @@
 
 - ``enqueue_hook`` is the ``Delivery`` hook: queue rows are written in the very transaction that makes
   the message durable, so an SMTP 250 means the remote copies are queued too.
-- Claiming is safe across nodes: on PostgreSQL ``SELECT … FOR UPDATE SKIP LOCKED``, on SQLite the
-  write transaction is ``BEGIN IMMEDIATE`` (one writer at a time). A claimed batch (one message, one
-  domain) gets a lease (``next_attempt`` pushed forward) so a crashed worker's batch is retried later.
+- Claiming is safe across nodes: on PostgreSQL the message's row is taken with ``SELECT … FOR UPDATE
+  SKIP LOCKED`` before its recipients are read, on SQLite the write transaction is ``BEGIN IMMEDIATE``
+  (one writer at a time). A claimed batch (one message, one domain: every due recipient there) gets a
+  lease (``next_attempt`` pushed forward) so a crashed worker's batch is retried later.
 - Temporary failures are retried on ``delivery.retry_schedule`` (last step repeated) with ±10 % jitter
   until ``delivery.expire``; then, like a permanent failure, the recipient fails.
 - When no recipient of a message is left queued, one transaction removes the entry, drops its blob
@@ -36,6 +37,7 @@ from mailserver.store.store import drop_blob_ref
 log = logging.getLogger("caducee.queue")
 
 LEASE = dt.timedelta(minutes=10)
+CLAIM_CANDIDATES = 16  # due rows looked at per claim: past those locked by other workers
 FINAL = ("sent", "relayed", "failed")
 
 
@@ -136,47 +138,60 @@ class Queue:
         return q.with_for_update(skip_locked=True) if self.rt.db.kind == "postgresql" else q
 
     async def claim(self) -> Batch | None:
-        """Take the most overdue (message, domain) batch and lease it to this worker."""
+        """Take the most overdue (message, domain) batch, all its due recipients at once, and lease it.
+
+        The message's ``queue_message`` row is locked first (``SKIP LOCKED`` on PostgreSQL: a worker
+        claiming it makes the others pass to the next message), and only under that lock are its
+        recipients read and leased, so two workers can never split one message's recipients at one
+        domain between two SMTP transactions. On SQLite the write transaction is the lock.
+        """
         now = utcnow()
+        due = (QueueRecipient.status == "queued", QueueRecipient.next_attempt <= now)
         async with self.rt.db.write() as session:
-            due = (QueueRecipient.status == "queued", QueueRecipient.next_attempt <= now)
-            first = (
+            candidates = (
                 await session.execute(
-                    self._lockable(
-                        select(QueueRecipient).where(*due).order_by(QueueRecipient.next_attempt).limit(1)
-                    )
+                    select(QueueRecipient.message_id)
+                    .where(*due)
+                    .order_by(QueueRecipient.next_attempt)
+                    .limit(CLAIM_CANDIDATES)
                 )
-            ).scalar_one_or_none()
-            if first is None:
-                return None
-            rows = list(
-                (
+            ).scalars()
+            for message_id in dict.fromkeys(candidates):
+                msg = (
                     await session.execute(
-                        self._lockable(
-                            select(QueueRecipient)
-                            .where(*due, QueueRecipient.message_id == first.message_id)
-                            .where(QueueRecipient.domain == first.domain)
-                            .order_by(QueueRecipient.id)
-                        )
+                        self._lockable(select(QueueMessage).where(QueueMessage.id == message_id))
                     )
-                ).scalars()
-            )
-            for r in rows:
-                r.next_attempt, r.updated_at = now + LEASE, now
-            msg = await session.get(QueueMessage, first.message_id)
-            assert msg is not None
-            return Batch(
-                msg.id,
-                msg.blob_id,
-                msg.sender,
-                msg.envid,
-                msg.ret,
-                msg.smtputf8,
-                msg.created_at,
-                msg.expires_at,
-                first.domain,
-                tuple(QueuedRecipient(r.id, r.address, r.notify, r.orcpt) for r in rows),
-            )
+                ).scalar_one_or_none()
+                if msg is None:
+                    continue  # claimed by another worker (locked) or finished meanwhile
+                rows = list(
+                    (
+                        await session.execute(
+                            select(QueueRecipient)
+                            .where(*due, QueueRecipient.message_id == message_id)
+                            .order_by(QueueRecipient.next_attempt, QueueRecipient.id)
+                        )
+                    ).scalars()
+                )
+                if not rows:
+                    continue  # leased by the worker that held the lock just before us
+                domain = rows[0].domain
+                rows = sorted((r for r in rows if r.domain == domain), key=lambda r: r.id)
+                for r in rows:
+                    r.next_attempt, r.updated_at = now + LEASE, now
+                return Batch(
+                    msg.id,
+                    msg.blob_id,
+                    msg.sender,
+                    msg.envid,
+                    msg.ret,
+                    msg.smtputf8,
+                    msg.created_at,
+                    msg.expires_at,
+                    domain,
+                    tuple(QueuedRecipient(r.id, r.address, r.notify, r.orcpt) for r in rows),
+                )
+        return None
 
     def delay(self, attempts: int) -> dt.timedelta:
         """The wait after the ``attempts``-th failure: the schedule (last step repeating), ±10 % jitter."""

@@ -1,0 +1,160 @@
+"""Two ``caducee serve`` nodes of operator A on one PostgreSQL database and one storage path, draining
+one outbound queue towards a slow peer (``tests/smtp/sink.py``) that records every SMTP transaction.
+
+What must hold whatever the timing (issue 20): every message reaches the peer exactly once, in one
+transaction carrying all its recipients there; an operator's ``queue retry`` never re-sends what a
+worker is delivering; a node killed mid-delivery gives its rows back after the (short) lease while a
+live node's lease is renewed for as long as its delivery runs; the reply to the final "." is awaited
+for the RFC 5321 §4.5.3.2 time, not the connect timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import pytest
+
+from mailserver.queue.queue import Queue
+from tests.smtp.conftest import PASSWORD, tls_client, wait_for
+from tests.smtp.operators import CADUCEE, Operator, free_port, prepare
+from tests.smtp.sink import SlowSink, Transaction
+
+DOMAIN = "a.mssante.test"
+MARTIN = f"dr.martin@{DOMAIN}"
+PEERS = tuple(f"dr.{name}@b.mssante.test" for name in ("durand", "petit", "leroy"))
+
+
+@dataclass
+class Cluster:
+    nodes: list[Operator]
+    sink: SlowSink
+    pki: Any
+    db_url: str
+    store: Path
+
+    @property
+    def rt(self) -> Any:
+        return self.nodes[0].rt
+
+    def configure(self, extra: str = "") -> None:
+        """Both nodes: same database, same store, the sink as route to b.mssante.test."""
+        for n, node in enumerate(self.nodes, 1):
+            node.config.write_text(node_config(self, node, n, extra), encoding="utf-8")
+
+    async def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        await asyncio.gather(*(node.ready() for node in self.nodes))
+
+    async def submit(self, subjects: list[str], node: int = 0) -> None:
+        """One submission session on ``node`` (one login) sending each subject to ``PEERS``."""
+        client = aiosmtplib.SMTP(
+            hostname="127.0.0.1",
+            port=self.nodes[node].submission,
+            start_tls=False,
+            tls_context=tls_client(self.pki),
+        )
+        await client.connect()
+        await client.starttls()
+        await client.ehlo()
+        await client.auth_plain(MARTIN, PASSWORD)
+        for subject in subjects:
+            body = f"Subject: {subject}\r\nFrom: <{MARTIN}>\r\n\r\nBonjour.\r\n".encode()
+            await client.sendmail(MARTIN, list(PEERS), body)
+        await client.quit()
+
+    async def queue_empty(self) -> bool:
+        return not await Queue(self.rt).entries()
+
+    def caducee(self, *args: str, node: int = 0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CADUCEE, "--config", str(self.nodes[node].config), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+
+def node_config(cluster: Cluster, node: Operator, n: int, extra: str) -> str:
+    ident = cluster.pki.tls[DOMAIN]
+    imaps = f'"127.0.0.1:{node.imaps}"' if node.imaps else ""
+    return f"""[server]
+hostname = "mx{n}.{DOMAIN}"
+log_level = "info"
+shutdown_grace = "5s"
+[database]
+url = "{cluster.db_url}"
+[storage]
+path = "{cluster.store}"
+[tls]
+cert = "{ident.chain_path}"
+key = "{ident.key_path}"
+peer_ca = "{cluster.pki.peer_ca}"
+[smtp]
+listen = ["127.0.0.1:{node.smtp}"]
+[submission]
+listen = ["127.0.0.1:{node.submission}"]
+tls_listen = []
+[imap]
+listen = []
+tls_listen = [{imaps}]
+[portal]
+listen = []
+[delivery]
+routes = {{ "b.mssante.test" = "127.0.0.1:{cluster.sink.port}" }}
+retry_schedule = ["1s"]
+workers = 4
+connect_timeout = "5s"
+[auth]
+argon2_time_cost = 1
+argon2_memory_kib = 8192
+{extra}"""
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, pg_url: str, pki: Any) -> AsyncIterator[Cluster]:
+    nodes = []
+    for n in (1, 2):
+        d = tmp_path / f"node{n}"
+        d.mkdir()
+        nodes.append(Operator(DOMAIN, d, d / "caducee.toml", free_port(), free_port(), imaps=free_port()))
+    sink = SlowSink(pki)
+    sink.start()
+    c = Cluster(nodes, sink, pki, pg_url, tmp_path / "store")
+    c.configure()
+    await prepare(nodes[0], pki, ["dr.martin"])
+    try:
+        yield c
+    finally:
+        for node in nodes:
+            if node.proc is not None and node.proc.poll() is None:
+                node.proc.kill()
+                node.proc.wait(30)
+        sink.stop()
+        if nodes[0].rt is not None:
+            await nodes[0].rt.close()
+
+
+def once_each(done: list[Transaction], subjects: list[str]) -> None:
+    """Each subject in exactly one transaction, carrying every recipient at the peer."""
+    seen = sorted(t.subject for t in done)
+    assert seen == sorted(subjects), seen
+    for t in done:
+        assert sorted(t.recipients) == sorted(PEERS), t
+
+
+@pytest.mark.slow
+async def test_a_message_is_claimed_whole(cluster: Cluster) -> None:
+    """Eight workers on two nodes race for 30 messages of three recipients: 30 transactions."""
+    cluster.sink.final_delay = lambda _t: 0.05
+    await cluster.start()
+    subjects = [f"claim {i}" for i in range(30)]
+    await asyncio.gather(cluster.submit(subjects[::2], node=0), cluster.submit(subjects[1::2], node=1))
+    await wait_for(cluster.queue_empty, 60)
+    once_each(cluster.sink.snapshot()[1], subjects)
