@@ -5,7 +5,8 @@
 - Claiming is safe across nodes: on PostgreSQL the message's row is taken with ``SELECT … FOR UPDATE
   SKIP LOCKED`` before its recipients are read, on SQLite the write transaction is ``BEGIN IMMEDIATE``
   (one writer at a time). A claimed batch (one message, one domain: every due recipient there) gets a
-  lease (``next_attempt`` pushed forward) so a crashed worker's batch is retried later.
+  lease (``leased_until``, with the worker's ``lease_token``) so a crashed worker's batch is retried
+  later; ``next_attempt`` stays the retry schedule, and ``queue retry`` never touches a leased row.
 - Temporary failures are retried on ``delivery.retry_schedule`` (last step repeated) with ±10 % jitter
   until ``delivery.expire``; then, like a permanent failure, the recipient fails.
 - When no recipient of a message is left queued, one transaction removes the entry, drops its blob
@@ -19,11 +20,12 @@ import contextlib
 import datetime as dt
 import logging
 import random
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from mailserver.db.models import utcnow
@@ -63,6 +65,7 @@ class Batch:
     expires_at: dt.datetime
     domain: str
     recipients: tuple[QueuedRecipient, ...]
+    token: str = ""  # the lease this worker holds on the recipients' rows
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,11 @@ class Outcome:
 
 
 Sender = Callable[[Batch, bytes], Awaitable[dict[int, Outcome]]]
+
+
+def _unleased(now: dt.datetime) -> Any:
+    """No worker holds the row: never leased, released, or its lease ran out (a crashed worker)."""
+    return or_(QueueRecipient.leased_until.is_(None), QueueRecipient.leased_until <= now)
 
 
 class _Gone(Exception):
@@ -146,7 +154,8 @@ class Queue:
         domain between two SMTP transactions. On SQLite the write transaction is the lock.
         """
         now = utcnow()
-        due = (QueueRecipient.status == "queued", QueueRecipient.next_attempt <= now)
+        due = (QueueRecipient.status == "queued", QueueRecipient.next_attempt <= now, _unleased(now))
+        token = uuid.uuid4().hex
         async with self.rt.db.write() as session:
             candidates = (
                 await session.execute(
@@ -178,7 +187,7 @@ class Queue:
                 domain = rows[0].domain
                 rows = sorted((r for r in rows if r.domain == domain), key=lambda r: r.id)
                 for r in rows:
-                    r.next_attempt, r.updated_at = now + LEASE, now
+                    r.leased_until, r.lease_token, r.updated_at = now + LEASE, token, now
                 return Batch(
                     msg.id,
                     msg.blob_id,
@@ -190,6 +199,7 @@ class Queue:
                     msg.expires_at,
                     domain,
                     tuple(QueuedRecipient(r.id, r.address, r.notify, r.orcpt) for r in rows),
+                    token,
                 )
         return None
 
@@ -200,12 +210,18 @@ class Queue:
         return dt.timedelta(seconds=base * random.uniform(0.9, 1.1))
 
     async def record(self, batch: Batch, outcomes: dict[int, Outcome]) -> None:
-        """Store each recipient's outcome, then finish the message if nothing is left to try."""
+        """Store each recipient's outcome and release the lease, then finish the message if nothing is
+        left to try. A row claimed meanwhile by another worker (this lease ran out) keeps that worker's
+        lease; it still takes a final outcome (the peer did answer), never a retry time."""
         now = utcnow()
         async with self.rt.db.write() as session:
             for rid, outcome in outcomes.items():
                 r = await session.get(QueueRecipient, rid, with_for_update=True)
                 if r is None or r.status != "queued":
+                    continue
+                if r.lease_token == batch.token:
+                    r.leased_until = r.lease_token = None
+                elif outcome.kind == "temporary":
                     continue
                 r.attempts += 1
                 r.last_reply, r.updated_at = outcome.reply[:2000], now
@@ -298,17 +314,26 @@ class Queue:
     # ------------------------------------------------------------------ workers
 
     async def seconds_to_next(self) -> float | None:
+        """Until the next row is due: the earliest retry time of the free rows, or a lease running out."""
+        now = utcnow()
+        queued = QueueRecipient.status == "queued"
         async with self.rt.db.read() as session:
-            when = (
+            free = (
                 await session.execute(
-                    select(func.min(QueueRecipient.next_attempt)).where(QueueRecipient.status == "queued")
+                    select(func.min(QueueRecipient.next_attempt)).where(queued, _unleased(now))
                 )
             ).scalar_one_or_none()
-        if when is None:
+            leased = (
+                await session.execute(
+                    select(func.min(QueueRecipient.leased_until)).where(
+                        queued, QueueRecipient.leased_until > now
+                    )
+                )
+            ).scalar_one_or_none()
+        times = [t if t.tzinfo else t.replace(tzinfo=dt.UTC) for t in (free, leased) if t is not None]
+        if not times:
             return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        return max(0.0, (when - utcnow()).total_seconds())
+        return max(0.0, (min(times) - now).total_seconds())
 
     async def process_one(self, send: Sender) -> bool:
         """Claim and attempt one batch; False when nothing is due."""
@@ -371,8 +396,15 @@ class Queue:
         ]
 
     async def retry(self, message_id: int | None = None) -> int:
-        """Make queued recipients due now (all, or one entry's); returns how many."""
-        q = update(QueueRecipient).where(QueueRecipient.status == "queued").values(next_attempt=utcnow())
+        """Make queued recipients due now (all, or one entry's); returns how many. A row a worker is
+        delivering right now (leased) is left alone: its outcome decides what comes next, and making it
+        due would hand it to a second worker, which sends the message twice."""
+        now = utcnow()
+        q = (
+            update(QueueRecipient)
+            .where(QueueRecipient.status == "queued", _unleased(now))
+            .values(next_attempt=now)
+        )
         if message_id is not None:
             q = q.where(QueueRecipient.message_id == message_id)
         async with self.rt.db.write() as session:

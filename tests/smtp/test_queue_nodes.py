@@ -158,3 +158,24 @@ async def test_a_message_is_claimed_whole(cluster: Cluster) -> None:
     await asyncio.gather(cluster.submit(subjects[::2], node=0), cluster.submit(subjects[1::2], node=1))
     await wait_for(cluster.queue_empty, 60)
     once_each(cluster.sink.snapshot()[1], subjects)
+
+
+@pytest.mark.slow
+async def test_retry_leaves_leased_rows_alone(cluster: Cluster) -> None:
+    """``caducee queue retry`` while three messages are being delivered: none is sent twice."""
+    cluster.sink.final_delay = lambda _t: 4.0
+    await cluster.start()
+    subjects = [f"retry {i}" for i in range(3)]
+    await cluster.submit(subjects)
+
+    async def all_started() -> bool:
+        return len(cluster.sink.snapshot()[0]) >= 3
+
+    await wait_for(all_started, 30)
+    r = cluster.caducee("queue", "retry")
+    assert r.returncode == 0, r.stderr
+    await wait_for(cluster.queue_empty, 60)
+    await asyncio.sleep(1)  # a duplicate claimed by the retry would now be at the sink
+    started, done = cluster.sink.snapshot()
+    assert len(started) == 3, started
+    once_each(done, subjects)
