@@ -220,6 +220,15 @@ class DeliverySettings:
 
 
 @dataclass
+class QueueSettings:
+    """How a queue worker holds the rows it is delivering (on any node)."""
+
+    # A worker's claim on a batch, renewed every third of it while the delivery runs: a node that dies
+    # mid-delivery (kill -9, power loss) gives its rows to the other workers once this has passed.
+    lease: Duration = 60
+
+
+@dataclass
 class TrustSettings:
     list: FilePath = ""
     refresh: Duration = 3600
@@ -258,6 +267,7 @@ class Settings:
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
     trust: TrustSettings = field(default_factory=TrustSettings)
     smime: SMIMESettings = field(default_factory=SMIMESettings)
     quota: QuotaSettings = field(default_factory=QuotaSettings)
@@ -391,6 +401,8 @@ def _check(settings: Settings, name: str) -> None:
     for key in ("ldap_idle_timeout", "portal_idle_timeout"):
         if getattr(settings.limits, key) <= 0:
             raise ConfigError(f"{name}: [limits] {key}: must be more than 0 seconds")
+    if settings.queue.lease < 1:
+        raise ConfigError(f"{name}: [queue] lease: must be at least 1 second")
     if not all(0 < p < 100 for p in settings.quota.warn_percent):
         raise ConfigError(f"{name}: [quota] warn_percent: each value must be between 1 and 99")
 

@@ -5,8 +5,10 @@
 - Claiming is safe across nodes: on PostgreSQL the message's row is taken with ``SELECT … FOR UPDATE
   SKIP LOCKED`` before its recipients are read, on SQLite the write transaction is ``BEGIN IMMEDIATE``
   (one writer at a time). A claimed batch (one message, one domain: every due recipient there) gets a
-  lease (``leased_until``, with the worker's ``lease_token``) so a crashed worker's batch is retried
-  later; ``next_attempt`` stays the retry schedule, and ``queue retry`` never touches a leased row.
+  lease (``leased_until``, with the worker's ``lease_token``) of ``[queue] lease``, renewed every third
+  of it while the delivery runs (heartbeat), so a crashed node's batch goes to another worker soon,
+  and a slow peer's never does; ``next_attempt`` stays the retry schedule, and ``queue retry`` never
+  touches a leased row.
 - Temporary failures are retried on ``delivery.retry_schedule`` (last step repeated) with ±10 % jitter
   until ``delivery.expire``; then, like a permanent failure, the recipient fails.
 - When no recipient of a message is left queued, one transaction removes the entry, drops its blob
@@ -38,7 +40,6 @@ from mailserver.store.store import drop_blob_ref
 
 log = logging.getLogger("caducee.queue")
 
-LEASE = dt.timedelta(minutes=10)
 CLAIM_CANDIDATES = 16  # due rows looked at per claim: past those locked by other workers
 FINAL = ("sent", "relayed", "failed")
 
@@ -92,6 +93,7 @@ class Queue:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.settings = rt.settings.delivery
+        self.lease = dt.timedelta(seconds=rt.settings.queue.lease)
         self._wake = asyncio.Event()
 
     # ------------------------------------------------------------------ writing
@@ -187,7 +189,7 @@ class Queue:
                 domain = rows[0].domain
                 rows = sorted((r for r in rows if r.domain == domain), key=lambda r: r.id)
                 for r in rows:
-                    r.leased_until, r.lease_token, r.updated_at = now + LEASE, token, now
+                    r.leased_until, r.lease_token, r.updated_at = now + self.lease, token, now
                 return Batch(
                     msg.id,
                     msg.blob_id,
@@ -340,14 +342,43 @@ class Queue:
         batch = await self.claim()
         if batch is None:
             return False
+        heartbeat = asyncio.create_task(self._renew(batch))
         try:
             data = await self.rt.store.read_blob(batch.blob_id)
             outcomes = await send(batch, data)
         except Exception as exc:
             log.exception("delivery attempt for queue entry %s failed", batch.message_id)
             outcomes = {r.id: Outcome("temporary", f"451 4.3.0 local error: {exc}") for r in batch.recipients}
+        finally:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
         await self.record(batch, outcomes)
         return True
+
+    async def _renew(self, batch: Batch) -> None:
+        """The heartbeat: push the lease forward every third of it while this worker still holds it."""
+        ids = [r.id for r in batch.recipients]
+        while True:
+            await asyncio.sleep(self.lease.total_seconds() / 3)
+            now = utcnow()
+            try:
+                async with self.rt.db.write(brief=True) as session:
+                    renewed = (
+                        await session.execute(
+                            update(QueueRecipient)
+                            .where(
+                                QueueRecipient.id.in_(ids),
+                                QueueRecipient.status == "queued",
+                                QueueRecipient.lease_token == batch.token,
+                            )
+                            .values(leased_until=now + self.lease)
+                        )
+                    ).rowcount
+            except Exception as exc:  # the database is away: try again at the next beat
+                log.warning("lease of queue entry %s not renewed: %s", batch.message_id, exc)
+                continue
+            if not renewed:
+                log.warning("queue entry %s: lease lost, another worker may deliver it too", batch.message_id)
 
     async def worker(self, send: Sender) -> None:
         """Deliver due batches until cancelled; sleeps until the next due entry (at most 5 s) or a wake-up."""

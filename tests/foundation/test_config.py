@@ -42,6 +42,7 @@ def test_defaults_and_conversions(tmp_path: Path) -> None:
     assert s.tls.cert == str(tmp_path / "tls/chain.pem")
     assert s.delivery.routes == {"b.mssante.test": "127.0.0.1:2526"}
     assert s.smtp.listen == ["127.0.0.1:2525"]
+    assert s.queue.lease == 60
 
 
 @pytest.mark.parametrize(
@@ -64,6 +65,7 @@ def test_defaults_and_conversions(tmp_path: Path) -> None:
         ("[auth]\nmax_failures = 0\n", "[auth] max_failures: must be at least 1"),
         ("[limits]\nconnections_per_user_ip = 0\n", "[limits] connections_per_user_ip: must be at least 1"),
         ('[limits]\nportal_idle_timeout = "0s"\n', "[limits] portal_idle_timeout: must be more than 0"),
+        ('[queue]\nlease = "0.5s"\n', "[queue] lease: must be at least 1 second"),
         ("[server\n", "not valid TOML"),
     ],
 )

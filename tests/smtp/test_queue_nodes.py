@@ -179,3 +179,53 @@ async def test_retry_leaves_leased_rows_alone(cluster: Cluster) -> None:
     started, done = cluster.sink.snapshot()
     assert len(started) == 3, started
     once_each(done, subjects)
+
+
+@pytest.mark.slow
+async def test_killed_node_gives_its_rows_back_after_the_lease(cluster: Cluster) -> None:
+    """kill -9 of the node whose delivery the peer holds: the other node delivers after the 3 s lease
+    (the hard-coded lease was 10 minutes)."""
+    cluster.configure('[queue]\nlease = "3s"\n')
+    held: list[str] = []
+
+    def first_held(t: Transaction) -> float:
+        if not held:
+            held.append(t.helo)
+            return 300.0
+        return 0.0
+
+    cluster.sink.final_delay = first_held
+    await cluster.start()
+    await cluster.submit(["orphan"])
+
+    async def delivering() -> bool:
+        return bool(cluster.sink.snapshot()[0])
+
+    await wait_for(delivering, 30)
+    (victim,) = [n for i, n in enumerate(cluster.nodes, 1) if held == [f"mx{i}.{DOMAIN}"]]
+    assert victim.proc is not None
+    victim.proc.kill()
+    victim.proc.wait(30)
+    survivor = f"mx{2 if victim is cluster.nodes[0] else 1}.{DOMAIN}"
+
+    async def delivered() -> list[Transaction]:
+        return cluster.sink.snapshot()[1]
+
+    (txn,) = await wait_for(delivered, 60)
+    assert txn.helo == survivor and sorted(txn.recipients) == sorted(PEERS), txn
+    await wait_for(cluster.queue_empty, 30)
+
+
+@pytest.mark.slow
+async def test_a_live_delivery_keeps_its_lease(cluster: Cluster) -> None:
+    """A peer answering after 4.5 s, a 2 s lease: the heartbeat keeps each message with its worker."""
+    cluster.configure('[queue]\nlease = "2s"\n')
+    cluster.sink.final_delay = lambda _t: 4.5
+    await cluster.start()
+    subjects = ["slow 1", "slow 2"]
+    await cluster.submit(subjects)
+    await wait_for(cluster.queue_empty, 60)
+    await asyncio.sleep(1)
+    started, done = cluster.sink.snapshot()
+    assert len(started) == 2, started
+    once_each(done, subjects)
