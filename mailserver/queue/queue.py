@@ -342,7 +342,8 @@ class Queue:
         batch = await self.claim()
         if batch is None:
             return False
-        heartbeat = asyncio.create_task(self._renew(batch))
+        delivered = asyncio.Event()
+        heartbeat = asyncio.create_task(self._renew(batch, delivered))
         try:
             data = await self.rt.store.read_blob(batch.blob_id)
             outcomes = await send(batch, data)
@@ -350,16 +351,19 @@ class Queue:
             log.exception("delivery attempt for queue entry %s failed", batch.message_id)
             outcomes = {r.id: Outcome("temporary", f"451 4.3.0 local error: {exc}") for r in batch.recipients}
         finally:
-            heartbeat.cancel()
-            await asyncio.gather(heartbeat, return_exceptions=True)
+            delivered.set()  # not cancel(): a renewal half-way through its transaction ends cleanly
+            await heartbeat
         await self.record(batch, outcomes)
         return True
 
-    async def _renew(self, batch: Batch) -> None:
-        """The heartbeat: push the lease forward every third of it while this worker still holds it."""
+    async def _renew(self, batch: Batch, delivered: asyncio.Event) -> None:
+        """The heartbeat: push the lease forward every third of it until ``delivered`` is set."""
         ids = [r.id for r in batch.recipients]
         while True:
-            await asyncio.sleep(self.lease.total_seconds() / 3)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(delivered.wait(), self.lease.total_seconds() / 3)
+            if delivered.is_set():
+                return
             now = utcnow()
             try:
                 async with self.rt.db.write(brief=True) as session:

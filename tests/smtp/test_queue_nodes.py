@@ -132,7 +132,8 @@ async def cluster(tmp_path: Path, pg_url: str, pki: Any) -> AsyncIterator[Cluste
     try:
         yield c
     finally:
-        for node in nodes:
+        for n, node in enumerate(nodes, 1):
+            print(f"--- node {n} log:\n" + "".join(node.log))  # shown when the test fails
             if node.proc is not None and node.proc.poll() is None:
                 node.proc.kill()
                 node.proc.wait(30)
@@ -229,3 +230,17 @@ async def test_a_live_delivery_keeps_its_lease(cluster: Cluster) -> None:
     started, done = cluster.sink.snapshot()
     assert len(started) == 2, started
     once_each(done, subjects)
+
+
+@pytest.mark.slow
+async def test_the_final_reply_is_awaited_for_rfc5321_time(cluster: Cluster) -> None:
+    """A peer answering "." after 8 s, a 5 s connect timeout: one transaction, the message sent (the
+    reply was awaited for ``connect_timeout``: timed out, retried, a duplicate at the peer)."""
+    cluster.sink.final_delay = lambda _t: 8.0
+    await cluster.start()
+    await cluster.submit(["patience"])
+    await wait_for(cluster.queue_empty, 60)
+    await asyncio.sleep(1)
+    started, done = cluster.sink.snapshot()
+    assert len(started) == 1, started
+    once_each(done, ["patience"])
