@@ -5,7 +5,9 @@ What must hold whatever the timing (issue 20): every message reaches the peer ex
 transaction carrying all its recipients there; an operator's ``queue retry`` never re-sends what a
 worker is delivering; a node killed mid-delivery gives its rows back after the (short) lease while a
 live node's lease is renewed for as long as its delivery runs; the reply to the final "." is awaited
-for the RFC 5321 §4.5.3.2 time, not the connect timeout.
+for the RFC 5321 §4.5.3.2 time, not the connect timeout. And a node whose LISTEN connection to
+PostgreSQL was cut wakes its IDLE sessions once it listens again, so a change committed in the gap
+is not left for the next change to reveal.
 """
 
 from __future__ import annotations
@@ -18,9 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import aiosmtplib
+import asyncpg
+import imapclient
 import pytest
 
+from mailserver import accounts
 from mailserver.queue.queue import Queue
+from tests.conftest import PG_ADMIN, pg_admin
 from tests.smtp.conftest import PASSWORD, tls_client, wait_for
 from tests.smtp.operators import CADUCEE, Operator, free_port, prepare
 from tests.smtp.sink import SlowSink, Transaction
@@ -244,3 +250,56 @@ async def test_the_final_reply_is_awaited_for_rfc5321_time(cluster: Cluster) -> 
     started, done = cluster.sink.snapshot()
     assert len(started) == 1, started
     once_each(done, ["patience"])
+
+
+def _idle_until_exists(client: imapclient.IMAPClient, count: int, seconds: float) -> bool:
+    """Blocking: wait in IDLE (already started) until ``* count EXISTS`` or ``seconds`` passed."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for response in client.idle_check(timeout=1):
+            if response[:2] == (count, b"EXISTS"):
+                return True
+    return False
+
+
+@pytest.mark.slow
+async def test_listen_reconnect_wakes_idle_sessions(cluster: Cluster) -> None:
+    """The LISTEN backends are terminated and, until they are back, a message is committed: the IDLE
+    session on node 1 hears of it once its node listens again (before: only with the next change)."""
+    await cluster.start()
+    rt = cluster.rt
+    martin = await accounts.get_mailbox(rt, MARTIN)
+
+    async def deliver(subject: str) -> None:
+        data = f"Subject: {subject}\r\nFrom: <{MARTIN}>\r\n\r\nBonjour.\r\n".encode()
+        await rt.store.deliver(await rt.store.prepare(data), [martin.id])
+
+    await deliver("before")  # also leaves this process a pooled connection for the gap
+    node = cluster.nodes[0]
+    client = imapclient.IMAPClient("127.0.0.1", node.imaps, ssl=True, ssl_context=tls_client(cluster.pki))
+    client.login(MARTIN, PASSWORD)
+    client.select_folder("INBOX")
+    client.idle()
+    database = cluster.db_url.rsplit("/", 1)[1]
+    await pg_admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+    try:
+        conn = await asyncpg.connect(PG_ADMIN)
+        try:
+            terminated = await conn.fetch(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = $1 AND query ILIKE 'LISTEN%'",
+                database,
+            )
+        finally:
+            await conn.close()
+        assert len(terminated) == 2, terminated  # one per node
+        await deliver("during the gap")
+    finally:
+        await pg_admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+    try:
+        assert await asyncio.to_thread(_idle_until_exists, client, 2, 30)
+    finally:
+        client.idle_done()
+        client.logout()
