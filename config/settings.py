@@ -215,8 +215,24 @@ class DeliverySettings:
     retry_schedule: list[Duration] = field(default_factory=lambda: [60.0, 300.0, 900.0, 3600.0, 14400.0])
     expire: Duration = 5 * 86400
     workers: int = 4
-    connect_timeout: Duration = 30
+    connect_timeout: Duration = 30  # the TCP connection to a peer, and each DNS query
+    # RFC 5321 §4.5.3.2, each the wait for one reply of the peer (or for writing one block to it):
+    greeting_timeout: Duration = 300  # the 220 greeting; also EHLO, STARTTLS, RSET and QUIT
+    mail_timeout: Duration = 300
+    rcpt_timeout: Duration = 300
+    data_init_timeout: Duration = 120  # DATA's 354
+    data_block_timeout: Duration = 180  # each block of the message to be taken by the peer
+    data_final_timeout: Duration = 600  # the reply to the final ".": the peer may be storing the message
     dns_nameservers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class QueueSettings:
+    """How a queue worker holds the rows it is delivering (on any node)."""
+
+    # A worker's claim on a batch, renewed every third of it while the delivery runs: a node that dies
+    # mid-delivery (kill -9, power loss) gives its rows to the other workers once this has passed.
+    lease: Duration = 60
 
 
 @dataclass
@@ -258,6 +274,7 @@ class Settings:
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
     trust: TrustSettings = field(default_factory=TrustSettings)
     smime: SMIMESettings = field(default_factory=SMIMESettings)
     quota: QuotaSettings = field(default_factory=QuotaSettings)
@@ -355,6 +372,17 @@ _AT_LEAST_ONE = (
 )
 
 
+DELIVERY_TIMEOUTS = (
+    "connect_timeout",
+    "greeting_timeout",
+    "mail_timeout",
+    "rcpt_timeout",
+    "data_init_timeout",
+    "data_block_timeout",
+    "data_final_timeout",
+)
+
+
 def _check(settings: Settings, name: str) -> None:
     """Cross-field checks that a type alone cannot express."""
     for section in ("smtp", "submission", "imap", "portal", "ldap"):
@@ -391,6 +419,11 @@ def _check(settings: Settings, name: str) -> None:
     for key in ("ldap_idle_timeout", "portal_idle_timeout"):
         if getattr(settings.limits, key) <= 0:
             raise ConfigError(f"{name}: [limits] {key}: must be more than 0 seconds")
+    for key in DELIVERY_TIMEOUTS:
+        if getattr(settings.delivery, key) <= 0:
+            raise ConfigError(f"{name}: [delivery] {key}: must be more than 0 seconds")
+    if settings.queue.lease < 1:
+        raise ConfigError(f"{name}: [queue] lease: must be at least 1 second")
     if not all(0 < p < 100 for p in settings.quota.warn_percent):
         raise ConfigError(f"{name}: [quota] warn_percent: each value must be between 1 and 99")
 

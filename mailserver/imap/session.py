@@ -46,6 +46,7 @@ from mailserver.imap.protocol import (
 )
 from mailserver.imap.protocol import encoder as enc
 from mailserver.imap.protocol.commands import CommandBody
+from mailserver.store.notify import RESYNC
 from mailserver.store.store import MessageInfo, StoreError
 
 if TYPE_CHECKING:
@@ -198,7 +199,7 @@ class Session(asyncio.Protocol):
     def notified(self, _mailbox_id: int, folder_id: int | None) -> None:
         """Notifier callback (sync, after a commit): the selected folder may have changed."""
         sel = self.selected
-        if sel is not None and folder_id == sel.folder_id:
+        if sel is not None and folder_id in (sel.folder_id, RESYNC):
             self.dirty = True
             if self.idling:
                 self._wake()

@@ -43,7 +43,11 @@ class QueueMessage(Base):
 
 
 class QueueRecipient(Base):
-    """One remote recipient: ``status`` is ``queued``, ``sent`` or ``failed``; ``notify`` as in RFC 3461."""
+    """One remote recipient: ``status`` is ``queued``, ``sent`` or ``failed``; ``notify`` as in RFC 3461.
+
+    ``next_attempt`` is the retry schedule only; a worker delivering the row holds it through
+    ``leased_until`` and ``lease_token`` (that worker's claim), so ``queue retry`` can leave it alone.
+    """
 
     __tablename__ = "queue_recipient"
     __table_args__ = (Index("ix_queue_recipient_due", "status", "next_attempt"),)
@@ -58,3 +62,5 @@ class QueueRecipient(Base):
     next_attempt: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_reply: Mapped[str] = mapped_column(Text, default="")
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    leased_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    lease_token: Mapped[str | None] = mapped_column(String(32), nullable=True)

@@ -7,13 +7,19 @@
   ``tls.peer_ca``; its subject must then match the recipient domain's trust-list DN (the inbound rule),
   checked *before* MAIL so nothing is ever disclosed to a wrong peer. Any failure here is temporary:
   the message waits in the queue, it is never sent in clear nor to anyone else.
+- Timeouts (RFC 5321 §4.5.3.2), each a setting: the TCP connection ``connect_timeout``, then one per
+  reply: the greeting (and EHLO, STARTTLS) 5 min, MAIL 5, RCPT 5, DATA's 354 2, each block of the
+  message 3, the reply to the final "." 10 min. The last one matters most: a peer may take minutes to
+  store a message, and giving up before its 250 means sending the message again.
 - DSN (RFC 3461 §5.2): towards a DSN-capable peer NOTIFY/ORCPT/RET/ENVID are passed on and the peer
   reports; otherwise a delivery counts as ``relayed`` and we report it when SUCCESS was asked for.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 import ssl
 from dataclasses import dataclass
 
@@ -21,6 +27,7 @@ import aiosmtplib
 import dns.asyncresolver
 import dns.exception
 import dns.resolver
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from cryptography import x509
 
 from config.settings import DeliverySettings, parse_listen
@@ -106,6 +113,51 @@ def _kind(code: int) -> str:
     return "permanent" if code >= 500 else "temporary"
 
 
+DATA_BLOCK = 64 * 1024
+
+
+async def _connect(hop: Hop) -> socket.socket:
+    """The TCP connection alone (the caller bounds it by ``connect_timeout``; the greeting has a
+    timeout of its own)."""
+    family = socket.AF_INET6 if ":" in hop.address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, (hop.address, hop.port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def send_data(
+    client: aiosmtplib.SMTP, data: bytes, settings: DeliverySettings
+) -> aiosmtplib.SMTPResponse:
+    """DATA with its three timeouts (aiosmtplib's ``data()`` has one for the 354 and the final reply):
+    the 354 within ``data_init_timeout``, each block taken by the peer within ``data_block_timeout``,
+    the reply to "." within ``data_final_timeout``."""
+    start = await client.execute_command(b"DATA", timeout=settings.data_init_timeout)
+    if start.code != 354:
+        raise aiosmtplib.SMTPDataError(start.code, start.message)
+    protocol = client.protocol
+    if protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    payload = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n"
+    # As aiosmtplib's own execute_data_command: a reply is expected from now on, so one arriving while
+    # a block waits for the peer to take it is kept (the protocol drops data nobody expects).
+    protocol._response_pending = True
+    for offset in range(0, len(payload), DATA_BLOCK):
+        protocol.write(payload[offset : offset + DATA_BLOCK])
+        try:  # aiosmtplib's flow control (what StreamWriter.drain waits for)
+            await asyncio.wait_for(protocol._drain_helper(), settings.data_block_timeout)
+        except TimeoutError:
+            raise aiosmtplib.SMTPTimeoutError("timed out writing the message to the peer") from None
+    response = await protocol.read_response(timeout=settings.data_final_timeout)
+    if response.code != 250:
+        raise aiosmtplib.SMTPDataError(response.code, response.message)
+    return response
+
+
 class Outbound:
     """Sends queue batches; one TLS client context per process (loading the chain once)."""
 
@@ -136,11 +188,16 @@ class Outbound:
         return {r.id: Outcome("temporary", last) for r in batch.recipients}
 
     async def _attempt(self, batch: Batch, data: bytes, hop: Hop) -> dict[int, Outcome]:
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                sock = await _connect(hop)
+        except (OSError, TimeoutError) as exc:
+            why = str(exc) or "timed out"
+            raise _Temporary(f"451 4.4.2 connection to {hop.host}:{hop.port} failed: {why}") from None
         client = aiosmtplib.SMTP(
-            hostname=hop.address,
-            port=hop.port,
+            sock=sock,
             local_hostname=self.rt.settings.server.hostname,
-            timeout=self.settings.connect_timeout,
+            timeout=self.settings.greeting_timeout,
             use_tls=False,
             start_tls=False,
             tls_context=self.context,
@@ -193,7 +250,9 @@ class Outbound:
             options.append(f"ENVID={xtext_encode(batch.envid)}")
         outcomes: dict[int, Outcome] = {}
         try:
-            await client.mail(batch.sender, options=options, encoding=encoding)
+            await client.mail(
+                batch.sender, options=options, encoding=encoding, timeout=self.settings.mail_timeout
+            )
         except aiosmtplib.SMTPResponseException as exc:
             return {r.id: Outcome(_kind(exc.code), _reply(exc)) for r in batch.recipients}
         accepted = []
@@ -205,7 +264,9 @@ class Outbound:
                 kind, _, addr = r.orcpt.partition(";")
                 rcpt_options.append(f"ORCPT={kind};{xtext_encode(addr)}")
             try:
-                await client.rcpt(r.address, options=rcpt_options, encoding=encoding)
+                await client.rcpt(
+                    r.address, options=rcpt_options, encoding=encoding, timeout=self.settings.rcpt_timeout
+                )
                 accepted.append(r)
             except aiosmtplib.SMTPResponseException as exc:
                 outcomes[r.id] = Outcome(_kind(exc.code), _reply(exc))
@@ -213,7 +274,7 @@ class Outbound:
             await client.rset()
             return outcomes
         try:
-            response = await client.data(data)
+            response = await send_data(client, data, self.settings)
         except aiosmtplib.SMTPResponseException as exc:
             outcomes.update({r.id: Outcome(_kind(exc.code), _reply(exc)) for r in accepted})
             return outcomes

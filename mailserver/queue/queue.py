@@ -2,9 +2,13 @@
 
 - ``enqueue_hook`` is the ``Delivery`` hook: queue rows are written in the very transaction that makes
   the message durable, so an SMTP 250 means the remote copies are queued too.
-- Claiming is safe across nodes: on PostgreSQL ``SELECT … FOR UPDATE SKIP LOCKED``, on SQLite the
-  write transaction is ``BEGIN IMMEDIATE`` (one writer at a time). A claimed batch (one message, one
-  domain) gets a lease (``next_attempt`` pushed forward) so a crashed worker's batch is retried later.
+- Claiming is safe across nodes: on PostgreSQL the message's row is taken with ``SELECT … FOR UPDATE
+  SKIP LOCKED`` before its recipients are read, on SQLite the write transaction is ``BEGIN IMMEDIATE``
+  (one writer at a time). A claimed batch (one message, one domain: every due recipient there) gets a
+  lease (``leased_until``, with the worker's ``lease_token``) of ``[queue] lease``, renewed every third
+  of it while the delivery runs (heartbeat), so a crashed node's batch goes to another worker soon,
+  and a slow peer's never does; ``next_attempt`` stays the retry schedule, and ``queue retry`` never
+  touches a leased row.
 - Temporary failures are retried on ``delivery.retry_schedule`` (last step repeated) with ±10 % jitter
   until ``delivery.expire``; then, like a permanent failure, the recipient fails.
 - When no recipient of a message is left queued, one transaction removes the entry, drops its blob
@@ -18,11 +22,12 @@ import contextlib
 import datetime as dt
 import logging
 import random
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from mailserver.db.models import utcnow
@@ -35,7 +40,7 @@ from mailserver.store.store import drop_blob_ref
 
 log = logging.getLogger("caducee.queue")
 
-LEASE = dt.timedelta(minutes=10)
+CLAIM_CANDIDATES = 16  # due rows looked at per claim: past those locked by other workers
 FINAL = ("sent", "relayed", "failed")
 
 
@@ -61,6 +66,7 @@ class Batch:
     expires_at: dt.datetime
     domain: str
     recipients: tuple[QueuedRecipient, ...]
+    token: str = ""  # the lease this worker holds on the recipients' rows
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,11 @@ class Outcome:
 Sender = Callable[[Batch, bytes], Awaitable[dict[int, Outcome]]]
 
 
+def _unleased(now: dt.datetime) -> Any:
+    """No worker holds the row: never leased, released, or its lease ran out (a crashed worker)."""
+    return or_(QueueRecipient.leased_until.is_(None), QueueRecipient.leased_until <= now)
+
+
 class _Gone(Exception):
     """The entry was finished by someone else meanwhile."""
 
@@ -82,6 +93,7 @@ class Queue:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.settings = rt.settings.delivery
+        self.lease = dt.timedelta(seconds=rt.settings.queue.lease)
         self._wake = asyncio.Event()
 
     # ------------------------------------------------------------------ writing
@@ -136,47 +148,62 @@ class Queue:
         return q.with_for_update(skip_locked=True) if self.rt.db.kind == "postgresql" else q
 
     async def claim(self) -> Batch | None:
-        """Take the most overdue (message, domain) batch and lease it to this worker."""
+        """Take the most overdue (message, domain) batch, all its due recipients at once, and lease it.
+
+        The message's ``queue_message`` row is locked first (``SKIP LOCKED`` on PostgreSQL: a worker
+        claiming it makes the others pass to the next message), and only under that lock are its
+        recipients read and leased, so two workers can never split one message's recipients at one
+        domain between two SMTP transactions. On SQLite the write transaction is the lock.
+        """
         now = utcnow()
+        due = (QueueRecipient.status == "queued", QueueRecipient.next_attempt <= now, _unleased(now))
+        token = uuid.uuid4().hex
         async with self.rt.db.write() as session:
-            due = (QueueRecipient.status == "queued", QueueRecipient.next_attempt <= now)
-            first = (
+            candidates = (
                 await session.execute(
-                    self._lockable(
-                        select(QueueRecipient).where(*due).order_by(QueueRecipient.next_attempt).limit(1)
-                    )
+                    select(QueueRecipient.message_id)
+                    .where(*due)
+                    .order_by(QueueRecipient.next_attempt)
+                    .limit(CLAIM_CANDIDATES)
                 )
-            ).scalar_one_or_none()
-            if first is None:
-                return None
-            rows = list(
-                (
+            ).scalars()
+            for message_id in dict.fromkeys(candidates):
+                msg = (
                     await session.execute(
-                        self._lockable(
-                            select(QueueRecipient)
-                            .where(*due, QueueRecipient.message_id == first.message_id)
-                            .where(QueueRecipient.domain == first.domain)
-                            .order_by(QueueRecipient.id)
-                        )
+                        self._lockable(select(QueueMessage).where(QueueMessage.id == message_id))
                     )
-                ).scalars()
-            )
-            for r in rows:
-                r.next_attempt, r.updated_at = now + LEASE, now
-            msg = await session.get(QueueMessage, first.message_id)
-            assert msg is not None
-            return Batch(
-                msg.id,
-                msg.blob_id,
-                msg.sender,
-                msg.envid,
-                msg.ret,
-                msg.smtputf8,
-                msg.created_at,
-                msg.expires_at,
-                first.domain,
-                tuple(QueuedRecipient(r.id, r.address, r.notify, r.orcpt) for r in rows),
-            )
+                ).scalar_one_or_none()
+                if msg is None:
+                    continue  # claimed by another worker (locked) or finished meanwhile
+                rows = list(
+                    (
+                        await session.execute(
+                            select(QueueRecipient)
+                            .where(*due, QueueRecipient.message_id == message_id)
+                            .order_by(QueueRecipient.next_attempt, QueueRecipient.id)
+                        )
+                    ).scalars()
+                )
+                if not rows:
+                    continue  # leased by the worker that held the lock just before us
+                domain = rows[0].domain
+                rows = sorted((r for r in rows if r.domain == domain), key=lambda r: r.id)
+                for r in rows:
+                    r.leased_until, r.lease_token, r.updated_at = now + self.lease, token, now
+                return Batch(
+                    msg.id,
+                    msg.blob_id,
+                    msg.sender,
+                    msg.envid,
+                    msg.ret,
+                    msg.smtputf8,
+                    msg.created_at,
+                    msg.expires_at,
+                    domain,
+                    tuple(QueuedRecipient(r.id, r.address, r.notify, r.orcpt) for r in rows),
+                    token,
+                )
+        return None
 
     def delay(self, attempts: int) -> dt.timedelta:
         """The wait after the ``attempts``-th failure: the schedule (last step repeating), ±10 % jitter."""
@@ -185,12 +212,18 @@ class Queue:
         return dt.timedelta(seconds=base * random.uniform(0.9, 1.1))
 
     async def record(self, batch: Batch, outcomes: dict[int, Outcome]) -> None:
-        """Store each recipient's outcome, then finish the message if nothing is left to try."""
+        """Store each recipient's outcome and release the lease, then finish the message if nothing is
+        left to try. A row claimed meanwhile by another worker (this lease ran out) keeps that worker's
+        lease; it still takes a final outcome (the peer did answer), never a retry time."""
         now = utcnow()
         async with self.rt.db.write() as session:
             for rid, outcome in outcomes.items():
                 r = await session.get(QueueRecipient, rid, with_for_update=True)
                 if r is None or r.status != "queued":
+                    continue
+                if r.lease_token == batch.token:
+                    r.leased_until = r.lease_token = None
+                elif outcome.kind == "temporary":
                     continue
                 r.attempts += 1
                 r.last_reply, r.updated_at = outcome.reply[:2000], now
@@ -283,31 +316,73 @@ class Queue:
     # ------------------------------------------------------------------ workers
 
     async def seconds_to_next(self) -> float | None:
+        """Until the next row is due: the earliest retry time of the free rows, or a lease running out."""
+        now = utcnow()
+        queued = QueueRecipient.status == "queued"
         async with self.rt.db.read() as session:
-            when = (
+            free = (
                 await session.execute(
-                    select(func.min(QueueRecipient.next_attempt)).where(QueueRecipient.status == "queued")
+                    select(func.min(QueueRecipient.next_attempt)).where(queued, _unleased(now))
                 )
             ).scalar_one_or_none()
-        if when is None:
+            leased = (
+                await session.execute(
+                    select(func.min(QueueRecipient.leased_until)).where(
+                        queued, QueueRecipient.leased_until > now
+                    )
+                )
+            ).scalar_one_or_none()
+        times = [t if t.tzinfo else t.replace(tzinfo=dt.UTC) for t in (free, leased) if t is not None]
+        if not times:
             return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        return max(0.0, (when - utcnow()).total_seconds())
+        return max(0.0, (min(times) - now).total_seconds())
 
     async def process_one(self, send: Sender) -> bool:
         """Claim and attempt one batch; False when nothing is due."""
         batch = await self.claim()
         if batch is None:
             return False
+        delivered = asyncio.Event()
+        heartbeat = asyncio.create_task(self._renew(batch, delivered))
         try:
             data = await self.rt.store.read_blob(batch.blob_id)
             outcomes = await send(batch, data)
         except Exception as exc:
             log.exception("delivery attempt for queue entry %s failed", batch.message_id)
             outcomes = {r.id: Outcome("temporary", f"451 4.3.0 local error: {exc}") for r in batch.recipients}
+        finally:
+            delivered.set()  # not cancel(): a renewal half-way through its transaction ends cleanly
+            await heartbeat
         await self.record(batch, outcomes)
         return True
+
+    async def _renew(self, batch: Batch, delivered: asyncio.Event) -> None:
+        """The heartbeat: push the lease forward every third of it until ``delivered`` is set."""
+        ids = [r.id for r in batch.recipients]
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(delivered.wait(), self.lease.total_seconds() / 3)
+            if delivered.is_set():
+                return
+            now = utcnow()
+            try:
+                async with self.rt.db.write(brief=True) as session:
+                    renewed = (
+                        await session.execute(
+                            update(QueueRecipient)
+                            .where(
+                                QueueRecipient.id.in_(ids),
+                                QueueRecipient.status == "queued",
+                                QueueRecipient.lease_token == batch.token,
+                            )
+                            .values(leased_until=now + self.lease)
+                        )
+                    ).rowcount
+            except Exception as exc:  # the database is away: try again at the next beat
+                log.warning("lease of queue entry %s not renewed: %s", batch.message_id, exc)
+                continue
+            if not renewed:
+                log.warning("queue entry %s: lease lost, another worker may deliver it too", batch.message_id)
 
     async def worker(self, send: Sender) -> None:
         """Deliver due batches until cancelled; sleeps until the next due entry (at most 5 s) or a wake-up."""
@@ -356,8 +431,15 @@ class Queue:
         ]
 
     async def retry(self, message_id: int | None = None) -> int:
-        """Make queued recipients due now (all, or one entry's); returns how many."""
-        q = update(QueueRecipient).where(QueueRecipient.status == "queued").values(next_attempt=utcnow())
+        """Make queued recipients due now (all, or one entry's); returns how many. A row a worker is
+        delivering right now (leased) is left alone: its outcome decides what comes next, and making it
+        due would hand it to a second worker, which sends the message twice."""
+        now = utcnow()
+        q = (
+            update(QueueRecipient)
+            .where(QueueRecipient.status == "queued", _unleased(now))
+            .values(next_attempt=now)
+        )
         if message_id is not None:
             q = q.where(QueueRecipient.message_id == message_id)
         async with self.rt.db.write() as session:

@@ -3,7 +3,10 @@
 A notification only says "folder F of mailbox M changed"; listeners then ask the store what changed
 since the MODSEQ they know, so a lost or merged wake-up can never lose a change. On PostgreSQL the
 store also issues ``NOTIFY caducee_changes`` inside the committing transaction (delivered only if it
-commits), and every node, this one included, relays what it hears to its local listeners.
+commits), and every node, this one included, relays what it hears to its local listeners. What is
+committed while a node's LISTEN connection is down is never heard, so each time it listens again
+it tells every listener that anything may have changed (``RESYNC``): they re-read what changed since
+their MODSEQ, which loses nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 CHANNEL = "caducee_changes"
+RESYNC = -1  # the folder id meaning "any folder may have changed" (notifications may have been missed)
 
 Listener = Callable[[int, int | None], None]
 
@@ -49,6 +53,11 @@ class Notifier:
             except Exception:
                 log.exception("change listener failed")
 
+    def resync(self) -> None:
+        """Tell every listener of every mailbox that any of its folders may have changed."""
+        for mailbox_id in list(self._listeners):
+            self.publish(mailbox_id, RESYNC)
+
     async def listen_postgres(self, dsn: str) -> None:
         """Relay NOTIFY messages from every node to local listeners until cancelled."""
         import asyncpg
@@ -65,6 +74,7 @@ class Notifier:
                 conn.add_termination_listener(lambda _conn, ev=lost: ev.set())
                 await conn.add_listener(CHANNEL, on_notify)
                 self.listening.set()
+                self.resync()  # what was committed while no connection listened was never heard
                 await lost.wait()
                 self.listening.clear()
             except asyncio.CancelledError:
