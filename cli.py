@@ -376,6 +376,75 @@ async def mailbox_send_as(rt: Runtime, member: str, org_address: str) -> None:
     click.echo(f"{member.lower()} may send as {org_address.lower()}")
 
 
+@mailbox.command("auth")
+@click.argument("address")
+@click.option(
+    "--allow",
+    required=True,
+    help="Comma list of the login methods accepted: oauth,cert,app-password,password.",
+)
+@with_runtime
+async def mailbox_auth(rt: Runtime, address: str, allow: str) -> None:
+    """Choose how ADDRESS may log in (every protocol: IMAP, submission, portal, LDAP)."""
+    methods = [m.strip() for m in allow.split(",") if m.strip()]
+    view = await accounts.set_auth_methods(rt, address, methods)
+    click.echo(f"{view.address} accepts {', '.join(view.auth_methods or ['every method'])}")
+
+
+@mailbox.group("cert")
+def cert() -> None:
+    """Client certificates of applicative mailboxes (SASL EXTERNAL)."""
+
+
+@cert.command("add")
+@click.argument("address")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--match",
+    type=click.Choice(["issuer-serial", "subject"]),
+    default="issuer-serial",
+    show_default=True,
+    help="issuer-serial: this certificate only; subject: any certificate of the PKI with its subject DN.",
+)
+@with_runtime
+async def cert_add(rt: Runtime, address: str, file: Path, match: str) -> None:
+    row = await accounts.add_certificate(rt, address, await asyncio.to_thread(file.read_bytes), match)
+    click.echo(f"certificate {row.id} for {address.lower()}: {row.subject} (serial {row.serial}, {match})")
+
+
+@cert.command("list")
+@click.argument("address")
+@click.option("--json", "as_json", is_flag=True)
+@with_runtime
+async def cert_list(rt: Runtime, address: str, as_json: bool) -> None:
+    rows = [
+        {
+            "id": c.id,
+            "subject": c.subject,
+            "issuer": c.issuer,
+            "serial": c.serial,
+            "match": c.match,
+            "sha256": c.sha256,
+            "not_after": c.not_after.isoformat(),
+        }
+        for c in await accounts.list_certificates(rt, address)
+    ]
+    if as_json:
+        emit(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['id']:5}  {r['subject']}  serial {r['serial']}  {r['match']}  until {r['not_after']}")
+
+
+@cert.command("remove")
+@click.argument("address")
+@click.argument("cert_id", type=int)
+@with_runtime
+async def cert_remove(rt: Runtime, address: str, cert_id: int) -> None:
+    await accounts.remove_certificate(rt, address, cert_id)
+    click.echo(f"certificate {cert_id} removed")
+
+
 @mailbox.group("app-password")
 def app_password() -> None:
     """Per-device application passwords."""

@@ -132,12 +132,16 @@ class SMTPSettings:
 class SubmissionSettings:
     listen: list[str] = field(default_factory=lambda: ["127.0.0.1:2587"])
     tls_listen: list[str] = field(default_factory=lambda: ["127.0.0.1:2465"])
+    # "optional": the TLS handshake asks for a client certificate (chaining to tls.peer_ca) that
+    # SASL EXTERNAL can then use to log an applicative mailbox in (mailserver/certauth.py).
+    client_cert: Literal["none", "optional"] = "none"
 
 
 @dataclass
 class IMAPSettings:
     listen: list[str] = field(default_factory=lambda: ["127.0.0.1:2143"])
     tls_listen: list[str] = field(default_factory=lambda: ["127.0.0.1:2993"])
+    client_cert: Literal["none", "optional"] = "none"
 
 
 @dataclass
@@ -205,6 +209,43 @@ class AuthSettings:
     # Logins verified at once per process; the others queue before taking a place in the lock-out
     # counters (mailserver/auth.py). Each argon2 verification takes one core and argon2_memory_kib.
     concurrent_verifications: int = 4
+    # CRLs (PEM or DER) of the health PKI checked for client certificates (SASL EXTERNAL).
+    client_crl: list[FilePath] = field(default_factory=list)
+
+
+# Asymmetric JWS algorithms only (RFC 7518 §3.1): an HMAC algorithm would let anyone holding the
+# issuer's *public* key sign tokens (key confusion), and "none" signs nothing.
+TokenAlgorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
+]
+
+
+@dataclass
+class OAuthSettings:
+    """Bearer tokens of an OpenID provider (Pro Santé Connect), see mailserver/oauth.py. Off while
+    ``issuer`` is empty; then exactly one key source: ``jwks_url``, ``jwks_file`` or the RFC 7662
+    ``introspection_url``."""
+
+    issuer: str = ""
+    audience: str = ""
+    # Pro Santé Connect puts the national identifier (8 + RPPS) in preferred_username.
+    identity_claim: str = "preferred_username"
+    algorithms: list[TokenAlgorithm] = field(default_factory=lambda: ["RS256", "PS256", "ES256"])
+    clock_skew: Duration = 60
+    jwks_url: str = ""
+    jwks_file: FilePath = ""
+    jwks_cache: Duration = 3600  # keys are fetched again after this long
+    jwks_refresh_interval: Duration = 30  # least time between two fetches for an unknown key id
+    timeout: Duration = 5  # for each request to the provider
+    introspection_url: str = ""
+    client_id: str = ""
+    client_secret_file: FilePath = ""
+    scope: str = "openid"  # named in the RFC 7628 error challenge
+    token_size: Size = 16 * 1024
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.issuer)
 
 
 @dataclass
@@ -273,6 +314,7 @@ class Settings:
     ldap: LDAPSettings = field(default_factory=LDAPSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    oauth: OAuthSettings = field(default_factory=OAuthSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
     trust: TrustSettings = field(default_factory=TrustSettings)
@@ -424,8 +466,34 @@ def _check(settings: Settings, name: str) -> None:
             raise ConfigError(f"{name}: [delivery] {key}: must be more than 0 seconds")
     if settings.queue.lease < 1:
         raise ConfigError(f"{name}: [queue] lease: must be at least 1 second")
+    _check_oauth(settings.oauth, name)
     if not all(0 < p < 100 for p in settings.quota.warn_percent):
         raise ConfigError(f"{name}: [quota] warn_percent: each value must be between 1 and 99")
+
+
+def _check_oauth(oauth: OAuthSettings, name: str) -> None:
+    sources = [k for k in ("jwks_url", "jwks_file", "introspection_url") if getattr(oauth, k)]
+    if not oauth.issuer:
+        if sources:
+            raise ConfigError(f"{name}: [oauth] issuer: required with {sources[0]}")
+        return
+    if len(sources) != 1:
+        raise ConfigError(
+            f"{name}: [oauth] exactly one of jwks_url, jwks_file, introspection_url is needed"
+            f" (got {', '.join(sources) or 'none'})"
+        )
+    for key in ("issuer", "jwks_url", "introspection_url"):
+        url = getattr(oauth, key)
+        if url and not re.match(r"https?://[^/\s]+", url):
+            raise ConfigError(f"{name}: [oauth] {key}: expected an http(s) URL, got {url!r}")
+    if not oauth.audience and not oauth.introspection_url:
+        raise ConfigError(f"{name}: [oauth] audience: required to validate tokens (the client id)")
+    if not oauth.algorithms:
+        raise ConfigError(f"{name}: [oauth] algorithms: at least one is needed")
+    if not oauth.identity_claim:
+        raise ConfigError(f"{name}: [oauth] identity_claim: must name a claim")
+    if oauth.timeout <= 0:
+        raise ConfigError(f"{name}: [oauth] timeout: must be more than 0 seconds")
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Settings:

@@ -8,17 +8,20 @@ valid INS; a ``PER`` mailbox carries a valid RPPS identifier.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
 from dataclasses import dataclass
 
 import email_validator
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from directory.ins import InvalidINS, validate_ins
 from directory.rpps import InvalidRPPS, validate_rpps
-from mailserver.db.models import MAILBOX_TYPES, AppPassword, Domain, Mailbox, SendAs, utcnow
+from mailserver import certauth
+from mailserver.db.models import MAILBOX_TYPES, AppPassword, Domain, Mailbox, MailboxCert, SendAs, utcnow
 from mailserver.headers import HeaderView, decode_header
 from mailserver.policy import Refusal
 from mailserver.runtime import Runtime
@@ -60,6 +63,7 @@ class MailboxView:
     used_messages: int
     accepts_patient_first: bool
     created_at: dt.datetime
+    auth_methods: list[str] | None = None  # None: every method (see mailserver.auth.METHODS)
 
     def as_dict(self) -> dict[str, object]:
         d = dict(self.__dict__)
@@ -81,6 +85,7 @@ def _view(m: Mailbox) -> MailboxView:
         m.used_messages,
         m.accepts_patient_first,
         m.created_at,
+        m.auth_methods.split(",") if m.auth_methods is not None else None,
     )
 
 
@@ -275,6 +280,74 @@ async def revoke_app_password(rt: Runtime, address: str, app_id: int) -> None:
         if result.rowcount == 0:
             raise AccountError(f"{mb.address} has no application password {app_id}")
         rt.audit.record_in(session, "admin", "admin", "", f"app-password revoke {mb.address} {app_id}", "ok")
+
+
+async def set_auth_methods(rt: Runtime, address: str, methods: list[str]) -> MailboxView:
+    """Which login methods the mailbox accepts (``mailserver.auth.allows`` enforces it for every
+    protocol); every one of ``METHODS`` means no restriction."""
+    from mailserver.auth import METHODS
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise AccountError(f"methods must be among {', '.join(METHODS)} (got {', '.join(methods) or 'none'})")
+    chosen = [m for m in METHODS if m in methods]
+    value = None if chosen == list(METHODS) else ",".join(chosen)
+    return await _update(rt, address, f"auth {','.join(chosen)}", auth_methods=value)
+
+
+async def add_certificate(rt: Runtime, address: str, data: bytes, match: str) -> MailboxCert:
+    """Register a client certificate (PEM or DER) for SASL EXTERNAL: an APP mailbox's software
+    certificate, issued by the health PKI and not expired or revoked now."""
+    mb = await get_mailbox(rt, address)
+    if mb.type != "APP":
+        raise AccountError(f"{mb.address} is a {mb.type} mailbox: certificates log in APP mailboxes")
+    if rt.auth.certificates is None:
+        raise AccountError("no health PKI configured ([tls] peer_ca)")
+    try:
+        cert = certauth.load_pem_certificate(data)
+        der = cert.public_bytes(serialization.Encoding.DER)
+        await asyncio.to_thread(rt.auth.certificates.check, der)
+    except certauth.CertificateError as exc:
+        raise AccountError(f"certificate refused: {exc}") from None
+    f = certauth.facts(cert)
+    row = MailboxCert(
+        mailbox_id=mb.id,
+        issuer=f.issuer,
+        serial=f.serial,
+        subject=f.subject,
+        match=match,
+        sha256=f.sha256,
+        not_after=f.not_after,
+        created_at=utcnow(),
+    )
+    try:
+        async with rt.db.write() as session:
+            session.add(row)
+            await session.flush()
+            rt.audit.record_in(
+                session, "admin", "admin", "", f"cert add {mb.address} {f.subject} serial {f.serial}", "ok"
+            )
+    except IntegrityError:
+        raise AccountError(f"this certificate is already registered for {mb.address}") from None
+    return row
+
+
+async def list_certificates(rt: Runtime, address: str) -> list[MailboxCert]:
+    mb = await get_mailbox(rt, address)
+    async with rt.db.read() as session:
+        q = select(MailboxCert).where(MailboxCert.mailbox_id == mb.id).order_by(MailboxCert.id)
+        return list((await session.execute(q)).scalars())
+
+
+async def remove_certificate(rt: Runtime, address: str, cert_id: int) -> None:
+    mb = await get_mailbox(rt, address)
+    async with rt.db.write() as session:
+        result = await session.execute(
+            delete(MailboxCert).where(MailboxCert.id == cert_id, MailboxCert.mailbox_id == mb.id)
+        )
+        if result.rowcount == 0:
+            raise AccountError(f"{mb.address} has no certificate {cert_id}")
+        rt.audit.record_in(session, "admin", "admin", "", f"cert remove {mb.address} {cert_id}", "ok")
 
 
 async def grant_send_as(rt: Runtime, org_address: str, member_address: str) -> None:

@@ -13,6 +13,9 @@ LDAP bind) calls, so lock-out, application passwords and the audit trail behave 
   taking theirs, so a crowd of right passwords from one address does not look like a burst of guesses.
 - An unknown account costs the same hash verification as a known one (no user enumeration by timing).
 - Per-device application passwords are accepted wherever the main password is, and can be revoked alone.
+- Bearer tokens (``mailserver.oauth``) and client certificates (``mailserver.certauth``) go through the
+  same ``_login``: the same counters, the per-mailbox allowed methods (``allows``), and one audit event
+  naming the method and the person (national identifier, certificate subject).
 """
 
 from __future__ import annotations
@@ -22,18 +25,21 @@ import contextlib
 import datetime as dt
 import secrets
 import string
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import argon2
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from config.settings import AuthSettings
+from config.settings import AuthSettings, OAuthSettings
+from mailserver import certauth
 from mailserver.audit import Audit
+from mailserver.certauth import CertificateError, ClientCertificates
 from mailserver.db.engine import Database
-from mailserver.db.models import AppPassword, AuthFailure, Mailbox, utcnow
+from mailserver.db.models import AppPassword, AuthFailure, Mailbox, MailboxCert, SendAs, utcnow
+from mailserver.oauth import TokenError, TokenIdentity, TokenValidator
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,9 @@ class AuthOutcome:
 
     mailbox_id: int | None
     address: str | None
-    reason: str = ""
+    reason: str = ""  # or "unavailable": the identity provider could not be asked
+    method: str = ""  # one of METHODS
+    person: str = ""  # the address, the national identifier or the certificate subject
 
     @property
     def ok(self) -> bool:
@@ -96,12 +104,20 @@ def generate_app_password() -> str:
 
 class Authenticator:
     def __init__(
-        self, db: Database, settings: AuthSettings, audit: Audit, passwords: Passwords | None = None
+        self,
+        db: Database,
+        settings: AuthSettings,
+        audit: Audit,
+        passwords: Passwords | None = None,
+        oauth: OAuthSettings | None = None,
+        client_ca: str = "",
     ) -> None:
         self.db = db
         self.settings = settings
         self.audit = audit
         self.passwords = passwords or Passwords(settings)
+        self.tokens = TokenValidator(oauth) if oauth is not None and oauth.enabled else None
+        self.certificates = ClientCertificates(client_ca, settings.client_crl) if client_ca else None
         self._turn = asyncio.Condition()
         self._holding = 0  # attempts of this process holding places in the counters
 
@@ -180,19 +196,72 @@ class Authenticator:
                 app.last_used_at = utcnow()
         self.audit.record_in(session, *event)
 
-    async def authenticate(self, username: str, password: str, remote: str, service: str) -> AuthOutcome:
-        """Check a username (the mailbox address) and a password or application password."""
-        async with self._taking_turns():
-            return await self._authenticate(username, password, remote, service)
+    # ------------------------------------------------------------------ the one login path
 
-    async def _authenticate(self, username: str, password: str, remote: str, service: str) -> AuthOutcome:
-        address = username.strip().lower()
-        account_key, ip_key = f"mailbox:{address}", f"ip:{remote}"
-        limits = {account_key: self.settings.max_failures, ip_key: self.settings.max_failures_per_ip}
+    async def _login(
+        self, named: str | None, remote: str, service: str, verify: Callable[[], Awaitable[Verdict]]
+    ) -> AuthOutcome:
+        """Every method's login: a place in the lock-out counters (the named account's, when the
+        client names one, and the address's) before ``verify`` runs, then the mailbox's state and its
+        allowed methods (``allows``), then the audit event naming the method and the person."""
+        ip_key = f"ip:{remote}"
+        limits = {ip_key: self.settings.max_failures_per_ip}
+        if named:
+            limits[f"mailbox:{named}"] = self.settings.max_failures
+        actor = named or f"client:{remote}"
         request = f"{service} login"
-        locked = (address, "login-failure", remote, request, "locked")
+        locked = (actor, "login-failure", remote, request, "locked")
         if not await self.db.run_write(lambda s: self._reserve(s, limits, locked), brief=True):
             return AuthOutcome(None, None, "locked")
+        verdict = await verify()
+        mb = verdict.mailbox
+        if mb is None or verdict.reason:
+            who = mb.address if mb is not None else actor
+            event = (who, "login-failure", remote, f"{request} ({verdict.detail})", verdict.reason)
+            if verdict.temporary:  # the provider is down: not the client's failure
+                await self.db.run_write(lambda s: self._refund(s, list(limits), event), brief=True)
+                return AuthOutcome(None, None, "unavailable")
+            await self.audit.record(*event)  # the place taken stays, as this failure
+            return AuthOutcome(None, None, "invalid")
+        account_key = f"mailbox:{mb.address}"
+        if not mb.enabled:
+            event = (mb.address, "login-failure", remote, f"{request} ({verdict.detail})", "mailbox disabled")
+            await self.db.run_write(
+                lambda s: self._give_back(s, account_key, ip_key, None, event), brief=True
+            )
+            return AuthOutcome(None, None, "disabled")
+        if not allows(mb, verdict.method):  # same reply as a wrong secret: no oracle; counts as one
+            why = f"{verdict.method} not allowed for this mailbox"
+            await self.audit.record(mb.address, "login-failure", remote, f"{request} ({verdict.detail})", why)
+            return AuthOutcome(None, None, "invalid")
+        event = (mb.address, "login", remote, f"{request} ({verdict.detail})", "ok")
+        credential = Credential(verdict.app_id, "") if verdict.app_id is not None else None
+        await self.db.run_write(
+            lambda s: self._give_back(s, account_key, ip_key, credential, event), brief=True
+        )
+        return AuthOutcome(mb.id, mb.address, method=verdict.method, person=verdict.person)
+
+    # ------------------------------------------------------------------ passwords
+
+    def _refund(self, session: Session, keys: list[str], event: tuple[str, ...]) -> None:
+        """Give back the places an attempt took without judging it (the identity provider was down)."""
+        for row in session.execute(
+            select(AuthFailure)
+            .where(AuthFailure.key.in_(sorted(keys)))
+            .order_by(AuthFailure.key)
+            .with_for_update()
+        ).scalars():
+            row.count = max(row.count - 1, 0)
+        self.audit.record_in(session, *event)
+
+    async def authenticate(self, username: str, password: str, remote: str, service: str) -> AuthOutcome:
+        """Check a username (the mailbox address) and a password or application password."""
+        address = username.strip().lower()
+        async with self._taking_turns():
+            verify = lambda: self._verify_password(address, password)  # noqa: E731
+            return await self._login(address, remote, service, verify)
+
+    async def _verify_password(self, address: str, password: str) -> Verdict:
         async with self.db.read() as session:
             mb = (
                 await session.execute(select(Mailbox).where(Mailbox.address == address))
@@ -205,20 +274,10 @@ class Authenticator:
                     ).scalars()
                 )
         credential = await asyncio.to_thread(self._check, mb, apps, password)
-        if mb is None or credential is None:  # the place taken stays, as this failure
-            await self.audit.record(address, "login-failure", remote, request, "invalid credentials")
-            return AuthOutcome(None, None, "invalid")
-        if not mb.enabled:
-            event = (address, "login-failure", remote, request, "mailbox disabled")
-            await self.db.run_write(
-                lambda s: self._give_back(s, account_key, ip_key, None, event), brief=True
-            )
-            return AuthOutcome(None, None, "disabled")
-        event = (address, "login", remote, f"{request} ({credential})", "ok")
-        await self.db.run_write(
-            lambda s: self._give_back(s, account_key, ip_key, credential, event), brief=True
-        )
-        return AuthOutcome(mb.id, mb.address)
+        if mb is None or credential is None:
+            return Verdict(None, "password", "password", reason="invalid credentials")
+        method = "password" if credential.app_id is None else "app-password"
+        return Verdict(mb, method, str(credential), person=address, app_id=credential.app_id)
 
     def _check(self, mb: Mailbox | None, apps: list[AppPassword], password: str) -> Credential | None:
         """Which secret ``password`` is, None when none (in a thread)."""
@@ -231,3 +290,121 @@ class Authenticator:
             if self.passwords.verify(app.password_hash, password):
                 return Credential(app.id, app.label)
         return None
+
+    # ------------------------------------------------------------------ bearer tokens
+
+    @property
+    def tokens_enabled(self) -> bool:
+        return self.tokens is not None
+
+    async def authenticate_token(
+        self, token: str, authzid: str | None, remote: str, service: str, mechanism: str
+    ) -> AuthOutcome:
+        """A bearer token of the identity provider (SASL OAUTHBEARER/XOAUTH2, the API's Bearer header):
+        the person it names opens their PER mailbox, or ``authzid`` when it is one of theirs."""
+        named = authzid.strip().lower() if authzid else None
+        return await self._login(named, remote, service, lambda: self._verify_token(token, named, mechanism))
+
+    async def _verify_token(self, token: str, authzid: str | None, mechanism: str) -> Verdict:
+        detail = f"bearer token {mechanism}"
+        if self.tokens is None:
+            return Verdict(None, "oauth", detail, reason="bearer tokens not configured")
+        try:
+            identity = await self.tokens.validate(token)
+        except TokenError as exc:
+            return Verdict(None, "oauth", detail, reason=exc.reason, temporary=exc.temporary)
+        detail = f"{detail}, person {identity.national_id}"
+        mailboxes = await self.person_mailboxes(identity)
+        if not mailboxes:
+            return Verdict(None, "oauth", detail, reason="no mailbox for this person")
+        chosen = next((m for m in mailboxes if authzid is None or m.address == authzid), None)
+        if chosen is None:
+            return Verdict(None, "oauth", detail, reason=f"{authzid} is not a mailbox of this person")
+        return Verdict(chosen, "oauth", detail, person=identity.national_id)
+
+    async def person_mailboxes(self, identity: TokenIdentity) -> list[Mailbox]:
+        """The mailboxes a professional may open: their PER mailbox (by RPPS) first, then the ORG
+        mailboxes they were made a member of (``caducee mailbox send-as``)."""
+        if identity.rpps is None:
+            return []
+        async with self.db.read() as session:
+            own = list(
+                (
+                    await session.execute(
+                        select(Mailbox)
+                        .where(Mailbox.type == "PER", Mailbox.rpps == identity.rpps)
+                        .order_by(Mailbox.id)
+                    )
+                ).scalars()
+            )
+            if not own:
+                return []
+            shared = (
+                await session.execute(
+                    select(Mailbox)
+                    .join(SendAs, SendAs.mailbox_id == Mailbox.id)
+                    .where(SendAs.member_id.in_([m.id for m in own]), Mailbox.type.in_(("ORG", "CAB")))
+                    .order_by(Mailbox.address)
+                )
+            ).scalars()
+            return [*own, *shared]
+
+    # ------------------------------------------------------------------ certificates
+
+    async def authenticate_certificate(
+        self, der: bytes | None, authzid: str | None, remote: str, service: str
+    ) -> AuthOutcome:
+        """SASL EXTERNAL: the TLS client certificate registered for a mailbox logs it in."""
+        named = authzid.strip().lower() if authzid else None
+        return await self._login(named, remote, service, lambda: self._verify_certificate(der, named))
+
+    async def _verify_certificate(self, der: bytes | None, authzid: str | None) -> Verdict:
+        if der is None or self.certificates is None:
+            return Verdict(None, "cert", "certificate EXTERNAL", reason="no client certificate")
+        try:
+            cert = await asyncio.to_thread(self.certificates.check, der)
+        except CertificateError as exc:
+            return Verdict(None, "cert", "certificate EXTERNAL", reason=str(exc))
+        f = certauth.facts(cert)
+        detail = f"certificate EXTERNAL, subject {f.subject}, serial {f.serial}"
+        async with self.db.read() as session:
+            q = (
+                select(Mailbox)
+                .join(MailboxCert, MailboxCert.mailbox_id == Mailbox.id)
+                .where(
+                    or_(
+                        and_(MailboxCert.issuer == f.issuer, MailboxCert.serial == f.serial),
+                        and_(MailboxCert.match == "subject", MailboxCert.subject == f.subject),
+                    )
+                )
+                .order_by(Mailbox.address)
+            )
+            if authzid is not None:
+                q = q.where(Mailbox.address == authzid)
+            found = (await session.execute(q)).scalars().first()
+        if found is None:
+            reason = "certificate not registered" + (f" for {authzid}" if authzid else " for any mailbox")
+            return Verdict(None, "cert", detail, reason=reason)
+        return Verdict(found, "cert", detail, person=f.subject)
+
+
+METHODS = ("password", "app-password", "oauth", "cert")
+
+
+def allows(mb: Mailbox, method: str) -> bool:
+    """The per-mailbox policy (``caducee mailbox auth --allow``): NULL allows every method."""
+    return mb.auth_methods is None or method in mb.auth_methods.split(",")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one method's check found: the mailbox (None: refused, with ``reason``), the method
+    (``METHODS``) and how the audit trail names the credential and the person."""
+
+    mailbox: Mailbox | None
+    method: str
+    detail: str
+    person: str = ""
+    reason: str = ""
+    app_id: int | None = None
+    temporary: bool = False

@@ -50,7 +50,7 @@ class Runtime:
         store = Store(db, blobs, notifier, settings.quota, settings.storage.inline_max, settings.limits)
         audit = Audit(db)
         passwords = Passwords(settings.auth)
-        auth = Authenticator(db, settings.auth, audit, passwords)
+        auth = Authenticator(db, settings.auth, audit, passwords, settings.oauth, settings.tls.peer_ca)
         return cls(settings, db, blobs, notifier, store, audit, passwords, auth)
 
     async def close(self) -> None:

@@ -88,6 +88,8 @@ class Mailbox(Base):
     used_messages: Mapped[int] = mapped_column(BigInteger, default=0)
     quota_warned: Mapped[int] = mapped_column(Integer, default=0)
     last_uidvalidity: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Comma list of the login methods allowed (mailserver.auth.METHODS); NULL: every one.
+    auth_methods: Mapped[str | None] = mapped_column(String(100), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -109,6 +111,27 @@ class AppPassword(Base):
     password_hash: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class MailboxCert(Base):
+    """A client certificate that logs its mailbox in with SASL EXTERNAL: matched by ``issuer`` +
+    ``serial`` (one certificate), or with ``match = "subject"`` by its subject DN (its renewals too)."""
+
+    __tablename__ = "mailbox_cert"
+    __table_args__ = (
+        UniqueConstraint("mailbox_id", "sha256", name="uq_mailbox_cert_sha256"),
+        Index("ix_mailbox_cert_issuer_serial", "issuer", "serial"),
+        Index("ix_mailbox_cert_subject", "subject"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailbox.id", ondelete="CASCADE"))
+    issuer: Mapped[str] = mapped_column(String(1000))
+    serial: Mapped[str] = mapped_column(String(80))
+    subject: Mapped[str] = mapped_column(String(1000))
+    match: Mapped[str] = mapped_column(String(20), default="issuer-serial")
+    sha256: Mapped[str] = mapped_column(String(64))
+    not_after: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class AuthFailure(Base):

@@ -131,7 +131,7 @@ async def start(rt: Runtime) -> list[Listener]:
     settings = rt.settings
     if not settings.imap.listen and not settings.imap.tls_listen:
         return []
-    ctx = server_context(settings.tls)
+    ctx = server_context(settings.tls, settings.imap.client_cert)
     asyncio.sslproto.SSLProtocol.max_size = min(asyncio.sslproto.SSLProtocol.max_size, _TLS_READ_BUFFER)
     imap = IMAPServer(rt, ctx)
     listeners: list[Listener] = []

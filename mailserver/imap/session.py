@@ -277,12 +277,27 @@ class Session(asyncio.Protocol):
         caps = ["IMAP4rev1", "IMAP4rev2"]
         before_auth = self.state is State.NOT_AUTHENTICATED
         if before_auth:
-            caps += ["AUTH=PLAIN"] if self.tls else ["STARTTLS", "LOGINDISABLED"]
+            caps += [f"AUTH={m}" for m in self.mechanisms()] if self.tls else ["STARTTLS", "LOGINDISABLED"]
         for handler in REGISTRY.values():
             if before_auth or handler.states != State.NOT_AUTHENTICATED:
                 caps.extend(cap for cap in handler.capabilities if cap not in caps)
         caps += ["LITERAL+", "UTF8=ACCEPT", f"APPENDLIMIT={self.rt.settings.limits.message_size}"]
         return caps
+
+    def mechanisms(self) -> list[str]:
+        """SASL mechanisms offered: tokens only when ``[oauth]`` is set, EXTERNAL only when the client
+        presented a certificate (a ``client_cert = "optional"`` listener)."""
+        mechanisms = ["PLAIN"]
+        if self.rt.auth.tokens_enabled:
+            mechanisms += ["OAUTHBEARER", "XOAUTH2"]
+        if self.peer_certificate() is not None:
+            mechanisms.append("EXTERNAL")
+        return mechanisms
+
+    def peer_certificate(self) -> bytes | None:
+        """The client certificate (DER) the TLS handshake verified, if the client presented one."""
+        ssl_object = self.transport.get_extra_info("ssl_object") if self.transport is not None else None
+        return (ssl_object.getpeercert(binary_form=True) or None) if ssl_object is not None else None
 
     def enable(self, *caps: str) -> list[str]:
         """Turn extensions on (ENABLE, or implicitly per RFC 7162 §3.1); returns the newly enabled."""

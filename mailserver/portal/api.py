@@ -182,9 +182,32 @@ async def attachment(request: web.Request) -> web.StreamResponse:
         return _error(exc.status, exc.message)
 
 
+def _is_jwt(token: str) -> bool:
+    """A compact JWS (three dot-separated parts), as the identity provider issues; the portal's own
+    session tokens are URL-safe base64 without dots."""
+    return token.count(".") == 2
+
+
 async def _directory_user(request: web.Request) -> str:
-    """Who asks: a mailbox by HTTP Basic credentials (mail clients, scripts) or a portal session."""
+    """Who asks: a professional by a Pro Santé Connect bearer token (RFC 6750, when ``[oauth]`` is
+    configured: their PER mailbox), a mailbox by HTTP Basic credentials (mail clients, scripts), or a
+    portal session."""
     auth = request.headers.get("Authorization", "")
+    rt = request.app[RT]
+    token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    if token and _is_jwt(token) and rt.auth.tokens_enabled:
+        outcome = await rt.auth.authenticate_token(token, None, remote(request), "directory-api", "Bearer")
+        if outcome.reason == "unavailable":
+            raise web.HTTPServiceUnavailable(
+                text='{"error": "fournisseur d\'identité injoignable"}', content_type="application/json"
+            )
+        if not outcome.ok or outcome.address is None:
+            raise web.HTTPUnauthorized(
+                text='{"error": "jeton refusé"}',
+                content_type="application/json",
+                headers={"WWW-Authenticate": 'Bearer realm="Caducee", error="invalid_token"'},
+            )
+        return outcome.address
     if auth.lower().startswith("basic "):
         try:
             user, _, password = (
@@ -256,6 +279,12 @@ OPENAPI: dict[str, Any] = {
         "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer"},
             "basic": {"type": "http", "scheme": "basic"},
+            "proSanteConnect": {
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "JWT",
+                "description": "Jeton d'accès Pro Santé Connect (professionnels), si [oauth] est configuré",
+            },
             "cookie": {"type": "apiKey", "in": "cookie", "name": "caducee_session"},
         },
         "schemas": {
@@ -435,7 +464,7 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "Rechercher dans l'annuaire national (carnet d'adresses)",
                 "operationId": "searchDirectory",
-                "security": [{"basic": []}, *_SECURED],
+                "security": [{"proSanteConnect": []}, {"basic": []}, *_SECURED],
                 "parameters": [
                     {"name": n, "in": "query", "required": n == "q", "schema": {"type": "string"}}
                     for n in ("q", "profession", "city", "type")

@@ -28,7 +28,7 @@ import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 from cryptography import x509
@@ -161,6 +161,7 @@ class ServerConfig:
     starttls: ssl.SSLContext | None = None
     implicit_tls: bool = False
     auth: bool = False
+    client_cert: Literal["none", "optional", "required"] = "none"
     active: set[SMTPServer] = field(default_factory=set)
     drained: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -414,9 +415,20 @@ class SMTPServer(SMTP):
         if self.tls_context is not None and not self.tls_active:
             lines.append("STARTTLS")
         if self.config.auth and self.tls_active and not self.session.authenticated:
-            lines.append("AUTH PLAIN LOGIN")
+            lines.append("AUTH " + " ".join(self.mechanisms()))
         text = "".join(f"250-{line}\r\n" for line in lines[:-1]) + f"250 {lines[-1]}"
         await super().push(text)
+
+    def mechanisms(self) -> list[str]:
+        """SASL mechanisms offered: tokens only when ``[oauth]`` is set, EXTERNAL only when the client
+        presented a certificate (a ``client_cert = "optional"`` listener)."""
+        mechanisms = ["PLAIN", "LOGIN"]
+        if self.event_handler.rt.auth.tokens_enabled:
+            mechanisms += ["OAUTHBEARER", "XOAUTH2"]
+        ssl_object = self.transport.get_extra_info("ssl_object") if self.transport else None
+        if ssl_object is not None and ssl_object.getpeercert(binary_form=True):
+            mechanisms.append("EXTERNAL")
+        return mechanisms
 
     async def smtp_STARTTLS(self, arg: str) -> None:
         if self.tls_active:

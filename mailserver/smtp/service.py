@@ -89,7 +89,7 @@ async def _listen(
     rt: Runtime, config: ServerConfig, make_handler: Callable[[], Handler], address: str, implicit: bool
 ) -> SMTPListener:
     host, port = parse_listen(address)
-    ctx = server_context(rt.settings.tls) if implicit else None
+    ctx = server_context(rt.settings.tls, config.client_cert) if implicit else None
     server = await handshakes.create_server(
         rt, config.service, lambda: SMTPServer(make_handler(), config), host, port, ctx
     )
@@ -120,6 +120,7 @@ async def start(rt: Runtime) -> list[SMTPListener | BackgroundTasks]:
             starttls=server_context(s.tls, client_cert) if starttls else None,
             implicit_tls=implicit,
             auth=auth,
+            client_cert=client_cert,
         )
 
     started: list[SMTPListener | BackgroundTasks] = []
@@ -127,12 +128,12 @@ async def start(rt: Runtime) -> list[SMTPListener | BackgroundTasks]:
         mta_config = config("smtp", True, "optional" if s.smtp.require_client_cert else "none", False, False)
         for address in s.smtp.listen:
             started.append(await _listen(rt, mta_config, lambda: MTAHandler(rt, queue), address, False))
-        sub_config = config("submission", True, "none", True, False)
+        sub_config = config("submission", True, s.submission.client_cert, True, False)
         for address in s.submission.listen:
             started.append(
                 await _listen(rt, sub_config, lambda: SubmissionHandler(rt, queue), address, False)
             )
-        tls_config = config("submissions", False, "none", True, True)
+        tls_config = config("submissions", False, s.submission.client_cert, True, True)
         for address in s.submission.tls_listen:
             started.append(await _listen(rt, tls_config, lambda: SubmissionHandler(rt, queue), address, True))
     except BaseException:

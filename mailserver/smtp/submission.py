@@ -3,6 +3,9 @@
 AUTH PLAIN (RFC 4616) and LOGIN are async ``@auth_mechanism`` methods: aiosmtpd's ``authenticator``
 callback is synchronous (an async one reports success without authenticating), so the check, which
 hashes a password off the event loop, is awaited here. Failures always answer (``handled=False``).
+OAUTHBEARER (RFC 7628) and XOAUTH2 when ``[oauth]`` is configured, EXTERNAL (RFC 4422 appendix A)
+with a client certificate on a ``client_cert = "optional"`` listener; ``mailserver.sasl`` parses,
+``rt.auth`` decides, for every mechanism.
 """
 
 from __future__ import annotations
@@ -15,12 +18,12 @@ import email.utils
 from aiosmtpd.smtp import MISSING, AuthResult, auth_mechanism
 
 from directory.patients import display_address
-from mailserver import accounts, conversations
+from mailserver import accounts, conversations, sasl
 from mailserver.auth import AuthOutcome
 from mailserver.delivery import DeliveryResult
 from mailserver.headers import HeaderView, has_field, replace_field
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget, route_recipient
-from mailserver.smtp.handler import Handler
+from mailserver.smtp.handler import Handler, peer_certificate
 from mailserver.smtp.server import MailOptions, SMTPServer
 from smime import service as smime_service
 
@@ -30,6 +33,10 @@ def _decode(value: str) -> bytes | None:
         return base64.b64decode(value.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError):
         return None
+
+
+def _refused(message: str) -> AuthResult:
+    return AuthResult(success=False, handled=False, message=message)
 
 
 class SubmissionHandler(Handler):
@@ -44,6 +51,10 @@ class SubmissionHandler(Handler):
         except UnicodeDecodeError:
             return AuthResult(success=False, handled=False, message="501 5.5.2 credentials must be UTF-8")
         outcome: AuthOutcome = await self.rt.auth.authenticate(user, secret, server.client_ip, "smtp")
+        return self._conclude(server, outcome)
+
+    def _conclude(self, server: SMTPServer, outcome: AuthOutcome) -> AuthResult:
+        """The reply to any mechanism's outcome (RFC 4954 §6)."""
         if outcome.ok and outcome.address is not None:
             refused = server.login(outcome.address)
             if refused is not None:
@@ -53,9 +64,74 @@ class SubmissionHandler(Handler):
             return AuthResult(success=True, auth_data=outcome.address)
         if outcome.reason == "locked":
             message = "454 4.7.0 too many failed attempts, try again later"
+        elif outcome.reason == "unavailable":
+            message = "454 4.7.0 temporary authentication failure, try again later"
         else:
             message = "535 5.7.8 authentication credentials invalid"
         return AuthResult(success=False, handled=False, message=message)
+
+    async def _response(self, server: SMTPServer, args: list[str]) -> bytes | AuthResult:
+        """The client's first SASL message: the initial response (``=`` is empty) or the answer to an
+        empty challenge; an AuthResult to return at once when it cannot be had."""
+        if len(args) == 1:
+            raw = await server.challenge_auth("")
+            if raw is MISSING:
+                return AuthResult(success=False, handled=True)
+            assert isinstance(raw, bytes)
+            return raw
+        if args[1] == "=":
+            return b""
+        decoded = _decode(args[1])
+        if decoded is None:
+            return AuthResult(success=False, handled=False, message="501 5.5.2 cannot decode base64")
+        return decoded
+
+    async def _bearer(self, server: SMTPServer, mechanism: str, args: list[str]) -> AuthResult:
+        if not self.rt.auth.tokens_enabled:
+            return _refused("504 5.5.4 unrecognized authentication type")
+        raw = await self._response(server, args)
+        if isinstance(raw, AuthResult):
+            return raw
+        try:
+            bearer = sasl.parse_bearer(mechanism, raw)
+        except sasl.SASLError as exc:
+            return AuthResult(success=False, handled=False, message=f"501 5.5.2 {exc}")
+        outcome = await self.rt.auth.authenticate_token(
+            bearer.token, bearer.authzid, server.client_ip, "smtp", mechanism
+        )
+        if outcome.ok or outcome.reason != "invalid":
+            return self._conclude(server, outcome)
+        # RFC 7628 §3.2.2: the error as a challenge, the client's dummy response, then 535 5.7.8.
+        dummy = await server.challenge_auth(sasl.bearer_challenge(mechanism, self.rt.settings.oauth))
+        if dummy is MISSING:
+            return AuthResult(success=False, handled=True)
+        return self._conclude(server, outcome)
+
+    @auth_mechanism("OAUTHBEARER")
+    async def auth_OAUTHBEARER(self, server: SMTPServer, args: list[str]) -> AuthResult:
+        return await self._bearer(server, "OAUTHBEARER", args)
+
+    @auth_mechanism("XOAUTH2")
+    async def auth_XOAUTH2(self, server: SMTPServer, args: list[str]) -> AuthResult:
+        return await self._bearer(server, "XOAUTH2", args)
+
+    @auth_mechanism("EXTERNAL")
+    async def auth_EXTERNAL(self, server: SMTPServer, args: list[str]) -> AuthResult:
+        cert = peer_certificate(server)
+        if cert is None:
+            return _refused("504 5.5.4 no client certificate presented")
+        raw = await self._response(server, args)
+        if isinstance(raw, AuthResult):
+            return raw
+        try:
+            authzid = sasl.parse_external(raw)
+        except sasl.SASLError as exc:
+            return AuthResult(success=False, handled=False, message=f"501 5.5.2 {exc}")
+        assert server.peer_certificate is not None
+        outcome = await self.rt.auth.authenticate_certificate(
+            server.peer_certificate[0], authzid, server.client_ip, "smtp"
+        )
+        return self._conclude(server, outcome)
 
     @auth_mechanism("PLAIN")
     async def auth_PLAIN(self, server: SMTPServer, args: list[str]) -> AuthResult:

@@ -36,6 +36,7 @@ EXTRACTION = SHARED / "Extraction_Correspondance_MSSante_202611220400.txt"
 INS = "262112B82955335"  # PETIT Pierre, in patients.csv too
 PATIENT = f"{INS}@{PATIENT_DOMAIN}"
 DUPONT = "dr.dupont@a.mssante.test"
+DPI = "dpi@a.mssante.test"  # the README's patient-record system
 REMOTE = "dr.leroy@chu-nord.mssante.test"  # a trust-list domain of the sample
 
 Form = tuple[str, ...]
@@ -230,6 +231,17 @@ def scenario(run: Cli, inst: Instance, pki: Any, tmp_path: Path) -> None:
     assert run.json("mailbox", "show", DUPONT)["enabled"] is False
     run("mailbox", "enable", DUPONT)
     run("mailbox", "send-as", MARTIN, SECRETARIAT)
+    assert "accepts app-password, oauth" in run("mailbox", "auth", DUPONT, "--allow", "oauth,app-password")
+    assert run.json("mailbox", "show", DUPONT)["auth_methods"] == ["app-password", "oauth"]
+    # The instance's own certificate (local CA = its peer_ca, EKU clientAuth) stands in for a DPI's.
+    run("mailbox", "add", DPI, "--type", "APP")
+    software = str(inst.directory / "tls" / "chain.pem")
+    assert "subject" in run("mailbox", "cert", "add", DPI, software, "--match", "subject")
+    (registered,) = run.json("mailbox", "cert", "list", DPI)
+    assert registered["match"] == "subject" and "subject" in run("mailbox", "cert", "list", DPI)
+    run("mailbox", "cert", "remove", DPI, str(registered["id"]))
+    run("mailbox", "cert", "add", DPI, software)
+    run("mailbox", "auth", DPI, "--allow", "cert")
 
     run("trust", "import", str(SHARED / "listeblanchemssante.xml"))
     run("trust", "add", "z.mssante.test", "--dn", "CN=mx.z.mssante.test,O=Operateur Z,C=FR")

@@ -1,5 +1,7 @@
 """Any-state and not-authenticated commands (RFC 9051 §6.1, §6.2): CAPABILITY, NOOP, LOGOUT, ID,
-STARTTLS, AUTHENTICATE PLAIN (RFC 4616) with SASL-IR (RFC 4959), LOGIN, ENABLE (RFC 5161).
+STARTTLS, AUTHENTICATE with SASL-IR (RFC 4959): PLAIN (RFC 4616), OAUTHBEARER (RFC 7628) and XOAUTH2
+when ``[oauth]`` is configured, EXTERNAL (RFC 4422 appendix A) with a client certificate; LOGIN,
+ENABLE (RFC 5161).
 
 Passwords are only accepted over TLS (RFC 9051 §6.2.3 LOGINDISABLED, §11.1); lock-out and the
 audit trail of logins live in ``rt.auth``, shared with SMTP AUTH and the portal.
@@ -11,7 +13,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from mailserver import handshakes
+from mailserver import handshakes, sasl
+from mailserver.auth import AuthOutcome
 from mailserver.imap.base import Done, Fail, State, command
 from mailserver.imap.protocol import AuthCancel, AuthResponse, ReceiverMode
 from mailserver.imap.protocol import encoder as enc
@@ -83,10 +86,16 @@ async def starttls(s: Session, tag: str, cmd: object) -> Done:
 
 
 async def _login(s: Session, username: str, password: str) -> Done:
-    outcome = await s.rt.auth.authenticate(username, password, s.remote, "imap")
+    return _conclude(s, await s.rt.auth.authenticate(username, password, s.remote, "imap"))
+
+
+def _conclude(s: Session, outcome: AuthOutcome) -> Done:
+    """The reply to any mechanism's outcome (RFC 5530 response codes)."""
     if not outcome.ok:
         if outcome.reason == "locked":
             raise Fail("NO", "too many failures, try again later", "UNAVAILABLE")
+        if outcome.reason == "unavailable":
+            raise Fail("NO", "identity provider unavailable, try again later", "UNAVAILABLE")
         if outcome.reason == "disabled":
             raise Fail("NO", "account disabled", "CONTACTADMIN")
         raise Fail("NO", "authentication failed", "AUTHENTICATIONFAILED")
@@ -119,30 +128,57 @@ def _plain(data: bytes) -> tuple[str, str]:
     return authcid, passwd
 
 
+async def _sasl_response(s: Session, tag: str, challenge: bytes = b"") -> bytes:
+    """The client's answer to a challenge (``+ base64``), or Fail when it cancels or goes away."""
+    s.send(enc.continuation(data=challenge))
+    await s.flush()
+    s.receiver.set_mode(ReceiverMode.AUTHENTICATE, tag)
+    event = await s.read_event(s.rt.settings.limits.imap_command_timeout)
+    if isinstance(event, AuthResponse):
+        s.receiver.set_mode(ReceiverMode.COMMAND)
+    if event is None:
+        s.logout = True
+        raise Fail("BAD", "no SASL response")
+    if isinstance(event, AuthCancel):
+        raise Fail("BAD", "authentication cancelled")
+    if not isinstance(event, AuthResponse):
+        raise Fail("BAD", "invalid SASL response")
+    return event.data
+
+
 @command("AUTHENTICATE", State.NOT_AUTHENTICATED, ("SASL-IR",))
 async def authenticate(s: Session, tag: str, cmd: Authenticate) -> Done:
-    if cmd.mechanism.upper() != "PLAIN":
+    mechanism = cmd.mechanism.upper()
+    if mechanism not in s.mechanisms():
         raise Fail("NO", "unsupported mechanism", "CANNOT")
     if not s.tls:
         raise Fail("NO", "use STARTTLS first", "PRIVACYREQUIRED")
     data = cmd.initial_response
     if data is None:
-        s.send(enc.continuation(data=b""))
-        await s.flush()
-        s.receiver.set_mode(ReceiverMode.AUTHENTICATE, tag)
-        event = await s.read_event(s.rt.settings.limits.imap_command_timeout)
-        if isinstance(event, AuthResponse):
-            s.receiver.set_mode(ReceiverMode.COMMAND)
-        if event is None:
-            s.logout = True
-            raise Fail("BAD", "no SASL response")
-        if isinstance(event, AuthCancel):
-            raise Fail("BAD", "authentication cancelled")
-        if not isinstance(event, AuthResponse):
-            raise Fail("BAD", "invalid SASL response")
-        data = event.data
+        data = await _sasl_response(s, tag)
+    if mechanism in sasl.BEARER_MECHANISMS:
+        return await _bearer(s, tag, mechanism, data)
+    if mechanism == "EXTERNAL":
+        try:
+            authzid = sasl.parse_external(data)
+        except sasl.SASLError as exc:
+            raise Fail("BAD", str(exc)) from None
+        outcome = await s.rt.auth.authenticate_certificate(s.peer_certificate(), authzid, s.remote, "imap")
+        return _conclude(s, outcome)
     username, password = _plain(data)
     return await _login(s, username, password)
+
+
+async def _bearer(s: Session, tag: str, mechanism: str, data: bytes) -> Done:
+    try:
+        bearer = sasl.parse_bearer(mechanism, data)
+    except sasl.SASLError as exc:
+        raise Fail("BAD", str(exc)) from None
+    outcome = await s.rt.auth.authenticate_token(bearer.token, bearer.authzid, s.remote, "imap", mechanism)
+    if not outcome.ok and outcome.reason == "invalid":
+        # RFC 7628 §3.2.2: the error as a challenge; the client's dummy response; then NO.
+        await _sasl_response(s, tag, sasl.bearer_challenge(mechanism, s.rt.settings.oauth))
+    return _conclude(s, outcome)
 
 
 @command("ENABLE", State.AUTHENTICATED, ("ENABLE",))
