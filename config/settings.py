@@ -205,6 +205,10 @@ class AuthSettings:
     # Logins verified at once per process; the others queue before taking a place in the lock-out
     # counters (mailserver/auth.py). Each argon2 verification takes one core and argon2_memory_kib.
     concurrent_verifications: int = 4
+    # Verified-credential cache (mailserver/credential_cache.py): seconds a password argon2 accepted
+    # is accepted again without argon2 (0 disables), and how many such entries a process keeps.
+    credential_cache_ttl: Duration = 300
+    credential_cache_size: int = 100_000
 
 
 @dataclass

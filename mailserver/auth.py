@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from config.settings import AuthSettings
 from mailserver.audit import Audit
+from mailserver.credential_cache import CredentialCache
 from mailserver.db.engine import Database
 from mailserver.db.models import AppPassword, AuthFailure, Mailbox, utcnow
 
@@ -104,6 +105,7 @@ class Authenticator:
         self.passwords = passwords or Passwords(settings)
         self._turn = asyncio.Condition()
         self._holding = 0  # attempts of this process holding places in the counters
+        self.cache = CredentialCache(settings.credential_cache_ttl, settings.credential_cache_size)
 
     @contextlib.asynccontextmanager
     async def _taking_turns(self) -> AsyncIterator[None]:
@@ -192,6 +194,7 @@ class Authenticator:
         request = f"{service} login"
         locked = (address, "login-failure", remote, request, "locked")
         if not await self.db.run_write(lambda s: self._reserve(s, limits, locked), brief=True):
+            self.cache.forget(address)
             return AuthOutcome(None, None, "locked")
         async with self.db.read() as session:
             mb = (
@@ -204,8 +207,12 @@ class Authenticator:
                         await session.execute(select(AppPassword).where(AppPassword.mailbox_id == mb.id))
                     ).scalars()
                 )
-        credential = await asyncio.to_thread(self._check, mb, apps, password)
+        credential = self._cached(address, mb, apps, password)
+        if credential is None:
+            credential = await asyncio.to_thread(self._check, mb, apps, password)
+            self._remember(address, mb, apps, password, credential)
         if mb is None or credential is None:  # the place taken stays, as this failure
+            self.cache.forget(address)
             await self.audit.record(address, "login-failure", remote, request, "invalid credentials")
             return AuthOutcome(None, None, "invalid")
         if not mb.enabled:
@@ -219,6 +226,34 @@ class Authenticator:
             lambda s: self._give_back(s, account_key, ip_key, credential, event), brief=True
         )
         return AuthOutcome(mb.id, mb.address)
+
+    def _cached(
+        self, address: str, mb: Mailbox | None, apps: list[AppPassword], password: str
+    ) -> Credential | None:
+        """The credential argon2 accepted for this password a moment ago, if its stored hash is unchanged."""
+        if mb is None:
+            return None
+        hit = self.cache.lookup(address, password, mb.password_hash, ((a.id, a.password_hash) for a in apps))
+        if hit is None:
+            return None
+        return MAIN_PASSWORD if hit.app_id is None else Credential(hit.app_id, hit.label)
+
+    def _remember(
+        self,
+        address: str,
+        mb: Mailbox | None,
+        apps: list[AppPassword],
+        password: str,
+        credential: Credential | None,
+    ) -> None:
+        if mb is None or credential is None:
+            return
+        if credential.app_id is None:
+            stored = mb.password_hash
+        else:
+            stored = next(a.password_hash for a in apps if a.id == credential.app_id)
+        if stored:
+            self.cache.remember(address, password, credential.app_id, credential.label, stored)
 
     def _check(self, mb: Mailbox | None, apps: list[AppPassword], password: str) -> Credential | None:
         """Which secret ``password`` is, None when none (in a thread)."""
