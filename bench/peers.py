@@ -168,11 +168,140 @@ def private_dovecot(
         )
         log = root / "dovecot.log"
         log.touch()
-        proc = subprocess.Popen(["dovecot", "-F", "-c", str(conf)], start_new_session=True)
+        proc = subprocess.Popen(
+            ["dovecot", "-F", "-c", str(conf)], start_new_session=True, stdin=subprocess.DEVNULL
+        )
         try:
             wait_port(port, proc, log)
             yield Dovecot(port, root, proc.pid)
         finally:
+            stop(proc)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------- Postfix
+
+
+@dataclass
+class Postfix:
+    port: int
+    directory: Path
+    maildir_base: Path
+
+    def delivered(self) -> int:
+        """Messages delivered into the Maildirs so far (``new/`` files)."""
+        return sum(1 for p in self.maildir_base.rglob("new/*") if p.is_file())
+
+
+POSTFIX_MAIN = """\
+# bench/peers.py: a private Postfix receiving on 127.0.0.1:{port} over mutual TLS into virtual Maildirs
+compatibility_level = 3.6
+queue_directory = {root}/queue
+data_directory = {root}/data
+mail_owner = postfix
+setgid_group = postdrop
+maillog_file = {root}/postfix.log
+maillog_file_prefixes = {root}
+myhostname = mx.postfix.test
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+alias_maps =
+alias_database =
+local_recipient_maps =
+relayhost = [127.0.0.1]:9
+default_transport = error:this bench instance sends nothing out
+biff = no
+append_dot_mydomain = no
+smtpd_banner = $myhostname ESMTP
+message_size_limit = 26214400
+virtual_mailbox_domains = {domain}
+virtual_mailbox_base = {root}/mail
+virtual_mailbox_maps = texthash:{root}/vmailbox
+virtual_uid_maps = static:{uid}
+virtual_gid_maps = static:{gid}
+smtpd_relay_restrictions = reject_unauth_destination
+smtpd_tls_security_level = encrypt
+smtpd_tls_cert_file = {cert}
+smtpd_tls_key_file = {key}
+smtpd_tls_CAfile = {ca}
+smtpd_tls_ask_ccert = yes
+smtpd_tls_req_ccert = yes
+smtpd_tls_mandatory_protocols = >=TLSv1.2
+smtpd_tls_loglevel = 0
+"""
+
+POSTFIX_MASTER = """\
+127.0.0.1:{port} inet n - n - - smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+virtual   unix  -       n       n       -       -       virtual
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
+
+@contextlib.contextmanager
+def private_postfix(cert: str, key: str, ca: str, recipients: list[str]) -> Iterator[Postfix]:
+    """Postfix (Debian's package) from a configuration in a temporary directory: ``postfix -c DIR
+    start-fg``, smtpd on a free port of 127.0.0.1 requiring a client certificate that chains to ``ca``,
+    ``recipients`` delivered by virtual(8) into Maildirs. Postfix's master must start as root (it drops
+    to ``mail_owner`` for every daemon); it binds 127.0.0.1 only."""
+    ensure_packages("postfix", ["postfix"], "postfix postfix/main_mailer_type select No configuration\n")
+    if os.geteuid() != 0:
+        raise SystemExit("Postfix's master runs only as root (its daemons then run as mail_owner)")
+    account = pwd.getpwnam("postfix")
+    root = Path(tempfile.mkdtemp(prefix="caducee-postfix-"))
+    root.chmod(0o755)
+    try:
+        for sub in ("queue", "data", "mail"):
+            (root / sub).mkdir()
+        for sub in ("data", "mail"):
+            os.chown(root / sub, account.pw_uid, account.pw_gid)
+        domains = sorted({r.split("@")[1] for r in recipients})
+        (root / "vmailbox").write_text(
+            "".join(f"{r} {r.split('@')[1]}/{r.split('@')[0]}/\n" for r in recipients)
+        )
+        port = free_port()
+        values = {"port": port, "root": root, "cert": cert, "key": key, "ca": ca}
+        values |= {"domain": " ".join(domains), "uid": account.pw_uid, "gid": account.pw_gid}
+        (root / "main.cf").write_text(POSTFIX_MAIN.format(**values))
+        (root / "master.cf").write_text(POSTFIX_MASTER.format(**values))
+        log = root / "postfix.log"
+        log.touch()
+        check = subprocess.run(["postfix", "-c", str(root), "check"], capture_output=True, text=True)
+        if check.returncode:
+            raise SystemExit(f"postfix check: {check.stderr or log.read_text()}")
+        proc = subprocess.Popen(
+            ["postfix", "-c", str(root), "start-fg"],
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,  # its log is maillog_file; the check's warnings about a
+        )  # queue_directory outside /var/spool/postfix are expected
+        try:
+            wait_port(port, proc, log)
+            yield Postfix(port, root, root / "mail")
+        finally:
+            subprocess.run(["postfix", "-c", str(root), "stop"], capture_output=True)
             stop(proc)
     finally:
         shutil.rmtree(root, ignore_errors=True)
