@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/imap.py [--seconds 10] [--rounds 3] [--clients 50] [--mailboxes 50]
                                    [--messages 30] [--against-dovecot] [--dovecot-plain] [--cache]
-                                   [--idle 0] [--db URL] [--py-spy FILE]
+                                   [--concurrent-verifications 4] [--idle 0] [--db URL]
+                                   [--py-spy FILE]
 
 Caducée runs in a subprocess (``--serve``: a fresh SQLite database, or ``--db`` for PostgreSQL,
 a first-run TLS certificate, mailboxes ``bench<i>@a.mssante.test`` whose passwords are hashed at the
@@ -82,7 +83,9 @@ def sample(i: int) -> bytes:
 # --------------------------------------------------------------------------- Caducée's server process
 
 
-async def serve(directory: Path, db_url: str | None, mailboxes: int, cache_ttl: float) -> None:
+async def serve(
+    directory: Path, db_url: str | None, mailboxes: int, cache_ttl: float, verifications: int
+) -> None:
     from sqlalchemy import select
 
     from mailserver import accounts
@@ -101,7 +104,8 @@ async def serve(directory: Path, db_url: str | None, mailboxes: int, cache_ttl: 
         tls={"cert": str(chain), "key": str(key), "peer_ca": str(ca)},
         imap={"listen": [], "tls_listen": ["127.0.0.1:0"]},
         # The production cost (config/settings.py defaults), not the tests' cheap one.
-        auth={"argon2_time_cost": 2, "argon2_memory_kib": 19 * 1024, "credential_cache_ttl": cache_ttl},
+        auth={"argon2_time_cost": 2, "argon2_memory_kib": 19 * 1024, "credential_cache_ttl": cache_ttl}
+        | {"concurrent_verifications": verifications},
         limits={
             "connections_per_ip": 100000,
             "connections_per_user_ip": 100000,
@@ -387,6 +391,9 @@ def main() -> None:
     parser.add_argument("--against-dovecot", action="store_true", help="interleave with a private Dovecot")
     parser.add_argument("--dovecot-plain", action="store_true", help="Dovecot with clear-text passwords")
     parser.add_argument("--cache", action="store_true", help="both sides' verified-credential caches on")
+    parser.add_argument(
+        "--concurrent-verifications", type=int, default=4, help="Caducée's [auth] setting (default 4)"
+    )
     parser.add_argument("--idle", type=int, default=0, help="then RSS per idle connection (N, N more)")
     parser.add_argument("--db", default=None, help="database URL for the server (default: fresh SQLite)")
     parser.add_argument("--py-spy", type=Path, help="record Caducée's server with py-spy (raw format)")
@@ -394,12 +401,14 @@ def main() -> None:
     args = parser.parse_args()
     raise_fd_limit()
     if args.serve:
-        asyncio.run(serve(args.serve, args.db, args.mailboxes, 300 if args.cache else 0))
+        ttl = 300 if args.cache else 0
+        asyncio.run(serve(args.serve, args.db, args.mailboxes, ttl, args.concurrent_verifications))
         return
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, __file__, "--serve", tmp, "--mailboxes", str(args.mailboxes)]
         cmd += ["--db", args.db] if args.db else []
         cmd += ["--cache"] if args.cache else []
+        cmd += ["--concurrent-verifications", str(args.concurrent_verifications)]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
             assert proc.stdout is not None
