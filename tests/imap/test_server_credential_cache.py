@@ -145,6 +145,12 @@ async def test_password_change_and_revoke_by_the_cli_in_another_process(
     cli(imap_both, tmp_path, "mailbox", "passwd", MARTIN, "--password-stdin", stdin="Cli-Password-2026\n")
     assert (await login(imap_both, MARTIN, PASSWORD)).startswith("NO [AUTHENTICATIONFAILED]")
     assert await login(imap_both, MARTIN, "Cli-Password-2026") == "OK"
+    assert await login(imap_both, MARTIN, "Cli-Password-2026") == "OK"  # cached again
+
+    cli(imap_both, tmp_path, "mailbox", "disable", MARTIN)
+    assert (await login(imap_both, MARTIN, "Cli-Password-2026")).startswith("NO")
+    [*_, refusal] = await imap_both.rt.audit.events(actor=MARTIN, action="login-failure")
+    assert refusal.response == "mailbox disabled"
 
 
 async def test_ttl_zero_disables_the_cache(imap_both: IMAPEnv, argon2_calls: list[str]) -> None:
