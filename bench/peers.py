@@ -140,7 +140,11 @@ def private_dovecot(
     stores it) in a passwd-file, or ``plain_passwords`` in clear text, Maildir under a temporary
     directory. ``cache`` turns Dovecot's ``auth_cache`` on (off by default, as Debian ships it)."""
     ensure_packages("dovecot", ["dovecot-imapd"])
-    account = pwd.getpwnam("dovecot") if os.geteuid() == 0 else pwd.getpwuid(os.geteuid())
+    if os.geteuid() != 0:
+        raise SystemExit(
+            "the private Dovecot's master runs as root (its logins as dovenull, mail as dovecot)"
+        )
+    account = pwd.getpwnam("dovecot")
     root = Path(tempfile.mkdtemp(prefix="caducee-dovecot-"))
     root.chmod(0o711)  # mail processes (uid dovecot) traverse it to their home
     try:
