@@ -1,16 +1,28 @@
-"""IMAP benchmark: throughput and latency of a realistic client mix, and memory per idle connection.
+"""IMAP benchmark: the client mix of issue 14, against Caducée alone or side by side with Dovecot.
 
-    .venv/bin/python bench/imap.py [--seconds 10] [--clients 10 50] [--idle 1000] [--db URL]
+    .venv/bin/python bench/imap.py [--seconds 10] [--rounds 3] [--clients 50] [--mailboxes 50]
+                                   [--messages 30] [--against-dovecot] [--dovecot-plain] [--cache]
+                                   [--concurrent-verifications 4] [--idle 0] [--db URL]
+                                   [--py-spy FILE]
 
-The server runs in a subprocess (``--serve``: a fresh SQLite database, or ``--db`` for PostgreSQL,
-self-signed TLS, mailboxes ``bench<i>@a.mssante.test`` each holding 50 messages). Clients speak
-IMAP over implicit TLS on loopback. Phase 1 runs N clients doing LOGIN, SELECT, FETCH flags+envelope,
-FETCH a body, STORE, SEARCH, APPEND, IDLE/DONE and LOGOUT for a fixed time and prints ops/s and
-p50/p99 per command. Phase 2 opens ``--idle`` authenticated idle connections, then as many again,
-reading the server's RSS before and after each batch. The first batch also pays for heap growth that
-the TLS handshakes leave behind (glibc keeps freed memory); the second, made once that memory is
-there to reuse, is what each further idle connection costs: the figure held to the target (under
-64 KiB). Both are printed.
+Caducée runs in a subprocess (``--serve``: a fresh SQLite database, or ``--db`` for PostgreSQL,
+a first-run TLS certificate, mailboxes ``bench<i>@a.mssante.test`` whose passwords are hashed at the
+default argon2id cost, t=2, 19 MiB, p=1). Before anything is timed, every mailbox gets ``--messages``
+messages by IMAP APPEND (on each server alike). Each of ``--clients`` clients then loops, over
+implicit TLS, on its own mailbox: LOGIN, LIST, STATUS, SELECT, FETCH (flags+envelope of all), FETCH (one
+body), STORE \\Seen, STORE \\Deleted, EXPUNGE, APPEND, LOGOUT. Prints ops/s, p50/p99 per command and
+the number of error replies (tagged NO/BAD, dropped connections).
+
+``--against-dovecot`` also starts a private Dovecot (bench/peers.py: Debian's dovecot-imapd, installed
+when missing; 127.0.0.1 only, same certificate, a passwd-file holding the very argon2id hashes Caducée
+stored, or the clear passwords with ``--dovecot-plain``) and runs the two in alternating rounds (so
+the machine's other load weighs on both), then prints the medians and the ratio Caducée/Dovecot.
+``--cache`` turns on both sides' verified-credential caches (Caducée's ``[auth] credential_cache_ttl``
+300 s, Dovecot's ``auth_cache``); without it each login pays argon2 on both. ``--py-spy FILE`` records
+Caducée's server during its rounds (``py-spy record --format raw``; summarise with
+bench/profile_summary.py). ``--idle N`` then measures the server's RSS per idle authenticated
+connection (N, then N more; the second batch is the figure, the first pays the heap growth the TLS
+handshakes leave).
 """
 
 from __future__ import annotations
@@ -23,17 +35,31 @@ import resource
 import signal
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 PASSWORD = "Bench-Password-2026"
 DOMAIN = "a.mssante.test"
-MESSAGES_PER_BOX = 50
+COMMANDS = [
+    "LOGIN",
+    "LIST",
+    "STATUS",
+    "SELECT",
+    "FETCH envelopes",
+    "FETCH body",
+    "STORE",
+    "STORE \\Deleted",
+    "EXPUNGE",
+    "APPEND",
+    "LOGOUT",
+]
 
 
 def raise_fd_limit() -> None:
@@ -41,21 +67,30 @@ def raise_fd_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
 
 
+def password(i: int) -> str:
+    return f"{PASSWORD}-{i}"
+
+
 def sample(i: int) -> bytes:
     return (
         f"From: Dr Bench <dr.bench@{DOMAIN}>\r\nTo: <bench0@{DOMAIN}>\r\nSubject: Compte rendu {i}\r\n"
-        f"Date: Mon, 2 Feb 2026 10:00:00 +0100\r\nMessage-ID: <bench-{i}@{DOMAIN}>\r\n\r\n"
+        f"Date: Mon, 2 Feb 2026 10:00:00 +0100\r\nMessage-ID: <bench-{i}-{time.time_ns()}@{DOMAIN}>\r\n\r\n"
         + "Ligne de compte rendu medical.\r\n"
         * 40
     ).encode()
 
 
-# --------------------------------------------------------------------------- server subprocess
+# --------------------------------------------------------------------------- Caducée's server process
 
 
-async def serve(directory: Path, db_url: str | None, mailboxes: int) -> None:
+async def serve(
+    directory: Path, db_url: str | None, mailboxes: int, cache_ttl: float, verifications: int
+) -> None:
+    from sqlalchemy import select
+
     from mailserver import accounts
     from mailserver.db import migrate
+    from mailserver.db.models import Mailbox
     from mailserver.imap import server
     from mailserver.runtime import Runtime
     from mailserver.tls import make_first_run_certificates
@@ -68,6 +103,9 @@ async def serve(directory: Path, db_url: str | None, mailboxes: int) -> None:
         url,
         tls={"cert": str(chain), "key": str(key), "peer_ca": str(ca)},
         imap={"listen": [], "tls_listen": ["127.0.0.1:0"]},
+        # The production cost (config/settings.py defaults), not the tests' cheap one.
+        auth={"argon2_time_cost": 2, "argon2_memory_kib": 19 * 1024, "credential_cache_ttl": cache_ttl}
+        | {"concurrent_verifications": verifications},
         limits={
             "connections_per_ip": 100000,
             "connections_per_user_ip": 100000,
@@ -79,12 +117,17 @@ async def serve(directory: Path, db_url: str | None, mailboxes: int) -> None:
     rt = Runtime.build(settings)
     await asyncio.to_thread(rt.blobs.ensure)
     await accounts.add_domain(rt, DOMAIN, patients=False)
+    hashes = {}
     for i in range(mailboxes):
-        mb = await accounts.add_mailbox(rt, f"bench{i}@{DOMAIN}", "ORG", password=PASSWORD)
-        for n in range(MESSAGES_PER_BOX):
-            await rt.store.deliver(await rt.store.prepare(sample(n)), [mb.id])
+        address = f"bench{i}@{DOMAIN}"
+        await accounts.add_mailbox(rt, address, "ORG", password=password(i))
+        async with rt.db.read() as session:
+            hashes[address] = (
+                await session.execute(select(Mailbox.password_hash).where(Mailbox.address == address))
+            ).scalar_one()
     listeners = await server.start(rt)
-    print(json.dumps({"port": listeners[0].port, "ca": str(ca)}), flush=True)
+    info = {"port": listeners[0].port, "ca": str(ca), "cert": str(chain), "key": str(key), "hashes": hashes}
+    print(json.dumps(info), flush=True)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
@@ -114,7 +157,15 @@ class Conn:
         await reader.readline()
         return conn
 
-    async def read_until(self, tag: bytes) -> bytes:
+    async def cmd(self, text: str, data: bytes | None = None) -> tuple[bool, list[bytes]]:
+        """Send one command; (tagged OK?, untagged lines), literals skipped."""
+        self.n += 1
+        tag = b"b%d" % self.n
+        if data is None:
+            self.writer.write(tag + b" " + text.encode() + b"\r\n")
+        else:
+            self.writer.write(tag + b" " + text.encode() + b" {%d+}\r\n" % len(data) + data + b"\r\n")
+        untagged: list[bytes] = []
         while True:
             line = await self.reader.readline()
             if not line:
@@ -122,30 +173,9 @@ class Conn:
             if line.endswith(b"}\r\n"):
                 size = int(line[line.rindex(b"{") + 1 : -3].rstrip(b"+"))
                 await self.reader.readexactly(size)
-                continue
             if line.startswith(tag + b" "):
-                return line
-
-    async def cmd(self, text: str, data: bytes | None = None) -> bytes:
-        self.n += 1
-        tag = b"b%d" % self.n
-        if data is None:
-            self.writer.write(tag + b" " + text.encode() + b"\r\n")
-        else:
-            self.writer.write(tag + b" " + text.encode() + b" {%d+}\r\n" % len(data) + data + b"\r\n")
-        line = await self.read_until(tag)
-        if not line.startswith(tag + b" OK"):
-            raise RuntimeError(f"{text}: {line!r}")
-        return line
-
-    async def idle_done(self) -> None:
-        self.n += 1
-        tag = b"b%d" % self.n
-        self.writer.write(tag + b" IDLE\r\n")
-        while not (await self.reader.readline()).startswith(b"+"):
-            pass
-        self.writer.write(b"DONE\r\n")
-        await self.read_until(tag)
+                return line.startswith(tag + b" OK"), untagged
+            untagged.append(line)
 
     async def close(self) -> None:
         self.writer.close()
@@ -155,49 +185,120 @@ class Conn:
             pass
 
 
-async def worker(
-    i: int, port: int, ctx: ssl.SSLContext, deadline: float, lat: dict[str, list[float]], boxes: int
-) -> None:
-    user = f"bench{i % boxes}@{DOMAIN}"
+@dataclass
+class Result:
+    elapsed: float
+    latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
-    async def timed(name: str, coro) -> bytes | None:  # type: ignore[no-untyped-def]
-        start = time.perf_counter()
-        result = await coro
-        lat[name].append(time.perf_counter() - start)
-        return result
+    @property
+    def ops(self) -> int:
+        return sum(len(v) for v in self.latencies.values())
 
+    @property
+    def rate(self) -> float:
+        return self.ops / self.elapsed
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+
+async def worker(i: int, port: int, ctx: ssl.SSLContext, deadline: float, res: Result, boxes: int) -> None:
+    box = i % boxes
+    user, secret = f"bench{box}@{DOMAIN}", password(box)
     n = 0
     while time.monotonic() < deadline:
-        conn = await Conn.open(port, ctx)
-        await timed("LOGIN", conn.cmd(f'LOGIN "{user}" "{PASSWORD}"'))
-        for _ in range(10):
-            if time.monotonic() >= deadline:
-                break
+        try:
+            conn = await Conn.open(port, ctx)
+        except (OSError, ssl.SSLError):
+            res.errors["connect"] += 1
+            await asyncio.sleep(0.1)
+            continue
+        exists = 0
+
+        async def timed(name: str, text: str, data: bytes | None = None, conn: Conn = conn) -> list[bytes]:
+            start = time.perf_counter()
+            ok, untagged = await conn.cmd(text, data)
+            res.latencies[name].append(time.perf_counter() - start)
+            if not ok:
+                res.errors[name] += 1
+            return untagged
+
+        try:
             n += 1
-            await timed("SELECT", conn.cmd("SELECT INBOX"))
-            await timed("FETCH flags+envelope", conn.cmd("FETCH 1:20 (FLAGS ENVELOPE)"))
-            await timed("FETCH body", conn.cmd(f"FETCH {1 + n % 20} BODY.PEEK[]"))
-            await timed("STORE", conn.cmd(f"STORE {1 + n % 20} {'+' if n % 2 else '-'}FLAGS (\\Seen)"))
-            await timed("SEARCH", conn.cmd("SEARCH UNSEEN SUBJECT rendu"))
-            await timed("APPEND", conn.cmd("APPEND Drafts", sample(n)))
-            await timed("IDLE+DONE", conn.idle_done())
-        await timed("LOGOUT", conn.cmd("LOGOUT"))
-        await conn.close()
+            await timed("LOGIN", f'LOGIN "{user}" "{secret}"')
+            await timed("LIST", 'LIST "" "*"')
+            await timed("STATUS", "STATUS INBOX (MESSAGES UNSEEN UIDNEXT)")
+            for line in await timed("SELECT", "SELECT INBOX"):
+                if line.endswith(b" EXISTS\r\n"):
+                    exists = int(line.split()[1])
+            if exists:
+                await timed("FETCH envelopes", "FETCH 1:* (UID FLAGS ENVELOPE)")
+                await timed("FETCH body", f"FETCH {1 + n % exists} BODY.PEEK[]")
+                await timed("STORE", f"STORE {1 + n % exists} {'+' if n % 2 else '-'}FLAGS (\\Seen)")
+                await timed("STORE \\Deleted", "STORE 1 +FLAGS.SILENT (\\Deleted)")
+                await timed("EXPUNGE", "EXPUNGE")
+            await timed("APPEND", "APPEND INBOX", sample(n))
+            await timed("LOGOUT", "LOGOUT")
+        except (ConnectionError, OSError, ssl.SSLError, asyncio.IncompleteReadError):
+            res.errors["connection lost"] += 1
+        finally:
+            await conn.close()
 
 
-async def run_mix(port: int, ctx: ssl.SSLContext, clients: int, seconds: float, boxes: int) -> None:
-    lat: dict[str, list[float]] = defaultdict(list)
-    deadline = time.monotonic() + seconds
+async def run_mix(port: int, ctx: ssl.SSLContext, clients: int, seconds: float, boxes: int) -> Result:
+    res = Result(0)
     start = time.monotonic()
-    await asyncio.gather(*(worker(i, port, ctx, deadline, lat, boxes) for i in range(clients)))
-    elapsed = time.monotonic() - start
-    total = sum(len(v) for v in lat.values())
-    print(f"\n{clients} clients, {elapsed:.1f} s: {total} commands, {total / elapsed:.0f} ops/s")
-    print(f"  {'command':<22}{'count':>8}{'p50 ms':>10}{'p99 ms':>10}")
-    for name, values in lat.items():
-        values.sort()
-        p99 = values[min(len(values) - 1, int(len(values) * 0.99))]
-        print(f"  {name:<22}{len(values):>8}{statistics.median(values) * 1000:>10.2f}{p99 * 1000:>10.2f}")
+    await asyncio.gather(*(worker(i, port, ctx, start + seconds, res, boxes) for i in range(clients)))
+    res.elapsed = time.monotonic() - start
+    return res
+
+
+async def seed(port: int, ctx: ssl.SSLContext, boxes: int, messages: int) -> None:
+    """``messages`` messages APPENDed to each mailbox's INBOX (untimed, the same on every server)."""
+    sem = asyncio.Semaphore(10)
+
+    async def one(box: int) -> None:
+        async with sem:
+            conn = await Conn.open(port, ctx)
+            ok, _ = await conn.cmd(f'LOGIN "bench{box}@{DOMAIN}" "{password(box)}"')
+            if not ok:
+                raise SystemExit(f"seeding: LOGIN refused for bench{box}")
+            for n in range(messages):
+                ok, _ = await conn.cmd("APPEND INBOX", sample(n))
+                if not ok:
+                    raise SystemExit(f"seeding: APPEND refused for bench{box}")
+            await conn.cmd("LOGOUT")
+            await conn.close()
+
+    await asyncio.gather(*(one(b) for b in range(boxes)))
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * q))] if values else float("nan")
+
+
+def report(name: str, results: list[Result]) -> None:
+    merged: dict[str, list[float]] = defaultdict(list)
+    errors: dict[str, int] = defaultdict(int)
+    for r in results:
+        for k, v in r.latencies.items():
+            merged[k] += v
+        for k, v in r.errors.items():
+            errors[k] += v
+    rates = " ".join(f"{r.rate:.0f}" for r in results)
+    total_errors = sum(errors.values())
+    print(
+        f"\n{name}: median {statistics.median(r.rate for r in results):.0f} ops/s (rounds: {rates}), ", end=""
+    )
+    print(f"{total_errors} error replies" + (f" {dict(errors)}" if total_errors else ""))
+    print(f"  {'command':<18}{'count':>8}{'p50 ms':>10}{'p99 ms':>10}")
+    for command in COMMANDS:
+        values = merged.get(command, [])
+        p50 = statistics.median(values) * 1000 if values else float("nan")
+        print(f"  {command:<18}{len(values):>8}{p50:>10.1f}{percentile(values, 0.99) * 1000:>10.1f}")
 
 
 async def idle_memory(port: int, ctx: ssl.SSLContext, pid: int, count: int, boxes: int) -> None:
@@ -207,7 +308,7 @@ async def idle_memory(port: int, ctx: ssl.SSLContext, pid: int, count: int, boxe
     async def one(i: int) -> None:
         async with sem:
             conn = await Conn.open(port, ctx)
-            await conn.cmd(f'LOGIN "bench{i % boxes}@{DOMAIN}" "{PASSWORD}"')
+            await conn.cmd(f'LOGIN "bench{i % boxes}@{DOMAIN}" "{password(i % boxes)}"')
             conns.append(conn)
 
     async def batch() -> float:
@@ -226,40 +327,117 @@ async def idle_memory(port: int, ctx: ssl.SSLContext, pid: int, count: int, boxe
     await asyncio.gather(*(c.close() for c in conns))
 
 
-async def main() -> None:
+def client_context(ca: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.check_hostname = False
+    return ctx
+
+
+def argon2_params(hashed: str) -> str:
+    """``m=19456,t=2,p=1`` from an encoded argon2 hash (what Dovecot's libsodium verification reads)."""
+    return hashed.split("$")[3]
+
+
+async def measure(args: argparse.Namespace, info: dict, server_pid: int, dovecot_port: int | None) -> None:
+    ctx = client_context(info["ca"])
+    print(f"seeding {args.mailboxes} mailboxes × {args.messages} messages by APPEND...", flush=True)
+    await seed(info["port"], ctx, args.mailboxes, args.messages)
+    if dovecot_port is not None:
+        await seed(dovecot_port, ctx, args.mailboxes, args.messages)
+    print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    caducee: list[Result] = []
+    dovecot: list[Result] = []
+    spy: asyncio.subprocess.Process | None = None
+    for rnd in range(args.rounds):
+        if args.py_spy and spy is None:
+            spy = await asyncio.create_subprocess_exec(
+                str(Path(sys.executable).with_name("py-spy")),
+                *("record", "--format", "raw", "--nonblocking", "--rate", "50"),
+                *("--pid", str(server_pid), "--output", str(args.py_spy)),
+                stdout=asyncio.subprocess.DEVNULL,
+            )
+            await asyncio.sleep(1)
+        caducee.append(await run_mix(info["port"], ctx, args.clients, args.seconds, args.mailboxes))
+        line = f"round {rnd + 1}: Caducée {caducee[-1].rate:.0f} ops/s ({caducee[-1].error_count} errors)"
+        if dovecot_port is not None:
+            dovecot.append(await run_mix(dovecot_port, ctx, args.clients, args.seconds, args.mailboxes))
+            line += f", Dovecot {dovecot[-1].rate:.0f} ops/s ({dovecot[-1].error_count} errors)"
+        print(line, flush=True)
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        await asyncio.wait_for(spy.wait(), 30)
+        print(f"py-spy profile of Caducée's server written to {args.py_spy}")
+    print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    setup = f"{args.clients} clients, {args.mailboxes} mailboxes, {args.seconds:g} s × {args.rounds} rounds"
+    report(f"Caducée ({setup}, credential cache {'on' if args.cache else 'off'})", caducee)
+    if dovecot_port is not None:
+        auth = "plain-text passwords" if args.dovecot_plain else "the same argon2id hashes"
+        report(f"Dovecot ({auth}, auth_cache {'on' if args.cache else 'off'})", dovecot)
+        ratio = statistics.median(r.rate for r in caducee) / statistics.median(r.rate for r in dovecot)
+        print(f"\nratio Caducée/Dovecot: {ratio:.2f}× (medians of {args.rounds} interleaved rounds)")
+    if args.idle:
+        await idle_memory(info["port"], ctx, server_pid, args.idle, args.mailboxes)
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--clients", type=int, nargs="+", default=[10, 50])
-    parser.add_argument("--idle", type=int, default=1000)
-    parser.add_argument("--mailboxes", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=10, help="length of each timed round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--mailboxes", type=int, default=50)
+    parser.add_argument("--messages", type=int, default=30, help="messages APPENDed to each mailbox first")
+    parser.add_argument("--against-dovecot", action="store_true", help="interleave with a private Dovecot")
+    parser.add_argument("--dovecot-plain", action="store_true", help="Dovecot with clear-text passwords")
+    parser.add_argument("--cache", action="store_true", help="both sides' verified-credential caches on")
+    parser.add_argument(
+        "--concurrent-verifications", type=int, default=4, help="Caducée's [auth] setting (default 4)"
+    )
+    parser.add_argument("--idle", type=int, default=0, help="then RSS per idle connection (N, N more)")
     parser.add_argument("--db", default=None, help="database URL for the server (default: fresh SQLite)")
+    parser.add_argument("--py-spy", type=Path, help="record Caducée's server with py-spy (raw format)")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     raise_fd_limit()
     if args.serve:
-        await serve(args.serve, args.db, args.mailboxes)
+        ttl = 300 if args.cache else 0
+        asyncio.run(serve(args.serve, args.db, args.mailboxes, ttl, args.concurrent_verifications))
         return
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, __file__, "--serve", tmp, "--mailboxes", str(args.mailboxes)]
-        if args.db:
-            cmd += ["--db", args.db]
-        proc = await asyncio.create_subprocess_exec(
-            *cmd, stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        )
+        cmd += ["--db", args.db] if args.db else []
+        cmd += ["--cache"] if args.cache else []
+        cmd += ["--concurrent-verifications", str(args.concurrent_verifications)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
             assert proc.stdout is not None
-            info = json.loads(await proc.stdout.readline())
-            ctx = ssl.create_default_context(cafile=info["ca"])
-            ctx.check_hostname = False
-            for clients in args.clients:
-                await run_mix(info["port"], ctx, clients, args.seconds, args.mailboxes)
-            await idle_memory(info["port"], ctx, proc.pid, args.idle, args.mailboxes)
+            info = json.loads(proc.stdout.readline())
+            hashes: dict[str, str] = info["hashes"]
+            params = {argon2_params(h) for h in hashes.values()}
+            print(f"Caducée on 127.0.0.1:{info['port']}, argon2id {', '.join(sorted(params))}")
+            if not args.against_dovecot:
+                asyncio.run(measure(args, info, proc.pid, None))
+                return
+            from bench.peers import private_dovecot
+
+            plain = {f"bench{i}@{DOMAIN}": password(i) for i in range(args.mailboxes)}
+            with private_dovecot(
+                hashes, info["cert"], info["key"], plain if args.dovecot_plain else None, args.cache
+            ) as dv:
+                version = subprocess.run(["dovecot", "--version"], capture_output=True, text=True).stdout
+                auth = (
+                    "clear-text passwords" if args.dovecot_plain else f"the same hashes ({', '.join(params)})"
+                )
+                print(f"Dovecot {version.split()[0]} on 127.0.0.1:{dv.port}, passwd-file with {auth}")
+                asyncio.run(measure(args, info, proc.pid, dv.port))
         finally:
             proc.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(proc.wait(), 30)
+            proc.wait(30)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("interrupted: servers stopped")

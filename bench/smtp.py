@@ -1,7 +1,7 @@
 """SMTP benchmark: the durable MTA path against a bare aiosmtpd sink, same load, same run.
 
     .venv/bin/python bench/smtp.py [--messages 2000] [--size 10240] [--connections 8] [--rounds 3]
-                                   [--db URL]
+                                   [--db URL] [--against-postfix]
 
 Load: ``--messages`` messages of ``--size`` bytes over ``--connections`` connections, each one
 STARTTLS with operator B's client certificate (mutual TLS, test PKI), then one SMTP transaction per
@@ -12,12 +12,19 @@ message. Client load runs in a separate process; the server's CPU time is this p
 The two run in alternating rounds (``--rounds``, default 5) so that the machine's other load weighs on
 both alike. Prints, for both, the median messages per second and server CPU milliseconds per message
 (and each round's rate), and the ratio of the medians (target: durable ≥ 50 % of the sink).
+3. With ``--against-postfix``, a private Postfix (bench/peers.py: Debian's package, installed when
+   missing; ``postfix -c DIR start-fg`` on a free port of 127.0.0.1, requiring a client certificate of
+   the test PKI, virtual(8) delivery into Maildirs) in the same rotation, and the ratio of Caducée's
+   median to Postfix's (Postfix answers 250 once its queue file is fsync'ed; delivery into the Maildir
+   follows, and the run waits for every message to be there). Postfix's CPU is not in this process:
+   only its rate is printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import ssl
 import statistics
@@ -39,6 +46,9 @@ from mailserver.runtime import Runtime
 from mailserver.smtp import service
 from mailserver.tls import server_context
 from tests.pki import make_pki
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import private_postfix
 
 RCPT = "dr.martin@a.mssante.test"
 
@@ -93,11 +103,16 @@ class _Sink:
 
 
 async def main(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as peers:
         root = Path(tmp)
         pki = make_pki(root / "pki")
         a, b = pki.tls["a.mssante.test"], pki.tls["b.mssante.test"]
         files = (str(b.chain_path), str(b.key_path), str(pki.peer_ca))
+        postfix = None
+        if args.against_postfix:
+            postfix = peers.enter_context(
+                private_postfix(str(a.chain_path), str(a.key_path), str(pki.peer_ca), [RCPT])
+            )
         url = args.db or f"sqlite+aiosqlite:///{root}/caducee.db"
         settings = from_dict(
             {
@@ -132,9 +147,15 @@ async def main(args: argparse.Namespace) -> None:
         # Alternate the two, round after round: whatever else the machine is doing then weighs on both.
         durable: list[tuple[float, float]] = []
         bare: list[tuple[float, float]] = []
+        peer: list[tuple[float, float]] = []
         for _ in range(args.rounds):
             durable.append(await _measure(port, args, files))
             bare.append(await _measure(sink_port, args, files))
+            if postfix is not None:
+                peer.append(await _measure(postfix.port, args, files))
+        delivered = await asyncio.to_thread(
+            _drained, postfix, args.messages // args.connections * args.connections * args.rounds
+        )
         stored = (await accounts.get_mailbox(rt, RCPT)).used_messages
         sink.close()
         for item in reversed(started):
@@ -144,15 +165,35 @@ async def main(args: argparse.Namespace) -> None:
     n = args.messages // args.connections * args.connections
     engine = url.split(":")[0]
     print(f"load: {n} messages of {args.size} bytes, {args.connections} mutual-TLS connections ({engine}),")
-    print(f"      {args.rounds} rounds alternating the durable MTA and the bare sink; medians")
+    rotation = "the durable MTA, the bare sink" + (" and Postfix" if peer else "")
+    print(f"      {args.rounds} rounds alternating {rotation}; medians")
     rate, cpu = _median(durable, n)
     sink_rate, sink_cpu = _median(bare, n)
     print(f"durable MTA : {rate:8.1f} msg/s  {cpu:6.2f} ms CPU/msg  (rounds: {_rates(durable, n)})")
     print(f"bare sink   : {sink_rate:8.1f} msg/s  {sink_cpu:6.2f} ms CPU/msg  (rounds: {_rates(bare, n)})")
+    if peer:
+        peer_rate = statistics.median(n / wall for wall, _ in peer)
+        print(
+            f"Postfix     : {peer_rate:8.1f} msg/s  (rounds: {_rates(peer, n)}), {delivered} in its Maildir"
+        )
     print(f"stored      : {stored} messages in the mailbox")
     print(f"ratio       : {rate / sink_rate * 100:5.1f} % of the sink (target ≥ 50 %)")
+    if peer:
+        print(f"ratio       : {rate / peer_rate:5.2f}× Postfix (Caducée/Postfix, target ≥ 1.0)")
+        if delivered != n * args.rounds:
+            raise SystemExit(f"Postfix delivered only {delivered} of {n * args.rounds} messages")
     if stored != n * args.rounds:
         raise SystemExit(f"only {stored} of {n * args.rounds} messages stored")
+
+
+def _drained(postfix: Any, expected: int, timeout: float = 120) -> int:
+    """Messages in Postfix's Maildir once its queue delivered ``expected`` (or ``timeout`` passed)."""
+    if postfix is None:
+        return 0
+    deadline = time.monotonic() + timeout
+    while (count := postfix.delivered()) < expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return count
 
 
 def _median(runs: list[tuple[float, float]], n: int) -> tuple[float, float]:
@@ -175,4 +216,5 @@ if __name__ == "__main__":
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of each (default 5)")
     parser.add_argument("--db", help="database URL (default: a SQLite file in a temporary directory)")
+    parser.add_argument("--against-postfix", action="store_true", help="also a private Postfix, ratio")
     asyncio.run(main(parser.parse_args()))

@@ -211,6 +211,10 @@ class AuthSettings:
     concurrent_verifications: int = 4
     # CRLs (PEM or DER) of the health PKI checked for client certificates (SASL EXTERNAL).
     client_crl: list[FilePath] = field(default_factory=list)
+    # Verified-credential cache (mailserver/credential_cache.py): seconds a password argon2 accepted
+    # is accepted again without argon2 (0 disables), and how many such entries a process keeps.
+    credential_cache_ttl: Duration = 300
+    credential_cache_size: int = 10_000  # ~0.8 KiB each (measured): ~8 MiB at most
 
 
 # Asymmetric JWS algorithms only (RFC 7518 §3.1): an HMAC algorithm would let anyone holding the

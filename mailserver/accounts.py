@@ -210,7 +210,9 @@ async def _update(rt: Runtime, address: str, what: str, **values: object) -> Mai
         for key, value in values.items():
             setattr(mb, key, value)
         rt.audit.record_in(session, "admin", "admin", "", f"mailbox {what} {addr}", "ok")
-        return _view(mb)
+        view = _view(mb)
+    rt.auth.cache.forget(addr)  # other processes see the new hash or flag on their next login's read
+    return view
 
 
 async def set_password(rt: Runtime, address: str, password: str) -> MailboxView:
@@ -237,6 +239,7 @@ async def delete_mailbox(rt: Runtime, address: str) -> None:
         )
         await session.delete(mb)
         rt.audit.record_in(session, "admin", "admin", "", f"mailbox delete {addr}", "ok")
+    rt.auth.cache.forget(addr)
     for p in paths:
         rt.blobs.remove(p)
 
@@ -280,6 +283,7 @@ async def revoke_app_password(rt: Runtime, address: str, app_id: int) -> None:
         if result.rowcount == 0:
             raise AccountError(f"{mb.address} has no application password {app_id}")
         rt.audit.record_in(session, "admin", "admin", "", f"app-password revoke {mb.address} {app_id}", "ok")
+    rt.auth.cache.forget(mb.address)
 
 
 async def set_auth_methods(rt: Runtime, address: str, methods: list[str]) -> MailboxView:

@@ -37,6 +37,7 @@ from config.settings import AuthSettings, OAuthSettings
 from mailserver import certauth
 from mailserver.audit import Audit
 from mailserver.certauth import CertificateError, ClientCertificates
+from mailserver.credential_cache import CredentialCache
 from mailserver.db.engine import Database
 from mailserver.db.models import AppPassword, AuthFailure, Mailbox, MailboxCert, SendAs, utcnow
 from mailserver.oauth import TokenError, TokenIdentity, TokenValidator
@@ -120,6 +121,7 @@ class Authenticator:
         self.certificates = ClientCertificates(client_ca, settings.client_crl) if client_ca else None
         self._turn = asyncio.Condition()
         self._holding = 0  # attempts of this process holding places in the counters
+        self.cache = CredentialCache(settings.credential_cache_ttl, settings.credential_cache_size)
 
     @contextlib.asynccontextmanager
     async def _taking_turns(self) -> AsyncIterator[None]:
@@ -212,6 +214,8 @@ class Authenticator:
         request = f"{service} login"
         locked = (actor, "login-failure", remote, request, "locked")
         if not await self.db.run_write(lambda s: self._reserve(s, limits, locked), brief=True):
+            if named:
+                self.cache.forget(named)
             return AuthOutcome(None, None, "locked")
         verdict = await verify()
         mb = verdict.mailbox
@@ -273,11 +277,43 @@ class Authenticator:
                         await session.execute(select(AppPassword).where(AppPassword.mailbox_id == mb.id))
                     ).scalars()
                 )
-        credential = await asyncio.to_thread(self._check, mb, apps, password)
+        credential = self._cached(address, mb, apps, password)
+        if credential is None:
+            credential = await asyncio.to_thread(self._check, mb, apps, password)
+            self._remember(address, mb, apps, password, credential)
         if mb is None or credential is None:
+            self.cache.forget(address)
             return Verdict(None, "password", "password", reason="invalid credentials")
         method = "password" if credential.app_id is None else "app-password"
         return Verdict(mb, method, str(credential), person=address, app_id=credential.app_id)
+
+    def _cached(
+        self, address: str, mb: Mailbox | None, apps: list[AppPassword], password: str
+    ) -> Credential | None:
+        """The credential argon2 accepted for this password a moment ago, if its stored hash is unchanged."""
+        if mb is None:
+            return None
+        hit = self.cache.lookup(address, password, mb.password_hash, ((a.id, a.password_hash) for a in apps))
+        if hit is None:
+            return None
+        return MAIN_PASSWORD if hit.app_id is None else Credential(hit.app_id, hit.label)
+
+    def _remember(
+        self,
+        address: str,
+        mb: Mailbox | None,
+        apps: list[AppPassword],
+        password: str,
+        credential: Credential | None,
+    ) -> None:
+        if mb is None or credential is None:
+            return
+        if credential.app_id is None:
+            stored = mb.password_hash
+        else:
+            stored = next(a.password_hash for a in apps if a.id == credential.app_id)
+        if stored:
+            self.cache.remember(address, password, credential.app_id, credential.label, stored)
 
     def _check(self, mb: Mailbox | None, apps: list[AppPassword], password: str) -> Credential | None:
         """Which secret ``password`` is, None when none (in a thread)."""

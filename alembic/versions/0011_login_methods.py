@@ -5,7 +5,7 @@ list of ``password``, ``app-password``, ``oauth``, ``cert``; NULL allows every o
 ``mailbox_cert``: certificates registered for SASL EXTERNAL, matched by issuer + serial or subject.
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-02
 """
 
