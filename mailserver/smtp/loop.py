@@ -138,17 +138,17 @@ class CommandLoop(SMTP):
         if not command.isalpha() or not command.isascii():
             await self.push("500 5.5.2 syntax error: a command is a word of letters")
             return bogus
-        if self.require_starttls and self._tls_protocol is None and command not in ALLOWED_BEFORE_STARTTLS:
-            await self.push("530 5.7.0 must issue a STARTTLS command first")
-            return bogus
         method = self._smtp_methods.get(command)
-        if method is None:
+        if method is None:  # unknown whatever the state (RFC 5321 §4.2.4), so before the TLS check
             if bogus <= 1:
                 await self.push("502 5.5.1 too many unrecognised commands, goodbye")
                 self.hang_up()
                 return 0
             await self.push(f'500 5.5.1 command "{printable(command, 40)}" not recognised')
             return bogus - 1
+        if self.require_starttls and self._tls_protocol is None and command not in ALLOWED_BEFORE_STARTTLS:
+            await self.push("530 5.7.0 must issue a STARTTLS command first")  # RFC 3207 §4
+            return bogus
         self._reset_timeout()
         arg = rest.strip().decode("utf-8", "surrogateescape") or None
         try:
