@@ -30,7 +30,7 @@ log = logging.getLogger("caducee.smtp")
 def peer_certificate(server: SMTPServer) -> x509.Certificate | None:
     """The client certificate verified during the TLS handshake, if one was presented (parsed once per
     connection: it cannot change within it)."""
-    ssl_object = server.transport.get_extra_info("ssl_object") if server.transport else None
+    ssl_object = server.ssl_object
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
     if not der:
         return None
@@ -57,7 +57,7 @@ def received_header(server: SMTPServer, queue_id: str, protocol: str) -> bytes:
 def _tls_clause(server: SMTPServer) -> str | None:
     """The Received clause naming the TLS version, cipher and verified peer: fixed for a TLS session,
     so rendered once per connection."""
-    ssl_object = server.transport.get_extra_info("ssl_object") if server.transport else None
+    ssl_object = server.ssl_object
     if ssl_object is None:
         return None
     if server.tls_trace is not None and server.tls_trace[0] is ssl_object:
@@ -119,6 +119,7 @@ class Handler(ABC):
     # ------------------------------------------------------------------ shared
 
     async def refused(self, server: SMTPServer, request: str, response: str) -> None:
+        """The audit event of every SMTP refusal (``request`` and ``response`` are printable text)."""
         await self.rt.audit.record(
             self.actor(server), f"{self.service}-refused", server.client_ip, request[:500], response
         )
@@ -153,8 +154,7 @@ class Handler(ABC):
             if patients:
                 await conversations.check_message(self.rt, env.mail_from or "", recipients, headers)
             prepared = await self.prepare(server, data)
-        except Refusal as refusal:
-            await self.refused(server, "DATA", refusal.smtp)
+        except Refusal as refusal:  # audited when the reply is sent (``SMTPServer.push``)
             return refusal.smtp
         if patients and prepared is not data:
             # Conversations follow the message as stored: submission may have given it its Message-ID.
@@ -189,7 +189,6 @@ class Handler(ABC):
             )
         if not result.delivered and not result.queued:
             first = next(iter(result.refused.values()), Refusal(451, "4.3.0", "not stored"))
-            await self.refused(server, "DATA", first.smtp)
             return first.smtp
         reply = f"250 2.0.0 message accepted as {queue_id}"
         if result.queued and self.queue:

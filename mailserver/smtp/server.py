@@ -30,12 +30,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
+from aiosmtpd.smtp import Envelope, Session, TLSSetupException
 from cryptography import x509
 
 from mailserver import handshakes
 from mailserver.limits import ConnectionGate, Refused, Slot
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget
+from mailserver.smtp.loop import CommandLoop
+from mailserver.smtp.paths import check_recipient, check_sender, parse_path
+from mailserver.untrusted import printable
 
 if TYPE_CHECKING:
     from mailserver.smtp.handler import Handler
@@ -166,27 +169,6 @@ class ServerConfig:
     drained: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def parse_path(arg: str | None, keyword: str) -> tuple[str, str]:
-    """Split ``FROM:<path> params`` into (path, params); a bare or unterminated path raises Refusal."""
-    if arg is None or arg[: len(keyword)].upper() != keyword:
-        raise Refusal(501, "5.5.4", f"Syntax: {'MAIL FROM' if keyword == 'FROM:' else 'RCPT TO'}:<address>")
-    rest = arg[len(keyword) :].lstrip()
-    if not rest.startswith("<"):
-        raise Refusal(501, "5.5.4", "the address must be enclosed in <>")
-    in_quotes = False
-    escaped = False
-    for i, c in enumerate(rest[1:], 1):
-        if escaped:
-            escaped = False
-        elif c == "\\":
-            escaped = True
-        elif c == '"':
-            in_quotes = not in_quotes
-        elif c == ">" and not in_quotes:
-            return rest[1:i], rest[i + 1 :].strip()
-    raise Refusal(501, "5.5.4", "unterminated <address>")
-
-
 def parse_params(text: str) -> dict[str, str | None]:
     """ESMTP parameters (RFC 5321 §4.1.2): keywords upper-cased, values kept as sent."""
     params: dict[str, str | None] = {}
@@ -294,7 +276,7 @@ async def read_data(
     return data.replace(b"\r\n.", b"\r\n"), None
 
 
-class SMTPServer(SMTP):
+class SMTPServer(CommandLoop):
     """One connection. ``event_handler`` is a ``mailserver.smtp.handler.Handler`` (one per connection)."""
 
     session: SMTPSession
@@ -311,6 +293,7 @@ class SMTPServer(SMTP):
         self._client_ip = ""
         self.slot: Slot | Refused | None = None
         self._greeted = False
+        self.traced: str | None = None
         super().__init__(
             handler,
             data_size_limit=config.message_size or None,
@@ -339,10 +322,6 @@ class SMTPServer(SMTP):
         return SMTPEnvelope()
 
     @property
-    def tls_active(self) -> bool:
-        return self.transport is not None and self.transport.get_extra_info("ssl_object") is not None
-
-    @property
     def client_ip(self) -> str:
         return self._client_ip
 
@@ -356,22 +335,20 @@ class SMTPServer(SMTP):
             self.config.active.add(self)
             self.config.drained.clear()
 
-    def connection_lost(self, error: Exception | None) -> None:
+    def ended(self) -> None:
         if isinstance(self.slot, Slot):
             self.config.gate.release(self.slot)
         self.config.active.discard(self)
         if not self.config.active:
             self.config.drained.set()
-        super().connection_lost(error)
 
-    async def _handle_client(self) -> None:
+    async def greet(self) -> bool:
         if isinstance(self.slot, Refused):  # RFC 5321 §3.8; audited by the gate, a flood at a bounded cost
             self._greeted = True
             await self.push(f"421 4.7.0 {self.slot.text}")
-            if self.transport is not None:
-                self.transport.close()
-            return
-        await super()._handle_client()
+            self.hang_up()
+            return False
+        return await super().greet()
 
     def login(self, user: str) -> str | None:
         """Count this connection as ``user``'s at AUTH; the reply instead of 235 when refused (RFC 4954
@@ -381,17 +358,24 @@ class SMTPServer(SMTP):
         return None if refused is None else f"454 4.7.0 {refused.text}"
 
     async def push(self, status: Any) -> None:
-        """Every reply but the greeting and EHLO's carries an enhanced status code (RFC 2034)."""
+        """Every reply but the greeting and EHLO's carries an enhanced status code (RFC 2034), shows
+        only printable text (what it quotes of the client's input is escaped), and, when it refuses
+        (4xx, 5xx), is put in the audit trail with the command first: the trace exists before the
+        client knows. Refusals already traced where they were decided (``recorded``) are not twice."""
         if isinstance(status, str):
+            status = "\r\n".join(printable(line) for line in status.split("\r\n"))
             if self._greeted:
                 status = with_enhanced_code(status)
             self._greeted = True
+            traced, self.traced = self.traced, None
+            if status[:1] in "45" and self.request is not None and status != traced:
+                await self.event_handler.refused(self, self.request, status)
         await super().push(status)
 
-    async def reply(self, refusal: Refusal, request: str) -> None:
-        """Put a refusal in the audit trail, then send it (so the trace exists before the client knows)."""
-        await self.event_handler.refused(self, request, refusal.smtp)
-        await self.push(refusal.smtp)
+    def recorded(self, status: str) -> str:
+        """``status``, marked as already audited (by authentication or the connection gate)."""
+        self.traced = with_enhanced_code(status)
+        return status
 
     # ------------------------------------------------------------------ EHLO, STARTTLS, AUTH
 
@@ -436,24 +420,17 @@ class SMTPServer(SMTP):
             return
         try:
             await super().smtp_STARTTLS(arg)
-        except TLSSetupException as exc:  # aiosmtpd then closes the connection (see handle_exception)
+        except TLSSetupException as exc:  # the command loop then closes the connection
             rt = self.event_handler.rt
             await handshakes.report(rt, self.config.service, self.client_ip, exc.__cause__ or exc)
             raise
-
-    async def handle_exception(self, error: Exception) -> str:
-        """aiosmtpd's hook for an exception out of a command; a failed STARTTLS handshake was reported
-        by ``smtp_STARTTLS`` (no reply can be sent on a broken TLS layer), anything else is the handler's."""
-        if isinstance(error, TLSSetupException):
-            return ""
-        return await super().handle_exception(error)
 
     async def smtp_AUTH(self, arg: str) -> None:
         if not self.config.auth:
             await self.push("502 5.5.1 AUTH not available here")
             return
         if not self.tls_active:
-            await self.reply(Refusal(538, "5.7.11", "encryption required: use STARTTLS first"), "AUTH")
+            await self.push("538 5.7.11 encryption required: use STARTTLS first")
             return
         await super().smtp_AUTH(arg)
 
@@ -465,16 +442,16 @@ class SMTPServer(SMTP):
         if self.envelope.mail_seen:
             await self.push("503 5.5.1 nested MAIL command")
             return
-        request = f"MAIL FROM:{arg}"
         try:
             address, params_text = parse_path(arg, "FROM:")
+            check_sender(address)
             params = parse_params(params_text)
             if params and not self.session.extended_smtp:
                 raise Refusal(501, "5.5.4", "parameters need EHLO")
             options = mail_options(params, self.data_size_limit or 0)
             await self.event_handler.mail(self, address, options)
         except Refusal as refusal:
-            await self.reply(refusal, request)
+            await self.push(refusal.smtp)
             return
         self.envelope.mail_seen = True
         self.envelope.mail_from = address
@@ -488,18 +465,18 @@ class SMTPServer(SMTP):
         if not self.envelope.mail_seen:
             await self.push("503 5.5.1 need MAIL command")
             return
-        request = f"RCPT TO:{arg}"
         try:
             if len(self.envelope.recipients) >= self.config.recipients_per_message:
                 raise Refusal(452, "4.5.3", "too many recipients for one message")
             address, params_text = parse_path(arg, "TO:")
+            check_recipient(address)
             params = parse_params(params_text)
             if params and not self.session.extended_smtp:
                 raise Refusal(501, "5.5.4", "parameters need EHLO")
             notify, orcpt = rcpt_options(params)
             target = await self.event_handler.rcpt(self, address, self.envelope.options)
         except Refusal as refusal:
-            await self.reply(refusal, request)
+            await self.push(refusal.smtp)
             return
         self.envelope.rcpt_tos.append(target.address)
         self.envelope.recipients.append(Recipient(target.address, target, notify, orcpt))
@@ -525,8 +502,7 @@ class SMTPServer(SMTP):
                 self._reader, self.data_size_limit or 0, self.line_length_limit, self._reset_timeout
             )
         except asyncio.IncompleteReadError:  # the client went away in the middle of its message
-            if self.transport is not None:
-                self.transport.close()
+            self.hang_up()
             return
         status = error or await self.event_handler.message(self, data)
         self._set_post_data_state()
@@ -542,8 +518,7 @@ class SMTPServer(SMTP):
         m = _BDAT.fullmatch((arg or "").strip())
         if m is None:
             await self.push("501 5.5.4 Syntax: BDAT chunk-size [LAST]; closing, the stream is out of step")
-            if self.transport is not None:
-                self.transport.close()
+            self.hang_up()
             return
         size, last = int(m.group(1)), m.group(2) is not None
         env = self.envelope
@@ -569,8 +544,7 @@ class SMTPServer(SMTP):
                     env.chunks = bytearray()
                 env.chunks += chunk
         except asyncio.IncompleteReadError:
-            if self.transport is not None:
-                self.transport.close()
+            self.hang_up()
             return
         self._reset_timeout()
         if error:

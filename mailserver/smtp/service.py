@@ -43,8 +43,8 @@ class SMTPListener:
     async def close(self) -> None:
         self.server.close()
         for session in list(self.config.active):
-            if not session.busy and session.transport is not None:
-                session.transport.close()
+            if not session.busy:
+                session.hang_up()
         if self.config.active:
             await self.config.drained.wait()
         await self.config.gate.drain()

@@ -50,6 +50,7 @@ class SubmissionHandler(Handler):
             user, secret = username.decode("utf-8"), password.decode("utf-8")
         except UnicodeDecodeError:
             return AuthResult(success=False, handled=False, message="501 5.5.2 credentials must be UTF-8")
+        # Every outcome from here on is audited by authentication or by the connection gate.
         outcome: AuthOutcome = await self.rt.auth.authenticate(user, secret, server.client_ip, "smtp")
         return self._conclude(server, outcome)
 
@@ -58,7 +59,7 @@ class SubmissionHandler(Handler):
         if outcome.ok and outcome.address is not None:
             refused = server.login(outcome.address)
             if refused is not None:
-                return AuthResult(success=False, handled=False, message=refused)
+                return AuthResult(success=False, handled=False, message=server.recorded(refused))
             server.session.mailbox_id = outcome.mailbox_id
             server.session.username = outcome.address
             return AuthResult(success=True, auth_data=outcome.address)
@@ -68,7 +69,7 @@ class SubmissionHandler(Handler):
             message = "454 4.7.0 temporary authentication failure, try again later"
         else:
             message = "535 5.7.8 authentication credentials invalid"
-        return AuthResult(success=False, handled=False, message=message)
+        return AuthResult(success=False, handled=False, message=server.recorded(message))
 
     async def _response(self, server: SMTPServer, args: list[str]) -> bytes | AuthResult:
         """The client's first SASL message: the initial response (``=`` is empty) or the answer to an

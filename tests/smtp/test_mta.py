@@ -108,7 +108,7 @@ RELAY_BATTERY = [
     ("@a.mssante.test:dr.martin@example.com", "550 5.7.1"),
     ("@example.com:dr.martin@a.mssante.test", "550 5.7.1"),
     ("example.com!dr.martin@a.mssante.test", "550 5.7.1"),
-    ("dr.martin@example.com@a.mssante.test", "550 5.7.1"),
+    ("dr.martin@example.com@a.mssante.test", "553 5.1.3"),  # not an address (RFC 5321 §4.1.2)
     ("nobody@a.mssante.test", "550 5.1.1"),
     ("ancien@a.mssante.test", "550 5.2.1"),
 ]
