@@ -53,24 +53,28 @@ HandlerFn = Callable[["Session", str, Any], Awaitable[Done]]
 
 @dataclass(frozen=True, slots=True)
 class Handler:
-    """One verb: its coroutine, the states it is valid in, the capabilities its presence announces."""
+    """One verb: its coroutine, the states it is valid in, the capabilities its presence announces;
+    ``sync_first`` False for a command that must answer before any pending update (IDLE)."""
 
     name: str
     run: HandlerFn
     states: State
     capabilities: tuple[str, ...] = ()
+    sync_first: bool = True
 
 
 REGISTRY: dict[str, Handler] = {}
 
 
-def command(name: str, states: State, capabilities: tuple[str, ...] = ()) -> Callable[[HandlerFn], HandlerFn]:
+def command(
+    name: str, states: State, capabilities: tuple[str, ...] = (), *, sync_first: bool = True
+) -> Callable[[HandlerFn], HandlerFn]:
     """Register ``fn`` as the handler of ``name`` (the parser's upper-case command keyword)."""
 
     def register(fn: HandlerFn) -> HandlerFn:
         if name in REGISTRY:
             raise RuntimeError(f"IMAP command {name} registered twice")
-        REGISTRY[name] = Handler(name, fn, states, capabilities)
+        REGISTRY[name] = Handler(name, fn, states, capabilities, sync_first)
         return fn
 
     return register

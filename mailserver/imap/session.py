@@ -399,7 +399,7 @@ class Session(asyncio.Protocol):
             done = Done(f"{body.name} not allowed now", status="BAD")
         else:
             try:
-                if self.selected is not None and self.dirty:
+                if self.selected is not None and self.dirty and handler.sync_first:
                     await self.sync(expunges=expunges)  # so that "*" and sequence numbers see new messages
                 done = await handler.run(self, tag, body)
             except Fail as exc:

@@ -3,9 +3,14 @@ IDLE woken at once by a delivery, CONDSTORE/QRESYNC resynchronisation, SEARCH/SO
 
 from __future__ import annotations
 
+import asyncio
 import re
+import threading
+from typing import Any
 
-from tests.imap.conftest import IMAPEnv, message
+from imapclient import IMAPClient
+
+from tests.imap.conftest import MARTIN, PASSWORD, IMAPEnv, message
 
 
 async def test_updates_reach_other_session_at_allowed_points(imap_both: IMAPEnv) -> None:
@@ -136,3 +141,40 @@ async def test_search_sort_thread(imap: IMAPEnv) -> None:
     lines = await rev2.ok("SEARCH FLAGGED")
     assert lines[0] == f'* ESEARCH (TAG "t{rev2.counter}") ALL 2'
     await rev2.close()
+
+
+async def test_imapclient_idle_sees_updates_from_before_and_during_idle(imap_both: IMAPEnv) -> None:
+    """RFC 2177 §3: ``+ idling`` comes first, then the updates: imapclient's ``idle()`` refuses any
+    response before the continuation, so a message delivered between SELECT and IDLE must wait."""
+    env = imap_both
+    await env.deliver(message("before select"))
+    loop = asyncio.get_running_loop()
+    selected, delivered = threading.Event(), threading.Event()
+
+    def with_imapclient() -> tuple[list[Any], list[Any], list[Any]]:
+        client = IMAPClient("127.0.0.1", port=env.tls_port, ssl=True, ssl_context=env.ctx, timeout=30)
+        with client:
+            client.login(MARTIN, PASSWORD)
+            client.select_folder("INBOX")
+            assert b"IDLE" in client.capabilities()  # asked now, so that idle() sends IDLE at once
+            selected.set()
+            assert delivered.wait(10)  # a message arrived after SELECT, before IDLE
+            client.idle()  # raises IMAPClientError("Unexpected IDLE response") if EXISTS came first
+            first = client.idle_check(timeout=10)
+            asyncio.run_coroutine_threadsafe(env.deliver(message("during idle")), loop).result(10)
+            second = client.idle_check(timeout=10)
+            done = client.idle_done()
+            return first, second, done[1]
+
+    async def deliver_after_select() -> None:
+        await asyncio.to_thread(selected.wait, 10)
+        since = env.rt.notifier.published
+        await env.deliver(message("before idle"))
+        await env.relayed(since, 1)
+        delivered.set()
+
+    waiter = asyncio.create_task(deliver_after_select())
+    first, second, _done = await asyncio.to_thread(with_imapclient)
+    await waiter
+    assert (2, b"EXISTS") in first
+    assert (3, b"EXISTS") in second

@@ -1,7 +1,10 @@
 """IDLE (RFC 2177, RFC 9051 §6.3.13): push updates as soon as the store publishes a change.
 
 The notifier callback wakes the session; the session then reads ``changes_since`` and writes
-EXISTS / EXPUNGE (or VANISHED) / FETCH FLAGS at once (expunges are allowed while idling). An idle
+EXISTS / EXPUNGE (or VANISHED) / FETCH FLAGS at once (expunges are allowed while idling). The
+continuation comes first, then whatever changed before IDLE (RFC 2177 §3's example, Dovecot's
+order): clients such as imapclient read the line after ``IDLE`` as the continuation and refuse
+anything else. An idle
 connection is kept for ``[limits] imap_idle_timeout`` (at least 30 minutes, RFC 9051 §5.4), then
 the server says BYE.
 """
@@ -20,15 +23,14 @@ if TYPE_CHECKING:
 MIN_IDLE_TIMEOUT = 30 * 60
 
 
-@command("IDLE", State.AUTH_OR_SELECTED, ("IDLE",))
+@command("IDLE", State.AUTH_OR_SELECTED, ("IDLE",), sync_first=False)
 async def idle(s: Session, tag: str, cmd: object) -> Done:
     timeout = max(s.rt.settings.limits.imap_idle_timeout, MIN_IDLE_TIMEOUT)
-    s.dirty = s.selected is not None
-    await s.sync(expunges=True)
     s.send(enc.continuation("idling"))
     await s.flush()
     s.receiver.set_mode(ReceiverMode.IDLE, tag)
     s.idling = True
+    s.dirty = s.selected is not None  # pending expunges and changes from before IDLE, now
     try:
         while True:
             if s.dirty:
