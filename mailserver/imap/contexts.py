@@ -41,7 +41,7 @@ from mailserver.imap.protocol.sequence import SequenceSet
 from mailserver.imap.search import MessageView, search
 from mailserver.imap.sort import needs_meta as sort_needs_meta
 from mailserver.imap.sort import sort_key
-from mailserver.store.store import MessageInfo
+from mailserver.store.store import MessageInfo, MessageUnavailable
 
 if TYPE_CHECKING:
     from mailserver.imap.session import Selected, Session
@@ -68,17 +68,41 @@ async def load_views(
 
 
 async def evaluate(
-    s: Session, key: SearchKey, views: list[MessageView], blobs: dict[int, int], saved: SequenceSet | None
-) -> list[MessageView]:
-    """The views matching ``key`` in the selected folder's state; ``blobs`` maps UID to blob for
-    the keys that need the message itself. Raises :class:`SearchError`."""
+    s: Session,
+    key: SearchKey,
+    views: list[MessageView],
+    blobs: dict[int, int],
+    saved: SequenceSet | None,
+    request: str = "SEARCH",
+) -> tuple[list[MessageView], set[int]]:
+    """The views matching ``key`` in the selected folder's state, and the UIDs left undecided
+    because their message could not be read; ``blobs`` maps UID to blob for the keys that need the
+    message itself. Raises :class:`SearchError`.
+
+    A message the storage cannot give back is left out, and the command still completes: the
+    client is warned first with an untagged ``* NO [UNAVAILABLE]`` (RFC 9051 §7.1.2: an untagged NO
+    is a warning, the command can still succeed; RFC 5530 UNAVAILABLE: try again later), and the
+    fault is logged and audited once for the command. A tagged NO instead would cost every other
+    match of the folder: imapclient raises on it and imaplib, Thunderbird or K-9 drop the results,
+    so one unreadable file would make SEARCH (and SORT, THREAD, an updating context) useless for
+    the whole folder. Clients that show server warnings show this one; the others still get what
+    could be read, and an unreadable message is never reported as matching (nor, for an updating
+    context, as no longer matching).
+    """
     sel = s.selected
     assert sel is not None
+    faults: list[MessageUnavailable] = []
+    skipped: set[int] = set()
 
-    async def load_raw(view: MessageView) -> bytes:
-        return await s.rt.store.read_blob(blobs[view.uid])
+    async def load_raw(view: MessageView) -> bytes | None:
+        try:
+            return await s.rt.store.read_blob(blobs[view.uid])
+        except MessageUnavailable as exc:
+            faults.append(exc)
+            skipped.add(view.uid)
+            return None
 
-    return await search(
+    found = await search(
         key,
         views,
         load_raw=load_raw,
@@ -87,6 +111,11 @@ async def evaluate(
         saved=saved,
         recent=sel.recent,
     )
+    if faults:
+        text = f"{len(skipped)} message(s) could not be read from storage and were left out; try again later"
+        s.send(enc.status_response(None, "NO", text, "UNAVAILABLE"))
+        await s.unavailable(faults, request)
+    return found, skipped
 
 
 def freeze(key: SearchKey, sel: Selected) -> SearchKey:
@@ -251,8 +280,8 @@ class Contexts:
         blobs = {m.uid: m.blob_id for _, m in infos}
         out = []
         for ctx in self.active.values():
-            matching = await evaluate(s, ctx.criteria, views, blobs, None)
-            now = {v.uid for v in matching}
+            matching, unread = await evaluate(s, ctx.criteria, views, blobs, None, "RETURN (UPDATE)")
+            now = {v.uid for v in matching} | unread  # an unreadable member stays one
             removed = [(ctx.remove(v.uid), v.uid) for v in views if v.uid in ctx and v.uid not in now]
             added = [(ctx.add(v), v.uid) for v in matching if v.uid not in ctx]
             items = []

@@ -511,7 +511,7 @@ async def search(
     key: SearchKey,
     messages: list[MessageView],
     *,
-    load_raw: Callable[[MessageView], Awaitable[bytes]],
+    load_raw: Callable[[MessageView], Awaitable[bytes | None]],
     largest_seq: int,
     largest_uid: int,
     saved: SequenceSet | None,
@@ -522,13 +522,15 @@ async def search(
 
     ``saved`` is the SEARCHRES result as UIDs, ``recent`` the UIDs that are \\Recent in this
     session; ``now`` (default: current time) anchors OLDER/YOUNGER. ``load_raw`` is awaited
-    at most once per message, only for messages the cached data cannot decide.
+    at most once per message, only for messages the cached data cannot decide; when it returns
+    None (the message cannot be read) the message is left out, whatever the key.
     """
     ctx = _Context(largest_seq, largest_uid, saved, recent, now or datetime.now(UTC))
     root = _compile(key, ctx)
     true, unknown = root.decide(messages, range(len(messages)))
     for i in sorted(unknown):
         view = messages[i]
-        if root.match(_Doc(view, await load_raw(view))):
+        raw = await load_raw(view)
+        if raw is not None and root.match(_Doc(view, raw)):
             true.add(i)
     return [messages[i] for i in sorted(true)]

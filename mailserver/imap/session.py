@@ -15,7 +15,9 @@ Invariants (each is relied on by the command modules):
 - A store notification only marks the session dirty; what changed is always read back with
   ``changes_since(folder, modseq)``, so a lost or merged wake-up cannot lose a change.
 - Any handler exception is answered ``NO [SERVERBUG]`` and logged; a syntax error is a BAD from the
-  Receiver. Only a broken socket, LOGOUT, an idle timeout or a shutdown end the connection.
+  Receiver; a message the storage cannot give back is ``NO [UNAVAILABLE]`` (logged and audited by
+  ``mailserver.storage_faults``). Only a broken socket, LOGOUT, an idle timeout or a shutdown end
+  the connection; any other error that ends it is logged.
 - Per idle connection we keep no message data: a few scalars, the UID array of the selected folder,
   the Receiver and the transport. Metas and bodies are read per command, in batches.
 """
@@ -27,10 +29,10 @@ import logging
 import ssl
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from mailserver import quota
+from mailserver import quota, storage_faults
 from mailserver.imap.base import REGISTRY, Done, Fail, State, store_code
 from mailserver.imap.contexts import Contexts
 from mailserver.imap.protocol import (
@@ -47,7 +49,7 @@ from mailserver.imap.protocol import (
 from mailserver.imap.protocol import encoder as enc
 from mailserver.imap.protocol.commands import CommandBody
 from mailserver.store.notify import RESYNC
-from mailserver.store.store import MessageInfo, StoreError
+from mailserver.store.store import MessageInfo, MessageUnavailable, StoreError
 
 if TYPE_CHECKING:
     from mailserver.imap.server import IMAPServer
@@ -253,6 +255,17 @@ class Session(asyncio.Protocol):
         gone = self._closed or self.transport is None or self.transport.is_closing()
         return gone or isinstance(exc, ConnectionError | ssl.SSLError)
 
+    async def unavailable(self, faults: Sequence[MessageUnavailable], request: str) -> None:
+        """Log and audit messages this command could not read (once per command)."""
+        await storage_faults.report(
+            self.rt,
+            faults,
+            service="imap",
+            actor=self.address or f"peer:{self.remote}",
+            remote=self.remote,
+            request=f"imap {request}",
+        )
+
     # ------------------------------------------------------------------ state
 
     @property
@@ -348,7 +361,9 @@ class Session(asyncio.Protocol):
                 await self._event(event)
                 if self.logout:
                     break
-        except (ConnectionError, OSError):
+        except OSError as exc:
+            if not self._lost(exc):
+                log.exception("IMAP session from %s failed", self.remote)
             self._closed = True
         except Exception:
             log.exception("IMAP session from %s failed", self.remote)
@@ -406,6 +421,9 @@ class Session(asyncio.Protocol):
                 done = Done(exc.text, exc.code, exc.status)
             except quota.OverQuota as exc:
                 done = Done(f"quota exceeded ({exc.resource})", "OVERQUOTA", "NO")
+            except MessageUnavailable as exc:
+                await self.unavailable([exc], body.name)
+                done = Done("a message cannot be read from storage, try again later", "UNAVAILABLE", "NO")
             except StoreError as exc:
                 done = Done(str(exc), store_code(exc.code), "NO")
             except Exception as exc:

@@ -23,6 +23,7 @@ import jinja2
 from aiohttp import web
 
 from config.settings import parse_listen
+from mailserver import storage_faults
 from mailserver.delivery import EnqueueHook
 from mailserver.limits import ConnectionGate, Refused, Slot
 from mailserver.portal import api, service
@@ -30,6 +31,7 @@ from mailserver.portal.http import (
     ENQUEUE,
     PRE_COOKIE,
     RT,
+    Handler,
     clear_session_cookie,
     csrf_ok,
     current_session,
@@ -39,6 +41,7 @@ from mailserver.portal.http import (
     set_session_cookie,
 )
 from mailserver.runtime import Runtime
+from mailserver.store.store import MessageUnavailable
 
 HERE = Path(__file__).parent
 JINJA = web.AppKey("jinja", jinja2.Environment)
@@ -231,10 +234,45 @@ async def attachment_get(request: web.Request) -> web.StreamResponse:
         return render(request, "error.html", exc.status, session=info, error=exc.message)
 
 
+UNAVAILABLE = (
+    "Ce message est momentanément indisponible. Réessayez dans quelques minutes ; "
+    "si cela dure, signalez-le à votre professionnel de santé."
+)
+
+
+@web.middleware
+async def storage_unavailable(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A message whose file cannot be read (``MessageUnavailable``), on any page or API route:
+    503 with ``Retry-After``, the error page or the API's ``{"error": ...}``, never a 500 traceback;
+    logged and audited once (``mailserver.storage_faults``). The session stays valid."""
+    try:
+        return await handler(request)
+    except MessageUnavailable as exc:
+        rt = request.app[RT]
+        info = await current_session(request, allow_bearer=True)
+        await storage_faults.report(
+            rt,
+            [exc],
+            service="portal",
+            actor=info.address if info is not None else "",
+            remote=remote(request),
+            request=f"{request.method} {request.path}",
+        )
+        if request.path.startswith("/api/"):
+            resp = web.json_response({"error": UNAVAILABLE}, status=503)
+        elif info is not None:
+            resp = render(request, "error.html", 503, session=info, error=UNAVAILABLE)
+        else:
+            resp = render(request, "error.html", 503, error=UNAVAILABLE)
+        resp.headers["Retry-After"] = "60"
+        return resp
+
+
 def make_app(rt: Runtime, enqueue: EnqueueHook | None = None) -> web.Application:
     """The portal application; ``enqueue`` is the outbound queue's hook for professionals at peers."""
     app = web.Application(
-        middlewares=[security_headers], client_max_size=rt.settings.limits.message_size * 4 // 3 + 1024 * 1024
+        middlewares=[security_headers, storage_unavailable],
+        client_max_size=rt.settings.limits.message_size * 4 // 3 + 1024 * 1024,
     )
     app[RT] = rt
     app[ENQUEUE] = enqueue

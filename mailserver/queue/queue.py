@@ -13,6 +13,12 @@
   until ``delivery.expire``; then, like a permanent failure, the recipient fails.
 - When no recipient of a message is left queued, one transaction removes the entry, drops its blob
   reference and (when a report is due) stores the single RFC 3464 report in the sender's mailbox.
+- A queued message whose file cannot be read (``MessageUnavailable``: a node with another storage
+  path, a share not mounted) stays queued: the attempt counts as a temporary failure, logged and
+  audited (``mailserver.storage_faults``), never a crash of the worker loop. Bouncing at once would
+  lose a message another node (or this one, once its storage is back) can still send; so it is
+  retried on the schedule and bounced at ``delivery.expire`` like any undeliverable message, the
+  report then carrying the original's header only if it can be read.
 """
 
 from __future__ import annotations
@@ -30,13 +36,14 @@ from typing import Any
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from mailserver import storage_faults
 from mailserver.db.models import utcnow
 from mailserver.delivery import EnqueueHook
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget, local_recipient
 from mailserver.queue import dsn
 from mailserver.queue.models import QueueMessage, QueueRecipient
 from mailserver.runtime import Runtime
-from mailserver.store.store import drop_blob_ref
+from mailserver.store.store import MessageUnavailable, drop_blob_ref
 
 log = logging.getLogger("caducee.queue")
 
@@ -276,14 +283,14 @@ class Queue:
         try:
             target = await self._local_sender(msg.sender) if reports else None
             if target is not None:
-                original = await self.rt.store.read_blob(msg.blob_id)
+                original = await self._original(message_id, msg.blob_id)
                 data = dsn.build(
                     self.rt.settings.server.hostname,
                     msg.sender,
                     reports,
-                    original,
+                    original or b"",
                     envid=msg.envid,
-                    ret=msg.ret,
+                    ret=msg.ret if original is not None else "HDRS",
                     arrival=msg.created_at,
                 )
                 prepared = await self.rt.store.prepare(data)
@@ -302,6 +309,19 @@ class Queue:
         for path in removed:
             await asyncio.to_thread(self.rt.blobs.remove, path)
         return True
+
+    async def _original(self, message_id: int, blob_id: int) -> bytes | None:
+        """The queued message for its report; None (reported) when its file cannot be read."""
+        try:
+            return await self.rt.store.read_blob(blob_id)
+        except MessageUnavailable as exc:
+            await self._unavailable(exc, f"report for queue entry {message_id}")
+            return None
+
+    async def _unavailable(self, exc: MessageUnavailable, request: str) -> None:
+        await storage_faults.report(
+            self.rt, [exc], service="queue", actor="queue", remote="", request=request
+        )
 
     async def _local_sender(self, sender: str) -> LocalTarget | None:
         if not sender:
@@ -347,6 +367,10 @@ class Queue:
         try:
             data = await self.rt.store.read_blob(batch.blob_id)
             outcomes = await send(batch, data)
+        except MessageUnavailable as exc:
+            await self._unavailable(exc, f"deliver queue entry {batch.message_id}")
+            reply = "451 4.3.0 message file unavailable in this node's storage"
+            outcomes = {r.id: Outcome("temporary", reply) for r in batch.recipients}
         except Exception as exc:
             log.exception("delivery attempt for queue entry %s failed", batch.message_id)
             outcomes = {r.id: Outcome("temporary", f"451 4.3.0 local error: {exc}") for r in batch.recipients}

@@ -71,6 +71,17 @@ class StoreError(Exception):
         self.code = code
 
 
+class MessageUnavailable(StoreError):
+    """A message whose file cannot be read (missing, unreadable, an I/O error): the storage is at
+    fault, not the request. Readers answer "try later" (IMAP ``NO [UNAVAILABLE]``, HTTP 503) and
+    report it through :func:`mailserver.storage_faults.report`; ``reason`` is the OS error."""
+
+    def __init__(self, blob_id: int, reason: str) -> None:
+        super().__init__("UNAVAILABLE", "the message cannot be read from storage")
+        self.blob_id = blob_id
+        self.reason = reason
+
+
 class FolderNotFound(StoreError):
     def __init__(self, name: str) -> None:
         super().__init__("NONEXISTENT", f"no folder named {name!r}")
@@ -480,11 +491,15 @@ class Store:
         await self._remove_files(paths)
 
     async def read_blob(self, blob_id: int) -> bytes:
+        """The message's bytes; :class:`MessageUnavailable` when its file cannot be read."""
         async with self.db.read() as session:
             path, data = (await session.execute(select(Blob.path, Blob.data).where(Blob.id == blob_id))).one()
         if data is not None:
             return bytes(data)
-        return await asyncio.to_thread(self.blobs.read, path)
+        try:
+            return await asyncio.to_thread(self.blobs.read, path)
+        except OSError as exc:
+            raise MessageUnavailable(blob_id, f"{type(exc).__name__}: {exc}") from exc
 
     async def blob_meta(self, blob_id: int) -> dict[str, Any]:
         """The analysis made at delivery (envelope, body structure, offsets, header fields)."""

@@ -5,6 +5,10 @@ ENVELOPE, BODYSTRUCTURE and section offsets come from the meta computed once at 
 message is read only for body sections, one message at a time, and responses are flushed per batch,
 so memory stays bounded whatever the sequence set. A non-PEEK body fetch sets \\Seen (unless the
 mailbox was opened with EXAMINE) and reports the new FLAGS in the same response (§6.4.5).
+
+A message whose file cannot be read gets no FETCH response; the others are still sent (a client
+syncing ``1:*`` is not stopped by one bad file) and the command ends ``NO [UNAVAILABLE]`` (RFC 5530:
+try again later), the fault logged and audited once (``mailserver.storage_faults``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from mailserver.imap.base import Done, Fail, State, command
 from mailserver.imap.protocol import encoder as enc
 from mailserver.imap.protocol.commands import Fetch, FetchAtt, FetchBinarySize, FetchBody, FetchItem
 from mailserver.store import mime
-from mailserver.store.store import MessageInfo
+from mailserver.store.store import MessageInfo, MessageUnavailable
 
 if TYPE_CHECKING:
     from mailserver.imap.session import Session
@@ -113,6 +117,7 @@ async def fetch(s: Session, tag: str, cmd: Fetch) -> Done:
     raw_needed = any(_needs_raw(i) for i in items)
     meta_needed = raw_needed or any(i in _META_ATTS for i in items)
     batch = _BATCH_BODIES if raw_needed else _BATCH_SMALL
+    faults: list[MessageUnavailable] = []
     for start in range(0, len(uids), batch):
         infos = await store.messages(sel.folder_id, uids[start : start + batch])
         if seen:
@@ -129,8 +134,17 @@ async def fetch(s: Session, tag: str, cmd: Fetch) -> Done:
             seq = sel.seq(m.uid)
             if not seq:
                 continue
-            raw = await store.read_blob(m.blob_id) if raw_needed else None
+            try:
+                raw = await store.read_blob(m.blob_id) if raw_needed else None
+            except MessageUnavailable as exc:
+                faults.append(exc)
+                continue
             meta = metas.get(m.blob_id)
             s.send(enc.fetch(seq, [(_name(i), _value(s, i, m, meta, raw)) for i in items]))
         await s.flush()
-    return Done(f"{'UID ' if cmd.uid else ''}FETCH completed")
+    verb = f"{'UID ' if cmd.uid else ''}FETCH"
+    if faults:
+        await s.unavailable(faults, verb)
+        unread = f"{len(faults)} message(s) cannot be read from storage"
+        return Done(f"{verb} done for the others; {unread}, try again later", "UNAVAILABLE", "NO")
+    return Done(f"{verb} completed")

@@ -58,15 +58,17 @@ async def _views(s: Session) -> tuple[list[MessageView], dict[int, int]]:
     return await load_views(s, known), {m.uid: m.blob_id for _, m in known}
 
 
-async def _matching(s: Session, key: SearchKey) -> list[MessageView]:
+async def _matching(s: Session, key: SearchKey, request: str) -> list[MessageView]:
+    """The matches; messages whose file cannot be read are left out, with a warning (``evaluate``)."""
     sel = s.selected
     assert sel is not None
     views, blobs = await _views(s)
     saved = SequenceSet.from_numbers(sel.saved) if sel.saved is not None else None
     try:
-        return await evaluate(s, key, views, blobs, saved)
+        found, _unreadable = await evaluate(s, key, views, blobs, saved, request)
     except SearchError as exc:
         raise Fail("NO", str(exc)) from None
+    return found
 
 
 def _returned(found: list[MessageView], wanted: set[str]) -> list[MessageView]:
@@ -90,7 +92,7 @@ async def search_(s: Session, tag: str, cmd: Search) -> Done:
         returns = ("ALL",)  # RFC 9051 §6.4.4: IMAP4rev2 answers ESEARCH only.
     _reject_reused_tag(s, tag, returns)
     try:
-        found = await _matching(s, cmd.criteria)
+        found = await _matching(s, cmd.criteria, "UID SEARCH" if cmd.uid else "SEARCH")
     except Fail:
         if returns is not None and "SAVE" in returns:
             sel.saved = []  # RFC 5182 §2.1: a failed SAVE search empties $.
@@ -166,7 +168,7 @@ def _esearch(
 @command("SORT", State.SELECTED, ("SORT", "SORT=DISPLAY", "ESORT"))
 async def sort_(s: Session, tag: str, cmd: Sort) -> Done:
     _reject_reused_tag(s, tag, cmd.returns)
-    found = await _matching(s, cmd.search)
+    found = await _matching(s, cmd.search, "UID SORT" if cmd.uid else "SORT")
     try:
         ordered = sort(cmd.criteria, found)
     except SearchError as exc:
@@ -193,7 +195,7 @@ async def cancelupdate(s: Session, tag: str, cmd: CancelUpdate) -> Done:
 
 @command("THREAD", State.SELECTED, ("THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT"))
 async def thread_(s: Session, tag: str, cmd: Thread) -> Done:
-    found = await _matching(s, cmd.search)
+    found = await _matching(s, cmd.search, "UID THREAD" if cmd.uid else "THREAD")
     try:
         roots = thread(cmd.algorithm, found, use_uid=cmd.uid)
     except SearchError as exc:
