@@ -28,6 +28,18 @@ def log_event(event: str, /, level: int = logging.INFO, **fields: object) -> Non
     log.log(level, event, extra={"event": event, "fields": fields})
 
 
+def private(**fields: object) -> dict[str, object]:
+    """Fields that name people (senders, recipients: health metadata), for ``log_event``: kept only
+    at ``[server] log_level = "debug"``, like aiosmtpd's command lines; the audit trail (who asked,
+    for whom) is where they belong otherwise."""
+    return fields if log.isEnabledFor(logging.DEBUG) else {}
+
+
+def reply_code(reply: str) -> str:
+    """An SMTP reply without its text (``550 5.1.1``): the text may repeat an address."""
+    return " ".join(reply.split()[:2])
+
+
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {

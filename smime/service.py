@@ -35,6 +35,7 @@ from config.settings import Settings
 from mailserver.audit import Audit
 from mailserver.db.engine import Database
 from mailserver.db.models import Mailbox, utcnow
+from mailserver.logs import log_event, private
 from mailserver.policy import Refusal
 from mailserver.runtime import Runtime
 from smime.encrypt import encrypt_message
@@ -346,11 +347,11 @@ class SMIMEService:
         else:
             result = await asyncio.to_thread(self._verify, cleaned)
         if result.status == "fail":
-            log.info(
-                "S/MIME verification failed for From %s: %s %s",
-                result.from_address,
-                result.reason,
-                result.detail,
+            log_event(
+                "smime-verify-failed",
+                reason=result.reason,
+                detail=result.detail,
+                **private(sender=result.from_address),
             )
         if result.status == "pass" and result.signer_certificate is not None and result.signer_address:
             await self._learn(result.signer_address, result.signer_certificate)

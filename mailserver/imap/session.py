@@ -431,7 +431,7 @@ class Session(asyncio.Protocol):
                     self._closed = True
                     return
                 # Anything else, an OSError of a file or the database included, costs the command.
-                log.exception("IMAP %s failed for %s", body.name, self.address or self.remote)
+                log.exception("IMAP %s failed for a client at %s", body.name, self.remote)
                 done = Done("internal server error", "SERVERBUG", "NO")
         if self._closed:
             return

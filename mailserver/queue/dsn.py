@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mailserver.delivery import Delivery, EnqueueHook
+from mailserver.logs import log_event, private, reply_code
 from mailserver.policy import LocalTarget, Refusal, route_recipient
 from mailserver.runtime import Runtime
 
@@ -135,7 +136,12 @@ async def send(
         async with rt.db.read() as session:
             target = await route_recipient(session, sender, authenticated=True)
     except Refusal as refusal:
-        log.warning("no DSN for <%s>: %s", sender, refusal.smtp)
+        log_event(
+            "dsn-not-sent",
+            logging.WARNING,
+            reply=reply_code(refusal.smtp),
+            **private(sender=sender, response=refusal.smtp),
+        )
         return False
     data = build(
         rt.settings.server.hostname, sender, reports, original, envid=envid, ret=ret, arrival=arrival

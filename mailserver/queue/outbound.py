@@ -32,6 +32,7 @@ from cryptography import x509
 
 from config.settings import DeliverySettings, parse_listen
 from mailserver import trust
+from mailserver.logs import log_event, private, reply_code
 from mailserver.queue.queue import Batch, Outcome
 from mailserver.runtime import Runtime
 from mailserver.smtp.server import xtext_encode
@@ -184,7 +185,13 @@ class Outbound:
                 return await self._attempt(batch, data, hop)
             except _Temporary as exc:
                 last = str(exc)
-                log.info("delivery of queue entry %s via %s failed: %s", batch.message_id, hop, last)
+                log_event(
+                    "delivery-attempt-failed",
+                    entry=batch.message_id,
+                    hop=f"{hop.host} [{hop.address}]:{hop.port}",
+                    reply=reply_code(last),
+                    **private(response=last),
+                )
         return {r.id: Outcome("temporary", last) for r in batch.recipients}
 
     async def _attempt(self, batch: Batch, data: bytes, hop: Hop) -> dict[int, Outcome]:

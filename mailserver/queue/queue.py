@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 from mailserver import storage_faults
 from mailserver.db.models import utcnow
 from mailserver.delivery import EnqueueHook
+from mailserver.logs import log_event, private, reply_code
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget, local_recipient
 from mailserver.queue import dsn
 from mailserver.queue.models import QueueMessage, QueueRecipient
@@ -296,7 +297,7 @@ class Queue:
                 prepared = await self.rt.store.prepare(data)
                 result = await self.rt.store.deliver(prepared, [target.mailbox_id], in_transaction=close)
                 if result.blob_id is None:
-                    log.warning("report to <%s> refused (mailbox full): dropped", msg.sender)
+                    log.warning("report for queue entry %s refused (mailbox full): dropped", message_id)
                     await self.rt.db.run_write(close)
                 else:
                     await self.rt.audit.record(
@@ -330,7 +331,12 @@ class Queue:
             async with self.rt.db.read() as session:
                 return await local_recipient(session, sender)
         except Refusal as refusal:
-            log.warning("no report for <%s>: %s", sender, refusal.smtp)
+            log_event(
+                "dsn-not-sent",
+                logging.WARNING,
+                reply=reply_code(refusal.smtp),
+                **private(sender=sender, response=refusal.smtp),
+            )
             return None
 
     # ------------------------------------------------------------------ workers

@@ -18,6 +18,7 @@ from cryptography import x509
 from mailserver import conversations
 from mailserver.delivery import Delivery, DeliveryResult
 from mailserver.headers import HeaderView
+from mailserver.logs import log_event, private, reply_code
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget
 from mailserver.queue import dsn
 from mailserver.queue.queue import Queue
@@ -119,7 +120,16 @@ class Handler(ABC):
     # ------------------------------------------------------------------ shared
 
     async def refused(self, server: SMTPServer, request: str, response: str) -> None:
-        """The audit event of every SMTP refusal (``request`` and ``response`` are printable text)."""
+        """Every SMTP refusal: one audit event (with the addresses; ``request`` and ``response`` are
+        printable text) and one log line (without them, unless debug)."""
+        log_event(
+            "smtp-refused",
+            service=server.config.service,
+            peer=server.client_ip,
+            command=request.split(" ", 1)[0].split(":", 1)[0].upper(),
+            reply=reply_code(response),
+            **private(request=request[:500], response=response),
+        )
         await self.rt.audit.record(
             self.actor(server), f"{self.service}-refused", server.client_ip, request[:500], response
         )
@@ -191,14 +201,25 @@ class Handler(ABC):
             first = next(iter(result.refused.values()), Refusal(451, "4.3.0", "not stored"))
             return first.smtp
         reply = f"250 2.0.0 message accepted as {queue_id}"
+        log_event(
+            "smtp-accepted",
+            service=server.config.service,
+            peer=server.client_ip,
+            queue_id=queue_id,
+            size=len(content),
+            delivered=len(result.delivered),
+            queued=len(result.queued),
+            refused=len(result.refused),
+            **private(sender=env.mail_from or "", recipients=recipients),
+        )
         if result.queued and self.queue:
             self.queue.wake()
         await self.accepted(server, result, reply)
-        await self._reports(server, env, result, content)
+        await self._reports(server, env, result, content, queue_id)
         return reply
 
     async def _reports(
-        self, server: SMTPServer, env: SMTPEnvelope, result: DeliveryResult, data: bytes
+        self, server: SMTPServer, env: SMTPEnvelope, result: DeliveryResult, data: bytes, queue_id: str
     ) -> None:
         """Success DSNs for local deliveries asked with NOTIFY=SUCCESS, bounces for refusals at commit."""
         reports = []
@@ -224,7 +245,7 @@ class Handler(ABC):
                 arrival=dt.datetime.now(dt.UTC),
             )
         except Exception:
-            log.exception("could not send the delivery report to <%s>", env.mail_from)
+            log.exception("could not send the delivery report for message %s", queue_id)
             return
         if sent and self.queue:
             self.queue.wake()

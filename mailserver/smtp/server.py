@@ -35,6 +35,7 @@ from cryptography import x509
 
 from mailserver import handshakes
 from mailserver.limits import ConnectionGate, Refused, Slot
+from mailserver.logs import log_event
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget
 from mailserver.smtp.loop import CommandLoop
 from mailserver.smtp.paths import check_recipient, check_sender, parse_path
@@ -348,6 +349,7 @@ class SMTPServer(CommandLoop):
             await self.push(f"421 4.7.0 {self.slot.text}")
             self.hang_up()
             return False
+        log_event("smtp-connection", service=self.config.service, peer=self.client_ip, tls=self.tls_active)
         return await super().greet()
 
     def login(self, user: str) -> str | None:

@@ -266,3 +266,45 @@ def test_every_line_of_a_normal_session_is_json(tmp_path: Path) -> None:
     assert SECRETARIAT not in "".join(inst.lines) and MARTIN not in "".join(inst.lines)
     for conn in idle:
         conn.unbind()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_smtp_events_name_no_address_unless_debug(tmp_path: Path, level: str) -> None:
+    """Issue 20 item 9: a submission session (a refused and an accepted recipient, a message) at the
+    default level writes our JSON events — connection, refusal, acceptance with its queue id — and no
+    sender or recipient address anywhere (aiosmtpd's command lines included); ``debug`` adds them."""
+    unknown = "inconnu@a.mssante.test"
+    inst = Instance.init(CADUCEE, tmp_path / "data")
+    if level == "debug":
+        config = inst.config.read_text(encoding="utf-8")
+        inst.config.write_text(config.replace("[server]\n", '[server]\nlog_level = "debug"\n', 1), "utf-8")
+    inst.start()
+    try:
+        with smtplib.SMTP("127.0.0.1", inst.ports["submission"], timeout=30) as client:
+            client.starttls(context=inst.tls())
+            client.login(MARTIN, inst.passwords[MARTIN])
+            assert client.mail(MARTIN)[0] == 250
+            assert client.rcpt(unknown)[0] == 550
+            assert client.rcpt(SECRETARIAT)[0] == 250
+            code, reply = client.data(b"Subject: compte rendu\r\n\r\nBonjour.\r\n")
+            assert code == 250, reply
+        queue_id = reply.decode().rsplit(" ", 1)[1]
+        inst.wait_for(lambda: bool(inst.events("smtp-accepted")))
+    finally:
+        assert inst.stop() == 0
+    assert_all_json(inst)
+    [connection] = [e for e in inst.events("smtp-connection") if e["service"] == "submission"]
+    assert connection["peer"] == "127.0.0.1" and connection["tls"] is False
+    [refused] = inst.events("smtp-refused")
+    assert (refused["service"], refused["command"], refused["reply"]) == ("submission", "RCPT", "550 5.1.1")
+    [accepted] = inst.events("smtp-accepted")
+    assert accepted["queue_id"] == queue_id and (accepted["delivered"], accepted["queued"]) == (1, 0)
+    text = "".join(inst.lines)
+    if level == "info":
+        for address in (MARTIN, SECRETARIAT, unknown):
+            assert address not in text
+        assert "sender" not in accepted and "request" not in refused
+    else:
+        assert accepted["sender"] == MARTIN and accepted["recipients"] == [SECRETARIAT]
+        assert unknown in refused["request"]
