@@ -501,6 +501,19 @@ class Store:
         except OSError as exc:
             raise MessageUnavailable(blob_id, f"{type(exc).__name__}: {exc}") from exc
 
+    async def unreadable(self, blob_ids: Iterable[int]) -> set[int]:
+        """The blobs among these whose file is missing now: FETCH does not mark them \\Seen, since
+        their body will not be sent (a file lost later still fails its read, as it must)."""
+        ids = list(set(blob_ids))
+        if not ids:
+            return set()
+        files = select(Blob.id, Blob.path).where(Blob.id.in_(ids), Blob.path.is_not(None))
+        async with self.db.read() as session:
+            rows = (await session.execute(files)).all()
+        if not rows:
+            return set()
+        return await asyncio.to_thread(lambda: {i for i, path in rows if not self.blobs.exists(path)})
+
     async def blob_meta(self, blob_id: int) -> dict[str, Any]:
         """The analysis made at delivery (envelope, body structure, offsets, header fields)."""
         async with self.db.read() as session:

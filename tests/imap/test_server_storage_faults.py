@@ -53,6 +53,9 @@ async def test_imaplib_and_imapclient_get_unavailable_and_keep_their_session(
         out["body"] = m.search(None, "BODY", "cardiologie")
         out["body_warning"] = m.untagged_responses.pop("NO")  # (m.response("NO") is always [None])
         out["header"] = m.uid("SEARCH", "HEADER", "X-Service", "cardiologie")
+        out["not_peek"] = m.fetch("2:3", "(BODY[TEXT])")  # would set \\Seen on both
+        out["not_peek_untagged"] = m.untagged_responses.pop("FETCH")
+        out["flags"] = m.fetch("1:3", "(FLAGS)")
         out["noop"] = m.noop()
         out["select"] = m.select("INBOX")
         out["readable"] = m.fetch("3", "(BODY.PEEK[TEXT])")
@@ -70,6 +73,11 @@ async def test_imaplib_and_imapclient_get_unavailable_and_keep_their_session(
     assert got["body"] == ("OK", [b"3"])
     assert got["body_warning"][0].startswith(b"[UNAVAILABLE] 1 message(s) could not be read"), got
     assert got["header"] == ("OK", [b"3"])
+    # a body that was not sent is not \Seen; the one sent is
+    assert got["not_peek"][0] == "NO" and got["not_peek"][1][0].startswith(b"[UNAVAILABLE] ")
+    assert got["not_peek_untagged"][0][1] == b"Suivi de cardiologie.\r\n"
+    flags = [b"1 (FLAGS (\\Recent))", b"2 (FLAGS (\\Recent))", b"3 (FLAGS (\\Seen \\Recent))"]
+    assert got["flags"] == ("OK", flags)
     assert got["noop"][0] == "OK" and got["select"] == ("OK", [b"3"])
     assert got["readable"][0] == "OK" and got["readable"][1][0][1] == b"Suivi de cardiologie.\r\n"
 
@@ -95,20 +103,20 @@ async def test_imaplib_and_imapclient_get_unavailable_and_keep_their_session(
     assert got["body"] == [3] and got["header"] == [3]
     assert got["select"] == 3 and got["readable"] == b"Rien a signaler.\r\n"
 
-    # one JSON line per command that met the missing file (3 imaplib FETCHes, 2 SEARCHes, then
+    # one JSON line per command that met the missing file (4 imaplib FETCHes, 2 SEARCHes, then
     # imapclient's 2 UID FETCHes and 2 UID SEARCHes), no address in it; as many audit events, naming
     # the user
     lines = unavailable(caplog)
-    assert len(lines) == 9, [r.getMessage() for r in lines]
+    assert len(lines) == 10, [r.getMessage() for r in lines]
     for record in lines:
         fields = record.fields  # type: ignore[attr-defined]
         assert record.levelno == logging.ERROR and fields["service"] == "imap" and fields["count"] == 1
         assert "FileNotFoundError" in fields["reason"] and MARTIN not in str(fields)
     assert sorted(r.fields["request"] for r in lines) == sorted(  # type: ignore[attr-defined]
-        ["imap FETCH"] * 3 + ["imap SEARCH"] + ["imap UID SEARCH"] * 3 + ["imap UID FETCH"] * 2
+        ["imap FETCH"] * 4 + ["imap SEARCH"] + ["imap UID SEARCH"] * 3 + ["imap UID FETCH"] * 2
     )
     events = await env.rt.audit.events(action="storage-error")
-    assert len(events) == 9 and {(e.actor, e.remote) for e in events} == {(MARTIN, "127.0.0.1")}
+    assert len(events) == 10 and {(e.actor, e.remote) for e in events} == {(MARTIN, "127.0.0.1")}
     assert all(e.response.startswith("1 message(s) unreadable (blob ") for e in events)
 
 

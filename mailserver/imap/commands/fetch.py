@@ -121,7 +121,9 @@ async def fetch(s: Session, tag: str, cmd: Fetch) -> Done:
     for start in range(0, len(uids), batch):
         infos = await store.messages(sel.folder_id, uids[start : start + batch])
         if seen:
-            unseen = [m.uid for m in infos if "\\Seen" not in m.flags]
+            new = [m for m in infos if "\\Seen" not in m.flags]
+            lost = await store.unreadable(m.blob_id for m in new) if new else set()
+            unseen = [m.uid for m in new if m.blob_id not in lost]  # a body not sent is not seen
             if unseen:
                 change = await store.set_flags(sel.folder_id, unseen, "add", ["\\Seen"])
                 updated = {m.uid: m for m in change.changed}
