@@ -190,3 +190,35 @@ async def test_no_client_hello_after_starttls(
 
     assert await asyncio.to_thread(fresh) == 250
     no_error_logged(caplog)
+
+
+async def test_swaks_non_utf8_sender_gets_501(sqlite_env: SMTPEnv, caplog: pytest.LogCaptureFixture) -> None:
+    """The issue's report with a real client: swaks sends the octet as given on its command line."""
+    swaks = await asyncio.create_subprocess_exec(
+        "swaks",
+        "--server",
+        f"127.0.0.1:{sqlite_env.ports['submission']}",
+        "--tls",
+        "--tls-verify",
+        "--tls-ca-path",
+        str(sqlite_env.pki.peer_ca),
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        MARTIN,
+        "--auth-password",
+        PASSWORD,
+        b"--from",
+        b"dr.martin\xff@a.mssante.test",
+        "--to",
+        "dr.autre@a.mssante.test",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(swaks.communicate(), 30)
+    assert swaks.returncode != 0
+    assert b"<~* 501 5.1.7 <dr.martin\\xff@a.mssante.test>: bad sender address syntax" in out, out + err
+    assert await sqlite_env.inbox("dr.autre@a.mssante.test") == []
+    [event] = await sqlite_env.rt.audit.events(action="submission-refused")
+    assert event.request == "MAIL FROM:<dr.martin\\xff@a.mssante.test>"
+    no_error_logged(caplog)
