@@ -120,6 +120,8 @@ class CommandLoop(SMTP):
             # encrypted connection, so it will not report its loss either.
             self.hang_up()
             self.connection_lost(exc)
+        except Exception:  # our own failure while answering one (the audit trail cannot be written)
+            log.exception("SMTP session ended by a local error")
         finally:
             self.request = None
             self.hang_up()

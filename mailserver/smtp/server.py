@@ -1,6 +1,7 @@
 """The ESMTP protocol engine shared by the inbound MTA and submission: aiosmtpd's ``SMTP``, extended.
 
-aiosmtpd gives the connection loop, STARTTLS and the AUTH exchange. Added here,
+aiosmtpd gives STARTTLS and the AUTH exchange; the command loop is ours (``mailserver.smtp.loop``:
+nothing is read or written once the connection is closing). Added here,
 each family of commands in its own method of one session state machine (``Envelope`` holds the
 transaction):
 
@@ -8,12 +9,15 @@ transaction):
   from a buffered stream), SIZE (RFC 1870), 8BITMIME (RFC 6152), SMTPUTF8 (RFC 6531),
   ENHANCEDSTATUSCODES (RFC 2034: ``push`` adds an RFC 3463 code to every reply lacking one), DSN
   (RFC 3461: RET/ENVID on MAIL, NOTIFY/ORCPT on RCPT), CHUNKING (RFC 3030: BDAT), STARTTLS, AUTH.
-- Our own MAIL/RCPT parsing: paths must be ``<...>`` and are handed to policy verbatim (aiosmtpd's
+- Our own MAIL/RCPT parsing (``mailserver.smtp.paths``): paths must be ``<...>`` and RFC 5321/6531
+  addresses (else 501 5.1.7 / 553 5.1.3 at once), then are handed to policy verbatim (aiosmtpd's
   parser silently drops source routes), parameters keep their case (ENVID and ORCPT are xtext).
+- Every reply in printable text, every refusal audited before it is sent (``push``).
 - Limits: connections (``mailserver.limits``: 421 at connect, 454 at AUTH), line length (commands
   and message lines), idle time, recipients per message, message size (SIZE, DATA and BDAT alike: 552 5.3.4).
 - DATA read in large pieces rather than aiosmtpd's line by line (``read_data``).
-- Implicit TLS recognised as TLS (``tls_active``), which aiosmtpd does not do (its issues #274/#281).
+- Implicit TLS recognised as TLS (``tls_active``, in the loop), which aiosmtpd does not do (its
+  issues #274/#281).
 
 What a message *means* (who may send, where it goes, how it is stored) is the handler's business
 (``mailserver.smtp.handler``); this module only speaks the protocol.

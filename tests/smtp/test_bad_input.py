@@ -16,6 +16,8 @@ import ssl
 
 import pytest
 
+from mailserver.smtp.paths import syntax_error
+from mailserver.untrusted import printable
 from tests.smtp.conftest import MARTIN, PASSWORD, Raw, SMTPEnv
 from tests.smtp.test_mta import peer_session
 
@@ -56,8 +58,10 @@ async def test_non_utf8_sender_is_refused_at_mail_and_audited(
 
 
 async def test_non_utf8_relay_attempt_is_refused_at_rcpt_and_audited(
-    sqlite_env: SMTPEnv, caplog: pytest.LogCaptureFixture
+    smtp_env: SMTPEnv, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """On both engines: the audit row is written (PostgreSQL refuses text that is not UTF-8)."""
+    sqlite_env = smtp_env
     raw = await peer_session(sqlite_env)
     assert (await raw.cmd("MAIL FROM:<dr.durand@b.mssante.test>")).startswith("250 2.1.0")
     await raw.send(b"RCPT TO:<x\xff@evil.example>\r\n")
@@ -103,6 +107,33 @@ MALFORMED = [
     "x@[127.0.0.1",
     "dr.martin@example.com@a.mssante.test",
 ]
+
+
+VALID = [
+    "dr.martin@a.mssante.test",
+    "médecin@hôpital.mssante.test",
+    "user+tag@b.mssante.test",
+    "o'brien@b.mssante.test",
+    '"a b"@b.mssante.test',
+    '"a\\"b"@b.mssante.test',
+    "x@[127.0.0.1]",
+    "x@[IPv6:::1]",
+    "@a.mssante.test,@b.mssante.test:x@c.mssante.test",
+    "x@b-c.mssante.test",
+]
+
+
+@pytest.mark.parametrize("path", VALID)
+def test_valid_paths_pass_the_syntax_check(path: str) -> None:
+    """Syntax only: what policy then refuses (quoted local parts, source routes) is not malformed."""
+    assert syntax_error(path) is None
+
+
+def test_malformed_paths_fail_the_syntax_check() -> None:
+    assert all(syntax_error(path) for path in MALFORMED)
+    assert syntax_error("x\udcff@b.mssante.test") == "not UTF-8 or holds control characters"
+    assert syntax_error("a" * 250 + "@b.mssante.test") == "longer than 256 octets"
+    assert printable("x\udcff\r\n\u200bé") == "x\\xff\\x0d\\x0a\\u200bé"
 
 
 @pytest.mark.parametrize("path", MALFORMED)
@@ -189,4 +220,36 @@ async def test_no_client_hello_after_starttls(
             return s.noop()[0]
 
     assert await asyncio.to_thread(fresh) == 250
+    no_error_logged(caplog)
+
+
+async def test_swaks_non_utf8_sender_gets_501(sqlite_env: SMTPEnv, caplog: pytest.LogCaptureFixture) -> None:
+    """The issue's report with a real client: swaks sends the octet as given on its command line."""
+    swaks = await asyncio.create_subprocess_exec(
+        "swaks",
+        "--server",
+        f"127.0.0.1:{sqlite_env.ports['submission']}",
+        "--tls",
+        "--tls-verify",
+        "--tls-ca-path",
+        str(sqlite_env.pki.peer_ca),
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        MARTIN,
+        "--auth-password",
+        PASSWORD,
+        b"--from",
+        b"dr.martin\xff@a.mssante.test",
+        "--to",
+        "dr.autre@a.mssante.test",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(swaks.communicate(), 30)
+    assert swaks.returncode != 0
+    assert b"<~* 501 5.1.7 <dr.martin\\xff@a.mssante.test>: bad sender address syntax" in out, out + err
+    assert await sqlite_env.inbox("dr.autre@a.mssante.test") == []
+    [event] = await sqlite_env.rt.audit.events(action="submission-refused")
+    assert event.request == "MAIL FROM:<dr.martin\\xff@a.mssante.test>"
     no_error_logged(caplog)
