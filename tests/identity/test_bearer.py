@@ -381,3 +381,23 @@ async def test_introspection_endpoint(tmp_path: Path, pki: Any, provider: Provid
         assert provider.jwks_fetches == 0
     finally:
         await env.close()
+
+
+async def test_jwks_file(tmp_path: Path, provider: Provider) -> None:
+    """Keys from a file (``jwks_file``), for a provider whose keys are distributed out of band."""
+    from joserfc.jwk import KeySet
+
+    from config.settings import from_dict
+    from mailserver.oauth import TokenError, TokenValidator
+
+    keys = tmp_path / "jwks.json"
+    keys.write_text(json.dumps(KeySet([provider.rsa]).as_dict(private=False)))
+    settings = from_dict(
+        {"oauth": {"issuer": provider.issuer, "audience": "caducee-test", "jwks_file": str(keys)}}
+    ).oauth
+    validator = TokenValidator(settings)
+    identity = await validator.validate(provider.token(MARTIN_ID))
+    assert (identity.national_id, identity.rpps) == (MARTIN_ID, "10000000009")
+    with pytest.raises(TokenError, match="unknown key id 'ec-1'"):
+        await validator.validate(provider.token(MARTIN_ID, key=provider.ec))
+    assert provider.jwks_fetches == 0
