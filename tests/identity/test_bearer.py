@@ -401,3 +401,29 @@ async def test_jwks_file(tmp_path: Path, provider: Provider) -> None:
     with pytest.raises(TokenError, match="unknown key id 'ec-1'"):
         await validator.validate(provider.token(MARTIN_ID, key=provider.ec))
     assert provider.jwks_fetches == 0
+
+
+async def test_submission_takes_a_large_token(env: Env) -> None:
+    """RFC 4954 §4: an AUTH line may be 12,288 octets, more than ``smtp_line_length``; Pro Santé
+    Connect's tokens, with their claims, come close to 4 KiB once in base64."""
+    token = env.provider.token(MARTIN_ID, SubjectRefPro={"exercices": ["x" * 60] * 60})
+    line = "AUTH OAUTHBEARER " + _b64(oauthbearer(token))
+    assert 6000 < len(line) < 12288
+    replies = await asyncio.to_thread(smtp_auth, env.ports["submission"], env.client_context(), line)
+    assert replies[0][0] == 235, replies
+    replies = await asyncio.to_thread(
+        smtp_auth, env.ports["submission"], env.client_context(), "NOOP " + "x" * 5000
+    )
+    assert replies[0][0] == 500  # other commands keep smtp_line_length
+
+    def long_data_line() -> tuple[int, bytes]:
+        with smtplib.SMTP("127.0.0.1", env.ports["submission"], timeout=10) as c:
+            c.starttls(context=env.client_context())
+            c.ehlo("client.a.mssante.test")
+            assert c.docmd("AUTH", "OAUTHBEARER " + _b64(oauthbearer(token)))[0] == 235
+            c.mail(MARTIN)
+            c.rcpt(SECRETARIAT)
+            return c.data(b"Subject: long\r\n\r\n" + b"y" * 5000 + b"\r\n")
+
+    code, text = await asyncio.to_thread(long_data_line)
+    assert (code, text[:5]) == (500, b"5.5.2")  # and message lines too
