@@ -173,6 +173,8 @@ class LimitsSettings:
     connections_per_user_ip: int = 10
     connections_per_user: int = 50
     smtp_line_length: Size = 4096
+    # RFC 4954 §4: an AUTH line (and a SASL response) may be 12,288 octets; bearer tokens need it.
+    smtp_auth_line_length: Size = 12288
     imap_line_length: Size = 64 * 1024
     literal_size: Size = 25 * 1024**2
     recipients_per_message: int = 100

@@ -285,7 +285,9 @@ class Authenticator:
             self.cache.forget(address)
             return Verdict(None, "password", "password", reason="invalid credentials")
         method = "password" if credential.app_id is None else "app-password"
-        return Verdict(mb, method, str(credential), person=address, app_id=credential.app_id)
+        person = f"8{mb.rpps}" if mb.type == "PER" and mb.rpps else address  # RPPS type digit first
+        detail = str(credential) + (f", person {person}" if person != address else "")
+        return Verdict(mb, method, detail, person=person, app_id=credential.app_id)
 
     def _cached(
         self, address: str, mb: Mailbox | None, apps: list[AppPassword], password: str

@@ -8,8 +8,9 @@ closing, nothing is written on a closing transport, the connection is closed onc
 the TLS object is kept from the moment TLS is up (``ssl_object``) rather than asked of the transport.
 
 What stays aiosmtpd's: the commands (``smtp_*``), STARTTLS's upgrade and the AUTH exchange. Lines
-longer than the reader's limit (``[limits] smtp_line_length``), as commands or as AUTH responses, get
-``500 5.5.2``; a client going away mid-command ends the session without a reply or a traceback.
+longer than the reader's limit, as commands or as AUTH responses, and command lines longer than their
+command's (``command_size_limits``: ``[limits] smtp_line_length``, ``smtp_auth_line_length`` for AUTH),
+get ``500 5.5.2``; a client going away mid-command ends the session without a reply or a traceback.
 """
 
 from __future__ import annotations
@@ -136,6 +137,11 @@ class CommandLoop(SMTP):
             return bogus
         verb, _, rest = line.partition(b" ")
         command = verb.upper().decode("ascii", "replace")
+        # The reader allows AUTH's longer lines (RFC 4954 §4); every other command keeps its own limit.
+        if len(line) + 2 > self.command_size_limits.get(command, self.command_size_limit):
+            self.request = "(a command line too long)"
+            await self.push(LINE_TOO_LONG)
+            return bogus
         self.request = self.describe(command, line)
         if not command.isalpha() or not command.isascii():
             await self.push("500 5.5.2 syntax error: a command is a word of letters")

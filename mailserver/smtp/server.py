@@ -170,6 +170,7 @@ class ServerConfig:
     implicit_tls: bool = False
     auth: bool = False
     client_cert: Literal["none", "optional", "required"] = "none"
+    auth_line_length: int = 12288
     active: set[SMTPServer] = field(default_factory=set)
     drained: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -290,8 +291,9 @@ class SMTPServer(CommandLoop):
 
     def __init__(self, handler: Handler, config: ServerConfig) -> None:
         self.config = config
-        # aiosmtpd sizes its StreamReader from this attribute: it bounds command and message lines alike.
-        self.line_length_limit = config.line_length
+        # aiosmtpd sizes its StreamReader from this attribute: every line read, AUTH's included; each
+        # command is then held to its own limit below (DATA's lines to ``line_length`` by read_data).
+        self.line_length_limit = max(config.line_length, config.auth_line_length if config.auth else 0)
         self.busy = False
         self.peer_certificate: tuple[bytes, x509.Certificate] | None = None  # (DER, parsed), per connection
         self.tls_trace: tuple[object, str] | None = None  # (SSL object, Received clause), per connection
@@ -317,6 +319,8 @@ class SMTPServer(CommandLoop):
         # aiosmtpd keeps these on the class and grows them at every EHLO; ours are per connection.
         self.command_size_limit = config.line_length
         self.command_size_limits = collections.defaultdict(lambda: config.line_length)
+        if config.auth:
+            self.command_size_limits["AUTH"] = self.line_length_limit
 
     # ------------------------------------------------------------------ connection and replies
 
@@ -505,7 +509,7 @@ class SMTPServer(CommandLoop):
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
             data, error = await read_data(
-                self._reader, self.data_size_limit or 0, self.line_length_limit, self._reset_timeout
+                self._reader, self.data_size_limit or 0, self.config.line_length, self._reset_timeout
             )
         except asyncio.IncompleteReadError:  # the client went away in the middle of its message
             self.hang_up()

@@ -121,6 +121,7 @@ async def start(rt: Runtime) -> list[SMTPListener | BackgroundTasks]:
             implicit_tls=implicit,
             auth=auth,
             client_cert=client_cert,
+            auth_line_length=limits.smtp_auth_line_length,
         )
 
     started: list[SMTPListener | BackgroundTasks] = []

@@ -381,3 +381,49 @@ async def test_introspection_endpoint(tmp_path: Path, pki: Any, provider: Provid
         assert provider.jwks_fetches == 0
     finally:
         await env.close()
+
+
+async def test_jwks_file(tmp_path: Path, provider: Provider) -> None:
+    """Keys from a file (``jwks_file``), for a provider whose keys are distributed out of band."""
+    from joserfc.jwk import KeySet
+
+    from config.settings import from_dict
+    from mailserver.oauth import TokenError, TokenValidator
+
+    keys = tmp_path / "jwks.json"
+    keys.write_text(json.dumps(KeySet([provider.rsa]).as_dict(private=False)))
+    settings = from_dict(
+        {"oauth": {"issuer": provider.issuer, "audience": "caducee-test", "jwks_file": str(keys)}}
+    ).oauth
+    validator = TokenValidator(settings)
+    identity = await validator.validate(provider.token(MARTIN_ID))
+    assert (identity.national_id, identity.rpps) == (MARTIN_ID, "10000000009")
+    with pytest.raises(TokenError, match="unknown key id 'ec-1'"):
+        await validator.validate(provider.token(MARTIN_ID, key=provider.ec))
+    assert provider.jwks_fetches == 0
+
+
+async def test_submission_takes_a_large_token(env: Env) -> None:
+    """RFC 4954 §4: an AUTH line may be 12,288 octets, more than ``smtp_line_length``; Pro Santé
+    Connect's tokens, with their claims, come close to 4 KiB once in base64."""
+    token = env.provider.token(MARTIN_ID, SubjectRefPro={"exercices": ["x" * 60] * 60})
+    line = "AUTH OAUTHBEARER " + _b64(oauthbearer(token))
+    assert 6000 < len(line) < 12288
+    replies = await asyncio.to_thread(smtp_auth, env.ports["submission"], env.client_context(), line)
+    assert replies[0][0] == 235, replies
+    replies = await asyncio.to_thread(
+        smtp_auth, env.ports["submission"], env.client_context(), "NOOP " + "x" * 5000
+    )
+    assert replies[0][0] == 500  # other commands keep smtp_line_length
+
+    def long_data_line() -> tuple[int, bytes]:
+        with smtplib.SMTP("127.0.0.1", env.ports["submission"], timeout=10) as c:
+            c.starttls(context=env.client_context())
+            c.ehlo("client.a.mssante.test")
+            assert c.docmd("AUTH", "OAUTHBEARER " + _b64(oauthbearer(token)))[0] == 235
+            c.mail(MARTIN)
+            c.rcpt(SECRETARIAT)
+            return c.data(b"Subject: long\r\n\r\n" + b"y" * 5000 + b"\r\n")
+
+    code, text = await asyncio.to_thread(long_data_line)
+    assert (code, text[:5]) == (500, b"5.5.2")  # and message lines too

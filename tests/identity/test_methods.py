@@ -52,6 +52,8 @@ def smtp_plain(port: int, ctx: ssl.SSLContext, user: str, password: str) -> int:
 async def test_password_refused_once_only_tokens_are_allowed(env: Env) -> None:
     ctx, port = env.client_context(), env.ports["imaps"]
     assert await asyncio.to_thread(imap_password, port, ctx, MARTIN, PASSWORD) == "OK"
+    login = (await env.audit("login"))[-1]
+    assert login.request == f"imap login (password, person {MARTIN_ID})"  # a PER mailbox names its RPPS
     view = await accounts.set_auth_methods(env.rt, MARTIN, ["oauth"])
     assert view.auth_methods == ["oauth"]
     refused = await asyncio.to_thread(imap_password, port, ctx, MARTIN, PASSWORD)
