@@ -94,6 +94,9 @@ listen = ["127.0.0.1:3389"]              # address book for mail clients (STARTT
 
 [limits]
 message_size = "25MiB"
+
+[queue]
+lease = "60s"                            # with several nodes: a dead node's deliveries resume after this
 """
 
 
