@@ -24,6 +24,7 @@ from mailserver.cli_support import CliState, emit, fail, read_password, with_run
 from mailserver.portal.commands import conversation, invite
 from mailserver.queue.commands import queue_group
 from mailserver.runtime import Runtime, open_runtime
+from mailserver.store import identity
 from mailserver.trust_commands import trust_group
 from smime.commands import smime
 
@@ -93,6 +94,9 @@ listen = ["127.0.0.1:3389"]              # address book for mail clients (STARTT
 
 [limits]
 message_size = "25MiB"
+
+[queue]
+lease = "60s"                            # with several nodes: a dead node's deliveries resume after this
 """
 
 
@@ -139,6 +143,7 @@ def init(
     async def populate() -> None:
         async with open_runtime(settings) as rt:
             await asyncio.to_thread(rt.blobs.ensure)
+            await identity.ensure(rt)
             await accounts.add_domain(rt, domain, patients=False)
             made.append(f"domain         {domain}")
             if patient_domain:
@@ -215,6 +220,8 @@ def serve(state: CliState) -> None:
         asyncio.run(app.run(settings))
     except app.SchemaOutOfDate as exc:
         fail(str(exc))
+    except identity.StorageMismatch as exc:
+        fail(f"cannot start: {exc}", 2)
     except OSError as exc:
         fail(f"cannot start: {exc}")
 

@@ -18,6 +18,7 @@ from config.settings import Settings
 from mailserver.db import migrate
 from mailserver.logs import log_event
 from mailserver.runtime import Runtime
+from mailserver.store import identity
 
 log = logging.getLogger("caducee")
 
@@ -65,6 +66,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     try:
         await check_schema(rt)
         await asyncio.to_thread(rt.blobs.ensure)
+        await identity.ensure(rt)  # StorageMismatch: this node's store is not its database's
         if rt.db.kind == "postgresql":
             dsn = settings.database.url.replace("postgresql+asyncpg://", "postgresql://")
             background.append(asyncio.create_task(rt.notifier.listen_postgres(dsn)))

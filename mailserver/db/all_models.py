@@ -5,6 +5,15 @@ from mailserver import conversation_models
 from mailserver.db import models
 from mailserver.db.models import Base
 from mailserver.queue import models as queue_models
+from mailserver.store import identity as identity_models
 from smime import models as smime_models
 
-__all__ = ["Base", "conversation_models", "directory_models", "models", "queue_models", "smime_models"]
+__all__ = [
+    "Base",
+    "conversation_models",
+    "directory_models",
+    "identity_models",
+    "models",
+    "queue_models",
+    "smime_models",
+]

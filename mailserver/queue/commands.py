@@ -35,12 +35,21 @@ async def queue_list(rt: Runtime, as_json: bool) -> None:
 @click.argument("message_id", type=int, required=False)
 @with_runtime
 async def queue_retry(rt: Runtime, message_id: int | None) -> None:
-    """Make queued recipients due now (every entry, or entry ID)."""
-    count = await Queue(rt).retry(message_id)
+    """Make queued recipients due now (every entry, or entry ID); those being delivered are left alone."""
+    queue = Queue(rt)
+    count = await queue.retry(message_id)
+    busy = await queue.delivering(message_id)
     if message_id is not None and count == 0:
-        fail(f"no queued recipient in entry {message_id}")
-    await rt.audit.record("admin", "admin", "", f"queue retry {message_id or 'all'}", f"{count} recipients")
-    click.echo(f"{count} recipient(s) due now")
+        fail(
+            f"entry {message_id} is being delivered right now: left alone"
+            if busy
+            else f"no queued recipient in entry {message_id}"
+        )
+    left = f", {busy} being delivered left alone" if busy else ""
+    await rt.audit.record(
+        "admin", "admin", "", f"queue retry {message_id or 'all'}", f"{count} recipients{left}"
+    )
+    click.echo(f"{count} recipient(s) due now{left}")
 
 
 @queue_group.command("delete")

@@ -477,6 +477,19 @@ class Queue:
         self.wake()
         return int(count or 0)
 
+    async def delivering(self, message_id: int | None = None) -> int:
+        """How many queued recipients (all, or one entry's) a worker holds right now."""
+        now = utcnow()
+        q = (
+            select(func.count())
+            .select_from(QueueRecipient)
+            .where(QueueRecipient.status == "queued", QueueRecipient.leased_until > now)
+        )
+        if message_id is not None:
+            q = q.where(QueueRecipient.message_id == message_id)
+        async with self.rt.db.read() as session:
+            return int((await session.execute(q)).scalar_one())
+
     async def delete(self, message_id: int) -> bool:
         """Drop an entry without any report (an operator's decision, audited by the caller)."""
         path = None

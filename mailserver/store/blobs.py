@@ -82,8 +82,11 @@ class BlobStore:
             return
 
     def all_paths(self) -> Iterator[str]:
-        """Every blob file's relative path (for garbage collection and checks)."""
+        """Every blob file's relative path (for garbage collection and checks): the files in the
+        store's directories; those at its root are not blobs (the store's identity marker)."""
         for dirpath, _dirs, files in os.walk(self.root):
             d = Path(dirpath)
+            if d == self.root:
+                continue
             for f in files:
                 yield str((d / f).relative_to(self.root))

@@ -181,6 +181,13 @@ async def test_retry_leaves_leased_rows_alone(cluster: Cluster) -> None:
     await wait_for(all_started, 30)
     r = cluster.caducee("queue", "retry")
     assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "0 recipient(s) due now, 9 being delivered left alone", r.stdout
+    entry = (await Queue(cluster.rt).entries())[0]["id"]
+    r = cluster.caducee("queue", "retry", str(entry))
+    assert (
+        r.returncode == 1
+        and r.stderr.strip() == f"caducee: entry {entry} is being delivered right now: left alone"
+    )
     await wait_for(cluster.queue_empty, 60)
     await asyncio.sleep(1)  # a duplicate claimed by the retry would now be at the sink
     started, done = cluster.sink.snapshot()
