@@ -618,14 +618,15 @@ class Store:
             if isinstance(outcome, DeliveryResult) and outcome.blob_id is not None:
                 request.done.set_result(outcome)
                 continue
-            if isinstance(outcome, _NothingToKeep):
-                request.done.set_result(outcome.result)
-            else:
-                request.done.set_exception(outcome)
-            try:
+            try:  # before the caller hears: it may look for the file, or reuse its name
                 await self.discard(request.prepared)
             except OSError as exc:  # an orphan file is harmless (store check --gc); a stuck caller is not
                 log.warning("could not remove unreferenced blob %s: %s", request.prepared.written.path, exc)
+            finally:
+                if isinstance(outcome, _NothingToKeep):
+                    request.done.set_result(outcome.result)
+                else:
+                    request.done.set_exception(outcome)
 
     def _deliver_together(
         self, session: Session, changed: _Changed, batch: list[_Pending]

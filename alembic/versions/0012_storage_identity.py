@@ -4,8 +4,8 @@ One row, ``storage_identity`` id 1, whose ``store_id`` must equal the identifier
 ``caducee-store-id`` file (``mailserver/store/identity.py``). It starts empty on an existing instance:
 the first ``caducee serve`` after the upgrade writes both sides, under this row's lock.
 
-Revision ID: 0011
-Revises: 0010
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-02
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0011"
-down_revision: str | Sequence[str] | None = "0010"
+revision: str = "0012"
+down_revision: str | Sequence[str] | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
