@@ -38,12 +38,14 @@ def _free_port() -> int:
 
 @dataclass
 class SlowSink:
-    """``final_delay(transaction)`` is how long the reply to the final "." waits (seconds)."""
+    """``final_delay(transaction)`` is how long the reply to the final "." waits (seconds), or at most
+    how long when ``release`` is given: then the replies wait until the test sets it."""
 
     pki: Any
     final_delay: Callable[[Transaction], float] = lambda _t: 0.0
     started: list[Transaction] = field(default_factory=list)
     done: list[Transaction] = field(default_factory=list)
+    release: threading.Event | None = None
     port: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _controller: Controller | None = None
@@ -59,7 +61,10 @@ class SlowSink:
         )
         with self._lock:
             self.started.append(txn)
-        await asyncio.sleep(self.final_delay(txn))
+        if self.release is not None:
+            await asyncio.to_thread(self.release.wait, self.final_delay(txn))
+        else:
+            await asyncio.sleep(self.final_delay(txn))
         with self._lock:
             self.done.append(txn)
         return "250 2.0.0 queued at the sink"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,7 +171,8 @@ async def test_a_message_is_claimed_whole(cluster: Cluster) -> None:
 @pytest.mark.slow
 async def test_retry_leaves_leased_rows_alone(cluster: Cluster) -> None:
     """``caducee queue retry`` while three messages are being delivered: none is sent twice."""
-    cluster.sink.final_delay = lambda _t: 4.0
+    cluster.sink.final_delay = lambda _t: 60.0
+    cluster.sink.release = threading.Event()  # the peer answers once both retries are done
     await cluster.start()
     subjects = [f"retry {i}" for i in range(3)]
     await cluster.submit(subjects)
@@ -188,6 +190,8 @@ async def test_retry_leaves_leased_rows_alone(cluster: Cluster) -> None:
         r.returncode == 1
         and r.stderr.strip() == f"caducee: entry {entry} is being delivered right now: left alone"
     )
+    await asyncio.sleep(2)  # a row the retry made due would now be claimed by an idle worker
+    cluster.sink.release.set()
     await wait_for(cluster.queue_empty, 60)
     await asyncio.sleep(1)  # a duplicate claimed by the retry would now be at the sink
     started, done = cluster.sink.snapshot()
