@@ -378,7 +378,7 @@ async def mailbox_delete(rt: Runtime, address: str, yes: bool) -> None:
 @click.argument("org_address")
 @with_runtime
 async def mailbox_send_as(rt: Runtime, member: str, org_address: str) -> None:
-    """Let MEMBER send as the ORG mailbox ORG_ADDRESS."""
+    """Let MEMBER send as, and open with their own identity, the ORG or CAB mailbox ORG_ADDRESS."""
     await accounts.grant_send_as(rt, org_address, member)
     click.echo(f"{member.lower()} may send as {org_address.lower()}")
 

@@ -356,8 +356,8 @@ async def remove_certificate(rt: Runtime, address: str, cert_id: int) -> None:
 
 async def grant_send_as(rt: Runtime, org_address: str, member_address: str) -> None:
     org, member = await get_mailbox(rt, org_address), await get_mailbox(rt, member_address)
-    if org.type != "ORG":
-        raise AccountError(f"{org.address} is not an ORG mailbox")
+    if org.type not in ("ORG", "CAB"):  # a service's or a practice's mailbox, shared by its people
+        raise AccountError(f"{org.address} is not an ORG or CAB mailbox")
     try:
         async with rt.db.write() as session:
             session.add(SendAs(mailbox_id=org.id, member_id=member.id))
@@ -369,7 +369,7 @@ async def grant_send_as(rt: Runtime, org_address: str, member_address: str) -> N
 
 
 async def send_as_addresses(rt: Runtime, mailbox_id: int) -> frozenset[str]:
-    """Every address the authenticated mailbox may send as: its own, and each ORG it was granted."""
+    """Every address the authenticated mailbox may send as: its own, and each ORG/CAB it was granted."""
     async with rt.db.read() as session:
         own = (await session.execute(select(Mailbox.address).where(Mailbox.id == mailbox_id))).scalar()
         if own is None:

@@ -1,7 +1,8 @@
 """Identity fixtures: the OpenID provider stand-in, and IMAP + submission listeners that trust it.
 
-Mailboxes: dr.martin (PER, RPPS 10000000009) who is a member of the secretariat (ORG), dr.durand
-(PER, RPPS 10000000017) who is not, and the applicative mailbox dpi (APP) of a patient-record system.
+Mailboxes: dr.martin (PER, RPPS 10000000009) who is a member of the secretariat (ORG) and of his
+practice (CAB), dr.durand (PER, RPPS 10000000017) who is not, and the applicative mailbox dpi (APP) of
+a patient-record system.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ DURAND_RPPS = "10000000017"
 DURAND_ID = "8" + DURAND_RPPS
 SECRETARIAT = "secretariat@a.mssante.test"
 DPI = "dpi@a.mssante.test"
+CABINET = "cabinet@a.mssante.test"
 PASSWORD = "Identity-Test-Password-2026"
 
 
@@ -94,6 +96,8 @@ async def start_env(
     await accounts.add_mailbox(rt, SECRETARIAT, "ORG", password=PASSWORD)
     await accounts.add_mailbox(rt, DPI, "APP")
     await accounts.grant_send_as(rt, SECRETARIAT, MARTIN)
+    await accounts.add_mailbox(rt, CABINET, "CAB", password=PASSWORD)
+    await accounts.grant_send_as(rt, CABINET, MARTIN)
     env = Env(rt, pki, provider)
     try:
         env.listeners += await imap_server.start(rt)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.identity.conftest import (
+    CABINET,
     DURAND_ID,
     MARTIN,
     MARTIN_ID,
@@ -119,10 +120,11 @@ async def test_hmac_is_refused_by_the_library_too(provider: Provider) -> None:
     assert (await TokenValidator(settings).validate(provider.token(MARTIN_ID))).rpps == "10000000009"
 
 
-async def test_authzid_selects_an_org_mailbox_of_the_person(env: Env) -> None:
-    answers = await bearer_imap(env, env.provider.token(MARTIN_ID), SECRETARIAT)
+@pytest.mark.parametrize("shared", [SECRETARIAT, CABINET])
+async def test_authzid_selects_an_org_or_cab_mailbox_of_the_person(env: Env, shared: str) -> None:
+    answers = await bearer_imap(env, env.provider.token(MARTIN_ID), shared)
     assert answers[-1].startswith(b"a1 OK"), answers
-    assert (await env.audit("login"))[-1].actor == SECRETARIAT
+    assert (await env.audit("login"))[-1].actor == shared
 
 
 @pytest.mark.parametrize(
