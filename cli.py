@@ -574,6 +574,49 @@ async def audit_list(
         )
 
 
+# ---------------------------------------------------------------------------------------------- backup
+
+
+@main.command("backup")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@with_runtime
+async def backup_cmd(rt: Runtime, directory: Path) -> None:
+    """Copy the database, message files, S/MIME master key and configuration, server running or not."""
+    from mailserver import backup
+
+    try:
+        manifest = await backup.backup(rt.settings, directory)
+    except backup.BackupError as exc:
+        await rt.audit.record("admin", "backup", request=str(directory), response=f"refused: {exc}")
+        fail(str(exc))
+    await rt.audit.record("admin", "backup", request=str(directory), response=f"{len(manifest.files)} files")
+    click.echo(
+        f"backup of {manifest.engine} at revision {', '.join(manifest.schema_revision)} in {directory}: "
+        f"{len(manifest.files)} files"
+    )
+
+
+@main.command("restore")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="New or empty."
+)
+@click.option("--database-url", help="PostgreSQL backups: a new, empty database (postgresql+asyncpg://…).")
+def restore_cmd(directory: Path, data_dir: Path, database_url: str | None) -> None:
+    """Restore a backup into an empty data directory (checksums verified first)."""
+    from mailserver import backup
+
+    try:
+        notes = asyncio.run(backup.restore(directory.resolve(), data_dir.resolve(), database_url))
+    except backup.BackupError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot restore into {data_dir}: {exc}")
+    for note in notes:
+        click.echo("note: " + note)
+    click.echo(f"restored into {data_dir}: run caducee --config {data_dir / 'caducee.toml'} serve")
+
+
 # Command groups owned by the other packages (their modules import only mailserver.cli_support).
 patient.add_command(invite)
 for group in (trust_group, queue_group, smime, directory, patient, conversation):

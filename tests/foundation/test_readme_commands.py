@@ -318,5 +318,18 @@ def scenario(run: Cli, inst: Instance, pki: Any, tmp_path: Path) -> None:
     assert "0 missing file(s)" in run("store", "check")
     run("store", "check", "--gc")
 
+    backup = tmp_path / "backup"
+    assert "backup of sqlite" in run("backup", str(backup))
+    run(
+        "restore",
+        str(backup),
+        "--data-dir",
+        str(tmp_path / "r1"),
+        "--database-url",
+        "postgresql+asyncpg://x/y",
+        code=1,
+    )
+    assert "restored into" in run("restore", str(backup), "--data-dir", str(tmp_path / "restored"))
+
     run("mailbox", "delete", DUPONT, stdin="y\n")
     run("mailbox", "show", DUPONT, code=1)
