@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import secrets
 import sys
@@ -572,6 +573,39 @@ async def audit_list(
             f"{e.at.isoformat(timespec='seconds')}  {e.actor:35} {e.remote:15} {e.action:14} "
             f"{e.request} -> {e.response}"
         )
+
+
+EXPORT_FIELDS = ("id", "at", "actor", "remote", "action", "request", "response")
+
+
+@audit.command("export")
+@click.option("--since", required=True, help="ISO date (2026-01-01) or date-time, or a duration back (7d).")
+@click.option("--until", help="ISO date or date-time (excluded); default: now.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="json", show_default=True)
+@with_runtime
+async def audit_export(rt: Runtime, since: str, until: str | None, fmt: str) -> None:
+    """Every event of a period, streamed to standard output (CSV with a header line, or a JSON array)."""
+    import csv
+
+    start, end = _parse_since(since), _parse_since(until)
+    out = click.get_text_stream("stdout")
+    writer = csv.DictWriter(out, EXPORT_FIELDS, lineterminator="\n") if fmt == "csv" else None
+    if writer is not None:
+        writer.writeheader()
+    else:
+        out.write("[")
+    first = True
+    async for e in rt.audit.stream(start, end):
+        if writer is not None:
+            writer.writerow(e.as_dict())
+        else:
+            out.write(
+                ("\n" if first else ",\n") + json.dumps(e.as_dict(), ensure_ascii=False, sort_keys=True)
+            )
+        first = False
+    if writer is None:
+        out.write("\n]\n" if not first else "]\n")
+    out.flush()
 
 
 # ---------------------------------------------------------------------------------------------- backup

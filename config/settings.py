@@ -32,6 +32,12 @@ Size = Annotated[int, "size"]
 Duration = Annotated[float, "duration"]
 """Seconds written as ``30s``, ``30m``, ``12h``, ``5d`` or a plain number."""
 
+Retention = Annotated[float, "retention"]
+"""Seconds written as ``12 months``, ``1 year``, ``400d``: how long records are kept."""
+
+MONTH = 31 * 86400  # a retention rounds months up: "6 months" is never less than six calendar months
+MIN_AUDIT_KEEP = 6 * MONTH  # the ANS recommendation for traces
+
 FilePath = Annotated[str, "path"]
 """A filesystem path, resolved against the configuration file's directory."""
 
@@ -76,6 +82,18 @@ def parse_duration(value: Any) -> float:
         if m:
             return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     raise ValueError(f'expected a duration like "30m", got {value!r}')
+
+
+def parse_retention(value: Any) -> float:
+    """Parse ``12 months`` / ``1 year`` / a duration (``400d``) into seconds."""
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+)\s*(months?|years?)\s*", value)
+        if m:
+            return int(m.group(1)) * (MONTH if m.group(2).startswith("month") else 365 * 86400)
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ValueError(f'expected a period like "12 months", got {value!r}') from None
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -243,6 +261,13 @@ class QuotaSettings:
 
 
 @dataclass
+class AuditSettings:
+    """The audit trail: kept ``keep`` (at least 6 months), older events purged daily."""
+
+    keep: Retention = 12 * MONTH
+
+
+@dataclass
 class Settings:
     """The whole configuration; ``source`` is the file it came from (for messages), or None."""
 
@@ -261,6 +286,7 @@ class Settings:
     trust: TrustSettings = field(default_factory=TrustSettings)
     smime: SMIMESettings = field(default_factory=SMIMESettings)
     quota: QuotaSettings = field(default_factory=QuotaSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
     source: Path | None = None
 
 
@@ -271,6 +297,8 @@ def _convert(value: Any, annotation: Any, base: Path) -> Any:
         return parse_size(value)
     if annotation == Duration:
         return parse_duration(value)
+    if annotation == Retention:
+        return parse_retention(value)
     if annotation == FilePath:
         if not isinstance(value, str):
             raise ValueError(f"expected a path string, got {value!r}")
@@ -391,6 +419,11 @@ def _check(settings: Settings, name: str) -> None:
     for key in ("ldap_idle_timeout", "portal_idle_timeout"):
         if getattr(settings.limits, key) <= 0:
             raise ConfigError(f"{name}: [limits] {key}: must be more than 0 seconds")
+    if settings.audit.keep < MIN_AUDIT_KEEP:
+        raise ConfigError(
+            f"{name}: [audit] keep: must be at least 6 months ({MIN_AUDIT_KEEP // 86400} days), the ANS"
+            " recommendation for traces"
+        )
     if not all(0 < p < 100 for p in settings.quota.warn_percent):
         raise ConfigError(f"{name}: [quota] warn_percent: each value must be between 1 and 99")
 

@@ -169,7 +169,8 @@ async def _conversation_page(
     request: web.Request, info: service.SessionInfo, public_id: str, status: int = 200, **extra: Any
 ) -> web.Response:
     rt = request.app[RT]
-    detail = await service.read_conversation(rt, info.mailbox_id, public_id)
+    reader = (info.address, remote(request), "portal")
+    detail = await service.read_conversation(rt, info.mailbox_id, public_id, reader=reader)
     quota = await service.overview(rt, info.mailbox_id)
     return render(
         request,
@@ -224,7 +225,8 @@ async def attachment_get(request: web.Request) -> web.StreamResponse:
     info = await _session(request)
     try:
         mid, n = int(request.match_info["mid"]), int(request.match_info["n"])
-        return download_response(await service.attachment(request.app[RT], info.mailbox_id, mid, n))
+        reader = (info.address, remote(request), "portal download")
+        return download_response(await service.attachment(request.app[RT], info.mailbox_id, mid, n, reader))
     except ValueError:
         raise web.HTTPNotFound() from None
     except service.PortalError as exc:

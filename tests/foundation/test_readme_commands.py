@@ -314,6 +314,11 @@ def scenario(run: Cli, inst: Instance, pki: Any, tmp_path: Path) -> None:
     logins = run.json("audit", "list", "--since", "2h", "--mailbox", MARTIN, "--action", "login")
     assert logins and all(e["actor"] == MARTIN for e in logins)
     run("audit", "list")
+    exported = json.loads(
+        run("audit", "export", "--since", "2026-01-01", "--until", "2100-01-01", "--format", "json")
+    )
+    assert any(e["action"] == "login" for e in exported)
+    assert run("audit", "export", "--since", "2h", "--format", "csv").startswith("id,at,actor")
 
     assert "0 missing file(s)" in run("store", "check")
     run("store", "check", "--gc")

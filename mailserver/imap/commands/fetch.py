@@ -5,6 +5,7 @@ ENVELOPE, BODYSTRUCTURE and section offsets come from the meta computed once at 
 message is read only for body sections, one message at a time, and responses are flushed per batch,
 so memory stays bounded whatever the sequence set. A non-PEEK body fetch sets \\Seen (unless the
 mailbox was opened with EXAMINE) and reports the new FLAGS in the same response (§6.4.5).
+A command that returns content (a body section, RFC822) is one "read" audit event with its UID set.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from mailserver.imap.base import Done, Fail, State, command
 from mailserver.imap.protocol import encoder as enc
 from mailserver.imap.protocol.commands import Fetch, FetchAtt, FetchBinarySize, FetchBody, FetchItem
+from mailserver.imap.protocol.sequence import compress
 from mailserver.store import mime
 from mailserver.store.store import MessageInfo
 
@@ -29,6 +31,11 @@ _BATCH_BODIES = 50
 
 def _sets_seen(item: FetchItem) -> bool:
     return (isinstance(item, FetchBody) and not item.peek) or item in _SEEN_ATTS
+
+
+def _reads_content(item: FetchItem) -> bool:
+    """A body section or the whole message: a consultation, audited (RFC822.SIZE, FLAGS are not)."""
+    return isinstance(item, FetchBody) or item in _RAW_ATTS
 
 
 def _needs_raw(item: FetchItem) -> bool:
@@ -113,6 +120,7 @@ async def fetch(s: Session, tag: str, cmd: Fetch) -> Done:
     raw_needed = any(_needs_raw(i) for i in items)
     meta_needed = raw_needed or any(i in _META_ATTS for i in items)
     batch = _BATCH_BODIES if raw_needed else _BATCH_SMALL
+    read: list[int] | None = [] if any(_reads_content(i) for i in items) else None
     for start in range(0, len(uids), batch):
         infos = await store.messages(sel.folder_id, uids[start : start + batch])
         if seen:
@@ -132,5 +140,9 @@ async def fetch(s: Session, tag: str, cmd: Fetch) -> Done:
             raw = await store.read_blob(m.blob_id) if raw_needed else None
             meta = metas.get(m.blob_id)
             s.send(enc.fetch(seq, [(_name(i), _value(s, i, m, meta, raw)) for i in items]))
+            if read is not None:
+                read.append(m.uid)
         await s.flush()
+    if read:
+        await s.rt.audit.read(s.address, s.remote, "imap FETCH", f"{sel.name} uids {compress(read)}")
     return Done(f"{'UID ' if cmd.uid else ''}FETCH completed")
