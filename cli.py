@@ -377,6 +377,27 @@ async def mailbox_send_as(rt: Runtime, member: str, org_address: str) -> None:
     click.echo(f"{member.lower()} may send as {org_address.lower()}")
 
 
+@mailbox.command("inactive")
+@click.option("--json", "as_json", is_flag=True)
+@with_runtime
+async def mailbox_inactive(rt: Runtime, as_json: bool) -> None:
+    """Mailboxes without any login for [mailboxes] inactive_after: notified or about to be, then disabled."""
+    from mailserver import lifecycle
+
+    found = await lifecycle.inactive(rt)
+    if as_json:
+        emit([m.as_dict() for m in found])
+        return
+    for m in found:
+        last = m.last_login_at.date().isoformat() if m.last_login_at else "never"
+        state = (
+            f"notified {m.notice_at.date()}, disabled after {m.disable_after.date()}"
+            if m.notice_at and m.disable_after
+            else "to notify"
+        )
+        click.echo(f"{m.address:40} {m.type}  last login {last:10}  {state}")
+
+
 @mailbox.group("app-password")
 def app_password() -> None:
     """Per-device application passwords."""

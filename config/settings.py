@@ -268,6 +268,15 @@ class AuditSettings:
 
 
 @dataclass
+class MailboxesSettings:
+    """The life cycle (CNIL rule for MSSanté): a mailbox without any login for ``inactive_after`` gets a
+    notice, and is disabled ``grace_period`` later unless someone logs in meanwhile."""
+
+    inactive_after: Retention = 12 * MONTH
+    grace_period: Duration = 30 * 86400
+
+
+@dataclass
 class Settings:
     """The whole configuration; ``source`` is the file it came from (for messages), or None."""
 
@@ -287,6 +296,7 @@ class Settings:
     smime: SMIMESettings = field(default_factory=SMIMESettings)
     quota: QuotaSettings = field(default_factory=QuotaSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    mailboxes: MailboxesSettings = field(default_factory=MailboxesSettings)
     source: Path | None = None
 
 
@@ -424,6 +434,8 @@ def _check(settings: Settings, name: str) -> None:
             f"{name}: [audit] keep: must be at least 6 months ({MIN_AUDIT_KEEP // 86400} days), the ANS"
             " recommendation for traces"
         )
+    if settings.mailboxes.inactive_after < MONTH:
+        raise ConfigError(f"{name}: [mailboxes] inactive_after: must be at least 1 month")
     if not all(0 < p < 100 for p in settings.quota.warn_percent):
         raise ConfigError(f"{name}: [quota] warn_percent: each value must be between 1 and 99")
 

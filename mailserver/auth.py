@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import argon2
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -34,6 +34,8 @@ from config.settings import AuthSettings
 from mailserver.audit import Audit
 from mailserver.db.engine import Database
 from mailserver.db.models import AppPassword, AuthFailure, Mailbox, utcnow
+
+LOGIN_STAMP_PERIOD = dt.timedelta(hours=1)  # last_login_at precision: inactivity is counted in months
 
 
 @dataclass(frozen=True)
@@ -164,10 +166,23 @@ class Authenticator:
         ip_key: str,
         credential: Credential | None,
         event: tuple[str, ...],
+        login: Mailbox | None = None,
     ) -> None:
         """The password was right: the account's counter is cleared, the address gives back the place
         this attempt took (its earlier failures still count), the application password used is stamped,
-        and ``event`` is audited, all in one transaction."""
+        ``login``'s last login too (at most hourly: a busy mailbox's row is not written at every
+        connection) and ``event`` is audited, all in one transaction."""
+        now = utcnow()
+        if login is not None and (
+            login.last_login_at is None
+            or login.inactive_notice_at is not None
+            or now - login.last_login_at >= LOGIN_STAMP_PERIOD
+        ):
+            session.execute(
+                update(Mailbox)
+                .where(Mailbox.id == login.id)
+                .values(last_login_at=now, inactive_notice_at=None)
+            )
         ip = session.get(AuthFailure, ip_key, with_for_update=True)
         if ip is not None:
             ip.count = max(ip.count - 1, 0)
@@ -216,7 +231,7 @@ class Authenticator:
             return AuthOutcome(None, None, "disabled")
         event = (address, "login", remote, f"{request} ({credential})", "ok")
         await self.db.run_write(
-            lambda s: self._give_back(s, account_key, ip_key, credential, event), brief=True
+            lambda s: self._give_back(s, account_key, ip_key, credential, event, mb), brief=True
         )
         return AuthOutcome(mb.id, mb.address)
 

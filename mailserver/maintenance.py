@@ -1,4 +1,4 @@
-"""The daily housekeeping of a running server: audit retention (and the mailbox life cycle).
+"""The daily housekeeping of a running server: audit retention and the mailbox life cycle.
 
 Each task is a plain async function of the runtime, run once at start-up and then every day by
 ``caducee serve``; every one is idempotent, so several server processes on one database may all run
@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 
+from mailserver import lifecycle
 from mailserver.logs import log_event
 from mailserver.runtime import Runtime
 
@@ -33,7 +34,13 @@ async def purge_audit(rt: Runtime, now: dt.datetime | None = None) -> int:
     return removed
 
 
-TASKS: list[Callable[[Runtime], Awaitable[object]]] = [purge_audit]
+async def mailbox_lifecycle(rt: Runtime) -> None:
+    """Notify the mailboxes without a login for ``[mailboxes] inactive_after``, disable those past grace."""
+    notified, disabled = await lifecycle.run(rt)
+    log_event("mailbox-lifecycle", notified=len(notified), disabled=len(disabled))
+
+
+TASKS: list[Callable[[Runtime], Awaitable[object]]] = [purge_audit, mailbox_lifecycle]
 
 
 async def run_daily(rt: Runtime, period: float = DAY) -> None:

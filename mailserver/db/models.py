@@ -89,6 +89,9 @@ class Mailbox(Base):
     quota_warned: Mapped[int] = mapped_column(Integer, default=0)
     last_uidvalidity: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The life cycle (mailserver/lifecycle.py): stamped by a login, at most hourly; the notice's time.
+    last_login_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    inactive_notice_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class SendAs(Base):

@@ -230,6 +230,7 @@ def scenario(run: Cli, inst: Instance, pki: Any, tmp_path: Path) -> None:
     assert run.json("mailbox", "show", DUPONT)["enabled"] is False
     run("mailbox", "enable", DUPONT)
     run("mailbox", "send-as", MARTIN, SECRETARIAT)
+    assert run.json("mailbox", "inactive") == [] and run("mailbox", "inactive") == ""
 
     run("trust", "import", str(SHARED / "listeblanchemssante.xml"))
     run("trust", "add", "z.mssante.test", "--dn", "CN=mx.z.mssante.test,O=Operateur Z,C=FR")
