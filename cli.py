@@ -596,6 +596,35 @@ async def audit_list(
         )
 
 
+@main.group()
+def report() -> None:
+    """Usage indicators (as reported to the ANS)."""
+
+
+@report.command("usage")
+@click.option("--month", required=True, help="YYYY-MM (UTC).")
+@click.option("--json", "as_json", is_flag=True)
+@with_runtime
+async def report_usage(rt: Runtime, month: str, as_json: bool) -> None:
+    """Messages sent (to patients among them) and received, mailboxes and active mailboxes, per type."""
+    from mailserver import reports
+
+    try:
+        result = await reports.usage(rt, month)
+    except ValueError as exc:
+        fail(f"--month: {exc}")
+    if as_json:
+        emit(result.as_dict())
+        return
+    click.echo(f"usage for {month}")
+    click.echo(f"{'type':6} {'mailboxes':>10} {'active':>8} {'sent':>8} {'to patients':>12} {'received':>9}")
+    for type_, row in [*result.types.items(), ("total", result.total)]:
+        click.echo(
+            f"{type_:6} {row['mailboxes']:>10} {row['active']:>8} {row['sent']:>8} "
+            f"{row['sent_to_patients']:>12} {row['received']:>9}"
+        )
+
+
 EXPORT_FIELDS = ("id", "at", "actor", "remote", "action", "request", "response")
 
 
