@@ -625,6 +625,29 @@ async def report_usage(rt: Runtime, month: str, as_json: bool) -> None:
         )
 
 
+@main.group()
+def dns() -> None:
+    """DNS records for clients and peers."""
+
+
+@dns.command("records")
+@click.argument("domain")
+@with_runtime
+async def dns_records(rt: Runtime, domain: str) -> None:
+    """The SRV (RFC 6186, implicit TLS first per RFC 8314), MX and autoconfig records of a hosted domain."""
+    from mailserver import clientconfig
+
+    try:
+        name = accounts.validate_domain(domain)
+    except AccountError as exc:
+        fail(str(exc))
+    hosted = {d.name: d for d in await accounts.list_domains(rt)}
+    if name not in hosted:
+        fail(f"{name} is not a domain hosted here (caducee domain add)")
+    for line in clientconfig.dns_records(rt.settings, name):
+        click.echo(line)
+
+
 EXPORT_FIELDS = ("id", "at", "actor", "remote", "action", "request", "response")
 
 

@@ -277,6 +277,20 @@ class MailboxesSettings:
 
 
 @dataclass
+class ClientsSettings:
+    """What mail clients are told (DNS SRV records, autoconfig, Autodiscover): the public host names,
+    and the public ports when they differ from the listeners' (a NAT or a load balancer in front);
+    empty or 0 means the server's host name and the first listener's port."""
+
+    hostname: str = ""
+    mx_hostname: str = ""
+    imap_port: int = 0
+    imaps_port: int = 0
+    submission_port: int = 0
+    submissions_port: int = 0
+
+
+@dataclass
 class Settings:
     """The whole configuration; ``source`` is the file it came from (for messages), or None."""
 
@@ -297,6 +311,7 @@ class Settings:
     quota: QuotaSettings = field(default_factory=QuotaSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     mailboxes: MailboxesSettings = field(default_factory=MailboxesSettings)
+    clients: ClientsSettings = field(default_factory=ClientsSettings)
     source: Path | None = None
 
 
@@ -434,6 +449,9 @@ def _check(settings: Settings, name: str) -> None:
             f"{name}: [audit] keep: must be at least 6 months ({MIN_AUDIT_KEEP // 86400} days), the ANS"
             " recommendation for traces"
         )
+    for key in ("imap_port", "imaps_port", "submission_port", "submissions_port"):
+        if getattr(settings.clients, key) > 65535:
+            raise ConfigError(f"{name}: [clients] {key}: must be a port number (0 for the listener's)")
     if settings.mailboxes.inactive_after < MONTH:
         raise ConfigError(f"{name}: [mailboxes] inactive_after: must be at least 1 month")
     if not all(0 < p < 100 for p in settings.quota.warn_percent):

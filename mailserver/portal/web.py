@@ -25,7 +25,7 @@ from aiohttp import web
 from config.settings import parse_listen
 from mailserver.delivery import EnqueueHook
 from mailserver.limits import ConnectionGate, Refused, Slot
-from mailserver.portal import api, service
+from mailserver.portal import api, autoconfig, service
 from mailserver.portal.http import (
     ENQUEUE,
     PRE_COOKIE,
@@ -259,6 +259,7 @@ def make_app(rt: Runtime, enqueue: EnqueueHook | None = None) -> web.Application
     app.router.add_get("/messages/{mid}/pieces-jointes/{n}", attachment_get)
     app.router.add_static("/static", HERE / "static")
     api.setup(app)
+    autoconfig.setup(app)
     return app
 
 

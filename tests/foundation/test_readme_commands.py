@@ -315,6 +315,7 @@ def scenario(run: Cli, inst: Instance, pki: Any, tmp_path: Path) -> None:
     logins = run.json("audit", "list", "--since", "2h", "--mailbox", MARTIN, "--action", "login")
     assert logins and all(e["actor"] == MARTIN for e in logins)
     run("audit", "list")
+    assert "_submissions._tcp.a.mssante.test." in run("dns", "records", "a.mssante.test")
     month = run.json("report", "usage", "--month", "2026-12")["month"]
     assert month == "2026-12" and "total" in run("report", "usage", "--month", month)
     exported = json.loads(
