@@ -5,10 +5,12 @@ before the backup started: read back over IMAP. Real processes, real smtplib cli
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.message
 import json
 import re
 import smtplib
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -17,7 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select, update
 
+from mailserver import accounts, backup
+from mailserver.db.models import Blob, Message
+from mailserver.runtime import Runtime
 from tests.conftest import PG_ADMIN, pg_admin
 from tests.instance import DOMAIN, MARTIN, PATIENT_DOMAIN, SECRETARIAT, Instance
 
@@ -239,3 +245,41 @@ def test_postgresql_backup_under_smtp_load_restores_into_a_new_database(
         assert new.stop() == 0
     missing = before - found
     assert not missing, f"{len(missing)} acknowledged messages lost: {sorted(missing)[:5]}"
+
+
+async def test_a_file_expunged_during_the_copy_makes_a_new_snapshot(
+    runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the snapshot and the copy of its files, a message is expunged and its file removed (the
+    store's real path): the backup takes a new snapshot, which no longer names that file, and the copy
+    holds exactly the files its database references."""
+    mb = await accounts.add_mailbox(runtime, "dr.martin@a.mssante.test", "PER", rpps="10000000009")
+    for i in range(3):
+        data = f"Subject: gros {i}\r\n\r\n".encode() + b"x" * LARGE
+        await runtime.store.deliver(await runtime.store.prepare(data), [mb.id])
+    inbox = await runtime.store.folder(mb.id, "INBOX")
+    assert runtime.settings.source is not None
+    runtime.settings.source.write_text("", encoding="utf-8")
+    rounds: list[set[str]] = []
+    copy = backup._copy_blobs
+
+    def racing(root: Path, dest: Path, paths: set[str]) -> set[str]:
+        rounds.append(set(paths))
+        if len(rounds) == 1:  # the server expunges the first message right after the snapshot
+            asyncio.run_coroutine_threadsafe(runtime.store.expunge(inbox.id, [1]), loop).result(30)
+        return copy(root, dest, paths)
+
+    loop = asyncio.get_running_loop()
+    async with runtime.db.write() as session:
+        await session.execute(update(Message).where(Message.folder_id == inbox.id).values(flags="\\Deleted"))
+    monkeypatch.setattr(backup, "_copy_blobs", racing)
+    manifest = await backup.backup(runtime.settings, tmp_path / "copy")
+    assert len(rounds) == 2 and len(rounds[0]) == 3 and rounds[1] == set()  # only the lacking ones
+    stored = {f["path"].removeprefix("store/") for f in manifest.files if f["path"].startswith("store/")}
+    assert len(stored) == 2 and stored < rounds[0]
+    async with runtime.db.read() as session:
+        live = set((await session.execute(select(Blob.path).where(Blob.path.is_not(None)))).scalars())
+    assert stored == live
+    if runtime.db.kind == "sqlite":  # and the copy's own database names exactly these files
+        with contextlib.closing(sqlite3.connect(tmp_path / "copy" / "database" / "caducee.db")) as db:
+            assert {r[0] for r in db.execute("SELECT path FROM blob WHERE path IS NOT NULL")} == stored
