@@ -59,6 +59,7 @@ class Manifest:
     files: list[dict[str, Any]] = field(default_factory=list)
     external: list[dict[str, str]] = field(default_factory=list)  # copy path -> original absolute path
     placed: dict[str, str] = field(default_factory=dict)  # copy path -> path relative to the data dir
+    settings: dict[str, str] = field(default_factory=dict)  # "tls.cert" -> its path relative to it
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +71,7 @@ class Manifest:
             "files": self.files,
             "external": self.external,
             "placed": self.placed,
+            "settings": self.settings,
         }
 
 
@@ -243,6 +245,8 @@ def _copy_config(settings: Settings, target: Path, manifest: Manifest, engine: s
         if rel is not None:
             copy = f"files/{rel}"
             manifest.placed[copy] = rel
+            if "[" not in key:
+                manifest.settings[key] = rel
         else:
             copy = f"external/{key}/{path.name}"
             manifest.external.append({"copy": copy, "setting": key, "path": str(path)})
@@ -370,6 +374,9 @@ def _place_files(source: Path, target: Path, manifest: dict[str, Any], database_
     (target / store_rel).mkdir(parents=True, exist_ok=True)
     text = (source / manifest["config"]).read_text(encoding="utf-8")
     text = _set_key(text, "storage", "path", store_rel)
+    for key, rel in manifest.get("settings", {}).items():  # relative: an absolute path names the old place
+        section, _, name = key.partition(".")
+        text = _set_key(text, section, name, rel)
     if database_url:
         text = _set_key(text, "database", "url", database_url)
     else:

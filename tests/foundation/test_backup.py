@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
+from config.settings import load as load_settings
 from mailserver import accounts, backup
 from mailserver.db.models import Blob, Message
 from mailserver.runtime import Runtime
@@ -283,3 +284,22 @@ async def test_a_file_expunged_during_the_copy_makes_a_new_snapshot(
     if runtime.db.kind == "sqlite":  # and the copy's own database names exactly these files
         with contextlib.closing(sqlite3.connect(tmp_path / "copy" / "database" / "caducee.db")) as db:
             assert {r[0] for r in db.execute("SELECT path FROM blob WHERE path IS NOT NULL")} == stored
+
+
+def test_restored_configuration_names_the_restored_files(tmp_path: Path) -> None:
+    """A file the configuration names by an absolute path inside the data directory is restored in the
+    new one, and the restored configuration names it there (not in the old directory)."""
+    inst = Instance.init(CADUCEE, tmp_path / "data")
+    key = inst.directory / "smime.key"
+    key.write_bytes(b"\x02" * 32)
+    key.chmod(0o600)
+    with inst.config.open("a", encoding="utf-8") as f:
+        f.write(f'\n[smime]\nkey_file = "{key}"\n')
+    assert caducee("backup", str(tmp_path / "copy"), config=inst.config).returncode == 0
+    restored = tmp_path / "restored"
+    assert caducee("restore", str(tmp_path / "copy"), "--data-dir", str(restored)).returncode == 0
+    settings = load_settings(restored / "caducee.toml")
+    assert settings.smime.key_file == str(restored / "smime.key")
+    assert settings.tls.cert == str(restored / "tls" / "chain.pem")
+    assert settings.storage.path == str(restored / "store")
+    assert settings.database.url == f"sqlite+aiosqlite:///{restored / 'caducee.db'}"
