@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import secrets
 import sys
@@ -452,6 +453,27 @@ async def cert_remove(rt: Runtime, address: str, cert_id: int) -> None:
     click.echo(f"certificate {cert_id} removed")
 
 
+@mailbox.command("inactive")
+@click.option("--json", "as_json", is_flag=True)
+@with_runtime
+async def mailbox_inactive(rt: Runtime, as_json: bool) -> None:
+    """Mailboxes without any login for [mailboxes] inactive_after: notified or about to be, then disabled."""
+    from mailserver import lifecycle
+
+    found = await lifecycle.inactive(rt)
+    if as_json:
+        emit([m.as_dict() for m in found])
+        return
+    for m in found:
+        last = m.last_login_at.date().isoformat() if m.last_login_at else "never"
+        state = (
+            f"notified {m.notice_at.date()}, disabled after {m.disable_after.date()}"
+            if m.notice_at and m.disable_after
+            else "to notify"
+        )
+        click.echo(f"{m.address:40} {m.type}  last login {last:10}  {state}")
+
+
 @mailbox.group("app-password")
 def app_password() -> None:
     """Per-device application passwords."""
@@ -648,6 +670,134 @@ async def audit_list(
             f"{e.at.isoformat(timespec='seconds')}  {e.actor:35} {e.remote:15} {e.action:14} "
             f"{e.request} -> {e.response}"
         )
+
+
+@main.group()
+def report() -> None:
+    """Usage indicators (as reported to the ANS)."""
+
+
+@report.command("usage")
+@click.option("--month", required=True, help="YYYY-MM (UTC).")
+@click.option("--json", "as_json", is_flag=True)
+@with_runtime
+async def report_usage(rt: Runtime, month: str, as_json: bool) -> None:
+    """Messages sent (to patients among them) and received, mailboxes and active mailboxes, per type."""
+    from mailserver import reports
+
+    try:
+        result = await reports.usage(rt, month)
+    except ValueError as exc:
+        fail(f"--month: {exc}")
+    if as_json:
+        emit(result.as_dict())
+        return
+    click.echo(f"usage for {month}")
+    click.echo(f"{'type':6} {'mailboxes':>10} {'active':>8} {'sent':>8} {'to patients':>12} {'received':>9}")
+    for type_, row in [*result.types.items(), ("total", result.total)]:
+        click.echo(
+            f"{type_:6} {row['mailboxes']:>10} {row['active']:>8} {row['sent']:>8} "
+            f"{row['sent_to_patients']:>12} {row['received']:>9}"
+        )
+
+
+@main.group()
+def dns() -> None:
+    """DNS records for clients and peers."""
+
+
+@dns.command("records")
+@click.argument("domain")
+@with_runtime
+async def dns_records(rt: Runtime, domain: str) -> None:
+    """The SRV (RFC 6186, implicit TLS first per RFC 8314), MX and autoconfig records of a hosted domain."""
+    from mailserver import clientconfig
+
+    try:
+        name = accounts.validate_domain(domain)
+    except AccountError as exc:
+        fail(str(exc))
+    hosted = {d.name: d for d in await accounts.list_domains(rt)}
+    if name not in hosted:
+        fail(f"{name} is not a domain hosted here (caducee domain add)")
+    for line in clientconfig.dns_records(rt.settings, name):
+        click.echo(line)
+
+
+EXPORT_FIELDS = ("id", "at", "actor", "remote", "action", "request", "response")
+
+
+@audit.command("export")
+@click.option("--since", required=True, help="ISO date (2026-01-01) or date-time, or a duration back (7d).")
+@click.option("--until", help="ISO date or date-time (excluded); default: now.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="json", show_default=True)
+@with_runtime
+async def audit_export(rt: Runtime, since: str, until: str | None, fmt: str) -> None:
+    """Every event of a period, streamed to standard output (CSV with a header line, or a JSON array)."""
+    import csv
+
+    start, end = _parse_since(since), _parse_since(until)
+    out = click.get_text_stream("stdout")
+    writer = csv.DictWriter(out, EXPORT_FIELDS, lineterminator="\n") if fmt == "csv" else None
+    if writer is not None:
+        writer.writeheader()
+    else:
+        out.write("[")
+    first = True
+    async for e in rt.audit.stream(start, end):
+        if writer is not None:
+            writer.writerow(e.as_dict())
+        else:
+            out.write(
+                ("\n" if first else ",\n") + json.dumps(e.as_dict(), ensure_ascii=False, sort_keys=True)
+            )
+        first = False
+    if writer is None:
+        out.write("\n]\n" if not first else "]\n")
+    out.flush()
+
+
+# ---------------------------------------------------------------------------------------------- backup
+
+
+@main.command("backup")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@with_runtime
+async def backup_cmd(rt: Runtime, directory: Path) -> None:
+    """Copy the database, message files, S/MIME master key and configuration, server running or not."""
+    from mailserver import backup
+
+    try:
+        manifest = await backup.backup(rt.settings, directory)
+    except backup.BackupError as exc:
+        await rt.audit.record("admin", "backup", request=str(directory), response=f"refused: {exc}")
+        fail(str(exc))
+    await rt.audit.record("admin", "backup", request=str(directory), response=f"{len(manifest.files)} files")
+    click.echo(
+        f"backup of {manifest.engine} at revision {', '.join(manifest.schema_revision)} in {directory}: "
+        f"{len(manifest.files)} files"
+    )
+
+
+@main.command("restore")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="New or empty."
+)
+@click.option("--database-url", help="PostgreSQL backups: a new, empty database (postgresql+asyncpg://…).")
+def restore_cmd(directory: Path, data_dir: Path, database_url: str | None) -> None:
+    """Restore a backup into an empty data directory (checksums verified first)."""
+    from mailserver import backup
+
+    try:
+        notes = asyncio.run(backup.restore(directory.resolve(), data_dir.resolve(), database_url))
+    except backup.BackupError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot restore into {data_dir}: {exc}")
+    for note in notes:
+        click.echo("note: " + note)
+    click.echo(f"restored into {data_dir}: run caducee --config {data_dir / 'caducee.toml'} serve")
 
 
 # Command groups owned by the other packages (their modules import only mailserver.cli_support).

@@ -32,6 +32,12 @@ Size = Annotated[int, "size"]
 Duration = Annotated[float, "duration"]
 """Seconds written as ``30s``, ``30m``, ``12h``, ``5d`` or a plain number."""
 
+Retention = Annotated[float, "retention"]
+"""Seconds written as ``12 months``, ``1 year``, ``400d``: how long records are kept."""
+
+MONTH = 31 * 86400  # a retention rounds months up: "6 months" is never less than six calendar months
+MIN_AUDIT_KEEP = 6 * MONTH  # the ANS recommendation for traces
+
 FilePath = Annotated[str, "path"]
 """A filesystem path, resolved against the configuration file's directory."""
 
@@ -76,6 +82,18 @@ def parse_duration(value: Any) -> float:
         if m:
             return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     raise ValueError(f'expected a duration like "30m", got {value!r}')
+
+
+def parse_retention(value: Any) -> float:
+    """Parse ``12 months`` / ``1 year`` / a duration (``400d``) into seconds."""
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+)\s*(months?|years?)\s*", value)
+        if m:
+            return int(m.group(1)) * (MONTH if m.group(2).startswith("month") else 365 * 86400)
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ValueError(f'expected a period like "12 months", got {value!r}') from None
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -306,6 +324,36 @@ class QuotaSettings:
 
 
 @dataclass
+class AuditSettings:
+    """The audit trail: kept ``keep`` (at least 6 months), older events purged daily."""
+
+    keep: Retention = 12 * MONTH
+
+
+@dataclass
+class MailboxesSettings:
+    """The life cycle (CNIL rule for MSSanté): a mailbox without any login for ``inactive_after`` gets a
+    notice, and is disabled ``grace_period`` later unless someone logs in meanwhile."""
+
+    inactive_after: Retention = 12 * MONTH
+    grace_period: Duration = 30 * 86400
+
+
+@dataclass
+class ClientsSettings:
+    """What mail clients are told (DNS SRV records, autoconfig, Autodiscover): the public host names,
+    and the public ports when they differ from the listeners' (a NAT or a load balancer in front);
+    empty or 0 means the server's host name and the first listener's port."""
+
+    hostname: str = ""
+    mx_hostname: str = ""
+    imap_port: int = 0
+    imaps_port: int = 0
+    submission_port: int = 0
+    submissions_port: int = 0
+
+
+@dataclass
 class Settings:
     """The whole configuration; ``source`` is the file it came from (for messages), or None."""
 
@@ -326,6 +374,9 @@ class Settings:
     trust: TrustSettings = field(default_factory=TrustSettings)
     smime: SMIMESettings = field(default_factory=SMIMESettings)
     quota: QuotaSettings = field(default_factory=QuotaSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    mailboxes: MailboxesSettings = field(default_factory=MailboxesSettings)
+    clients: ClientsSettings = field(default_factory=ClientsSettings)
     source: Path | None = None
 
 
@@ -336,6 +387,8 @@ def _convert(value: Any, annotation: Any, base: Path) -> Any:
         return parse_size(value)
     if annotation == Duration:
         return parse_duration(value)
+    if annotation == Retention:
+        return parse_retention(value)
     if annotation == FilePath:
         if not isinstance(value, str):
             raise ValueError(f"expected a path string, got {value!r}")
@@ -473,6 +526,16 @@ def _check(settings: Settings, name: str) -> None:
     if settings.queue.lease < 1:
         raise ConfigError(f"{name}: [queue] lease: must be at least 1 second")
     _check_oauth(settings.oauth, name)
+    if settings.audit.keep < MIN_AUDIT_KEEP:
+        raise ConfigError(
+            f"{name}: [audit] keep: must be at least 6 months ({MIN_AUDIT_KEEP // 86400} days), the ANS"
+            " recommendation for traces"
+        )
+    for key in ("imap_port", "imaps_port", "submission_port", "submissions_port"):
+        if getattr(settings.clients, key) > 65535:
+            raise ConfigError(f"{name}: [clients] {key}: must be a port number (0 for the listener's)")
+    if settings.mailboxes.inactive_after < MONTH:
+        raise ConfigError(f"{name}: [mailboxes] inactive_after: must be at least 1 month")
     if not all(0 < p < 100 for p in settings.quota.warn_percent):
         raise ConfigError(f"{name}: [quota] warn_percent: each value must be between 1 and 99")
 

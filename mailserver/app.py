@@ -70,6 +70,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         if rt.db.kind == "postgresql":
             dsn = settings.database.url.replace("postgresql+asyncpg://", "postgresql://")
             background.append(asyncio.create_task(rt.notifier.listen_postgres(dsn)))
+        from mailserver.maintenance import run_daily
+
+        background.append(asyncio.create_task(run_daily(rt)))
         for module in SERVICES:
             started = await importlib.import_module(module).start(rt)
             for listener in started:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -95,6 +96,45 @@ class Audit:
         """Append one event inside the caller's transaction (kept only if that transaction commits);
         ``Session`` for the synchronous work of ``db.run_write``."""
         session.add(_row(actor, action, remote, request, response))
+
+    async def read(self, actor: str, remote: str, via: str, what: str) -> None:
+        """A consultation of message content (IMAP body FETCH, portal page, download): one event per
+        command or page naming the messages read (a UID set, conversation and message ids), so that a
+        FETCH 1:* of ten thousand messages is one row, never the content itself."""
+        await self.record(actor, "read", remote, f"{via} {what}", "ok")
+
+    async def purge(self, before: dt.datetime, batch: int = 5000) -> int:
+        """Delete events older than ``before`` in short transactions (the table stays writable)."""
+        total = 0
+        while True:
+            ids = select(AuditEvent.id).where(AuditEvent.at < before).limit(batch).scalar_subquery()
+            async with self.db.write() as session:
+                done = (await session.execute(delete(AuditEvent).where(AuditEvent.id.in_(ids)))).rowcount
+            total += done or 0
+            if not done or done < batch:
+                return total
+
+    async def stream(
+        self, since: dt.datetime | None, until: dt.datetime | None, batch: int = 1000
+    ) -> AsyncIterator[Event]:
+        """Every event of a period in order, read a batch at a time (an export of months stays small)."""
+        last = 0
+        while True:
+            q = select(AuditEvent).where(AuditEvent.id > last).order_by(AuditEvent.id).limit(batch)
+            if since is not None:
+                q = q.where(AuditEvent.at >= since)
+            if until is not None:
+                q = q.where(AuditEvent.at < until)
+            async with self.db.read() as session:
+                rows = [
+                    Event(r.id, r.at, r.actor, r.remote, r.action, r.request, r.response)
+                    for r in (await session.execute(q)).scalars()
+                ]
+            for e in rows:
+                yield e
+            if len(rows) < batch:
+                return
+            last = rows[-1].id
 
     async def events(
         self,

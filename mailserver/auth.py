@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import argon2
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -41,6 +41,8 @@ from mailserver.credential_cache import CredentialCache
 from mailserver.db.engine import Database
 from mailserver.db.models import AppPassword, AuthFailure, Mailbox, MailboxCert, SendAs, utcnow
 from mailserver.oauth import TokenError, TokenIdentity, TokenValidator
+
+LOGIN_STAMP_PERIOD = dt.timedelta(hours=1)  # last_login_at precision: inactivity is counted in months
 
 
 @dataclass(frozen=True)
@@ -182,10 +184,23 @@ class Authenticator:
         ip_key: str,
         credential: Credential | None,
         event: tuple[str, ...],
+        login: Mailbox | None = None,
     ) -> None:
         """The password was right: the account's counter is cleared, the address gives back the place
         this attempt took (its earlier failures still count), the application password used is stamped,
-        and ``event`` is audited, all in one transaction."""
+        ``login``'s last login too (at most hourly: a busy mailbox's row is not written at every
+        connection) and ``event`` is audited, all in one transaction."""
+        now = utcnow()
+        if login is not None and (
+            login.last_login_at is None
+            or login.inactive_notice_at is not None
+            or now - login.last_login_at >= LOGIN_STAMP_PERIOD
+        ):
+            session.execute(
+                update(Mailbox)
+                .where(Mailbox.id == login.id)
+                .values(last_login_at=now, inactive_notice_at=None)
+            )
         ip = session.get(AuthFailure, ip_key, with_for_update=True)
         if ip is not None:
             ip.count = max(ip.count - 1, 0)
@@ -241,7 +256,7 @@ class Authenticator:
         event = (mb.address, "login", remote, f"{request} ({verdict.detail})", "ok")
         credential = Credential(verdict.app_id, "") if verdict.app_id is not None else None
         await self.db.run_write(
-            lambda s: self._give_back(s, account_key, ip_key, credential, event), brief=True
+            lambda s: self._give_back(s, account_key, ip_key, credential, event, mb), brief=True
         )
         return AuthOutcome(mb.id, mb.address, method=verdict.method, person=verdict.person)
 

@@ -91,6 +91,9 @@ class Mailbox(Base):
     # Comma list of the login methods allowed (mailserver.auth.METHODS); NULL: every one.
     auth_methods: Mapped[str | None] = mapped_column(String(100), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The life cycle (mailserver/lifecycle.py): stamped by a login, at most hourly; the notice's time.
+    last_login_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    inactive_notice_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class SendAs(Base):

@@ -109,7 +109,10 @@ async def conversations(request: web.Request) -> web.StreamResponse:
 async def conversation(request: web.Request) -> web.StreamResponse:
     info = await _session(request)
     try:
-        d = await service.read_conversation(request.app[RT], info.mailbox_id, request.match_info["id"])
+        reader = (info.address, remote(request), "api")
+        d = await service.read_conversation(
+            request.app[RT], info.mailbox_id, request.match_info["id"], reader=reader
+        )
     except service.PortalError as exc:
         return _error(exc.status, exc.message)
     return web.json_response(
@@ -175,7 +178,8 @@ async def attachment(request: web.Request) -> web.StreamResponse:
     info = await _session(request)
     try:
         mid, n = int(request.match_info["mid"]), int(request.match_info["n"])
-        return download_response(await service.attachment(request.app[RT], info.mailbox_id, mid, n))
+        reader = (info.address, remote(request), "api download")
+        return download_response(await service.attachment(request.app[RT], info.mailbox_id, mid, n, reader))
     except ValueError:
         return _error(404, "Cette pièce jointe n'existe pas.")
     except service.PortalError as exc:

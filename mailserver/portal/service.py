@@ -543,9 +543,14 @@ def _date(meta: dict[str, Any], fallback: dt.datetime) -> dt.datetime:
 
 
 async def read_conversation(
-    rt: Runtime, mailbox_id: int, public_id: str, mark_read: bool = True
+    rt: Runtime,
+    mailbox_id: int,
+    public_id: str,
+    mark_read: bool = True,
+    reader: tuple[str, str, str] | None = None,
 ) -> ConversationDetail:
-    """A conversation as a thread; its unread messages become read (``\\Seen`` in the patient's mailbox)."""
+    """A conversation as a thread; its unread messages become read (``\\Seen`` in the patient's mailbox).
+    ``reader`` (address, remote, channel) is audited as one "read" event naming the messages shown."""
     conv = await _conversation(rt, mailbox_id, public_id)
     async with rt.db.read() as session:
         rows = list(
@@ -590,6 +595,9 @@ async def read_conversation(
         for folder_id, uids in by_folder.items():
             await rt.store.set_flags(folder_id, uids, "add", ["\\Seen"])
     summary = _summary(conv, rows, seen)
+    if reader is not None and messages:
+        shown = ",".join(str(m.id) for m in messages)
+        await rt.audit.read(reader[0], reader[1], reader[2], f"conversation {public_id} messages {shown}")
     return ConversationDetail(summary, pro, messages)
 
 
@@ -600,8 +608,11 @@ class Download:
     data: bytes
 
 
-async def attachment(rt: Runtime, mailbox_id: int, message_id: int, n: int) -> Download:
-    """Attachment ``n`` (from 1) of a conversation message the patient holds, decoded."""
+async def attachment(
+    rt: Runtime, mailbox_id: int, message_id: int, n: int, reader: tuple[str, str, str] | None = None
+) -> Download:
+    """Attachment ``n`` (from 1) of a conversation message the patient holds, decoded; ``reader``
+    (address, remote, channel) is audited as a "read" event."""
     async with rt.db.read() as session:
         row = (
             await session.execute(
@@ -620,6 +631,8 @@ async def attachment(rt: Runtime, mailbox_id: int, message_id: int, n: int) -> D
     info, path, node = found[0]
     raw = await rt.store.read_blob(row)
     data = mime.binary_section(raw, meta, path)
+    if reader is not None:
+        await rt.audit.read(reader[0], reader[1], reader[2], f"message {message_id} attachment {n}")
     return Download(
         info.filename, info.content_type, raw[node["part"][2] : node["part"][3]] if data is None else data
     )

@@ -26,7 +26,7 @@ from config.settings import parse_listen
 from mailserver import storage_faults
 from mailserver.delivery import EnqueueHook
 from mailserver.limits import ConnectionGate, Refused, Slot
-from mailserver.portal import api, service
+from mailserver.portal import api, autoconfig, service
 from mailserver.portal.http import (
     ENQUEUE,
     PRE_COOKIE,
@@ -172,7 +172,8 @@ async def _conversation_page(
     request: web.Request, info: service.SessionInfo, public_id: str, status: int = 200, **extra: Any
 ) -> web.Response:
     rt = request.app[RT]
-    detail = await service.read_conversation(rt, info.mailbox_id, public_id)
+    reader = (info.address, remote(request), "portal")
+    detail = await service.read_conversation(rt, info.mailbox_id, public_id, reader=reader)
     quota = await service.overview(rt, info.mailbox_id)
     return render(
         request,
@@ -227,7 +228,8 @@ async def attachment_get(request: web.Request) -> web.StreamResponse:
     info = await _session(request)
     try:
         mid, n = int(request.match_info["mid"]), int(request.match_info["n"])
-        return download_response(await service.attachment(request.app[RT], info.mailbox_id, mid, n))
+        reader = (info.address, remote(request), "portal download")
+        return download_response(await service.attachment(request.app[RT], info.mailbox_id, mid, n, reader))
     except ValueError:
         raise web.HTTPNotFound() from None
     except service.PortalError as exc:
@@ -295,6 +297,7 @@ def make_app(rt: Runtime, enqueue: EnqueueHook | None = None) -> web.Application
     app.router.add_get("/messages/{mid}/pieces-jointes/{n}", attachment_get)
     app.router.add_static("/static", HERE / "static")
     api.setup(app)
+    autoconfig.setup(app)
     return app
 
 

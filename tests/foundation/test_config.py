@@ -71,6 +71,9 @@ def test_defaults_and_conversions(tmp_path: Path) -> None:
         ("[delivery]\ndata_final_timeout = 0\n", "[delivery] data_final_timeout: must be more than 0"),
         ('[queue]\nlease = "0.5s"\n', "[queue] lease: must be at least 1 second"),
         ("[server\n", "not valid TOML"),
+        ('[audit]\nkeep = "5 months"\n', "[audit] keep: must be at least 6 months (186 days)"),
+        ('[audit]\nkeep = "180d"\n', "[audit] keep: must be at least 6 months"),
+        ('[audit]\nkeep = "forever"\n', "[audit] keep: expected a period like \"12 months\", got 'forever'"),
     ],
 )
 def test_bad_values_are_one_line_errors(tmp_path: Path, text: str, message: str) -> None:
@@ -80,6 +83,12 @@ def test_bad_values_are_one_line_errors(tmp_path: Path, text: str, message: str)
     assert str(exc.value).startswith(str(p))
     assert message in str(exc.value)
     assert "\n" not in str(exc.value)
+
+
+def test_audit_retention_in_months_or_years(tmp_path: Path) -> None:
+    assert load(write(tmp_path, "")).audit.keep == 12 * 31 * 86400
+    assert load(write(tmp_path, '[audit]\nkeep = "6 months"\n')).audit.keep == 6 * 31 * 86400
+    assert load(write(tmp_path, '[audit]\nkeep = "2 years"\n')).audit.keep == 2 * 365 * 86400
 
 
 def test_connection_limits_default_for_a_hospital_behind_one_address(tmp_path: Path) -> None:

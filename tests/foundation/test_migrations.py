@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import tempfile
+from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from mailserver.db import migrate
+from mailserver.db.models import Mailbox
+from mailserver.runtime import Runtime
+from tests.conftest import make_settings
 
 
 async def _tables(url: str) -> set[str]:
@@ -106,5 +112,49 @@ async def test_subscriptions_move_to_their_own_table_and_back(db_url: str) -> No
         async with engine.begin() as conn:
             rows = await conn.execute(text("SELECT name, subscribed FROM folder ORDER BY name"))
             assert [(r[0], bool(r[1])) for r in rows] == [("INBOX", True), ("Kept", False)]
+    finally:
+        await engine.dispose()
+
+
+async def test_mailbox_activity_starts_from_the_last_login_event(db_url: str) -> None:
+    """0012: an existing mailbox's last login is its last ``login`` audit event, else the upgrade's
+    time, so a mailbox in use is never taken for one unused since its creation."""
+    await migrate.upgrade_async(db_url, "0009")
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("INSERT INTO domain (name, patients, created_at) VALUES ('a.test', false, '2020-01-01')")
+            )
+            for address in ("used@a.test", "idle@a.test"):
+                await conn.execute(
+                    text(
+                        "INSERT INTO mailbox (address, domain_id, type, password_hash, enabled,"
+                        " accepts_patient_first, display_name, used_bytes, used_messages, quota_warned,"
+                        " last_uidvalidity, created_at) SELECT :a, id, 'PER', '', true, false, 'X',"
+                        " 0, 0, 0, 0, '2020-01-01 00:00:00' FROM domain"
+                    ),
+                    {"a": address},
+                )
+            for day, hour in ((dt.date(2026, 3, 1), 8), (dt.date(2026, 5, 4), 9)):
+                at = dt.datetime(day.year, day.month, day.day, hour, 30, tzinfo=dt.UTC)
+                if db_url.startswith("sqlite"):
+                    at = at.replace(tzinfo=None)  # stored naive, as UTCDateTime does
+                await conn.execute(
+                    text(
+                        "INSERT INTO audit_event (at, actor, remote, action, request, response)"
+                        " VALUES (:at, 'used@a.test', '', 'login', 'imap login', 'ok')"
+                    ),
+                    {"at": at},
+                )
+        await migrate.upgrade_async(db_url)
+        rt = Runtime.build(make_settings(Path(tempfile.mkdtemp()), db_url))
+        try:
+            async with rt.db.read() as session:
+                stamps = dict((await session.execute(select(Mailbox.address, Mailbox.last_login_at))).all())
+        finally:
+            await rt.close()
+        assert stamps["used@a.test"] == dt.datetime(2026, 5, 4, 9, 30, tzinfo=dt.UTC)
+        assert dt.datetime.now(dt.UTC) - stamps["idle@a.test"] < dt.timedelta(minutes=10)
     finally:
         await engine.dispose()

@@ -242,6 +242,7 @@ def scenario(run: Cli, inst: Instance, pki: Any, tmp_path: Path) -> None:
     run("mailbox", "cert", "remove", DPI, str(registered["id"]))
     run("mailbox", "cert", "add", DPI, software)
     run("mailbox", "auth", DPI, "--allow", "cert")
+    assert run.json("mailbox", "inactive") == [] and run("mailbox", "inactive") == ""
 
     run("trust", "import", str(SHARED / "listeblanchemssante.xml"))
     run("trust", "add", "z.mssante.test", "--dn", "CN=mx.z.mssante.test,O=Operateur Z,C=FR")
@@ -326,9 +327,30 @@ def scenario(run: Cli, inst: Instance, pki: Any, tmp_path: Path) -> None:
     logins = run.json("audit", "list", "--since", "2h", "--mailbox", MARTIN, "--action", "login")
     assert logins and all(e["actor"] == MARTIN for e in logins)
     run("audit", "list")
+    assert "_submissions._tcp.a.mssante.test." in run("dns", "records", "a.mssante.test")
+    month = run.json("report", "usage", "--month", "2026-12")["month"]
+    assert month == "2026-12" and "total" in run("report", "usage", "--month", month)
+    exported = json.loads(
+        run("audit", "export", "--since", "2026-01-01", "--until", "2100-01-01", "--format", "json")
+    )
+    assert any(e["action"] == "login" for e in exported)
+    assert run("audit", "export", "--since", "2h", "--format", "csv").startswith("id,at,actor")
 
     assert "0 missing file(s)" in run("store", "check")
     run("store", "check", "--gc")
+
+    backup = tmp_path / "backup"
+    assert "backup of sqlite" in run("backup", str(backup))
+    run(
+        "restore",
+        str(backup),
+        "--data-dir",
+        str(tmp_path / "r1"),
+        "--database-url",
+        "postgresql+asyncpg://x/y",
+        code=1,
+    )
+    assert "restored into" in run("restore", str(backup), "--data-dir", str(tmp_path / "restored"))
 
     run("mailbox", "delete", DUPONT, stdin="y\n")
     run("mailbox", "show", DUPONT, code=1)

@@ -196,3 +196,29 @@ async def test_hostile_html_is_text_and_pages_forbid_scripts(portal: Portal) -> 
         assert "&lt;b&gt;Objet&lt;/b&gt;" in page and "Bonjour Pierre" in page
         conv = await (await http.get(f"{portal.url}/api/conversations/{conv_id}")).json()
         assert "alert" not in conv["messages"][0]["text"]
+
+
+async def test_reading_a_conversation_or_an_attachment_is_audited(portal: Portal) -> None:
+    """API view, portal page and downloads: one "read" event each, naming messages, never content."""
+    first = build(DOCTOR, PATIENT, "Compte rendu", "Diagnostic confidentiel.", name="Dr Martin")
+    first.add_attachment(b"%PDF-1.4 fake", maintype="application", subtype="pdf", filename="cr.pdf")
+    [conv_id] = await send(portal.rt, first)
+    async with _client() as http:
+        r = await _login(http, portal.url)
+        auth = {"Authorization": f"Bearer {(await r.json())['token']}"}
+        conv = await (await http.get(f"{portal.url}/api/conversations/{conv_id}", headers=auth)).json()
+        [msg] = conv["messages"]
+        async with http.get(f"{portal.url}/api/messages/{msg['id']}/attachments/1", headers=auth) as d:
+            assert d.status == 200
+        # the pages, with the session cookie the login set
+        assert (await http.get(f"{portal.url}/conversations/{conv_id}")).status == 200
+        async with http.get(f"{portal.url}/messages/{msg['id']}/pieces-jointes/1") as d:
+            assert d.status == 200
+    reads = await portal.rt.audit.events(action="read")
+    assert [(e.actor, e.request) for e in reads] == [
+        (PATIENT, f"api conversation {conv_id} messages {msg['id']}"),
+        (PATIENT, f"api download message {msg['id']} attachment 1"),
+        (PATIENT, f"portal conversation {conv_id} messages {msg['id']}"),
+        (PATIENT, f"portal download message {msg['id']} attachment 1"),
+    ]
+    assert all(e.remote == "127.0.0.1" and "confidentiel" not in e.request for e in reads)

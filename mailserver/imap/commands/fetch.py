@@ -9,6 +9,8 @@ mailbox was opened with EXAMINE) and reports the new FLAGS in the same response 
 A message whose file cannot be read gets no FETCH response; the others are still sent (a client
 syncing ``1:*`` is not stopped by one bad file) and the command ends ``NO [UNAVAILABLE]`` (RFC 5530:
 try again later), the fault logged and audited once (``mailserver.storage_faults``).
+
+A command that returns content (a body section, RFC822) is one "read" audit event with its UID set.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from mailserver.imap.base import Done, Fail, State, command
 from mailserver.imap.protocol import encoder as enc
 from mailserver.imap.protocol.commands import Fetch, FetchAtt, FetchBinarySize, FetchBody, FetchItem
+from mailserver.imap.protocol.sequence import compress
 from mailserver.store import mime
 from mailserver.store.store import MessageInfo, MessageUnavailable
 
@@ -33,6 +36,11 @@ _BATCH_BODIES = 50
 
 def _sets_seen(item: FetchItem) -> bool:
     return (isinstance(item, FetchBody) and not item.peek) or item in _SEEN_ATTS
+
+
+def _reads_content(item: FetchItem) -> bool:
+    """A body section or the whole message: a consultation, audited (RFC822.SIZE, FLAGS are not)."""
+    return isinstance(item, FetchBody) or item in _RAW_ATTS
 
 
 def _needs_raw(item: FetchItem) -> bool:
@@ -118,6 +126,7 @@ async def fetch(s: Session, tag: str, cmd: Fetch) -> Done:
     meta_needed = raw_needed or any(i in _META_ATTS for i in items)
     batch = _BATCH_BODIES if raw_needed else _BATCH_SMALL
     faults: list[MessageUnavailable] = []
+    read: list[int] | None = [] if any(_reads_content(i) for i in items) else None
     for start in range(0, len(uids), batch):
         infos = await store.messages(sel.folder_id, uids[start : start + batch])
         if seen:
@@ -143,7 +152,11 @@ async def fetch(s: Session, tag: str, cmd: Fetch) -> Done:
                 continue
             meta = metas.get(m.blob_id)
             s.send(enc.fetch(seq, [(_name(i), _value(s, i, m, meta, raw)) for i in items]))
+            if read is not None:
+                read.append(m.uid)
         await s.flush()
+    if read:
+        await s.rt.audit.read(s.address, s.remote, "imap FETCH", f"{sel.name} uids {compress(read)}")
     verb = f"{'UID ' if cmd.uid else ''}FETCH"
     if faults:
         await s.unavailable(faults, verb)

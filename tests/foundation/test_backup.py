@@ -1,0 +1,305 @@
+"""``caducee backup`` while mail is coming in, ``caducee restore`` into a new data directory (and, on
+PostgreSQL, a new database), then the restored server must hold every message it acknowledged (250)
+before the backup started: read back over IMAP. Real processes, real smtplib clients, real pg_dump."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.message
+import json
+import re
+import smtplib
+import sqlite3
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from config.settings import load as load_settings
+from mailserver import accounts, backup
+from mailserver.db.models import Blob, Message
+from mailserver.runtime import Runtime
+from tests.conftest import PG_ADMIN, pg_admin
+from tests.instance import DOMAIN, MARTIN, PATIENT_DOMAIN, SECRETARIAT, Instance
+
+CADUCEE = str(Path(sys.executable).with_name("caducee"))
+SENDERS = 3
+LARGE = 100 * 1024  # above [storage] inline_max: a file in the store, not a row
+
+
+@pytest.fixture
+def empty_pg_url(pg_available: None) -> Iterator[str]:
+    """A second new, empty PostgreSQL database (the one to restore into)."""
+    name = f"caducee_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(pg_admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + f"/{name}"
+    finally:
+        asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def caducee(
+    *args: str, config: Path | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    head = [CADUCEE] + (["--config", str(config)] if config else [])
+    return subprocess.run([*head, *args], input=stdin, capture_output=True, text=True, timeout=300)
+
+
+class Load:
+    """Submission clients sending to the secretariat without pause; ``acked`` holds each subject whose
+    DATA was answered 250, in the order the answers came."""
+
+    def __init__(self, inst: Instance) -> None:
+        self.inst = inst
+        self.acked: list[str] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.threads = [threading.Thread(target=self.run, args=(n,)) for n in range(SENDERS)]
+
+    def run(self, n: int) -> None:
+        try:
+            client = smtplib.SMTP("127.0.0.1", self.inst.ports["submission"], timeout=60)
+            client.starttls(context=self.inst.tls())
+            client.login(MARTIN, self.inst.passwords[MARTIN])
+            i = 0
+            while not self.stop.is_set():
+                subject = f"charge-{n}-{i}"
+                msg = email.message.EmailMessage()
+                msg["From"], msg["To"], msg["Subject"] = MARTIN, SECRETARIAT, subject
+                msg.set_content("Compte rendu.\n" + ("x" * 70 + "\n") * (LARGE // 71 if i % 2 else 1))
+                client.send_message(msg, MARTIN, [SECRETARIAT])  # raises unless 250
+                with self.lock:
+                    self.acked.append(subject)
+                i += 1
+            client.quit()
+        except BaseException as exc:  # reported by the test thread
+            self.errors.append(exc)
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(120)
+
+    def wait_for(self, count: int) -> None:
+        self.inst.wait_for(lambda: len(self.acked) >= count or bool(self.errors), 120)
+
+    def snapshot(self) -> set[str]:
+        with self.lock:
+            return set(self.acked)
+
+
+def subjects_in_inbox(inst: Instance) -> set[str]:
+    client = inst.imap(SECRETARIAT)
+    try:
+        status, _ = client.select("INBOX", readonly=True)
+        assert status == "OK"
+        status, data = client.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert status == "OK", data
+        found = set()
+        for item in data:
+            if isinstance(item, tuple):
+                m = re.search(rb"Subject: (\S+)", item[1])
+                assert m, item
+                found.add(m.group(1).decode())
+        return found
+    finally:
+        client.logout()
+
+
+def backup_under_load(inst: Instance, backup_dir: Path) -> tuple[set[str], set[str]]:
+    """Start the load, back up while it runs; (acknowledged before the backup, acknowledged in all)."""
+    inst.start()
+    try:
+        with Load(inst) as load:
+            load.wait_for(20)
+            before = load.snapshot()
+            result = caducee("backup", str(backup_dir), config=inst.config)
+            during = len(load.acked) - len(before)
+            load.wait_for(len(load.acked) + 5)  # the load went on after the backup too
+        errors = [r for r in inst.records() if r.get("level") == "error"]
+        assert not load.errors, (load.errors, [e.get("exception", "")[-1500:] for e in errors])
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert during > 0, "no message was acknowledged while the backup ran: the test proves nothing"
+        return before, load.snapshot()
+    finally:
+        assert inst.stop() == 0
+
+
+def check_manifest(backup_dir: Path, engine: str) -> None:
+    manifest = json.loads((backup_dir / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["engine"] == engine
+    assert manifest["schema_revision"] and manifest["created_at"]
+    paths = {f["path"] for f in manifest["files"]}
+    assert "caducee.toml" in paths and any(p.startswith("store/") for p in paths)
+    assert {"files/tls/chain.pem", "files/tls/key.pem"} <= paths
+    assert all(len(f["sha256"]) == 64 for f in manifest["files"])
+
+
+def restored_instance(inst: Instance, restored: Path) -> Instance:
+    return Instance(inst.caducee, restored, inst.passwords)
+
+
+def test_sqlite_backup_under_smtp_load_restores_every_acknowledged_message(tmp_path: Path) -> None:
+    inst = Instance.init(CADUCEE, tmp_path / "data")
+    key = inst.directory / "smime.key"
+    key.write_bytes(b"\x01" * 32)  # the master key, as smime import makes it
+    key.chmod(0o600)
+    backup_dir = tmp_path / "backup"
+    before, _ = backup_under_load(inst, backup_dir)
+    check_manifest(backup_dir, "sqlite")
+    assert "files/smime.key" in {
+        f["path"] for f in json.loads((backup_dir / "manifest.json").read_text())["files"]
+    }
+
+    # refused: a data directory that is not empty; a backup whose file was altered
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "x").write_text("x")
+    refused = caducee("restore", str(backup_dir), "--data-dir", str(taken))
+    assert refused.returncode == 1 and "must be a new or empty directory" in refused.stderr, refused.stderr
+    restored = tmp_path / "restored"
+    result = caducee("restore", str(backup_dir), "--data-dir", str(restored))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (restored / "smime.key").read_bytes() == b"\x01" * 32
+    assert (restored / "smime.key").stat().st_mode & 0o777 == 0o600
+
+    new = restored_instance(inst, restored)
+    new.start()
+    try:
+        found = subjects_in_inbox(new)
+    finally:
+        assert new.stop() == 0
+    missing = before - found
+    assert not missing, f"{len(missing)} acknowledged messages lost: {sorted(missing)[:5]}"
+    assert caducee("store", "check", config=new.config).stdout.count("0 missing file(s)") == 1
+
+
+def test_restore_refuses_a_backup_that_does_not_match_its_checksums(tmp_path: Path) -> None:
+    inst = Instance.init(CADUCEE, tmp_path / "data")
+    backup_dir = tmp_path / "backup"
+    assert caducee("backup", str(backup_dir), config=inst.config).returncode == 0
+    again = caducee("backup", str(backup_dir), config=inst.config)
+    assert again.returncode == 1 and "must be a new or empty directory" in again.stderr
+    db = backup_dir / "database" / "caducee.db"
+    db.write_bytes(db.read_bytes() + b"\0")
+    result = caducee("restore", str(backup_dir), "--data-dir", str(tmp_path / "restored"))
+    assert result.returncode == 1, result.stdout
+    assert result.stderr == f"caducee: {backup_dir}: database/caducee.db does not match its checksum\n"
+    assert not (tmp_path / "restored").exists()
+    (backup_dir / "manifest.json").unlink()
+    result = caducee("restore", str(backup_dir), "--data-dir", str(tmp_path / "restored"))
+    assert result.returncode == 1 and "no manifest.json" in result.stderr
+
+
+@pytest.mark.postgres
+def test_postgresql_backup_under_smtp_load_restores_into_a_new_database(
+    tmp_path: Path, pg_url: str, empty_pg_url: str
+) -> None:
+    inst = Instance.init(CADUCEE, tmp_path / "data")
+    text = inst.config.read_text(encoding="utf-8")
+    inst.config.write_text(re.sub(r"(?m)^url = .*$", f'url = "{pg_url}"', text, count=1), encoding="utf-8")
+    assert caducee("db", "upgrade", config=inst.config).returncode == 0
+    for domain, flags in ((DOMAIN, []), (PATIENT_DOMAIN, ["--patients"])):
+        assert caducee("domain", "add", domain, *flags, config=inst.config).returncode == 0
+    for address, kind in (
+        (MARTIN, ["--type", "PER", "--rpps", "10000000009"]),
+        (SECRETARIAT, ["--type", "ORG"]),
+    ):
+        made = caducee(
+            "mailbox",
+            "add",
+            address,
+            *kind,
+            "--password-stdin",
+            config=inst.config,
+            stdin=inst.passwords[address] + "\n",
+        )
+        assert made.returncode == 0, made.stderr
+    backup_dir = tmp_path / "backup"
+    before, _ = backup_under_load(inst, backup_dir)
+    check_manifest(backup_dir, "postgresql")
+
+    refused = caducee(
+        "restore", str(backup_dir), "--data-dir", str(tmp_path / "r0"), "--database-url", pg_url
+    )
+    assert refused.returncode == 1 and "the database is not empty" in refused.stderr, refused.stderr
+    restored = tmp_path / "restored"
+    result = caducee("restore", str(backup_dir), "--data-dir", str(restored), "--database-url", empty_pg_url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    new = restored_instance(inst, restored)
+    new.start()
+    try:
+        found = subjects_in_inbox(new)
+    finally:
+        assert new.stop() == 0
+    missing = before - found
+    assert not missing, f"{len(missing)} acknowledged messages lost: {sorted(missing)[:5]}"
+
+
+async def test_a_file_expunged_during_the_copy_makes_a_new_snapshot(
+    runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the snapshot and the copy of its files, a message is expunged and its file removed (the
+    store's real path): the backup takes a new snapshot, which no longer names that file, and the copy
+    holds exactly the files its database references."""
+    mb = await accounts.add_mailbox(runtime, "dr.martin@a.mssante.test", "PER", rpps="10000000009")
+    for i in range(3):
+        data = f"Subject: gros {i}\r\n\r\n".encode() + b"x" * LARGE
+        await runtime.store.deliver(await runtime.store.prepare(data), [mb.id])
+    inbox = await runtime.store.folder(mb.id, "INBOX")
+    assert runtime.settings.source is not None
+    runtime.settings.source.write_text("", encoding="utf-8")
+    rounds: list[set[str]] = []
+    copy = backup._copy_blobs
+
+    def racing(root: Path, dest: Path, paths: set[str]) -> set[str]:
+        rounds.append(set(paths))
+        if len(rounds) == 1:  # the server expunges the first message right after the snapshot
+            asyncio.run_coroutine_threadsafe(runtime.store.expunge(inbox.id, [1]), loop).result(30)
+        return copy(root, dest, paths)
+
+    loop = asyncio.get_running_loop()
+    async with runtime.db.write() as session:
+        await session.execute(update(Message).where(Message.folder_id == inbox.id).values(flags="\\Deleted"))
+    monkeypatch.setattr(backup, "_copy_blobs", racing)
+    manifest = await backup.backup(runtime.settings, tmp_path / "copy")
+    assert len(rounds) == 2 and len(rounds[0]) == 3 and rounds[1] == set()  # only the lacking ones
+    stored = {f["path"].removeprefix("store/") for f in manifest.files if f["path"].startswith("store/")}
+    assert len(stored) == 2 and stored < rounds[0]
+    async with runtime.db.read() as session:
+        live = set((await session.execute(select(Blob.path).where(Blob.path.is_not(None)))).scalars())
+    assert stored == live
+    if runtime.db.kind == "sqlite":  # and the copy's own database names exactly these files
+        with contextlib.closing(sqlite3.connect(tmp_path / "copy" / "database" / "caducee.db")) as db:
+            assert {r[0] for r in db.execute("SELECT path FROM blob WHERE path IS NOT NULL")} == stored
+
+
+def test_restored_configuration_names_the_restored_files(tmp_path: Path) -> None:
+    """A file the configuration names by an absolute path inside the data directory is restored in the
+    new one, and the restored configuration names it there (not in the old directory)."""
+    inst = Instance.init(CADUCEE, tmp_path / "data")
+    key = inst.directory / "smime.key"
+    key.write_bytes(b"\x02" * 32)
+    key.chmod(0o600)
+    with inst.config.open("a", encoding="utf-8") as f:
+        f.write(f'\n[smime]\nkey_file = "{key}"\n')
+    assert caducee("backup", str(tmp_path / "copy"), config=inst.config).returncode == 0
+    restored = tmp_path / "restored"
+    assert caducee("restore", str(tmp_path / "copy"), "--data-dir", str(restored)).returncode == 0
+    settings = load_settings(restored / "caducee.toml")
+    assert settings.smime.key_file == str(restored / "smime.key")
+    assert settings.tls.cert == str(restored / "tls" / "chain.pem")
+    assert settings.storage.path == str(restored / "store")
+    assert settings.database.url == f"sqlite+aiosqlite:///{restored / 'caducee.db'}"
