@@ -117,7 +117,7 @@ async def test_subscriptions_move_to_their_own_table_and_back(db_url: str) -> No
 
 
 async def test_mailbox_activity_starts_from_the_last_login_event(db_url: str) -> None:
-    """0012: an existing mailbox's last login is its last ``login`` audit event, else the upgrade's
+    """0013: an existing mailbox's last login is its last ``login`` audit event, else the upgrade's
     time, so a mailbox in use is never taken for one unused since its creation."""
     await migrate.upgrade_async(db_url, "0009")
     engine = create_async_engine(db_url)
