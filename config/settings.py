@@ -9,6 +9,7 @@ Relative paths are resolved against the directory holding the file, so a data di
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -90,6 +91,16 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, port
 
 
+def is_loopback(host: str) -> bool:
+    """``localhost`` or an address of 127.0.0.0/8 or ::1 (an empty host or 0.0.0.0 is every interface)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass
 class ServerSettings:
     hostname: str = "localhost"
@@ -149,6 +160,18 @@ class PortalSettings:
     listen: list[str] = field(default_factory=lambda: ["127.0.0.1:8080"])
     secure_cookies: bool = True
     session_lifetime: Duration = 1800
+
+
+@dataclass
+class AdminSettings:
+    """The operator's HTTP listener: ``/healthz``, ``/readyz``, ``/metrics`` (mailserver/admin.py).
+
+    Loopback only unless ``allow_remote`` says otherwise: the metrics name services and counts that
+    are nobody else's business, and the listener has no authentication of its own."""
+
+    listen: list[str] = field(default_factory=lambda: ["127.0.0.1:9180"])
+    allow_remote: bool = False
+    timeout: Duration = 5  # each readiness probe (database query, store write) and the queue's scrape query
 
 
 @dataclass
@@ -316,6 +339,7 @@ class Settings:
     imap: IMAPSettings = field(default_factory=IMAPSettings)
     portal: PortalSettings = field(default_factory=PortalSettings)
     ldap: LDAPSettings = field(default_factory=LDAPSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     oauth: OAuthSettings = field(default_factory=OAuthSettings)
@@ -431,7 +455,7 @@ DELIVERY_TIMEOUTS = (
 
 def _check(settings: Settings, name: str) -> None:
     """Cross-field checks that a type alone cannot express."""
-    for section in ("smtp", "submission", "imap", "portal", "ldap"):
+    for section in ("smtp", "submission", "imap", "portal", "ldap", "admin"):
         obj = getattr(settings, section)
         for key in ("listen", "tls_listen"):
             for addr in getattr(obj, key, []):
@@ -439,6 +463,15 @@ def _check(settings: Settings, name: str) -> None:
                     parse_listen(addr)
                 except ValueError as exc:
                     raise ConfigError(f"{name}: [{section}] {key}: {exc}") from None
+    if not settings.admin.allow_remote:
+        for addr in settings.admin.listen:
+            if not is_loopback(parse_listen(addr)[0]):
+                raise ConfigError(
+                    f"{name}: [admin] listen: {addr} is not a loopback address"
+                    " (set [admin] allow_remote = true to serve metrics beyond this host)"
+                )
+    if settings.admin.timeout <= 0:
+        raise ConfigError(f"{name}: [admin] timeout: must be more than 0 seconds")
     for domain, route in settings.delivery.routes.items():
         try:
             parse_listen(route)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from config.settings import Settings
 from mailserver.audit import Audit
@@ -30,6 +30,9 @@ class Runtime:
     passwords: Passwords
     auth: Authenticator
     _queue: Queue | None = field(default=None, init=False, repr=False)
+    # What ``caducee serve`` has started (``mailserver.app.run`` fills them), for ``/readyz``.
+    listeners: list[Any] = field(default_factory=list, init=False, repr=False)
+    started: bool = field(default=False, init=False)
 
     @property
     def queue(self) -> Queue:
