@@ -12,17 +12,23 @@ Sockets go through the same connection gate as every other listener (``mailserve
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import text
+from sqlalchemy import exists, func, select, text
 
 from config.settings import parse_listen
+from mailserver.db.models import utcnow
 from mailserver.limits import ConnectionGate
+from mailserver.logs import log_event
+from mailserver.metrics import CONTENT_TYPE
 from mailserver.portal.http import RT, security_headers
 from mailserver.portal.web import Admission
+from mailserver.queue.models import QueueMessage, QueueRecipient
 from mailserver.runtime import Runtime
 
 PROBE = ".readyz-probe"
@@ -51,7 +57,9 @@ def _write_probe(root: Path) -> None:
 
 
 async def probe_store(rt: Runtime) -> None:
+    started = time.perf_counter()
     await asyncio.to_thread(_write_probe, rt.blobs.root)
+    rt.metrics.store_latency("probe", time.perf_counter() - started)
 
 
 def listener_problem(listener: Any) -> str | None:
@@ -92,11 +100,47 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"ready": True})
 
 
+_WAITING = QueueRecipient.status == "queued"
+# Two indexed aggregates (ix_queue_recipient_due leads with status): the cost is the queue's waiting
+# rows, not the history of everything ever sent.
+QUEUE_DEPTH = select(func.count()).select_from(QueueRecipient).where(_WAITING)
+QUEUE_OLDEST = select(func.min(QueueMessage.created_at)).where(
+    exists().where(QueueRecipient.message_id == QueueMessage.id, _WAITING)
+)
+
+
+async def scrape_queue(rt: Runtime) -> None:
+    """Set the queue gauges from the database; on failure they keep their last values (and it is
+    logged), so a slow database slows the scrape by at most ``[admin] timeout``."""
+
+    async def read() -> tuple[int, float]:
+        async with rt.db.read() as session:
+            depth = int(await session.scalar(QUEUE_DEPTH) or 0)
+            oldest = await session.scalar(QUEUE_OLDEST) if depth else None
+        return depth, (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
+
+    try:
+        depth, age = await asyncio.wait_for(read(), rt.settings.admin.timeout)
+    except Exception as exc:  # the rest of the metrics are still worth serving
+        log_event("metrics-queue-unavailable", logging.WARNING, reason=f"{type(exc).__name__}: {exc}"[:300])
+        return
+    rt.metrics.queue(depth, max(age, 0.0))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    rt = request.app[RT]
+    await scrape_queue(rt)
+    resp = web.Response(body=rt.metrics.exposition())
+    resp.headers["Content-Type"] = CONTENT_TYPE
+    return resp
+
+
 def make_app(rt: Runtime) -> web.Application:
     app = web.Application(middlewares=[security_headers])
     app[RT] = rt
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     return app
 
 
@@ -120,7 +164,7 @@ class AdminListener:
 async def start(rt: Runtime) -> list[AdminListener]:
     """One plain-HTTP listener per ``[admin] listen`` address, behind one connection gate."""
     listeners = []
-    gate = ConnectionGate("admin", rt.settings.limits, rt.audit)
+    gate = ConnectionGate("admin", rt.settings.limits, rt.audit, rt.metrics)
     loop = asyncio.get_running_loop()
     for address in rt.settings.admin.listen:
         host, port = parse_listen(address)

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from mailserver.db.engine import Database
 from mailserver.db.models import AuditEvent, utcnow
 from mailserver.db.prepared import Prepared
+from mailserver.metrics import UNSCRAPED, Metrics
 
 log = logging.getLogger("caducee.audit")
 
@@ -67,8 +68,9 @@ def _row(actor: str, action: str, remote: str, request: str, response: str) -> A
 
 
 class Audit:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, metrics: Metrics = UNSCRAPED) -> None:
         self.db = db
+        self.metrics = metrics
 
     async def record(
         self, actor: str, action: str, remote: str = "", request: str = "", response: str = ""
@@ -80,6 +82,7 @@ class Audit:
         try:
             await self.db.run_write(lambda s: INSERT_EVENTS.many(s.connection(), [row]), brief=True)
         except Exception:
+            self.metrics.audit_error()
             log.exception("could not write audit event %s %s", actor, action)
             raise
 

@@ -98,7 +98,14 @@ class CommandLoop(SMTP):
     async def push(self, status: Any) -> None:
         if self.closing:
             return
+        self.replied(str(status))
         await super().push(status)
+
+    def commanded(self, command: str) -> None:
+        """A command line was read: ``command`` is its verb if the server knows it, else ``unknown``."""
+
+    def replied(self, status: str) -> None:
+        """A reply is about to be sent (every one goes through ``push``)."""
 
     # ------------------------------------------------------------------ the loop
 
@@ -130,15 +137,18 @@ class CommandLoop(SMTP):
         line = await read_line(self._reader)
         if line is None:
             self.request = "(a command line too long)"
+            self.commanded("unknown")
             await self.push(LINE_TOO_LONG)
             return bogus
         verb, _, rest = line.partition(b" ")
         command = verb.upper().decode("ascii", "replace")
         self.request = self.describe(command, line)
         if not command.isalpha() or not command.isascii():
+            self.commanded("unknown")
             await self.push("500 5.5.2 syntax error: a command is a word of letters")
             return bogus
         method = self._smtp_methods.get(command)
+        self.commanded(command if method is not None else "unknown")
         if method is None:  # unknown whatever the state (RFC 5321 §4.2.4), so before the TLS check
             if bogus <= 1:
                 await self.push("502 5.5.1 too many unrecognised commands, goodbye")

@@ -104,7 +104,7 @@ async def start(rt: Runtime) -> list[SMTPListener | BackgroundTasks]:
     queue = rt.queue
     limits = s.limits
     # One gate per protocol: submission's two ports count together (see mailserver.limits).
-    gates = {name: ConnectionGate(name, limits, rt.audit) for name in ("smtp", "submission")}
+    gates = {name: ConnectionGate(name, limits, rt.audit, rt.metrics) for name in ("smtp", "submission")}
 
     def config(
         service: str, starttls: bool, client_cert: ClientCert, auth: bool, implicit: bool
