@@ -305,8 +305,19 @@ class QueueSettings:
 
 @dataclass
 class TrustSettings:
+    """The trust list: a local file re-read every ``refresh`` when it changed, and/or the published
+    list downloaded over HTTPS from ``url`` every ``refresh_interval`` (mailserver/trust_download.py)."""
+
     list: FilePath = ""
     refresh: Duration = 3600
+    url: str = ""  # https:// only; off while empty
+    ca_file: FilePath = ""  # CA bundle the server's certificate must chain to (empty: the system's)
+    refresh_interval: Duration = 6 * 3600
+    timeout: Duration = 30  # the whole download
+    max_size: Size = 20 * 1024**2
+    # A new list removing more than this percentage of the current domains is refused (a truncated or
+    # wrong file must not cut peers off); ``caducee trust refresh --force`` installs it anyway.
+    max_removed: int = 10
 
 
 @dataclass
@@ -504,8 +515,19 @@ def _check(settings: Settings, name: str) -> None:
     if settings.queue.lease < 1:
         raise ConfigError(f"{name}: [queue] lease: must be at least 1 second")
     _check_oauth(settings.oauth, name)
+    _check_trust(settings.trust, name)
     if not all(0 < p < 100 for p in settings.quota.warn_percent):
         raise ConfigError(f"{name}: [quota] warn_percent: each value must be between 1 and 99")
+
+
+def _check_trust(t: TrustSettings, name: str) -> None:
+    if t.url and not re.match(r"https://[^/\s]+", t.url):
+        raise ConfigError(f"{name}: [trust] url: expected an https:// URL, got {t.url!r}")
+    if t.max_removed > 100:
+        raise ConfigError(f"{name}: [trust] max_removed: a percentage, at most 100")
+    for key in ("timeout", "refresh_interval"):
+        if getattr(t, key) <= 0:
+            raise ConfigError(f"{name}: [trust] {key}: must be more than 0 seconds")
 
 
 def _check_oauth(oauth: OAuthSettings, name: str) -> None:

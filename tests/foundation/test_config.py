@@ -72,6 +72,9 @@ def test_defaults_and_conversions(tmp_path: Path) -> None:
         ('[queue]\nlease = "0.5s"\n', "[queue] lease: must be at least 1 second"),
         ('[admin]\nlisten = ["0.0.0.0:9180"]\n', "[admin] listen: 0.0.0.0:9180 is not a loopback address"),
         ('[admin]\nlisten = ["10.1.2.3:9180"]\n', "set [admin] allow_remote = true"),
+        ('[trust]\nurl = "http://listeblanche.test/l.xml"\n', "[trust] url: expected an https:// URL"),
+        ("[trust]\nmax_removed = 101\n", "[trust] max_removed: a percentage, at most 100"),
+        ('[trust]\nrefresh_interval = "0s"\n', "[trust] refresh_interval: must be more than 0 seconds"),
         ("[server\n", "not valid TOML"),
     ],
 )
