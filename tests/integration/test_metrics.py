@@ -34,7 +34,7 @@ async def env(tmp_path: Path, db_url: str, pki: Any) -> AsyncIterator[SMTPEnv]:
         tmp_path,
         db_url,
         pki,
-        imap={"listen": [], "tls_listen": ["127.0.0.1:0"]},
+        imap={"listen": ["127.0.0.1:0"], "tls_listen": ["127.0.0.1:0"]},
         delivery={"retry_schedule": ["1h"]},  # one attempt during the test, no retry
     )
     for module in (imap_server, admin):
@@ -181,3 +181,27 @@ async def test_audit_write_errors_and_store_latency_are_counted(env: SMTPEnv) ->
     after = await scrape(env)
     assert moved(before, after, "caducee_audit_write_errors_total") == {frozenset(): 1}
     assert moved(before, after, "caducee_store_seconds_count") == {labels(operation="probe"): 1}
+
+
+async def test_imap_starttls_completion_is_counted(env: SMTPEnv) -> None:
+    """STARTTLS writes its own tagged OK (before the handshake): counted like every other completion."""
+    before = await scrape(env)
+
+    def session() -> None:
+        client = imaplib.IMAP4("127.0.0.1", env.ports["imap"], timeout=30)
+        client.starttls(ssl_context=env.user())
+        client.logout()
+
+    await asyncio.to_thread(session)
+
+    async def closed() -> Samples | None:
+        now = await scrape(env)
+        return None if now[("caducee_connections_open", labels(service="imap"))] else now
+
+    after = await wait_for(closed)
+    assert moved(before, after, "caducee_commands_total") == {
+        labels(service="imap", command="CAPABILITY"): 2,  # imaplib asks at connect and after STARTTLS
+        labels(service="imap", command="STARTTLS"): 1,
+        labels(service="imap", command="LOGOUT"): 1,
+    }
+    assert moved(before, after, "caducee_replies_total") == {labels(service="imap", code="OK"): 4}
