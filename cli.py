@@ -93,6 +93,9 @@ secure_cookies = false                   # plain HTTP on loopback for a first ru
 [ldap]
 listen = ["127.0.0.1:3389"]              # address book for mail clients (STARTTLS, then bind)
 
+[admin]
+listen = ["127.0.0.1:9180"]              # /healthz, /readyz, /metrics for the operator (loopback only)
+
 [limits]
 message_size = "25MiB"
 

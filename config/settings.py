@@ -9,6 +9,7 @@ Relative paths are resolved against the directory holding the file, so a data di
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -108,6 +109,16 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, port
 
 
+def is_loopback(host: str) -> bool:
+    """``localhost`` or an address of 127.0.0.0/8 or ::1 (an empty host or 0.0.0.0 is every interface)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass
 class ServerSettings:
     hostname: str = "localhost"
@@ -167,6 +178,18 @@ class PortalSettings:
     listen: list[str] = field(default_factory=lambda: ["127.0.0.1:8080"])
     secure_cookies: bool = True
     session_lifetime: Duration = 1800
+
+
+@dataclass
+class AdminSettings:
+    """The operator's HTTP listener: ``/healthz``, ``/readyz``, ``/metrics`` (mailserver/admin.py).
+
+    Loopback only unless ``allow_remote`` says otherwise: the metrics name services and counts that
+    are nobody else's business, and the listener has no authentication of its own."""
+
+    listen: list[str] = field(default_factory=lambda: ["127.0.0.1:9180"])
+    allow_remote: bool = False
+    timeout: Duration = 5  # each readiness probe (database query, store write) and the queue's scrape query
 
 
 @dataclass
@@ -302,8 +325,19 @@ class QueueSettings:
 
 @dataclass
 class TrustSettings:
+    """The trust list: a local file re-read every ``refresh`` when it changed, and/or the published
+    list downloaded over HTTPS from ``url`` every ``refresh_interval`` (mailserver/trust_download.py)."""
+
     list: FilePath = ""
     refresh: Duration = 3600
+    url: str = ""  # https:// only; off while empty
+    ca_file: FilePath = ""  # CA bundle the server's certificate must chain to (empty: the system's)
+    refresh_interval: Duration = 6 * 3600
+    timeout: Duration = 30  # the whole download
+    max_size: Size = 20 * 1024**2
+    # A new list removing more than this percentage of the current domains is refused (a truncated or
+    # wrong file must not cut peers off); ``caducee trust refresh --force`` installs it anyway.
+    max_removed: int = 10
 
 
 @dataclass
@@ -366,6 +400,7 @@ class Settings:
     imap: IMAPSettings = field(default_factory=IMAPSettings)
     portal: PortalSettings = field(default_factory=PortalSettings)
     ldap: LDAPSettings = field(default_factory=LDAPSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     oauth: OAuthSettings = field(default_factory=OAuthSettings)
@@ -486,7 +521,7 @@ DELIVERY_TIMEOUTS = (
 
 def _check(settings: Settings, name: str) -> None:
     """Cross-field checks that a type alone cannot express."""
-    for section in ("smtp", "submission", "imap", "portal", "ldap"):
+    for section in ("smtp", "submission", "imap", "portal", "ldap", "admin"):
         obj = getattr(settings, section)
         for key in ("listen", "tls_listen"):
             for addr in getattr(obj, key, []):
@@ -494,6 +529,15 @@ def _check(settings: Settings, name: str) -> None:
                     parse_listen(addr)
                 except ValueError as exc:
                     raise ConfigError(f"{name}: [{section}] {key}: {exc}") from None
+    if not settings.admin.allow_remote:
+        for addr in settings.admin.listen:
+            if not is_loopback(parse_listen(addr)[0]):
+                raise ConfigError(
+                    f"{name}: [admin] listen: {addr} is not a loopback address"
+                    " (set [admin] allow_remote = true to serve metrics beyond this host)"
+                )
+    if settings.admin.timeout <= 0:
+        raise ConfigError(f"{name}: [admin] timeout: must be more than 0 seconds")
     for domain, route in settings.delivery.routes.items():
         try:
             parse_listen(route)
@@ -536,8 +580,19 @@ def _check(settings: Settings, name: str) -> None:
             raise ConfigError(f"{name}: [clients] {key}: must be a port number (0 for the listener's)")
     if settings.mailboxes.inactive_after < MONTH:
         raise ConfigError(f"{name}: [mailboxes] inactive_after: must be at least 1 month")
+    _check_trust(settings.trust, name)
     if not all(0 < p < 100 for p in settings.quota.warn_percent):
         raise ConfigError(f"{name}: [quota] warn_percent: each value must be between 1 and 99")
+
+
+def _check_trust(t: TrustSettings, name: str) -> None:
+    if t.url and not re.match(r"https://[^/\s]+", t.url):
+        raise ConfigError(f"{name}: [trust] url: expected an https:// URL, got {t.url!r}")
+    if t.max_removed > 100:
+        raise ConfigError(f"{name}: [trust] max_removed: a percentage, at most 100")
+    for key in ("timeout", "refresh_interval"):
+        if getattr(t, key) <= 0:
+            raise ConfigError(f"{name}: [trust] {key}: must be more than 0 seconds")
 
 
 def _check_oauth(oauth: OAuthSettings, name: str) -> None:

@@ -507,7 +507,7 @@ class LDAPServer:
         self.tls_context = tls_context
         self.base_dn = ",".join(p.strip() for p in rt.settings.ldap.base_dn.split(","))
         self.sessions: set[asyncio.Task[None]] = set()
-        self.gate = ConnectionGate("ldap", rt.settings.limits, rt.audit)
+        self.gate = ConnectionGate("ldap", rt.settings.limits, rt.audit, rt.metrics)
 
     def protocol(self) -> asyncio.StreamReaderProtocol:
         """A connection's protocol: ``serve`` on streams (what ``asyncio.start_server`` would make)."""

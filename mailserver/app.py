@@ -24,6 +24,7 @@ log = logging.getLogger("caducee")
 
 # Modules providing ``start(rt)``; a module whose settings list no address starts nothing.
 SERVICES: list[str] = [
+    "mailserver.admin",  # first: /healthz answers, and /readyz says what is missing, while the rest start
     "mailserver.smtp.service",
     "mailserver.imap.server",
     "mailserver.portal.web",
@@ -61,7 +62,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    listeners: list[Listener] = []
+    listeners: list[Listener] = rt.listeners
     background: list[asyncio.Task[None]] = []
     try:
         await check_schema(rt)
@@ -78,6 +79,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             for listener in started:
                 log_event("listening", service=listener.service, address=listener.address)
             listeners.extend(started)
+        rt.started = True
         log_event("ready", hostname=settings.server.hostname, listeners=len(listeners))
         await stop.wait()
         log_event("stopping")

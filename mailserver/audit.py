@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from mailserver.db.engine import Database
 from mailserver.db.models import AuditEvent, utcnow
 from mailserver.db.prepared import Prepared
+from mailserver.metrics import UNSCRAPED, Metrics
 
 log = logging.getLogger("caducee.audit")
 
@@ -68,8 +69,9 @@ def _row(actor: str, action: str, remote: str, request: str, response: str) -> A
 
 
 class Audit:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, metrics: Metrics = UNSCRAPED) -> None:
         self.db = db
+        self.metrics = metrics
 
     async def record(
         self, actor: str, action: str, remote: str = "", request: str = "", response: str = ""
@@ -81,6 +83,7 @@ class Audit:
         try:
             await self.db.run_write(lambda s: INSERT_EVENTS.many(s.connection(), [row]), brief=True)
         except Exception:
+            self.metrics.audit_error()
             log.exception("could not write audit event %s %s", actor, action)
             raise
 

@@ -40,6 +40,7 @@ from mailserver.certauth import CertificateError, ClientCertificates
 from mailserver.credential_cache import CredentialCache
 from mailserver.db.engine import Database
 from mailserver.db.models import AppPassword, AuthFailure, Mailbox, MailboxCert, SendAs, utcnow
+from mailserver.metrics import UNSCRAPED, Metrics
 from mailserver.oauth import TokenError, TokenIdentity, TokenValidator
 
 LOGIN_STAMP_PERIOD = dt.timedelta(hours=1)  # last_login_at precision: inactivity is counted in months
@@ -114,8 +115,10 @@ class Authenticator:
         passwords: Passwords | None = None,
         oauth: OAuthSettings | None = None,
         client_ca: str = "",
+        metrics: Metrics = UNSCRAPED,
     ) -> None:
         self.db = db
+        self.metrics = metrics
         self.settings = settings
         self.audit = audit
         self.passwords = passwords or Passwords(settings)
@@ -216,6 +219,19 @@ class Authenticator:
     # ------------------------------------------------------------------ the one login path
 
     async def _login(
+        self,
+        named: str | None,
+        remote: str,
+        service: str,
+        method: str,
+        verify: Callable[[], Awaitable[Verdict]],
+    ) -> AuthOutcome:
+        """``_judge``, counted by method (the one that succeeded, else the one tried) and result."""
+        outcome = await self._judge(named, remote, service, verify)
+        self.metrics.login(outcome.method or method, "ok" if outcome.ok else outcome.reason)
+        return outcome
+
+    async def _judge(
         self, named: str | None, remote: str, service: str, verify: Callable[[], Awaitable[Verdict]]
     ) -> AuthOutcome:
         """Every method's login: a place in the lock-out counters (the named account's, when the
@@ -278,7 +294,7 @@ class Authenticator:
         address = username.strip().lower()
         async with self._taking_turns():
             verify = lambda: self._verify_password(address, password)  # noqa: E731
-            return await self._login(address, remote, service, verify)
+            return await self._login(address, remote, service, "password", verify)
 
     async def _verify_password(self, address: str, password: str) -> Verdict:
         async with self.db.read() as session:
@@ -356,7 +372,8 @@ class Authenticator:
         """A bearer token of the identity provider (SASL OAUTHBEARER/XOAUTH2, the API's Bearer header):
         the person it names opens their PER mailbox, or ``authzid`` when it is one of theirs."""
         named = authzid.strip().lower() if authzid else None
-        return await self._login(named, remote, service, lambda: self._verify_token(token, named, mechanism))
+        verify = lambda: self._verify_token(token, named, mechanism)  # noqa: E731
+        return await self._login(named, remote, service, "oauth", verify)
 
     async def _verify_token(self, token: str, authzid: str | None, mechanism: str) -> Verdict:
         detail = f"bearer token {mechanism}"
@@ -409,7 +426,7 @@ class Authenticator:
     ) -> AuthOutcome:
         """SASL EXTERNAL: the TLS client certificate registered for a mailbox logs it in."""
         named = authzid.strip().lower() if authzid else None
-        return await self._login(named, remote, service, lambda: self._verify_certificate(der, named))
+        return await self._login(named, remote, service, "cert", lambda: self._verify_certificate(der, named))
 
     async def _verify_certificate(self, der: bytes | None, authzid: str | None) -> Verdict:
         if der is None or self.certificates is None:

@@ -99,6 +99,7 @@ class Delivery:
                 result.delivered[target.address] = stored.uids[mailbox_id]
             else:
                 result.refused[target.address] = Refusal(452, "4.2.2", f"<{target.address}>: mailbox full")
+        self.rt.metrics.delivered("local", len(result.delivered))
         if stored.blob_id is None:
             # Nothing was kept (every recipient full), so no transaction carried the audit events.
             for address, refusal in result.refused.items():

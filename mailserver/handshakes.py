@@ -37,6 +37,7 @@ def reason(exc: BaseException) -> str:
 async def report(rt: Runtime, service: str, peer: str, exc: BaseException) -> None:
     """Log and audit one failed handshake (``peer`` is the client's IP address)."""
     why = reason(exc)
+    rt.metrics.tls_failure(service)
     log_event("tls-handshake-failed", logging.WARNING, service=service, peer=peer, reason=why)
     await rt.audit.record(f"peer:{peer}", "tls-refused", peer, f"{service} TLS handshake", why)
 

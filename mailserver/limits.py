@@ -31,6 +31,7 @@ from typing import TypeVar
 from config.settings import LimitsSettings
 from mailserver.audit import Audit
 from mailserver.logs import log_event
+from mailserver.metrics import UNSCRAPED, Metrics
 
 K = TypeVar("K")
 
@@ -58,10 +59,13 @@ class Slot:
 class ConnectionGate:
     """The connections of one protocol in this process (see the module docstring)."""
 
-    def __init__(self, service: str, limits: LimitsSettings, audit: Audit) -> None:
+    def __init__(
+        self, service: str, limits: LimitsSettings, audit: Audit, metrics: Metrics = UNSCRAPED
+    ) -> None:
         self.service = service
         self.limits = limits
         self.audit = audit
+        self.metrics = metrics
         self.total = 0
         self.per_ip: Counter[str] = Counter()
         self.per_user: Counter[str] = Counter()
@@ -81,6 +85,7 @@ class ConnectionGate:
         else:
             self.total += 1
             self.per_ip[ip] += 1
+            self.metrics.connection_opened(self.service)
             return Slot(ip)
         self._refused(ip, None, "connect", refused)
         return refused
@@ -116,6 +121,7 @@ class ConnectionGate:
         self.logout(slot)
         self.total -= 1
         _decrement(self.per_ip, slot.ip)
+        self.metrics.connection_closed(self.service)
 
     async def drain(self) -> None:
         """Write the pending summary and wait for the audit writes (at shutdown, before the database goes)."""
@@ -126,6 +132,7 @@ class ConnectionGate:
     # ------------------------------------------------------------------ audit of refusals
 
     def _refused(self, ip: str, user: str | None, request: str, refused: Refused) -> None:
+        self.metrics.connection_refused(self.service, refused.limit)
         now = time.monotonic()
         if now >= self._minute_ends:
             self._summarise()

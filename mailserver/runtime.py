@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from config.settings import Settings
 from mailserver.audit import Audit
 from mailserver.auth import Authenticator, Passwords
 from mailserver.db.engine import Database
+from mailserver.metrics import Metrics
 from mailserver.store.blobs import BlobStore
 from mailserver.store.notify import Notifier
 from mailserver.store.store import Store
@@ -29,7 +30,11 @@ class Runtime:
     audit: Audit
     passwords: Passwords
     auth: Authenticator
+    metrics: Metrics
     _queue: Queue | None = field(default=None, init=False, repr=False)
+    # What ``caducee serve`` has started (``mailserver.app.run`` fills them), for ``/readyz``.
+    listeners: list[Any] = field(default_factory=list, init=False, repr=False)
+    started: bool = field(default=False, init=False)
 
     @property
     def queue(self) -> Queue:
@@ -42,16 +47,21 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
+        metrics = Metrics()
         db = Database(
             settings.database.url, echo=settings.database.echo, pool_size=settings.database.pool_size
         )
+        db.observe = metrics.database_latency
         blobs = BlobStore(settings.storage.path)
+        blobs.observe = metrics.store_latency
         notifier = Notifier()
         store = Store(db, blobs, notifier, settings.quota, settings.storage.inline_max, settings.limits)
-        audit = Audit(db)
+        audit = Audit(db, metrics)
         passwords = Passwords(settings.auth)
-        auth = Authenticator(db, settings.auth, audit, passwords, settings.oauth, settings.tls.peer_ca)
-        return cls(settings, db, blobs, notifier, store, audit, passwords, auth)
+        auth = Authenticator(
+            db, settings.auth, audit, passwords, settings.oauth, settings.tls.peer_ca, metrics=metrics
+        )
+        return cls(settings, db, blobs, notifier, store, audit, passwords, auth, metrics)
 
     async def close(self) -> None:
         await self.db.close()

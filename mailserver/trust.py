@@ -39,6 +39,10 @@ class TrustListError(Exception):
     """A trust list (file or entry) that cannot be used; the message says why."""
 
 
+class TooManyRemoved(TrustListError):
+    """A new list would remove more of the current domains than ``[trust] max_removed`` allows."""
+
+
 @dataclass(frozen=True)
 class TrustEntry:
     name: str
@@ -174,13 +178,23 @@ def _entry(row: TrustDomain) -> TrustEntry:
     )
 
 
-async def replace_all(db: Database, entries: list[TrustEntry]) -> ImportReport:
-    """Make the stored list exactly ``entries`` in one transaction and report the differences."""
+async def replace_all(
+    db: Database, entries: list[TrustEntry], max_removed: int | None = None
+) -> ImportReport:
+    """Make the stored list exactly ``entries`` in one transaction and report the differences;
+    with ``max_removed`` (a percentage), refuse (TooManyRemoved, nothing changed) a list that would
+    remove more than that share of the current domains."""
     report = ImportReport()
     wanted = {e.name: e for e in entries}
     async with db.write() as session:
         current = {r.name: r for r in (await session.execute(select(TrustDomain))).scalars()}
-        for name in sorted(set(current) - set(wanted)):
+        gone = set(current) - set(wanted)
+        if max_removed is not None and len(gone) * 100 > max_removed * len(current):
+            raise TooManyRemoved(
+                f"the new list removes {len(gone)} of the {len(current)} current domains"
+                f" ({100 * len(gone) / len(current):.0f}%), more than [trust] max_removed = {max_removed}%"
+            )
+        for name in sorted(gone):
             await session.delete(current[name])
             report.removed.append(name)
         now = utcnow()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mailserver import trust
+from mailserver import trust, trust_download
 from mailserver.cli_support import emit, fail, with_runtime
 from mailserver.runtime import Runtime
 
@@ -37,6 +37,26 @@ async def trust_import(rt: Runtime, file: str) -> None:
         f"trust list imported: {len(report.added)} added, {len(report.removed)} removed, "
         f"{len(report.changed)} changed, {report.unchanged} unchanged"
     )
+
+
+@trust_group.command("refresh")
+@click.option("--force", is_flag=True, help="Install even a list removing more than [trust] max_removed.")
+@with_runtime
+async def trust_refresh(rt: Runtime, force: bool) -> None:
+    """Download the list from [trust] url (HTTPS, verified against [trust] ca_file) and install it;
+    a failed download, a malformed list or one removing too many domains changes nothing."""
+    if not rt.settings.trust.url:
+        fail("[trust] url is not set: nothing to download")
+    try:
+        result = await trust_download.refresh(rt, "admin", force=force)
+    except trust.TrustListError as exc:
+        hint = " (use --force to install it anyway)" if isinstance(exc, trust.TooManyRemoved) else ""
+        fail(f"{exc}; the trust list is unchanged{hint}")
+    report = result.report
+    for label, names in (("added", report.added), ("removed", report.removed), ("changed", report.changed)):
+        for name in names:
+            click.echo(f"{label:8} {name}")
+    click.echo(f"trust list refreshed from {rt.settings.trust.url}: {result.summary()}")
 
 
 @trust_group.command("add")

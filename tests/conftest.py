@@ -69,6 +69,7 @@ def make_settings(tmp_path: Path, db_url: str, **sections: dict[str, Any]) -> Se
         "database": {"url": db_url},
         "storage": {"path": str(tmp_path / "store")},
         "auth": {"argon2_time_cost": 1, "argon2_memory_kib": 8192},
+        "admin": {"listen": ["127.0.0.1:0"]},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)

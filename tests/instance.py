@@ -29,7 +29,7 @@ PATIENT_DOMAIN = "patient.a.mssante.test"
 MARTIN = f"dr.martin@{DOMAIN}"
 SECRETARIAT = f"secretariat@{DOMAIN}"
 BASE_DN = "ou=annuaire,dc=caducee"
-PORT_SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "portal", "ldap", "ldaps")
+PORT_SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "portal", "ldap", "ldaps", "admin")
 
 
 @dataclass
@@ -187,6 +187,9 @@ class Instance:
         submitted then read back, the portal's home page, an LDAP bind and search after StartTLS and
         over LDAPS."""
         assert set(self.ports) == set(PORT_SERVICES), self.ports
+        for path, expected in (("/healthz", {"status": "up"}), ("/readyz", {"ready": True})):
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['admin']}{path}", timeout=30) as r:
+                assert r.status == 200 and json.load(r) == expected, path
         with smtplib.SMTP("127.0.0.1", self.ports["smtp"], timeout=30) as mta:
             code, banner = mta.ehlo("mx.b.mssante.test")
             assert code == 250 and b"STARTTLS" in banner, banner

@@ -261,11 +261,17 @@ class SyncWriteSession(SyncReadSession):
 WriteSession = AsyncSession | SyncWriteSession
 
 
+def _unobserved(kind: str, seconds: float) -> None:
+    """A database outside a runtime: its timings go nowhere."""
+
+
 class Database:
     """Owns the engines and hands out sessions; ``kind`` is ``"sqlite"`` or ``"postgresql"``."""
 
     def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10) -> None:
         self.url = url
+        # Told each transaction's kind and duration (the runtime points it at its metrics).
+        self.observe: Callable[[str, float], None] = _unobserved
         self.sync_write_engine: Engine | None = None
         self.brief_engine: Engine | None = None
         self.sync_read_engine: Engine | None = None
@@ -306,6 +312,16 @@ class Database:
 
     @asynccontextmanager
     async def write(self, *, brief: bool = False) -> AsyncIterator[WriteSession]:
+        """``_write_transaction``, timed (``observe("write", seconds)``), commit included."""
+        started = time.perf_counter()
+        try:
+            async with self._write_transaction(brief=brief) as session:
+                yield session
+        finally:
+            self.observe("write", time.perf_counter() - started)
+
+    @asynccontextmanager
+    async def _write_transaction(self, *, brief: bool = False) -> AsyncIterator[WriteSession]:
         """A write transaction: committed on normal exit, rolled back on any exception.
 
         ``brief``: bounded work (one command's messages, one folder, one login): on SQLite its
@@ -342,11 +358,15 @@ class Database:
         if self._writer_thread is None or self._writer is None:
             async with self.write() as session:
                 return await session.run_sync(work)
-        if brief:
-            return await self._run_brief(work)
-        async with self._writer:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._writer_thread, self._transaction, work)
+        started = time.perf_counter()
+        try:
+            if brief:
+                return await self._run_brief(work)
+            async with self._writer:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._writer_thread, self._transaction, work)
+        finally:
+            self.observe("write", time.perf_counter() - started)
 
     async def _run_brief(self, work: Callable[[Session], T]) -> T:
         """Group commit of brief transactions: those that arrive while a COMMIT is in flight share the
@@ -438,12 +458,16 @@ class Database:
         ~1.4 ms of latency for a one-statement transaction, against ~0.1 ms here. Scans run here too,
         so queries stay indexed (see the models).
         """
-        if self.sync_read_engine is None:
-            async with self._read() as session, session.begin():
-                yield session
-            return
-        with Session(self.sync_read_engine, expire_on_commit=False) as session, session.begin():
-            yield SyncReadSession(session)
+        started = time.perf_counter()
+        try:
+            if self.sync_read_engine is None:
+                async with self._read() as session, session.begin():
+                    yield session
+                return
+            with Session(self.sync_read_engine, expire_on_commit=False) as session, session.begin():
+                yield SyncReadSession(session)
+        finally:
+            self.observe("read", time.perf_counter() - started)
 
     @asynccontextmanager
     async def lookup(self) -> AsyncIterator[Reader]:

@@ -40,7 +40,7 @@ class IMAPServer:
         self.rt = rt
         self.tls_context = tls_context
         self.sessions: set[Session] = set()
-        self.gate = ConnectionGate("imap", rt.settings.limits, rt.audit)
+        self.gate = ConnectionGate("imap", rt.settings.limits, rt.audit, rt.metrics)
         self._slots: dict[Session, Slot] = {}
         self._recent_mark: dict[int, tuple[int, int]] = {}  # folder id -> (UIDVALIDITY, mark)
         self._recent_review_at = _RECENT_REVIEW_MIN

@@ -398,6 +398,9 @@ class Session(asyncio.Protocol):
                 self.send(enc.continuation("Ready for literal data"))
             await self.flush()
         elif isinstance(event, BadCommand):
+            self.rt.metrics.command(self.service, "unknown")
+            if event.tag is not None:
+                self.rt.metrics.reply(self.service, event.status)
             self.send(enc.status_response(event.tag, event.status, event.message, event.code))
             await self.flush()
         elif isinstance(event, IdleDone | AuthResponse | AuthCancel):
@@ -407,6 +410,7 @@ class Session(asyncio.Protocol):
     async def dispatch(self, tag: str, body: CommandBody) -> None:
         """Run one command: state check, handler, pending updates, tagged completion (RFC 9051 §2.2.2)."""
         handler = REGISTRY.get(body.name)
+        self.rt.metrics.command(self.service, body.name if handler is not None else "unknown")
         expunges = body.name not in _NO_EXPUNGE_DURING or bool(getattr(body, "uid", False))
         if handler is None:
             done = Done("unknown command", status="BAD")
@@ -440,6 +444,7 @@ class Session(asyncio.Protocol):
             return
         if self.selected is not None and not self.logout:
             await self.sync(expunges=expunges)
+        self.rt.metrics.reply(self.service, done.status)
         self.send(enc.tagged(tag, done.status, done.text, done.code))
         await self.flush()
 

@@ -371,7 +371,7 @@ async def start(rt: Runtime) -> list[PortalListener]:
     """One plain-HTTP listener per ``[portal] listen`` address (TLS is terminated in front), all behind
     one connection gate; replies to professionals at peer operators go through the shared outbound queue."""
     listeners = []
-    gate = ConnectionGate("portal", rt.settings.limits, rt.audit)
+    gate = ConnectionGate("portal", rt.settings.limits, rt.audit, rt.metrics)
     loop = asyncio.get_running_loop()
     for address in rt.settings.portal.listen:
         host, port = parse_listen(address)

@@ -244,6 +244,11 @@ class Queue:
                     r.last_reply = f"expired after {r.attempts} attempts; last reply: {outcome.reply}"[:2000]
                 else:
                     r.next_attempt = now + self.delay(r.attempts)
+        metrics = self.rt.metrics
+        for outcome in outcomes.values():
+            metrics.delivery_attempt(outcome.kind)
+            if outcome.kind in ("sent", "relayed"):
+                metrics.delivered("remote")
         await self.finish(batch.message_id)
 
     # ------------------------------------------------------------------ finishing

@@ -99,7 +99,14 @@ class CommandLoop(SMTP):
     async def push(self, status: Any) -> None:
         if self.closing:
             return
+        self.replied(str(status))
         await super().push(status)
+
+    def commanded(self, command: str) -> None:
+        """A command line was read: ``command`` is its verb if the server knows it, else ``unknown``."""
+
+    def replied(self, status: str) -> None:
+        """A reply is about to be sent (every one goes through ``push``)."""
 
     # ------------------------------------------------------------------ the loop
 
@@ -133,6 +140,7 @@ class CommandLoop(SMTP):
         line = await read_line(self._reader)
         if line is None:
             self.request = "(a command line too long)"
+            self.commanded("unknown")
             await self.push(LINE_TOO_LONG)
             return bogus
         verb, _, rest = line.partition(b" ")
@@ -144,9 +152,11 @@ class CommandLoop(SMTP):
             return bogus
         self.request = self.describe(command, line)
         if not command.isalpha() or not command.isascii():
+            self.commanded("unknown")
             await self.push("500 5.5.2 syntax error: a command is a word of letters")
             return bogus
         method = self._smtp_methods.get(command)
+        self.commanded(command if method is not None else "unknown")
         if method is None:  # unknown whatever the state (RFC 5321 §4.2.4), so before the TLS check
             if bogus <= 1:
                 await self.push("502 5.5.1 too many unrecognised commands, goodbye")

@@ -382,6 +382,12 @@ class SMTPServer(CommandLoop):
                 await self.event_handler.refused(self, self.request, status)
         await super().push(status)
 
+    def commanded(self, command: str) -> None:
+        self.config.gate.metrics.command(self.config.service, command)
+
+    def replied(self, status: str) -> None:
+        self.config.gate.metrics.reply(self.config.service, status)
+
     def recorded(self, status: str) -> str:
         """``status``, marked as already audited (by authentication or the connection gate)."""
         self.traced = with_enhanced_code(status)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from config.settings import parse_listen
-from mailserver import handshakes, trust
+from mailserver import handshakes, trust, trust_download
 from mailserver.limits import ConnectionGate
 from mailserver.queue.outbound import Outbound
 from mailserver.runtime import Runtime
@@ -104,7 +104,7 @@ async def start(rt: Runtime) -> list[SMTPListener | BackgroundTasks]:
     queue = rt.queue
     limits = s.limits
     # One gate per protocol: submission's two ports count together (see mailserver.limits).
-    gates = {name: ConnectionGate(name, limits, rt.audit) for name in ("smtp", "submission")}
+    gates = {name: ConnectionGate(name, limits, rt.audit, rt.metrics) for name in ("smtp", "submission")}
 
     def config(
         service: str, starttls: bool, client_cert: ClientCert, auth: bool, implicit: bool
@@ -146,5 +146,7 @@ async def start(rt: Runtime) -> list[SMTPListener | BackgroundTasks]:
     tasks = [asyncio.create_task(queue.worker(outbound.send)) for _ in range(max(1, s.delivery.workers))]
     if s.trust.list:
         tasks.append(asyncio.create_task(refresh_trust_list(rt)))
+    if s.trust.url:
+        tasks.append(asyncio.create_task(trust_download.refresh_periodically(rt)))
     started.append(BackgroundTasks("queue", f"{len(tasks)} tasks", tasks))
     return started

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,11 +37,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _unobserved(operation: str, seconds: float) -> None:
+    """A store outside a runtime: its timings go nowhere."""
+
+
 class BlobStore:
     """Files of the message store; blocking I/O, so callers run these methods in a thread."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        # Told each file operation and its duration (the runtime points it at its metrics).
+        self.observe: Callable[[str, float], None] = _unobserved
 
     def ensure(self) -> None:
         """Create the store's directories (idempotent)."""
@@ -54,6 +61,7 @@ class BlobStore:
         that no row references, never a row pointing to a partial file, so no rename is needed. One
         level of 256 directories keeps directory creation (and its fsyncs) off the common path.
         """
+        started = time.perf_counter()
         name = uuid.uuid4().hex
         rel = f"{name[:2]}/{name}"
         final = self.root / rel
@@ -66,10 +74,14 @@ class BlobStore:
             f.flush()
             os.fsync(f.fileno())
         _fsync_dir(parent)
+        self.observe("write", time.perf_counter() - started)
         return WrittenBlob(rel, len(data), hashlib.sha256(data).hexdigest())
 
     def read(self, rel: str) -> bytes:
-        return (self.root / rel).read_bytes()
+        started = time.perf_counter()
+        data = (self.root / rel).read_bytes()
+        self.observe("read", time.perf_counter() - started)
+        return data
 
     def exists(self, rel: str) -> bool:
         return (self.root / rel).is_file()

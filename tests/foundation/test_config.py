@@ -70,6 +70,11 @@ def test_defaults_and_conversions(tmp_path: Path) -> None:
         ('[limits]\nportal_idle_timeout = "0s"\n', "[limits] portal_idle_timeout: must be more than 0"),
         ("[delivery]\ndata_final_timeout = 0\n", "[delivery] data_final_timeout: must be more than 0"),
         ('[queue]\nlease = "0.5s"\n', "[queue] lease: must be at least 1 second"),
+        ('[admin]\nlisten = ["0.0.0.0:9180"]\n', "[admin] listen: 0.0.0.0:9180 is not a loopback address"),
+        ('[admin]\nlisten = ["10.1.2.3:9180"]\n', "set [admin] allow_remote = true"),
+        ('[trust]\nurl = "http://listeblanche.test/l.xml"\n', "[trust] url: expected an https:// URL"),
+        ("[trust]\nmax_removed = 101\n", "[trust] max_removed: a percentage, at most 100"),
+        ('[trust]\nrefresh_interval = "0s"\n', "[trust] refresh_interval: must be more than 0 seconds"),
         ("[server\n", "not valid TOML"),
         ('[audit]\nkeep = "5 months"\n', "[audit] keep: must be at least 6 months (186 days)"),
         ('[audit]\nkeep = "180d"\n', "[audit] keep: must be at least 6 months"),
@@ -137,3 +142,11 @@ def test_environment_variable_and_option_precedence(tmp_path: Path, monkeypatch:
     assert r.returncode == 2 and "missing.toml: configuration file not found" in r.stderr
     r = run_cli(["domain", "list"], {})
     assert r.returncode == 2 and "CADUCEE_CONFIG" in r.stderr
+
+
+def test_admin_listener_is_loopback_unless_allowed(tmp_path: Path) -> None:
+    """Issue 19: the admin listener defaults to loopback; another address needs ``allow_remote``."""
+    assert load(write(tmp_path, "")).admin.listen == ["127.0.0.1:9180"]
+    assert load(write(tmp_path, '[admin]\nlisten = ["[::1]:9180", "localhost:9181"]\n')).admin.listen
+    s = load(write(tmp_path, '[admin]\nlisten = ["0.0.0.0:9180"]\nallow_remote = true\n'))
+    assert s.admin.listen == ["0.0.0.0:9180"] and s.admin.allow_remote

@@ -10,11 +10,15 @@ command must exit as expected with no exception, and ``--json`` output must pars
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import logging
 import re
 import socket
+import ssl
 import sys
+import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,6 +161,25 @@ def logging_kept() -> Iterator[None]:
 
 
 @pytest.fixture
+def publisher(pki: Any) -> Iterator[str]:
+    """The trust list's publisher: HTTPS on loopback with a test-PKI certificate, serving the sample;
+    its URL (``[trust] url``)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(SHARED))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    identity = pki.tls["a.mssante.test"]
+    ctx.load_cert_chain(str(identity.chain_path), str(identity.key_path))
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}/listeblanchemssante.xml"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
 def closed_port() -> Iterator[int]:
     """A loopback port bound but never listening: outbound delivery there is refused, mail stays queued."""
     with socket.socket() as s:
@@ -169,7 +192,7 @@ def closed_port() -> Iterator[int]:
 
 @pytest.mark.slow
 def test_every_documented_command_form_runs(
-    tmp_path: Path, pki: Any, closed_port: int, logging_kept: None
+    tmp_path: Path, pki: Any, closed_port: int, publisher: str, logging_kept: None
 ) -> None:
     inst = Instance.init(
         CADUCEE,
@@ -180,6 +203,9 @@ routes = {{ "chu-nord.mssante.test" = "127.0.0.1:{closed_port}" }}
 [smime]
 ca = "{pki.peer_ca}"
 crl = ["{pki.crl_path}", "{pki.root_crl_path}"]
+[trust]
+url = "{publisher}"
+ca_file = "{pki.peer_ca}"
 """,
     )
     inst.start()
@@ -249,6 +275,8 @@ def scenario(run: Cli, inst: Instance, pki: Any, tmp_path: Path) -> None:
     assert "z.mssante.test" in run("trust", "list")
     assert "chu-nord.mssante.test" in [t["name"] for t in run.json("trust", "list")]
     run("trust", "remove", "z.mssante.test")
+    assert "0 added, 0 removed, 0 changed, 9 unchanged" in run("trust", "refresh")
+    assert "9 unchanged" in run("trust", "refresh", "--force")
 
     # The README's patient of "Run it", then the sample file (which has her too).
     run("mailbox", "add", PATIENT, "--type", "PAT")

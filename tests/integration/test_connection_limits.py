@@ -30,7 +30,7 @@ from mailserver.runtime import Runtime
 from tests.conftest import make_settings
 from tests.smtp.conftest import tls_client, wait_for
 
-SERVICES = ["smtp", "submission", "submissions", "imap", "imaps", "ldap", "ldaps", "portal"]
+SERVICES = ["smtp", "submission", "submissions", "imap", "imaps", "ldap", "ldaps", "portal", "admin"]
 IMPLICIT_TLS = {"submissions", "imaps", "ldaps"}
 ANY = ["127.0.0.1:0"]
 # What precedes the refusal's text (the portal's is the body of an HTTP 503, checked in ``refusal``).
@@ -43,6 +43,7 @@ REPLIES = {
     "ldap": "51 ",
     "ldaps": "51 ",
     "portal": "",
+    "admin": "",
 }
 
 
@@ -111,7 +112,7 @@ async def refusal(service: str, source: str, port: int, ctx: ssl.SSLContext | No
         assert str(notice["responseName"]) == "1.3.6.1.4.1.1466.20036"
         return f"{int(notice['resultCode'])} {notice['diagnosticMessage']}"
     text = data.decode()
-    if service == "portal":
+    if service in ("portal", "admin"):
         head, _, body = text.partition("\r\n\r\n")
         assert head.startswith("HTTP/1.1 503 Service Unavailable\r\n") and "Connection: close" in head
         return body
@@ -127,6 +128,9 @@ async def admitted(service: str, source: str, port: int, ctx: ssl.SSLContext | N
     elif service == "portal":
         writer.write(b"GET /favicon.ico HTTP/1.1\r\nHost: portal.a.mssante.test\r\n\r\n")
         expected = b"HTTP/1.1 204"
+    elif service == "admin":
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        expected = b"HTTP/1.1 200"
     else:
         expected = b"* OK" if service.startswith("imap") else b"220 "
     first = await asyncio.wait_for(reader.read(65536), 10)

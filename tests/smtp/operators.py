@@ -148,6 +148,8 @@ tls_listen = [{imaps}]
 [portal]
 listen = [{portal}]
 secure_cookies = false
+[admin]
+listen = ["127.0.0.1:0"]
 [delivery]
 routes = {{ {routes} }}
 retry_schedule = ["1s"]

@@ -113,6 +113,8 @@ listen = []
 tls_listen = [{imaps}]
 [portal]
 listen = []
+[admin]
+listen = ["127.0.0.1:0"]
 [delivery]
 routes = {{ "b.mssante.test" = "127.0.0.1:{cluster.sink.port}" }}
 retry_schedule = ["1s"]

@@ -69,6 +69,7 @@ async def starttls(s: Session, tag: str, cmd: object) -> Done:
     """RFC 9051 §6.2.1. Bytes pipelined after STARTTLS are dropped (plaintext injection, RFC 3207 §6)."""
     if s.tls or s.server.tls_context is None:
         raise Fail("BAD", "TLS already active")
+    s.rt.metrics.reply(s.service, "OK")  # the one completion sent outside ``Session.dispatch``
     s.send(enc.tagged(tag, "OK", "begin TLS negotiation now"))
     await s.flush()
     loop = asyncio.get_running_loop()
