@@ -425,8 +425,7 @@ class SMTPServer(CommandLoop):
         mechanisms = ["PLAIN", "LOGIN"]
         if self.event_handler.rt.auth.tokens_enabled:
             mechanisms += ["OAUTHBEARER", "XOAUTH2"]
-        ssl_object = self.transport.get_extra_info("ssl_object") if self.transport else None
-        if ssl_object is not None and ssl_object.getpeercert(binary_form=True):
+        if self.ssl_object is not None and self.ssl_object.getpeercert(binary_form=True):
             mechanisms.append("EXTERNAL")
         return mechanisms
 
