@@ -120,3 +120,18 @@ async def browser() -> AsyncIterator[Browser]:
             yield b
         finally:
             await b.close()
+
+
+@pytest.fixture
+def logging_kept() -> Iterator[None]:
+    """A test that runs ``caducee`` in this process (click's runner): the command configures logging
+    for its process, so leave this test process's as it was for the tests after it."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.captureWarnings(False)
+    logging.getLogger("mail.log").setLevel(logging.NOTSET)

@@ -73,7 +73,7 @@ def runtime_config(tmp_path: Path) -> Path:
     return config
 
 
-def test_export_streams_a_period_as_csv_or_json(runtime_config: Path) -> None:
+def test_export_streams_a_period_as_csv_or_json(runtime_config: Path, logging_kept: None) -> None:
     def run(*args: str) -> str:
         result = CliRunner().invoke(
             caducee_cli.main, ["--config", str(runtime_config), "audit", "export", *args]

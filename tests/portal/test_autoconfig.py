@@ -138,7 +138,7 @@ def test_dns_records_from_listeners_and_public_names(tmp_path: Path) -> None:
     ]
 
 
-async def test_dns_records_command(portal: Portal) -> None:
+async def test_dns_records_command(portal: Portal, logging_kept: None) -> None:
     config = Path(str(portal.rt.settings.source))
     text = f'[database]\nurl = "{portal.rt.settings.database.url}"\n'
 
