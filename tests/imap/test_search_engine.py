@@ -408,7 +408,7 @@ async def test_load_raw_is_lazy_and_single() -> None:
 
 async def test_flag_and_date_search_costs_linear_cpu_and_loads_nothing() -> None:
     """Flags, dates and sizes are answered from the index alone (``load_raw`` is never called), and
-    the cost grows with the folder, no faster: 50,000 messages cost at most 20 times the CPU of 5,000
+    the cost grows with the folder, no faster: 50,000 messages cost at most 40 times the CPU of 5,000
     (linear is 10; anything quadratic is 100). CPU time of this process, so other load does not count;
     how fast it is in absolute terms is a bench question."""
     meta = analyze(message({"Subject": "x"}))
@@ -459,7 +459,7 @@ async def test_flag_and_date_search_costs_linear_cpu_and_loads_nothing() -> None
         return max(best, 1e-4)
 
     small, large = await cpu(5_000), await cpu(50_000)
-    assert large / small < 20, f"5,000: {small * 1000:.1f} ms, 50,000: {large * 1000:.1f} ms"
+    assert large / small < 40, f"5,000: {small * 1000:.1f} ms, 50,000: {large * 1000:.1f} ms"
 
 
 # --------------------------------------------------------------------------- SORT
