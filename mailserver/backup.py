@@ -37,6 +37,7 @@ from typing import Any
 import asyncpg
 
 from config.settings import Settings
+from mailserver.store import identity
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -210,6 +211,7 @@ async def backup(settings: Settings, target: Path) -> Manifest:
     else:
         raise BackupError(f"message files kept vanishing during {MAX_ROUNDS} snapshots: try again")
     await asyncio.to_thread(_drop_unreferenced, target / STORE, copied - paths)
+    await asyncio.to_thread(_copy_marker, store_root, target / STORE)
     manifest = Manifest(dt.datetime.now(dt.UTC).isoformat(), engine, revision, "caducee.toml")
     await asyncio.to_thread(_copy_config, settings, target, manifest, engine)
     await asyncio.to_thread(_write_manifest, target, manifest)
@@ -225,6 +227,12 @@ def _copy_blobs(root: Path, dest: Path, paths: set[str]) -> set[str]:
         except FileNotFoundError:
             vanished.add(rel)
     return vanished
+
+
+def _copy_marker(root: Path, dest: Path) -> None:
+    """The store's identity file: the restored database names this store, so ``serve`` must find it."""
+    if (root / identity.MARKER).exists():
+        _fsync_copy(root / identity.MARKER, dest / identity.MARKER)
 
 
 def _drop_unreferenced(dest: Path, paths: set[str]) -> None:

@@ -25,6 +25,7 @@ from config.settings import load as load_settings
 from mailserver import accounts, backup
 from mailserver.db.models import Blob, Message
 from mailserver.runtime import Runtime
+from mailserver.store import identity
 from tests.conftest import PG_ADMIN, pg_admin
 from tests.instance import DOMAIN, MARTIN, PATIENT_DOMAIN, SECRETARIAT, Instance
 
@@ -210,6 +211,8 @@ def test_postgresql_backup_under_smtp_load_restores_into_a_new_database(
     inst = Instance.init(CADUCEE, tmp_path / "data")
     text = inst.config.read_text(encoding="utf-8")
     inst.config.write_text(re.sub(r"(?m)^url = .*$", f'url = "{pg_url}"', text, count=1), encoding="utf-8")
+    # The store init marked belongs to init's SQLite database: a new database starts a new pair.
+    (inst.directory / "store" / identity.MARKER).unlink()
     assert caducee("db", "upgrade", config=inst.config).returncode == 0
     for domain, flags in ((DOMAIN, []), (PATIENT_DOMAIN, ["--patients"])):
         assert caducee("domain", "add", domain, *flags, config=inst.config).returncode == 0
