@@ -27,7 +27,7 @@ from mailserver.limits import ConnectionGate
 from mailserver.logs import log_event
 from mailserver.metrics import CONTENT_TYPE
 from mailserver.portal.http import RT, security_headers
-from mailserver.portal.web import Admission
+from mailserver.portal.web import Admission, PortalListener
 from mailserver.queue.models import QueueMessage, QueueRecipient
 from mailserver.runtime import Runtime
 
@@ -144,21 +144,10 @@ def make_app(rt: Runtime) -> web.Application:
     return app
 
 
-class AdminListener:
+class AdminListener(PortalListener):
+    """The same aiohttp listener as the portal's, counted under its own service name."""
+
     service = "admin"
-
-    def __init__(
-        self, runner: web.AppRunner, server: asyncio.Server, gate: ConnectionGate, address: str
-    ) -> None:
-        self.runner = runner
-        self.server = server
-        self.gate = gate
-        self.address = address
-
-    async def close(self) -> None:
-        self.server.close()
-        await self.runner.cleanup()
-        await self.gate.drain()
 
 
 async def start(rt: Runtime) -> list[AdminListener]:
