@@ -105,14 +105,17 @@ async def test_revoked_certificate_is_refused(env: Env, certs: AppCerts) -> None
     # registered by subject before its revocation was published: the CRL still wins at login
     crl = certs.crl_path.read_bytes()
     certs.crl_path.write_bytes(b"")
-    env.rt.auth.certificates.crl_files = []  # type: ignore[union-attr]
+    env.rt.auth.certificates.revocation.crl_files = []  # type: ignore[union-attr]
     await accounts.add_certificate(env.rt, DPI, certs.revoked.cert_pem, "subject")
     certs.crl_path.write_bytes(crl)
-    env.rt.auth.certificates.crl_files = [certs.crl_path]  # type: ignore[union-attr]
+    env.rt.auth.certificates.revocation.crl_files = [certs.crl_path]  # type: ignore[union-attr]
     result, _ = await asyncio.to_thread(imap_external, env.ports["imaps"], env.client_context(certs.revoked))
     assert "AUTHENTICATIONFAILED" in result
     failure = await last(env, "login-failure")
-    assert failure.response == f"certificate revoked (serial {certs.revoked.cert.serial_number:x})"
+    revoked = certs.revoked.cert
+    assert failure.response == (
+        f"certificate of {revoked.subject.rfc4514_string()} revoked (serial {revoked.serial_number:x})"
+    )
 
 
 async def test_expired_certificate_is_refused_at_the_handshake(env: Env, certs: AppCerts) -> None:
