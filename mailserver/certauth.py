@@ -85,11 +85,8 @@ class ClientCertificates:
     async def verify(self, der: bytes, remote: str = "") -> x509.Certificate:
         """``check``, then the revocation of every certificate of the chain, intermediates included."""
         cert = await asyncio.to_thread(self.check, der)
-        try:
-            verdict = await self.revocation.check(cert, remote)
-        except (OSError, ValueError) as exc:
-            raise CertificateError(f"cannot read the PKI files: {exc}") from None
-        if verdict.status == "revoked":
+        verdict = await self.revocation.check(cert, remote)
+        if verdict.status in ("revoked", "error"):
             raise CertificateError(verdict.reason)
         if self.revocation.refuses(verdict):
             raise CertificateError(f"revocation status unknown: {verdict.reason}")

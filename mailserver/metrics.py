@@ -74,7 +74,7 @@ class Metrics:
         )
         self.peer_revocation_checks = Counter(
             "caducee_peer_revocation_checks",
-            "Revocation checks of peer and client certificate chains, by result (good, revoked, unknown)",
+            "Revocation checks of peer and client certificate chains: good, revoked, unknown, error",
             ["result"],
             registry=r,
         )

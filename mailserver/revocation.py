@@ -13,6 +13,7 @@ certificate of the chain below the root is checked — the leaf and the intermed
 A CRL or OCSP answer counts only when signed by the certificate's issuer (a delegated OCSP responder
 certified by it): anything else is forged, ignored and audited (``crl-forged``). When a certificate
 names sources and none answered, ``crl_unreachable`` decides: accept (status ``unknown``) or refuse.
+Unreadable PKI files (``peer_ca``, a CRL file) are an ``error``: always refused, the operator must fix them.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from mailserver.metrics import UNSCRAPED, Metrics
 
 log = logging.getLogger("caducee.revocation")
 
-Status = Literal["good", "revoked", "unknown"]
+Status = Literal["good", "revoked", "unknown", "error"]
 MAX_CHAIN = 8  # certificates walked from a leaf towards its root: far more than any health-PKI chain
 OCSP_SKEW = dt.timedelta(minutes=5)  # clock difference tolerated on an OCSP answer's thisUpdate
 
@@ -176,11 +177,10 @@ class RevocationChecker:
     # ------------------------------------------------------------------ checking
 
     async def check(self, cert: x509.Certificate, remote: str = "") -> Verdict:
-        """The status of ``cert``'s chain; OSError/ValueError when the PKI files cannot be read."""
+        """The status of ``cert``'s chain (``error`` when the PKI files cannot be read)."""
         unknown = ""
         try:
-            pairs = self.chain(cert)
-            for subject, issuer in pairs:
+            for subject, issuer in self.chain(cert):
                 status, why = await self._status(subject, issuer)
                 if status == "revoked":
                     dn = subject.subject.rfc4514_string()
@@ -195,16 +195,20 @@ class RevocationChecker:
                     unknown = why
             else:
                 verdict = Verdict("unknown", unknown) if unknown else Verdict("good")
+        except (OSError, ValueError) as exc:
+            log.error("cannot read the PKI files for revocation: %s", exc)
+            verdict = Verdict("error", f"cannot read the PKI files: {exc}")
         finally:
             await self._audit_forged(remote)
         self.metrics.peer_revocation_checks.labels(verdict.status).inc()
         if verdict.status == "unknown":
-            log.warning("revocation status unknown for %s: %s", cert.subject.rfc4514_string(), unknown)
+            log.warning("revocation status unknown: %s", verdict.reason)
         return verdict
 
     def refuses(self, verdict: Verdict) -> bool:
-        """Whether a peer with this verdict is refused (revoked, or unknown with ``refuse``)."""
-        return verdict.status == "revoked" or (
+        """Whether a peer with this verdict is refused (revoked, PKI files unreadable, or unknown with
+        ``crl_unreachable = "refuse"``)."""
+        return verdict.status in ("revoked", "error") or (
             verdict.status == "unknown" and self.settings.crl_unreachable == "refuse"
         )
 
@@ -287,7 +291,7 @@ class RevocationChecker:
                     self._pending.append(f"CRL at {url} not signed by {issuer.subject.rfc4514_string()}")
                     crl, why = None, f"CRL at {url} forged"
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-                crl, why = None, f"CRL at {url} unreachable: {exc or 'timed out'}"
+                crl, why = None, f"CRL at {url} unreachable: {str(exc) or 'timed out'}"
             self._fetched[url] = (now, crl, why)
             return crl, why
 
@@ -306,7 +310,7 @@ class RevocationChecker:
                 data = await self._download(url, request.public_bytes(serialization.Encoding.DER))
                 status, why = self._answer(ocsp.load_der_ocsp_response(data), cert, issuer, url)
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-                status, why = "unknown", f"OCSP {url} unreachable: {exc or 'timed out'}"
+                status, why = "unknown", f"OCSP {url} unreachable: {str(exc) or 'timed out'}"
             self._answers[key] = (now, status, why)
             return status, why
 

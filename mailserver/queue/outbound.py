@@ -235,9 +235,8 @@ class Outbound:
         if why:
             await self.rt.audit.record(domain, "peer-refused", hop.address, f"outbound to {hop.host}", why)
             raise _Temporary(f"451 4.7.0 peer {hop.host} refused: {why}")
-        assert cert is not None  # check_peer refuses a peer without certificate
-        verdict = await self.rt.revocation.check(cert, hop.address)
-        if self.rt.revocation.refuses(verdict):
+        verdict = await self.rt.revocation.check(cert, hop.address) if cert is not None else None
+        if verdict is not None and self.rt.revocation.refuses(verdict):
             action = "peer-revoked" if verdict.status == "revoked" else "peer-revocation-unknown"
             await self.rt.audit.record(domain, action, hop.address, f"outbound to {hop.host}", verdict.reason)
             raise _Temporary(f"451 4.7.0 peer {hop.host} refused: {verdict.reason}")

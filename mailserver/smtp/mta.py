@@ -57,7 +57,8 @@ class MTAHandler(Handler):
 
     async def _check_revocation(self, server: SMTPServer, cert: x509.Certificate) -> None:
         """Refuse a peer whose certificate chain is revoked (550) or, with ``crl_unreachable =
-        "refuse"``, of unknown status (451: it retries); checked once per connection."""
+        "refuse"``, of unknown status or with unreadable PKI files (451: it retries); checked once per
+        connection."""
         if self.revocation is None:
             self.revocation = await self.rt.revocation.check(cert, server.client_ip)
         verdict = self.revocation

@@ -121,13 +121,19 @@ class HTTP:
     crl: bytes = b""
     status: ocsp.OCSPCertStatus = ocsp.OCSPCertStatus.GOOD
     certs: dict[int, x509.Certificate] = field(default_factory=dict)
-    hits: dict[str, int] = field(default_factory=lambda: {"/crl": 0, "/ocsp": 0})
+    hits: dict[str, int] = field(default_factory=lambda: {"/crl": 0, "/ocsp": 0, "/hang": 0})
+    release: asyncio.Event = field(default_factory=asyncio.Event)  # ends the /hang requests
     port: int = 0
     runner: web.AppRunner | None = None
 
     async def serve_crl(self, request: web.Request) -> web.Response:
         self.hits["/crl"] += 1
         return web.Response(body=self.crl, content_type="application/pkix-crl")
+
+    async def hang(self, request: web.Request) -> web.Response:
+        self.hits["/hang"] += 1
+        await self.release.wait()
+        return web.Response(body=self.crl)
 
     async def serve_ocsp(self, request: web.Request) -> web.Response:
         self.hits["/ocsp"] += 1
@@ -157,6 +163,7 @@ class HTTP:
         app = web.Application()
         app.router.add_get("/crl", self.serve_crl)
         app.router.add_post("/ocsp", self.serve_ocsp)
+        app.router.add_get("/hang", self.hang)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -175,6 +182,7 @@ async def http(pki: Any) -> AsyncIterator[HTTP]:
         yield server
     finally:
         assert server.runner is not None
+        server.release.set()
         await server.runner.cleanup()
 
 
@@ -350,3 +358,40 @@ async def test_outbound_to_a_revoked_peer_is_a_temporary_failure(tmp_path: Path,
     finally:
         await env.close()
         sink.stop()
+
+
+async def test_a_distribution_point_that_never_answers_is_given_up_after_the_timeout(
+    tmp_path: Path, pki: Any, http: HTTP
+) -> None:
+    peer = peer_cert(pki, tmp_path, "slow-peer", cdp=http.url("/hang"))
+    env = await env_with(tmp_path, pki, crl_fetch=True, crl_fetch_timeout="0.2s", crl_unreachable="refuse")
+    try:
+        reply = await mail_from(env, context_of(pki, peer))
+        assert reply.startswith("451 4.7.0") and "timed out" in reply, reply
+        assert http.hits["/hang"] == 1
+    finally:
+        await env.close()
+
+
+async def test_a_crl_larger_than_crl_max_size_is_not_used(tmp_path: Path, pki: Any, http: HTTP) -> None:
+    peer = peer_cert(pki, tmp_path, "big-peer", cdp=http.url("/crl"))
+    serials = [peer.cert.serial_number, *range(1, 200)]
+    http.crl = crl_of(pki.intermediate, serials).public_bytes(serialization.Encoding.DER)
+    env = await env_with(tmp_path, pki, crl_fetch=True, crl_max_size="1KiB", crl_unreachable="refuse")
+    try:
+        reply = await mail_from(env, context_of(pki, peer))
+        assert reply.startswith("451 4.7.0") and "larger than crl_max_size" in reply, reply
+    finally:
+        await env.close()
+
+
+async def test_an_unreadable_crl_file_refuses_with_a_reply_not_a_traceback(tmp_path: Path, pki: Any) -> None:
+    broken = tmp_path / "broken.crl"
+    broken.write_bytes(b"not a CRL")
+    env = await env_with(tmp_path, pki, crl=[str(broken)])
+    try:
+        reply = await mail_from(env, env.peer())
+        assert reply.startswith("451 4.7.0") and "cannot read the PKI files" in reply, reply
+        assert checks(env, "error") == 1
+    finally:
+        await env.close()
