@@ -120,6 +120,7 @@ class HTTP:
     pki: Any
     crl: bytes = b""
     status: ocsp.OCSPCertStatus = ocsp.OCSPCertStatus.GOOD
+    signer: Any = None  # another CA than the intermediate (tests/pki.py CA): forged answers
     certs: dict[int, x509.Certificate] = field(default_factory=dict)
     hits: dict[str, int] = field(default_factory=lambda: {"/crl": 0, "/ocsp": 0, "/hang": 0})
     release: asyncio.Event = field(default_factory=asyncio.Event)  # ends the /hang requests
@@ -152,8 +153,8 @@ class HTTP:
                 revocation_time=now - dt.timedelta(hours=1) if revoked else None,
                 revocation_reason=None,
             )
-            .responder_id(ocsp.OCSPResponderEncoding.HASH, self.pki.intermediate.cert)
-            .sign(self.pki.intermediate.key, hashes.SHA256())
+            .responder_id(ocsp.OCSPResponderEncoding.HASH, (self.signer or self.pki.intermediate).cert)
+            .sign((self.signer or self.pki.intermediate).key, hashes.SHA256())
         )
         return web.Response(
             body=answer.public_bytes(serialization.Encoding.DER), content_type="application/ocsp-response"
@@ -393,5 +394,19 @@ async def test_an_unreadable_crl_file_refuses_with_a_reply_not_a_traceback(tmp_p
         reply = await mail_from(env, env.peer())
         assert reply.startswith("451 4.7.0") and "cannot read the PKI files" in reply, reply
         assert checks(env, "error") == 1
+    finally:
+        await env.close()
+
+
+async def test_forged_ocsp_answer_is_ignored_and_audited(tmp_path: Path, pki: Any, http: HTTP) -> None:
+    peer = peer_cert(pki, tmp_path, "ocsp-peer", ocsp_url=http.url("/ocsp"))
+    http.certs[peer.cert.serial_number] = peer.cert
+    http.signer = pki.unknown_ca  # says "good", but not the intermediate's signature
+    env = await env_with(tmp_path, pki, ocsp=True, crl_unreachable="refuse")
+    try:
+        reply = await mail_from(env, context_of(pki, peer))
+        assert reply.startswith("451 4.7.0") and "answer forged" in reply, reply
+        (event,) = await env.rt.audit.events(action="crl-forged")
+        assert http.url("/ocsp") in event.response
     finally:
         await env.close()
