@@ -53,8 +53,6 @@ class Verdict:
 
     status: Status
     reason: str = ""
-    subject: str = ""
-    serial: int = 0
 
 
 def load_crl(data: bytes) -> x509.CertificateRevocationList:
@@ -180,15 +178,12 @@ class RevocationChecker:
         """The status of ``cert``'s chain (``error`` when the PKI files cannot be read)."""
         unknown = ""
         try:
-            for subject, issuer in self.chain(cert):
-                status, why = await self._status(subject, issuer)
+            for member, issuer in self.chain(cert):
+                status, why = await self._status(member, issuer)
                 if status == "revoked":
-                    dn = subject.subject.rfc4514_string()
+                    dn = member.subject.rfc4514_string()
                     verdict = Verdict(
-                        "revoked",
-                        f"certificate of {dn} revoked (serial {subject.serial_number:x})",
-                        dn,
-                        subject.serial_number,
+                        "revoked", f"certificate of {dn} revoked (serial {member.serial_number:x})"
                     )
                     break
                 if status == "unknown" and not unknown:
