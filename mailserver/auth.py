@@ -42,6 +42,7 @@ from mailserver.db.engine import Database
 from mailserver.db.models import AppPassword, AuthFailure, Mailbox, MailboxCert, SendAs, utcnow
 from mailserver.metrics import UNSCRAPED, Metrics
 from mailserver.oauth import TokenError, TokenIdentity, TokenValidator
+from mailserver.revocation import RevocationChecker
 
 LOGIN_STAMP_PERIOD = dt.timedelta(hours=1)  # last_login_at precision: inactivity is counted in months
 
@@ -116,6 +117,7 @@ class Authenticator:
         oauth: OAuthSettings | None = None,
         client_ca: str = "",
         metrics: Metrics = UNSCRAPED,
+        revocation: RevocationChecker | None = None,
     ) -> None:
         self.db = db
         self.metrics = metrics
@@ -123,7 +125,7 @@ class Authenticator:
         self.audit = audit
         self.passwords = passwords or Passwords(settings)
         self.tokens = TokenValidator(oauth) if oauth is not None and oauth.enabled else None
-        self.certificates = ClientCertificates(client_ca, settings.client_crl) if client_ca else None
+        self.certificates = ClientCertificates(revocation) if client_ca and revocation is not None else None
         self._turn = asyncio.Condition()
         self._holding = 0  # attempts of this process holding places in the counters
         self.cache = CredentialCache(settings.credential_cache_ttl, settings.credential_cache_size)
@@ -529,13 +531,15 @@ class Authenticator:
     ) -> AuthOutcome:
         """SASL EXTERNAL: the TLS client certificate registered for a mailbox logs it in."""
         named = authzid.strip().lower() if authzid else None
-        return await self._login(named, remote, service, "cert", lambda: self._verify_certificate(der, named))
+        return await self._login(
+            named, remote, service, "cert", lambda: self._verify_certificate(der, named, remote)
+        )
 
-    async def _verify_certificate(self, der: bytes | None, authzid: str | None) -> Verdict:
+    async def _verify_certificate(self, der: bytes | None, authzid: str | None, remote: str = "") -> Verdict:
         if der is None or self.certificates is None:
             return Verdict(None, "cert", "certificate EXTERNAL", reason="no client certificate")
         try:
-            cert = await asyncio.to_thread(self.certificates.check, der)
+            cert = await self.certificates.verify(der, remote)
         except CertificateError as exc:
             return Verdict(None, "cert", "certificate EXTERNAL", reason=str(exc))
         f = certauth.facts(cert)
