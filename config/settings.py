@@ -155,6 +155,8 @@ class TLSSettings:
     crl_fetch_timeout: Duration = 5
     crl_max_size: Size = 10 * 1024 * 1024
     crl_fetch_retry: Duration = 3600
+    # Distribution points and OCSP answers kept at once (the oldest are dropped first).
+    crl_cache_entries: int = 1000
     # When a certificate names a distribution point or responder and none answered: accept the peer
     # (logged and counted) or refuse it temporarily (451, it retries).
     crl_unreachable: Literal["accept", "refuse"] = "accept"
@@ -596,6 +598,8 @@ def _check(settings: Settings, name: str) -> None:
     for key in ("crl_fetch_timeout", "crl_fetch_retry"):
         if getattr(settings.tls, key) <= 0:
             raise ConfigError(f"{name}: [tls] {key}: must be more than 0 seconds")
+    if settings.tls.crl_cache_entries < 1:
+        raise ConfigError(f"{name}: [tls] crl_cache_entries: must be at least 1")
     if not all(0 < p < 100 for p in settings.quota.warn_percent):
         raise ConfigError(f"{name}: [quota] warn_percent: each value must be between 1 and 99")
 

@@ -246,7 +246,18 @@ class RevocationChecker:
         return "unknown", f"{cert.subject.rfc4514_string()}: {unknown}"
 
     def _lock(self, key: str) -> asyncio.Lock:
+        if key not in self._locks and len(self._locks) >= self.settings.crl_cache_entries:
+            for stale in [k for k, lock in self._locks.items() if not lock.locked()]:
+                del self._locks[stale]
         return self._locks.setdefault(key, asyncio.Lock())
+
+    def _remember(self, cache: dict, key: object, value: object) -> None:
+        """Keep ``value`` as the newest entry, dropping the oldest past ``crl_cache_entries``: the
+        certificates peers present decide the keys, so the caches must not grow without a bound."""
+        cache.pop(key, None)
+        cache[key] = value
+        while len(cache) > self.settings.crl_cache_entries:
+            del cache[next(iter(cache))]
 
     async def _download(self, url: str, body: bytes | None = None) -> bytes:
         """GET (or POST ``body`` as an OCSP request) ``url`` within the timeout and the size limit."""
@@ -287,7 +298,7 @@ class RevocationChecker:
                     crl, why = None, f"CRL at {url} forged"
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                 crl, why = None, f"CRL at {url} unreachable: {str(exc) or 'timed out'}"
-            self._fetched[url] = (now, crl, why)
+            self._remember(self._fetched, url, (now, crl, why))
             return crl, why
 
     async def _responder(
@@ -306,7 +317,7 @@ class RevocationChecker:
                 status, why = self._answer(ocsp.load_der_ocsp_response(data), cert, issuer, url)
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                 status, why = "unknown", f"OCSP {url} unreachable: {str(exc) or 'timed out'}"
-            self._answers[key] = (now, status, why)
+            self._remember(self._answers, key, (now, status, why))
             return status, why
 
     def _answer(

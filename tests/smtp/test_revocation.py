@@ -279,6 +279,23 @@ async def test_distribution_point_is_fetched_cached_and_revokes(tmp_path: Path, 
         await env.close()
 
 
+async def test_the_distribution_point_cache_keeps_at_most_crl_cache_entries(
+    tmp_path: Path, pki: Any, http: HTTP
+) -> None:
+    """Peers' certificates name the URLs: the cache drops its oldest entry rather than grow."""
+    http.crl = crl_of(pki.intermediate, []).public_bytes(serialization.Encoding.DER)
+    first = peer_cert(pki, tmp_path, "cdp-first", cdp=http.url("/crl") + "?first")
+    second = peer_cert(pki, tmp_path, "cdp-second", cdp=http.url("/crl") + "?second")
+    env = await env_with(tmp_path, pki, crl_fetch=True, crl_cache_entries=1)
+    try:
+        for peer in (first, second, first):
+            assert (await mail_from(env, context_of(pki, peer))).startswith("250")
+        assert http.hits["/crl"] == 3  # the first URL was dropped to keep the second
+        assert len(env.rt.revocation._fetched) == 1
+    finally:
+        await env.close()
+
+
 async def test_forged_distribution_point_crl_is_ignored(tmp_path: Path, pki: Any, http: HTTP) -> None:
     peer = peer_cert(pki, tmp_path, "cdp-peer", cdp=http.url("/crl"))
     forged = crl_of(pki.intermediate, [peer.cert.serial_number], signer=pki.unknown_ca.key)
