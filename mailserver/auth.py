@@ -39,7 +39,16 @@ from mailserver.audit import Audit
 from mailserver.certauth import CertificateError, ClientCertificates
 from mailserver.credential_cache import CredentialCache
 from mailserver.db.engine import Database
-from mailserver.db.models import AppPassword, AuthFailure, Mailbox, MailboxCert, SendAs, utcnow
+from mailserver.db.models import (
+    READ_RIGHT,
+    SHARED_TYPES,
+    AppPassword,
+    AuthFailure,
+    Mailbox,
+    MailboxCert,
+    Membership,
+    utcnow,
+)
 from mailserver.metrics import UNSCRAPED, Metrics
 from mailserver.oauth import TokenError, TokenIdentity, TokenValidator
 
@@ -390,11 +399,13 @@ class Authenticator:
         chosen = next((m for m in mailboxes if authzid is None or m.address == authzid), None)
         if chosen is None:
             return Verdict(None, "oauth", detail, reason=f"{authzid} is not a mailbox of this person")
+        if chosen.type in SHARED_TYPES:  # the audit names the person and the shared mailbox
+            detail = f"{detail} as member of {chosen.address}"
         return Verdict(chosen, "oauth", detail, person=identity.national_id)
 
     async def person_mailboxes(self, identity: TokenIdentity) -> list[Mailbox]:
         """The mailboxes a professional may open: their PER mailbox (by RPPS) first, then the ORG
-        mailboxes they were made a member of (``caducee mailbox send-as``)."""
+        and CAB mailboxes they are a member of with the ``r`` right (``caducee mailbox member add``)."""
         if identity.rpps is None:
             return []
         async with self.db.read() as session:
@@ -412,8 +423,12 @@ class Authenticator:
             shared = (
                 await session.execute(
                     select(Mailbox)
-                    .join(SendAs, SendAs.mailbox_id == Mailbox.id)
-                    .where(SendAs.member_id.in_([m.id for m in own]), Mailbox.type.in_(("ORG", "CAB")))
+                    .join(Membership, Membership.mailbox_id == Mailbox.id)
+                    .where(
+                        Membership.member_id.in_([m.id for m in own]),
+                        Membership.rights.contains(READ_RIGHT),
+                        Mailbox.type.in_(SHARED_TYPES),
+                    )
                     .order_by(Mailbox.address)
                 )
             ).scalars()

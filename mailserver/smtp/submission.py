@@ -233,6 +233,8 @@ class SubmissionHandler(Handler):
             self.actor(server),
             "send",
             server.client_ip,
-            f"from <{env.mail_from}> to " + ", ".join(f"<{r.address}>" for r in env.recipients),
+            f"from <{env.mail_from}> to "
+            + ", ".join(f"<{r.address}>" for r in env.recipients)
+            + accounts.acting_as(server.session.username, env.mail_from),
             reply,
         )
