@@ -137,6 +137,7 @@ class SMTPEnvelope(Envelope):
         self.recipients: list[Recipient] = []
         self.chunks: bytearray | None = None
         self.bdat_error: str | None = None
+        self.sent_copy: bytes | None = None  # submission: the message as sent, before S/MIME
 
 
 class SMTPSession(Session):

@@ -18,8 +18,9 @@ import email.utils
 from aiosmtpd.smtp import MISSING, AuthResult, auth_mechanism
 
 from directory.patients import display_address
-from mailserver import accounts, conversations, sasl
+from mailserver import accounts, conversations, sasl, sent
 from mailserver.auth import AuthOutcome
+from mailserver.db.models import SHARED_TYPES
 from mailserver.delivery import DeliveryResult
 from mailserver.headers import HeaderView, has_field, replace_field
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget, route_recipient
@@ -223,12 +224,21 @@ class SubmissionHandler(Handler):
         if patient is not None:
             # Professionals see who writes, not a bare INS (directory issue: "DUPONT Marie (patiente)").
             data = replace_field(data, "From", patient)
+        env.sent_copy = data  # the sender's own copy stays readable by them (not encrypted to others)
         return await smime_service.prepare_for_sending(
             self.rt, sender_id, data, [r.address for r in env.recipients]
         )
 
     async def accepted(self, server: SMTPServer, result: DeliveryResult, reply: str) -> None:
+        """Before the 250: the sent copies (``[submission] save_sent``), then the audit of the send."""
         env = server.envelope
+        saving = self.rt.settings.submission.save_sent and env.sent_copy is not None
+        if saving and env.sent_copy is not None and server.session.mailbox_id is not None:
+            owners = [server.session.mailbox_id]
+            shared = await accounts.find_mailbox(self.rt, env.mail_from or "")
+            if shared is not None and shared.type in SHARED_TYPES:  # may_send_as let it through
+                owners.append(shared.id)
+            await sent.save_copies(self.rt, owners, env.sent_copy)
         await self.rt.audit.record(
             self.actor(server),
             "send",
