@@ -107,3 +107,23 @@ async def test_no_copy_unless_asked(tmp_path: Path, pki: Any, provider: Provider
         assert len(await asyncio.to_thread(sent_ids, env, MARTIN)) == 2
     finally:
         await env.close()
+
+
+async def test_membership_and_sent_copies_on_both_engines(
+    tmp_path: Path, db_url: str, pki: Any, provider: Provider
+) -> None:
+    env = await start_env(tmp_path, db_url, pki, provider, submission={"save_sent": True})
+    try:
+        await accounts.add_member(env.rt, SECRETARIAT, DURAND, "lrp")
+        assert [m.rights for m in await accounts.list_members(env.rt, SECRETARIAT)] == ["lrp", "lrswipkxte"]
+        data = message("six@client.test")
+        await asyncio.to_thread(submit, env, DURAND, SECRETARIAT, data)
+        await asyncio.to_thread(append_sent, env, SECRETARIAT, data)  # the ORG's own software, same copy
+        assert await asyncio.to_thread(sent_ids, env, SECRETARIAT) == [b"Message-ID: <six@client.test>"]
+        sent = (await env.audit("send"))[-1]
+        assert sent.actor == DURAND and sent.request.endswith(f"as member of {SECRETARIAT}")
+        await accounts.remove_member(env.rt, SECRETARIAT, DURAND)
+        with pytest.raises(smtplib.SMTPSenderRefused):
+            await asyncio.to_thread(submit, env, DURAND, SECRETARIAT, message("seven@client.test"))
+    finally:
+        await env.close()
