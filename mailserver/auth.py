@@ -64,6 +64,8 @@ class AuthOutcome:
     reason: str = ""  # or "unavailable": the identity provider could not be asked
     method: str = ""  # one of METHODS
     person: str = ""  # the address, the national identifier or the certificate subject
+    # A shared mailbox opened by a member: their own mailboxes, whose membership the session rechecks.
+    members: tuple[int, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -283,7 +285,9 @@ class Authenticator:
         await self.db.run_write(
             lambda s: self._give_back(s, account_key, ip_key, credential, event, mb), brief=True
         )
-        return AuthOutcome(mb.id, mb.address, method=verdict.method, person=verdict.person)
+        return AuthOutcome(
+            mb.id, mb.address, method=verdict.method, person=verdict.person, members=verdict.members
+        )
 
     # ------------------------------------------------------------------ passwords
 
@@ -399,9 +403,24 @@ class Authenticator:
         chosen = next((m for m in mailboxes if authzid is None or m.address == authzid), None)
         if chosen is None:
             return Verdict(None, "oauth", detail, reason=f"{authzid} is not a mailbox of this person")
+        members: tuple[int, ...] = ()
         if chosen.type in SHARED_TYPES:  # the audit names the person and the shared mailbox
             detail = f"{detail} as member of {chosen.address}"
-        return Verdict(chosen, "oauth", detail, person=identity.national_id)
+            members = tuple(m.id for m in mailboxes if m.type not in SHARED_TYPES)
+        return Verdict(chosen, "oauth", detail, person=identity.national_id, members=members)
+
+    async def still_member(self, shared_id: int, members: tuple[int, ...]) -> bool:
+        """Whether one of ``members`` still holds the ``r`` right on the shared mailbox: an open
+        session that a membership let in ends when the membership does."""
+        async with self.db.read() as session:
+            found = await session.execute(
+                select(Membership.member_id).where(
+                    Membership.mailbox_id == shared_id,
+                    Membership.member_id.in_(members),
+                    Membership.rights.contains(READ_RIGHT),
+                )
+            )
+            return found.first() is not None
 
     async def person_mailboxes(self, identity: TokenIdentity) -> list[Mailbox]:
         """The mailboxes a professional may open: their PER mailbox (by RPPS) first, then the ORG
@@ -493,3 +512,4 @@ class Verdict:
     reason: str = ""
     app_id: int | None = None
     temporary: bool = False
+    members: tuple[int, ...] = ()

@@ -4,6 +4,7 @@ their own token (the authorization identity) and who sends as it (``p``); the au
 from __future__ import annotations
 
 import asyncio
+import imaplib
 import smtplib
 import ssl
 from pathlib import Path
@@ -15,6 +16,7 @@ from mailserver import accounts
 from mailserver.accounts import AccountError
 from mailserver.db import migrate
 from tests.identity.conftest import CABINET, DURAND, DURAND_ID, MARTIN, MARTIN_ID, PASSWORD, SECRETARIAT, Env
+from tests.identity.provider import oauthbearer
 from tests.identity.test_bearer import bearer_imap
 
 MESSAGE = "From: {sender}\r\nTo: {to}\r\nSubject: membre\r\n\r\nBonjour.\r\n"
@@ -142,3 +144,30 @@ def test_migration_turns_send_as_grants_into_members(tmp_path: Path) -> None:
     with engine.begin() as c:
         assert c.execute(sa.text("SELECT mailbox_id, member_id FROM send_as")).all() == [(1, 2)]
     engine.dispose()
+
+
+async def test_removing_a_member_ends_their_open_session(env: Env) -> None:
+    """A session a membership opened (token naming the ORG) gets BYE at its next command once the
+    membership is removed, while the ORG's own password session goes on."""
+    await accounts.add_member(env.rt, SECRETARIAT, DURAND, "lr")
+    ctx = env.client_context()
+
+    def connect() -> imaplib.IMAP4_SSL:
+        return imaplib.IMAP4_SSL("127.0.0.1", env.ports["imaps"], ssl_context=ctx, timeout=10)
+
+    member = await asyncio.to_thread(connect)
+    token = env.provider.token(DURAND_ID)
+    typ, _ = await asyncio.to_thread(
+        member.authenticate, "OAUTHBEARER", lambda _c: oauthbearer(token, SECRETARIAT)
+    )
+    assert typ == "OK"
+    own = await asyncio.to_thread(connect)
+    await asyncio.to_thread(own.login, SECRETARIAT, PASSWORD)
+    assert (await asyncio.to_thread(member.select, "INBOX"))[0] == "OK"
+    await accounts.remove_member(env.rt, SECRETARIAT, DURAND)
+    with pytest.raises(imaplib.IMAP4.abort, match="no longer a member"):
+        await asyncio.to_thread(member.noop)
+    assert (await asyncio.to_thread(own.select, "INBOX"))[0] == "OK"
+    await asyncio.to_thread(own.logout)
+    (event,) = [e for e in await env.audit("logout") if e.response == "membership removed"]
+    assert event.actor == SECRETARIAT
