@@ -63,6 +63,7 @@ class SubmissionHandler(Handler):
                 return AuthResult(success=False, handled=False, message=server.recorded(refused))
             server.session.mailbox_id = outcome.mailbox_id
             server.session.username = outcome.address
+            server.session.members = outcome.members
             return AuthResult(success=True, auth_data=outcome.address)
         if outcome.reason == "locked":
             message = "454 4.7.0 too many failed attempts, try again later"
@@ -176,6 +177,9 @@ class SubmissionHandler(Handler):
             raise Refusal(530, "5.7.0", "authentication required")
         if not address:
             raise Refusal(550, "5.7.1", "a null sender is not accepted from mail clients")
+        members = server.session.members
+        if members and not await self.rt.auth.still_member(mailbox_id, members):
+            raise Refusal(530, "5.7.0", "no longer a member of this mailbox: authenticate again")
         if not await accounts.may_send_as(self.rt, mailbox_id, address):
             raise Refusal(550, "5.7.1", f"<{address}>: not an address {server.session.username} may send as")
 

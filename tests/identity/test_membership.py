@@ -4,6 +4,7 @@ their own token (the authorization identity) and who sends as it (``p``); the au
 from __future__ import annotations
 
 import asyncio
+import base64
 import imaplib
 import smtplib
 import ssl
@@ -171,3 +172,27 @@ async def test_removing_a_member_ends_their_open_session(env: Env) -> None:
     await asyncio.to_thread(own.logout)
     (event,) = [e for e in await env.audit("logout") if e.response == "membership removed"]
     assert event.actor == SECRETARIAT
+
+
+async def test_removing_a_member_stops_their_open_submission_session(env: Env) -> None:
+    """A submission session opened with a token naming the ORG: MAIL is refused after the removal."""
+    await accounts.add_member(env.rt, SECRETARIAT, DURAND, "lrp")
+    loop = asyncio.get_running_loop()
+
+    def session() -> tuple[int, int]:
+        with smtplib.SMTP("127.0.0.1", env.ports["submission"], timeout=10) as c:
+            c.starttls(context=env.client_context())
+            c.ehlo("client.a.mssante.test")
+            token = env.provider.token(DURAND_ID)
+            code, _ = c.docmd(
+                "AUTH", "OAUTHBEARER " + base64.b64encode(oauthbearer(token, SECRETARIAT)).decode()
+            )
+            assert code == 235
+            first = c.mail(SECRETARIAT)[0]
+            c.rset()
+            asyncio.run_coroutine_threadsafe(
+                accounts.remove_member(env.rt, SECRETARIAT, DURAND), loop
+            ).result()
+            return first, c.mail(SECRETARIAT)[0]
+
+    assert await asyncio.to_thread(session) == (250, 530)
