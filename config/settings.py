@@ -147,6 +147,18 @@ class TLSSettings:
     key: FilePath = "tls/key.pem"
     peer_ca: FilePath = "tls/peer-ca.pem"
     min_version: Literal["1.2", "1.3"] = "1.2"
+    # Revocation of peer and client certificates (mailserver/revocation.py), every certificate of the
+    # chain below the root: CRL files (PEM or DER, re-read when changed), the CRL distribution points
+    # of the certificates fetched over http (cached ``crl_fetch_retry``), and optionally OCSP.
+    crl: list[FilePath] = field(default_factory=list)
+    crl_fetch: bool = False
+    crl_fetch_timeout: Duration = 5
+    crl_max_size: Size = 10 * 1024 * 1024
+    crl_fetch_retry: Duration = 3600
+    # When a certificate names a distribution point or responder and none answered: accept the peer
+    # (logged and counted) or refuse it temporarily (451, it retries).
+    crl_unreachable: Literal["accept", "refuse"] = "accept"
+    ocsp: bool = False
 
 
 @dataclass
@@ -586,6 +598,9 @@ def _check(settings: Settings, name: str) -> None:
     if settings.mailboxes.inactive_after < MONTH:
         raise ConfigError(f"{name}: [mailboxes] inactive_after: must be at least 1 month")
     _check_trust(settings.trust, name)
+    for key in ("crl_fetch_timeout", "crl_fetch_retry"):
+        if getattr(settings.tls, key) <= 0:
+            raise ConfigError(f"{name}: [tls] {key}: must be more than 0 seconds")
     if not all(0 < p < 100 for p in settings.quota.warn_percent):
         raise ConfigError(f"{name}: [quota] warn_percent: each value must be between 1 and 99")
 

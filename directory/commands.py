@@ -135,7 +135,10 @@ def patient() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @with_runtime
 async def patient_import(rt: Runtime, file: Path, as_json: bool) -> None:
-    """Add or update patients from a CSV file: ins,nom,prenom,sexe,date_naissance[,adresse]."""
+    """Add or update patients from a CSV file.
+
+    Columns: ins,nom,prenom,sexe,date_naissance[,adresse,email,telephone].
+    """
     try:
         summary = await patients.import_patients(rt.db, file)
     except patients.PatientError as exc:
@@ -158,19 +161,51 @@ async def patient_import(rt: Runtime, file: Path, as_json: bool) -> None:
 @click.option("--birth-date", required=True, help="YYYY-MM-DD")
 @click.option("--sex", required=True, type=click.Choice(["F", "M"], case_sensitive=False))
 @click.option("--address", default="", help="Postal address.")
+@click.option("--email", default=None, help="Personal e-mail address, for new-message alerts.")
+@click.option("--phone", default=None, help="Phone number (0612345678 or +33612345678).")
 @with_runtime
 async def patient_add(
-    rt: Runtime, ins: str, last_name: str, first_name: str, birth_date: str, sex: str, address: str
+    rt: Runtime,
+    ins: str,
+    last_name: str,
+    first_name: str,
+    birth_date: str,
+    sex: str,
+    address: str,
+    email: str | None,
+    phone: str | None,
 ) -> None:
     """Register one patient, checked against their INS."""
     try:
-        record = patients.make_record(ins, last_name, first_name, sex, birth_date, address)
+        record = patients.make_record(ins, last_name, first_name, sex, birth_date, address, email, phone)
         await patients.add_patient(rt.db, record)
     except patients.PatientError as exc:
         fail(str(exc))
     click.echo(
         f"patient {record.ins} added: {patients.patient_display_name(last_name, first_name, record.sex)}"
     )
+
+
+@patient.command("edit")
+@click.argument("ins")
+@click.option("--last-name")
+@click.option("--first-name")
+@click.option("--birth-date", help="YYYY-MM-DD")
+@click.option("--sex", type=click.Choice(["F", "M"], case_sensitive=False))
+@click.option("--address", help="Postal address.")
+@click.option("--email", help='Personal e-mail address, for new-message alerts ("" removes it).')
+@click.option("--phone", help='Phone number ("" removes it).')
+@with_runtime
+async def patient_edit(rt: Runtime, ins: str, **fields: str | None) -> None:
+    """Change a registered patient; the record is checked against the INS again."""
+    changes = {name: value for name, value in fields.items() if value is not None}
+    if not changes:
+        fail("nothing to change (give at least one option)")
+    try:
+        record = await patients.edit_patient(rt.db, ins, changes)
+    except patients.PatientError as exc:
+        fail(str(exc))
+    click.echo(f"patient {record.ins} changed: {', '.join(sorted(changes))}")
 
 
 @patient.command("show")
@@ -190,4 +225,4 @@ async def patient_show(rt: Runtime, ins: str, as_json: bool) -> None:
         emit(record.as_dict())
         return
     for key, value in record.as_dict().items():
-        click.echo(f"{key:13} {value}")
+        click.echo(f"{key:13} {'' if value is None else value}")

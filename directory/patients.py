@@ -8,13 +8,16 @@ professionals as ``"DUPONT Marie (patiente)" <INS@domain>`` (``display_address``
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import email.utils
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import email_validator
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,6 +29,8 @@ from mailserver.db.models import utcnow
 
 BATCH = 1000
 CSV_COLUMNS = ("ins", "nom", "prenom", "sexe", "date_naissance")
+CONTACT_COLUMNS = {"email": "email", "telephone": "phone"}
+"""Optional CSV columns of the patient's own contact, and the record field each fills."""
 
 
 class PatientError(ValueError):
@@ -40,6 +45,8 @@ class PatientRecord:
     sex: str
     birth_date: dt.date
     address: str = ""
+    email: str | None = None
+    phone: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +56,8 @@ class PatientRecord:
             "sex": self.sex,
             "birth_date": self.birth_date.isoformat(),
             "address": self.address,
+            "email": self.email,
+            "phone": self.phone,
             "display_name": patient_display_name(self.last_name, self.first_name, self.sex),
         }
 
@@ -78,8 +87,48 @@ def patient_display_name(last_name: str, first_name: str, sex: str) -> str:
     return f"{last_name.strip().upper()} {first_name.strip()} ({word})"
 
 
+def validate_contact_email(value: str | None) -> str | None:
+    """The patient's personal address, normalised (syntax only); empty means none.
+
+    It lies outside the trust space, so it is only ever used for alerts through the relay.
+    """
+    if value is None or not value.strip():
+        return None
+    try:
+        info = email_validator.validate_email(
+            value.strip(), check_deliverability=False, test_environment=True, globally_deliverable=False
+        )
+    except email_validator.EmailNotValidError as exc:
+        raise PatientError(f"invalid e-mail {value.strip()!r}: {exc}") from None
+    return info.normalized.lower()
+
+
+def validate_phone(value: str | None) -> str | None:
+    """A phone number in international form (``+33612345678``); ``06 12 34 56 78`` is French.
+
+    Spaces, dots, dashes and parentheses are ignored; empty means none.
+    """
+    if value is None or not value.strip():
+        return None
+    digits = re.sub(r"[\s.\-()]", "", value)
+    if digits.startswith("00"):
+        digits = "+" + digits[2:]
+    if re.fullmatch(r"0[1-9]\d{8}", digits):
+        digits = "+33" + digits[1:]
+    if not re.fullmatch(r"\+[1-9]\d{7,14}", digits):
+        raise PatientError(f"invalid phone number {value.strip()!r} (expected 0612345678 or +33612345678)")
+    return digits
+
+
 def make_record(
-    ins: str, last_name: str, first_name: str, sex: str, birth_date: str | dt.date, address: str = ""
+    ins: str,
+    last_name: str,
+    first_name: str,
+    sex: str,
+    birth_date: str | dt.date,
+    address: str = "",
+    email: str | None = None,
+    phone: str | None = None,
 ) -> PatientRecord:
     """Validate one patient; PatientError says exactly what is wrong."""
     try:
@@ -109,11 +158,20 @@ def make_record(
         )
     if 1 <= int(canonical[3:5]) <= 12 and int(canonical[3:5]) != birth_date.month:
         raise PatientError(f"INS {canonical} gives birth month {canonical[3:5]}, the birth date {birth_date}")
-    return PatientRecord(canonical, last, first, sex, birth_date, address.strip())
+    return PatientRecord(
+        canonical,
+        last,
+        first,
+        sex,
+        birth_date,
+        address.strip(),
+        validate_contact_email(email),
+        validate_phone(phone),
+    )
 
 
 def _view(p: Patient) -> PatientRecord:
-    return PatientRecord(p.ins, p.last_name, p.first_name, p.sex, p.birth_date, p.address)
+    return PatientRecord(p.ins, p.last_name, p.first_name, p.sex, p.birth_date, p.address, p.email, p.phone)
 
 
 async def add_patient(db: Database, record: PatientRecord) -> PatientRecord:
@@ -129,8 +187,37 @@ async def add_patient(db: Database, record: PatientRecord) -> PatientRecord:
                 sex=record.sex,
                 birth_date=record.birth_date,
                 address=record.address,
+                email=record.email,
+                phone=record.phone,
             )
         )
+    return record
+
+
+EDITABLE = ("last_name", "first_name", "sex", "birth_date", "address", "email", "phone")
+
+
+async def edit_patient(db: Database, ins: str, changes: dict[str, Any]) -> PatientRecord:
+    """Change some fields of a registered patient (an empty e-mail or phone removes it).
+
+    The whole record is validated again, so a new sex or birth date must still match the INS.
+    """
+    unknown = set(changes) - set(EDITABLE)
+    if unknown:
+        raise PatientError(f"cannot edit {', '.join(sorted(unknown))}")
+    try:
+        canonical = validate_ins(ins)
+    except InvalidINS as exc:
+        raise PatientError(str(exc)) from None
+    async with db.write() as session:
+        row = await session.get(Patient, canonical)
+        if row is None:
+            raise PatientError(f"no patient with INS {canonical}")
+        current = _view(row).__dict__ | changes
+        record = make_record(**current)
+        for name in EDITABLE:
+            setattr(row, name, getattr(record, name))
+        row.updated_at = utcnow()
     return record
 
 
@@ -143,7 +230,8 @@ async def get_patient(session: AsyncSession, ins: str) -> PatientRecord | None:
     return _view(found) if found else None
 
 
-def _read_csv(path: Path, summary: PatientImportSummary) -> Iterator[PatientRecord]:
+def _read_csv(path: Path, summary: PatientImportSummary) -> Iterator[tuple[PatientRecord, tuple[str, ...]]]:
+    """Each valid row, with the contact fields the file has (a file without them keeps the known ones)."""
     if not path.is_file():
         raise PatientError(f"{path}: file not found")
     with open(path, encoding="utf-8-sig", newline="") as handle:
@@ -155,27 +243,32 @@ def _read_csv(path: Path, summary: PatientImportSummary) -> Iterator[PatientReco
                 f"{path}: missing column(s) {', '.join(missing)} (expected {','.join(CSV_COLUMNS)})"
             )
         reader.fieldnames = header
+        contact = [c for c in CONTACT_COLUMNS if c in header]
         try:
             for row in reader:
                 if not any((v or "").strip() for v in row.values()):
                     continue
                 summary.read += 1
                 try:
-                    yield make_record(
+                    record = make_record(
                         row["ins"] or "",
                         row["nom"] or "",
                         row["prenom"] or "",
                         row["sexe"] or "",
                         row["date_naissance"] or "",
                         row.get("adresse") or "",
+                        **{CONTACT_COLUMNS[c]: row.get(c) or "" for c in contact},
                     )
+                    yield record, tuple(CONTACT_COLUMNS[c] for c in contact)
                 except PatientError as exc:
                     summary.errors.append((reader.line_num, str(exc)))
         except UnicodeDecodeError:
             raise PatientError(f"{path}: not UTF-8 (line {reader.line_num + 1})") from None
 
 
-async def _write_batch(db: Database, batch: list[PatientRecord], summary: PatientImportSummary) -> None:
+async def _write_batch(
+    db: Database, batch: list[PatientRecord], summary: PatientImportSummary, given: tuple[str, ...]
+) -> None:
     unique = {r.ins: r for r in batch}
     async with db.write() as session:
         existing = {
@@ -186,6 +279,9 @@ async def _write_batch(db: Database, batch: list[PatientRecord], summary: Patien
         rows = []
         for r in unique.values():
             old = existing.get(r.ins)
+            if old is not None:
+                kept = {f: getattr(old, f) for f in CONTACT_COLUMNS.values() if f not in given}
+                r = dataclasses.replace(r, **kept)
             if old is None:
                 summary.added += 1
             elif _view(old) == r:
@@ -199,29 +295,29 @@ async def _write_batch(db: Database, batch: list[PatientRecord], summary: Patien
             await session.execute(
                 stmt.on_conflict_do_update(
                     index_elements=[Patient.__table__.c.ins],
-                    set_={
-                        c: stmt.excluded[c]
-                        for c in ("last_name", "first_name", "sex", "birth_date", "address", "updated_at")
-                    },
+                    set_={c: stmt.excluded[c] for c in (*EDITABLE, "updated_at")},
                 ),
                 rows,
             )
 
 
 async def import_patients(db: Database, path: Path) -> PatientImportSummary:
-    """Add or update the patients of a CSV file (``ins,nom,prenom,sexe,date_naissance[,adresse]``).
+    """Add or update the patients of a CSV file.
+
+    Columns ``ins,nom,prenom,sexe,date_naissance[,adresse,email,telephone]``.
 
     Bad rows are reported with their line number and skipped; the others are written in batches.
     """
     summary = PatientImportSummary()
     batch: list[PatientRecord] = []
-    for record in _read_csv(path, summary):
+    given: tuple[str, ...] = ()
+    for record, given in _read_csv(path, summary):
         batch.append(record)
         if len(batch) >= BATCH:
-            await _write_batch(db, batch, summary)
+            await _write_batch(db, batch, summary, given)
             batch = []
     if batch:
-        await _write_batch(db, batch, summary)
+        await _write_batch(db, batch, summary, given)
     return summary
 
 

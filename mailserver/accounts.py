@@ -8,7 +8,6 @@ valid INS; a ``PER`` mailbox carries a valid RPPS identifier.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import re
 from dataclasses import dataclass
@@ -322,7 +321,7 @@ async def add_certificate(rt: Runtime, address: str, data: bytes, match: str) ->
     try:
         cert = certauth.load_pem_certificate(data)
         der = cert.public_bytes(serialization.Encoding.DER)
-        await asyncio.to_thread(rt.auth.certificates.check, der)
+        await rt.auth.certificates.verify(der)
     except certauth.CertificateError as exc:
         raise AccountError(f"certificate refused: {exc}") from None
     f = certauth.facts(cert)

@@ -51,6 +51,7 @@ from mailserver.db.models import (
 )
 from mailserver.metrics import UNSCRAPED, Metrics
 from mailserver.oauth import TokenError, TokenIdentity, TokenValidator
+from mailserver.revocation import RevocationChecker
 
 LOGIN_STAMP_PERIOD = dt.timedelta(hours=1)  # last_login_at precision: inactivity is counted in months
 
@@ -127,6 +128,7 @@ class Authenticator:
         oauth: OAuthSettings | None = None,
         client_ca: str = "",
         metrics: Metrics = UNSCRAPED,
+        revocation: RevocationChecker | None = None,
     ) -> None:
         self.db = db
         self.metrics = metrics
@@ -134,7 +136,7 @@ class Authenticator:
         self.audit = audit
         self.passwords = passwords or Passwords(settings)
         self.tokens = TokenValidator(oauth) if oauth is not None and oauth.enabled else None
-        self.certificates = ClientCertificates(client_ca, settings.client_crl) if client_ca else None
+        self.certificates = ClientCertificates(revocation) if client_ca and revocation is not None else None
         self._turn = asyncio.Condition()
         self._holding = 0  # attempts of this process holding places in the counters
         self.cache = CredentialCache(settings.credential_cache_ttl, settings.credential_cache_size)
@@ -303,11 +305,114 @@ class Authenticator:
         self.audit.record_in(session, *event)
 
     async def authenticate(self, username: str, password: str, remote: str, service: str) -> AuthOutcome:
-        """Check a username (the mailbox address) and a password or application password."""
+        """Check a username (the mailbox address) and a password or application password. A password
+        the cache knows (``_known_login``) skips the counters' places and the verification queue."""
         address = username.strip().lower()
+        known = await self._known_login(address, password, remote, service)
+        if known is not None:
+            self.metrics.login(known.method or "password", "ok" if known.ok else known.reason)
+            return known
         async with self._taking_turns():
             verify = lambda: self._verify_password(address, password)  # noqa: E731
             return await self._login(address, remote, service, "password", verify)
+
+    async def _known_login(
+        self, address: str, password: str, remote: str, service: str
+    ) -> AuthOutcome | None:
+        """A password argon2 accepted a moment ago: one read and ONE brief write transaction
+        (``_accept_known``), no place taken in the counters, no wait behind verifications. The place a
+        login takes exists so that guesses are verified at most ``max_failures`` times; a cache hit
+        verifies nothing and is never a guess (a wrong password is never a hit). None: not a hit, or
+        what the hit was bound to changed meanwhile; the caller takes the full path."""
+        if not self.cache.knows(address):
+            return None
+        async with self.db.read() as session:
+            mb = (
+                await session.execute(select(Mailbox).where(Mailbox.address == address))
+            ).scalar_one_or_none()
+            if mb is None:
+                return None
+            apps = list(
+                (await session.execute(select(AppPassword).where(AppPassword.mailbox_id == mb.id))).scalars()
+            )
+        credential = self._cached(address, mb, apps, password)
+        if credential is None:
+            return None
+        stored = (
+            mb.password_hash
+            if credential.app_id is None
+            else next(a.password_hash for a in apps if a.id == credential.app_id)
+        )
+        outcome = await self.db.run_write(
+            lambda s: self._accept_known(s, address, credential, stored or "", remote, service), brief=True
+        )
+        if outcome is None or not outcome.ok:
+            self.cache.forget(address)
+        return outcome
+
+    def _accept_known(
+        self, session: Session, address: str, credential: Credential, stored: str, remote: str, service: str
+    ) -> AuthOutcome | None:
+        """In one transaction: the mailbox and the credential re-read (a password changed, an
+        application password revoked since the read: None, the full path judges), the lock-outs of the
+        account and of the address (locked or disabled: refused and audited, as on the full path), then
+        the login recorded (account counter cleared, last login, application password stamp, audit).
+        The counter is cleared only if no lock-out is set on it: another node or process that locks
+        the account meanwhile keeps its lock (re-checked by the DELETE itself on PostgreSQL)."""
+        now = utcnow()
+        mb = session.execute(select(Mailbox).where(Mailbox.address == address)).scalar_one_or_none()
+        if mb is None:
+            return None
+        if credential.app_id is None:
+            current = mb.password_hash
+        else:
+            current = session.execute(
+                select(AppPassword.password_hash).where(
+                    AppPassword.id == credential.app_id, AppPassword.mailbox_id == mb.id
+                )
+            ).scalar_one_or_none()
+        if not current or current != stored:
+            return None
+        method = "password" if credential.app_id is None else "app-password"
+        person = f"8{mb.rpps}" if mb.type == "PER" and mb.rpps else address
+        detail = str(credential) + (f", person {person}" if person != address else "")
+        request = f"{service} login"
+        account_key, ip_key = f"mailbox:{address}", f"ip:{remote}"
+        locks = session.execute(
+            select(AuthFailure.key).where(
+                AuthFailure.key.in_(sorted((account_key, ip_key))),
+                AuthFailure.locked_until.is_not(None),
+                AuthFailure.locked_until > now,
+            )
+        ).all()
+        if locks:
+            self.audit.record_in(session, address, "login-failure", remote, request, "locked")
+            return AuthOutcome(None, None, "locked", method=method)
+        if not mb.enabled:
+            self.audit.record_in(
+                session, address, "login-failure", remote, f"{request} ({detail})", "mailbox disabled"
+            )
+            return AuthOutcome(None, None, "disabled", method=method)
+        if not allows(mb, method):
+            return None  # the full path refuses it and counts it, as for any method not allowed
+        session.execute(
+            delete(AuthFailure).where(
+                AuthFailure.key == account_key,
+                or_(AuthFailure.locked_until.is_(None), AuthFailure.locked_until <= now),
+            )
+        )
+        if (
+            mb.last_login_at is None
+            or mb.inactive_notice_at is not None
+            or now - mb.last_login_at >= LOGIN_STAMP_PERIOD
+        ):
+            mb.last_login_at, mb.inactive_notice_at = now, None
+        if credential.app_id is not None:
+            session.execute(
+                update(AppPassword).where(AppPassword.id == credential.app_id).values(last_used_at=now)
+            )
+        self.audit.record_in(session, address, "login", remote, f"{request} ({detail})", "ok")
+        return AuthOutcome(mb.id, address, method=method, person=person)
 
     async def _verify_password(self, address: str, password: str) -> Verdict:
         async with self.db.read() as session:
@@ -460,13 +565,15 @@ class Authenticator:
     ) -> AuthOutcome:
         """SASL EXTERNAL: the TLS client certificate registered for a mailbox logs it in."""
         named = authzid.strip().lower() if authzid else None
-        return await self._login(named, remote, service, "cert", lambda: self._verify_certificate(der, named))
+        return await self._login(
+            named, remote, service, "cert", lambda: self._verify_certificate(der, named, remote)
+        )
 
-    async def _verify_certificate(self, der: bytes | None, authzid: str | None) -> Verdict:
+    async def _verify_certificate(self, der: bytes | None, authzid: str | None, remote: str = "") -> Verdict:
         if der is None or self.certificates is None:
             return Verdict(None, "cert", "certificate EXTERNAL", reason="no client certificate")
         try:
-            cert = await asyncio.to_thread(self.certificates.check, der)
+            cert = await self.certificates.verify(der, remote)
         except CertificateError as exc:
             return Verdict(None, "cert", "certificate EXTERNAL", reason=str(exc))
         f = certauth.facts(cert)

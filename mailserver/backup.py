@@ -120,6 +120,8 @@ def _config_files(settings: Settings) -> list[tuple[str, Path]]:
         ("smime.key_file", settings.smime.key_file),
         ("smime.ca", settings.smime.ca),
         *((f"smime.crl[{i}]", p) for i, p in enumerate(settings.smime.crl)),
+        *((f"tls.crl[{i}]", p) for i, p in enumerate(settings.tls.crl)),
+        *((f"auth.client_crl[{i}]", p) for i, p in enumerate(settings.auth.client_crl)),
     ]
     return [(key, Path(p)) for key, p in named if p and Path(p).is_file()]
 

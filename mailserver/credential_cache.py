@@ -53,6 +53,10 @@ class CredentialCache:
     def enabled(self) -> bool:
         return self.ttl > 0 and self.size > 0
 
+    def knows(self, address: str) -> bool:
+        """Whether any entry is kept for ``address``: a login for an address with none skips the lookup."""
+        return self.enabled and address in self._by_address
+
     def _digest(self, address: str, password: str) -> bytes:
         return hmac.digest(self._key, address.encode() + b"\0" + password.encode(), hashlib.sha256)
 

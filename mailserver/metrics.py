@@ -72,6 +72,12 @@ class Metrics:
             "Age of the oldest message with a recipient waiting (0 when the queue is empty)",
             registry=r,
         )
+        self.peer_revocation_checks = Counter(
+            "caducee_peer_revocation_checks",
+            "Revocation checks of peer and client certificate chains: good, revoked, unknown, error",
+            ["result"],
+            registry=r,
+        )
         self.tls_failures = Counter(
             "caducee_tls_handshake_failures",
             "Failed TLS handshakes (STARTTLS or implicit)",

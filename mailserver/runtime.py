@@ -12,6 +12,7 @@ from mailserver.audit import Audit
 from mailserver.auth import Authenticator, Passwords
 from mailserver.db.engine import Database
 from mailserver.metrics import Metrics
+from mailserver.revocation import RevocationChecker
 from mailserver.store.blobs import BlobStore
 from mailserver.store.notify import Notifier
 from mailserver.store.store import Store
@@ -31,6 +32,7 @@ class Runtime:
     passwords: Passwords
     auth: Authenticator
     metrics: Metrics
+    revocation: RevocationChecker
     _queue: Queue | None = field(default=None, init=False, repr=False)
     # What ``caducee serve`` has started (``mailserver.app.run`` fills them), for ``/readyz``.
     listeners: list[Any] = field(default_factory=list, init=False, repr=False)
@@ -58,10 +60,19 @@ class Runtime:
         store = Store(db, blobs, notifier, settings.quota, settings.storage.inline_max, settings.limits)
         audit = Audit(db, metrics)
         passwords = Passwords(settings.auth)
+        revocation = RevocationChecker(settings.tls, audit, metrics)
+        logins = RevocationChecker(settings.tls, audit, metrics, extra_crls=settings.auth.client_crl)
         auth = Authenticator(
-            db, settings.auth, audit, passwords, settings.oauth, settings.tls.peer_ca, metrics=metrics
+            db,
+            settings.auth,
+            audit,
+            passwords,
+            settings.oauth,
+            settings.tls.peer_ca,
+            metrics=metrics,
+            revocation=logins,
         )
-        return cls(settings, db, blobs, notifier, store, audit, passwords, auth, metrics)
+        return cls(settings, db, blobs, notifier, store, audit, passwords, auth, metrics, revocation)
 
     async def close(self) -> None:
         await self.db.close()

@@ -4,7 +4,7 @@ Replaces ``send_as``: each existing grant becomes a member with the default righ
 (``lrswipkxte``, everything but administering the ACL), which include ``p``, sending as the ORG.
 
 Revision ID: 0014
-Revises: 0013
+Revises: 0016
 Create Date: 2026-12-02
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0014"
-down_revision: str | Sequence[str] | None = "0013"
+down_revision: str | Sequence[str] | None = "0016"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

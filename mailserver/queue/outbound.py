@@ -5,7 +5,8 @@
   of RFC 7505 (a permanent failure).
 - STARTTLS is mandatory, with our ``tls.cert`` as client certificate and the peer's verified against
   ``tls.peer_ca``; its subject must then match the recipient domain's trust-list DN (the inbound rule),
-  checked *before* MAIL so nothing is ever disclosed to a wrong peer. Any failure here is temporary:
+  checked *before* MAIL so nothing is ever disclosed to a wrong peer, and so is the revocation of its
+  certificate chain (``mailserver.revocation``). Any failure here is temporary:
   the message waits in the queue, it is never sent in clear nor to anyone else.
 - Timeouts (RFC 5321 §4.5.3.2), each a setting: the TCP connection ``connect_timeout``, then one per
   reply: the greeting (and EHLO, STARTTLS) 5 min, MAIL 5, RCPT 5, DATA's 354 2, each block of the
@@ -228,12 +229,17 @@ class Outbound:
     async def _check_peer(self, client: aiosmtplib.SMTP, domain: str, hop: Hop) -> None:
         ssl_object = client.transport.get_extra_info("ssl_object") if client.transport else None
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        subject = x509.load_der_x509_certificate(der).subject if der else None
+        cert = x509.load_der_x509_certificate(der) if der else None
         async with self.rt.db.read() as session:
-            why = await trust.check_peer(session, domain, subject)
+            why = await trust.check_peer(session, domain, cert.subject if cert else None)
         if why:
             await self.rt.audit.record(domain, "peer-refused", hop.address, f"outbound to {hop.host}", why)
             raise _Temporary(f"451 4.7.0 peer {hop.host} refused: {why}")
+        verdict = await self.rt.revocation.check(cert, hop.address) if cert is not None else None
+        if verdict is not None and self.rt.revocation.refuses(verdict):
+            action = "peer-revoked" if verdict.status == "revoked" else "peer-revocation-unknown"
+            await self.rt.audit.record(domain, action, hop.address, f"outbound to {hop.host}", verdict.reason)
+            raise _Temporary(f"451 4.7.0 peer {hop.host} refused: {verdict.reason}")
 
     async def _transaction(self, client: aiosmtplib.SMTP, batch: Batch, data: bytes) -> dict[int, Outcome]:
         dsn = client.supports_extension("dsn")

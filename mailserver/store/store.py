@@ -1184,7 +1184,11 @@ class Store:
             f = await session.run_sync(_folder_by_id, folder_id)
             mb = await self._lock_mailbox(session, f.mailbox_id)
             f = await session.run_sync(_folder_by_id, folder_id, True)
-            q = select(Message).where(Message.folder_id == folder_id).order_by(Message.uid)
+            q = (  # the database narrows to rows naming the flag; the exact test is below
+                select(Message)
+                .where(Message.folder_id == folder_id, Message.flags.contains("\\Deleted", autoescape=True))
+                .order_by(Message.uid)
+            )
             candidates = (
                 await session.run_sync(_messages, folder_id, wanted)
                 if wanted is not None

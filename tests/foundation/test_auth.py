@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from pathlib import Path
 
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from mailserver import accounts
 from mailserver.audit import Audit
 from mailserver.auth import Authenticator
+from mailserver.db import migrate
 from mailserver.db.engine import Database
 from mailserver.db.models import AuthFailure
 from mailserver.runtime import Runtime
+from tests.conftest import make_settings
 
 PASSWORD = "correct horse battery"
 
@@ -148,3 +151,53 @@ async def test_a_burst_of_right_passwords_from_one_address_all_get_in(runtime: R
         *(runtime.auth.authenticate(address, PASSWORD, "192.0.2.50", "imap") for address in logins)
     )
     assert [o.reason for o in outcomes] == [""] * len(logins)
+
+
+async def test_a_lock_set_while_a_cached_login_clears_the_counter_is_kept(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A cache hit clears the account's failures with a DELETE that spares a lock-out: another node
+    that locks the account between the hit's check and its DELETE keeps its lock. On PostgreSQL the
+    two interleave for real (the other node's UPDATE holds the row, the hit's DELETE waits for it, then
+    re-checks its condition on the committed row); SQLite's one write lock cannot interleave them."""
+    await migrate.upgrade_async(pg_url)
+    rt = Runtime.build(make_settings(tmp_path, pg_url))
+    other_db = Database(pg_url)
+    try:
+        await accounts.add_domain(rt, "a.mssante.test", patients=False)
+        await accounts.add_mailbox(rt, "target@a.mssante.test", "ORG", password=PASSWORD)
+        assert (await rt.auth.authenticate("target@a.mssante.test", PASSWORD, "127.0.0.1", "imap")).ok
+        key = "mailbox:target@a.mssante.test"
+        async with rt.db.write() as session:
+            session.add(AuthFailure(key=key, count=2, window_start=dt.datetime.now(dt.UTC)))
+        until = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=15)
+        async with other_db.write() as other:
+            await other.execute(update(AuthFailure).where(AuthFailure.key == key).values(locked_until=until))
+            login = asyncio.create_task(
+                rt.auth.authenticate("target@a.mssante.test", PASSWORD, "127.0.0.2", "imap")
+            )
+            async with asyncio.timeout(20):
+                while True:  # until the hit's DELETE waits for the row the other node holds
+                    async with rt.db.read() as s:
+                        waiting = (
+                            await s.execute(
+                                text(
+                                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                    " AND query LIKE 'DELETE FROM auth_failure%'"
+                                )
+                            )
+                        ).scalar_one()
+                    if waiting or login.done():
+                        break
+                    await asyncio.sleep(0.01)
+            assert not login.done()
+        assert (await login).ok  # judged before the lock was committed
+        async with rt.db.read() as s:
+            row = await s.get(AuthFailure, key)
+        assert row is not None and row.locked_until is not None
+        assert (
+            await rt.auth.authenticate("target@a.mssante.test", PASSWORD, "127.0.0.1", "imap")
+        ).reason == "locked"
+    finally:
+        await other_db.close()
+        await rt.close()

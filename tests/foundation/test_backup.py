@@ -306,3 +306,14 @@ def test_restored_configuration_names_the_restored_files(tmp_path: Path) -> None
     assert settings.tls.cert == str(restored / "tls" / "chain.pem")
     assert settings.storage.path == str(restored / "store")
     assert settings.database.url == f"sqlite+aiosqlite:///{restored / 'caducee.db'}"
+
+
+def test_revocation_lists_are_in_the_backup(tmp_path: Path) -> None:
+    """The CRL files of ``[tls] crl`` and ``[auth] client_crl`` are configuration files a restore needs."""
+    for name in ("peers.crl", "clients.crl"):
+        (tmp_path / name).write_bytes(b"crl")
+    config = tmp_path / "caducee.toml"
+    config.write_text('[tls]\ncrl = ["peers.crl"]\n[auth]\nclient_crl = ["clients.crl"]\n')
+    named = dict(backup._config_files(load_settings(config)))
+    assert named["tls.crl[0]"] == tmp_path / "peers.crl"
+    assert named["auth.client_crl[0]"] == tmp_path / "clients.crl"

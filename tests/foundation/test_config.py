@@ -75,6 +75,8 @@ def test_defaults_and_conversions(tmp_path: Path) -> None:
         ('[trust]\nurl = "http://listeblanche.test/l.xml"\n', "[trust] url: expected an https:// URL"),
         ("[trust]\nmax_removed = 101\n", "[trust] max_removed: a percentage, at most 100"),
         ('[trust]\nrefresh_interval = "0s"\n', "[trust] refresh_interval: must be more than 0 seconds"),
+        ('[tls]\ncrl_fetch_timeout = "0s"\n', "[tls] crl_fetch_timeout: must be more than 0 seconds"),
+        ('[tls]\ncrl_unreachable = "maybe"\n', "[tls] crl_unreachable: expected one of 'accept', 'refuse'"),
         ("[server\n", "not valid TOML"),
         ('[audit]\nkeep = "5 months"\n', "[audit] keep: must be at least 6 months (186 days)"),
         ('[audit]\nkeep = "180d"\n', "[audit] keep: must be at least 6 months"),

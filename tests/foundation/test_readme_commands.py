@@ -298,8 +298,21 @@ def scenario(run: Cli, inst: Instance, pki: Any, tmp_path: Path) -> None:
         "1962-11-23",
         "--sex",
         "F",
+        "--address",
+        "1 rue de la Paix, Bastia",
+        "--email",
+        "pierre.petit@perso.example.test",
+        "--phone",
+        "06 12 34 56 78",
     )
     assert "PETIT" in run("patient", "show", INS)
+    run(
+        "patient", "edit", INS, "--last-name", "PETIT", "--first-name", "Pierre",
+        "--birth-date", "1962-11-23",
+        "--sex", "F", "--address", "2 rue de la Paix, Bastia", "--email", "p.petit@perso.example.test",
+        "--phone", "+33 6 12 34 56 78",
+    )  # fmt: skip
+    assert run.json("patient", "show", INS)["email"] == "p.petit@perso.example.test"
     run("patient", "import", str(SHARED / "patients.csv"))
     assert "activation code for" in run("patient", "invite", INS)
 

@@ -4,6 +4,7 @@ with its IGC-Santé certificate, on IMAP and submission; python's ssl, imaplib a
 from __future__ import annotations
 
 import asyncio
+import datetime
 import imaplib
 import smtplib
 import ssl
@@ -13,6 +14,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 import cli as caducee_cli
 from mailserver import accounts
@@ -20,6 +23,7 @@ from mailserver.accounts import AccountError
 from tests.identity.certs import AppCerts, make_app_certs
 from tests.identity.conftest import DPI, MARTIN, Env, start_env
 from tests.identity.provider import Provider
+from tests.pki import _crl, _Issuer
 from tests.smtp.conftest import wait_for
 
 
@@ -105,14 +109,53 @@ async def test_revoked_certificate_is_refused(env: Env, certs: AppCerts) -> None
     # registered by subject before its revocation was published: the CRL still wins at login
     crl = certs.crl_path.read_bytes()
     certs.crl_path.write_bytes(b"")
-    env.rt.auth.certificates.crl_files = []  # type: ignore[union-attr]
+    env.rt.auth.certificates.revocation.crl_files = []  # type: ignore[union-attr]
     await accounts.add_certificate(env.rt, DPI, certs.revoked.cert_pem, "subject")
     certs.crl_path.write_bytes(crl)
-    env.rt.auth.certificates.crl_files = [certs.crl_path]  # type: ignore[union-attr]
+    env.rt.auth.certificates.revocation.crl_files = [certs.crl_path]  # type: ignore[union-attr]
     result, _ = await asyncio.to_thread(imap_external, env.ports["imaps"], env.client_context(certs.revoked))
     assert "AUTHENTICATIONFAILED" in result
     failure = await last(env, "login-failure")
-    assert failure.response == f"certificate revoked (serial {certs.revoked.cert.serial_number:x})"
+    revoked = certs.revoked.cert
+    assert failure.response == (
+        f"certificate of {revoked.subject.rfc4514_string()} revoked (serial {revoked.serial_number:x})"
+    )
+
+
+async def test_revoked_intermediate_is_caught_at_login(
+    tmp_path: Path, pki: Any, provider: Provider, certs: AppCerts
+) -> None:
+    """Issue 15's gap: the whole chain is checked, not only the leaf against its direct issuer's CRL."""
+    root_crl = tmp_path / "root.crl.pem"
+    root_crl.write_bytes(pki.root_crl_path.read_bytes())  # the root's CRL, empty for now
+    env = await start_env(
+        tmp_path,
+        f"sqlite+aiosqlite:///{tmp_path}/chain.db",
+        pki,
+        provider,
+        imap={"client_cert": "optional"},
+        auth={"client_crl": [str(certs.crl_path), str(root_crl)]},
+    )
+    try:
+        await accounts.add_certificate(env.rt, DPI, certs.dpi.cert_pem, "subject")
+        result, _ = await asyncio.to_thread(imap_external, env.ports["imaps"], env.client_context(certs.dpi))
+        assert result == "OK"
+        root = _Issuer(pki.root.cert, pki.root.key)
+        intermediate = pki.intermediate.cert
+        entry = (
+            x509.RevokedCertificateBuilder()
+            .serial_number(intermediate.serial_number)
+            .revocation_date(pki.now - datetime.timedelta(minutes=1))
+            .build()
+        )
+        root_crl.write_bytes(_crl(root, pki.now, [entry]).public_bytes(serialization.Encoding.PEM))
+        result, _ = await asyncio.to_thread(imap_external, env.ports["imaps"], env.client_context(certs.dpi))
+        assert "AUTHENTICATIONFAILED" in result
+        assert (await last(env, "login-failure")).response == (
+            f"certificate of {pki.intermediate.subject} revoked (serial {intermediate.serial_number:x})"
+        )
+    finally:
+        await env.close()
 
 
 async def test_expired_certificate_is_refused_at_the_handshake(env: Env, certs: AppCerts) -> None:
