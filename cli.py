@@ -22,6 +22,7 @@ from directory.commands import directory, patient
 from mailserver import accounts, logs
 from mailserver.accounts import AccountError
 from mailserver.cli_support import CliState, emit, fail, read_password, with_runtime
+from mailserver.db.models import DEFAULT_MEMBER_RIGHTS
 from mailserver.portal.commands import conversation, invite
 from mailserver.queue.commands import queue_group
 from mailserver.runtime import Runtime, open_runtime
@@ -377,14 +378,53 @@ async def mailbox_delete(rt: Runtime, address: str, yes: bool) -> None:
     click.echo(f"mailbox {address.lower()} deleted")
 
 
-@mailbox.command("send-as")
+@mailbox.command("send-as", deprecated=True)
 @click.argument("member")
 @click.argument("org_address")
 @with_runtime
 async def mailbox_send_as(rt: Runtime, member: str, org_address: str) -> None:
-    """Let MEMBER send as, and open with their own identity, the ORG or CAB mailbox ORG_ADDRESS."""
-    await accounts.grant_send_as(rt, org_address, member)
-    click.echo(f"{member.lower()} may send as {org_address.lower()}")
+    """Deprecated alias of ``mailbox member add ORG_ADDRESS MEMBER`` (the default rights)."""
+    m = await accounts.add_member(rt, org_address, member)
+    click.echo(f"{m.member} is a member of {m.org} with rights {m.rights}")
+
+
+@mailbox.group("member")
+def member() -> None:
+    """People who open an ORG or CAB mailbox with their own identity, with RFC 4314 rights
+    (l lookup, r read, s seen, w flags, i insert, p send as the mailbox, k create, x delete folder,
+    t delete messages, e expunge, a administer)."""
+
+
+@member.command("add")
+@click.argument("org_address")
+@click.argument("person_address")
+@click.option("--rights", default=DEFAULT_MEMBER_RIGHTS, show_default=True)
+@with_runtime
+async def member_add(rt: Runtime, org_address: str, person_address: str, rights: str) -> None:
+    m = await accounts.add_member(rt, org_address, person_address, rights)
+    click.echo(f"{m.member} is a member of {m.org} with rights {m.rights}")
+
+
+@member.command("remove")
+@click.argument("org_address")
+@click.argument("person_address")
+@with_runtime
+async def member_remove(rt: Runtime, org_address: str, person_address: str) -> None:
+    await accounts.remove_member(rt, org_address, person_address)
+    click.echo(f"{person_address.lower()} is no longer a member of {org_address.lower()}")
+
+
+@member.command("list")
+@click.argument("org_address", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@with_runtime
+async def member_list(rt: Runtime, org_address: str | None, as_json: bool) -> None:
+    members = await accounts.list_members(rt, org_address)
+    if as_json:
+        emit([{"org": m.org, "member": m.member, "rights": m.rights} for m in members])
+        return
+    for m in members:
+        click.echo(f"{m.org:45} {m.member:45} {m.rights}")
 
 
 @mailbox.command("auth")

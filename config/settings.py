@@ -178,6 +178,11 @@ class SubmissionSettings:
     # "optional": the TLS handshake asks for a client certificate (chaining to tls.peer_ca) that
     # SASL EXTERNAL can then use to log an applicative mailbox in (mailserver/certauth.py).
     client_cert: Literal["none", "optional"] = "none"
+    # Keep a copy of each submitted message in the sender's \Sent folder (and, for a member sending as
+    # an ORG/CAB mailbox, in that mailbox's too); a copy the client APPENDs within ``sent_window``
+    # with the same Message-ID is not stored twice (mailserver/sent.py).
+    save_sent: bool = False
+    sent_window: Duration = 600
 
 
 @dataclass

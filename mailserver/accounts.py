@@ -20,7 +20,19 @@ from sqlalchemy.exc import IntegrityError
 from directory.ins import InvalidINS, validate_ins
 from directory.rpps import InvalidRPPS, validate_rpps
 from mailserver import certauth
-from mailserver.db.models import MAILBOX_TYPES, AppPassword, Domain, Mailbox, MailboxCert, SendAs, utcnow
+from mailserver.db.models import (
+    ACL_RIGHTS,
+    DEFAULT_MEMBER_RIGHTS,
+    MAILBOX_TYPES,
+    SEND_RIGHT,
+    SHARED_TYPES,
+    AppPassword,
+    Domain,
+    Mailbox,
+    MailboxCert,
+    Membership,
+    utcnow,
+)
 from mailserver.headers import HeaderView, decode_header
 from mailserver.policy import Refusal
 from mailserver.runtime import Runtime
@@ -234,7 +246,7 @@ async def delete_mailbox(rt: Runtime, address: str) -> None:
         paths = await rt.store.delete_mailbox_content(session, mb.id)
         await session.execute(delete(AppPassword).where(AppPassword.mailbox_id == mb.id))
         await session.execute(
-            delete(SendAs).where((SendAs.mailbox_id == mb.id) | (SendAs.member_id == mb.id))
+            delete(Membership).where((Membership.mailbox_id == mb.id) | (Membership.member_id == mb.id))
         )
         await session.delete(mb)
         rt.audit.record_in(session, "admin", "admin", "", f"mailbox delete {addr}", "ok")
@@ -353,30 +365,97 @@ async def remove_certificate(rt: Runtime, address: str, cert_id: int) -> None:
         rt.audit.record_in(session, "admin", "admin", "", f"cert remove {mb.address} {cert_id}", "ok")
 
 
-async def grant_send_as(rt: Runtime, org_address: str, member_address: str) -> None:
+def normalise_rights(rights: str) -> str:
+    """RFC 4314 rights in canonical order, refusing any letter outside ``ACL_RIGHTS``."""
+    unknown = sorted(set(rights) - set(ACL_RIGHTS))
+    if unknown:
+        raise AccountError(f"unknown right(s) {''.join(unknown)!r}: rights are letters of {ACL_RIGHTS}")
+    return "".join(r for r in ACL_RIGHTS if r in rights)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One person's membership of a shared (ORG/CAB) mailbox."""
+
+    org: str
+    member: str
+    rights: str
+
+
+async def add_member(
+    rt: Runtime, org_address: str, member_address: str, rights: str = DEFAULT_MEMBER_RIGHTS
+) -> Member:
+    """Make ``member_address`` a member of the ORG/CAB mailbox with ``rights`` (set again if already
+    one): they open it, and send as it when the rights hold ``p``, with their own identity."""
     org, member = await get_mailbox(rt, org_address), await get_mailbox(rt, member_address)
-    if org.type not in ("ORG", "CAB"):  # a service's or a practice's mailbox, shared by its people
+    if org.type not in SHARED_TYPES:
         raise AccountError(f"{org.address} is not an ORG or CAB mailbox")
-    try:
-        async with rt.db.write() as session:
-            session.add(SendAs(mailbox_id=org.id, member_id=member.id))
-            rt.audit.record_in(
-                session, "admin", "admin", "", f"send-as {member.address} -> {org.address}", "ok"
-            )
-    except IntegrityError:
-        raise AccountError(f"{member.address} may already send as {org.address}") from None
+    if member.type in SHARED_TYPES or member.id == org.id:
+        raise AccountError(f"{member.address} is a shared mailbox: members are people's mailboxes")
+    canonical = normalise_rights(rights)
+    async with rt.db.write() as session:
+        row = await session.get(Membership, (org.id, member.id))
+        if row is None:
+            session.add(Membership(mailbox_id=org.id, member_id=member.id, rights=canonical))
+        else:
+            row.rights = canonical
+        rt.audit.record_in(
+            session,
+            "admin",
+            "admin",
+            "",
+            f"member add {member.address} to {org.address} rights {canonical}",
+            "ok",
+        )
+    return Member(org.address, member.address, canonical)
+
+
+async def remove_member(rt: Runtime, org_address: str, member_address: str) -> None:
+    """End a membership: the person no longer opens nor sends as the shared mailbox."""
+    org, member = await get_mailbox(rt, org_address), await get_mailbox(rt, member_address)
+    async with rt.db.write() as session:
+        result = await session.execute(
+            delete(Membership).where(Membership.mailbox_id == org.id, Membership.member_id == member.id)
+        )
+        if result.rowcount == 0:
+            raise AccountError(f"{member.address} is not a member of {org.address}")
+        rt.audit.record_in(
+            session, "admin", "admin", "", f"member remove {member.address} from {org.address}", "ok"
+        )
+
+
+async def list_members(rt: Runtime, org_address: str | None = None) -> list[Member]:
+    """The memberships of one shared mailbox, or of all, by shared mailbox then member."""
+    org_id = (await get_mailbox(rt, org_address)).id if org_address else None
+    shared, person = Mailbox.__table__.alias("shared"), Mailbox.__table__.alias("person")
+    q = (
+        select(shared.c.address, person.c.address, Membership.rights)
+        .join(shared, shared.c.id == Membership.mailbox_id)
+        .join(person, person.c.id == Membership.member_id)
+        .order_by(shared.c.address, person.c.address)
+    )
+    if org_id is not None:
+        q = q.where(Membership.mailbox_id == org_id)
+    async with rt.db.read() as session:
+        return [Member(*row) for row in (await session.execute(q)).all()]
+
+
+async def grant_send_as(rt: Runtime, org_address: str, member_address: str) -> None:
+    """Deprecated (``mailbox send-as``): a membership with the default rights, which include sending."""
+    await add_member(rt, org_address, member_address)
 
 
 async def send_as_addresses(rt: Runtime, mailbox_id: int) -> frozenset[str]:
-    """Every address the authenticated mailbox may send as: its own, and each ORG/CAB it was granted."""
+    """Every address the authenticated mailbox may send as: its own, and each ORG/CAB it is a member
+    of with the ``p`` right."""
     async with rt.db.read() as session:
         own = (await session.execute(select(Mailbox.address).where(Mailbox.id == mailbox_id))).scalar()
         if own is None:
             return frozenset()
         granted = await session.execute(
             select(Mailbox.address)
-            .join(SendAs, SendAs.mailbox_id == Mailbox.id)
-            .where(SendAs.member_id == mailbox_id)
+            .join(Membership, Membership.mailbox_id == Mailbox.id)
+            .where(Membership.member_id == mailbox_id, Membership.rights.contains(SEND_RIGHT))
         )
         return frozenset([own, *granted.scalars()])
 
@@ -384,6 +463,14 @@ async def send_as_addresses(rt: Runtime, mailbox_id: int) -> frozenset[str]:
 async def may_send_as(rt: Runtime, mailbox_id: int, address: str) -> bool:
     """The authenticated mailbox may use ``address`` as sender (MAIL FROM): see ``send_as_addresses``."""
     return _normalised(address) in await send_as_addresses(rt, mailbox_id)
+
+
+def acting_as(username: str | None, sender: str | None) -> str:
+    """The audit's " as member of ORG" when a person sends as a shared mailbox, else nothing: the
+    actor stays the person, the request names the ORG."""
+    if not username or not sender or _normalised(sender) == _normalised(username):
+        return ""
+    return f" as member of {_normalised(sender)}"
 
 
 def _normalised(address: str) -> str:

@@ -39,7 +39,16 @@ from mailserver.audit import Audit
 from mailserver.certauth import CertificateError, ClientCertificates
 from mailserver.credential_cache import CredentialCache
 from mailserver.db.engine import Database
-from mailserver.db.models import AppPassword, AuthFailure, Mailbox, MailboxCert, SendAs, utcnow
+from mailserver.db.models import (
+    READ_RIGHT,
+    SHARED_TYPES,
+    AppPassword,
+    AuthFailure,
+    Mailbox,
+    MailboxCert,
+    Membership,
+    utcnow,
+)
 from mailserver.metrics import UNSCRAPED, Metrics
 from mailserver.oauth import TokenError, TokenIdentity, TokenValidator
 from mailserver.revocation import RevocationChecker
@@ -56,6 +65,8 @@ class AuthOutcome:
     reason: str = ""  # or "unavailable": the identity provider could not be asked
     method: str = ""  # one of METHODS
     person: str = ""  # the address, the national identifier or the certificate subject
+    # A shared mailbox opened by a member: their own mailboxes, whose membership the session rechecks.
+    members: tuple[int, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -276,7 +287,9 @@ class Authenticator:
         await self.db.run_write(
             lambda s: self._give_back(s, account_key, ip_key, credential, event, mb), brief=True
         )
-        return AuthOutcome(mb.id, mb.address, method=verdict.method, person=verdict.person)
+        return AuthOutcome(
+            mb.id, mb.address, method=verdict.method, person=verdict.person, members=verdict.members
+        )
 
     # ------------------------------------------------------------------ passwords
 
@@ -495,11 +508,28 @@ class Authenticator:
         chosen = next((m for m in mailboxes if authzid is None or m.address == authzid), None)
         if chosen is None:
             return Verdict(None, "oauth", detail, reason=f"{authzid} is not a mailbox of this person")
-        return Verdict(chosen, "oauth", detail, person=identity.national_id)
+        members: tuple[int, ...] = ()
+        if chosen.type in SHARED_TYPES:  # the audit names the person and the shared mailbox
+            detail = f"{detail} as member of {chosen.address}"
+            members = tuple(m.id for m in mailboxes if m.type not in SHARED_TYPES)
+        return Verdict(chosen, "oauth", detail, person=identity.national_id, members=members)
+
+    async def still_member(self, shared_id: int, members: tuple[int, ...]) -> bool:
+        """Whether one of ``members`` still holds the ``r`` right on the shared mailbox: an open
+        session that a membership let in ends when the membership does."""
+        async with self.db.read() as session:
+            found = await session.execute(
+                select(Membership.member_id).where(
+                    Membership.mailbox_id == shared_id,
+                    Membership.member_id.in_(members),
+                    Membership.rights.contains(READ_RIGHT),
+                )
+            )
+            return found.first() is not None
 
     async def person_mailboxes(self, identity: TokenIdentity) -> list[Mailbox]:
         """The mailboxes a professional may open: their PER mailbox (by RPPS) first, then the ORG
-        mailboxes they were made a member of (``caducee mailbox send-as``)."""
+        and CAB mailboxes they are a member of with the ``r`` right (``caducee mailbox member add``)."""
         if identity.rpps is None:
             return []
         async with self.db.read() as session:
@@ -517,8 +547,12 @@ class Authenticator:
             shared = (
                 await session.execute(
                     select(Mailbox)
-                    .join(SendAs, SendAs.mailbox_id == Mailbox.id)
-                    .where(SendAs.member_id.in_([m.id for m in own]), Mailbox.type.in_(("ORG", "CAB")))
+                    .join(Membership, Membership.mailbox_id == Mailbox.id)
+                    .where(
+                        Membership.member_id.in_([m.id for m in own]),
+                        Membership.rights.contains(READ_RIGHT),
+                        Mailbox.type.in_(SHARED_TYPES),
+                    )
                     .order_by(Mailbox.address)
                 )
             ).scalars()
@@ -585,3 +619,4 @@ class Verdict:
     reason: str = ""
     app_id: int | None = None
     temporary: bool = False
+    members: tuple[int, ...] = ()

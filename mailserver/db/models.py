@@ -96,12 +96,25 @@ class Mailbox(Base):
     inactive_notice_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
-class SendAs(Base):
-    """``member`` may send as ``mailbox`` (an ORG mailbox shared by a service's staff)."""
+# RFC 4314 rights a member of an ORG/CAB mailbox may hold; "p" (post) here means sending as the ORG.
+ACL_RIGHTS = "lrswipkxtea"
+DEFAULT_MEMBER_RIGHTS = "lrswipkxte"
+READ_RIGHT = "r"  # opening the shared mailbox (a login naming it as authorization identity)
+SEND_RIGHT = "p"  # RFC 4314 "post": here, sending as the shared mailbox (envelope and From)
+SHARED_TYPES = ("ORG", "CAB")  # a service's or a practice's mailbox, shared by its people
 
-    __tablename__ = "send_as"
+
+class Membership(Base):
+    """``member`` (a person's mailbox) belongs to ``mailbox`` (an ORG or CAB mailbox shared by a
+    service's or a practice's staff) with RFC 4314 ``rights``: each person opens it as themselves."""
+
+    __tablename__ = "membership"
     mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailbox.id", ondelete="CASCADE"), primary_key=True)
-    member_id: Mapped[int] = mapped_column(ForeignKey("mailbox.id", ondelete="CASCADE"), primary_key=True)
+    member_id: Mapped[int] = mapped_column(
+        ForeignKey("mailbox.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    rights: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class AppPassword(Base):

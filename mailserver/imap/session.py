@@ -134,6 +134,7 @@ class Session(asyncio.Protocol):
         self._out: list[bytes] = []
         self._out_size = 0
         self._unsubscribe: object = None
+        self.members: tuple[int, ...] = ()  # a shared mailbox opened through these members' membership
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -324,8 +325,9 @@ class Session(asyncio.Protocol):
         self.receiver.utf8 = self.utf8
         return new
 
-    def authenticated(self, mailbox_id: int, address: str) -> None:
+    def authenticated(self, mailbox_id: int, address: str, members: tuple[int, ...] = ()) -> None:
         self.state = State.AUTHENTICATED
+        self.members = members
         self.mailbox_id = mailbox_id
         self.address = address
         self.raise_limits()
@@ -407,11 +409,25 @@ class Session(asyncio.Protocol):
             self.send(enc.status_response(None, "BAD", "unexpected continuation data"))
             await self.flush()
 
+    async def still_member(self) -> bool:
+        """A shared mailbox opened through a membership: BYE (audited) once the membership is gone,
+        at the next command of every session it opened."""
+        assert self.mailbox_id is not None
+        if await self.rt.auth.still_member(self.mailbox_id, self.members):
+            return True
+        await self.rt.audit.record(self.address, "logout", self.remote, "imap", "membership removed")
+        self.send(enc.status_response(None, "BYE", "you are no longer a member of this mailbox"))
+        await self.flush()
+        self.logout = True
+        return False
+
     async def dispatch(self, tag: str, body: CommandBody) -> None:
         """Run one command: state check, handler, pending updates, tagged completion (RFC 9051 §2.2.2)."""
         handler = REGISTRY.get(body.name)
         self.rt.metrics.command(self.service, body.name if handler is not None else "unknown")
         expunges = body.name not in _NO_EXPUNGE_DURING or bool(getattr(body, "uid", False))
+        if self.members and not await self.still_member():
+            return
         if handler is None:
             done = Done("unknown command", status="BAD")
         elif not handler.states & self.state:

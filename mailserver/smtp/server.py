@@ -137,6 +137,7 @@ class SMTPEnvelope(Envelope):
         self.recipients: list[Recipient] = []
         self.chunks: bytearray | None = None
         self.bdat_error: str | None = None
+        self.sent_copy: bytes | None = None  # submission: the message as sent, before S/MIME
 
 
 class SMTPSession(Session):
@@ -144,6 +145,7 @@ class SMTPSession(Session):
         super().__init__(loop)
         self.mailbox_id: int | None = None
         self.username: str | None = None
+        self.members: tuple[int, ...] = ()  # a shared mailbox opened through a membership (auth.py)
 
     # aiosmtpd logs a deprecation warning at every access of its own property; we only keep the value.
     @property

@@ -18,8 +18,9 @@ import email.utils
 from aiosmtpd.smtp import MISSING, AuthResult, auth_mechanism
 
 from directory.patients import display_address
-from mailserver import accounts, conversations, sasl
+from mailserver import accounts, conversations, sasl, sent
 from mailserver.auth import AuthOutcome
+from mailserver.db.models import SHARED_TYPES
 from mailserver.delivery import DeliveryResult
 from mailserver.headers import HeaderView, has_field, replace_field
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget, route_recipient
@@ -62,6 +63,7 @@ class SubmissionHandler(Handler):
                 return AuthResult(success=False, handled=False, message=server.recorded(refused))
             server.session.mailbox_id = outcome.mailbox_id
             server.session.username = outcome.address
+            server.session.members = outcome.members
             return AuthResult(success=True, auth_data=outcome.address)
         if outcome.reason == "locked":
             message = "454 4.7.0 too many failed attempts, try again later"
@@ -175,6 +177,9 @@ class SubmissionHandler(Handler):
             raise Refusal(530, "5.7.0", "authentication required")
         if not address:
             raise Refusal(550, "5.7.1", "a null sender is not accepted from mail clients")
+        members = server.session.members
+        if members and not await self.rt.auth.still_member(mailbox_id, members):
+            raise Refusal(530, "5.7.0", "no longer a member of this mailbox: authenticate again")
         if not await accounts.may_send_as(self.rt, mailbox_id, address):
             raise Refusal(550, "5.7.1", f"<{address}>: not an address {server.session.username} may send as")
 
@@ -223,16 +228,27 @@ class SubmissionHandler(Handler):
         if patient is not None:
             # Professionals see who writes, not a bare INS (directory issue: "DUPONT Marie (patiente)").
             data = replace_field(data, "From", patient)
+        env.sent_copy = data  # the sender's own copy stays readable by them (not encrypted to others)
         return await smime_service.prepare_for_sending(
             self.rt, sender_id, data, [r.address for r in env.recipients]
         )
 
     async def accepted(self, server: SMTPServer, result: DeliveryResult, reply: str) -> None:
+        """Before the 250: the sent copies (``[submission] save_sent``), then the audit of the send."""
         env = server.envelope
+        saving = self.rt.settings.submission.save_sent and env.sent_copy is not None
+        if saving and env.sent_copy is not None and server.session.mailbox_id is not None:
+            owners = [server.session.mailbox_id]
+            shared = await accounts.find_mailbox(self.rt, env.mail_from or "")
+            if shared is not None and shared.type in SHARED_TYPES:  # may_send_as let it through
+                owners.append(shared.id)
+            await sent.save_copies(self.rt, owners, env.sent_copy)
         await self.rt.audit.record(
             self.actor(server),
             "send",
             server.client_ip,
-            f"from <{env.mail_from}> to " + ", ".join(f"<{r.address}>" for r in env.recipients),
+            f"from <{env.mail_from}> to "
+            + ", ".join(f"<{r.address}>" for r in env.recipients)
+            + accounts.acting_as(server.session.username, env.mail_from),
             reply,
         )

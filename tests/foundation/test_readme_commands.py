@@ -257,6 +257,12 @@ def scenario(run: Cli, inst: Instance, pki: Any, tmp_path: Path) -> None:
     assert run.json("mailbox", "show", DUPONT)["enabled"] is False
     run("mailbox", "enable", DUPONT)
     run("mailbox", "send-as", MARTIN, SECRETARIAT)
+    assert "rights lrsp" in run("mailbox", "member", "add", SECRETARIAT, DUPONT, "--rights", "lrsp")
+    assert {"org": SECRETARIAT, "member": DUPONT, "rights": "lrsp"} in run.json(
+        "mailbox", "member", "list", SECRETARIAT
+    )
+    assert DUPONT in run("mailbox", "member", "list")
+    run("mailbox", "member", "remove", SECRETARIAT, DUPONT)
     assert "accepts app-password, oauth" in run("mailbox", "auth", DUPONT, "--allow", "oauth,app-password")
     assert run.json("mailbox", "show", DUPONT)["auth_methods"] == ["app-password", "oauth"]
     # The instance's own certificate (local CA = its peer_ca, EKU clientAuth) stands in for a DPI's.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mailserver import conversations
+from mailserver import conversations, sent
 from mailserver.imap.base import Done, Fail, State, command
 from mailserver.imap.catenate import catenate
 from mailserver.imap.protocol import encoder as enc
@@ -37,6 +37,12 @@ async def append(s: Session, tag: str, cmd: Append) -> Done:
         items.append((data, message.flags, message.internal_date))
     assert s.mailbox_id is not None
     try:
+        if len(items) == 1 and (
+            kept := await sent.appended_twice(s.rt, s.mailbox_id, cmd.mailbox, items[0][0])
+        ):
+            return Done(
+                "APPEND completed (already kept by submission)", enc.Code.appenduid(kept[0], [kept[1]])
+            )
         uidvalidity, uids = await s.rt.store.append(s.mailbox_id, cmd.mailbox, items)
     except FolderNotFound:
         raise Fail("NO", "no such mailbox", "TRYCREATE") from None

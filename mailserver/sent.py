@@ -1,0 +1,98 @@
+"""Sent copies (issue 16): what a user submits is kept in their ``\\Sent`` folder, and, for a member
+sending as an ORG/CAB mailbox, in that mailbox's ``\\Sent`` too, so the whole team sees what was
+answered (``[submission] save_sent``).
+
+Most clients also APPEND their own copy after sending. Both paths ask ``recent_copy`` first: a message
+with the same Message-ID stored in that ``\\Sent`` folder within ``[submission] sent_window`` stands for
+it, so neither order (submit then APPEND, or APPEND then submit) leaves two copies.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+
+from mailserver import quota
+from mailserver.db.models import Message, utcnow
+from mailserver.headers import HeaderView
+from mailserver.store.store import FolderInfo, StoreError
+
+if TYPE_CHECKING:
+    from mailserver.runtime import Runtime
+
+log = logging.getLogger("caducee.sent")
+
+SENT = "\\Sent"
+
+
+def message_id(data: bytes) -> str | None:
+    """The message's Message-ID without angle brackets or folding, or None when it has none."""
+    value = HeaderView.parse(data).get("Message-ID")
+    if not value:
+        return None
+    return "".join(value.split()).strip("<>") or None
+
+
+async def sent_folder(rt: Runtime, mailbox_id: int) -> FolderInfo | None:
+    """The mailbox's folder marked ``\\Sent`` (RFC 6154), the first one if several are."""
+    return next((f for f in await rt.store.folders(mailbox_id) if f.special_use == SENT), None)
+
+
+async def recent_copy(rt: Runtime, folder: FolderInfo, msgid: str) -> int | None:
+    """The UID of a message with Message-ID ``msgid`` stored in ``folder`` within ``sent_window``."""
+    since = utcnow() - dt.timedelta(seconds=rt.settings.submission.sent_window)
+    async with rt.db.read() as session:
+        rows = (
+            await session.execute(
+                select(Message.uid, Message.blob_id).where(
+                    Message.folder_id == folder.id, Message.internal_date >= since
+                )
+            )
+        ).all()
+    if not rows:
+        return None
+    metas = await rt.store.blob_metas(blob_id for _uid, blob_id in rows)
+    for uid, blob_id in rows:
+        stored = (metas[blob_id].get("headers") or {}).get("message_id")
+        if stored and stored.strip("<>") == msgid:
+            return int(uid)
+    return None
+
+
+async def save_copies(rt: Runtime, mailbox_ids: list[int], data: bytes) -> list[tuple[int, int]]:
+    """Store ``data`` (read: ``\\Seen``) in each mailbox's ``\\Sent`` unless a recent copy is there;
+    returns (mailbox id, UID) for each copy stored. A mailbox without ``\\Sent`` or over quota gets none
+    (the message was sent already: the copy never fails the sending)."""
+    if not rt.settings.submission.save_sent:
+        return []
+    msgid = message_id(data)
+    stored: list[tuple[int, int]] = []
+    for mailbox_id in dict.fromkeys(mailbox_ids):
+        folder = await sent_folder(rt, mailbox_id)
+        if folder is None or (msgid is not None and await recent_copy(rt, folder, msgid) is not None):
+            continue
+        try:
+            _validity, (uid,) = await rt.store.append(mailbox_id, folder.name, [(data, {"\\Seen"}, None)])
+        except (quota.OverQuota, StoreError) as exc:
+            log.warning("no sent copy for mailbox %s: %s", mailbox_id, exc)
+            continue
+        stored.append((mailbox_id, uid))
+    return stored
+
+
+async def appended_twice(
+    rt: Runtime, mailbox_id: int, folder_name: str, data: bytes
+) -> tuple[int, int] | None:
+    """An APPEND to ``\\Sent`` of a message submission already kept there: (UIDVALIDITY, UID) of that
+    copy, to answer with instead of storing a second; None when the APPEND is to be stored."""
+    msgid = message_id(data) if rt.settings.submission.save_sent else None
+    if msgid is None:
+        return None
+    folder = await rt.store.folder(mailbox_id, folder_name)
+    if folder.special_use != SENT:
+        return None
+    uid = await recent_copy(rt, folder, msgid)
+    return None if uid is None else (folder.uidvalidity, uid)

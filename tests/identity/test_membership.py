@@ -1,0 +1,198 @@
+"""Membership of ORG/CAB mailboxes (issue 16): RFC 4314 rights decide who opens a shared mailbox with
+their own token (the authorization identity) and who sends as it (``p``); the audit names both."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import imaplib
+import smtplib
+import ssl
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from mailserver import accounts
+from mailserver.accounts import AccountError
+from mailserver.db import migrate
+from tests.identity.conftest import CABINET, DURAND, DURAND_ID, MARTIN, MARTIN_ID, PASSWORD, SECRETARIAT, Env
+from tests.identity.provider import oauthbearer
+from tests.identity.test_bearer import bearer_imap
+
+MESSAGE = "From: {sender}\r\nTo: {to}\r\nSubject: membre\r\n\r\nBonjour.\r\n"
+
+
+def submit(port: int, ctx: ssl.SSLContext, login: str, sender: str, to: str) -> tuple[int, bytes]:
+    """smtplib over STARTTLS: AUTH PLAIN as ``login``, then MAIL FROM and From both ``sender``."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as c:
+        c.starttls(context=ctx)
+        c.login(login, PASSWORD)
+        try:
+            c.sendmail(sender, [to], MESSAGE.format(sender=sender, to=to).encode())
+        except smtplib.SMTPSenderRefused as exc:
+            return exc.smtp_code, exc.smtp_error
+        except smtplib.SMTPDataError as exc:
+            return exc.smtp_code, exc.smtp_error
+        return 250, b""
+
+
+async def test_members_are_listed_with_canonical_rights(env: Env) -> None:
+    await accounts.add_member(env.rt, SECRETARIAT, DURAND, "rl")
+    members = await accounts.list_members(env.rt, SECRETARIAT)
+    assert [(m.member, m.rights) for m in members] == [(DURAND, "lr"), (MARTIN, "lrswipkxte")]
+    assert {m.org for m in await accounts.list_members(env.rt)} == {SECRETARIAT, CABINET}
+
+
+@pytest.mark.parametrize(
+    ("org", "person", "rights", "why"),
+    [
+        (DURAND, MARTIN, "lr", "is not an ORG or CAB mailbox"),
+        (SECRETARIAT, CABINET, "lr", "members are people's mailboxes"),
+        (SECRETARIAT, DURAND, "lrz", "unknown right(s) 'z'"),
+    ],
+)
+async def test_refused_memberships(env: Env, org: str, person: str, rights: str, why: str) -> None:
+    with pytest.raises(AccountError, match=why.replace("(", r"\(").replace(")", r"\)")):
+        await accounts.add_member(env.rt, org, person, rights)
+
+
+async def test_send_as_follows_the_post_right(env: Env) -> None:
+    port, ctx = env.ports["submission"], env.client_context()
+    assert (await asyncio.to_thread(submit, port, ctx, DURAND, SECRETARIAT, MARTIN))[0] == 550
+    await accounts.add_member(env.rt, SECRETARIAT, DURAND, "lr")  # reading is not sending
+    code, text = await asyncio.to_thread(submit, port, ctx, DURAND, SECRETARIAT, MARTIN)
+    assert code == 550 and b"may send as" in text
+    await accounts.add_member(env.rt, SECRETARIAT, DURAND, "lrp")
+    assert (await asyncio.to_thread(submit, port, ctx, DURAND, SECRETARIAT, MARTIN))[0] == 250
+    sent = (await env.audit("send"))[-1]
+    assert sent.actor == DURAND and sent.request.endswith(f" as member of {SECRETARIAT}")
+    await accounts.remove_member(env.rt, SECRETARIAT, DURAND)
+    assert (await asyncio.to_thread(submit, port, ctx, DURAND, SECRETARIAT, MARTIN))[0] == 550
+    with pytest.raises(AccountError, match="is not a member"):
+        await accounts.remove_member(env.rt, SECRETARIAT, DURAND)
+
+
+async def test_header_from_follows_membership(env: Env) -> None:
+    """MAIL FROM as oneself, From: as the ORG: the header is checked against the same membership."""
+    port, ctx = env.ports["submission"], env.client_context()
+
+    def header_only() -> tuple[int, bytes]:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as c:
+            c.starttls(context=ctx)
+            c.login(DURAND, PASSWORD)
+            try:
+                c.sendmail(DURAND, [MARTIN], MESSAGE.format(sender=SECRETARIAT, to=MARTIN).encode())
+            except smtplib.SMTPDataError as exc:
+                return exc.smtp_code, exc.smtp_error
+            return 250, b""
+
+    assert (await asyncio.to_thread(header_only))[0] == 550
+    await accounts.add_member(env.rt, SECRETARIAT, DURAND, "p")
+    assert (await asyncio.to_thread(header_only))[0] == 250
+
+
+async def test_authzid_needs_the_read_right(env: Env) -> None:
+    token = env.provider.token(DURAND_ID)
+    assert (await bearer_imap(env, token, SECRETARIAT))[-1].startswith(b"a1 NO")
+    await accounts.add_member(env.rt, SECRETARIAT, DURAND, "p")
+    assert (await bearer_imap(env, token, SECRETARIAT))[-1].startswith(b"a1 NO")
+    await accounts.add_member(env.rt, SECRETARIAT, DURAND, "lr")
+    assert (await bearer_imap(env, token, SECRETARIAT))[-1].startswith(b"a1 OK")
+    login = (await env.audit("login"))[-1]
+    assert login.actor == SECRETARIAT and login.request.endswith(
+        f"person {DURAND_ID} as member of {SECRETARIAT})"
+    )
+
+
+async def test_grants_of_send_as_became_memberships(env: Env) -> None:
+    """The fixture grants with the deprecated ``grant_send_as``: a membership with sending."""
+    answers = await bearer_imap(env, env.provider.token(MARTIN_ID), CABINET)
+    assert answers[-1].startswith(b"a1 OK")
+    assert SECRETARIAT in await accounts.send_as_addresses(
+        env.rt, (await accounts.get_mailbox(env.rt, MARTIN)).id
+    )
+
+
+def test_migration_turns_send_as_grants_into_members(tmp_path: Path) -> None:
+    """0014 keeps every existing grant as a membership whose rights allow sending; downgrade keeps it."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/m.db"
+    migrate.upgrade(url, "0016")
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/m.db")
+    with engine.begin() as c:
+        c.execute(
+            sa.text(
+                "INSERT INTO domain (id, name, patients, created_at) VALUES (1, 'a.test', 0, '2026-01-01')"
+            )
+        )
+        for i, (address, kind) in enumerate([("org@a.test", "ORG"), ("per@a.test", "PER")], start=1):
+            c.execute(
+                sa.text(
+                    "INSERT INTO mailbox (id, domain_id, address, type, display_name, enabled,"
+                    " accepts_patient_first, used_bytes, used_messages, quota_warned, last_uidvalidity,"
+                    " created_at) VALUES (:i, 1, :a, :t, '', 1, 0, 0, 0, 0, 0, '2026-01-01')"
+                ),
+                {"i": i, "a": address, "t": kind},
+            )
+        c.execute(sa.text("INSERT INTO send_as (mailbox_id, member_id) VALUES (1, 2)"))
+    migrate.upgrade(url)
+    with engine.begin() as c:
+        (rights,) = c.execute(
+            sa.text("SELECT rights FROM membership WHERE mailbox_id = 1 AND member_id = 2")
+        ).one()
+    assert "p" in rights and "r" in rights
+    migrate.downgrade(url, "0016")
+    with engine.begin() as c:
+        assert c.execute(sa.text("SELECT mailbox_id, member_id FROM send_as")).all() == [(1, 2)]
+    engine.dispose()
+
+
+async def test_removing_a_member_ends_their_open_session(env: Env) -> None:
+    """A session a membership opened (token naming the ORG) gets BYE at its next command once the
+    membership is removed, while the ORG's own password session goes on."""
+    await accounts.add_member(env.rt, SECRETARIAT, DURAND, "lr")
+    ctx = env.client_context()
+
+    def connect() -> imaplib.IMAP4_SSL:
+        return imaplib.IMAP4_SSL("127.0.0.1", env.ports["imaps"], ssl_context=ctx, timeout=10)
+
+    member = await asyncio.to_thread(connect)
+    token = env.provider.token(DURAND_ID)
+    typ, _ = await asyncio.to_thread(
+        member.authenticate, "OAUTHBEARER", lambda _c: oauthbearer(token, SECRETARIAT)
+    )
+    assert typ == "OK"
+    own = await asyncio.to_thread(connect)
+    await asyncio.to_thread(own.login, SECRETARIAT, PASSWORD)
+    assert (await asyncio.to_thread(member.select, "INBOX"))[0] == "OK"
+    await accounts.remove_member(env.rt, SECRETARIAT, DURAND)
+    with pytest.raises(imaplib.IMAP4.abort, match="no longer a member"):
+        await asyncio.to_thread(member.noop)
+    assert (await asyncio.to_thread(own.select, "INBOX"))[0] == "OK"
+    await asyncio.to_thread(own.logout)
+    (event,) = [e for e in await env.audit("logout") if e.response == "membership removed"]
+    assert event.actor == SECRETARIAT
+
+
+async def test_removing_a_member_stops_their_open_submission_session(env: Env) -> None:
+    """A submission session opened with a token naming the ORG: MAIL is refused after the removal."""
+    await accounts.add_member(env.rt, SECRETARIAT, DURAND, "lrp")
+    loop = asyncio.get_running_loop()
+
+    def session() -> tuple[int, int]:
+        with smtplib.SMTP("127.0.0.1", env.ports["submission"], timeout=10) as c:
+            c.starttls(context=env.client_context())
+            c.ehlo("client.a.mssante.test")
+            token = env.provider.token(DURAND_ID)
+            code, _ = c.docmd(
+                "AUTH", "OAUTHBEARER " + base64.b64encode(oauthbearer(token, SECRETARIAT)).decode()
+            )
+            assert code == 235
+            first = c.mail(SECRETARIAT)[0]
+            c.rset()
+            asyncio.run_coroutine_threadsafe(
+                accounts.remove_member(env.rt, SECRETARIAT, DURAND), loop
+            ).result()
+            return first, c.mail(SECRETARIAT)[0]
+
+    assert await asyncio.to_thread(session) == (250, 530)
