@@ -8,7 +8,10 @@ import base64
 import email
 import email.policy
 import imaplib
+import re
+import shlex
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,6 +24,7 @@ from tests.api.conftest import API, DPI
 from tests.imap.conftest import MARTIN, PASSWORD, SECRETARIAT
 from tests.imap.helpers import tls_client
 
+README = Path(__file__).resolve().parents[2] / "README.md"
 PDF = b"%PDF-1.4 compte rendu\n" + bytes(range(256))
 
 
@@ -205,3 +209,22 @@ async def test_remote_recipient_queued_then_bounced_with_its_reply(api: API) -> 
             state = {x["address"]: x for x in (await r.json())["recipients"]}
     assert state["dr.bernard@b.mssante.test"]["state"] == "bounced"
     assert "unknown user" in state["dr.bernard@b.mssante.test"]["detail"]
+
+
+async def test_the_readme_curl_example_sends(api: API, tmp_path: Path) -> None:
+    """The README's curl command, as written, with this listener's address and DPI's password."""
+    section = README.read_text(encoding="utf-8").split("### Sending API for hospital software", 1)[1]
+    command = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert command is not None
+    line = command[1].replace("\\\n", " ").replace("APP-PASSWORD", api.secret)
+    line = line.replace("http://127.0.0.1:8080", api.url)
+    await asyncio.to_thread((tmp_path / "cr.pdf").write_bytes, PDF)
+    proc = await asyncio.create_subprocess_exec(
+        *shlex.split(line), "-sS", "-w", "\n%{http_code}", cwd=tmp_path, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0 and out.decode().rsplit("\n", 1)[1] == "202", out
+    [msg] = await asyncio.to_thread(fetch_inbox, api, MARTIN)
+    assert msg["Subject"] == "Compte rendu"
+    [att] = list(msg.iter_attachments())
+    assert att.get_filename() == "cr.pdf" and att.get_content() == PDF
