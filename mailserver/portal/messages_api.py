@@ -28,6 +28,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -251,7 +252,7 @@ async def _read(request: web.Request) -> Submission:
             return await _multipart(request, limit)
     except web.HTTPRequestEntityTooLarge:
         raise Problem(413, "Message trop volumineux", f"au plus {limit} octets") from None
-    except ValueError as exc:  # malformed multipart
+    except (ValueError, HttpProcessingError) as exc:  # malformed multipart (bad part headers too)
         raise Problem(400, "Requête invalide", f"multipart invalide: {exc}"[:200]) from None
     raise Problem(415, "Type non pris en charge", "application/json ou multipart/form-data attendu")
 

@@ -228,3 +228,14 @@ async def test_the_readme_curl_example_sends(api: API, tmp_path: Path) -> None:
     assert msg["Subject"] == "Compte rendu"
     [att] = list(msg.iter_attachments())
     assert att.get_filename() == "cr.pdf" and att.get_content() == PDF
+
+
+async def test_malformed_multipart_part_headers_are_a_problem_not_a_crash(api: API) -> None:
+    """Found by the fuzzer: a part header aiohttp cannot parse (a raw control byte) was a 500."""
+    body = b'--XX\r\nContent-Disposition: form-data; name="\xc2\xb4\x15"\r\n\r\nv\r\n--XX--\r\n'
+    headers = {**api.auth(), "Content-Type": "multipart/form-data; boundary=XX"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{api.url}/api/v1/messages", data=body, headers=headers) as r,
+    ):
+        assert r.status == 400 and r.content_type == "application/problem+json"
