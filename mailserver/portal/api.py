@@ -643,6 +643,85 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/api/v1/mailboxes/{address}/messages": {
+            "get": {
+                "summary": "Messages arrivés dans la boîte (INBOX) après le curseur",
+                "operationId": "listArrivals",
+                "security": _API_SECURED,
+                "parameters": [
+                    {"name": "address", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "since", "in": "query", "required": False, "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["messages", "cursor"],
+                            "properties": {
+                                "cursor": {"type": "string"},
+                                "messages": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "properties": {
+                                            "uid": {"type": "integer"},
+                                            "received_at": {"type": "string", "format": "date-time"},
+                                            "size": {"type": "integer"},
+                                            "from": {"type": "string"},
+                                            "subject": {"type": "string"},
+                                            "message_id": {"type": "string"},
+                                            "attachments": {"type": "array", "items": _ref("Attachment")},
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                        "Arrivées, 100 au plus, la plus ancienne d'abord",
+                    ),
+                    "400": _problem("Curseur invalide"),
+                    "401": _problem("Non authentifié"),
+                    "403": _problem("Boîte d'un autre"),
+                },
+            }
+        },
+        "/api/v1/mailboxes/{address}/messages/{uid}/raw": {
+            "get": {
+                "summary": "Le message brut (RFC 5322)",
+                "operationId": "getRawArrival",
+                "security": _API_SECURED,
+                "parameters": [
+                    {"name": "address", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "uid", "in": "path", "required": True, "schema": {"type": "integer"}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "Le message",
+                        "content": {"message/rfc822": {"schema": {"type": "string"}}},
+                    },
+                    "401": _problem("Non authentifié"),
+                    "403": _problem("Boîte d'un autre"),
+                    "404": _problem("Introuvable"),
+                },
+            }
+        },
+        "/api/v1/mailboxes/{address}/messages/{uid}/attachments/{n}": {
+            "get": {
+                "summary": "Une pièce jointe d'un message arrivé",
+                "operationId": "getArrivalAttachment",
+                "security": _API_SECURED,
+                "parameters": [
+                    {"name": "address", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "uid", "in": "path", "required": True, "schema": {"type": "integer"}},
+                    {"name": "n", "in": "path", "required": True, "schema": {"type": "integer"}},
+                ],
+                "responses": {
+                    "200": {"description": "Le contenu", "content": {"*/*": {"schema": {"type": "string"}}}},
+                    "401": _problem("Non authentifié"),
+                    "403": _problem("Boîte d'un autre"),
+                    "404": _problem("Introuvable"),
+                },
+            }
+        },
         "/api/conversations": {
             "get": {
                 "summary": "Conversations regroupées par professionnel",

@@ -34,13 +34,16 @@ from sqlalchemy.orm import Session
 
 from mailserver import accounts, conversations
 from mailserver.api_models import APIMessage, APIRecipient
+from mailserver.db.models import Folder, Message
 from mailserver.headers import HeaderView
 from mailserver.policy import LocalTarget, Refusal
+from mailserver.portal import service
 from mailserver.portal.api import Unauthenticated, credentials
-from mailserver.portal.http import RT, remote
+from mailserver.portal.http import RT, download_response, remote
 from mailserver.queue.models import QueueRecipient
 from mailserver.smtp.server import Recipient
 from mailserver.smtp.submission import check_recipient, prepare_message
+from mailserver.store import mime
 from mailserver.store.store import DeliveryResult as StoreResult
 from mailserver.submit import commit_message
 
@@ -420,7 +423,114 @@ async def message_state(request: web.Request) -> web.StreamResponse:
     return web.json_response({"id": public_id, **await _state(request, caller, public_id)})
 
 
+LIST_LIMIT = 100
+
+
+async def _inbox_message(request: web.Request, caller: Caller) -> tuple[int, dict[str, Any]] | None:
+    """(blob id, meta) of INBOX message ``uid`` of the caller's own mailbox."""
+    try:
+        uid = int(request.match_info["uid"])
+    except ValueError:
+        return None
+    async with request.app[RT].db.read() as session:
+        blob_id = (
+            await session.execute(
+                select(Message.blob_id)
+                .join(Folder, Folder.id == Message.folder_id)
+                .where(Folder.mailbox_id == caller.mailbox_id, Folder.name == "INBOX", Message.uid == uid)
+            )
+        ).scalar_one_or_none()
+    if blob_id is None:
+        return None
+    return blob_id, await request.app[RT].store.blob_meta(blob_id)
+
+
+def _own(request: web.Request, caller: Caller) -> None:
+    if request.match_info["address"].strip().lower() != caller.address.lower():
+        raise Problem(403, "Refusé", f"{caller.address} ne lit que sa propre boîte")
+
+
+async def list_messages(request: web.Request) -> web.StreamResponse:
+    """What arrived in INBOX after the ``since`` cursor (a UID), oldest first, at most 100 per call."""
+    caller = await _caller(request)
+    _own(request, caller)
+    try:
+        since = int(request.query.get("since", "0"))
+    except ValueError:
+        raise Problem(400, "Requête invalide", "since doit être un curseur rendu par cette liste") from None
+    rt = request.app[RT]
+    async with rt.db.read() as session:
+        rows = (
+            await session.execute(
+                select(Message.uid, Message.blob_id, Message.internal_date, Message.size)
+                .join(Folder, Folder.id == Message.folder_id)
+                .where(Folder.mailbox_id == caller.mailbox_id, Folder.name == "INBOX", Message.uid > since)
+                .order_by(Message.uid)
+                .limit(LIST_LIMIT)
+            )
+        ).all()
+    metas = await rt.store.blob_metas(r.blob_id for r in rows)
+    out = []
+    for r in rows:
+        meta = metas[r.blob_id]
+        fields = meta.get("headers", {})
+        out.append(
+            {
+                "uid": r.uid,
+                "received_at": r.internal_date.isoformat(),
+                "size": r.size,
+                "from": fields.get("from") or "",
+                "subject": fields.get("subject") or "",
+                "message_id": fields.get("message_id") or "",
+                "attachments": [info.as_dict() for info, _p, _n in service.attachment_parts(meta)],
+            }
+        )
+    await rt.audit.read(caller.address, remote(request), "api", f"INBOX list since {since}")
+    return web.json_response({"messages": out, "cursor": str(rows[-1].uid if rows else since)})
+
+
+async def raw_message(request: web.Request) -> web.StreamResponse:
+    caller = await _caller(request)
+    _own(request, caller)
+    found = await _inbox_message(request, caller)
+    if found is None:
+        raise Problem(404, "Introuvable", "aucun message sous cet identifiant")
+    raw = await request.app[RT].store.read_blob(found[0])
+    await request.app[RT].audit.read(
+        caller.address, remote(request), "api", f"INBOX message {request.match_info['uid']}"
+    )
+    return download_response(
+        service.Download(f"message-{request.match_info['uid']}.eml", "message/rfc822", raw)
+    )
+
+
+async def message_attachment(request: web.Request) -> web.StreamResponse:
+    caller = await _caller(request)
+    _own(request, caller)
+    found = await _inbox_message(request, caller)
+    parts = service.attachment_parts(found[1]) if found else []
+    wanted = [p for p in parts if str(p[0].n) == request.match_info["n"]]
+    if found is None or not wanted:
+        raise Problem(404, "Introuvable", "aucune pièce jointe sous ce numéro")
+    info, path, node = wanted[0]
+    rt = request.app[RT]
+    raw = await rt.store.read_blob(found[0])
+    data = mime.binary_section(raw, found[1], path)
+    await rt.audit.read(
+        caller.address,
+        remote(request),
+        "api download",
+        f"INBOX message {request.match_info['uid']} attachment {info.n}",
+    )
+    body = raw[node["part"][2] : node["part"][3]] if data is None else data
+    return download_response(service.Download(info.filename, info.content_type, body))
+
+
 def setup(app: web.Application) -> None:
     app[RATE] = collections.defaultdict(collections.deque)
     app.router.add_post("/api/v1/messages", audited("api-send")(send_message))
     app.router.add_get("/api/v1/messages/{id}", audited("api-read")(message_state))
+    mailbox = "/api/v1/mailboxes/{address}/messages"
+    app.router.add_get(mailbox, audited("api-read")(list_messages))
+    app.router.add_get(mailbox + "/{uid}/raw", audited("api-read")(raw_message))
+    app.router.add_get(mailbox + "/{uid}/attachments/{n}", audited("api-read")(message_attachment))

@@ -239,3 +239,50 @@ async def test_malformed_multipart_part_headers_are_a_problem_not_a_crash(api: A
         http.post(f"{api.url}/api/v1/messages", data=body, headers=headers) as r,
     ):
         assert r.status == 400 and r.content_type == "application/problem+json"
+
+
+async def test_arrivals_listed_by_cursor_with_raw_and_attachment_downloads(api: API) -> None:
+    """MARTIN's software, without IMAP: what arrived since its cursor, then the raw message and the file."""
+    body = {
+        "from": DPI,
+        "to": [MARTIN],
+        "subject": "Résultats",
+        "text": "t",
+        "attachments": [
+            {"filename": "r.pdf", "content_type": "application/pdf", "data": base64.b64encode(PDF).decode()}
+        ],
+    }
+    martin = api.auth(MARTIN, PASSWORD)
+    base = f"{api.url}/api/v1/mailboxes/{MARTIN}/messages"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{api.url}/api/v1/messages", json=body, headers=api.auth()) as r:
+            assert r.status == 202
+        async with http.get(base, headers=martin) as r:
+            assert r.status == 200
+            listing = await r.json()
+        [item] = listing["messages"]
+        assert item["subject"] == "Résultats" and item["attachments"][0]["filename"] == "r.pdf"
+        async with http.get(base, params={"since": listing["cursor"]}, headers=martin) as r:
+            assert (await r.json())["messages"] == []
+        async with http.get(f"{base}/{item['uid']}/raw", headers=martin) as r:
+            assert r.status == 200 and r.content_type == "message/rfc822"
+            raw = await r.read()
+        assert email.message_from_bytes(raw, policy=email.policy.default)["Subject"] == "Résultats"
+        async with http.get(f"{base}/{item['uid']}/attachments/1", headers=martin) as r:
+            assert r.status == 200 and await r.read() == PDF
+        async with http.get(f"{base}/{item['uid']}/attachments/2", headers=martin) as r:
+            assert r.status == 404 and r.content_type == "application/problem+json"
+        # Another mailbox's arrivals are not DPI's to read.
+        async with http.get(base, headers=api.auth()) as r:
+            assert r.status == 403 and r.content_type == "application/problem+json"
+    async with api.rt.db.read() as session:
+        reads = (
+            (
+                await session.execute(
+                    select(AuditEvent.request).where(AuditEvent.action == "read", AuditEvent.actor == MARTIN)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert any("attachment 1" in r for r in reads) and any(r.startswith("api INBOX message") for r in reads)
