@@ -200,6 +200,15 @@ class PortalSettings:
 
 
 @dataclass
+class APISettings:
+    """The sending API (``/api/v1/``) on the portal listener: per-mailbox rate and message limits."""
+
+    messages_per_minute: int = 60
+    max_recipients: int = 100
+    max_body_size: Size = 25 * 1024**2
+
+
+@dataclass
 class AdminSettings:
     """The operator's HTTP listener: ``/healthz``, ``/readyz``, ``/metrics`` (mailserver/admin.py).
 
@@ -418,6 +427,7 @@ class Settings:
     submission: SubmissionSettings = field(default_factory=SubmissionSettings)
     imap: IMAPSettings = field(default_factory=IMAPSettings)
     portal: PortalSettings = field(default_factory=PortalSettings)
+    api: APISettings = field(default_factory=APISettings)
     ldap: LDAPSettings = field(default_factory=LDAPSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)

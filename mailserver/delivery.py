@@ -26,7 +26,10 @@ from mailserver.store.store import PreparedBlob
 
 # enqueue(session, blob_id, sender, remote recipients with their options) inside the commit transaction
 # (synchronous code: see ``Store.deliver``).
-EnqueueHook = Callable[[Session, int, str, list[tuple[RemoteTarget, dict[str, Any]]]], None]
+# It returns the queue entry's id (None when it keeps none).
+EnqueueHook = Callable[[Session, int, str, list[tuple[RemoteTarget, dict[str, Any]]]], int | None]
+# on_commit(session, blob_id, store result, queue entry id): a caller's rows in the same transaction.
+OnCommit = Callable[[Session, int, StoreResult, int | None], None]
 
 
 @dataclass
@@ -41,13 +44,20 @@ class DeliveryResult:
 
 class Delivery:
     def __init__(
-        self, rt: Runtime, sender: str, source: str, remote_addr: str = "", enqueue: EnqueueHook | None = None
+        self,
+        rt: Runtime,
+        sender: str,
+        source: str,
+        remote_addr: str = "",
+        enqueue: EnqueueHook | None = None,
+        on_commit: OnCommit | None = None,
     ) -> None:
         self.rt = rt
         self.sender = sender
         self.source = source
         self.remote_addr = remote_addr
         self.enqueue = enqueue
+        self.on_commit = on_commit
         self.local: dict[int, LocalTarget] = {}
         self.remote: list[tuple[RemoteTarget, dict[str, Any]]] = []
         self.prepared: PreparedBlob | None = None
@@ -77,11 +87,15 @@ class Delivery:
             raise RuntimeError("commit() before body()")
         prepared, self.prepared = self.prepared, None
         remote = list(self.remote)
-        enqueue = self.enqueue
+        enqueue, on_commit = self.enqueue, self.on_commit
 
         def in_transaction(session: Session, blob_id: int, stored: StoreResult) -> None:
-            assert enqueue is not None  # add_remote refuses remote recipients without a queue
-            enqueue(session, blob_id, self.sender, remote)
+            entry = None
+            if remote:
+                assert enqueue is not None  # add_remote refuses remote recipients without a queue
+                entry = enqueue(session, blob_id, self.sender, remote)
+            if on_commit is not None:
+                on_commit(session, blob_id, stored, entry)
 
         request = f"from <{self.sender}> via {self.source}"
         stored = await self.rt.store.deliver(
@@ -90,7 +104,7 @@ class Delivery:
             folder=self.folder,
             flags=self.flags,
             extra_refs=1 if remote else 0,
-            in_transaction=in_transaction if remote else None,
+            in_transaction=in_transaction if remote or on_commit else None,
             trace=(self.remote_addr, request),
         )
         result = DeliveryResult(blob_id=stored.blob_id, queued=[t.address for t, _ in remote])

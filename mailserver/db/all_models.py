@@ -1,7 +1,7 @@
 """Imports every module that declares tables, so ``Base.metadata`` is complete (for Alembic)."""
 
 from directory import models as directory_models
-from mailserver import conversation_models
+from mailserver import api_models, conversation_models
 from mailserver.db import models
 from mailserver.db.models import Base
 from mailserver.queue import models as queue_models
@@ -10,6 +10,7 @@ from smime import models as smime_models
 
 __all__ = [
     "Base",
+    "api_models",
     "conversation_models",
     "directory_models",
     "identity_models",

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 import directory.search
+from mailserver.auth import AuthOutcome
 from mailserver.portal import service
 from mailserver.portal.http import (
     ENQUEUE,
@@ -192,26 +193,30 @@ def _is_jwt(token: str) -> bool:
     return token.count(".") == 2
 
 
-async def _directory_user(request: web.Request) -> str:
-    """Who asks: a professional by a Pro Santé Connect bearer token (RFC 6750, when ``[oauth]`` is
-    configured: their PER mailbox), a mailbox by HTTP Basic credentials (mail clients, scripts), or a
-    portal session."""
+class Unauthenticated(Exception):
+    """Credentials were given and refused (``status`` 401, or 503 when the identity provider is away)."""
+
+    def __init__(self, status: int, message: str, challenge: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.challenge = challenge
+
+
+async def credentials(request: web.Request, service: str) -> AuthOutcome | None:
+    """The mailbox the request's ``Authorization`` names: a Pro Santé Connect bearer token (RFC 6750,
+    when ``[oauth]`` is configured) or HTTP Basic with the mailbox's (application) password; None
+    without either. Raises Unauthenticated when they are refused (audited by ``rt.auth``)."""
     auth = request.headers.get("Authorization", "")
     rt = request.app[RT]
     token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
     if token and _is_jwt(token) and rt.auth.tokens_enabled:
-        outcome = await rt.auth.authenticate_token(token, None, remote(request), "directory-api", "Bearer")
+        outcome = await rt.auth.authenticate_token(token, None, remote(request), service, "Bearer")
         if outcome.reason == "unavailable":
-            raise web.HTTPServiceUnavailable(
-                text='{"error": "fournisseur d\'identité injoignable"}', content_type="application/json"
-            )
+            raise Unauthenticated(503, "fournisseur d'identité injoignable")
         if not outcome.ok or outcome.address is None:
-            raise web.HTTPUnauthorized(
-                text='{"error": "jeton refusé"}',
-                content_type="application/json",
-                headers={"WWW-Authenticate": 'Bearer realm="Caducee", error="invalid_token"'},
-            )
-        return outcome.address
+            raise Unauthenticated(401, "jeton refusé", 'Bearer realm="Caducee", error="invalid_token"')
+        return outcome
     if auth.lower().startswith("basic "):
         try:
             user, _, password = (
@@ -219,15 +224,33 @@ async def _directory_user(request: web.Request) -> str:
             )
         except (binascii.Error, UnicodeDecodeError):
             user, password = "", ""
-        outcome = await request.app[RT].auth.authenticate(user, password, remote(request), "directory-api")
+        outcome = await rt.auth.authenticate(user, password, remote(request), service)
         if not outcome.ok or outcome.address is None:
-            raise web.HTTPUnauthorized(
-                text='{"error": "identifiants refusés"}',
-                content_type="application/json",
-                headers={"WWW-Authenticate": 'Basic realm="Caducee", charset="UTF-8"'},
-            )
+            raise Unauthenticated(401, "identifiants refusés", 'Basic realm="Caducee", charset="UTF-8"')
+        return outcome
+    return None
+
+
+async def _directory_user(request: web.Request) -> str:
+    """Who asks: a professional by bearer token or HTTP Basic (``credentials``), or a portal session."""
+    try:
+        outcome = await credentials(request, "directory-api")
+    except Unauthenticated as exc:
+        headers = {"WWW-Authenticate": exc.challenge} if exc.challenge else None
+        raise _http_error(exc.status, exc.message, headers) from None
+    if outcome is not None:
+        assert outcome.address is not None
         return outcome.address
     return (await _session(request)).address
+
+
+def _http_error(status: int, message: str, headers: dict[str, str] | None) -> web.HTTPException:
+    cls = web.HTTPServiceUnavailable if status == 503 else web.HTTPUnauthorized
+    return cls(
+        text=json.dumps({"error": message}, ensure_ascii=False),
+        content_type="application/json",
+        headers=headers,
+    )
 
 
 async def directory_search(request: web.Request) -> web.StreamResponse:
@@ -271,6 +294,25 @@ _ERRORS = {
 }
 _SECURED = [{"bearer": []}, {"cookie": []}]
 
+_API_SECURED = [{"basic": []}, {"proSanteConnect": []}]
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/problem+json": {"schema": _ref("Problem")}}}
+
+
+_SEND_PROBLEMS = {
+    "400": "Requête invalide",
+    "401": "Non authentifié",
+    "403": "Expéditeur non autorisé",
+    "413": "Message trop volumineux",
+    "415": "Type de contenu non pris en charge",
+    "422": "Destinataire refusé",
+    "429": "Trop de messages pour cette boîte",
+    "503": "Refus temporaire",
+    "507": "Boîte du destinataire pleine",
+}
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -292,6 +334,88 @@ OPENAPI: dict[str, Any] = {
             "cookie": {"type": "apiKey", "in": "cookie", "name": "caducee_session"},
         },
         "schemas": {
+            "Problem": {
+                "type": "object",
+                "description": "RFC 9457 (application/problem+json)",
+                "required": ["type", "title", "status", "detail"],
+                "properties": {
+                    "type": {"type": "string"},
+                    "title": {"type": "string"},
+                    "status": {"type": "integer"},
+                    "detail": {"type": "string"},
+                    "recipient": {"type": "string", "description": "Le destinataire refusé"},
+                    "smtp": {"type": "string", "description": "La réponse SMTP équivalente"},
+                },
+            },
+            "OutgoingMessage": {
+                "type": "object",
+                "required": ["from"],
+                "properties": {
+                    "from": {"type": "string", "format": "email"},
+                    "to": {"type": "array", "items": {"type": "string", "format": "email"}},
+                    "cc": {"type": "array", "items": {"type": "string", "format": "email"}},
+                    "subject": {"type": "string"},
+                    "text": {"type": "string"},
+                    "html": {"type": "string"},
+                    "attachments": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["data"],
+                            "properties": {
+                                "filename": {"type": "string"},
+                                "content_type": {"type": "string"},
+                                "data": {"type": "string", "contentEncoding": "base64"},
+                            },
+                        },
+                    },
+                },
+            },
+            "OutgoingMultipart": {
+                "type": "object",
+                "required": ["from"],
+                "properties": {
+                    "from": {"type": "string"},
+                    "to": {"type": "array", "items": {"type": "string"}},
+                    "cc": {"type": "array", "items": {"type": "string"}},
+                    "subject": {"type": "string"},
+                    "text": {"type": "string"},
+                    "html": {"type": "string"},
+                    "attachments": {
+                        "type": "array",
+                        "items": {"type": "string", "contentMediaType": "application/octet-stream"},
+                    },
+                },
+            },
+            "MessageState": {
+                "type": "object",
+                "required": ["id", "from", "created_at", "recipients"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "from": {"type": "string"},
+                    "created_at": {"type": "string", "format": "date-time"},
+                    "recipients": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["address", "state", "detail"],
+                            "properties": {
+                                "address": {"type": "string"},
+                                "state": {
+                                    "type": "string",
+                                    "enum": ["delivered", "queued", "sent", "relayed", "bounced"],
+                                },
+                                "detail": {
+                                    "type": "string",
+                                    "description": "Dernière réponse (texte du DSN)",
+                                },
+                                "attempts": {"type": "integer"},
+                                "next_attempt": {"type": "string", "format": "date-time"},
+                            },
+                        },
+                    },
+                },
+            },
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
             "DirectoryEntry": {
                 "type": "object",
@@ -485,6 +609,116 @@ OPENAPI: dict[str, Any] = {
                     "200": _json({"type": "array", "items": _ref("DirectoryEntry")}, "Entrées trouvées"),
                     "400": _json(_ref("Error"), "Requête invalide"),
                     "401": _ERRORS["401"],
+                },
+            }
+        },
+        "/api/v1/messages": {
+            "post": {
+                "summary": "Envoyer un message (logiciel métier, boîte applicative)",
+                "operationId": "sendMessage",
+                "security": _API_SECURED,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": _ref("OutgoingMessage")},
+                        "multipart/form-data": {"schema": _ref("OutgoingMultipart")},
+                    },
+                },
+                "responses": {
+                    "202": _json(_ref("MessageState"), "Message accepté, durable"),
+                    **{code: _problem(text) for code, text in _SEND_PROBLEMS.items()},
+                },
+            }
+        },
+        "/api/v1/messages/{id}": {
+            "get": {
+                "summary": "État d'un message envoyé, par destinataire",
+                "operationId": "getMessageState",
+                "security": _API_SECURED,
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": _json(_ref("MessageState"), "État"),
+                    "401": _problem("Non authentifié"),
+                    "404": _problem("Introuvable"),
+                },
+            }
+        },
+        "/api/v1/mailboxes/{address}/messages": {
+            "get": {
+                "summary": "Messages arrivés dans la boîte (INBOX) après le curseur",
+                "operationId": "listArrivals",
+                "security": _API_SECURED,
+                "parameters": [
+                    {"name": "address", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "since", "in": "query", "required": False, "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["messages", "cursor"],
+                            "properties": {
+                                "cursor": {"type": "string"},
+                                "messages": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "properties": {
+                                            "uid": {"type": "integer"},
+                                            "received_at": {"type": "string", "format": "date-time"},
+                                            "size": {"type": "integer"},
+                                            "from": {"type": "string"},
+                                            "subject": {"type": "string"},
+                                            "message_id": {"type": "string"},
+                                            "attachments": {"type": "array", "items": _ref("Attachment")},
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                        "Arrivées, 100 au plus, la plus ancienne d'abord",
+                    ),
+                    "400": _problem("Curseur invalide"),
+                    "401": _problem("Non authentifié"),
+                    "403": _problem("Boîte d'un autre"),
+                },
+            }
+        },
+        "/api/v1/mailboxes/{address}/messages/{uid}/raw": {
+            "get": {
+                "summary": "Le message brut (RFC 5322)",
+                "operationId": "getRawArrival",
+                "security": _API_SECURED,
+                "parameters": [
+                    {"name": "address", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "uid", "in": "path", "required": True, "schema": {"type": "integer"}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "Le message",
+                        "content": {"message/rfc822": {"schema": {"type": "string"}}},
+                    },
+                    "401": _problem("Non authentifié"),
+                    "403": _problem("Boîte d'un autre"),
+                    "404": _problem("Introuvable"),
+                },
+            }
+        },
+        "/api/v1/mailboxes/{address}/messages/{uid}/attachments/{n}": {
+            "get": {
+                "summary": "Une pièce jointe d'un message arrivé",
+                "operationId": "getArrivalAttachment",
+                "security": _API_SECURED,
+                "parameters": [
+                    {"name": "address", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "uid", "in": "path", "required": True, "schema": {"type": "integer"}},
+                    {"name": "n", "in": "path", "required": True, "schema": {"type": "integer"}},
+                ],
+                "responses": {
+                    "200": {"description": "Le contenu", "content": {"*/*": {"schema": {"type": "string"}}}},
+                    "401": _problem("Non authentifié"),
+                    "403": _problem("Boîte d'un autre"),
+                    "404": _problem("Introuvable"),
                 },
             }
         },

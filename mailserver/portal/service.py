@@ -513,7 +513,8 @@ def _decode(raw: bytes, meta: dict[str, Any], path: list[int], node: dict[str, A
     return decode_text(data, _param(node.get("params"), "charset"))
 
 
-def _attachments(meta: dict[str, Any]) -> list[tuple[AttachmentInfo, list[int], dict[str, Any]]]:
+def attachment_parts(meta: dict[str, Any]) -> list[tuple[AttachmentInfo, list[int], dict[str, Any]]]:
+    """A message's attachments (signatures left out), numbered from 1, with their MIME part."""
     out = []
     for path, node in _leaves(meta["bodystructure"], []):
         if (node["type"], node["subtype"]) in SIGNATURE_TYPES or not _is_attachment(node):
@@ -583,7 +584,7 @@ async def read_conversation(
                 meta["headers"].get("subject") or "",
                 _body_text(raw, meta),
                 m.direction == "in" and not seen[m.blob_id][2],
-                [info for info, _p, _n in _attachments(meta)],
+                [info for info, _p, _n in attachment_parts(meta)],
             )
         )
     if mark_read:
@@ -625,7 +626,7 @@ async def attachment(
     if row is None or row not in seen:
         raise PortalError(404, "Cette pièce jointe n'existe pas.")
     meta = await rt.store.blob_meta(row)
-    found = [a for a in _attachments(meta) if a[0].n == n]
+    found = [a for a in attachment_parts(meta) if a[0].n == n]
     if not found:
         raise PortalError(404, "Cette pièce jointe n'existe pas.")
     info, path, node = found[0]

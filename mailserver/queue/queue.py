@@ -37,6 +37,7 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from mailserver import storage_faults
+from mailserver.api_models import APIRecipient
 from mailserver.db.models import utcnow
 from mailserver.delivery import EnqueueHook
 from mailserver.logs import log_event, private, reply_code
@@ -116,7 +117,7 @@ class Queue:
             blob_id: int,
             sender: str,
             remote: list[tuple[RemoteTarget, dict[str, Any]]],
-        ) -> None:
+        ) -> int:
             now = utcnow()
             msg = QueueMessage(
                 blob_id=blob_id,
@@ -144,6 +145,7 @@ class Queue:
                         updated_at=now,
                     )
                 )
+            return msg.id
 
         return hook
 
@@ -280,6 +282,12 @@ class Queue:
             )
             if left.scalar_one():
                 raise _Gone
+            for r in rows:  # final outcomes (read above, final ones never change) outlive the entry
+                session.execute(
+                    update(APIRecipient)
+                    .where(APIRecipient.queue_message_id == message_id, APIRecipient.address == r.address)
+                    .values(state="bounced" if r.status == "failed" else r.status, detail=r.last_reply)
+                )
             session.execute(delete(QueueRecipient).where(QueueRecipient.message_id == message_id))
             session.execute(delete(QueueMessage).where(QueueMessage.id == message_id))
             path = drop_blob_ref(session, current.blob_id)

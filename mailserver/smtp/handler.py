@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from cryptography import x509
 
 from mailserver import conversations
-from mailserver.delivery import Delivery, DeliveryResult
+from mailserver.delivery import DeliveryResult
 from mailserver.headers import HeaderView
 from mailserver.logs import log_event, private, reply_code
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget
@@ -24,6 +24,7 @@ from mailserver.queue import dsn
 from mailserver.queue.queue import Queue
 from mailserver.runtime import Runtime
 from mailserver.smtp.server import MailOptions, SMTPEnvelope, SMTPServer
+from mailserver.submit import commit_message
 
 log = logging.getLogger("caducee.smtp")
 
@@ -143,19 +144,6 @@ class Handler(ABC):
         env: SMTPEnvelope = server.envelope
         opts = env.options
         queue_id = os.urandom(8).hex()
-        hook = self.queue.enqueue_hook(opts.envid, opts.ret, opts.smtputf8) if self.queue else None
-        delivery = Delivery(
-            self.rt,
-            env.mail_from or "",
-            source=f"{self.service}:{self.actor(server)}",
-            remote_addr=server.client_ip,
-            enqueue=hook,
-        )
-        for r in env.recipients:
-            if isinstance(r.target, LocalTarget):
-                delivery.add_local(r.target)
-            else:
-                delivery.add_remote(r.target, {"notify": ",".join(r.notify), "orcpt": r.orcpt})
         recipients = [r.address for r in env.recipients]
         headers = HeaderView.parse(data)
         patients = self.involves_patients(server)
@@ -174,29 +162,22 @@ class Handler(ABC):
         content = received_header(server, queue_id, protocol) + data
         server.busy = True
         try:
-            await delivery.body(content)
-            result = await delivery.commit()
-        except BaseException:
-            await delivery.abort()
-            raise
+            result = await commit_message(
+                self.rt,
+                self.queue,
+                env.mail_from or "",
+                env.recipients,
+                content,
+                headers,
+                source=f"{self.service}:{self.actor(server)}",
+                remote_addr=server.client_ip,
+                patients=patients,
+                envid=opts.envid,
+                ret=opts.ret,
+                smtputf8=opts.smtputf8,
+            )
         finally:
             server.busy = False
-        if patients and (result.delivered or result.queued):
-            # Only a copy a patient holds may be linked: a patient's own message keeps none here (the
-            # queue's copy is released after sending, and its id may then be reused by another message).
-            patient_copy = any(
-                isinstance(r.target, LocalTarget)
-                and r.target.type == "PAT"
-                and r.target.address in result.delivered
-                for r in env.recipients
-            )
-            await conversations.record_message(
-                self.rt,
-                env.mail_from or "",
-                recipients,
-                headers,
-                blob_id=result.blob_id if patient_copy else None,
-            )
         if not result.delivered and not result.queued:
             first = next(iter(result.refused.values()), Refusal(451, "4.3.0", "not stored"))
             return first.smtp
@@ -212,8 +193,6 @@ class Handler(ABC):
             refused=len(result.refused),
             **private(sender=env.mail_from or "", recipients=recipients),
         )
-        if result.queued and self.queue:
-            self.queue.wake()
         await self.accepted(server, result, reply)
         await self._reports(server, env, result, content, queue_id)
         return reply

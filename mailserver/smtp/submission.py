@@ -24,6 +24,7 @@ from mailserver.db.models import SHARED_TYPES
 from mailserver.delivery import DeliveryResult
 from mailserver.headers import HeaderView, has_field, replace_field
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget, route_recipient
+from mailserver.runtime import Runtime
 from mailserver.smtp.handler import Handler, peer_certificate
 from mailserver.smtp.server import MailOptions, SMTPServer
 from smime import service as smime_service
@@ -186,14 +187,7 @@ class SubmissionHandler(Handler):
     async def rcpt(
         self, server: SMTPServer, address: str, options: MailOptions
     ) -> LocalTarget | RemoteTarget:
-        async with self.rt.db.read() as session:
-            target = await route_recipient(
-                session, address, authenticated=True, size=options.size, defaults=self.rt.store.default_limits
-            )
-            await conversations.check_message(session, server.envelope.mail_from or "", [address], None)
-        if self.rt.settings.smime.encrypt == "required":
-            await smime_service.check_recipient(self.rt, target.address)
-        return target
+        return await check_recipient(self.rt, server.envelope.mail_from or "", address, options.size)
 
     async def check_header(self, server: SMTPServer, headers: HeaderView) -> None:
         """From and Sender must be addresses the user may send as, as MAIL FROM must (RFC 6409 §6.1, §8)."""
@@ -207,30 +201,18 @@ class SubmissionHandler(Handler):
         return True
 
     async def prepare(self, server: SMTPServer, data: bytes) -> bytes:
-        """Complete Date and Message-ID, show a patient's name in From, then sign (and encrypt) per
-        ``[smime]`` as the mailbox named in MAIL FROM (RFC 8551)."""
         env = server.envelope
         sender = env.mail_from or ""
-        if sender.lower() == (server.session.username or "").lower():
-            sender_id = server.session.mailbox_id
-        else:
-            found = await accounts.find_mailbox(self.rt, sender)
-            sender_id = found.id if found else None
-        # RFC 6409 §8.2-8.3: the MSA completes what a client left out; threads and conversations need both.
-        if not has_field(data, "Message-ID"):
-            data = replace_field(
-                data, "Message-ID", email.utils.make_msgid(domain=self.rt.settings.server.hostname)
-            )
-        if not has_field(data, "Date"):
-            data = replace_field(data, "Date", email.utils.format_datetime(dt.datetime.now(dt.UTC)))
-        async with self.rt.db.read() as session:
-            patient = await display_address(session, sender)
-        if patient is not None:
-            # Professionals see who writes, not a bare INS (directory issue: "DUPONT Marie (patiente)").
-            data = replace_field(data, "From", patient)
+        own = sender.lower() == (server.session.username or "").lower()
+        sender_id = server.session.mailbox_id if own else None
+        data = await complete_message(self.rt, sender, data)
         env.sent_copy = data  # the sender's own copy stays readable by them (not encrypted to others)
-        return await smime_service.prepare_for_sending(
-            self.rt, sender_id, data, [r.address for r in env.recipients]
+        return await sign_message(
+            self.rt,
+            sender,
+            sender_id,
+            data,
+            [r.address for r in env.recipients],
         )
 
     async def accepted(self, server: SMTPServer, result: DeliveryResult, reply: str) -> None:
@@ -252,3 +234,51 @@ class SubmissionHandler(Handler):
             + accounts.acting_as(server.session.username, env.mail_from),
             reply,
         )
+
+
+async def check_recipient(
+    rt: Runtime, sender: str, address: str, size: int | None
+) -> LocalTarget | RemoteTarget:
+    """Where a submitted recipient goes, or the Refusal: trust space, mailbox state and quota, patient
+    conversations, S/MIME readiness; the same for SMTP submission and the sending API."""
+    async with rt.db.read() as session:
+        target = await route_recipient(
+            session, address, authenticated=True, size=size, defaults=rt.store.default_limits
+        )
+        await conversations.check_message(session, sender, [address], None)
+    if rt.settings.smime.encrypt == "required":
+        await smime_service.check_recipient(rt, target.address)
+    return target
+
+
+async def prepare_message(
+    rt: Runtime, sender: str, sender_id: int | None, data: bytes, recipients: list[str]
+) -> bytes:
+    """What submission sends: the message completed (``complete_message``), then signed."""
+    return await sign_message(rt, sender, sender_id, await complete_message(rt, sender, data), recipients)
+
+
+async def complete_message(rt: Runtime, sender: str, data: bytes) -> bytes:
+    """Complete Date and Message-ID and show a patient's name in From: what the sender keeps as sent."""
+    # RFC 6409 §8.2-8.3: the MSA completes what a client left out; threads and conversations need both.
+    if not has_field(data, "Message-ID"):
+        data = replace_field(data, "Message-ID", email.utils.make_msgid(domain=rt.settings.server.hostname))
+    if not has_field(data, "Date"):
+        data = replace_field(data, "Date", email.utils.format_datetime(dt.datetime.now(dt.UTC)))
+    async with rt.db.read() as session:
+        patient = await display_address(session, sender)
+    if patient is not None:
+        # Professionals see who writes, not a bare INS (directory issue: "DUPONT Marie (patiente)").
+        data = replace_field(data, "From", patient)
+    return data
+
+
+async def sign_message(
+    rt: Runtime, sender: str, sender_id: int | None, data: bytes, recipients: list[str]
+) -> bytes:
+    """Sign (and encrypt) per ``[smime]`` as the mailbox named in MAIL FROM (RFC 8551); ``sender_id``
+    when already known."""
+    if sender_id is None:
+        found = await accounts.find_mailbox(rt, sender)
+        sender_id = found.id if found else None
+    return await smime_service.prepare_for_sending(rt, sender_id, data, recipients)

@@ -50,3 +50,23 @@ async def test_directory_accepts_the_providers_bearer_tokens(env: Env, tmp_path:
         async with http.get(f"http://{listener.address}/api/openapi.json") as r:
             doc = await r.json()
         assert {"proSanteConnect": []} in doc["paths"]["/api/directory"]["get"]["security"]
+
+
+async def test_sending_api_accepts_the_providers_bearer_tokens(env: Env) -> None:
+    """POST /api/v1/messages as the professional the token names (the validator /api/directory uses)."""
+    env.rt.settings.portal.listen = ["127.0.0.1:0"]
+    env.rt.settings.portal.secure_cookies = False
+    [listener] = await web.start(env.rt)
+    env.listeners.append(listener)
+    url = f"http://{listener.address}/api/v1/messages"
+    body = {"from": MARTIN, "to": [MARTIN], "subject": "Note", "text": "à moi-même"}
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {env.provider.token(MARTIN_ID)}"}
+        async with http.post(url, json=body, headers=headers) as r:
+            assert r.status == 202, await r.text()
+            assert [x["state"] for x in (await r.json())["recipients"]] == ["delivered"]
+        bad = {"Authorization": f"Bearer {env.provider.token(MARTIN_ID, aud='other')}"}
+        async with http.post(url, json=body, headers=bad) as r:
+            assert r.status == 401 and r.content_type == "application/problem+json"
+            assert r.headers["WWW-Authenticate"] == 'Bearer realm="Caducee", error="invalid_token"'
+    assert (await env.audit("login"))[-1].request.startswith("api login (bearer token")

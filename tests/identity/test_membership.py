@@ -115,9 +115,9 @@ async def test_grants_of_send_as_became_memberships(env: Env) -> None:
 
 
 def test_migration_turns_send_as_grants_into_members(tmp_path: Path) -> None:
-    """0014 keeps every existing grant as a membership whose rights allow sending; downgrade keeps it."""
+    """0015 keeps every existing grant as a membership whose rights allow sending; downgrade keeps it."""
     url = f"sqlite+aiosqlite:///{tmp_path}/m.db"
-    migrate.upgrade(url, "0016")
+    migrate.upgrade(url, "0014")
     engine = sa.create_engine(f"sqlite:///{tmp_path}/m.db")
     with engine.begin() as c:
         c.execute(
@@ -141,7 +141,7 @@ def test_migration_turns_send_as_grants_into_members(tmp_path: Path) -> None:
             sa.text("SELECT rights FROM membership WHERE mailbox_id = 1 AND member_id = 2")
         ).one()
     assert "p" in rights and "r" in rights
-    migrate.downgrade(url, "0016")
+    migrate.downgrade(url, "0014")
     with engine.begin() as c:
         assert c.execute(sa.text("SELECT mailbox_id, member_id FROM send_as")).all() == [(1, 2)]
     engine.dispose()

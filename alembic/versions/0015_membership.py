@@ -3,8 +3,8 @@
 Replaces ``send_as``: each existing grant becomes a member with the default rights
 (``lrswipkxte``, everything but administering the ACL), which include ``p``, sending as the ORG.
 
-Revision ID: 0014
-Revises: 0016
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-02
 """
 
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0014"
-down_revision: str | Sequence[str] | None = "0016"
+revision: str = "0015"
+down_revision: str | Sequence[str] | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,536 @@
+"""The sending API for applicative software (hospital record systems): ``/api/v1/``.
+
+``POST /api/v1/messages`` takes JSON (attachments in base64) or multipart/form-data (attachments as
+files) and runs the submission path: the sender must be one the caller may send as
+(``accounts.may_send_as``), every recipient goes through ``submission.check_recipient`` (trust space,
+mailbox state and quota, patient conversations, S/MIME), the message through ``check_authors``,
+``conversations.check_message`` and ``prepare_message``, and is committed by ``commit_message``,
+the function SMTP's handlers use. ``202`` is answered only after that commit, with the API's
+per-recipient rows written in the same transaction. Errors are RFC 9457 problem+json naming the
+refused recipient. Every call is audited.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import datetime as dt
+import email.policy
+import email.utils
+import json
+import os
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailserver import accounts, conversations
+from mailserver.api_models import APIMessage, APIRecipient
+from mailserver.db.models import Folder, Message
+from mailserver.headers import HeaderView
+from mailserver.policy import LocalTarget, Refusal
+from mailserver.portal import service
+from mailserver.portal.api import Unauthenticated, credentials
+from mailserver.portal.http import RT, download_response, remote
+from mailserver.queue.models import QueueRecipient
+from mailserver.smtp.server import Recipient
+from mailserver.smtp.submission import check_recipient, prepare_message
+from mailserver.store import mime
+from mailserver.store.store import DeliveryResult as StoreResult
+from mailserver.submit import commit_message
+
+PROBLEM = "application/problem+json"
+_WHO = web.RequestKey("api_actor", str)
+RATE = web.AppKey("api_rate", collections.defaultdict)  # type: ignore[type-arg]
+
+
+class Problem(Exception):
+    """An RFC 9457 problem: ``status``, a short ``title``, the ``detail`` and extra members."""
+
+    def __init__(self, status: int, title: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status, self.title, self.detail, self.extra = status, title, detail, extra
+        self.headers: dict[str, str] = {}
+
+    def response(self) -> web.Response:
+        body = {"type": "about:blank", "title": self.title, "status": self.status, "detail": self.detail}
+        return web.Response(
+            text=json.dumps({**body, **self.extra}, ensure_ascii=False),
+            status=self.status,
+            content_type=PROBLEM,
+            headers=self.headers,
+        )
+
+
+def refusal_problem(refusal: Refusal, recipient: str | None = None) -> Problem:
+    """The HTTP status for a policy refusal: full mailbox 507, other permanent ones 422 (403 for
+    authorisation, 5.7.x), temporary ones 503."""
+    if refusal.enhanced.endswith(".2.2"):
+        status = 507
+    elif refusal.permanent:
+        status = 403 if refusal.enhanced.startswith("5.7.") and recipient is None else 422
+    else:
+        status = 503
+    extra: dict[str, Any] = {"smtp": refusal.smtp}
+    if recipient is not None:
+        extra["recipient"] = recipient
+    return Problem(status, "Refusé", refusal.text, **extra)
+
+
+@dataclass
+class Caller:
+    address: str
+    mailbox_id: int
+
+
+async def _caller(request: web.Request) -> Caller:
+    try:
+        outcome = await credentials(request, "api")
+    except Unauthenticated as exc:
+        problem = Problem(exc.status, "Non authentifié", exc.message)
+        if exc.challenge:
+            problem.headers["WWW-Authenticate"] = exc.challenge
+        raise problem from None
+    if outcome is None or outcome.address is None or outcome.mailbox_id is None:
+        problem = Problem(401, "Non authentifié", "identifiants attendus (Basic ou Bearer)")
+        problem.headers["WWW-Authenticate"] = 'Basic realm="Caducee", charset="UTF-8"'
+        raise problem
+    request[_WHO] = outcome.address
+    return Caller(outcome.address, outcome.mailbox_id)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def audited(action: str) -> Callable[[Handler], Handler]:
+    """Every call leaves one audit event (who, what was asked, the status), refusals included; a
+    Problem raised by the handler becomes its problem+json answer."""
+
+    def wrap(handler: Handler) -> Handler:
+        async def run(request: web.Request) -> web.StreamResponse:
+            try:
+                resp = await handler(request)
+                outcome = str(resp.status)
+            except Problem as problem:
+                resp = problem.response()
+                outcome = f"{problem.status} {problem.detail}"[:500]
+            who = request.get(_WHO) or f"client:{remote(request)}"
+            await request.app[RT].audit.record(
+                who, action, remote(request), f"{request.method} {request.path_qs}"[:500], outcome
+            )
+            return resp
+
+        return run
+
+    return wrap
+
+
+def _rate(request: web.Request, caller: Caller) -> None:
+    """At most ``[api] messages_per_minute`` sends per mailbox in any 60 s (429 otherwise)."""
+    limit = request.app[RT].settings.api.messages_per_minute
+    now = time.monotonic()
+    stamps: collections.deque[float] = request.app[RATE][caller.mailbox_id]
+    while stamps and stamps[0] <= now - 60:
+        stamps.popleft()
+    if len(stamps) >= limit:
+        problem = Problem(429, "Trop de messages", f"au plus {limit} messages par minute pour cette boîte")
+        problem.headers["Retry-After"] = str(max(1, int(60 - (now - stamps[0])) + 1))
+        raise problem
+    stamps.append(now)
+
+
+@dataclass
+class Upload:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass
+class Submission:
+    sender: str
+    to: list[str]
+    cc: list[str]
+    subject: str
+    text: str | None
+    html: str | None
+    attachments: list[Upload]
+
+
+def _addresses(value: Any, name: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [v for v in (p.strip() for p in value.split(",")) if v]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise Problem(400, "Requête invalide", f"{name} doit être une liste d'adresses")
+    out = [v.strip() for v in value]
+    for v in out:
+        if any(c in v for c in "\r\n<>,") or "@" not in v:
+            raise Problem(400, "Requête invalide", f"adresse invalide dans {name}: {v[:100]}")
+    return out
+
+
+def _text(value: Any, name: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise Problem(400, "Requête invalide", f"{name} doit être une chaîne")
+    return value
+
+
+def _submission(fields: dict[str, Any], uploads: list[Upload]) -> Submission:
+    sender = _text(fields.get("from"), "from")
+    if not sender or any(c in sender for c in "\r\n<>,") or "@" not in sender:
+        raise Problem(400, "Requête invalide", "from doit être une adresse")
+    subject = _text(fields.get("subject"), "subject") or ""
+    if "\r" in subject or "\n" in subject:
+        raise Problem(400, "Requête invalide", "subject ne doit pas contenir de fin de ligne")
+    sub = Submission(
+        sender.strip(),
+        _addresses(fields.get("to"), "to"),
+        _addresses(fields.get("cc"), "cc"),
+        subject,
+        _text(fields.get("text"), "text"),
+        _text(fields.get("html"), "html"),
+        uploads,
+    )
+    if not sub.to and not sub.cc:
+        raise Problem(400, "Requête invalide", "au moins un destinataire (to ou cc) attendu")
+    if sub.text is None and sub.html is None and not uploads:
+        raise Problem(400, "Requête invalide", "text, html ou une pièce jointe attendu")
+    return sub
+
+
+def _json_uploads(items: Any) -> list[Upload]:
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise Problem(400, "Requête invalide", "attachments doit être une liste")
+    out = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("data"), str):
+            raise Problem(400, "Requête invalide", "pièce jointe invalide")
+        try:
+            data = base64.b64decode(item["data"], validate=True)
+        except (binascii.Error, ValueError):
+            raise Problem(400, "Requête invalide", "pièce jointe invalide (base64 attendu)") from None
+        out.append(_upload(item.get("filename"), item.get("content_type"), data))
+    return out
+
+
+def _upload(filename: Any, content_type: Any, data: bytes) -> Upload:
+    name = filename if isinstance(filename, str) and filename.strip() else "piece-jointe"
+    ctype = content_type if isinstance(content_type, str) else "application/octet-stream"
+    if ctype.count("/") != 1 or any(c in ctype for c in " \r\n;"):
+        ctype = "application/octet-stream"
+    return Upload(name.replace("\r", " ").replace("\n", " ")[:200], ctype, data)
+
+
+async def _read(request: web.Request) -> Submission:
+    limit = request.app[RT].settings.api.max_body_size
+    if request.content_length is not None and request.content_length > limit:
+        raise Problem(413, "Message trop volumineux", f"au plus {limit} octets")
+    try:
+        if request.content_type == "application/json":
+            raw = await request.content.read(limit + 1)
+            if len(raw) > limit:
+                raise Problem(413, "Message trop volumineux", f"au plus {limit} octets")
+            try:
+                body = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                body = None
+            if not isinstance(body, dict):
+                raise Problem(400, "Requête invalide", "objet JSON attendu")
+            return _submission(body, _json_uploads(body.get("attachments")))
+        if request.content_type == "multipart/form-data":
+            return await _multipart(request, limit)
+    except web.HTTPRequestEntityTooLarge:
+        raise Problem(413, "Message trop volumineux", f"au plus {limit} octets") from None
+    except (ValueError, HttpProcessingError) as exc:  # malformed multipart (bad part headers too)
+        raise Problem(400, "Requête invalide", f"multipart invalide: {exc}"[:200]) from None
+    raise Problem(415, "Type non pris en charge", "application/json ou multipart/form-data attendu")
+
+
+async def _multipart(request: web.Request, limit: int) -> Submission:
+    reader = await request.multipart()
+    fields: dict[str, Any] = {}
+    uploads: list[Upload] = []
+    total = 0
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise Problem(400, "Requête invalide", "multipart imbriqué non pris en charge")
+        data = await part.read(decode=True)
+        total += len(data)
+        if total > limit:
+            raise Problem(413, "Message trop volumineux", f"au plus {limit} octets")
+        if part.name == "attachments" or part.filename is not None:
+            # Some clients (aiohttp's, older browsers) percent-encode a non-ASCII filename in quotes.
+            name = urllib.parse.unquote(part.filename) if part.filename else None
+            uploads.append(_upload(name, part.headers.get("Content-Type"), bytes(data)))
+            continue
+        try:
+            value = bytes(data).decode("utf-8")
+        except UnicodeDecodeError:
+            raise Problem(400, "Requête invalide", f"{part.name}: UTF-8 attendu") from None
+        if part.name in ("to", "cc"):
+            fields.setdefault(part.name, []).extend(_addresses(value, part.name))
+        elif part.name in ("from", "subject", "text", "html"):
+            fields[part.name] = value
+    return _submission(fields, uploads)
+
+
+def build_message(sub: Submission) -> bytes:
+    """The RFC 5322 message: text and/or HTML alternatives, then the attachments."""
+    msg = EmailMessage(policy=email.policy.SMTP)
+    msg["From"] = sub.sender
+    if sub.to:
+        msg["To"] = ", ".join(sub.to)
+    if sub.cc:
+        msg["Cc"] = ", ".join(sub.cc)
+    msg["Subject"] = sub.subject
+    if sub.text is not None:
+        msg.set_content(sub.text)
+    if sub.html is not None:
+        if sub.text is not None:
+            msg.add_alternative(sub.html, subtype="html")
+        else:
+            msg.set_content(sub.html, subtype="html")
+    for up in sub.attachments:
+        maintype, subtype = up.content_type.split("/", 1)
+        msg.add_attachment(up.data, maintype=maintype, subtype=subtype, filename=up.filename)
+    return msg.as_bytes()
+
+
+async def send_message(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RT]
+    caller = await _caller(request)
+    _rate(request, caller)
+    sub = await _read(request)
+    addresses = list(dict.fromkeys(a.lower() for a in [*sub.to, *sub.cc]))
+    most = min(rt.settings.api.max_recipients, rt.settings.limits.recipients_per_message)
+    if len(addresses) > most:
+        raise Problem(400, "Trop de destinataires", f"au plus {most} destinataires")
+    if not await accounts.may_send_as(rt, caller.mailbox_id, sub.sender):
+        raise Problem(403, "Refusé", f"{caller.address} ne peut pas envoyer en tant que {sub.sender}")
+    data = build_message(sub)
+    recipients = []
+    for address in addresses:
+        try:
+            target = await check_recipient(rt, sub.sender, address, len(data))
+        except Refusal as refusal:
+            raise refusal_problem(refusal, address) from None
+        recipients.append(Recipient(target.address, target))
+    try:
+        await accounts.check_authors(rt, caller.mailbox_id, caller.address, HeaderView.parse(data))
+        await conversations.check_message(rt, sub.sender, addresses, HeaderView.parse(data))
+        own = sub.sender.lower() == caller.address.lower()
+        data = await prepare_message(rt, sub.sender, caller.mailbox_id if own else None, data, addresses)
+    except Refusal as refusal:
+        raise refusal_problem(refusal) from None
+    public_id = os.urandom(16).hex()
+    headers = HeaderView.parse(data)
+    trace = (
+        f"Received: from api ([{remote(request)}])\r\n\tby {rt.settings.server.hostname} (Caducée)"
+        f"\r\n\twith HTTP id {public_id};\r\n\t{email.utils.format_datetime(dt.datetime.now(dt.UTC))}\r\n"
+    ).encode()
+
+    def record(session: Session, blob_id: int, stored: StoreResult, entry: int | None) -> None:
+        session.add(
+            APIMessage(
+                id=public_id,
+                mailbox_id=caller.mailbox_id,
+                sender=sub.sender,
+                message_id=headers.get("Message-ID", "")[:998],
+            )
+        )
+        for r in recipients:
+            if isinstance(r.target, LocalTarget):
+                ok = r.target.mailbox_id in stored.uids
+                state, detail, queued = (
+                    ("delivered", "", None) if ok else ("bounced", "452 4.2.2 mailbox full", None)
+                )
+            else:
+                state, detail, queued = "queued", "", entry
+            session.add(
+                APIRecipient(
+                    message_id=public_id,
+                    address=r.address,
+                    state=state,
+                    detail=detail,
+                    queue_message_id=queued,
+                )
+            )
+
+    result = await commit_message(
+        rt,
+        rt.queue,
+        sub.sender,
+        recipients,
+        trace + data,
+        headers,
+        source=f"api:{caller.address}",
+        remote_addr=remote(request),
+        patients=True,
+        on_commit=record,
+    )
+    if not result.delivered and not result.queued:
+        address, refusal = next(iter(result.refused.items()))
+        raise refusal_problem(refusal, address)
+    return web.json_response({"id": public_id, **await _state(request, caller, public_id)}, status=202)
+
+
+async def _state(request: web.Request, caller: Caller, public_id: str) -> dict[str, Any]:
+    async with request.app[RT].db.read() as session:
+        msg = await session.get(APIMessage, public_id)
+        if msg is None or msg.mailbox_id != caller.mailbox_id:
+            raise Problem(404, "Introuvable", "aucun message de cette boîte sous cet identifiant")
+        rows = (
+            await session.execute(
+                select(APIRecipient, QueueRecipient)
+                .outerjoin(
+                    QueueRecipient,
+                    (QueueRecipient.message_id == APIRecipient.queue_message_id)
+                    & (QueueRecipient.address == APIRecipient.address),
+                )
+                .where(APIRecipient.message_id == public_id)
+                .order_by(APIRecipient.id)
+            )
+        ).all()
+    out = []
+    for r, q in rows:
+        item: dict[str, Any] = {"address": r.address, "state": r.state, "detail": r.detail}
+        if q is not None and r.state == "queued":
+            final = {"failed": "bounced"}.get(q.status, q.status)
+            item.update(state=final, detail=q.last_reply, attempts=q.attempts)
+            if q.status == "queued":
+                item["next_attempt"] = q.next_attempt.isoformat()
+        out.append(item)
+    return {"from": msg.sender, "created_at": msg.created_at.isoformat(), "recipients": out}
+
+
+async def message_state(request: web.Request) -> web.StreamResponse:
+    caller = await _caller(request)
+    public_id = request.match_info["id"]
+    return web.json_response({"id": public_id, **await _state(request, caller, public_id)})
+
+
+LIST_LIMIT = 100
+
+
+async def _inbox_message(request: web.Request, caller: Caller) -> tuple[int, dict[str, Any]] | None:
+    """(blob id, meta) of INBOX message ``uid`` of the caller's own mailbox."""
+    try:
+        uid = int(request.match_info["uid"])
+    except ValueError:
+        return None
+    async with request.app[RT].db.read() as session:
+        blob_id = (
+            await session.execute(
+                select(Message.blob_id)
+                .join(Folder, Folder.id == Message.folder_id)
+                .where(Folder.mailbox_id == caller.mailbox_id, Folder.name == "INBOX", Message.uid == uid)
+            )
+        ).scalar_one_or_none()
+    if blob_id is None:
+        return None
+    return blob_id, await request.app[RT].store.blob_meta(blob_id)
+
+
+def _own(request: web.Request, caller: Caller) -> None:
+    if request.match_info["address"].strip().lower() != caller.address.lower():
+        raise Problem(403, "Refusé", f"{caller.address} ne lit que sa propre boîte")
+
+
+async def list_messages(request: web.Request) -> web.StreamResponse:
+    """What arrived in INBOX after the ``since`` cursor (a UID), oldest first, at most 100 per call."""
+    caller = await _caller(request)
+    _own(request, caller)
+    try:
+        since = int(request.query.get("since", "0"))
+    except ValueError:
+        raise Problem(400, "Requête invalide", "since doit être un curseur rendu par cette liste") from None
+    rt = request.app[RT]
+    async with rt.db.read() as session:
+        rows = (
+            await session.execute(
+                select(Message.uid, Message.blob_id, Message.internal_date, Message.size)
+                .join(Folder, Folder.id == Message.folder_id)
+                .where(Folder.mailbox_id == caller.mailbox_id, Folder.name == "INBOX", Message.uid > since)
+                .order_by(Message.uid)
+                .limit(LIST_LIMIT)
+            )
+        ).all()
+    metas = await rt.store.blob_metas(r.blob_id for r in rows)
+    out = []
+    for r in rows:
+        meta = metas[r.blob_id]
+        fields = meta.get("headers", {})
+        out.append(
+            {
+                "uid": r.uid,
+                "received_at": r.internal_date.isoformat(),
+                "size": r.size,
+                "from": fields.get("from") or "",
+                "subject": fields.get("subject") or "",
+                "message_id": fields.get("message_id") or "",
+                "attachments": [info.as_dict() for info, _p, _n in service.attachment_parts(meta)],
+            }
+        )
+    await rt.audit.read(caller.address, remote(request), "api", f"INBOX list since {since}")
+    return web.json_response({"messages": out, "cursor": str(rows[-1].uid if rows else since)})
+
+
+async def raw_message(request: web.Request) -> web.StreamResponse:
+    caller = await _caller(request)
+    _own(request, caller)
+    found = await _inbox_message(request, caller)
+    if found is None:
+        raise Problem(404, "Introuvable", "aucun message sous cet identifiant")
+    raw = await request.app[RT].store.read_blob(found[0])
+    await request.app[RT].audit.read(
+        caller.address, remote(request), "api", f"INBOX message {request.match_info['uid']}"
+    )
+    return download_response(
+        service.Download(f"message-{request.match_info['uid']}.eml", "message/rfc822", raw)
+    )
+
+
+async def message_attachment(request: web.Request) -> web.StreamResponse:
+    caller = await _caller(request)
+    _own(request, caller)
+    found = await _inbox_message(request, caller)
+    parts = service.attachment_parts(found[1]) if found else []
+    wanted = [p for p in parts if str(p[0].n) == request.match_info["n"]]
+    if found is None or not wanted:
+        raise Problem(404, "Introuvable", "aucune pièce jointe sous ce numéro")
+    info, path, node = wanted[0]
+    rt = request.app[RT]
+    raw = await rt.store.read_blob(found[0])
+    data = mime.binary_section(raw, found[1], path)
+    await rt.audit.read(
+        caller.address,
+        remote(request),
+        "api download",
+        f"INBOX message {request.match_info['uid']} attachment {info.n}",
+    )
+    body = raw[node["part"][2] : node["part"][3]] if data is None else data
+    return download_response(service.Download(info.filename, info.content_type, body))
+
+
+def setup(app: web.Application) -> None:
+    app[RATE] = collections.defaultdict(collections.deque)
+    app.router.add_post("/api/v1/messages", audited("api-send")(send_message))
+    app.router.add_get("/api/v1/messages/{id}", audited("api-read")(message_state))
+    mailbox = "/api/v1/mailboxes/{address}/messages"
+    app.router.add_get(mailbox, audited("api-read")(list_messages))
+    app.router.add_get(mailbox + "/{uid}/raw", audited("api-read")(raw_message))
+    app.router.add_get(mailbox + "/{uid}/attachments/{n}", audited("api-read")(message_attachment))
