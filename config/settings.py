@@ -209,6 +209,15 @@ class APISettings:
 
 
 @dataclass
+class XDMSettings:
+    """IHE XDM archives (``IHE_XDM.zip``) arriving in mail: checked before anything is unpacked."""
+
+    max_entries: int = 100
+    max_uncompressed: Size = 50 * 1024**2  # total of the entries' uncompressed sizes
+    max_ratio: int = 100  # an entry's uncompressed size over its compressed size
+
+
+@dataclass
 class AdminSettings:
     """The operator's HTTP listener: ``/healthz``, ``/readyz``, ``/metrics`` (mailserver/admin.py).
 
@@ -428,6 +437,7 @@ class Settings:
     imap: IMAPSettings = field(default_factory=IMAPSettings)
     portal: PortalSettings = field(default_factory=PortalSettings)
     api: APISettings = field(default_factory=APISettings)
+    xdm: XDMSettings = field(default_factory=XDMSettings)
     ldap: LDAPSettings = field(default_factory=LDAPSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)

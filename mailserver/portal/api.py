@@ -369,6 +369,57 @@ OPENAPI: dict[str, Any] = {
                             },
                         },
                     },
+                    "software": {
+                        "type": "string",
+                        "maxLength": 200,
+                        "description": "Référence du logiciel émetteur (en-tête X-MSS-NIL)",
+                    },
+                    "documents": {
+                        "type": "array",
+                        "maxItems": 20,
+                        "description": "Documents CDA R2 envoyés dans une archive IHE_XDM.zip "
+                        "(en-têtes X-MSS-CODECDA et X-MSS-INS)",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "text": {"type": "string", "description": "Le document CDA (XML)"},
+                                "data": {
+                                    "type": "string",
+                                    "contentEncoding": "base64",
+                                    "description": "Le document CDA en base64, à défaut de text",
+                                },
+                                "title": {"type": "string", "description": "Titre, à défaut du sien"},
+                            },
+                        },
+                    },
+                },
+            },
+            "XDMArchive": {
+                "type": "object",
+                "description": "Une archive IHE_XDM.zip reçue, vérifiée (valid false: refusée, voir error)",
+                "required": ["filename", "valid", "error", "documents"],
+                "properties": {
+                    "filename": {"type": "string"},
+                    "valid": {"type": "boolean"},
+                    "error": {"type": ["string", "null"]},
+                    "documents": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "uri": {"type": "string"},
+                                "title": {"type": "string"},
+                                "mime_type": {"type": "string"},
+                                "type_code": {"type": "string"},
+                                "type_code_system": {"type": "string"},
+                                "patient_id": {"type": "string"},
+                                "unique_id": {"type": "string"},
+                                "hash": {"type": "string"},
+                                "size": {"type": ["integer", "null"]},
+                                "hash_ok": {"type": ["boolean", "null"]},
+                            },
+                        },
+                    },
                 },
             },
             "OutgoingMultipart": {
@@ -381,6 +432,7 @@ OPENAPI: dict[str, Any] = {
                     "subject": {"type": "string"},
                     "text": {"type": "string"},
                     "html": {"type": "string"},
+                    "software": {"type": "string"},
                     "attachments": {
                         "type": "array",
                         "items": {"type": "string", "contentMediaType": "application/octet-stream"},
@@ -671,6 +723,7 @@ OPENAPI: dict[str, Any] = {
                                             "subject": {"type": "string"},
                                             "message_id": {"type": "string"},
                                             "attachments": {"type": "array", "items": _ref("Attachment")},
+                                            "xdm": {"type": "array", "items": _ref("XDMArchive")},
                                         },
                                     },
                                 },

@@ -23,7 +23,7 @@ import os
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
 
@@ -32,7 +32,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailserver import accounts, conversations
+from mailserver import accounts, conversations, xdm
 from mailserver.api_models import APIMessage, APIRecipient
 from mailserver.db.models import Folder, Message
 from mailserver.headers import HeaderView
@@ -163,6 +163,9 @@ class Submission:
     text: str | None
     html: str | None
     attachments: list[Upload]
+    documents: list[xdm.CDA] = field(default_factory=list)
+    titles: list[str] = field(default_factory=list)
+    software: str = ""
 
 
 def _addresses(value: Any, name: str) -> list[str]:
@@ -187,6 +190,36 @@ def _text(value: Any, name: str) -> str | None:
     return value
 
 
+def _documents(items: Any) -> tuple[list[xdm.CDA], list[str]]:
+    """The ``documents`` of a request: CDA R2 given as ``text`` (XML) or ``data`` (base64), parsed
+    safely (DTD and entities refused), each with an optional ``title`` overriding the CDA's own."""
+    if items is None:
+        return [], []
+    if not isinstance(items, list) or len(items) > MAX_DOCUMENTS:
+        raise Problem(400, "Requête invalide", f"documents doit être une liste d'au plus {MAX_DOCUMENTS}")
+    docs, titles = [], []
+    for n, item in enumerate(items, start=1):
+        if not isinstance(item, dict):
+            raise Problem(400, "Requête invalide", f"document {n} invalide")
+        if isinstance(item.get("text"), str):
+            raw = item["text"].encode("utf-8")
+        elif isinstance(item.get("data"), str):
+            try:
+                raw = base64.b64decode(item["data"], validate=True)
+            except (binascii.Error, ValueError):
+                raise Problem(400, "Requête invalide", f"document {n}: base64 attendu") from None
+        else:
+            raise Problem(400, "Requête invalide", f"document {n}: text (XML) ou data (base64) attendu")
+        try:
+            doc = xdm.parse_cda(raw)
+        except xdm.XDMError as exc:
+            raise Problem(400, "Document refusé", f"document {n}: {exc}", document=n) from None
+        title = _text(item.get("title"), "title") or doc.title or "Document"
+        docs.append(doc)
+        titles.append(" ".join(title.split())[:500])
+    return docs, titles
+
+
 def _submission(fields: dict[str, Any], uploads: list[Upload]) -> Submission:
     sender = _text(fields.get("from"), "from")
     if not sender or any(c in sender for c in "\r\n<>,") or "@" not in sender:
@@ -203,9 +236,14 @@ def _submission(fields: dict[str, Any], uploads: list[Upload]) -> Submission:
         _text(fields.get("html"), "html"),
         uploads,
     )
+    sub.documents, sub.titles = _documents(fields.get("documents"))
+    software = _text(fields.get("software"), "software") or ""
+    if any(ord(c) < 32 for c in software) or len(software) > 200:
+        raise Problem(400, "Requête invalide", "software: au plus 200 caractères, sans contrôle")
+    sub.software = software.strip()
     if not sub.to and not sub.cc:
         raise Problem(400, "Requête invalide", "au moins un destinataire (to ou cc) attendu")
-    if sub.text is None and sub.html is None and not uploads:
+    if sub.text is None and sub.html is None and not uploads and not sub.documents:
         raise Problem(400, "Requête invalide", "text, html ou une pièce jointe attendu")
     return sub
 
@@ -283,13 +321,15 @@ async def _multipart(request: web.Request, limit: int) -> Submission:
             raise Problem(400, "Requête invalide", f"{part.name}: UTF-8 attendu") from None
         if part.name in ("to", "cc"):
             fields.setdefault(part.name, []).extend(_addresses(value, part.name))
-        elif part.name in ("from", "subject", "text", "html"):
+        elif part.name in ("from", "subject", "text", "html", "software"):
             fields[part.name] = value
     return _submission(fields, uploads)
 
 
 def build_message(sub: Submission) -> bytes:
-    """The RFC 5322 message: text and/or HTML alternatives, then the attachments."""
+    """The RFC 5322 message: text and/or HTML alternatives, then the attachments, then the
+    ``IHE_XDM.zip`` of the structured documents with the MSSanté headers that announce it
+    (``X-MSS-CODECDA`` per document type code, ``X-MSS-INS``, ``X-MSS-NIL``)."""
     msg = EmailMessage(policy=email.policy.SMTP)
     msg["From"] = sub.sender
     if sub.to:
@@ -297,6 +337,12 @@ def build_message(sub: Submission) -> bytes:
     if sub.cc:
         msg["Cc"] = ", ".join(sub.cc)
     msg["Subject"] = sub.subject
+    if sub.documents:
+        for code in dict.fromkeys(d.type_code.header() for d in sub.documents):
+            msg["X-MSS-CODECDA"] = code
+        msg["X-MSS-INS"] = "O" if any(d.ins for d in sub.documents) else "N"
+    if sub.software:
+        msg["X-MSS-NIL"] = sub.software
     if sub.text is not None:
         msg.set_content(sub.text)
     if sub.html is not None:
@@ -307,6 +353,11 @@ def build_message(sub: Submission) -> bytes:
     for up in sub.attachments:
         maintype, subtype = up.content_type.split("/", 1)
         msg.add_attachment(up.data, maintype=maintype, subtype=subtype, filename=up.filename)
+    if sub.documents:
+        archive = xdm.build_archive(sub.documents, sub.titles, sub.sender, [*sub.to, *sub.cc])
+        if not msg.is_multipart() and msg.get_content_type() == "text/plain" and not msg.get_payload():
+            msg.set_content("Documents structurés joints (IHE XDM).")
+        msg.add_attachment(archive, maintype="application", subtype="zip", filename=xdm.ARCHIVE_NAME)
     return msg.as_bytes()
 
 
@@ -424,6 +475,21 @@ async def message_state(request: web.Request) -> web.StreamResponse:
 
 
 LIST_LIMIT = 100
+MAX_DOCUMENTS = 20
+
+
+async def _xdm_reports(rt: Any, blob_id: int, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each ``IHE_XDM.zip`` attached to a message, checked and read (refused ones flagged)."""
+    parts = [p for p in service.attachment_parts(meta) if xdm.is_archive(p[0].filename)]
+    if not parts:
+        return []
+    raw = await rt.store.read_blob(blob_id)
+    out = []
+    for info, path, node in parts:
+        data = mime.binary_section(raw, meta, path)
+        body = raw[node["part"][2] : node["part"][3]] if data is None else data
+        out.append(xdm.read_archive(body, rt.settings.xdm, info.filename).as_dict())
+    return out
 
 
 async def _inbox_message(request: web.Request, caller: Caller) -> tuple[int, dict[str, Any]] | None:
@@ -483,6 +549,7 @@ async def list_messages(request: web.Request) -> web.StreamResponse:
                 "subject": fields.get("subject") or "",
                 "message_id": fields.get("message_id") or "",
                 "attachments": [info.as_dict() for info, _p, _n in service.attachment_parts(meta)],
+                "xdm": await _xdm_reports(rt, r.blob_id, meta),
             }
         )
     await rt.audit.read(caller.address, remote(request), "api", f"INBOX list since {since}")
