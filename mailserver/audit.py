@@ -53,14 +53,19 @@ class Event:
         }
 
 
+def _text(value: str, most: int) -> str:
+    """PostgreSQL text holds no NUL: a refused input quoted in a trace has its NULs shown as ``\\0``."""
+    return value.replace("\x00", "\\0")[:most]
+
+
 def event_row(actor: str, action: str, remote: str, request: str, response: str) -> dict[str, object]:
     return {
         "at": utcnow(),
-        "actor": actor[:400],
-        "remote": remote[:100],
-        "action": action[:40],
-        "request": request[:_MAX],
-        "response": response[:_MAX],
+        "actor": _text(actor, 400),
+        "remote": _text(remote, 100),
+        "action": _text(action, 40),
+        "request": _text(request, _MAX),
+        "response": _text(response, _MAX),
     }
 
 

@@ -177,7 +177,7 @@ def _addresses(value: Any, name: str) -> list[str]:
         raise Problem(400, "Requête invalide", f"{name} doit être une liste d'adresses")
     out = [v.strip() for v in value]
     for v in out:
-        if any(c in v for c in "\r\n<>,") or "@" not in v:
+        if any(c in "<>," or ord(c) < 32 for c in v) or "@" not in v:
             raise Problem(400, "Requête invalide", f"adresse invalide dans {name}: {v[:100]}")
     return out
 
