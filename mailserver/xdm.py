@@ -81,7 +81,6 @@ class CDA:
 
     data: bytes
     type_code: Code
-    codes: list[Code]  # every ``code`` element with a code attribute, document order
     title: str
     unique_id: str
     effective_time: str
@@ -99,7 +98,8 @@ def _code(el: Element) -> Code | None:
 
 
 def parse_cda(data: bytes) -> CDA:
-    """A CDA R2 document, parsed safely; its type code, every ``code``, title, ids and patient."""
+    """A CDA R2 document, parsed safely; its type code (``ClinicalDocument/code``, the one
+    ``X-MSS-CODECDA`` and the DocumentEntry's typeCode carry), title, ids and patient."""
     root = parse_xml(data)
     if root.tag != f"{{{HL7}}}ClinicalDocument":
         raise XDMError("document CDA R2 attendu (ClinicalDocument, espace urn:hl7-org:v3)")
@@ -107,7 +107,6 @@ def parse_cda(data: bytes) -> CDA:
     type_code = _code(type_el) if type_el is not None else None
     if type_code is None:
         raise XDMError("le document CDA n'a pas de code (ClinicalDocument/code)")
-    codes = [c for el in root.iter(f"{{{HL7}}}code") if (c := _code(el)) is not None]
     title = (root.findtext(f"{{{HL7}}}title") or "").strip()
     doc_id = root.find(f"{{{HL7}}}id")
     unique_id = ""
@@ -120,7 +119,7 @@ def parse_cda(data: bytes) -> CDA:
     ins_ids = [i for i in ids if i.get("root") in INS_ROOTS and i.get("extension")]
     chosen = (ins_ids or [i for i in ids if i.get("root") and i.get("extension")] or [None])[0]
     patient = f"{chosen.get('extension')}^^^&{chosen.get('root')}&ISO" if chosen is not None else ""
-    return CDA(data, type_code, codes, title[:500], unique_id[:128], effective[:32], patient, bool(ins_ids))
+    return CDA(data, type_code, title[:500], unique_id[:128], effective[:32], patient, bool(ins_ids))
 
 
 def _slot(parent: Element, name: str, *values: str) -> None:

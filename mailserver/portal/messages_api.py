@@ -41,6 +41,7 @@ from mailserver.portal import service
 from mailserver.portal.api import Unauthenticated, credentials
 from mailserver.portal.http import RT, download_response, remote
 from mailserver.queue.models import QueueRecipient
+from mailserver.runtime import Runtime
 from mailserver.smtp.server import Recipient
 from mailserver.smtp.submission import check_recipient, prepare_message
 from mailserver.store import mime
@@ -478,7 +479,7 @@ LIST_LIMIT = 100
 MAX_DOCUMENTS = 20
 
 
-async def _xdm_reports(rt: Any, blob_id: int, meta: dict[str, Any]) -> list[dict[str, Any]]:
+async def _xdm_reports(rt: Runtime, blob_id: int, meta: dict[str, Any]) -> list[dict[str, Any]]:
     """Each ``IHE_XDM.zip`` attached to a message, checked and read (refused ones flagged)."""
     parts = [p for p in service.attachment_parts(meta) if xdm.is_archive(p[0].filename)]
     if not parts:
