@@ -15,6 +15,8 @@ from typing import Any
 
 import aiohttp
 
+from config.settings import XDMSettings
+from mailserver import xdm
 from tests.api.conftest import API, DPI
 from tests.api.test_send_api import fetch_inbox, problem
 from tests.imap.conftest import MARTIN, PASSWORD, SECRETARIAT
@@ -102,7 +104,7 @@ async def test_a_cda_travels_as_an_xdm_archive_with_the_mssante_headers(api: API
     slots = {s.get("name"): [v.text for v in s.iter(f"{RIM}Value")] for s in entries[0].findall(f"{RIM}Slot")}
     assert slots["hash"] == [hashlib.sha1(doc).hexdigest()] and slots["size"] == [str(len(doc))]
     assert slots["URI"] == ["DOC0001.XML"] and slots["sourcePatientId"] == [f"279035121518989^^^&{INS}&ISO"]
-    titles = [e.find(f"{RIM}Name/{RIM}LocalizedString").get("value") for e in entries]  # type: ignore[union-attr]
+    titles = [e.find(f"{RIM}Name/{RIM}LocalizedString").get("value") for e in entries]
     assert titles == ["Lettre de liaison à la sortie", "Synthèse"]
     [ss] = metadata.findall(f".//{RIM}RegistryPackage")
     members = metadata.findall(f".//{RIM}Association")
@@ -188,3 +190,18 @@ async def test_hostile_archives_are_flagged_not_opened(api: API) -> None:
     assert "101 entrées" in flags["entries"][0]["error"]
     assert "DTD" in flags["xxe metadata"][0]["error"]
     assert "illisible" in flags["not a zip"][0]["error"]
+
+
+def test_a_document_changed_after_its_metadata_is_reported() -> None:
+    """Read back with the module alone: a document whose bytes no longer match METADATA.XML's hash."""
+    doc = xdm.parse_cda(cda().encode())
+    built = xdm.build_archive([doc], ["Lettre"], DPI, [MARTIN])
+    with zipfile.ZipFile(io.BytesIO(built)) as zf:
+        entries = [(n, zf.read(n)) for n in zf.namelist()]
+    tampered = archive(
+        [(n, d.replace(b"Repos.", b"Sport.") if n.endswith("DOC0001.XML") else d) for n, d in entries]
+    )
+    limits = XDMSettings()
+    [good] = xdm.read_archive(built, limits).documents
+    [bad] = xdm.read_archive(tampered, limits).documents
+    assert good.hash_ok is True and bad.hash_ok is False and bad.type_code == "11490-0"
