@@ -74,10 +74,11 @@ def build_alert(rt: Runtime, to: str, name: str) -> bytes:
 
 def queue_alerts(session: Session, rt: Runtime, sender: str, targets: Sequence[LocalTarget]) -> int:
     """Queue the alerts due for the patient mailboxes in ``targets`` (just delivered), inside the
-    delivery's transaction; returns how many were queued."""
+    delivery's transaction; returns how many were queued. A message with an empty sender (a delivery
+    report to a patient who wrote) gives none."""
     patients = [t for t in targets if t.type == "PAT"]
-    if not patients:
-        return 0
+    if not patients or not sender:
+        return 0  # a null reverse-path is the server's own report (a DSN), not someone writing
     relay = rt.settings.relay
     queued = 0
     now = utcnow()

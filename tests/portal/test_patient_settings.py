@@ -14,6 +14,8 @@ from sqlalchemy import select
 from directory.models import Patient
 from directory.patients import edit_patient
 from mailserver.db.models import AuditEvent
+from mailserver.delivery import Delivery
+from mailserver.policy import local_recipient
 from mailserver.queue.models import QueueMessage, QueueRecipient
 from tests.portal.conftest import PASSWORD, Portal
 from tests.portal.helpers import DOCTOR, PATIENT, PATIENT_INS, build, send
@@ -110,3 +112,18 @@ async def test_browser_turns_alerts_off(alerting: Portal, browser: Browser) -> N
     assert await page.get_by_text("Les alertes sont désactivées.").is_visible()
     assert not await page.get_by_label("Me prévenir par courriel de chaque nouveau message").is_checked()
     assert not await _enabled(portal)
+
+
+async def test_a_report_with_an_empty_sender_gives_no_alert(alerting: Portal) -> None:
+    """A delivery report (null reverse-path) to the patient is the server's own, not someone writing."""
+    rt = alerting.rt
+    delivery = Delivery(rt, "", source="dsn")
+    async with rt.db.read() as session:
+        target = await local_recipient(session, PATIENT)
+    assert target is not None
+    delivery.add_local(target)
+    await delivery.body(bytes(build("mailer-daemon@a.mssante.test", PATIENT, "Delivery Status Notification")))
+    assert PATIENT in (await delivery.commit()).delivered
+    assert await _alerts_queued(alerting) == []
+    await send(rt, build(DOCTOR, PATIENT, "Résultats"))
+    assert await _alerts_queued(alerting) == [(True, PERSONAL)]

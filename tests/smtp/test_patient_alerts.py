@@ -108,7 +108,9 @@ class Sink:
         ]
 
 
-async def _env(tmp_path: Path, db_url: str, pki: Any, sink: Sink, relay: bool = True) -> SMTPEnv:
+async def _env(
+    tmp_path: Path, db_url: str, pki: Any, sink: Sink, relay: bool = True, ca: Path | None = None
+) -> SMTPEnv:
     secret = tmp_path / "relay-password"
     secret.write_text(RELAY_PASSWORD + "\n")
     relay_section = {
@@ -116,7 +118,7 @@ async def _env(tmp_path: Path, db_url: str, pki: Any, sink: Sink, relay: bool = 
         "port": sink.port,
         "username": RELAY_USER,
         "password_file": str(secret),
-        "ca_file": str(pki.peer_ca),
+        "ca_file": str(ca or pki.peer_ca),
     }
     env = await start_env(
         tmp_path,
@@ -260,6 +262,26 @@ async def test_relay_down_then_retried(tmp_path: Path, db_url: str, pki: Any, si
         [(_sender, rcpts, _alert)] = await wait_for(lambda: _sunk(sink))
         assert rcpts == (PERSONAL,)
         await wait_for(lambda: _queue_drained(env))
+    finally:
+        await env.close()
+
+
+async def test_relay_with_an_unverified_certificate_gets_nothing(
+    tmp_path: Path, db_url: str, pki: Any, sink: Sink
+) -> None:
+    """``ca_file`` not trusting the relay's certificate: the alert waits in the queue, never sent."""
+    sink.start()
+    env = await _env(tmp_path, db_url, pki, sink, ca=pki.unknown_ca.cert_path)
+    try:
+        await _submit(env, _message())
+
+        async def failed_once() -> list[str]:
+            entries = await Queue(env.rt).entries()
+            return [r["last_reply"] for e in entries for r in e["recipients"] if r["attempts"] >= 1]
+
+        [reply] = await wait_for(failed_once)
+        assert reply.startswith("451") and "CERTIFICATE_VERIFY_FAILED" in reply
+        assert sink.messages() == [] and sink.logins == []
     finally:
         await env.close()
 
