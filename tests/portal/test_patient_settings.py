@@ -127,3 +127,23 @@ async def test_a_report_with_an_empty_sender_gives_no_alert(alerting: Portal) ->
     assert await _alerts_queued(alerting) == []
     await send(rt, build(DOCTOR, PATIENT, "Résultats"))
     assert await _alerts_queued(alerting) == [(True, PERSONAL)]
+
+
+async def test_json_api_reads_and_sets_the_switch(alerting: Portal) -> None:
+    portal = alerting
+    async with _client() as http:
+        r = await http.post(f"{portal.url}/api/login", json={"ins": PATIENT_INS, "password": PASSWORD})
+        csrf = {"X-CSRF-Token": (await r.json())["csrf_token"]}
+        r = await http.get(f"{portal.url}/api/settings")
+        assert r.status == 200 and await r.json() == {"alerts_enabled": True, "alert_email": PERSONAL}
+        url = f"{portal.url}/api/settings"
+        assert (await http.post(url, json={"alerts_enabled": False})).status == 403
+        assert (await http.post(url, json={"alerts_enabled": "non"}, headers=csrf)).status == 400
+        assert await _enabled(portal)
+        r = await http.post(url, json={"alerts_enabled": False}, headers=csrf)
+        assert r.status == 200 and (await r.json())["alerts_enabled"] is False
+        assert not await _enabled(portal)
+        doc = await (await http.get(f"{portal.url}/api/openapi.json")).json()
+        assert set(doc["paths"]["/api/settings"]) == {"get", "post"}
+    async with _client() as anonymous:
+        assert (await anonymous.get(f"{portal.url}/api/settings")).status == 401
