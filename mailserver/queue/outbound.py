@@ -226,7 +226,11 @@ class Outbound:
                 password = await asyncio.to_thread(_read_secret, relay.password_file)
                 await client.login(relay.username, password)
             addresses = [r.address for r in batch.recipients]
-            errors, _message = await client.sendmail(batch.sender, addresses, data)
+            errors, message = await client.sendmail(batch.sender, addresses, data)
+            try:
+                await client.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                log.debug("QUIT after relaying failed; the relay took the message")
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refused = {e.recipient: e for e in exc.recipients}
             return {
@@ -235,6 +239,9 @@ class Outbound:
                 else Outcome("temporary", "451 4.4.2 relay refused the transaction")
                 for r in batch.recipients
             }
+        except aiosmtplib.SMTPAuthenticationError as exc:  # the operator's settings: fixable, so retried
+            why = f"451 4.7.0 relay {relay.host} refused our AUTH: {_reply(exc)}"
+            return {r.id: Outcome("temporary", why) for r in batch.recipients}
         except aiosmtplib.SMTPResponseException as exc:
             return {r.id: Outcome(_kind(exc.code), _reply(exc)) for r in batch.recipients}
         except (aiosmtplib.SMTPException, OSError, ssl.SSLError, TimeoutError) as exc:
@@ -249,7 +256,7 @@ class Outbound:
                 reply = errors[r.address]
                 outcomes[r.id] = Outcome(_kind(reply.code), f"{reply.code} {' '.join(reply.message.split())}")
             else:
-                outcomes[r.id] = Outcome("relayed", "250 relayed")
+                outcomes[r.id] = Outcome("relayed", f"250 {' '.join(message.split())}")
         return outcomes
 
     async def _attempt(self, batch: Batch, data: bytes, hop: Hop) -> dict[int, Outcome]:

@@ -465,6 +465,7 @@ class Queue:
                 "created_at": m.created_at.isoformat(),
                 "expires_at": m.expires_at.isoformat(),
                 "envid": m.envid,
+                "relay": m.relay,  # a patient alert, for [relay]
                 "recipients": [
                     {
                         "address": r.address,

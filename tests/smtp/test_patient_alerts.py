@@ -69,7 +69,7 @@ class Sink:
         if ok:
             with self._lock:
                 self.logins.append(mechanism)
-        return AuthResult(success=ok)
+        return AuthResult(success=ok, handled=False)  # aiosmtpd then answers 535 itself
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         assert isinstance(envelope.content, bytes)
@@ -109,10 +109,16 @@ class Sink:
 
 
 async def _env(
-    tmp_path: Path, db_url: str, pki: Any, sink: Sink, relay: bool = True, ca: Path | None = None
+    tmp_path: Path,
+    db_url: str,
+    pki: Any,
+    sink: Sink,
+    relay: bool = True,
+    ca: Path | None = None,
+    password: str = RELAY_PASSWORD,
 ) -> SMTPEnv:
     secret = tmp_path / "relay-password"
-    secret.write_text(RELAY_PASSWORD + "\n")
+    secret.write_text(password + "\n")
     relay_section = {
         "host": "127.0.0.1" if relay else "",
         "port": sink.port,
@@ -257,7 +263,7 @@ async def test_relay_down_then_retried(tmp_path: Path, db_url: str, pki: Any, si
 
         await wait_for(failed_once)
         [entry] = await Queue(env.rt).entries()
-        assert "relay 127.0.0.1" in entry["recipients"][0]["last_reply"]
+        assert entry["relay"] and "relay 127.0.0.1" in entry["recipients"][0]["last_reply"]
         sink.start()
         [(_sender, rcpts, _alert)] = await wait_for(lambda: _sunk(sink))
         assert rcpts == (PERSONAL,)
@@ -282,6 +288,33 @@ async def test_relay_with_an_unverified_certificate_gets_nothing(
         [reply] = await wait_for(failed_once)
         assert reply.startswith("451") and "CERTIFICATE_VERIFY_FAILED" in reply
         assert sink.messages() == [] and sink.logins == []
+    finally:
+        await env.close()
+
+
+async def test_wrong_relay_password_is_retried_not_dropped(
+    tmp_path: Path, db_url: str, pki: Any, sink: Sink
+) -> None:
+    """A relay refusing our AUTH is the operator's setting to fix: the alert stays queued, then goes."""
+    sink.start()
+    env = await _env(tmp_path, db_url, pki, sink, password="wrong-password")
+    try:
+        await _submit(env, _message())
+
+        async def refused() -> list[str]:
+            entries = await Queue(env.rt).entries()
+            return [
+                r["last_reply"]
+                for e in entries
+                for r in e["recipients"]
+                if r["status"] == "queued" and r["attempts"]
+            ]
+
+        [reply] = await wait_for(refused)
+        assert reply.startswith("451 4.7.0") and "refused our AUTH" in reply
+        (tmp_path / "relay-password").write_text(RELAY_PASSWORD)
+        [(_sender, rcpts, _alert)] = await wait_for(lambda: _sunk(sink))
+        assert rcpts == (PERSONAL,)
     finally:
         await env.close()
 
