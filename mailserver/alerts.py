@@ -72,15 +72,16 @@ def build_alert(rt: Runtime, to: str, name: str) -> bytes:
     return msg.as_bytes()
 
 
-def queue_alerts(session: Session, rt: Runtime, sender: str, targets: Sequence[LocalTarget]) -> int:
+def queue_alerts(session: Session, rt: Runtime, sender: str, targets: Sequence[LocalTarget]) -> list[str]:
     """Queue the alerts due for the patient mailboxes in ``targets`` (just delivered), inside the
-    delivery's transaction; returns how many were queued. A message with an empty sender (a delivery
-    report to a patient who wrote) gives none."""
+    delivery's transaction; returns what happened to each (``queued``, ``throttled``, ``disabled``,
+    ``no_relay``) for the caller to count once committed (a group commit may run this twice). A message
+    with an empty sender (a delivery report to a patient who wrote) gives none."""
     patients = [t for t in targets if t.type == "PAT"]
     if not patients or not sender:
-        return 0  # a null reverse-path is the server's own report (a DSN), not someone writing
+        return []  # a null reverse-path is the server's own report (a DSN), not someone writing
     relay = rt.settings.relay
-    queued = 0
+    results: list[str] = []
     now = utcnow()
     interval = dt.timedelta(seconds=rt.settings.patients.alert_interval)
     for target in patients:
@@ -89,17 +90,17 @@ def queue_alerts(session: Session, rt: Runtime, sender: str, targets: Sequence[L
         if patient is None or not patient.email:
             continue
         if not patient.alerts_enabled:
-            rt.metrics.patient_alert("disabled")
+            results.append("disabled")
             continue
         if not relay.host:
-            rt.metrics.patient_alert("no_relay")
+            results.append("no_relay")
             if id(rt) not in _no_relay_logged:
                 _no_relay_logged.add(id(rt))
                 log.warning("patient alerts are not sent: no [relay] host is configured")
             continue
         last = patient.last_alert_at
         if last is not None and now - (last if last.tzinfo else last.replace(tzinfo=dt.UTC)) < interval:
-            rt.metrics.patient_alert("throttled")
+            results.append("throttled")
             continue
         patient.last_alert_at = now
         data = build_alert(rt, patient.email, sender_name(session, sender))
@@ -111,9 +112,8 @@ def queue_alerts(session: Session, rt: Runtime, sender: str, targets: Sequence[L
         entry = hook(session, blob_id, alert_from, [recipient])
         request = f"alert for <{target.address}>"
         Audit.record_in(session, target.address, "patient-alert", "", request, f"queue entry {entry}")
-        rt.metrics.patient_alert("queued")
-        queued += 1
-    return queued
+        results.append("queued")
+    return results
 
 
 @dataclass(frozen=True)
