@@ -425,6 +425,29 @@ class ClientsSettings:
 
 
 @dataclass
+class PatientsSettings:
+    """New-message alerts at a patient's personal address (mailserver/alerts.py): the portal's address
+    they point to, at most one per ``alert_interval``, sent as ``alert_from`` (empty: no-reply@hostname)."""
+
+    portal_url: str = ""
+    alert_interval: Duration = 900
+    alert_from: str = ""
+
+
+@dataclass
+class RelaySettings:
+    """The operator's ordinary mail relay, for alerts only (patients' addresses are outside the trust
+    space): no ``host``, no alerts."""
+
+    host: str = ""
+    port: int = 587
+    starttls: bool = True
+    username: str = ""
+    password_file: FilePath = ""
+    ca_file: FilePath = ""  # CA bundle the relay's certificate must chain to (empty: the system's)
+
+
+@dataclass
 class Settings:
     """The whole configuration; ``source`` is the file it came from (for messages), or None."""
 
@@ -451,6 +474,8 @@ class Settings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     mailboxes: MailboxesSettings = field(default_factory=MailboxesSettings)
     clients: ClientsSettings = field(default_factory=ClientsSettings)
+    patients: PatientsSettings = field(default_factory=PatientsSettings)
+    relay: RelaySettings = field(default_factory=RelaySettings)
     source: Path | None = None
 
 
@@ -577,6 +602,10 @@ def _check(settings: Settings, name: str) -> None:
                 )
     if settings.admin.timeout <= 0:
         raise ConfigError(f"{name}: [admin] timeout: must be more than 0 seconds")
+    if settings.relay.username and not settings.relay.password_file:
+        raise ConfigError(f"{name}: [relay] username needs password_file (the relay's AUTH password)")
+    if not 0 < settings.relay.port <= 65535:
+        raise ConfigError(f"{name}: [relay] port: out of range")
     for domain, route in settings.delivery.routes.items():
         try:
             parse_listen(route)

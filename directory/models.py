@@ -9,7 +9,19 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Boolean, Column, Date, ForeignKey, Index, Integer, LargeBinary, String, Table, Text
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    true,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mailserver.db.models import Base, UTCDateTime, utcnow
@@ -181,5 +193,8 @@ class Patient(Base):
     email: Mapped[str | None] = mapped_column(String(320), nullable=True)
     """The patient's personal address, outside the trust space: only for alerts, through the relay."""
     phone: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    alerts_enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    """New-message alerts at ``email``; the patient turns them off in the portal."""
+    last_alert_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

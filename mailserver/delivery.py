@@ -8,7 +8,8 @@
 
 ``commit`` writes the message rows of every local recipient and, through the outbound queue's
 ``enqueue`` hook, the queue rows of the remote ones in the same transaction, so an SMTP 250 sent after
-``commit`` returns means every recipient's copy is durable. One blob serves them all.
+``commit`` returns means every recipient's copy is durable. One blob serves them all. A patient's
+new-message alert (``mailserver.alerts``) is queued in that transaction too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from mailserver import alerts
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget
 from mailserver.runtime import Runtime
 from mailserver.store.store import DeliveryResult as StoreResult
@@ -88,8 +90,13 @@ class Delivery:
         prepared, self.prepared = self.prepared, None
         remote = list(self.remote)
         enqueue, on_commit = self.enqueue, self.on_commit
+        patients = any(t.type == "PAT" for t in self.local.values())
+        alerted: list[str] = []
 
         def in_transaction(session: Session, blob_id: int, stored: StoreResult) -> None:
+            if patients:  # the patients' alerts commit with the message (mailserver/alerts.py)
+                delivered = [self.local[m] for m in stored.uids if m in self.local]
+                alerted[:] = alerts.queue_alerts(session, self.rt, self.sender, delivered)
             entry = None
             if remote:
                 assert enqueue is not None  # add_remote refuses remote recipients without a queue
@@ -104,7 +111,7 @@ class Delivery:
             folder=self.folder,
             flags=self.flags,
             extra_refs=1 if remote else 0,
-            in_transaction=in_transaction if remote or on_commit else None,
+            in_transaction=in_transaction if remote or on_commit or patients else None,
             trace=(self.remote_addr, request),
         )
         result = DeliveryResult(blob_id=stored.blob_id, queued=[t.address for t, _ in remote])
@@ -114,6 +121,10 @@ class Delivery:
             else:
                 result.refused[target.address] = Refusal(452, "4.2.2", f"<{target.address}>: mailbox full")
         self.rt.metrics.delivered("local", len(result.delivered))
+        for outcome in alerted:
+            self.rt.metrics.patient_alert(outcome)
+        if "queued" in alerted:
+            self.rt.queue.wake()
         if stored.blob_id is None:
             # Nothing was kept (every recipient full), so no transaction carried the audit events.
             for address, refusal in result.refused.items():

@@ -52,6 +52,12 @@ class Metrics:
             ["service", "code"],
             registry=r,
         )
+        self.patient_alerts = Counter(
+            "caducee_patient_alerts",
+            "New-message alerts to patients' personal addresses: queued, throttled, disabled, no_relay",
+            ["result"],
+            registry=r,
+        )
         self.deliveries = Counter(
             "caducee_deliveries",
             "Messages delivered to a recipient: local (a mailbox here) or remote (taken by a peer)",
@@ -132,6 +138,9 @@ class Metrics:
     def delivered(self, destination: str, count: int = 1) -> None:
         if count:
             self.deliveries.labels(destination).inc(count)
+
+    def patient_alert(self, result: str) -> None:
+        self.patient_alerts.labels(result).inc()
 
     def delivery_attempt(self, result: str) -> None:
         self.delivery_attempts.labels(result).inc()

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 import directory.search
+from mailserver import alerts
 from mailserver.auth import AuthOutcome
 from mailserver.portal import service
 from mailserver.portal.http import (
@@ -84,6 +85,33 @@ async def logout(request: web.Request) -> web.StreamResponse:
     resp = web.json_response({"ok": True})
     clear_session_cookie(resp, request.app[RT])
     return resp
+
+
+def _settings(pref: alerts.AlertPreference) -> dict[str, Any]:
+    return {"alerts_enabled": pref.enabled, "alert_email": pref.email}
+
+
+async def get_settings(request: web.Request) -> web.StreamResponse:
+    info = await _session(request)
+    pref = await alerts.preference(request.app[RT], info.address)
+    if pref is None:
+        return _error(404, "aucun dossier patient pour ce compte")
+    return web.json_response(_settings(pref))
+
+
+async def post_settings(request: web.Request) -> web.StreamResponse:
+    """The same switch as the settings page (``alerts.set_enabled``)."""
+    rt = request.app[RT]
+    info = await _session(request, post=True)
+    body = await _json_body(request)
+    enabled = body.get("alerts_enabled")
+    if not isinstance(enabled, bool):
+        return _error(400, "alerts_enabled doit valoir true ou false")
+    if not await alerts.set_enabled(rt, info.address, enabled, remote(request), "api"):
+        return _error(404, "aucun dossier patient pour ce compte")
+    pref = await alerts.preference(rt, info.address)
+    assert pref is not None
+    return web.json_response(_settings(pref))
 
 
 async def conversations(request: web.Request) -> web.StreamResponse:
@@ -334,6 +362,17 @@ OPENAPI: dict[str, Any] = {
             "cookie": {"type": "apiKey", "in": "cookie", "name": "caducee_session"},
         },
         "schemas": {
+            "Settings": {
+                "type": "object",
+                "required": ["alerts_enabled", "alert_email"],
+                "properties": {
+                    "alerts_enabled": {"type": "boolean"},
+                    "alert_email": {
+                        "type": ["string", "null"],
+                        "description": "Adresse personnelle des alertes (aucune : pas d'alerte)",
+                    },
+                },
+            },
             "Problem": {
                 "type": "object",
                 "description": "RFC 9457 (application/problem+json)",
@@ -632,6 +671,36 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/api/settings": {
+            "get": {
+                "summary": "Paramètres du patient : alertes de nouveau message",
+                "operationId": "getSettings",
+                "security": _SECURED,
+                "responses": {"200": _json(_ref("Settings"), "Paramètres"), **_ERRORS},
+            },
+            "post": {
+                "summary": "Activer ou désactiver les alertes de nouveau message",
+                "operationId": "setSettings",
+                "security": _SECURED,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["alerts_enabled"],
+                                "properties": {"alerts_enabled": {"type": "boolean"}},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(_ref("Settings"), "Paramètres enregistrés"),
+                    "400": _json(_ref("Error"), "Valeur invalide"),
+                    **_ERRORS,
+                },
+            },
+        },
         "/api/logout": {
             "post": {
                 "summary": "Déconnexion",
@@ -859,6 +928,8 @@ OPENAPI: dict[str, Any] = {
 def setup(app: web.Application) -> None:
     app.router.add_post("/api/login", login)
     app.router.add_post("/api/logout", logout)
+    app.router.add_get("/api/settings", get_settings)
+    app.router.add_post("/api/settings", post_settings)
     app.router.add_get("/api/conversations", conversations)
     app.router.add_get("/api/conversations/{id}", conversation)
     app.router.add_post("/api/conversations/{id}/messages", post_message)

@@ -23,7 +23,7 @@ import jinja2
 from aiohttp import web
 
 from config.settings import parse_listen
-from mailserver import storage_faults
+from mailserver import alerts, storage_faults
 from mailserver.delivery import EnqueueHook
 from mailserver.limits import ConnectionGate, Refused, Slot
 from mailserver.portal import api, autoconfig, messages_api, service
@@ -224,6 +224,26 @@ async def reply_post(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(f"/conversations/{public_id}#dernier")
 
 
+async def settings_page(request: web.Request) -> web.StreamResponse:
+    info = await _session(request)
+    pref = await alerts.preference(request.app[RT], info.address)
+    return render(request, "parametres.html", session=info, pref=pref)
+
+
+async def settings_post(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RT]
+    info = await _session(request)
+    form = await request.post()
+    if not csrf_ok(info.csrf, form.get("csrf")):
+        raise web.HTTPForbidden(text="Jeton CSRF invalide.")
+    enabled = form.get("alertes") == "oui"
+    if not await alerts.set_enabled(rt, info.address, enabled, remote(request), "portal"):
+        return render(request, "error.html", 404, session=info, error="Aucun dossier patient pour ce compte.")
+    pref = await alerts.preference(rt, info.address)
+    notice = "Les alertes sont activées." if enabled else "Les alertes sont désactivées."
+    return render(request, "parametres.html", session=info, pref=pref, notice=notice)
+
+
 async def attachment_get(request: web.Request) -> web.StreamResponse:
     info = await _session(request)
     try:
@@ -295,6 +315,8 @@ def make_app(rt: Runtime, enqueue: EnqueueHook | None = None) -> web.Application
     app.router.add_get("/conversations/{id}", conversation_page)
     app.router.add_post("/conversations/{id}/reponse", reply_post)
     app.router.add_get("/messages/{mid}/pieces-jointes/{n}", attachment_get)
+    app.router.add_get("/parametres", settings_page)
+    app.router.add_post("/parametres", settings_post)
     app.router.add_static("/static", HERE / "static")
     api.setup(app)
     messages_api.setup(app)

@@ -23,7 +23,10 @@ async def queue_list(rt: Runtime, as_json: bool) -> None:
         emit(entries)
         return
     for e in entries:
-        click.echo(f"{e['id']:6}  from <{e['sender']}>  queued {e['created_at']}  expires {e['expires_at']}")
+        via = "  via [relay] (patient alert)" if e["relay"] else ""
+        click.echo(
+            f"{e['id']:6}  from <{e['sender']}>  queued {e['created_at']}  expires {e['expires_at']}{via}"
+        )
         for r in e["recipients"]:
             click.echo(
                 f"        {r['address']:40} {r['status']:8} attempts {r['attempts']}  "

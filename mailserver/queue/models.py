@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mailserver.db.models import Base, UTCDateTime, utcnow
@@ -38,6 +38,8 @@ class QueueMessage(Base):
     envid: Mapped[str | None] = mapped_column(String(100), nullable=True)
     ret: Mapped[str | None] = mapped_column(String(4), nullable=True)
     smtputf8: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Only patient alerts set it: sent through ``[relay]``, never to a peer of the trust space.
+    relay: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 

@@ -107,6 +107,11 @@ async def resolve(settings: DeliverySettings, domain: str) -> list[Hop]:
     return hops
 
 
+def _read_secret(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read().strip()
+
+
 def _reply(exc: aiosmtplib.SMTPResponseException) -> str:
     return f"{exc.code} {' '.join(exc.message.split())}"
 
@@ -175,6 +180,8 @@ class Outbound:
         return self._context
 
     async def send(self, batch: Batch, data: bytes) -> dict[int, Outcome]:
+        if batch.relay:
+            return await self._relay(batch, data)
         try:
             hops = await resolve(self.settings, batch.domain)
         except RouteError as exc:
@@ -194,6 +201,63 @@ class Outbound:
                     **private(response=last),
                 )
         return {r.id: Outcome("temporary", last) for r in batch.recipients}
+
+    async def _relay(self, batch: Batch, data: bytes) -> dict[int, Outcome]:
+        """A patient alert (the only entries flagged ``relay``) to ``[relay]``: STARTTLS verified against
+        ``ca_file`` (the system's CAs when empty), AUTH when ``username`` is set; failures are retried
+        by the queue like any other."""
+        relay = self.rt.settings.relay
+        if not relay.host:
+            why = "451 4.3.5 no [relay] host configured"
+            return {r.id: Outcome("temporary", why) for r in batch.recipients}
+        context = ssl.create_default_context(cafile=relay.ca_file or None)
+        client = aiosmtplib.SMTP(
+            hostname=relay.host,
+            port=relay.port,
+            local_hostname=self.rt.settings.server.hostname,
+            timeout=self.settings.greeting_timeout,
+            start_tls=relay.starttls,
+            tls_context=context,
+        )
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                await client.connect()
+            if relay.username:
+                password = await asyncio.to_thread(_read_secret, relay.password_file)
+                await client.login(relay.username, password)
+            addresses = [r.address for r in batch.recipients]
+            errors, message = await client.sendmail(batch.sender, addresses, data)
+            try:
+                await client.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                log.debug("QUIT after relaying failed; the relay took the message")
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refused = {e.recipient: e for e in exc.recipients}
+            return {
+                r.id: Outcome(_kind(refused[r.address].code), _reply(refused[r.address]))
+                if r.address in refused
+                else Outcome("temporary", "451 4.4.2 relay refused the transaction")
+                for r in batch.recipients
+            }
+        except aiosmtplib.SMTPAuthenticationError as exc:  # the operator's settings: fixable, so retried
+            why = f"451 4.7.0 relay {relay.host} refused our AUTH: {_reply(exc)}"
+            return {r.id: Outcome("temporary", why) for r in batch.recipients}
+        except aiosmtplib.SMTPResponseException as exc:
+            return {r.id: Outcome(_kind(exc.code), _reply(exc)) for r in batch.recipients}
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError, TimeoutError) as exc:
+            why = f"451 4.4.2 relay {relay.host}:{relay.port} failed: {exc or 'timed out'}"
+            log_event("delivery-attempt-failed", entry=batch.message_id, hop="relay", reply="451")
+            return {r.id: Outcome("temporary", why) for r in batch.recipients}
+        finally:
+            client.close()
+        outcomes = {}
+        for r in batch.recipients:
+            if r.address in errors:
+                reply = errors[r.address]
+                outcomes[r.id] = Outcome(_kind(reply.code), f"{reply.code} {' '.join(reply.message.split())}")
+            else:
+                outcomes[r.id] = Outcome("relayed", f"250 {' '.join(message.split())}")
+        return outcomes
 
     async def _attempt(self, batch: Batch, data: bytes, hop: Hop) -> dict[int, Outcome]:
         try:

@@ -76,6 +76,7 @@ class Batch:
     domain: str
     recipients: tuple[QueuedRecipient, ...]
     token: str = ""  # the lease this worker holds on the recipients' rows
+    relay: bool = False  # a patient alert: through ``[relay]``, never to a peer operator
 
 
 @dataclass(frozen=True)
@@ -108,9 +109,12 @@ class Queue:
     # ------------------------------------------------------------------ writing
 
     def enqueue_hook(
-        self, envid: str | None = None, ret: str | None = None, smtputf8: bool = False
+        self, envid: str | None = None, ret: str | None = None, smtputf8: bool = False, relay: bool = False
     ) -> EnqueueHook:
-        """The ``Delivery`` hook writing one entry with the message's DSN options (RFC 3461 §4.3-4.4)."""
+        """The ``Delivery`` hook writing one entry with the message's DSN options (RFC 3461 §4.3-4.4).
+
+        ``relay`` is for patient alerts only (mailserver/alerts.py): no entry point that takes mail from
+        a client or a peer ever sets it, so the relay is never open to anyone else."""
 
         def hook(
             session: Session,
@@ -125,6 +129,7 @@ class Queue:
                 envid=envid,
                 ret=ret,
                 smtputf8=smtputf8,
+                relay=relay,
                 created_at=now,
                 expires_at=now + dt.timedelta(seconds=self.settings.expire),
             )
@@ -212,6 +217,7 @@ class Queue:
                     domain,
                     tuple(QueuedRecipient(r.id, r.address, r.notify, r.orcpt) for r in rows),
                     token,
+                    msg.relay,
                 )
         return None
 
@@ -459,6 +465,7 @@ class Queue:
                 "created_at": m.created_at.isoformat(),
                 "expires_at": m.expires_at.isoformat(),
                 "envid": m.envid,
+                "relay": m.relay,  # a patient alert, for [relay]
                 "recipients": [
                     {
                         "address": r.address,

@@ -226,6 +226,15 @@ def drop_blob_ref(session: Session, blob_id: int) -> str | None:
     return blob.path  # None for a message kept in its row: nothing more to remove
 
 
+def insert_inline_blob(session: Session, data: bytes, refs: int = 1) -> int:
+    """A small message the server writes itself (a patient alert), kept in its row, inside the caller's
+    transaction: no file to write first, so it can be made in the very commit that decides it."""
+    written = WrittenBlob(None, len(data), hashlib.sha256(data).hexdigest())
+    meta_json = json.dumps(mime.analyze(data), separators=(",", ":"))
+    row = Store._blob_row(PreparedBlob(written, {}, meta_json, inline=data), refs, utcnow())
+    return int(session.execute(_INSERT_BLOB, row).scalar_one())
+
+
 def _receive_reply(result: DeliveryResult, mailbox_id: int) -> str:
     """What a ``receive`` audit event says was answered for one recipient mailbox."""
     if mailbox_id in result.uids:

@@ -81,6 +81,9 @@ def test_defaults_and_conversions(tmp_path: Path) -> None:
         ('[audit]\nkeep = "5 months"\n', "[audit] keep: must be at least 6 months (186 days)"),
         ('[audit]\nkeep = "180d"\n', "[audit] keep: must be at least 6 months"),
         ('[audit]\nkeep = "forever"\n', "[audit] keep: expected a period like \"12 months\", got 'forever'"),
+        ('[relay]\nhost = "relay.test"\nusername = "u"\n', "[relay] username needs password_file"),
+        ("[relay]\nport = 70000\n", "[relay] port: out of range"),
+        ('[patients]\nalert_interval = "soon"\n', "[patients] alert_interval: expected a duration"),
     ],
 )
 def test_bad_values_are_one_line_errors(tmp_path: Path, text: str, message: str) -> None:
