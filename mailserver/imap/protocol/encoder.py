@@ -418,14 +418,21 @@ def status(name: str, items: Iterable[tuple[str, int]], *, utf8: bool = False) -
 Namespaces = Sequence[tuple[str, str | None]] | None
 
 
-def namespace(personal: Namespaces, other: Namespaces = None, shared: Namespaces = None) -> bytes:
-    """RFC 2342 / RFC 9051 §7.3.4: each argument lists (prefix, delimiter) pairs or None."""
+def namespace(
+    personal: Namespaces, other: Namespaces = None, shared: Namespaces = None, *, utf8: bool = False
+) -> bytes:
+    """RFC 2342 / RFC 9051 §7.3.4: each argument lists (prefix, delimiter) pairs or None; a prefix is
+    a mailbox name, so mUTF-7 unless UTF8=ACCEPT is enabled."""
+
+    def name(prefix: str) -> str:
+        return prefix if utf8 else mutf7.encode(prefix)
 
     def one(spaces: Namespaces) -> bytes:
         if not spaces:
             return b"NIL"
         inner = b"".join(
-            b"(" + string(prefix) + b" " + (b"NIL" if d is None else quoted(d)) + b")" for prefix, d in spaces
+            b"(" + string(name(prefix), utf8=utf8) + b" " + (b"NIL" if d is None else quoted(d)) + b")"
+            for prefix, d in spaces
         )
         return b"(" + inner + b")"
 

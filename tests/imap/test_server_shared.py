@@ -1,0 +1,129 @@
+"""Shared ORG mailboxes over IMAP (issue 16): the RFC 2342 shared namespace ``Partagé/<ORG>/`` and
+RFC 4314 rights enforced per command, with two members of one ORG in real imaplib sessions at once."""
+
+from __future__ import annotations
+
+import asyncio
+import imaplib
+import re
+import ssl
+
+from mailserver import accounts
+from mailserver.imap.protocol import mutf7
+from tests.imap.conftest import PASSWORD, SECRETARIAT, IMAPEnv, message
+
+BERNARD = "dr.bernard@a.mssante.test"
+DUPONT = "dr.dupont@a.mssante.test"
+SHARED = mutf7.encode(f"Partagé/{SECRETARIAT}/")  # as an IMAP4rev1 (mUTF-7) client writes it
+SHARED_INBOX = SHARED + "INBOX"
+
+
+async def members(env: IMAPEnv, bernard: str, dupont: str) -> None:
+    """Two people (PER mailboxes) and their rights on the ORG mailbox SECRETARIAT."""
+    for address, rpps in ((BERNARD, "10000000009"), (DUPONT, "10000000017")):
+        env.mailboxes[address] = (
+            await accounts.add_mailbox(env.rt, address, "PER", rpps=rpps, password=PASSWORD)
+        ).id
+    await accounts.add_member(env.rt, SECRETARIAT, BERNARD, bernard)
+    await accounts.add_member(env.rt, SECRETARIAT, DUPONT, dupont)
+
+
+def login(env: IMAPEnv, user: str) -> imaplib.IMAP4_SSL:
+    client = imaplib.IMAP4_SSL("127.0.0.1", env.tls_port, ssl_context=env.ctx, timeout=10)
+    client.login(user, PASSWORD)
+    return client
+
+
+def names(client: imaplib.IMAP4_SSL) -> list[str]:
+    typ, data = client.list()
+    assert typ == "OK"
+    return [re.match(rb'\(.*?\) "/" (.*)', line).group(1).decode().strip('"') for line in data]  # type: ignore[union-attr]
+
+
+def reader_and_stranger(env: IMAPEnv, ctx: ssl.SSLContext | None = None) -> None:
+    """BERNARD (lr) reads the ORG's INBOX; DUPONT (r, no l) does not learn it exists; both at once."""
+    bernard, dupont = login(env, BERNARD), login(env, DUPONT)
+    try:
+        typ, data = bernard.namespace()
+        assert typ == "OK"
+        assert data[0] == b'(("" "/")) NIL (("Partag&AOk-/" "/"))'
+        assert SHARED_INBOX in names(bernard) and SHARED + "Sent" in names(bernard)
+        assert not [n for n in names(dupont) if n.startswith("Partag")]
+
+        assert bernard.select("INBOX") == ("OK", [b"0"])  # the member's own INBOX stays theirs
+        typ, data = bernard.select(SHARED_INBOX)
+        assert (typ, data) == ("OK", [b"1"])
+        typ, data = bernard.fetch("1", "(BODY[] FLAGS)")
+        assert typ == "OK" and b"Subject: partage" in data[0][1]
+        typ, data = bernard.fetch("1", "(FLAGS)")
+        assert b"\\Seen" not in data[0], "no s right: reading does not set \\Seen"
+        typ, data = bernard.store("1", "+FLAGS", "(\\Deleted)")
+        assert typ == "NO" and b"[NOPERM]" in data[0] and b"t" in data[0]
+        typ, data = bernard.status(SHARED_INBOX, "(MESSAGES UNSEEN)")
+        assert typ == "OK" and b"(MESSAGES 1 UNSEEN 1)" in data[0]
+        typ, data = bernard.expunge()
+        assert typ == "NO" and b"[NOPERM]" in data[0]
+
+        typ, missing = dupont.select(mutf7.encode("Partagé/nobody@a.mssante.test/INBOX"))
+        assert typ == "NO" and missing[0].startswith(b"[NONEXISTENT]")
+        assert dupont.select(SHARED_INBOX) == (typ, missing), "answered exactly as a missing folder"
+        assert dupont.status(SHARED_INBOX, "(MESSAGES)") == ("NO", missing)
+    finally:
+        for client in (bernard, dupont):
+            client.logout()
+
+
+async def test_rights_decide_what_members_see_and_do(imap_both: IMAPEnv) -> None:
+    env = imap_both
+    await members(env, "lr", "r")
+    await env.deliver(message("partage"), SECRETARIAT)
+    await asyncio.to_thread(reader_and_stranger, env)
+
+
+def append_and_copy(env: IMAPEnv) -> None:
+    """BERNARD (lri) appends into the ORG's Sent and copies there; DUPONT (lr) may not."""
+    bernard, dupont = login(env, BERNARD), login(env, DUPONT)
+    org = login(env, SECRETARIAT)
+    try:
+        typ, data = bernard.append(SHARED + "Sent", "(\\Seen $Label1)", None, message("copie"))
+        assert typ == "OK" and b"APPENDUID" in data[0]
+        typ, data = dupont.append(SHARED + "Sent", None, None, message("refus"))
+        assert typ == "NO" and b"[NOPERM]" in data[0]
+        org.select("Sent")
+        typ, data = org.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert len([d for d in data if isinstance(d, tuple)]) == 1
+        assert b"Subject: copie" in data[0][1]
+        assert b"\\Seen" not in data[0][0] and b"$Label1" not in data[0][0], "flags beyond lri are dropped"
+
+        bernard.select(SHARED_INBOX)
+        typ, data = bernard.copy("1", SHARED + "Sent")
+        assert typ == "OK" and b"COPYUID" in data[0]
+        typ, data = bernard.copy("1", "INBOX")
+        assert typ == "NO" and b"[CANNOT]" in data[0]
+        dupont.select(SHARED_INBOX)
+        typ, data = dupont.copy("1", SHARED + "Sent")
+        assert typ == "NO" and b"[NOPERM]" in data[0]
+        typ, data = bernard.create(SHARED + "Dossiers")
+        assert typ == "NO" and b"[NOPERM]" in data[0]
+    finally:
+        for client in (bernard, dupont, org):
+            client.logout()
+
+
+async def test_append_and_copy_into_the_org_need_insert(imap: IMAPEnv) -> None:
+    await members(imap, "lri", "lr")
+    await imap.deliver(message("partage"), SECRETARIAT)
+    await asyncio.to_thread(append_and_copy, imap)
+
+
+async def test_idle_on_a_shared_folder_wakes_on_delivery_to_the_org(imap: IMAPEnv) -> None:
+    await members(imap, "lrs", "lr")
+    c = await imap.connect(BERNARD)
+    await c.ok(f'SELECT "{SHARED_INBOX}"')
+    await c.send("i1 IDLE\r\n")
+    assert await c.line() == "+ idling"
+    await imap.deliver(message("arrivée"), SECRETARIAT)
+    assert await c.line(wait=5) == "* 1 EXISTS"  # pushed by the ORG's notification
+    await c.send("DONE\r\n")
+    assert (await c.until("i1"))[-1] == "i1 OK IDLE terminated"
+    await c.close()
