@@ -469,6 +469,19 @@ async def memberships_of(rt: Runtime, member_id: int) -> list[Access]:
         return [Access(*row) for row in rows.all()]
 
 
+async def rights_through(rt: Runtime, mailbox_id: int, member_ids: tuple[int, ...]) -> str:
+    """The rights a session of shared mailbox ``mailbox_id`` opened through these members' membership
+    holds there (any of theirs, in ``ACL_RIGHTS`` order): not more than the membership grants."""
+    async with rt.db.read() as session:
+        rows = await session.execute(
+            select(Membership.rights).where(
+                Membership.mailbox_id == mailbox_id, Membership.member_id.in_(member_ids)
+            )
+        )
+        held = "".join(rows.scalars())
+    return "".join(r for r in ACL_RIGHTS if r in held)
+
+
 async def grant_send_as(rt: Runtime, org_address: str, member_address: str) -> None:
     """Deprecated (``mailbox send-as``): a membership with the default rights, which include sending."""
     await add_member(rt, org_address, member_address)

@@ -49,12 +49,21 @@ async def visible(s: Session) -> list[accounts.Access]:
     return [a for a in await accounts.memberships_of(s.rt, s.mailbox_id) if acl.LOOKUP in a.rights]
 
 
+async def own_rights(s: Session) -> str:
+    """Every right on one's own mailbox; on a shared one opened through a membership (a login with
+    the ORG as authorization identity), that membership's rights."""
+    assert s.mailbox_id is not None
+    if not s.members:
+        return acl.OWNER
+    return await accounts.rights_through(s.rt, s.mailbox_id, s.members)
+
+
 async def resolve(s: Session, name: str) -> Target:
     """Where ``name`` lives; a shared name without ``l`` (or no membership) is ``NO [NONEXISTENT]``."""
     assert s.mailbox_id is not None
     root = prefix(s)
     if not name.startswith(root):
-        return Target(s.mailbox_id, name, acl.OWNER)
+        return Target(s.mailbox_id, name, await own_rights(s))
     org, sep, folder = name[len(root) :].partition(SEPARATOR)
     for access in await visible(s):
         if access.address.lower() == org.lower():

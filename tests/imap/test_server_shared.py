@@ -127,3 +127,55 @@ async def test_idle_on_a_shared_folder_wakes_on_delivery_to_the_org(imap: IMAPEn
     await c.send("DONE\r\n")
     assert (await c.until("i1"))[-1] == "i1 OK IDLE terminated"
     await c.close()
+
+
+def acl_round_trip(env: IMAPEnv) -> None:
+    """BERNARD (lra) administers the ORG's ACL; DUPONT (lr) may read it only through MYRIGHTS."""
+    bernard, dupont = login(env, BERNARD), login(env, DUPONT)
+    try:
+        typ, caps = bernard.capability()
+        assert b" ACL " in caps[0] + b" " and b"RIGHTS=texk" in caps[0]
+        assert bernard.myrights(SHARED_INBOX) == ("OK", [f"{SHARED_INBOX} lra".encode()])
+        typ, data = bernard.getacl(SHARED_INBOX)
+        assert typ == "OK"
+        assert data[0] == f"{SHARED_INBOX} {SECRETARIAT} lrswipkxtea {BERNARD} lra {DUPONT} lr".encode()
+        typ, data = dupont.getacl(SHARED_INBOX)
+        assert typ == "NO" and b"[NOPERM]" in data[0]
+        typ, data = dupont.setacl(SHARED_INBOX, DUPONT, "lrswipkxtea")
+        assert typ == "NO" and b"[NOPERM]" in data[0]
+
+        assert bernard.setacl(SHARED_INBOX, DUPONT, "+ic")[0] == "OK"  # c: the obsolete k (RFC 4314 §2.1.1)
+        assert dupont.myrights(SHARED + "Sent") == ("OK", [f"{SHARED}Sent lrik".encode()])
+        assert dupont.append(SHARED_INBOX, None, None, message("admis"))[0] == "OK"
+        typ, data = bernard.xatom("LISTRIGHTS", SHARED_INBOX, DUPONT)
+        assert typ == "OK"
+        assert bernard._untagged_response(typ, data, "LISTRIGHTS")[1] == [
+            f'{SHARED_INBOX} {DUPONT} "" l r s w i p k x t e a'.encode()
+        ]
+        typ, data = bernard.setacl(SHARED_INBOX, SECRETARIAT, "lr")
+        assert typ == "NO" and b"[CANNOT]" in data[0]
+
+        assert bernard.setacl(SHARED_INBOX, DUPONT, "-l")[0] == "OK"
+        typ, data = dupont.myrights(SHARED_INBOX)
+        assert typ == "NO" and data[0].startswith(b"[NONEXISTENT]"), "without l it is gone from view"
+        assert bernard.deleteacl(SHARED_INBOX, DUPONT)[0] == "OK"
+        typ, data = bernard.getacl(SHARED_INBOX)
+        assert data[0] == f"{SHARED_INBOX} {SECRETARIAT} lrswipkxtea {BERNARD} lra".encode()
+    finally:
+        for client in (bernard, dupont):
+            client.logout()
+
+
+async def test_acl_commands_edit_the_memberships(imap_both: IMAPEnv) -> None:
+    env = imap_both
+    await members(env, "lra", "lr")
+    await asyncio.to_thread(acl_round_trip, env)
+    assert [(m.member, m.rights) for m in await accounts.list_members(env.rt, SECRETARIAT)] == [
+        (BERNARD, "lra")
+    ]
+    events = [e for e in await env.rt.audit.events(action="admin") if e.request.startswith("member ")]
+    assert [(e.actor, e.request) for e in events[-3:]] == [
+        (BERNARD, f"member add {DUPONT} to {SECRETARIAT} rights lrik"),
+        (BERNARD, f"member add {DUPONT} to {SECRETARIAT} rights rik"),
+        (BERNARD, f"member remove {DUPONT} from {SECRETARIAT}"),
+    ]

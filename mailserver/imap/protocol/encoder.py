@@ -453,6 +453,27 @@ def quota(root: str, resources: Iterable[tuple[str, int, int]]) -> bytes:
     return b"* QUOTA %s (%s)\r\n" % (astring(root), body)
 
 
+def acl(name: str, entries: Iterable[tuple[str, str]], *, utf8: bool = False) -> bytes:
+    """RFC 4314 §3.6 ``* ACL mailbox (identifier rights)*``."""
+    parts = [mailbox(name, utf8=utf8)]
+    for identifier, rights in entries:
+        parts += [astring(identifier, utf8=utf8), astring(rights)]
+    return b"* ACL " + b" ".join(parts) + CRLF
+
+
+def listrights(
+    name: str, identifier: str, required: str, optional: Iterable[str], *, utf8: bool = False
+) -> bytes:
+    """RFC 4314 §3.7 ``* LISTRIGHTS mailbox identifier required optional...``."""
+    parts = [mailbox(name, utf8=utf8), astring(identifier, utf8=utf8), string(required)]
+    return b"* LISTRIGHTS " + b" ".join([*parts, *(astring(r) for r in optional)]) + CRLF
+
+
+def myrights(name: str, rights: str, *, utf8: bool = False) -> bytes:
+    """RFC 4314 §3.8 ``* MYRIGHTS mailbox rights``."""
+    return b"* MYRIGHTS " + mailbox(name, utf8=utf8) + b" " + astring(rights) + CRLF
+
+
 def quotaroot(name: str, roots: Iterable[str], *, utf8: bool = False) -> bytes:
     return b"* QUOTAROOT " + b" ".join([mailbox(name, utf8=utf8), *(astring(r) for r in roots)]) + CRLF
 
