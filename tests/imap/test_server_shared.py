@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import imaplib
 import re
-import ssl
+
+from imapclient import IMAPClient
 
 from mailserver import accounts
 from mailserver.imap.protocol import mutf7
@@ -40,7 +41,7 @@ def names(client: imaplib.IMAP4_SSL) -> list[str]:
     return [re.match(rb'\(.*?\) "/" (.*)', line).group(1).decode().strip('"') for line in data]  # type: ignore[union-attr]
 
 
-def reader_and_stranger(env: IMAPEnv, ctx: ssl.SSLContext | None = None) -> None:
+def reader_and_stranger(env: IMAPEnv) -> None:
     """BERNARD (lr) reads the ORG's INBOX; DUPONT (r, no l) does not learn it exists; both at once."""
     bernard, dupont = login(env, BERNARD), login(env, DUPONT)
     try:
@@ -179,3 +180,25 @@ async def test_acl_commands_edit_the_memberships(imap_both: IMAPEnv) -> None:
         (BERNARD, f"member add {DUPONT} to {SECRETARIAT} rights rik"),
         (BERNARD, f"member remove {DUPONT} from {SECRETARIAT}"),
     ]
+
+
+def with_imapclient(env: IMAPEnv) -> tuple[object, list[tuple[bytes, bytes]], list[str]]:
+    """imapclient parses the shared namespace and the ACL, and lists the ORG's folders (UTF-8 names)."""
+    client = IMAPClient("127.0.0.1", port=env.tls_port, ssl=True, ssl_context=env.ctx, timeout=10)
+    try:
+        client.login(BERNARD, PASSWORD)
+        namespace = client.namespace()
+        acl = client.getacl(f"Partagé/{SECRETARIAT}/INBOX")
+        folders = [name for _, _, name in client.list_folders("Partagé/", "*")]
+        return namespace, acl, folders
+    finally:
+        client.logout()
+
+
+async def test_imapclient_sees_the_shared_namespace(imap: IMAPEnv) -> None:
+    await members(imap, "lra", "lr")
+    namespace, acl, folders = await asyncio.to_thread(with_imapclient, imap)
+    assert namespace.personal == (("", "/"),) and namespace.other is None  # type: ignore[attr-defined]
+    assert namespace.shared == (("Partagé/", "/"),)  # type: ignore[attr-defined]
+    assert (BERNARD.encode(), b"lra") in acl and (SECRETARIAT.encode(), b"lrswipkxtea") in acl
+    assert f"Partagé/{SECRETARIAT}/INBOX" in folders and f"Partagé/{SECRETARIAT}/Sent" in folders
