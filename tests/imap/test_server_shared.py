@@ -202,3 +202,23 @@ async def test_imapclient_sees_the_shared_namespace(imap: IMAPEnv) -> None:
     assert namespace.shared == (("Partagé/", "/"),)  # type: ignore[attr-defined]
     assert (BERNARD.encode(), b"lra") in acl and (SECRETARIAT.encode(), b"lrswipkxtea") in acl
     assert f"Partagé/{SECRETARIAT}/INBOX" in folders and f"Partagé/{SECRETARIAT}/Sent" in folders
+
+
+async def test_list_status_and_rev2_select_follow_the_rights(imap: IMAPEnv) -> None:
+    """LIST-STATUS answers STATUS only where the member holds ``r``; IMAP4rev2 SELECT names the folder
+    with its namespace prefix."""
+    await members(imap, "lr", "l")
+    await imap.deliver(message("partage"), SECRETARIAT)
+    reader, looker = await imap.connect(BERNARD), await imap.connect(DUPONT)
+    lines = await reader.ok(f'LIST "" "{SHARED}%" RETURN (STATUS (MESSAGES))')
+    assert f"* STATUS {SHARED_INBOX} (MESSAGES 1)" in lines
+    lines = await looker.ok(f'LIST "" "{SHARED}%" RETURN (STATUS (MESSAGES))')
+    assert f'* LIST (\\HasNoChildren) "/" {SHARED_INBOX}' in lines
+    assert not [line for line in lines if line.startswith("* STATUS")]
+    lines = await looker.command(f"SELECT {SHARED_INBOX}")
+    assert lines[-1].split(" ", 3)[1:3] == ["NO", "[NOPERM]"]
+    await reader.ok("ENABLE IMAP4rev2")  # names are UTF-8 from now on (RFC 9051 §5.1)
+    lines = await reader.ok(f'SELECT "Partagé/{SECRETARIAT}/INBOX"')
+    assert f'* LIST () "/" "Partagé/{SECRETARIAT}/INBOX"' in lines
+    for c in (reader, looker):
+        await c.close()
