@@ -190,6 +190,7 @@ class IMAPSettings:
     listen: list[str] = field(default_factory=lambda: ["127.0.0.1:2143"])
     tls_listen: list[str] = field(default_factory=lambda: ["127.0.0.1:2993"])
     client_cert: Literal["none", "optional"] = "none"
+    shared_prefix: str = "Partagé/"  # RFC 2342 shared namespace: the ORG/CAB mailboxes one is a member of
 
 
 @dataclass

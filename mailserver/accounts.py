@@ -383,7 +383,13 @@ class Member:
 
 
 async def add_member(
-    rt: Runtime, org_address: str, member_address: str, rights: str = DEFAULT_MEMBER_RIGHTS
+    rt: Runtime,
+    org_address: str,
+    member_address: str,
+    rights: str = DEFAULT_MEMBER_RIGHTS,
+    *,
+    actor: str = "admin",
+    remote: str = "",
 ) -> Member:
     """Make ``member_address`` a member of the ORG/CAB mailbox with ``rights`` (set again if already
     one): they open it, and send as it when the rights hold ``p``, with their own identity."""
@@ -401,16 +407,18 @@ async def add_member(
             row.rights = canonical
         rt.audit.record_in(
             session,
+            actor,
             "admin",
-            "admin",
-            "",
+            remote,
             f"member add {member.address} to {org.address} rights {canonical}",
             "ok",
         )
     return Member(org.address, member.address, canonical)
 
 
-async def remove_member(rt: Runtime, org_address: str, member_address: str) -> None:
+async def remove_member(
+    rt: Runtime, org_address: str, member_address: str, *, actor: str = "admin", remote: str = ""
+) -> None:
     """End a membership: the person no longer opens nor sends as the shared mailbox."""
     org, member = await get_mailbox(rt, org_address), await get_mailbox(rt, member_address)
     async with rt.db.write() as session:
@@ -420,7 +428,7 @@ async def remove_member(rt: Runtime, org_address: str, member_address: str) -> N
         if result.rowcount == 0:
             raise AccountError(f"{member.address} is not a member of {org.address}")
         rt.audit.record_in(
-            session, "admin", "admin", "", f"member remove {member.address} from {org.address}", "ok"
+            session, actor, "admin", remote, f"member remove {member.address} from {org.address}", "ok"
         )
 
 
@@ -438,6 +446,40 @@ async def list_members(rt: Runtime, org_address: str | None = None) -> list[Memb
         q = q.where(Membership.mailbox_id == org_id)
     async with rt.db.read() as session:
         return [Member(*row) for row in (await session.execute(q)).all()]
+
+
+@dataclass(frozen=True)
+class Access:
+    """What a person holds on one shared mailbox: its id and address, and their rights there."""
+
+    mailbox_id: int
+    address: str
+    rights: str
+
+
+async def memberships_of(rt: Runtime, member_id: int) -> list[Access]:
+    """The shared mailboxes ``member_id`` belongs to, by address (the IMAP shared namespace)."""
+    async with rt.db.read() as session:
+        rows = await session.execute(
+            select(Mailbox.id, Mailbox.address, Membership.rights)
+            .join(Membership, Membership.mailbox_id == Mailbox.id)
+            .where(Membership.member_id == member_id)
+            .order_by(Mailbox.address)
+        )
+        return [Access(*row) for row in rows.all()]
+
+
+async def rights_through(rt: Runtime, mailbox_id: int, member_ids: tuple[int, ...]) -> str:
+    """The rights a session of shared mailbox ``mailbox_id`` opened through these members' membership
+    holds there (any of theirs, in ``ACL_RIGHTS`` order): not more than the membership grants."""
+    async with rt.db.read() as session:
+        rows = await session.execute(
+            select(Membership.rights).where(
+                Membership.mailbox_id == mailbox_id, Membership.member_id.in_(member_ids)
+            )
+        )
+        held = "".join(rows.scalars())
+    return "".join(r for r in ACL_RIGHTS if r in held)
 
 
 async def grant_send_as(rt: Runtime, org_address: str, member_address: str) -> None:

@@ -32,7 +32,8 @@ from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from mailserver import quota, storage_faults
+from mailserver import acl, quota, storage_faults
+from mailserver.db.models import ACL_RIGHTS
 from mailserver.imap.base import REGISTRY, Done, Fail, State, store_code
 from mailserver.imap.contexts import Contexts
 from mailserver.imap.protocol import (
@@ -74,17 +75,30 @@ class Selected:
         "keywords",
         "modseq",
         "name",
+        "owner",
         "pending",
         "readonly",
         "recent",
+        "rights",
         "saved",
         "uids",
         "uidvalidity",
     )
 
-    def __init__(self, folder_id: int, name: str, readonly: bool, uidvalidity: int, modseq: int) -> None:
+    def __init__(
+        self,
+        folder_id: int,
+        name: str,
+        readonly: bool,
+        uidvalidity: int,
+        modseq: int,
+        owner: int = 0,
+        rights: str = ACL_RIGHTS,
+    ) -> None:
         self.folder_id = folder_id
-        self.name = name
+        self.name = name  # as the client names it (a shared folder with its namespace prefix)
+        self.owner = owner  # the mailbox holding the folder: one's own, or a shared one
+        self.rights = rights  # RFC 4314 rights on it (every right on one's own)
         self.readonly = readonly
         self.uidvalidity = uidvalidity
         self.modseq = modseq
@@ -134,6 +148,7 @@ class Session(asyncio.Protocol):
         self._out: list[bytes] = []
         self._out_size = 0
         self._unsubscribe: object = None
+        self._unsubscribe_shared: object = None  # notifications of the shared mailbox selected
         self.members: tuple[int, ...] = ()  # a shared mailbox opened through these members' membership
 
     # ------------------------------------------------------------------ asyncio.Protocol
@@ -333,7 +348,19 @@ class Session(asyncio.Protocol):
         self.raise_limits()
         self._unsubscribe = self.rt.notifier.subscribe(mailbox_id, self.notified)
 
+    def watch(self, mailbox_id: int) -> None:
+        """While a shared mailbox's folder is selected, its changes wake this session (IDLE) too."""
+        self.unwatch()
+        if mailbox_id != self.mailbox_id:
+            self._unsubscribe_shared = self.rt.notifier.subscribe(mailbox_id, self.notified)
+
+    def unwatch(self) -> None:
+        if callable(self._unsubscribe_shared):
+            self._unsubscribe_shared()
+        self._unsubscribe_shared = None
+
     def deselect(self) -> None:
+        self.unwatch()
         self.selected = None
         self.dirty = False
         if self.state is State.SELECTED:
@@ -377,6 +404,7 @@ class Session(asyncio.Protocol):
         if callable(self._unsubscribe):
             self._unsubscribe()
             self._unsubscribe = None
+        self.unwatch()
         self._write_out()
         self._closed = True
         if self.transport is not None:
@@ -636,6 +664,14 @@ class Session(asyncio.Protocol):
             if lo is not None and hi is not None and max(lo, hi) > count:
                 raise Fail("BAD", "invalid message sequence number")
         return [sel.uids[i - 1] for i in seqset.iter(count)]
+
+    def require_rights(self, rights: str, what: str) -> None:
+        """RFC 4314 §4 on the selected folder: ``NO [NOPERM]`` unless its rights hold ``rights``."""
+        sel = self.selected
+        assert sel is not None
+        lacking = acl.missing(sel.rights, rights)
+        if lacking:
+            raise Fail("NO", f"{what} needs the right(s) {lacking} here", "NOPERM")
 
     def require_writable(self) -> Selected:
         sel = self.selected

@@ -105,6 +105,30 @@ async def test_authzid_needs_the_read_right(env: Env) -> None:
     )
 
 
+def opened_as_member(port: int, ctx: ssl.SSLContext, token: str, org: str) -> list[tuple[str, list[bytes]]]:
+    """imaplib: a bearer token naming ``org`` as authorization identity, then what that session may do."""
+    conn = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=ctx, timeout=10)
+    try:
+        conn.authenticate("OAUTHBEARER", lambda _: oauthbearer(token, org))
+        answers = [conn.myrights("INBOX"), conn.append("INBOX", None, None, b"Subject: x\r\n\r\nx\r\n")]
+        return [*answers, conn.create("Archives"), conn.select("INBOX")]
+    finally:
+        conn.logout()
+
+
+async def test_a_session_opened_through_a_membership_holds_its_rights(env: Env) -> None:
+    """RFC 4314 on the ORG's own folders too: a member with ``lr`` reads, but neither appends nor creates."""
+    await accounts.add_member(env.rt, SECRETARIAT, DURAND, "lr")
+    token = env.provider.token(DURAND_ID)
+    rights, append, create, select = await asyncio.to_thread(
+        opened_as_member, env.ports["imaps"], env.client_context(), token, SECRETARIAT
+    )
+    assert rights == ("OK", [b"INBOX lr"])
+    assert append[0] == "NO" and append[1][0].startswith(b"[NOPERM]")
+    assert create[0] == "NO" and create[1][0].startswith(b"[NOPERM]")
+    assert select[0] == "OK"
+
+
 async def test_grants_of_send_as_became_memberships(env: Env) -> None:
     """The fixture grants with the deprecated ``grant_send_as``: a membership with sending."""
     answers = await bearer_imap(env, env.provider.token(MARTIN_ID), CABINET)

@@ -88,7 +88,7 @@ async def test_list_variants(imap: IMAPEnv) -> None:
     lines = await c.ok('LIST "" "É*"')
     assert lines[0] == '* LIST (\\HasNoChildren) "/" "Été"'
     lines = await c.ok("NAMESPACE")
-    assert lines[0] == '* NAMESPACE (("" "/")) NIL NIL'
+    assert lines[0] == '* NAMESPACE (("" "/")) NIL (("Partagé/" "/"))'
     await c.close()
 
 

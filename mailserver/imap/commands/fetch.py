@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from mailserver import acl
 from mailserver.imap.base import Done, Fail, State, command
 from mailserver.imap.protocol import encoder as enc
 from mailserver.imap.protocol.commands import Fetch, FetchAtt, FetchBinarySize, FetchBody, FetchItem
@@ -119,7 +120,7 @@ async def fetch(s: Session, tag: str, cmd: Fetch) -> Done:
         gone = [u for u in gone if any(lo <= u <= hi for lo, hi in spans)]
         if gone:
             s.send(enc.vanished(gone, earlier=True))
-    seen = not sel.readonly and any(_sets_seen(i) for i in items)
+    seen = not sel.readonly and acl.SEEN in sel.rights and any(_sets_seen(i) for i in items)
     if seen and FetchAtt.FLAGS not in items:
         items.append(FetchAtt.FLAGS)
     raw_needed = any(_needs_raw(i) for i in items)

@@ -2,16 +2,20 @@
 QRESYNC), CREATE (RFC 6154 USE), DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST (RFC 5258
 LIST-EXTENDED, RFC 5819 LIST-STATUS, RFC 6154 SPECIAL-USE), LSUB, NAMESPACE (RFC 2342), STATUS.
 
-Names are UTF-8 in the store and relative to the user's own tree: there is no path a client can
-write that leaves it; which names may be created, and how many, is the store's rule
-(``check_folder_name`` and the ``[limits] folder_*`` settings), refused ``NO [CANNOT]`` / ``NO [LIMIT]``.
+Names are UTF-8 in the store and relative to the user's own tree, or to a shared mailbox's under the
+shared namespace (``shared.resolve``, each command checking its RFC 4314 rights with ``shared.need``);
+there is no other path a client can write that leaves it; which names may be created, and how many,
+is the store's rule (``check_folder_name`` and the ``[limits] folder_*`` settings), refused
+``NO [CANNOT]`` / ``NO [LIMIT]``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
-from mailserver.imap import listing
+from mailserver import acl
+from mailserver.imap import listing, shared
 from mailserver.imap.base import Done, Fail, State, command
 from mailserver.imap.protocol import encoder as enc
 from mailserver.imap.protocol.commands import (
@@ -57,9 +61,15 @@ async def _select(s: Session, cmd: Select | Examine) -> Done:
         raise Fail("BAD", "QRESYNC parameter without ENABLE QRESYNC")
     if cmd.condstore:
         s.enable("CONDSTORE")
-    folder = await s.rt.store.folder(_mailbox_id(s), cmd.mailbox)
+    target = await shared.resolve(s, cmd.mailbox)
+    shared.need(target, acl.READ, cmd.name)
+    folder = await s.rt.store.folder(target.mailbox_id, target.folder)
     info, messages = await s.rt.store.snapshot(folder.id)
-    sel = Selected(info.id, info.name, cmd.readonly, info.uidvalidity, info.highestmodseq)
+    name = target.prefix + info.name
+    sel = Selected(
+        info.id, name, cmd.readonly, info.uidvalidity, info.highestmodseq, target.mailbox_id, target.rights
+    )
+    s.watch(target.mailbox_id)
     sel.uids.extend(m.uid for m in messages)
     s.take_recent(sel, list(sel.uids))
     await s.server.forget_deleted_folders()
@@ -78,7 +88,7 @@ async def _select(s: Session, cmd: Select | Examine) -> Done:
     s.send(enc.status_response(None, "OK", "predicted next UID", enc.Code.uidnext(info.uidnext)))
     s.send(enc.status_response(None, "OK", "highest", enc.Code.highestmodseq(info.highestmodseq)))
     if s.rev2:
-        s.send(enc.list_response([], SEPARATOR, info.name, utf8=True))  # RFC 9051 §6.3.2
+        s.send(enc.list_response([], SEPARATOR, name, utf8=True))  # RFC 9051 §6.3.2
     del messages
     if cmd.qresync is not None and cmd.qresync.uidvalidity == info.uidvalidity:
         await _qresync(s, sel, cmd.qresync.modseq, cmd.qresync.known_uids)
@@ -121,11 +131,15 @@ async def _audit_limit(s: Session, request: str, exc: StoreError) -> None:
 
 @command("CREATE", State.AUTH_OR_SELECTED, ("CREATE-SPECIAL-USE",))
 async def create(s: Session, tag: str, cmd: Create) -> Done:
-    name = check_name(cmd.mailbox)
+    target = await shared.resolve(s, check_name(cmd.mailbox))
+    shared.need(target, acl.CREATE, "CREATE")
+    name = target.folder
     if len(cmd.special_use) > 1:
         raise Fail("NO", "only one special-use attribute per mailbox", "USEATTR")
     try:
-        await s.rt.store.create_folder(_mailbox_id(s), name, cmd.special_use[0] if cmd.special_use else None)
+        await s.rt.store.create_folder(
+            target.mailbox_id, name, cmd.special_use[0] if cmd.special_use else None
+        )
     except StoreError as exc:
         await _audit_limit(s, f"imap CREATE {name}", exc)
         raise
@@ -134,32 +148,40 @@ async def create(s: Session, tag: str, cmd: Create) -> Done:
 
 @command("DELETE", State.AUTH_OR_SELECTED)
 async def delete(s: Session, tag: str, cmd: Delete) -> Done:
-    name = normalize_folder(cmd.mailbox)
+    target = await shared.resolve(s, cmd.mailbox)
+    shared.need(target, acl.DELETE, "DELETE")
+    name = normalize_folder(target.folder)
     if name == "INBOX":
         raise Fail("NO", "INBOX cannot be deleted", "CANNOT")
-    await s.rt.store.delete_folder(_mailbox_id(s), name)
-    await s.rt.audit.record(s.address, "delete", s.remote, f"imap DELETE folder {name}", "ok")
-    if s.selected is not None and s.selected.name == name:
+    await s.rt.store.delete_folder(target.mailbox_id, name)
+    await s.rt.audit.record(s.address, "delete", s.remote, f"imap DELETE folder {target.display}", "ok")
+    if s.selected is not None and s.selected.name == target.display:
         s.dirty = True
     return Done("DELETE completed")
 
 
 @command("RENAME", State.AUTH_OR_SELECTED)
 async def rename(s: Session, tag: str, cmd: Rename) -> Done:
-    new = check_name(cmd.new)
+    old, new = await shared.resolve(s, cmd.old), await shared.resolve(s, check_name(cmd.new))
+    shared.need(old, acl.DELETE, "RENAME")
+    shared.need(new, acl.CREATE, "RENAME")
+    if old.mailbox_id != new.mailbox_id:
+        raise Fail("NO", "a folder cannot be renamed into another mailbox", "CANNOT")
     try:
-        await s.rt.store.rename_folder(_mailbox_id(s), cmd.old, new)
+        await s.rt.store.rename_folder(old.mailbox_id, old.folder, new.folder)
     except StoreError as exc:
-        await _audit_limit(s, f"imap RENAME {cmd.old} {new}", exc)
+        await _audit_limit(s, f"imap RENAME {cmd.old} {new.display}", exc)
         raise
-    if s.selected is not None and s.selected.name == normalize_folder(cmd.old):
-        s.selected.name = normalize_folder(new)
+    if s.selected is not None and s.selected.name == old.display:
+        s.selected.name = new.display
         s.dirty = True
     return Done("RENAME completed")
 
 
 @command("SUBSCRIBE", State.AUTH_OR_SELECTED)
 async def subscribe(s: Session, tag: str, cmd: Subscribe) -> Done:
+    if (await shared.resolve(s, cmd.mailbox)).shared:
+        return Done("SUBSCRIBE completed (shared folders are always subscribed)")
     try:
         await s.rt.store.subscribe(_mailbox_id(s), cmd.mailbox, True)
     except StoreError as exc:
@@ -170,6 +192,8 @@ async def subscribe(s: Session, tag: str, cmd: Subscribe) -> Done:
 
 @command("UNSUBSCRIBE", State.AUTH_OR_SELECTED)
 async def unsubscribe(s: Session, tag: str, cmd: Unsubscribe) -> Done:
+    if cmd.mailbox.startswith(shared.prefix(s)):
+        return Done("UNSUBSCRIBE completed (shared folders are always subscribed)")
     await s.rt.store.subscribe(_mailbox_id(s), cmd.mailbox, False)
     return Done("UNSUBSCRIBE completed")
 
@@ -194,13 +218,28 @@ def _attributes(s: Session, cmd: List, row: listing.Row) -> list[str]:
     return attrs
 
 
+async def _listing(s: Session) -> tuple[list[FolderInfo], set[str], dict[int, str]]:
+    """One's own folders and subscriptions, then each visible shared mailbox's folders under the
+    shared namespace (always subscribed), with the rights held on those (by folder id)."""
+    folders, subscriptions = await s.rt.store.listing(_mailbox_id(s))
+    rights: dict[int, str] = {}
+    for access in await shared.visible(s):
+        root = shared.prefix(s) + access.address + SEPARATOR
+        theirs, _ = await s.rt.store.listing(access.mailbox_id)
+        for f in theirs:
+            folders.append(dataclasses.replace(f, name=root + f.name))
+            subscriptions.add(root + f.name)
+            rights[f.id] = access.rights
+    return folders, subscriptions, rights
+
+
 @command("LIST", State.AUTH_OR_SELECTED, ("LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE"))
 async def list_(s: Session, tag: str, cmd: List) -> Done:
     if not cmd.extended and cmd.patterns == ("",):
         # RFC 9051 §6.3.9: an empty pattern asks for the hierarchy delimiter and root.
         s.send(enc.list_response(["\\Noselect"], SEPARATOR, "", utf8=s.utf8))
         return Done("LIST completed")
-    folders, subscriptions = await s.rt.store.listing(_mailbox_id(s))
+    folders, subscriptions, rights = await _listing(s)
     criteria = [opt for opt in ("SUBSCRIBED", "SPECIAL-USE") if opt in cmd.selection]
     rows = await listing.rows(
         folders,
@@ -214,8 +253,10 @@ async def list_(s: Session, tag: str, cmd: List) -> Done:
         childinfo = criteria if row.childinfo else []
         attrs = _attributes(s, cmd, row)
         s.send(enc.list_response(attrs, SEPARATOR, row.name, utf8=s.utf8, childinfo=childinfo))
-        if cmd.returns.status is not None and row.folder is not None and row.selected:
-            await _status(s, row.folder, cmd.returns.status)  # RFC 5819 §2: right after its LIST line.
+        readable = row.folder is not None and not acl.missing(rights.get(row.folder.id, acl.OWNER), acl.READ)
+        if cmd.returns.status is not None and row.folder is not None and row.selected and readable:
+            # RFC 5819 §2: right after its LIST line.
+            await _status(s, row.folder, cmd.returns.status, row.name)
     return Done("LIST completed")
 
 
@@ -225,7 +266,7 @@ async def lsub(s: Session, tag: str, cmd: Lsub) -> Done:
     names; an unsubscribed level above one that the pattern does not reach (``%``) is ``\\Noselect``."""
     if cmd.pattern is None:
         return Done("LSUB completed")
-    folders, subscriptions = await s.rt.store.listing(_mailbox_id(s))
+    folders, subscriptions, _ = await _listing(s)
     pattern = canonical(cmd.reference, cmd.pattern, SEPARATOR)
     rows = await listing.rows(folders, subscriptions, [pattern], subscribed_only=True, recursive=True)
     async for row in listing.paced(rows):
@@ -236,8 +277,8 @@ async def lsub(s: Session, tag: str, cmd: Lsub) -> Done:
 
 @command("NAMESPACE", State.AUTH_OR_SELECTED, ("NAMESPACE",))
 async def namespace(s: Session, tag: str, cmd: object) -> Done:
-    """RFC 2342: one personal namespace, no other users' or shared ones."""
-    s.send(enc.namespace([("", SEPARATOR)]))
+    """RFC 2342: one personal namespace, no other users', and the shared one (``[imap] shared_prefix``)."""
+    s.send(enc.namespace([("", SEPARATOR)], None, [(shared.prefix(s), SEPARATOR)], utf8=s.utf8))
     return Done("NAMESPACE completed")
 
 
@@ -272,14 +313,16 @@ def _status_value(s: Session, item: str, folder: FolderInfo, messages: list[Mess
     raise Fail("BAD", f"unknown STATUS item {item}")
 
 
-async def _status(s: Session, folder: FolderInfo, items: tuple[str, ...]) -> None:
+async def _status(s: Session, folder: FolderInfo, items: tuple[str, ...], name: str) -> None:
     info, messages = await s.rt.store.snapshot(folder.id)
     values = [(item, _status_value(s, item, info, messages)) for item in items]
-    s.send(enc.status(info.name, values, utf8=s.utf8))
+    s.send(enc.status(name, values, utf8=s.utf8))
 
 
 @command("STATUS", State.AUTH_OR_SELECTED, ("STATUS=SIZE",))
 async def status(s: Session, tag: str, cmd: Status) -> Done:
-    folder = await s.rt.store.folder(_mailbox_id(s), cmd.mailbox)
-    await _status(s, folder, cmd.items)
+    target = await shared.resolve(s, cmd.mailbox)
+    shared.need(target, acl.READ, "STATUS")
+    folder = await s.rt.store.folder(target.mailbox_id, target.folder)
+    await _status(s, folder, cmd.items, target.prefix + folder.name)
     return Done("STATUS completed")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mailserver import conversations, sent
+from mailserver import acl, conversations, sent
+from mailserver.imap import shared
 from mailserver.imap.base import Done, Fail, State, command
 from mailserver.imap.catenate import catenate
 from mailserver.imap.protocol import encoder as enc
 from mailserver.imap.protocol.commands import Append, Copy, Expunge, Move
 from mailserver.imap.protocol.sequence import compress
-from mailserver.store.store import FolderNotFound, normalize_folder
+from mailserver.store.store import FolderNotFound
 
 if TYPE_CHECKING:
     from mailserver.imap.session import Session
@@ -35,23 +36,27 @@ async def append(s: Session, tag: str, cmd: Append) -> Done:
         if len(data) > limit:
             raise Fail("NO", f"message larger than APPENDLIMIT {limit}", "TOOBIG")
         items.append((data, message.flags, message.internal_date))
-    assert s.mailbox_id is not None
+    target = await shared.resolve(s, cmd.mailbox)
+    shared.need(target, acl.INSERT, "APPEND")
+    items = [(data, acl.allowed_flags(target.rights, flags), when) for data, flags, when in items]
     try:
-        if len(items) == 1 and (
-            kept := await sent.appended_twice(s.rt, s.mailbox_id, cmd.mailbox, items[0][0])
+        if (
+            len(items) == 1
+            and not target.shared
+            and (kept := await sent.appended_twice(s.rt, target.mailbox_id, target.folder, items[0][0]))
         ):
             return Done(
                 "APPEND completed (already kept by submission)", enc.Code.appenduid(kept[0], [kept[1]])
             )
-        uidvalidity, uids = await s.rt.store.append(s.mailbox_id, cmd.mailbox, items)
+        uidvalidity, uids = await s.rt.store.append(target.mailbox_id, target.folder, items)
     except FolderNotFound:
         raise Fail("NO", "no such mailbox", "TRYCREATE") from None
-    if s.selected is not None and s.selected.name == normalize_folder(cmd.mailbox):
+    if s.selected is not None and s.selected.name == target.display:
         s.dirty = True  # RFC 9051 §6.3.12: the client sees EXISTS before the tagged OK.
-    closing = [uid for uid, m in zip(uids, cmd.messages, strict=True) if conversations.closes(m.flags)]
+    closing = [uid for uid, item in zip(uids, items, strict=True) if conversations.closes(item[1])]
     if closing:
-        folder = await s.rt.store.folder(s.mailbox_id, cmd.mailbox)
-        await conversations.on_flags_changed(s.rt, s.mailbox_id, folder.id, closing)
+        folder = await s.rt.store.folder(target.mailbox_id, target.folder)
+        await conversations.on_flags_changed(s.rt, target.mailbox_id, folder.id, closing)
     return Done("APPEND completed", enc.Code.appenduid(uidvalidity, uids))
 
 
@@ -74,7 +79,7 @@ async def close(s: Session, tag: str, cmd: object) -> Done:
     """RFC 9051 §6.4.1: expunge silently (no EXPUNGE responses) unless read-only, then deselect."""
     sel = s.selected
     assert sel is not None
-    if not sel.readonly:
+    if not sel.readonly and not acl.missing(sel.rights, acl.EXPUNGE):  # RFC 4314 §4: else no expunge
         gone = await s.rt.store.expunge(sel.folder_id)
         await _audit_expunge(s, sel.name, gone)
     s.deselect()
@@ -90,6 +95,7 @@ async def unselect(s: Session, tag: str, cmd: object) -> Done:
 @command("EXPUNGE", State.SELECTED)
 async def expunge(s: Session, tag: str, cmd: Expunge) -> Done:
     sel = s.require_writable()
+    s.require_rights(acl.EXPUNGE, "EXPUNGE")
     uids = s.resolve(cmd.uid_set, True) if cmd.uid_set is not None else None
     if uids is not None and not uids:
         return Done("EXPUNGE completed")
@@ -103,15 +109,21 @@ async def expunge(s: Session, tag: str, cmd: Expunge) -> Done:
 async def _copy(s: Session, cmd: Copy | Move, move: bool) -> Done:
     sel = s.require_writable() if move else s.selected
     assert sel is not None
+    if move:
+        s.require_rights(acl.DELETED + acl.EXPUNGE, "MOVE")
+    target = await shared.resolve(s, cmd.mailbox)
+    shared.need(target, acl.INSERT, cmd.name)
+    if target.mailbox_id != sel.owner:
+        raise Fail("NO", "messages are copied between folders of one mailbox only", "CANNOT")
     uids = s.resolve(cmd.sequence_set, cmd.uid)
     if not uids:
         return Done(f"{cmd.name} completed, nothing to do")
     try:
-        uidvalidity, pairs = await s.rt.store.copy(sel.folder_id, uids, cmd.mailbox, move=move)
+        uidvalidity, pairs = await s.rt.store.copy(sel.folder_id, uids, target.folder, move=move)
     except FolderNotFound:
         raise Fail("NO", "no such mailbox", "TRYCREATE") from None
     code = enc.Code.copyuid(uidvalidity, [a for a, _ in pairs], [b for _, b in pairs]) if pairs else None
-    same = normalize_folder(cmd.mailbox) == sel.name
+    same = target.display == sel.name
     if same:
         s.dirty = True
     if not move:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from mailserver import conversations
+from mailserver import acl, conversations
 from mailserver.imap.base import Done, Fail, State, command
 from mailserver.imap.protocol import encoder as enc
 from mailserver.imap.protocol.commands import Store, StoreMode
@@ -32,6 +32,10 @@ async def store(s: Session, tag: str, cmd: Store) -> Done:
         raise Fail("BAD", "\\Recent cannot be changed by a client")  # RFC 3501 §2.3.2
     if cmd.unchanged_since is not None:
         s.enable("CONDSTORE")
+    # RFC 4314 §4: s for \Seen, t for \Deleted, w for the others; a replace may change all three.
+    replace_all = acl.SEEN + acl.WRITE + acl.DELETED
+    needed = replace_all if cmd.mode == StoreMode.REPLACE else acl.flag_rights(cmd.flags)
+    s.require_rights(needed, "STORE")
     uids = s.resolve(cmd.sequence_set, cmd.uid)
     if not uids:
         return Done("STORE completed")
@@ -40,10 +44,7 @@ async def store(s: Session, tag: str, cmd: Store) -> Done:
     if cmd.mode != StoreMode.REMOVE and change.changed:
         s.announce_keywords(cmd.flags)  # even under .SILENT (RFC 9051 §7.3.5)
     if cmd.mode != StoreMode.REMOVE and change.changed and conversations.closes(cmd.flags):
-        assert s.mailbox_id is not None
-        await conversations.on_flags_changed(
-            s.rt, s.mailbox_id, sel.folder_id, [m.uid for m in change.changed]
-        )
+        await conversations.on_flags_changed(s.rt, sel.owner, sel.folder_id, [m.uid for m in change.changed])
     changed = {m.uid: m for m in change.changed}
     if cmd.silent:
         if s.condstore:

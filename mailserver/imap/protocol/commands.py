@@ -30,6 +30,7 @@ __all__ = [
     "Create",
     "DateKey",
     "Delete",
+    "DeleteAcl",
     "Enable",
     "Examine",
     "Expunge",
@@ -39,6 +40,7 @@ __all__ = [
     "FetchBody",
     "FetchItem",
     "FlagKey",
+    "GetAcl",
     "GetQuota",
     "GetQuotaRoot",
     "HeaderKey",
@@ -46,11 +48,13 @@ __all__ = [
     "Idle",
     "List",
     "ListReturn",
+    "ListRights",
     "Login",
     "Logout",
     "Lsub",
     "ModSeqKey",
     "Move",
+    "MyRights",
     "Namespace",
     "Noop",
     "NotKey",
@@ -62,6 +66,7 @@ __all__ = [
     "Section",
     "Select",
     "SequenceKey",
+    "SetAcl",
     "SetQuota",
     "SizeKey",
     "Sort",
@@ -297,6 +302,50 @@ class Append(CommandBody):
 @dataclass(frozen=True, slots=True)
 class Idle(CommandBody):
     name = "IDLE"
+
+
+@dataclass(frozen=True, slots=True)
+class GetAcl(CommandBody):
+    """RFC 4314 §3.3."""
+
+    mailbox: str
+    name = "GETACL"
+
+
+@dataclass(frozen=True, slots=True)
+class SetAcl(CommandBody):
+    """RFC 4314 §3.1: ``rights`` may start with ``+`` (add) or ``-`` (remove)."""
+
+    mailbox: str
+    identifier: str
+    rights: str
+    name = "SETACL"
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteAcl(CommandBody):
+    """RFC 4314 §3.2."""
+
+    mailbox: str
+    identifier: str
+    name = "DELETEACL"
+
+
+@dataclass(frozen=True, slots=True)
+class ListRights(CommandBody):
+    """RFC 4314 §3.4."""
+
+    mailbox: str
+    identifier: str
+    name = "LISTRIGHTS"
+
+
+@dataclass(frozen=True, slots=True)
+class MyRights(CommandBody):
+    """RFC 4314 §3.5."""
+
+    mailbox: str
+    name = "MYRIGHTS"
 
 
 @dataclass(frozen=True, slots=True)

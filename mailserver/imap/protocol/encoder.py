@@ -418,14 +418,21 @@ def status(name: str, items: Iterable[tuple[str, int]], *, utf8: bool = False) -
 Namespaces = Sequence[tuple[str, str | None]] | None
 
 
-def namespace(personal: Namespaces, other: Namespaces = None, shared: Namespaces = None) -> bytes:
-    """RFC 2342 / RFC 9051 §7.3.4: each argument lists (prefix, delimiter) pairs or None."""
+def namespace(
+    personal: Namespaces, other: Namespaces = None, shared: Namespaces = None, *, utf8: bool = False
+) -> bytes:
+    """RFC 2342 / RFC 9051 §7.3.4: each argument lists (prefix, delimiter) pairs or None; a prefix is
+    a mailbox name, so mUTF-7 unless UTF8=ACCEPT is enabled."""
+
+    def name(prefix: str) -> str:
+        return prefix if utf8 else mutf7.encode(prefix)
 
     def one(spaces: Namespaces) -> bytes:
         if not spaces:
             return b"NIL"
         inner = b"".join(
-            b"(" + string(prefix) + b" " + (b"NIL" if d is None else quoted(d)) + b")" for prefix, d in spaces
+            b"(" + string(name(prefix), utf8=utf8) + b" " + (b"NIL" if d is None else quoted(d)) + b")"
+            for prefix, d in spaces
         )
         return b"(" + inner + b")"
 
@@ -444,6 +451,27 @@ def quota(root: str, resources: Iterable[tuple[str, int, int]]) -> bytes:
     """RFC 9208 §5.1: resources as (name, usage, limit)."""
     body = b" ".join(b"%s %d %d" % (n.encode("ascii"), u, lim) for n, u, lim in resources)
     return b"* QUOTA %s (%s)\r\n" % (astring(root), body)
+
+
+def acl(name: str, entries: Iterable[tuple[str, str]], *, utf8: bool = False) -> bytes:
+    """RFC 4314 §3.6 ``* ACL mailbox (identifier rights)*``."""
+    parts = [mailbox(name, utf8=utf8)]
+    for identifier, rights in entries:
+        parts += [astring(identifier, utf8=utf8), astring(rights)]
+    return b"* ACL " + b" ".join(parts) + CRLF
+
+
+def listrights(
+    name: str, identifier: str, required: str, optional: Iterable[str], *, utf8: bool = False
+) -> bytes:
+    """RFC 4314 §3.7 ``* LISTRIGHTS mailbox identifier required optional...``."""
+    parts = [mailbox(name, utf8=utf8), astring(identifier, utf8=utf8), string(required)]
+    return b"* LISTRIGHTS " + b" ".join([*parts, *(astring(r) for r in optional)]) + CRLF
+
+
+def myrights(name: str, rights: str, *, utf8: bool = False) -> bytes:
+    """RFC 4314 §3.8 ``* MYRIGHTS mailbox rights``."""
+    return b"* MYRIGHTS " + mailbox(name, utf8=utf8) + b" " + astring(rights) + CRLF
 
 
 def quotaroot(name: str, roots: Iterable[str], *, utf8: bool = False) -> bytes:

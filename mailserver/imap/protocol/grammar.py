@@ -33,6 +33,7 @@ from .commands import (
     DateField,
     DateKey,
     Delete,
+    DeleteAcl,
     Enable,
     Examine,
     Expunge,
@@ -42,6 +43,7 @@ from .commands import (
     FetchBody,
     FetchItem,
     FlagKey,
+    GetAcl,
     GetQuota,
     GetQuotaRoot,
     HeaderKey,
@@ -49,11 +51,13 @@ from .commands import (
     Idle,
     List,
     ListReturn,
+    ListRights,
     Login,
     Logout,
     Lsub,
     ModSeqKey,
     Move,
+    MyRights,
     Namespace,
     Noop,
     NotKey,
@@ -65,6 +69,7 @@ from .commands import (
     Section,
     Select,
     SequenceKey,
+    SetAcl,
     SetQuota,
     SizeKey,
     Sort,
@@ -1088,6 +1093,25 @@ def _id(c: _Cursor, uid: bool) -> Id:
     return Id(tuple(params))
 
 
+def _mailbox_identifier(cls):
+    """RFC 4314 §3: ``mailbox SP identifier``, and ``SP mod-rights`` for SETACL."""
+
+    def parse(c: _Cursor, uid: bool):
+        c.sp()
+        mailbox = c.mailbox()
+        c.sp()
+        identifier = c.text(c.astring(), "identifier")
+        if cls is SetAcl:
+            c.sp()
+            rights = c.text(c.astring(), "rights")
+            c.end()
+            return SetAcl(mailbox, identifier, rights)
+        c.end()
+        return cls(mailbox, identifier)
+
+    return parse
+
+
 def _getquota(c: _Cursor, uid: bool) -> GetQuota:
     c.sp()
     root = c.text(c.astring(), "quota root")
@@ -1147,6 +1171,11 @@ _COMMANDS = {
     "THREAD": _thread,
     "CANCELUPDATE": _cancelupdate,
     "ID": _id,
+    "GETACL": _one_mailbox(GetAcl),
+    "SETACL": _mailbox_identifier(SetAcl),
+    "DELETEACL": _mailbox_identifier(DeleteAcl),
+    "LISTRIGHTS": _mailbox_identifier(ListRights),
+    "MYRIGHTS": _one_mailbox(MyRights),
     "GETQUOTA": _getquota,
     "GETQUOTAROOT": _one_mailbox(GetQuotaRoot),
     "SETQUOTA": _setquota,
