@@ -423,6 +423,8 @@ async def member_list(rt: Runtime, org_address: str | None, as_json: bool) -> No
     if as_json:
         emit([{"org": m.org, "member": m.member, "rights": m.rights} for m in members])
         return
+    if not members:
+        click.echo(f"no members of {org_address}" if org_address else "no memberships")
     for m in members:
         click.echo(f"{m.org:45} {m.member:45} {m.rights}")
 

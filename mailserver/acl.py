@@ -40,6 +40,11 @@ def flag_rights(flags: Iterable[str]) -> str:
     return "".join(r for r in ACL_RIGHTS if r in needed)
 
 
+def changes_anything(rights: str) -> bool:
+    """RFC 4314 §4 SELECT: READ-WRITE only with ``i``, ``e`` or a flag right; READ-ONLY otherwise."""
+    return any(r in rights for r in (INSERT, EXPUNGE, SEEN, WRITE, DELETED))
+
+
 def allowed_flags(rights: str, flags: Iterable[str]) -> list[str]:
     """The flags an APPEND or COPY may keep: RFC 4314 §4 drops those the rights do not allow."""
     return [f for f in flags if not missing(rights, flag_rights([f]))]

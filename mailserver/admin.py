@@ -84,6 +84,11 @@ async def readiness(rt: Runtime) -> dict[str, str]:
             failing[name] = f"no answer within {timeout:g}s"
         except Exception as exc:  # any failure of the probe is the answer
             failing[name] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    for checker in rt.pki_checkers():
+        try:
+            await asyncio.to_thread(checker.check_files)
+        except (OSError, ValueError) as exc:
+            failing["revocation"] = str(exc).splitlines()[0][:300]
     if not rt.started:
         failing["listeners"] = "still starting"
     for listener in rt.listeners:

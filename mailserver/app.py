@@ -68,6 +68,11 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         await check_schema(rt)
         await asyncio.to_thread(rt.blobs.ensure)
         await identity.ensure(rt)  # StorageMismatch: this node's store is not its database's
+        for checker in rt.pki_checkers():
+            try:
+                await asyncio.to_thread(checker.check_files)
+            except ValueError as exc:  # a CRL that does not parse: as unusable as a missing one
+                raise OSError(str(exc)) from exc
         if rt.db.kind == "postgresql":
             dsn = settings.database.url.replace("postgresql+asyncpg://", "postgresql://")
             background.append(asyncio.create_task(rt.notifier.listen_postgres(dsn)))

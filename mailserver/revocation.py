@@ -156,6 +156,15 @@ class RevocationChecker:
             current = issuer
         return pairs
 
+    def check_files(self) -> None:
+        """Read ``tls.peer_ca`` and every CRL file now (OSError or ValueError naming the problem): at
+        start-up and for ``/readyz``, since an unreadable one refuses every peer certificate."""
+        try:
+            self.authorities()
+            self._file_crls()
+        except (OSError, ValueError) as exc:
+            raise type(exc)(f"[tls] peer_ca or a CRL file is unreadable: {exc}") from exc
+
     def _file_crls(self) -> list[x509.CertificateRevocationList]:
         """The CRL files whose signature a CA of the PKI verifies, re-read when a file changes; the
         others are set aside for the audit trail."""
@@ -192,7 +201,8 @@ class RevocationChecker:
                 verdict = Verdict("unknown", unknown) if unknown else Verdict("good")
         except (OSError, ValueError) as exc:
             log.error("cannot read the PKI files for revocation: %s", exc)
-            verdict = Verdict("error", f"cannot read the PKI files: {exc}")
+            # the peer hears that, not where the operator keeps the files (the log says which one)
+            verdict = Verdict("error", "cannot read the PKI files (operator side)")
         finally:
             await self._audit_forged(remote)
         self.metrics.peer_revocation_checks.labels(verdict.status).inc()

@@ -74,6 +74,11 @@ class Runtime:
         )
         return cls(settings, db, blobs, notifier, store, audit, passwords, auth, metrics, revocation)
 
+    def pki_checkers(self) -> list[RevocationChecker]:
+        """The revocation checkers whose files must be readable: peers', and logins' when EXTERNAL is on."""
+        certificates = self.auth.certificates
+        return [self.revocation, *([certificates.revocation] if certificates is not None else [])]
+
     async def close(self) -> None:
         await self.db.close()
 

@@ -32,7 +32,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from mailserver import acl, quota, storage_faults
+from mailserver import accounts, acl, quota, storage_faults
 from mailserver.db.models import ACL_RIGHTS
 from mailserver.imap.base import REGISTRY, Done, Fail, State, store_code
 from mailserver.imap.contexts import Contexts
@@ -449,6 +449,28 @@ class Session(asyncio.Protocol):
         self.logout = True
         return False
 
+    async def recheck_shared_rights(self) -> None:
+        """A member's rights on the selected shared folder, read again before each command: a removed
+        member, or one whose ``r`` was taken, has the folder closed at once (untagged ``OK [CLOSED]``,
+        audited), not at their next SELECT; other rights changes apply from this command on."""
+        sel = self.selected
+        assert sel is not None and self.mailbox_id is not None
+        access = next(
+            (a for a in await accounts.memberships_of(self.rt, self.mailbox_id) if a.mailbox_id == sel.owner),
+            None,
+        )
+        rights = access.rights if access is not None else ""
+        if acl.LOOKUP in rights and acl.READ in rights:
+            sel.rights = rights
+            return
+        await self.rt.audit.record(
+            self.address, "unselect", self.remote, "imap", f"rights on {sel.name} withdrawn"
+        )
+        self.deselect()
+        self.send(
+            enc.status_response(None, "OK", "access to the shared folder withdrawn, it is closed", "CLOSED")
+        )
+
     async def dispatch(self, tag: str, body: CommandBody) -> None:
         """Run one command: state check, handler, pending updates, tagged completion (RFC 9051 §2.2.2)."""
         handler = REGISTRY.get(body.name)
@@ -456,6 +478,8 @@ class Session(asyncio.Protocol):
         expunges = body.name not in _NO_EXPUNGE_DURING or bool(getattr(body, "uid", False))
         if self.members and not await self.still_member():
             return
+        if self.selected is not None and self.selected.owner != self.mailbox_id:
+            await self.recheck_shared_rights()
         if handler is None:
             done = Done("unknown command", status="BAD")
         elif not handler.states & self.state:
@@ -505,6 +529,8 @@ class Session(asyncio.Protocol):
         sel = self.selected
         assert sel is not None
         permanent = [] if sel.readonly else [*SYSTEM_FLAGS, *sorted(sel.keywords), "\\*"]
+        # RFC 4314 §4: only the flags these rights let STORE change (\Seen: s, \Deleted: t, others: w).
+        permanent = acl.allowed_flags(sel.rights, permanent)
         self.send(enc.status_response(None, "OK", "flags permitted", enc.Code.permanentflags(permanent)))
 
     def announce_keywords(self, flags: Iterable[str]) -> None:

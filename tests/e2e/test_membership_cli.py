@@ -63,6 +63,10 @@ async def test_member_commands_drive_submission(env: Env, tmp_path: Path) -> Non
     assert {"org": SECRETARIAT, "member": DURAND, "rights": "lrp"} in listed
     assert DURAND in await run("mailbox", "member", "list")
     assert "no longer a member" in await run("mailbox", "member", "remove", SECRETARIAT, DURAND)
+    await run("mailbox", "add", "urgences@a.mssante.test", "--type", "ORG")
+    assert (await run("mailbox", "member", "list", "urgences@a.mssante.test")).strip() == (
+        "no members of urgences@a.mssante.test"
+    )
     assert await asyncio.to_thread(send_as_org, env) == 550
     assert "not a member" in await run("mailbox", "member", "remove", SECRETARIAT, DURAND, code=1)
     assert "unknown right" in await run(

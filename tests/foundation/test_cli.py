@@ -235,3 +235,18 @@ def test_quota_commands(cli: Cli) -> None:
     assert cli.json("quota", "show", "quota@a.mssante.test")["storage_limit"] == 2 * 1024**3  # type: ignore[index]
     assert "SIZE" in cli("quota", "set", "quota@a.mssante.test", "huge", ok=False).stderr
     cli("quota", "show", "nobody@a.mssante.test", ok=False)
+
+
+def test_serve_refuses_to_start_with_an_unreadable_crl_file(cli: Cli, tmp_path: Path) -> None:
+    """A mistyped ``[tls] crl`` would refuse every peer: serve says so at once instead of serving."""
+    text = cli.config.read_text()
+    assert "\n[tls]\n" in text
+    config = cli.config.parent / "crl-typo.toml"  # beside it: its relative paths stay the same
+    config.write_text(text.replace("\n[tls]\n", f'\n[tls]\ncrl = ["{tmp_path}/none.crl"]\n', 1))
+    r = subprocess.run(
+        [CADUCEE, "--config", str(config), "serve"], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("caducee: cannot start: [tls] peer_ca or a CRL file is unreadable"), r.stderr
+    assert "none.crl" in last and '"event":"ready"' not in r.stderr

@@ -111,7 +111,8 @@ def opened_as_member(port: int, ctx: ssl.SSLContext, token: str, org: str) -> li
     try:
         conn.authenticate("OAUTHBEARER", lambda _: oauthbearer(token, org))
         answers = [conn.myrights("INBOX"), conn.append("INBOX", None, None, b"Subject: x\r\n\r\nx\r\n")]
-        return [*answers, conn.create("Archives"), conn.select("INBOX")]
+        # lr is READ-ONLY (RFC 4314 §4), which imaplib wants asked for (EXAMINE)
+        return [*answers, conn.create("Archives"), conn.select("INBOX", readonly=True)]
     finally:
         conn.logout()
 
@@ -174,7 +175,7 @@ def test_migration_turns_send_as_grants_into_members(tmp_path: Path) -> None:
 async def test_removing_a_member_ends_their_open_session(env: Env) -> None:
     """A session a membership opened (token naming the ORG) gets BYE at its next command once the
     membership is removed, while the ORG's own password session goes on."""
-    await accounts.add_member(env.rt, SECRETARIAT, DURAND, "lr")
+    await accounts.add_member(env.rt, SECRETARIAT, DURAND, "lrs")
     ctx = env.client_context()
 
     def connect() -> imaplib.IMAP4_SSL:

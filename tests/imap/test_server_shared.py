@@ -42,7 +42,7 @@ def names(client: imaplib.IMAP4_SSL) -> list[str]:
 
 
 def reader_and_stranger(env: IMAPEnv) -> None:
-    """BERNARD (lr) reads the ORG's INBOX; DUPONT (r, no l) does not learn it exists; both at once."""
+    """BERNARD (lrw) reads the ORG's INBOX; DUPONT (r, no l) does not learn it exists; both at once."""
     bernard, dupont = login(env, BERNARD), login(env, DUPONT)
     try:
         typ, data = bernard.namespace()
@@ -76,7 +76,7 @@ def reader_and_stranger(env: IMAPEnv) -> None:
 
 async def test_rights_decide_what_members_see_and_do(imap_both: IMAPEnv) -> None:
     env = imap_both
-    await members(env, "lr", "r")
+    await members(env, "lrw", "r")
     await env.deliver(message("partage"), SECRETARIAT)
     await asyncio.to_thread(reader_and_stranger, env)
 
@@ -101,7 +101,7 @@ def append_and_copy(env: IMAPEnv) -> None:
         assert typ == "OK" and b"COPYUID" in data[0]
         typ, data = bernard.copy("1", "INBOX")
         assert typ == "NO" and b"[CANNOT]" in data[0]
-        dupont.select(SHARED_INBOX)
+        dupont.select(SHARED_INBOX, readonly=True)  # lr: READ-ONLY, which imaplib wants asked for
         typ, data = dupont.copy("1", SHARED + "Sent")
         assert typ == "NO" and b"[NOPERM]" in data[0]
         typ, data = bernard.create(SHARED + "Dossiers")
@@ -221,4 +221,49 @@ async def test_list_status_and_rev2_select_follow_the_rights(imap: IMAPEnv) -> N
     lines = await reader.ok(f'SELECT "Partagé/{SECRETARIAT}/INBOX"')
     assert f'* LIST () "/" "Partagé/{SECRETARIAT}/INBOX"' in lines
     for c in (reader, looker):
+        await c.close()
+
+
+async def test_select_reflects_the_rights(imap: IMAPEnv) -> None:
+    """RFC 4314 §4: READ-ONLY without i, e or a flag right; PERMANENTFLAGS only what STORE may change."""
+    await members(imap, "lr", "lrs")
+    await imap.deliver(message("partage"), SECRETARIAT)
+    reader, seer = await imap.connect(BERNARD), await imap.connect(DUPONT)
+    lines = await reader.ok(f'SELECT "{SHARED_INBOX}"')
+    assert "[READ-ONLY]" in lines[-1] and "* OK [PERMANENTFLAGS ()] flags permitted" in lines
+    lines = await seer.ok(f'SELECT "{SHARED_INBOX}"')
+    assert "[READ-WRITE]" in lines[-1] and "* OK [PERMANENTFLAGS (\\Seen)] flags permitted" in lines
+    for c in (reader, seer):
+        await c.close()
+
+
+async def test_a_removed_member_loses_the_selected_shared_folder_at_the_next_command(
+    imap_both: IMAPEnv,
+) -> None:
+    """Rights are read again before each command on a shared folder: removal closes it, with no
+    further FETCH or STORE of the ORG's messages in that session."""
+    env = imap_both
+    await members(env, "lrsw", "lrs")
+    await env.deliver(message("partage"), SECRETARIAT)
+    bernard, dupont = await env.connect(BERNARD), await env.connect(DUPONT)
+    for c in (bernard, dupont):
+        await c.ok(f'SELECT "{SHARED_INBOX}"')
+        await c.ok("FETCH 1 (BODY.PEEK[TEXT])")
+    await accounts.remove_member(env.rt, SECRETARIAT, BERNARD)
+    lines = await bernard.command("FETCH 1 (BODY.PEEK[TEXT])")
+    assert lines[0] == "* OK [CLOSED] access to the shared folder withdrawn, it is closed"
+    assert lines[-1].split(" ")[1] == "BAD" and not any("BODY" in line for line in lines)
+    lines = await bernard.command("STORE 1 +FLAGS (\\Flagged)")
+    assert lines[-1].split(" ")[1] == "BAD"
+    await bernard.ok("SELECT INBOX")  # their own mailbox stays theirs
+    # a right taken (r) closes it too; the other member keeps theirs
+    await accounts.add_member(env.rt, SECRETARIAT, DUPONT, "ls")
+    lines = await dupont.command("NOOP")
+    assert lines[0].startswith("* OK [CLOSED]")
+    closed = await env.rt.audit.events(action="unselect")
+    assert [(e.actor, e.response) for e in closed] == [
+        (BERNARD, f"rights on Partagé/{SECRETARIAT}/INBOX withdrawn"),
+        (DUPONT, f"rights on Partagé/{SECRETARIAT}/INBOX withdrawn"),
+    ]
+    for c in (bernard, dupont):
         await c.close()

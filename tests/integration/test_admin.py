@@ -103,6 +103,15 @@ async def test_a_store_that_cannot_be_written_is_named(rt: Runtime) -> None:
         assert await served.get("/readyz") == (200, {"ready": True})
 
 
+async def test_an_unreadable_crl_file_is_named(rt: Runtime, tmp_path: Path) -> None:
+    """Every peer would be refused while a CRL file cannot be read: not ready, and which one says why."""
+    async with Served(rt) as served:
+        rt.revocation.crl_files = [tmp_path / "none.crl"]
+        status, body = await served.get("/readyz")
+        assert status == 503 and list(body["failing"]) == ["revocation"], body
+        assert "none.crl" in body["failing"]["revocation"]
+
+
 async def test_a_database_that_is_gone_is_named(tmp_path: Path, pg_url: str, pki: Any) -> None:
     rt = await build(tmp_path, pg_url, pki)
     try:

@@ -410,6 +410,7 @@ async def test_an_unreadable_crl_file_refuses_with_a_reply_not_a_traceback(tmp_p
     try:
         reply = await mail_from(env, env.peer())
         assert reply.startswith("451 4.7.0") and "cannot read the PKI files" in reply, reply
+        assert str(tmp_path) not in reply, "the peer is not told where the operator keeps its files"
         assert checks(env, "error") == 1
     finally:
         await env.close()

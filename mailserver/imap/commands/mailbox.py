@@ -66,8 +66,9 @@ async def _select(s: Session, cmd: Select | Examine) -> Done:
     folder = await s.rt.store.folder(target.mailbox_id, target.folder)
     info, messages = await s.rt.store.snapshot(folder.id)
     name = target.prefix + info.name
+    readonly = cmd.readonly or not acl.changes_anything(target.rights)
     sel = Selected(
-        info.id, name, cmd.readonly, info.uidvalidity, info.highestmodseq, target.mailbox_id, target.rights
+        info.id, name, readonly, info.uidvalidity, info.highestmodseq, target.mailbox_id, target.rights
     )
     s.watch(target.mailbox_id)
     sel.uids.extend(m.uid for m in messages)
@@ -92,7 +93,7 @@ async def _select(s: Session, cmd: Select | Examine) -> Done:
     del messages
     if cmd.qresync is not None and cmd.qresync.uidvalidity == info.uidvalidity:
         await _qresync(s, sel, cmd.qresync.modseq, cmd.qresync.known_uids)
-    return Done(f"{cmd.name} completed", b"READ-ONLY" if cmd.readonly else b"READ-WRITE")
+    return Done(f"{cmd.name} completed", b"READ-ONLY" if readonly else b"READ-WRITE")
 
 
 async def _qresync(s: Session, sel: Selected, modseq: int, known: object) -> None:
