@@ -267,3 +267,17 @@ async def test_a_removed_member_loses_the_selected_shared_folder_at_the_next_com
     ]
     for c in (bernard, dupont):
         await c.close()
+
+
+async def test_a_member_removed_while_idling_hears_no_more_of_the_org(imap: IMAPEnv) -> None:
+    await members(imap, "lrs", "lr")
+    c = await imap.connect(BERNARD)
+    await c.ok(f'SELECT "{SHARED_INBOX}"')
+    await c.send("i1 IDLE\r\n")
+    assert await c.line() == "+ idling"
+    await accounts.remove_member(imap.rt, SECRETARIAT, BERNARD)
+    await imap.deliver(message("après le départ"), SECRETARIAT)
+    assert await c.line(wait=5) == "* OK [CLOSED] access to the shared folder withdrawn, it is closed"
+    await c.send("DONE\r\n")
+    assert await c.until("i1") == ["i1 OK IDLE terminated"]  # no EXISTS for the ORG's new message
+    await c.close()

@@ -34,7 +34,10 @@ async def idle(s: Session, tag: str, cmd: object) -> Done:
     try:
         while True:
             if s.dirty:
-                await s.sync(expunges=True)
+                if s.selected is not None and s.selected.owner != s.mailbox_id:
+                    await s.recheck_shared_rights()  # a member removed meanwhile hears no more of it
+                if s.selected is not None:
+                    await s.sync(expunges=True)
                 await s.flush()
             event = s.receiver.next_event()
             if isinstance(event, IdleDone):
