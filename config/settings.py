@@ -198,6 +198,8 @@ class PortalSettings:
     listen: list[str] = field(default_factory=lambda: ["127.0.0.1:8080"])
     secure_cookies: bool = True
     session_lifetime: Duration = 1800
+    # "Nouveau message": at most this many mailboxes a patient may write first listed (then: search).
+    first_contacts_max: int = 50
 
 
 @dataclass
@@ -570,6 +572,7 @@ _AT_LEAST_ONE = (
     ("auth", "max_failures"),
     ("auth", "max_failures_per_ip"),
     ("auth", "concurrent_verifications"),
+    ("portal", "first_contacts_max"),
 )
 
 
