@@ -100,7 +100,9 @@ async def test_tampered_recipient_is_refused(portal: Portal, browser: Browser, t
     page = await browser.new_page()
     await login(page, portal.url)
     await page.goto(f"{portal.url}/nouveau-message")
-    await page.get_by_label("Destinataire", exact=True).evaluate("(s, to) => { s.options[0].value = to; }", to)
+    await page.get_by_label("Destinataire", exact=True).evaluate(
+        "(s, to) => { s.options[0].value = to; }", to
+    )
     await page.get_by_label("Objet").fill("Bonjour")
     await page.get_by_label("Votre message").fill("Je voudrais un rendez-vous.")
     async with page.expect_response(f"{portal.url}/nouveau-message") as answer:

@@ -4,9 +4,11 @@ whom they may write to is bounded by ``[portal] first_contacts_max``."""
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 
+import aiohttp
 import pytest
 from sqlalchemy import select, update
 
@@ -16,7 +18,8 @@ from mailserver.conversation_models import Conversation
 from mailserver.db.models import AuditEvent, Folder, Mailbox
 from mailserver.portal import service
 from mailserver.runtime import Runtime
-from tests.portal.helpers import DOCTOR, NURSE, PATIENT, PHARMACY, populate, tiny_png
+from tests.portal.conftest import PASSWORD, Portal
+from tests.portal.helpers import DOCTOR, NURSE, PATIENT, PATIENT_INS, PHARMACY, populate, tiny_png
 
 PHARMACY_2 = "pharmacie.gare@a.mssante.test"
 
@@ -154,3 +157,35 @@ async def test_contacts_are_named_from_the_directory_bounded_and_searchable(rt: 
     rt.settings.portal.first_contacts_max = 1
     contacts, more = await service.first_contacts(rt)
     assert len(contacts) == 1 and more
+
+
+async def test_api_lists_and_writes_first(portal: Portal) -> None:
+    """``GET /api/first-contacts`` and ``POST /api/conversations``: the same service, the same rule."""
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{portal.url}/api/login", json={"ins": PATIENT_INS, "password": PASSWORD}) as r:
+            auth = {"Authorization": f"Bearer {(await r.json())['token']}"}
+        async with http.get(f"{portal.url}/api/first-contacts", params={"q": "port"}, headers=auth) as r:
+            assert await r.json() == {
+                "contacts": [{"address": PHARMACY, "name": "Pharmacie du Port", "detail": ""}],
+                "more": False,
+            }
+        png = {
+            "filename": "o.png",
+            "content_type": "image/png",
+            "data": base64.b64encode(tiny_png()).decode(),
+        }
+        body = {"to": NURSE, "subject": "Bonjour", "text": "Un pansement ?"}
+        async with http.post(f"{portal.url}/api/conversations", json=body, headers=auth) as r:
+            assert r.status == 403
+            assert "seul un professionnel" in (await r.json())["error"]
+        body = {"to": PHARMACY, "subject": "Bonjour", "text": "Mon ordonnance.", "attachments": [png]}
+        async with http.post(f"{portal.url}/api/conversations", json=body, headers=auth) as r:
+            assert r.status == 201
+            public_id = (await r.json())["id"]
+        async with http.get(f"{portal.url}/api/conversations/{public_id}", headers=auth) as r:
+            detail = await r.json()
+    assert detail["professional"]["address"] == PHARMACY
+    assert [m["text"].strip() for m in detail["messages"]] == ["Mon ordonnance."]
+    assert len(await _folder(portal.rt, PHARMACY, "INBOX")) == 1
+    [(actor, request, _response)] = await _refusals(portal.rt)
+    assert (actor, request) == (PATIENT, f"portal first message to <{NURSE}>")
