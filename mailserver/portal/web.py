@@ -254,7 +254,7 @@ async def _new_message_page(
 
 
 async def new_message_page(request: web.Request) -> web.StreamResponse:
-    """ "Nouveau message": the mailboxes that accept a patient's first message (a pharmacy), by name."""
+    """The "Nouveau message" page: the mailboxes that take a patient's first message (a pharmacy)."""
     return await _new_message_page(request, await _session(request))
 
 

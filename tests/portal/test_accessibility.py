@@ -48,5 +48,7 @@ async def test_every_page_passes_axe_and_320px(portal: Portal, browser: Browser)
         page = signed_in if p.login else anonymous
         await page.goto(portal.url + p.path.format(**data))
         assert page.url.startswith(portal.url + p.path.format(**data).partition("?")[0]), (p.name, page.url)
+        if p.route == "(404)":  # the portal's own page, not aiohttp's bare text
+            assert await page.get_by_role("alert").inner_text() == "Cette page n'existe pas."
         problems += await a11y.check(page, p.name)
     assert problems == [], "\n".join(problems)
