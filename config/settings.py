@@ -572,7 +572,6 @@ _AT_LEAST_ONE = (
     ("auth", "max_failures"),
     ("auth", "max_failures_per_ip"),
     ("auth", "concurrent_verifications"),
-    ("portal", "first_contacts_max"),
 )
 
 
@@ -633,6 +632,8 @@ def _check(settings: Settings, name: str) -> None:
     for section, key in _AT_LEAST_ONE:
         if getattr(getattr(settings, section), key) < 1:
             raise ConfigError(f"{name}: [{section}] {key}: must be at least 1 (0 would refuse everyone)")
+    if settings.portal.first_contacts_max < 1:
+        raise ConfigError(f"{name}: [portal] first_contacts_max: must be at least 1")
     for key in ("ldap_idle_timeout", "portal_idle_timeout"):
         if getattr(settings.limits, key) <= 0:
             raise ConfigError(f"{name}: [limits] {key}: must be more than 0 seconds")
