@@ -97,6 +97,9 @@ listen = ["127.0.0.1:3389"]              # address book for mail clients (STARTT
 [admin]
 listen = ["127.0.0.1:9180"]              # /healthz, /readyz, /metrics for the operator (loopback only)
 
+[patients]
+portal_url = "http://127.0.0.1:8080/"    # the address patients' alerts give; the public HTTPS one in production
+
 [limits]
 message_size = "25MiB"
 

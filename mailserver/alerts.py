@@ -65,7 +65,7 @@ def build_alert(rt: Runtime, to: str, name: str) -> bytes:
     msg["From"] = rt.settings.patients.alert_from or f"no-reply@{hostname}"
     msg["To"] = to
     msg["Subject"] = ALERT_SUBJECT
-    msg["Date"] = email.utils.formatdate(localtime=False)
+    msg["Date"] = email.utils.formatdate(localtime=False, usegmt=True)  # "+0000" read as unknown zone
     msg["Message-ID"] = email.utils.make_msgid(domain=hostname)
     msg["Auto-Submitted"] = "auto-generated"
     msg.set_content(alert_text(name, rt.settings.patients.portal_url))
