@@ -39,7 +39,9 @@ async def store(s: Session, tag: str, cmd: Store) -> Done:
     uids = s.resolve(cmd.sequence_set, cmd.uid)
     if not uids:
         return Done("STORE completed")
-    change = await s.rt.store.set_flags(sel.folder_id, uids, _MODES[cmd.mode], cmd.flags, cmd.unchanged_since)
+    change = await s.rt.store.set_flags(
+        sel.folder_id, uids, _MODES[cmd.mode], cmd.flags, cmd.unchanged_since, sel.viewer
+    )
     s.own_change(change.changed[0].modseq if change.changed else None, change.changed)
     if cmd.mode != StoreMode.REMOVE and change.changed:
         s.announce_keywords(cmd.flags)  # even under .SILENT (RFC 9051 §7.3.5)
@@ -55,7 +57,7 @@ async def store(s: Session, tag: str, cmd: Store) -> Done:
     else:
         skipped = set(change.modified)
         unchanged = [u for u in uids if u not in changed and u not in skipped]
-        current = await s.rt.store.messages(sel.folder_id, unchanged) if unchanged else []
+        current = await s.rt.store.messages(sel.folder_id, unchanged, sel.viewer) if unchanged else []
         everything = sorted([*change.changed, *current], key=lambda m: m.uid)
         for m in everything:
             seq = sel.seq(m.uid)
