@@ -304,3 +304,35 @@ async def test_copy_and_move_between_ones_own_folders_and_the_orgs(imap_both: IM
     assert (BERNARD, "move") in [(r[0], r[1]) for r in rows]
     assert all(r[3] == f"ok as member of {SECRETARIAT}" for r in rows), rows
     assert any(r[2].endswith(f"to Partagé/{SECRETARIAT}/Sent") for r in rows)
+
+
+async def test_qresync_gives_each_member_their_own_changes(imap_both: IMAPEnv) -> None:
+    env = imap_both
+    await members(env, "lrswi", "lrswi")
+    await env.deliver(message("premier"), SECRETARIAT)
+    await env.deliver(message("second"), SECRETARIAT)
+    bernard, dupont = await env.connect(BERNARD), await env.connect(DUPONT)
+    try:
+        for c in (bernard, dupont):
+            await c.ok("ENABLE QRESYNC")
+        lines = await bernard.ok(f'SELECT "{SHARED_INBOX}"')
+        validity = next(re.search(r"UIDVALIDITY (\d+)", x).group(1) for x in lines if "UIDVALIDITY" in x)  # type: ignore[union-attr]
+        start = int(
+            next(re.search(r"HIGHESTMODSEQ (\d+)", x).group(1) for x in lines if "HIGHESTMODSEQ" in x)
+        )  # type: ignore[union-attr]
+        lines = await bernard.ok("UID STORE 2 +FLAGS.SILENT (\\Seen)")
+        assert lines[0].startswith("* 2 FETCH (UID 2 MODSEQ (")  # .SILENT under CONDSTORE: the MODSEQ
+        lines = await bernard.command(f"UID STORE 2 (UNCHANGEDSINCE {start}) -FLAGS (\\Seen)")
+        assert lines[-1].split(" ", 1)[1].startswith("OK [MODIFIED 2]"), lines
+        await bernard.ok("UNSELECT")
+
+        lines = await bernard.ok(f'SELECT "{SHARED_INBOX}" (QRESYNC ({validity} {start}))')
+        fetches = [x for x in lines if " FETCH " in x]
+        assert len(fetches) == 1 and "UID 2 " in fetches[0] and "\\Seen" in fetches[0], lines
+        lines = await dupont.ok(f'SELECT "{SHARED_INBOX}" (QRESYNC ({validity} {start}))')
+        assert [x for x in lines if " FETCH " in x] == [], "nothing changed for DUPONT since"
+        lines = await dupont.ok(f"UID STORE 2 (UNCHANGEDSINCE {start}) +FLAGS (\\Seen)")
+        assert "MODIFIED" not in lines[-1] and "\\Seen" in lines[0]
+    finally:
+        for c in (bernard, dupont):
+            await c.close()
