@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 
 from mailserver import accounts
 from mailserver.db.models import AuditEvent, MemberFlags
+from mailserver.store.store import Viewer
 from tests.imap.conftest import PASSWORD, SECRETARIAT, IMAPEnv, message
 from tests.imap.test_server_shared import BERNARD, DUPONT, SHARED, SHARED_INBOX, login, members
 
@@ -336,3 +337,17 @@ async def test_qresync_gives_each_member_their_own_changes(imap_both: IMAPEnv) -
     finally:
         for c in (bernard, dupont):
             await c.close()
+
+
+async def test_removing_a_member_drops_their_own_flags(imap_both: IMAPEnv) -> None:
+    env = imap_both
+    await members(env, "lrs", "lrs")
+    await env.deliver(message("premier"), SECRETARIAT)
+    inbox = await env.rt.store.folder(env.mailboxes[SECRETARIAT], "INBOX")
+    for address in (BERNARD, DUPONT):
+        viewer = Viewer(env.mailboxes[address], frozenset({"\\Seen"}))
+        await env.rt.store.set_flags(inbox.id, [1], "add", ["\\Seen"], viewer=viewer)
+    await accounts.remove_member(env.rt, SECRETARIAT, BERNARD)
+    async with env.rt.db.read() as session:
+        rows = (await session.execute(select(MemberFlags.member_id))).scalars().all()
+    assert rows == [env.mailboxes[DUPONT]]

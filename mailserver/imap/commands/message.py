@@ -40,11 +40,11 @@ async def append(s: Session, tag: str, cmd: Append) -> Done:
     shared.need(target, acl.INSERT, "APPEND")
     viewer = shared.viewer(s, target.mailbox_id)
     private = viewer.private if viewer is not None else frozenset()
-    kept = [acl.allowed_flags(target.rights, flags) for _data, flags, _when in items]
+    allowed = [acl.allowed_flags(target.rights, flags) for _data, flags, _when in items]
     # A member's private flags (\Seen) are theirs, set once the message exists; the rest is shared.
     items = [
         (data, [f for f in k if f not in private], when)
-        for (data, _f, when), k in zip(items, kept, strict=True)
+        for (data, _f, when), k in zip(items, allowed, strict=True)
     ]
     try:
         if (
@@ -58,7 +58,7 @@ async def append(s: Session, tag: str, cmd: Append) -> Done:
         uidvalidity, uids = await s.rt.store.append(target.mailbox_id, target.folder, items)
     except FolderNotFound:
         raise Fail("NO", "no such mailbox", "TRYCREATE") from None
-    mine = [(uid, [f for f in k if f in private]) for uid, k in zip(uids, kept, strict=True)]
+    mine = [(uid, [f for f in k if f in private]) for uid, k in zip(uids, allowed, strict=True)]
     if viewer is not None and any(flags for _uid, flags in mine):
         folder = await s.rt.store.folder(target.mailbox_id, target.folder)
         for uid, flags in mine:
