@@ -332,6 +332,10 @@ async def test_qresync_gives_each_member_their_own_changes(imap_both: IMAPEnv) -
         assert len(fetches) == 1 and "UID 2 " in fetches[0] and "\\Seen" in fetches[0], lines
         lines = await dupont.ok(f'SELECT "{SHARED_INBOX}" (QRESYNC ({validity} {start}))')
         assert [x for x in lines if " FETCH " in x] == [], "nothing changed for DUPONT since"
+        # SORT and THREAD filter on the member's own \Seen too.
+        assert (await bernard.ok("UID SORT (ARRIVAL) UTF-8 UNSEEN"))[0] == "* SORT 1"
+        assert (await dupont.ok("UID SORT (ARRIVAL) UTF-8 UNSEEN"))[0] == "* SORT 1 2"
+        assert (await bernard.ok("UID THREAD REFERENCES UTF-8 UNSEEN"))[0] == "* THREAD (1)"
         lines = await dupont.ok(f"UID STORE 2 (UNCHANGEDSINCE {start}) +FLAGS (\\Seen)")
         assert "MODIFIED" not in lines[-1] and "\\Seen" in lines[0]
     finally:
