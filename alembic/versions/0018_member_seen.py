@@ -31,10 +31,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("message_id", "member_id"),
     )
     with op.batch_alter_table("member_flags") as batch:
-        batch.create_index(batch.f("ix_member_flags_member_id"), ["member_id"], unique=False)
+        batch.create_index("ix_member_flags_member_modseq", ["member_id", "modseq"], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("member_flags") as batch:
-        batch.drop_index(batch.f("ix_member_flags_member_id"))
+        batch.drop_index("ix_member_flags_member_modseq")
     op.drop_table("member_flags")

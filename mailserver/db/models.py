@@ -229,10 +229,10 @@ class MemberFlags(Base):
     see, stays. A row with no flags left is kept: it still carries the modseq of the removal."""
 
     __tablename__ = "member_flags"
+    # A member's rows changed since a modseq (their CHANGEDSINCE), and all of them (member remove).
+    __table_args__ = (Index("ix_member_flags_member_modseq", "member_id", "modseq"),)
     message_id: Mapped[int] = mapped_column(ForeignKey("message.id", ondelete="CASCADE"), primary_key=True)
-    member_id: Mapped[int] = mapped_column(
-        ForeignKey("mailbox.id", ondelete="CASCADE"), primary_key=True, index=True
-    )
+    member_id: Mapped[int] = mapped_column(ForeignKey("mailbox.id", ondelete="CASCADE"), primary_key=True)
     flags: Mapped[str] = mapped_column(Text, default="")
     modseq: Mapped[int] = mapped_column(BigInteger)
 

@@ -84,7 +84,7 @@ def test_defaults_and_conversions(tmp_path: Path) -> None:
         ('[relay]\nhost = "relay.test"\nusername = "u"\n', "[relay] username needs password_file"),
         ("[relay]\nport = 70000\n", "[relay] port: out of range"),
         ('[patients]\nalert_interval = "soon"\n', "[patients] alert_interval: expected a duration"),
-        ('[imap]\nprivate_flags = ["\\\\Deleted"]\n', "[imap] private_flags: '\\\\Deleted' cannot be private"),
+        ('[imap]\nprivate_flags = ["\\\\Deleted"]\n', "private_flags: '\\\\Deleted' cannot be private"),
         ('[imap]\nprivate_flags = ["a b"]\n', "[imap] private_flags: 'a b' cannot be private"),
     ],
 )
