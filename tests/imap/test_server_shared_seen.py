@@ -277,6 +277,14 @@ def copy_across(env: IMAPEnv) -> None:
         assert flags_of(dupont) == {1: {"$Urgent"}}, "DUPONT's view: not seen by him"
         typ, data = dupont.copy("1", SHARED + "Archive")
         assert typ == "NO" and b"[OVERQUOTA]" in data[0], "the ORG's quota counts"
+
+        # Within the ORG a MOVE keeps each member's own \Seen with the message.
+        bernard.select(SHARED_INBOX)
+        assert bernard.uid("MOVE", "1", SHARED + "Archive")[0] == "OK"
+        bernard.select(SHARED + "Archive")
+        assert flags_of(bernard) == {1: {"\\Seen", "$Urgent"}}
+        dupont.select(SHARED + "Archive")
+        assert flags_of(dupont) == {1: {"$Urgent"}}
     finally:
         for client in (bernard, dupont):
             client.logout()
