@@ -124,6 +124,22 @@ async def test_each_member_keeps_their_own_seen(imap_both: IMAPEnv) -> None:
     async with env.rt.db.read() as session:  # EXPUNGE took BERNARD's row of message 1 with it
         rows = (await session.execute(select(func.count()).select_from(MemberFlags))).scalar_one()
     assert rows == 1  # DUPONT's (now empty) row of message 2, which carries his last change's modseq
+    async with env.rt.db.read() as session:
+        changes = (
+            await session.execute(
+                select(AuditEvent.actor, AuditEvent.request, AuditEvent.response).where(
+                    AuditEvent.action == "flags"
+                )
+            )
+        ).all()
+    inbox = f"Partagé/{SECRETARIAT}/INBOX"
+    assert (DUPONT, f"imap STORE {inbox} uids 2 +FLAGS (\\Seen)", f"ok as member of {SECRETARIAT}") in changes
+    assert (
+        BERNARD,
+        f"imap STORE {inbox} uids 1 +FLAGS (\\Deleted)",
+        f"ok as member of {SECRETARIAT}",
+    ) in changes
+    assert not [c for c in changes if c[0] == SECRETARIAT], "the ORG's own login is its own mailbox"
 
 
 def modseq_of(data: list[bytes]) -> dict[int, tuple[int, set[str]]]:
