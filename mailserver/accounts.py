@@ -430,7 +430,7 @@ async def remove_member(
         )
         if result.rowcount == 0:
             raise AccountError(f"{member.address} is not a member of {org.address}")
-        # Their own \\Seen on the ORG's messages goes with them (nothing kept for a stranger).
+        # Their own \Seen on the ORG's messages goes with them (nothing kept for a stranger).
         org_messages = (
             select(Message.id).join(Folder, Folder.id == Message.folder_id).where(Folder.mailbox_id == org.id)
         )
