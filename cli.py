@@ -98,7 +98,7 @@ listen = ["127.0.0.1:3389"]              # address book for mail clients (STARTT
 listen = ["127.0.0.1:9180"]              # /healthz, /readyz, /metrics for the operator (loopback only)
 
 [patients]
-portal_url = "http://127.0.0.1:8080/"    # the address patients' alerts give; the public HTTPS one in production
+portal_url = "http://127.0.0.1:8080/"    # what patients' alerts point to; the public HTTPS one in production
 
 [limits]
 message_size = "25MiB"

@@ -27,6 +27,27 @@ class ConfigError(Exception):
     """A configuration problem, already phrased as the one line the operator will read."""
 
 
+_PRIVATE_SYSTEM = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Draft")}
+_KEYWORD = re.compile(r'[^\x00-\x20\x7f(){%*"\\\]]+')  # RFC 9051 atom: a keyword
+
+
+def _private_flags(flags: list[str], name: str) -> list[str]:
+    """``[imap] private_flags``: system flags in their canonical case; keywords as RFC 9051 atoms;
+    never \\Deleted (EXPUNGE removes a message for everyone, so its flag is everyone's) nor \\Recent."""
+    out: list[str] = []
+    for flag in flags:
+        if not isinstance(flag, str):
+            raise ConfigError(f"{name}: [imap] private_flags: expected flag names, got {flag!r}")
+        canonical = _PRIVATE_SYSTEM.get(flag.lower())
+        if canonical is None and (flag.startswith("\\") or not _KEYWORD.fullmatch(flag)):
+            raise ConfigError(
+                f"{name}: [imap] private_flags: {flag!r} cannot be private (\\Seen, \\Answered,"
+                " \\Flagged, \\Draft or a keyword)"
+            )
+        out.append(canonical or flag)
+    return list(dict.fromkeys(out))
+
+
 Size = Annotated[int, "size"]
 """A byte count written as ``25MiB``, ``512KiB``, ``10MB`` or a plain integer."""
 
@@ -191,6 +212,9 @@ class IMAPSettings:
     tls_listen: list[str] = field(default_factory=lambda: ["127.0.0.1:2993"])
     client_cert: Literal["none", "optional"] = "none"
     shared_prefix: str = "Partagé/"  # RFC 2342 shared namespace: the ORG/CAB mailboxes one is a member of
+    # Flags each member of a shared mailbox keeps for themselves (Dovecot's private flags); the others
+    # (\Deleted always) are shared by every member. [] shares \Seen too.
+    private_flags: list[str] = field(default_factory=lambda: ["\\Seen"])
 
 
 @dataclass
@@ -659,6 +683,7 @@ def _check(settings: Settings, name: str) -> None:
             raise ConfigError(f"{name}: [tls] {key}: must be more than 0 seconds")
     if settings.tls.crl_cache_entries < 1:
         raise ConfigError(f"{name}: [tls] crl_cache_entries: must be at least 1")
+    settings.imap.private_flags = _private_flags(settings.imap.private_flags, name)
     if not all(0 < p < 100 for p in settings.quota.warn_percent):
         raise ConfigError(f"{name}: [quota] warn_percent: each value must be between 1 and 99")
 

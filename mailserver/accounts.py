@@ -29,9 +29,12 @@ from mailserver.db.models import (
     SHARED_TYPES,
     AppPassword,
     Domain,
+    Folder,
     Mailbox,
     MailboxCert,
+    MemberFlags,
     Membership,
+    Message,
     utcnow,
 )
 from mailserver.headers import HeaderView, decode_header
@@ -435,6 +438,15 @@ async def remove_member(
         )
         if result.rowcount == 0:
             raise AccountError(f"{member.address} is not a member of {org.address}")
+        # Their own \Seen on the ORG's messages goes with them (nothing kept for a stranger).
+        org_messages = (
+            select(Message.id).join(Folder, Folder.id == Message.folder_id).where(Folder.mailbox_id == org.id)
+        )
+        await session.execute(
+            delete(MemberFlags).where(
+                MemberFlags.member_id == member.id, MemberFlags.message_id.in_(org_messages)
+            )
+        )
         rt.audit.record_in(
             session, actor, "admin", remote, f"member remove {member.address} from {org.address}", "ok"
         )

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from mailserver import accounts, quota
 from mailserver.db.models import SHARED_TYPES, Message, utcnow
 from mailserver.headers import HeaderView, header_end
-from mailserver.store.store import FolderInfo, StoreError
+from mailserver.store.store import FolderInfo, StoreError, Viewer
 
 if TYPE_CHECKING:
     from mailserver.runtime import Runtime
@@ -98,11 +98,15 @@ async def copy_owners(rt: Runtime, mailbox_id: int, envelope_from: str, data: by
 async def save_copies(rt: Runtime, mailbox_ids: list[int], data: bytes) -> list[tuple[int, int]]:
     """Store ``data`` (read: ``\\Seen``) in each mailbox's ``\\Sent`` unless a recent copy is there;
     returns (mailbox id, UID) for each copy stored. A mailbox without ``\\Sent`` or over quota gets none
-    (the message was sent already: the copy never fails the sending)."""
+    (the message was sent already: the copy never fails the sending). The first mailbox is the
+    sender's: in the others (the ORG they sent as) the copy is also read by them as a member, since
+    ``\\Seen`` there is each member's own (``[imap] private_flags``)."""
     if not rt.settings.submission.save_sent:
         return []
     msgid = message_id(data)
     stored: list[tuple[int, int]] = []
+    private = frozenset(rt.settings.imap.private_flags)
+    sender = Viewer(mailbox_ids[0], private) if mailbox_ids and "\\Seen" in private else None
     for mailbox_id in dict.fromkeys(mailbox_ids):
         folder = await sent_folder(rt, mailbox_id)
         if folder is None or (msgid is not None and await recent_copy(rt, folder, msgid, data) is not None):
@@ -112,6 +116,8 @@ async def save_copies(rt: Runtime, mailbox_ids: list[int], data: bytes) -> list[
         except (quota.OverQuota, StoreError) as exc:
             log.warning("no sent copy for mailbox %s: %s", mailbox_id, exc)
             continue
+        if sender is not None and mailbox_id != sender.member_id:
+            await rt.store.set_flags(folder.id, [uid], "add", ["\\Seen"], viewer=sender)
         stored.append((mailbox_id, uid))
     return stored
 

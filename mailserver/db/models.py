@@ -222,6 +222,22 @@ class Message(Base):
     size: Mapped[int] = mapped_column(BigInteger)
 
 
+class MemberFlags(Base):
+    """A member's private flags on a message of a shared (ORG/CAB) mailbox (``[imap] private_flags``,
+    ``\\Seen`` by default, as Dovecot's private flags): one secretary reading a message does not mark
+    it read for the others. ``modseq`` is taken from the folder's counter when they change, so the
+    member's CHANGEDSINCE sees it (RFC 7162) while the message's own MODSEQ, which the other members
+    see, stays. A row with no flags left is kept: it still carries the modseq of the removal."""
+
+    __tablename__ = "member_flags"
+    # A member's rows changed since a modseq (their CHANGEDSINCE), and all of them (member remove).
+    __table_args__ = (Index("ix_member_flags_member_modseq", "member_id", "modseq"),)
+    message_id: Mapped[int] = mapped_column(ForeignKey("message.id", ondelete="CASCADE"), primary_key=True)
+    member_id: Mapped[int] = mapped_column(ForeignKey("mailbox.id", ondelete="CASCADE"), primary_key=True)
+    flags: Mapped[str] = mapped_column(Text, default="")
+    modseq: Mapped[int] = mapped_column(BigInteger)
+
+
 class Expunged(Base):
     """A tombstone per expunged UID, for QRESYNC's VANISHED (RFC 7162 §3.2.10)."""
 

@@ -50,7 +50,7 @@ from mailserver.imap.protocol import (
 from mailserver.imap.protocol import encoder as enc
 from mailserver.imap.protocol.commands import CommandBody
 from mailserver.store.notify import RESYNC
-from mailserver.store.store import MessageInfo, MessageUnavailable, StoreError
+from mailserver.store.store import MessageInfo, MessageUnavailable, StoreError, Viewer
 
 if TYPE_CHECKING:
     from mailserver.imap.server import IMAPServer
@@ -81,8 +81,10 @@ class Selected:
         "recent",
         "rights",
         "saved",
+        "shared",
         "uids",
         "uidvalidity",
+        "viewer",
     )
 
     def __init__(
@@ -94,8 +96,12 @@ class Selected:
         modseq: int,
         owner: int = 0,
         rights: str = ACL_RIGHTS,
+        viewer: Viewer | None = None,
+        shared: str = "",
     ) -> None:
         self.folder_id = folder_id
+        self.shared = shared  # the ORG's address for a folder of the shared namespace, else ""
+        self.viewer = viewer  # a member in a shared mailbox: whose private flags (\Seen) are shown
         self.name = name  # as the client names it (a shared folder with its namespace prefix)
         self.owner = owner  # the mailbox holding the folder: one's own, or a shared one
         self.rights = rights  # RFC 4314 rights on it (every right on one's own)
@@ -619,7 +625,7 @@ class Session(asyncio.Protocol):
             return
         self.dirty = False
         try:
-            info, changed, vanished = await self.rt.store.changes_since(sel.folder_id, sel.modseq)
+            info, changed, vanished = await self.rt.store.changes_since(sel.folder_id, sel.modseq, sel.viewer)
         except StoreError:
             self.send(enc.status_response(None, "BYE", "the selected mailbox was deleted"))
             self.logout = True

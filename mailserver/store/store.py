@@ -43,7 +43,17 @@ from config.settings import LimitsSettings, QuotaSettings
 from mailserver import quota
 from mailserver.audit import INSERT_EVENTS, event_row
 from mailserver.db.engine import Database, WriteSession
-from mailserver.db.models import Blob, Domain, Expunged, Folder, Mailbox, Message, Subscription, utcnow
+from mailserver.db.models import (
+    Blob,
+    Domain,
+    Expunged,
+    Folder,
+    Mailbox,
+    MemberFlags,
+    Message,
+    Subscription,
+    utcnow,
+)
 from mailserver.db.prepared import Prepared
 from mailserver.store import mime
 from mailserver.store.blobs import BlobStore, WrittenBlob
@@ -111,6 +121,15 @@ class MessageInfo:
     size: int
     internal_date: dt.datetime
     blob_id: int
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """A member reading a shared (ORG/CAB) mailbox: the ``private`` flags they see and change are their
+    own (``member_flags``), every other flag is the message's, shared by all (``[imap] private_flags``)."""
+
+    member_id: int
+    private: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -280,6 +299,43 @@ def _bump(session: Session, folder: Folder, new_uids: int = 0) -> tuple[int, int
 
 def _info(m: Message) -> MessageInfo:
     return MessageInfo(m.uid, m.modseq, flags_from_text(m.flags), m.size, m.internal_date, m.blob_id)
+
+
+def _seen_by(m: Message, own: MemberFlags | None, viewer: Viewer | None) -> MessageInfo:
+    """The message as ``viewer`` sees it: their private flags instead of the message's, and the later
+    of the message's modseq and that of their last private change (what their CHANGEDSINCE compares)."""
+    if viewer is None:
+        return _info(m)
+    mine = flags_from_text(own.flags) & viewer.private if own is not None else frozenset()
+    flags = (flags_from_text(m.flags) - viewer.private) | mine
+    modseq = max(m.modseq, own.modseq) if own is not None else m.modseq
+    return MessageInfo(m.uid, modseq, flags, m.size, m.internal_date, m.blob_id)
+
+
+def _own_flags(session: Session, viewer: Viewer | None, message_ids: Sequence[int]) -> dict[int, MemberFlags]:
+    """The viewer's private-flag rows of these messages, by message id (none without a viewer)."""
+    out: dict[int, MemberFlags] = {}
+    if viewer is None:
+        return out
+    for i in range(0, len(message_ids), 500):
+        rows = session.execute(
+            select(MemberFlags).where(
+                MemberFlags.member_id == viewer.member_id,
+                MemberFlags.message_id.in_(message_ids[i : i + 500]),
+            )
+        )
+        out.update((r.message_id, r) for r in rows.scalars())
+    return out
+
+
+def _apply(
+    mode: Literal["add", "remove", "replace"], current: frozenset[str], flags: set[str]
+) -> frozenset[str]:
+    if mode == "add":
+        return current | flags
+    if mode == "remove":
+        return current - flags
+    return frozenset(flags)
 
 
 def _folder_info(f: Folder) -> FolderInfo:
@@ -999,41 +1055,84 @@ class Store:
 
     # ----------------------------------------------------------------- messages
 
-    async def snapshot(self, folder_id: int) -> tuple[FolderInfo, list[MessageInfo]]:
-        """The folder and all its messages in UID order, read in one consistent transaction."""
+    async def snapshot(
+        self, folder_id: int, viewer: Viewer | None = None
+    ) -> tuple[FolderInfo, list[MessageInfo]]:
+        """The folder and all its messages in UID order (as ``viewer`` sees them), read in one
+        consistent transaction."""
         async with self.db.read() as session:
             f = await session.run_sync(_folder_by_id, folder_id)
             rows = await session.execute(
                 select(Message).where(Message.folder_id == folder_id).order_by(Message.uid)
             )
-            return _folder_info(f), [_info(m) for m in rows.scalars()]
+            msgs = list(rows.scalars())
+            own: dict[int, MemberFlags] = {}
+            if viewer is not None:
+                mine = await session.execute(
+                    select(MemberFlags)
+                    .join(Message, Message.id == MemberFlags.message_id)
+                    .where(Message.folder_id == folder_id, MemberFlags.member_id == viewer.member_id)
+                )
+                own = {r.message_id: r for r in mine.scalars()}
+            return _folder_info(f), [_seen_by(m, own.get(m.id), viewer) for m in msgs]
 
-    async def messages(self, folder_id: int, uids: Iterable[int]) -> list[MessageInfo]:
+    async def messages(
+        self, folder_id: int, uids: Iterable[int], viewer: Viewer | None = None
+    ) -> list[MessageInfo]:
         """The current state of some messages in UID order (IMAP FETCH/STORE read only what they need)."""
+
+        def read(session: Session) -> list[MessageInfo]:
+            msgs = _messages(session, folder_id, sorted(set(uids)))
+            own = _own_flags(session, viewer, [m.id for m in msgs])
+            return [_seen_by(m, own.get(m.id), viewer) for m in msgs]
+
         async with self.db.read() as session:
-            return [_info(m) for m in await session.run_sync(_messages, folder_id, sorted(set(uids)))]
+            return await session.run_sync(read)
 
     async def changes_since(
-        self, folder_id: int, modseq: int
+        self, folder_id: int, modseq: int, viewer: Viewer | None = None
     ) -> tuple[FolderInfo, list[MessageInfo], list[int]]:
         """Messages changed or added after ``modseq`` and UIDs expunged after it (CONDSTORE/QRESYNC).
         Every change to a folder's messages raises its HIGHESTMODSEQ: when that has not moved there is
-        nothing more to read (an IMAP NOOP's usual answer)."""
-        async with self.db.read() as session:
-            f = await session.run_sync(_folder_by_id, folder_id)
+        nothing more to read (an IMAP NOOP's usual answer). With a ``viewer``, also the messages whose
+        private flags that member changed after ``modseq``, and not those another member changed."""
+
+        def read(session: Session) -> tuple[FolderInfo, list[MessageInfo], list[int]]:
+            f = _folder_by_id(session, folder_id)
             if f.highestmodseq <= modseq:
                 return _folder_info(f), [], []
-            rows = await session.execute(
-                select(Message)
-                .where(Message.folder_id == folder_id, Message.modseq > modseq)
-                .order_by(Message.uid)
-            )
-            gone = await session.execute(
+            msgs = {
+                m.id: m
+                for m in session.execute(
+                    select(Message).where(Message.folder_id == folder_id, Message.modseq > modseq)
+                ).scalars()
+            }
+            if viewer is not None:
+                mine = session.execute(
+                    select(Message)
+                    .join(MemberFlags, MemberFlags.message_id == Message.id)
+                    .where(
+                        Message.folder_id == folder_id,
+                        MemberFlags.member_id == viewer.member_id,
+                        MemberFlags.modseq > modseq,
+                    )
+                )
+                msgs.update((m.id, m) for m in mine.scalars())
+            ordered = sorted(msgs.values(), key=lambda m: m.uid)
+            own = _own_flags(session, viewer, [m.id for m in ordered])
+            gone = session.execute(
                 select(Expunged.uid)
                 .where(Expunged.folder_id == folder_id, Expunged.modseq > modseq)
                 .order_by(Expunged.uid)
             )
-            return _folder_info(f), [_info(m) for m in rows.scalars()], list(gone.scalars())
+            return (
+                _folder_info(f),
+                [_seen_by(m, own.get(m.id), viewer) for m in ordered],
+                list(gone.scalars()),
+            )
+
+        async with self.db.read() as session:
+            return await session.run_sync(read)
 
     async def append(
         self, mailbox_id: int, folder: str, items: Sequence[tuple[bytes, Iterable[str], dt.datetime | None]]
@@ -1088,56 +1187,104 @@ class Store:
             ).scalar_one()
 
     async def copy(
-        self, folder_id: int, uids: Iterable[int], dest: str, move: bool = False
+        self,
+        folder_id: int,
+        uids: Iterable[int],
+        dest: str,
+        move: bool = False,
+        *,
+        into: int | None = None,
+        viewer: Viewer | None = None,
+        dest_viewer: Viewer | None = None,
+        keep: Callable[[frozenset[str]], Iterable[str]] | None = None,
     ) -> tuple[int, list[tuple[int, int]]]:
         """COPY or MOVE (RFC 6851: atomic, the source UIDs are expunged in the same transaction), into
-        another folder or the same one.
+        another folder or the same one, of the source's mailbox or of mailbox ``into`` (between one's
+        own folders and a shared mailbox's: the quota counted there, both mailbox rows locked in id
+        order).
 
+        ``viewer`` / ``dest_viewer``: the member copying, when the source / destination is a shared
+        mailbox; the private flags they see go with the copy as theirs (or, into their own mailbox, as
+        the message's). ``keep`` filters the flags a copy into another mailbox keeps (RFC 4314 §4).
         Returns (destination UIDVALIDITY, [(source uid, destination uid)]) for COPYUID. Brief for up
         to ``_BRIEF_STORE`` messages.
         """
         wanted = sorted(set(uids))
         async with self._write(brief=len(wanted) <= _BRIEF_STORE) as (session, changed):
             src = await session.run_sync(_folder_by_id, folder_id)
-            mb = await self._lock_mailbox(session, src.mailbox_id)
+            target = into if into is not None else src.mailbox_id
+            across = target != src.mailbox_id
+            locked = {i: await self._lock_mailbox(session, i) for i in sorted({src.mailbox_id, target})}
+            mb, dst_mb = locked[src.mailbox_id], locked[target]
             src = await session.run_sync(_folder_by_id, folder_id, True)
-            dst = await self._folder(session, src.mailbox_id, dest, lock=True)
+            dst = await self._folder(session, target, dest, lock=True)
             msgs = await session.run_sync(_messages, folder_id, wanted)
             if not msgs:
                 return dst.uidvalidity, []
-            if not move:
-                await self._charge(session, mb, [(m.blob_id, m.size) for m in msgs])
-            notice = await self._warning_due(session, mb)
+            if not move or across:
+                await self._charge(session, dst_mb, [(m.blob_id, m.size) for m in msgs])
+            notice = await self._warning_due(session, dst_mb)
             # Into the source folder itself (``dst`` is then ``src``), MOVE renumbers the messages
             # with new UIDs and leaves tombstones for the old ones: COPY + EXPUNGE (RFC 6851 §3.3).
             first, modseq = await session.run_sync(_bump, dst, len(msgs))
             pairs = []
-            if move:
+            paths: list[str] = []
+            if move and not across:
                 _, src_modseq = await session.run_sync(_bump, src)
                 for i, m in enumerate(msgs):
                     session.add(Expunged(folder_id=src.id, uid=m.uid, modseq=src_modseq))
                     pairs.append((m.uid, first + i))
-                    m.folder_id, m.uid, m.modseq = dst.id, first + i, modseq
+                    m.folder_id, m.uid, m.modseq = dst.id, first + i, modseq  # member rows follow the id
                 changed.add((mb.id, src.id))
             else:
+                own = await session.run_sync(lambda ss: _own_flags(ss, viewer, [m.id for m in msgs]))
+                private = dest_viewer.private if dest_viewer is not None else frozenset()
+                copies: list[tuple[Message, frozenset[str]]] = []
                 for i, m in enumerate(msgs):
-                    session.add(
-                        Message(
-                            folder_id=dst.id,
-                            uid=first + i,
-                            modseq=modseq,
-                            blob_id=m.blob_id,
-                            flags=m.flags,
-                            internal_date=m.internal_date,
-                            size=m.size,
+                    if across:
+                        seen = _seen_by(m, own.get(m.id), viewer).flags
+                        seen = frozenset(keep(seen)) if keep is not None else seen
+                        shared_text, mine = flags_to_text(seen - private), seen & private
+                    else:  # the message's flags as they are, the copier's private ones as theirs
+                        row = own.get(m.id)
+                        shared_text, mine = (
+                            m.flags,
+                            flags_from_text(row.flags) & private if row else frozenset(),
                         )
+                    new = Message(
+                        folder_id=dst.id,
+                        uid=first + i,
+                        modseq=modseq,
+                        blob_id=m.blob_id,
+                        flags=shared_text,
+                        internal_date=m.internal_date,
+                        size=m.size,
                     )
+                    session.add(new)
+                    copies.append((new, mine))
                     pairs.append((m.uid, first + i))
                 for blob_id in {m.blob_id for m in msgs}:
                     await self.add_blob_refs(session, blob_id, sum(1 for m in msgs if m.blob_id == blob_id))
-            changed.add((mb.id, dst.id))
+                await session.flush()
+                if dest_viewer is not None:
+                    for new, mine in copies:
+                        if mine:
+                            session.add(
+                                MemberFlags(
+                                    message_id=new.id,
+                                    member_id=dest_viewer.member_id,
+                                    flags=flags_to_text(mine),
+                                    modseq=modseq,
+                                )
+                            )
+                if move:  # across mailboxes: the copies hold their own references, the source is freed
+                    paths = await self._remove_messages(session, mb, src, msgs)
+                    await self._warning_due(session, mb)
+                    changed.add((mb.id, src.id))
+            changed.add((dst_mb.id, dst.id))
             await session.flush()
             outcome = dst.uidvalidity, pairs
+        await self._remove_files(paths)
         await self._send_notices([notice])
         return outcome
 
@@ -1148,39 +1295,59 @@ class Store:
         mode: Literal["add", "remove", "replace"],
         flags: Iterable[str],
         unchangedsince: int | None = None,
+        viewer: Viewer | None = None,
     ) -> FlagChange:
         """STORE flags; messages modified after ``unchangedsince`` are left alone (RFC 7162 §3.1.3).
         A STORE of up to ``_BRIEF_STORE`` messages (a client marking what it read) is a brief
-        transaction; ``1:*`` on a large folder runs in the writer thread."""
+        transaction; ``1:*`` on a large folder runs in the writer thread.
+
+        With a ``viewer`` (a member in a shared mailbox) their private flags change in their own rows,
+        stamped with the folder's next modseq, and the message's modseq moves only when a shared flag
+        does: the other members are not told of a change that is not theirs."""
         wanted = sorted(set(uids))
         flag_set = set(flags)
+        private = viewer.private if viewer is not None else frozenset()
 
         def work(session: Session, changed: _Changed) -> FlagChange:
             # Flags change no usage: the folder's row lock alone orders concurrent STOREs.
             f = _folder_by_id(session, folder_id, lock=True)
             modified: list[int] = []
-            todo: list[tuple[Message, str]] = []
-            for m in _messages(session, folder_id, wanted):
-                if unchangedsince is not None and m.modseq > unchangedsince:
+            todo: list[tuple[Message, frozenset[str] | None, frozenset[str] | None]] = []
+            msgs = _messages(session, folder_id, wanted)
+            own = _own_flags(session, viewer, [m.id for m in msgs])
+            for m in msgs:
+                row = own.get(m.id)
+                if unchangedsince is not None and _seen_by(m, row, viewer).modseq > unchangedsince:
                     modified.append(m.uid)
                     continue
-                current = flags_from_text(m.flags)
-                new = (
-                    (current | flag_set)
-                    if mode == "add"
-                    else (current - flag_set)
-                    if mode == "remove"
-                    else flag_set
-                )
-                if new != current:
-                    todo.append((m, flags_to_text(new)))
+                shared = flags_from_text(m.flags)
+                # The ORG's own value of a private flag stays in the message, untouched by members.
+                new_shared = _apply(mode, shared - private, flag_set - private) | (shared & private)
+                mine = flags_from_text(row.flags) & private if row is not None else frozenset()
+                new_mine = _apply(mode, mine, flag_set & private)
+                if new_shared != shared or new_mine != mine:
+                    todo.append(
+                        (
+                            m,
+                            new_shared if new_shared != shared else None,
+                            new_mine if new_mine != mine else None,
+                        )
+                    )
             if todo:
                 _, modseq = _bump(session, f)
-                for m, new_text in todo:
-                    m.flags, m.modseq = new_text, modseq
+                for m, new_shared, new_mine in todo:
+                    if new_shared is not None:
+                        m.flags, m.modseq = flags_to_text(new_shared), modseq
+                    if new_mine is not None:
+                        assert viewer is not None
+                        row = own.get(m.id)
+                        if row is None:
+                            row = own[m.id] = MemberFlags(message_id=m.id, member_id=viewer.member_id)
+                            session.add(row)
+                        row.flags, row.modseq = flags_to_text(new_mine), modseq
                 changed.add((f.mailbox_id, f.id))
             session.flush()
-            return FlagChange([_info(m) for m, _ in todo], modified)
+            return FlagChange([_seen_by(m, own.get(m.id), viewer) for m, _, _ in todo], modified)
 
         return await self._run_write(work, brief=len(wanted) <= _BRIEF_STORE)
 

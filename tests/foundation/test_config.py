@@ -86,6 +86,8 @@ def test_defaults_and_conversions(tmp_path: Path) -> None:
         ('[relay]\nhost = "relay.test"\nusername = "u"\n', "[relay] username needs password_file"),
         ("[relay]\nport = 70000\n", "[relay] port: out of range"),
         ('[patients]\nalert_interval = "soon"\n', "[patients] alert_interval: expected a duration"),
+        ('[imap]\nprivate_flags = ["\\\\Deleted"]\n', "private_flags: '\\\\Deleted' cannot be private"),
+        ('[imap]\nprivate_flags = ["a b"]\n', "[imap] private_flags: 'a b' cannot be private"),
     ],
 )
 def test_bad_values_are_one_line_errors(tmp_path: Path, text: str, message: str) -> None:
@@ -95,6 +97,13 @@ def test_bad_values_are_one_line_errors(tmp_path: Path, text: str, message: str)
     assert str(exc.value).startswith(str(p))
     assert message in str(exc.value)
     assert "\n" not in str(exc.value)
+
+
+def test_private_flags_default_to_seen_in_canonical_case(tmp_path: Path) -> None:
+    assert load(write(tmp_path, "")).imap.private_flags == ["\\Seen"]
+    written = '[imap]\nprivate_flags = ["\\\\seen", "$Lu", "\\\\Seen"]\n'
+    assert load(write(tmp_path, written)).imap.private_flags == ["\\Seen", "$Lu"]
+    assert load(write(tmp_path, "[imap]\nprivate_flags = []\n")).imap.private_flags == []
 
 
 def test_audit_retention_in_months_or_years(tmp_path: Path) -> None:

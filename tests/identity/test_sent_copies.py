@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from mailserver import accounts
+from mailserver.store.store import Viewer
 from tests.identity.conftest import DURAND, MARTIN, PASSWORD, SECRETARIAT, Env, start_env
 from tests.identity.provider import Provider
 
@@ -75,6 +76,17 @@ async def test_member_sending_as_org_keeps_a_copy_in_both_sent_folders(saving: E
     assert await asyncio.to_thread(sent_ids, saving, DURAND) == [b"Message-ID: <one@client.test>"]
     assert await asyncio.to_thread(sent_ids, saving, SECRETARIAT) == [b"Message-ID: <one@client.test>"]
     assert await asyncio.to_thread(sent_ids, saving, MARTIN) == []
+    # In the ORG's Sent the copy is read by the member who sent it, not by the other members.
+    org, durand = (
+        await accounts.get_mailbox(saving.rt, SECRETARIAT),
+        await accounts.get_mailbox(saving.rt, DURAND),
+    )
+    other = await accounts.get_mailbox(saving.rt, MARTIN)
+    folder = await saving.rt.store.folder(org.id, "Sent")
+    seen = frozenset({"\\Seen"})
+    _info, (by_sender,) = await saving.rt.store.snapshot(folder.id, Viewer(durand.id, seen))
+    _info, (by_other,) = await saving.rt.store.snapshot(folder.id, Viewer(other.id, seen))
+    assert "\\Seen" in by_sender.flags and "\\Seen" not in by_other.flags
 
 
 async def test_client_append_after_submission_is_not_a_second_copy(saving: Env) -> None:

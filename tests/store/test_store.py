@@ -13,7 +13,7 @@ from sqlalchemy import event, func, select
 from mailserver import accounts, quota
 from mailserver.db.models import Blob, Message
 from mailserver.runtime import Runtime
-from mailserver.store.store import FolderExists, FolderNotFound, StoreError, drop_blob_ref
+from mailserver.store.store import FolderExists, FolderNotFound, StoreError, Viewer, drop_blob_ref
 
 
 def message(n: int, size: int = 0) -> bytes:
@@ -492,3 +492,50 @@ async def test_expunge_loads_only_the_messages_flagged_deleted(runtime: Runtime)
         event.remove(Message, "load", on_load)
     assert sorted(set(loaded)) == [4, 5, 9]
     assert [m.uid for m in (await runtime.store.snapshot(inbox.id))[1]] == [1, 2, 3, 5, 6, 7, 8, 10, 11, 12]
+
+
+@pytest.mark.usefixtures("files_only")
+async def test_copy_and_move_across_mailboxes_count_on_each(runtime: Runtime) -> None:
+    """Between a member's mailbox and an ORG's (issue 16): the target is charged (its quota refuses),
+    a MOVE frees the source, blob references stay exact, and a viewer's private flags travel."""
+    store = runtime.store
+    person, org = await mailbox(runtime, "dr.bernard"), await mailbox(runtime, "secretariat")
+    inbox, org_inbox = await store.folder(person, "INBOX"), await store.folder(org, "INBOX")
+    for n in range(3):
+        await store.deliver(await store.prepare(message(n, 2000)), [org])
+    seen = Viewer(person, frozenset({"\\Seen"}))
+    await store.set_flags(org_inbox.id, [1, 2], "add", ["\\Seen", "\\Flagged"], viewer=seen)
+
+    # Out of the ORG: the copy gets the member's view of the flags, and his own mailbox pays.
+    _, pairs = await store.copy(org_inbox.id, [1], "INBOX", into=person, viewer=seen)
+    _, moved = await store.copy(org_inbox.id, [2], "INBOX", move=True, into=person, viewer=seen)
+    assert (pairs, moved) == ([(1, 1)], [(2, 2)])
+    _, mine = await store.snapshot(inbox.id)
+    assert [sorted(m.flags) for m in mine] == [["\\Flagged", "\\Seen"], ["\\Flagged", "\\Seen"]]
+    assert ((await store.usage(person))[0].messages, (await store.usage(org))[0].messages) == (2, 2)
+    _, _, vanished = await store.changes_since(org_inbox.id, 0)
+    assert vanished == [2]
+
+    # Into the ORG, full at 2 messages: refused, nothing changed; after an expunge it fits, with the
+    # member's \Seen his own and the keep filter applied.
+    await accounts.set_mailbox_quota(runtime, "secretariat@a.mssante.test", None, 2)
+    with pytest.raises(quota.OverQuota):
+        await store.copy(inbox.id, [2], "INBOX", into=org, dest_viewer=seen)
+    await store.set_flags(org_inbox.id, [3], "add", ["\\Deleted"])
+    await store.expunge(org_inbox.id)
+    _, back = await store.copy(
+        inbox.id, [2], "INBOX", move=True, into=org, dest_viewer=seen, keep=lambda f: f - {"\\Flagged"}
+    )
+    assert back == [(2, 4)]
+    _, as_org = await store.snapshot(org_inbox.id)
+    _, as_member = await store.snapshot(org_inbox.id, seen)
+    assert [sorted(m.flags) for m in as_org] == [["\\Flagged"], []]
+    assert [sorted(m.flags) for m in as_member] == [["\\Flagged", "\\Seen"], ["\\Seen"]]
+
+    for mb in (person, org):
+        before, recomputed = await store.recount(mb)
+        assert before == recomputed
+    async with runtime.db.read() as session:
+        refs = dict((await session.execute(select(Blob.path, Blob.refcount))).all())
+    # Message 1 in the ORG and in his INBOX, message 2 back in the ORG alone, message 3 expunged.
+    assert sorted(refs.values()) == [1, 2] and set(runtime.blobs.all_paths()) == set(refs)

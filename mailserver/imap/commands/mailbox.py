@@ -64,11 +64,20 @@ async def _select(s: Session, cmd: Select | Examine) -> Done:
     target = await shared.resolve(s, cmd.mailbox)
     shared.need(target, acl.READ, cmd.name)
     folder = await s.rt.store.folder(target.mailbox_id, target.folder)
-    info, messages = await s.rt.store.snapshot(folder.id)
+    viewer = shared.viewer(s, target.mailbox_id)
+    info, messages = await s.rt.store.snapshot(folder.id, viewer)
     name = target.prefix + info.name
     readonly = cmd.readonly or not acl.changes_anything(target.rights)
     sel = Selected(
-        info.id, name, readonly, info.uidvalidity, info.highestmodseq, target.mailbox_id, target.rights
+        info.id,
+        name,
+        readonly,
+        info.uidvalidity,
+        info.highestmodseq,
+        target.mailbox_id,
+        target.rights,
+        viewer,
+        target.shared,
     )
     s.watch(target.mailbox_id)
     sel.uids.extend(m.uid for m in messages)
@@ -98,7 +107,7 @@ async def _select(s: Session, cmd: Select | Examine) -> Done:
 
 async def _qresync(s: Session, sel: Selected, modseq: int, known: object) -> None:
     """RFC 7162 §3.2.5: VANISHED (EARLIER) for what the client still has, then the changed flags."""
-    info, changed, vanished = await s.rt.store.changes_since(sel.folder_id, modseq)
+    info, changed, vanished = await s.rt.store.changes_since(sel.folder_id, modseq, sel.viewer)
     if known is not None:
         vanished = known.select_uids(vanished)  # type: ignore[attr-defined]
     if vanished:
@@ -315,7 +324,7 @@ def _status_value(s: Session, item: str, folder: FolderInfo, messages: list[Mess
 
 
 async def _status(s: Session, folder: FolderInfo, items: tuple[str, ...], name: str) -> None:
-    info, messages = await s.rt.store.snapshot(folder.id)
+    info, messages = await s.rt.store.snapshot(folder.id, shared.viewer(s, folder.mailbox_id))
     values = [(item, _status_value(s, item, info, messages)) for item in items]
     s.send(enc.status(name, values, utf8=s.utf8))
 
