@@ -240,14 +240,14 @@ def scenario(run: Cli, inst: Instance, pki: Any, tmp_path: Path) -> None:
         "--type",
         "PER",
         "--rpps",
-        "10000000009",
+        "10000000017",
         "--password-stdin",
         stdin="mot de passe sûr\n",
     )
     assert DUPONT in run("mailbox", "list")
     assert DUPONT in [m["address"] for m in run.json("mailbox", "list")]
     assert "PER" in run("mailbox", "show", DUPONT)
-    assert run.json("mailbox", "show", DUPONT)["rpps"] == "10000000009"
+    assert run.json("mailbox", "show", DUPONT)["rpps"] == "10000000017"
     assert "changed" in run("mailbox", "passwd", DUPONT, "--password-stdin", stdin="un autre mot de passe\n")
     assert "shown only once" in run("mailbox", "app-password", "add", DUPONT, "--label", "Thunderbird bureau")
     (app,) = run.json("mailbox", "app-password", "list", DUPONT)
