@@ -413,6 +413,10 @@ OPENAPI: dict[str, Any] = {
                         "maxLength": 200,
                         "description": "Référence du logiciel émetteur (en-tête X-MSS-NIL)",
                     },
+                    "read_receipt": {
+                        "type": "boolean",
+                        "description": "Demande un accusé de lecture (Disposition-Notification-To, RFC 8098)",
+                    },
                     "documents": {
                         "type": "array",
                         "maxItems": 20,
@@ -472,6 +476,7 @@ OPENAPI: dict[str, Any] = {
                     "text": {"type": "string"},
                     "html": {"type": "string"},
                     "software": {"type": "string"},
+                    "read_receipt": {"type": "boolean"},
                     "attachments": {
                         "type": "array",
                         "items": {"type": "string", "contentMediaType": "application/octet-stream"},
@@ -502,6 +507,24 @@ OPENAPI: dict[str, Any] = {
                                 },
                                 "attempts": {"type": "integer"},
                                 "next_attempt": {"type": "string", "format": "date-time"},
+                                "delayed": {
+                                    "type": "boolean",
+                                    "description": "Encore en file après [delivery] delay_warning (DSN DELAY)",
+                                },
+                                "delay_notified_at": {"type": "string", "format": "date-time"},
+                                "receipts": {
+                                    "type": "array",
+                                    "description": "Accusés de lecture reçus (MDN, RFC 8098)",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["disposition", "mode", "received_at"],
+                                        "properties": {
+                                            "disposition": {"type": "string"},
+                                            "mode": {"type": "string"},
+                                            "received_at": {"type": "string", "format": "date-time"},
+                                        },
+                                    },
+                                },
                             },
                         },
                     },

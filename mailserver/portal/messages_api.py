@@ -465,6 +465,8 @@ async def _state(request: web.Request, caller: Caller, public_id: str) -> dict[s
             item.update(state=final, detail=q.last_reply, attempts=q.attempts)
             if q.status == "queued":
                 item["next_attempt"] = q.next_attempt.isoformat()
+                if q.delay_notified_at is not None:  # past [delivery] delay_warning (DELAY DSN)
+                    item.update(delayed=True, delay_notified_at=q.delay_notified_at.isoformat())
         out.append(item)
     return {"from": msg.sender, "created_at": msg.created_at.isoformat(), "recipients": out}
 
