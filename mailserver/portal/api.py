@@ -509,7 +509,7 @@ OPENAPI: dict[str, Any] = {
                                 "next_attempt": {"type": "string", "format": "date-time"},
                                 "delayed": {
                                     "type": "boolean",
-                                    "description": "Encore en file après [delivery] delay_warning (DSN DELAY)",
+                                    "description": "En file après [delivery] delay_warning (DSN DELAY)",
                                 },
                                 "delay_notified_at": {"type": "string", "format": "date-time"},
                                 "receipts": {

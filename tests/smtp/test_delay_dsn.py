@@ -5,7 +5,6 @@ moved forward), never a second one, not even after a restart; the API's message 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime as dt
 import email
@@ -127,10 +126,10 @@ async def test_one_delay_report_per_recipient_after_delay_warning_even_across_a_
         await submit(env, "NOTIFY=FAILURE", notify="FAILURE")
         auth = {"Authorization": "Basic " + base64.b64encode(f"{DPI}:{secret}".encode()).decode()}
         body = {"from": DPI, "to": [PEER], "subject": "Compte rendu", "text": "Texte."}
-        async with aiohttp.ClientSession() as http:
-            async with http.post(f"http://{portal.address}/api/v1/messages", json=body, headers=auth) as r:
-                assert r.status == 202, await r.text()
-                api_id = (await r.json())["id"]
+        url = f"http://{portal.address}/api/v1/messages"
+        async with aiohttp.ClientSession() as http, http.post(url, json=body, headers=auth) as r:
+            assert r.status == 202, await r.text()
+            api_id = (await r.json())["id"]
 
         async def attempts(n: int) -> bool:
             return peer.rcpts >= n
@@ -154,9 +153,8 @@ async def test_one_delay_report_per_recipient_after_delay_warning_even_across_a_
 
         [api_report] = await wait_for(lambda: inbox(env.rt, DPI), 30)
         assert delivery_status(api_report)[0]["Action"] == "delayed"
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://{portal.address}/api/v1/messages/{api_id}", headers=auth) as r:
-                [state] = (await r.json())["recipients"]
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/{api_id}", headers=auth) as r:
+            [state] = (await r.json())["recipients"]
         assert state["state"] == "queued" and state["delayed"] is True and state["delay_notified_at"]
 
         # more attempts past the warning: still one report, and none for NOTIFY=FAILURE
