@@ -17,7 +17,7 @@ from aiohttp import web
 import directory.search
 from mailserver import alerts
 from mailserver.auth import AuthOutcome
-from mailserver.portal import service
+from mailserver.portal import client_certs, service
 from mailserver.portal.http import (
     ENQUEUE,
     RT,
@@ -233,8 +233,9 @@ class Unauthenticated(Exception):
 
 async def credentials(request: web.Request, service: str) -> AuthOutcome | None:
     """The mailbox the request's ``Authorization`` names: a Pro Santé Connect bearer token (RFC 6750,
-    when ``[oauth]`` is configured) or HTTP Basic with the mailbox's (application) password; None
-    without either. Raises Unauthenticated when they are refused (audited by ``rt.auth``)."""
+    when ``[oauth]`` is configured) or HTTP Basic with the mailbox's (application) password; without
+    either, the connection's client certificate (``client_certs``); None without any. Raises
+    Unauthenticated when they are refused (audited by ``rt.auth``)."""
     auth = request.headers.get("Authorization", "")
     rt = request.app[RT]
     token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
@@ -256,7 +257,10 @@ async def credentials(request: web.Request, service: str) -> AuthOutcome | None:
         if not outcome.ok or outcome.address is None:
             raise Unauthenticated(401, "identifiants refusés", 'Basic realm="Caducee", charset="UTF-8"')
         return outcome
-    return None
+    cert = await client_certs.certificate_login(request, service)  # [api] listen_tls only
+    if cert is not None and not cert.ok:
+        raise Unauthenticated(403, "certificat client refusé")
+    return cert
 
 
 async def _directory_user(request: web.Request) -> str:
@@ -273,7 +277,7 @@ async def _directory_user(request: web.Request) -> str:
 
 
 def _http_error(status: int, message: str, headers: dict[str, str] | None) -> web.HTTPException:
-    cls = web.HTTPServiceUnavailable if status == 503 else web.HTTPUnauthorized
+    cls = {503: web.HTTPServiceUnavailable, 403: web.HTTPForbidden}.get(status, web.HTTPUnauthorized)
     return cls(
         text=json.dumps({"error": message}, ensure_ascii=False),
         content_type="application/json",
