@@ -8,6 +8,8 @@ import asyncio
 import base64
 import email
 import email.policy
+import re
+import shlex
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -161,3 +163,25 @@ async def test_basic_credentials_still_work_on_the_tls_listener(env: Env) -> Non
 
 def test_serve_starts_the_tls_api_listener() -> None:
     assert "mailserver.portal.client_certs" in app.SERVICES
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+async def test_the_readme_curl_example_logs_in_by_certificate(env: Env) -> None:
+    """The README's curl command, as written, with this listener's address and the test PKI's files."""
+    section = README.read_text(encoding="utf-8").split("#### Client certificates (mutual TLS)", 1)[1]
+    command = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert command is not None
+    line = command[1].replace("\\\n", " ").replace("https://127.0.0.1:8443", env.url)
+    line = line.replace("demo/tls/peer-ca.pem", str(env.pki.peer_ca))
+    line = line.replace("dpi.pem", str(env.certs.dpi.cert_path)).replace(
+        "dpi.key", str(env.certs.dpi.key_path)
+    )
+    proc = await asyncio.create_subprocess_exec(
+        *shlex.split(line), "-sS", "-w", "\n%{http_code}", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0 and out.decode().rsplit("\n", 1)[1] == "202", out
+    [msg] = await martin_inbox(env.rt)
+    assert msg["Subject"] == "Compte rendu" and msg["Disposition-Notification-To"] == DPI
