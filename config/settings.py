@@ -228,8 +228,12 @@ class PortalSettings:
 
 @dataclass
 class APISettings:
-    """The sending API (``/api/v1/``) on the portal listener: per-mailbox rate and message limits."""
+    """The sending API (``/api/v1/``) on the portal listener: per-mailbox rate and message limits.
 
+    ``listen_tls``: listeners serving the same application over TLS (``[tls] cert``/``key``) that ask
+    for a client certificate chaining to ``tls.peer_ca``: software logs its APP mailbox in with it."""
+
+    listen_tls: list[str] = field(default_factory=list)
     messages_per_minute: int = 60
     max_recipients: int = 100
     max_body_size: Size = 25 * 1024**2
@@ -376,6 +380,8 @@ class DeliverySettings:
     data_block_timeout: Duration = 180  # each block of the message to be taken by the peer
     data_final_timeout: Duration = 600  # the reply to the final ".": the peer may be storing the message
     dns_nameservers: list[str] = field(default_factory=list)
+    # A recipient still queued this long after acceptance gets one DELAY DSN (RFC 3461); 0: never.
+    delay_warning: Duration = 4 * 3600
 
 
 @dataclass
@@ -612,9 +618,9 @@ DELIVERY_TIMEOUTS = (
 
 def _check(settings: Settings, name: str) -> None:
     """Cross-field checks that a type alone cannot express."""
-    for section in ("smtp", "submission", "imap", "portal", "ldap", "admin"):
+    for section in ("smtp", "submission", "imap", "portal", "ldap", "admin", "api"):
         obj = getattr(settings, section)
-        for key in ("listen", "tls_listen"):
+        for key in ("listen", "tls_listen", "listen_tls"):
             for addr in getattr(obj, key, []):
                 try:
                     parse_listen(addr)

@@ -17,7 +17,7 @@ from aiohttp import web
 import directory.search
 from mailserver import alerts
 from mailserver.auth import AuthOutcome
-from mailserver.portal import service
+from mailserver.portal import client_certs, service
 from mailserver.portal.http import (
     ENQUEUE,
     RT,
@@ -266,8 +266,9 @@ class Unauthenticated(Exception):
 
 async def credentials(request: web.Request, service: str) -> AuthOutcome | None:
     """The mailbox the request's ``Authorization`` names: a Pro Santé Connect bearer token (RFC 6750,
-    when ``[oauth]`` is configured) or HTTP Basic with the mailbox's (application) password; None
-    without either. Raises Unauthenticated when they are refused (audited by ``rt.auth``)."""
+    when ``[oauth]`` is configured) or HTTP Basic with the mailbox's (application) password; without
+    either, the connection's client certificate (``client_certs``); None without any. Raises
+    Unauthenticated when they are refused (audited by ``rt.auth``)."""
     auth = request.headers.get("Authorization", "")
     rt = request.app[RT]
     token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
@@ -289,7 +290,10 @@ async def credentials(request: web.Request, service: str) -> AuthOutcome | None:
         if not outcome.ok or outcome.address is None:
             raise Unauthenticated(401, "identifiants refusés", 'Basic realm="Caducee", charset="UTF-8"')
         return outcome
-    return None
+    cert = await client_certs.certificate_login(request, service)  # [api] listen_tls only
+    if cert is not None and not cert.ok:
+        raise Unauthenticated(403, "certificat client refusé")
+    return cert
 
 
 async def _directory_user(request: web.Request) -> str:
@@ -306,7 +310,7 @@ async def _directory_user(request: web.Request) -> str:
 
 
 def _http_error(status: int, message: str, headers: dict[str, str] | None) -> web.HTTPException:
-    cls = web.HTTPServiceUnavailable if status == 503 else web.HTTPUnauthorized
+    cls = {503: web.HTTPServiceUnavailable, 403: web.HTTPForbidden}.get(status, web.HTTPUnauthorized)
     return cls(
         text=json.dumps({"error": message}, ensure_ascii=False),
         content_type="application/json",
@@ -446,6 +450,10 @@ OPENAPI: dict[str, Any] = {
                         "maxLength": 200,
                         "description": "Référence du logiciel émetteur (en-tête X-MSS-NIL)",
                     },
+                    "read_receipt": {
+                        "type": "boolean",
+                        "description": "Demande un accusé de lecture (Disposition-Notification-To, RFC 8098)",
+                    },
                     "documents": {
                         "type": "array",
                         "maxItems": 20,
@@ -505,6 +513,7 @@ OPENAPI: dict[str, Any] = {
                     "text": {"type": "string"},
                     "html": {"type": "string"},
                     "software": {"type": "string"},
+                    "read_receipt": {"type": "boolean"},
                     "attachments": {
                         "type": "array",
                         "items": {"type": "string", "contentMediaType": "application/octet-stream"},
@@ -535,6 +544,24 @@ OPENAPI: dict[str, Any] = {
                                 },
                                 "attempts": {"type": "integer"},
                                 "next_attempt": {"type": "string", "format": "date-time"},
+                                "delayed": {
+                                    "type": "boolean",
+                                    "description": "En file après [delivery] delay_warning (DSN DELAY)",
+                                },
+                                "delay_notified_at": {"type": "string", "format": "date-time"},
+                                "receipts": {
+                                    "type": "array",
+                                    "description": "Accusés de lecture reçus (MDN, RFC 8098)",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["disposition", "mode", "received_at"],
+                                        "properties": {
+                                            "disposition": {"type": "string"},
+                                            "mode": {"type": "string"},
+                                            "received_at": {"type": "string", "format": "date-time"},
+                                        },
+                                    },
+                                },
                             },
                         },
                     },

@@ -34,7 +34,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailserver import accounts, conversations, xdm
+from mailserver import accounts, conversations, mdn, xdm
 from mailserver.api_models import APIMessage, APIRecipient
 from mailserver.db.models import Folder, Message
 from mailserver.headers import HeaderView
@@ -178,6 +178,7 @@ class Submission:
     documents: list[xdm.CDA] = field(default_factory=list)
     titles: list[str] = field(default_factory=list)
     software: str = ""
+    read_receipt: bool = False  # Disposition-Notification-To: the sender (RFC 8098)
 
 
 def _address(value: str, name: str) -> str:
@@ -268,6 +269,12 @@ def _submission(fields: dict[str, Any], uploads: list[Upload]) -> Submission:
     )
     sub.documents, sub.titles = _documents(fields.get("documents"))
     sub.software = _header_text(fields.get("software"), "software", 200).strip()
+    receipt = fields.get("read_receipt", False)
+    if isinstance(receipt, str):  # a multipart field
+        receipt = {"true": True, "false": False, "1": True, "0": False}.get(receipt.strip().lower(), receipt)
+    if not isinstance(receipt, bool):
+        raise Problem(400, "Requête invalide", "read_receipt doit être un booléen")
+    sub.read_receipt = receipt
     if not sub.to and not sub.cc:
         raise Problem(400, "Requête invalide", "au moins un destinataire (to ou cc) attendu")
     if sub.text is None and sub.html is None and not uploads and not sub.documents:
@@ -356,7 +363,7 @@ async def _multipart(request: web.Request, limit: int) -> Submission:
             raise Problem(400, "Requête invalide", f"{part.name}: UTF-8 attendu") from None
         if part.name in ("to", "cc"):
             fields.setdefault(part.name, []).extend(_addresses(value, part.name))
-        elif part.name in ("from", "subject", "text", "html", "software"):
+        elif part.name in ("from", "subject", "text", "html", "software", "read_receipt"):
             fields[part.name] = value
     return _submission(fields, uploads)
 
@@ -378,6 +385,8 @@ def build_message(sub: Submission) -> bytes:
         msg["X-MSS-INS"] = "O" if any(d.ins for d in sub.documents) else "N"
     if sub.software:
         msg["X-MSS-NIL"] = sub.software
+    if sub.read_receipt:
+        msg["Disposition-Notification-To"] = sub.sender
     if sub.text is not None:
         msg.set_content(sub.text)
     if sub.html is not None:
@@ -491,6 +500,7 @@ async def _state(request: web.Request, caller: Caller, public_id: str) -> dict[s
                 .order_by(APIRecipient.id)
             )
         ).all()
+        receipts = await mdn.received(session, public_id)
     out = []
     for r, q in rows:
         item: dict[str, Any] = {"address": r.address, "state": r.state, "detail": r.detail}
@@ -499,6 +509,10 @@ async def _state(request: web.Request, caller: Caller, public_id: str) -> dict[s
             item.update(state=final, detail=q.last_reply, attempts=q.attempts)
             if q.status == "queued":
                 item["next_attempt"] = q.next_attempt.isoformat()
+                if q.delay_notified_at is not None:  # past [delivery] delay_warning (DELAY DSN)
+                    item.update(delayed=True, delay_notified_at=q.delay_notified_at.isoformat())
+        if r.address.lower() in receipts:  # read receipts (MDN, RFC 8098) that came back
+            item["receipts"] = receipts[r.address.lower()]
         out.append(item)
     return {"from": msg.sender, "created_at": msg.created_at.isoformat(), "recipients": out}
 

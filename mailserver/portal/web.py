@@ -26,7 +26,7 @@ from config.settings import parse_listen
 from mailserver import alerts, storage_faults
 from mailserver.delivery import EnqueueHook
 from mailserver.limits import ConnectionGate, Refused, Slot
-from mailserver.portal import api, autoconfig, messages_api, previews, service
+from mailserver.portal import api, autoconfig, messages_api, previews, receipts, service
 from mailserver.portal.http import (
     ENQUEUE,
     PRE_COOKIE,
@@ -184,6 +184,7 @@ async def _conversation_page(
         c=detail,
         quota=quota.quota,
         max_size=_size(rt.settings.limits.message_size),
+        receipts=await receipts.states(rt, info.mailbox_id, detail.messages),
         **extra,
     )
 
@@ -412,6 +413,7 @@ def make_app(rt: Runtime, enqueue: EnqueueHook | None = None) -> web.Application
     app.router.add_static("/static", HERE / "static")
     api.setup(app)
     messages_api.setup(app)
+    receipts.setup(app)
     autoconfig.setup(app)
     return app
 
