@@ -349,6 +349,9 @@ async def _multipart(request: web.Request, limit: int) -> Submission:
         total += len(data)
         if total > limit:
             raise Problem(413, "Message trop volumineux", f"au plus {limit} octets")
+        if part.name == "documents":  # a CDA R2 file: read by the same code as a JSON document
+            fields.setdefault("documents", []).append({"data": base64.b64encode(bytes(data)).decode()})
+            continue
         if part.name == "attachments" or part.filename is not None:
             # Some clients (aiohttp's, older browsers) percent-encode a non-ASCII filename in quotes.
             try:
