@@ -4,7 +4,9 @@
 files) and runs the submission path: the sender must be one the caller may send as
 (``accounts.may_send_as``), every recipient goes through ``submission.check_recipient`` (trust space,
 mailbox state and quota, patient conversations, S/MIME), the message through ``check_authors``,
-``conversations.check_message`` and ``prepare_message``, and is committed by ``commit_message``,
+``conversations.check_message``, ``complete_message``, ``large_files.rewrite`` (attachments above
+``[large_files] threshold`` sent by link, as uploads named by id are) and ``sign_message``, and is
+committed by ``commit_message``,
 the function SMTP's handlers use. ``202`` is answered only after that commit, with the API's
 per-recipient rows written in the same transaction. Errors are RFC 9457 problem+json naming the
 refused recipient. Every call is audited.
@@ -32,10 +34,11 @@ from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailserver import accounts, conversations, xdm
+from mailserver import accounts, conversations, large_files, quota, xdm
 from mailserver.api_models import APIMessage, APIRecipient
-from mailserver.db.models import Folder, Message
+from mailserver.db.models import Folder, Message, utcnow
 from mailserver.headers import HeaderView
+from mailserver.large_file_models import LargeFile
 from mailserver.policy import LocalTarget, Refusal
 from mailserver.portal import service
 from mailserver.portal.api import Unauthenticated, credentials
@@ -43,7 +46,7 @@ from mailserver.portal.http import RT, download_response, remote
 from mailserver.queue.models import QueueRecipient
 from mailserver.runtime import Runtime
 from mailserver.smtp.server import Recipient
-from mailserver.smtp.submission import check_recipient, prepare_message
+from mailserver.smtp.submission import check_recipient, complete_message, sign_message
 from mailserver.store import mime
 from mailserver.store.store import DeliveryResult as StoreResult
 from mailserver.submit import commit_message
@@ -167,6 +170,7 @@ class Submission:
     documents: list[xdm.CDA] = field(default_factory=list)
     titles: list[str] = field(default_factory=list)
     software: str = ""
+    links: list[str] = field(default_factory=list)  # ids of uploads (``/api/v1/uploads``) to send by link
 
 
 def _addresses(value: Any, name: str) -> list[str]:
@@ -221,7 +225,7 @@ def _documents(items: Any) -> tuple[list[xdm.CDA], list[str]]:
     return docs, titles
 
 
-def _submission(fields: dict[str, Any], uploads: list[Upload]) -> Submission:
+def _submission(fields: dict[str, Any], uploads: list[Upload], links: list[str] | None = None) -> Submission:
     sender = _text(fields.get("from"), "from")
     if not sender or any(c in sender for c in "\r\n<>,") or "@" not in sender:
         raise Problem(400, "Requête invalide", "from doit être une adresse")
@@ -242,11 +246,21 @@ def _submission(fields: dict[str, Any], uploads: list[Upload]) -> Submission:
     if any(ord(c) < 32 for c in software) or len(software) > 200:
         raise Problem(400, "Requête invalide", "software: au plus 200 caractères, sans contrôle")
     sub.software = software.strip()
+    sub.links = list(dict.fromkeys(links or []))
     if not sub.to and not sub.cc:
         raise Problem(400, "Requête invalide", "au moins un destinataire (to ou cc) attendu")
-    if sub.text is None and sub.html is None and not uploads and not sub.documents:
+    if sub.text is None and sub.html is None and not uploads and not sub.documents and not sub.links:
         raise Problem(400, "Requête invalide", "text, html ou une pièce jointe attendu")
     return sub
+
+
+def _json_links(items: Any) -> list[str]:
+    """The attachments given as ``{"upload": id}``: files uploaded beforehand, sent by link."""
+    if not isinstance(items, list):
+        return []
+    return [
+        item["upload"] for item in items if isinstance(item, dict) and isinstance(item.get("upload"), str)
+    ]
 
 
 def _json_uploads(items: Any) -> list[Upload]:
@@ -256,6 +270,8 @@ def _json_uploads(items: Any) -> list[Upload]:
         raise Problem(400, "Requête invalide", "attachments doit être une liste")
     out = []
     for item in items:
+        if isinstance(item, dict) and isinstance(item.get("upload"), str) and "data" not in item:
+            continue  # sent by link (``_json_links``)
         if not isinstance(item, dict) or not isinstance(item.get("data"), str):
             raise Problem(400, "Requête invalide", "pièce jointe invalide")
         try:
@@ -289,7 +305,8 @@ async def _read(request: web.Request) -> Submission:
                 body = None
             if not isinstance(body, dict):
                 raise Problem(400, "Requête invalide", "objet JSON attendu")
-            return _submission(body, _json_uploads(body.get("attachments")))
+            items = body.get("attachments")
+            return _submission(body, _json_uploads(items), _json_links(items))
         if request.content_type == "multipart/form-data":
             return await _multipart(request, limit)
     except web.HTTPRequestEntityTooLarge:
@@ -303,6 +320,7 @@ async def _multipart(request: web.Request, limit: int) -> Submission:
     reader = await request.multipart()
     fields: dict[str, Any] = {}
     uploads: list[Upload] = []
+    links: list[str] = []
     total = 0
     while (part := await reader.next()) is not None:
         if not isinstance(part, BodyPartReader):
@@ -320,14 +338,16 @@ async def _multipart(request: web.Request, limit: int) -> Submission:
             value = bytes(data).decode("utf-8")
         except UnicodeDecodeError:
             raise Problem(400, "Requête invalide", f"{part.name}: UTF-8 attendu") from None
-        if part.name in ("to", "cc"):
+        if part.name == "upload":
+            links.append(value.strip())
+        elif part.name in ("to", "cc"):
             fields.setdefault(part.name, []).extend(_addresses(value, part.name))
         elif part.name in ("from", "subject", "text", "html", "software"):
             fields[part.name] = value
-    return _submission(fields, uploads)
+    return _submission(fields, uploads, links)
 
 
-def build_message(sub: Submission) -> bytes:
+def build_message(sub: Submission, links: list[LargeFile] | None = None, rt: Runtime | None = None) -> bytes:
     """The RFC 5322 message: text and/or HTML alternatives, then the attachments, then the
     ``IHE_XDM.zip`` of the structured documents with the MSSanté headers that announce it
     (``X-MSS-CODECDA`` per document type code, ``X-MSS-INS``, ``X-MSS-NIL``)."""
@@ -354,6 +374,11 @@ def build_message(sub: Submission) -> bytes:
     for up in sub.attachments:
         maintype, subtype = up.content_type.split("/", 1)
         msg.add_attachment(up.data, maintype=maintype, subtype=subtype, filename=up.filename)
+    if links and rt is not None:
+        until = utcnow() + dt.timedelta(seconds=rt.settings.large_files.keep)
+        for row in links:
+            text = large_files.link_text(rt, row, until)
+            msg.add_attachment(text, disposition="inline", headers=[f"{large_files.HEADER}: {row.id}"])
     if sub.documents:
         archive = xdm.build_archive(sub.documents, sub.titles, sub.sender, [*sub.to, *sub.cc])
         if not msg.is_multipart() and msg.get_content_type() == "text/plain" and not msg.get_payload():
@@ -373,7 +398,30 @@ async def send_message(request: web.Request) -> web.StreamResponse:
         raise Problem(400, "Trop de destinataires", f"au plus {most} destinataires")
     if not await accounts.may_send_as(rt, caller.mailbox_id, sub.sender):
         raise Problem(403, "Refusé", f"{caller.address} ne peut pas envoyer en tant que {sub.sender}")
-    data = build_message(sub)
+    links = await _links(request, caller, sub)
+    local = True
+    for address in addresses:  # where each goes (policy checked again below with the final size)
+        try:
+            local &= isinstance(await check_recipient(rt, sub.sender, address, None), LocalTarget)
+        except Refusal as refusal:
+            raise refusal_problem(refusal, address) from None
+    if links and not local:
+        raise Problem(
+            422, "Refusé", "un fichier envoyé par lien ne peut aller qu'à des destinataires de cet opérateur"
+        )
+    data = build_message(sub, links, rt)
+    try:
+        await accounts.check_authors(rt, caller.mailbox_id, caller.address, HeaderView.parse(data))
+        await conversations.check_message(rt, sub.sender, addresses, HeaderView.parse(data))
+        data = await complete_message(rt, sub.sender, data)
+        if local:  # attachments above [large_files] threshold are kept here and sent by link
+            data = await large_files.rewrite(rt, caller.mailbox_id, data, addresses)
+        own = sub.sender.lower() == caller.address.lower()
+        data = await sign_message(rt, sub.sender, caller.mailbox_id if own else None, data, addresses)
+    except Refusal as refusal:
+        raise refusal_problem(refusal) from None
+    except quota.OverQuota:
+        raise Problem(507, "Espace de stockage plein", f"{caller.address} : quota dépassé") from None
     recipients = []
     for address in addresses:
         try:
@@ -381,13 +429,6 @@ async def send_message(request: web.Request) -> web.StreamResponse:
         except Refusal as refusal:
             raise refusal_problem(refusal, address) from None
         recipients.append(Recipient(target.address, target))
-    try:
-        await accounts.check_authors(rt, caller.mailbox_id, caller.address, HeaderView.parse(data))
-        await conversations.check_message(rt, sub.sender, addresses, HeaderView.parse(data))
-        own = sub.sender.lower() == caller.address.lower()
-        data = await prepare_message(rt, sub.sender, caller.mailbox_id if own else None, data, addresses)
-    except Refusal as refusal:
-        raise refusal_problem(refusal) from None
     public_id = os.urandom(16).hex()
     headers = HeaderView.parse(data)
     trace = (
@@ -396,6 +437,9 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     ).encode()
 
     def record(session: Session, blob_id: int, stored: StoreResult, entry: int | None) -> None:
+        large_files.link_rows(
+            session, links, addresses, headers.get("Message-ID", ""), rt.settings.large_files.keep
+        )
         session.add(
             APIMessage(
                 id=public_id,
@@ -438,6 +482,19 @@ async def send_message(request: web.Request) -> web.StreamResponse:
         address, refusal = next(iter(result.refused.items()))
         raise refusal_problem(refusal, address)
     return web.json_response({"id": public_id, **await _state(request, caller, public_id)}, status=202)
+
+
+async def _links(request: web.Request, caller: Caller, sub: Submission) -> list[LargeFile]:
+    """The caller's complete uploads the message names (``{"upload": id}``), in order."""
+    out = []
+    for file_id in sub.links:
+        row = await large_files.owned(request.app[RT], caller.mailbox_id, file_id)
+        if row is None:
+            raise Problem(404, "Introuvable", f"aucun envoi de cette boîte sous l'identifiant {file_id[:40]}")
+        if row.state not in ("ready", "sent"):
+            raise Problem(409, "Envoi incomplet", f"{row.id} : {row.received} octets reçus sur {row.size}")
+        out.append(row)
+    return out
 
 
 async def _state(request: web.Request, caller: Caller, public_id: str) -> dict[str, Any]:

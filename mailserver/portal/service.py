@@ -31,7 +31,7 @@ from directory.ins import InvalidINS, validate_ins
 from directory.patients import display_name_for
 from directory.search import M as DirectoryMailbox
 from directory.search import entry_columns, joined, to_entry
-from mailserver import accounts, conversations, quota
+from mailserver import accounts, conversations, large_files, quota
 from mailserver.auth import generate_app_password
 from mailserver.charsets import decode_text
 from mailserver.conversation_models import (
@@ -725,13 +725,6 @@ async def reply(
     pro = await professional_identity(rt, conv)
     msg = _build_reply(rt, await _patient_from(rt, mb), pro, conv.subject, thread, text, files)
     data = bytes(msg)
-    if len(data) > rt.settings.limits.message_size:
-        raise PortalError(
-            413, f"Message trop volumineux : {rt.settings.limits.message_size // (1024 * 1024)} Mo au plus."
-        )
-    usage, limits = await rt.store.usage(mailbox_id)
-    if quota.exceeded(usage, limits, len(data), 1):
-        raise PortalError(507, "Votre espace de stockage est plein : supprimez des messages pour répondre.")
     headers = HeaderView.parse(data)
     try:
         await accounts.check_authors(rt, mailbox_id, mb.address, headers)
@@ -746,6 +739,18 @@ async def reply(
             raise PortalError(403, exc.explanation) from None
         except Refusal:
             raise PortalError(502, "Ce professionnel ne peut pas être joint pour le moment.") from None
+    if isinstance(target, LocalTarget):  # attachments above [large_files] threshold go by link
+        try:
+            data = await large_files.rewrite(rt, mailbox_id, data, [conv.professional])
+        except quota.OverQuota:
+            raise PortalError(507, "Votre espace de stockage ne peut pas contenir ce fichier.") from None
+    if len(data) > rt.settings.limits.message_size:
+        raise PortalError(
+            413, f"Message trop volumineux : {rt.settings.limits.message_size // (1024 * 1024)} Mo au plus."
+        )
+    usage, limits = await rt.store.usage(mailbox_id)
+    if quota.exceeded(usage, limits, len(data), 1):
+        raise PortalError(507, "Votre espace de stockage est plein : supprimez des messages pour répondre.")
     try:
         _uidvalidity, [uid] = await rt.store.append(mailbox_id, "Sent", [(data, ["\\Seen"], None)])
     except quota.OverQuota:

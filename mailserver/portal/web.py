@@ -26,7 +26,7 @@ from config.settings import parse_listen
 from mailserver import alerts, storage_faults
 from mailserver.delivery import EnqueueHook
 from mailserver.limits import ConnectionGate, Refused, Slot
-from mailserver.portal import api, autoconfig, messages_api, service
+from mailserver.portal import api, autoconfig, messages_api, service, uploads
 from mailserver.portal.http import (
     ENQUEUE,
     PRE_COOKIE,
@@ -320,6 +320,7 @@ def make_app(rt: Runtime, enqueue: EnqueueHook | None = None) -> web.Application
     app.router.add_static("/static", HERE / "static")
     api.setup(app)
     messages_api.setup(app)
+    uploads.setup(app)
     autoconfig.setup(app)
     return app
 
