@@ -52,7 +52,16 @@ class Conflict(Exception):
     """The upload is not in the state the request assumes (offset, busy, already complete or sent)."""
 
 
-_busy: set[str] = set()  # uploads a PATCH is writing in this process
+class _Writer:
+    """The lock of an upload being written, and how many requests hold or await it."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
+_writing: dict[str, _Writer] = {}  # uploads a PATCH is writing (or resuming) in this process
+LOCK_WAIT = 10.0  # a resumed PATCH waits this long for an interrupted one to record its offset
 
 
 def _root(rt: Runtime) -> Path:
@@ -178,49 +187,65 @@ async def _record(rt: Runtime, row: LargeFile, start: int, received: int) -> Non
 async def receive(rt: Runtime, row: LargeFile, offset: int, chunks: AsyncIterable[bytes]) -> int:
     """Append ``chunks`` at ``offset`` (which must be the recorded one) and return the new offset.
 
-    Buffered at most ``CHUNK`` bytes at a time; every ``CHECKPOINT`` bytes and when the stream ends,
-    normally or not (a client that goes away mid-way), what was written is fsync'ed and its offset
-    recorded, so a resumed upload continues from the last recorded byte. Bytes past the declared size
-    raise TooLarge (those that fit are kept)."""
-    if row.state != "uploading" or offset != row.received:
-        raise Conflict(f"Upload-Offset attendu : {row.received}")
-    if row.id in _busy:
-        raise Conflict("un autre envoi de ce fichier est en cours")
-    _busy.add(row.id)
-    path = file_path(rt, row.id)
+    One writer per upload in this process: a PATCH that resumes while the interrupted one is still
+    recording waits for it (``LOCK_WAIT``), then finds the offset moved (Conflict) or not. Buffered at
+    most ``CHUNK`` bytes at a time; every ``CHECKPOINT`` bytes and when the stream ends, normally or not
+    (a client that goes away mid-way), what was written is fsync'ed and its offset recorded, so a
+    resumed upload continues from the last recorded byte. Bytes past the declared size raise TooLarge
+    (those that fit are kept)."""
+    entry = _writing.setdefault(row.id, _Writer())
+    entry.users += 1
     try:
-        f = await asyncio.to_thread(open, path, "r+b")
         try:
-            # Bytes written past the recorded offset by an interrupted request were never acknowledged.
-            await asyncio.to_thread(f.truncate, offset)
-            f.seek(offset)
-            written = recorded = offset
-            buf = bytearray()
-            try:
-                async for chunk in chunks:
-                    room = row.size - written - len(buf)
-                    buf += chunk[:room]
-                    if len(chunk) > room:
-                        raise TooLarge(f"plus d'octets que Upload-Length ({row.size})")
-                    if len(buf) >= CHUNK:
-                        await asyncio.to_thread(f.write, bytes(buf))
-                        written += len(buf)
-                        buf.clear()
-                        if written - recorded >= CHECKPOINT:
-                            await asyncio.to_thread(os.fsync, f.fileno())
-                            await _record(rt, row, recorded, written)
-                            recorded = written
-            finally:
-                if buf:
+            async with asyncio.timeout(LOCK_WAIT):
+                await entry.lock.acquire()
+        except TimeoutError:
+            raise Conflict("un autre envoi de ce fichier est en cours") from None
+        try:
+            fresh = await get(rt, row.id)
+            if fresh is None or fresh.state != "uploading" or offset != fresh.received:
+                raise Conflict(f"Upload-Offset attendu : {fresh.received if fresh else 0}")
+            row.received = offset
+            return await _append(rt, row, offset, chunks)
+        finally:
+            entry.lock.release()
+    finally:
+        entry.users -= 1
+        if not entry.users:
+            _writing.pop(row.id, None)
+
+
+async def _append(rt: Runtime, row: LargeFile, offset: int, chunks: AsyncIterable[bytes]) -> int:
+    f = await asyncio.to_thread(open, file_path(rt, row.id), "r+b")
+    try:
+        # Bytes written past the recorded offset by an interrupted request were never acknowledged.
+        await asyncio.to_thread(f.truncate, offset)
+        f.seek(offset)
+        written = recorded = offset
+        buf = bytearray()
+        try:
+            async for chunk in chunks:
+                room = row.size - written - len(buf)
+                buf += chunk[:room]
+                if len(chunk) > room:
+                    raise TooLarge(f"plus d'octets que Upload-Length ({row.size})")
+                if len(buf) >= CHUNK:
                     await asyncio.to_thread(f.write, bytes(buf))
                     written += len(buf)
-                await asyncio.to_thread(os.fsync, f.fileno())
-                if written != recorded:
-                    await asyncio.shield(_record(rt, row, recorded, written))
+                    buf.clear()
+                    if written - recorded >= CHECKPOINT:
+                        await asyncio.to_thread(os.fsync, f.fileno())
+                        await _record(rt, row, recorded, written)
+                        recorded = written
         finally:
-            await asyncio.to_thread(f.close)
+            if buf:
+                await asyncio.to_thread(f.write, bytes(buf))
+                written += len(buf)
+            await asyncio.to_thread(os.fsync, f.fileno())
+            if written != recorded:
+                await asyncio.shield(_record(rt, row, recorded, written))
     finally:
-        _busy.discard(row.id)
+        await asyncio.to_thread(f.close)
     return row.received
 
 

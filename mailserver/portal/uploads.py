@@ -20,7 +20,8 @@ import base64
 import binascii
 import urllib.parse
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from mailserver import large_files, quota
 from mailserver.large_file_models import LargeFile
@@ -154,6 +155,11 @@ async def patch(request: web.Request) -> web.StreamResponse:
         await large_files.receive(
             request.app[RT], row, offset, request.content.iter_chunked(large_files.CHUNK)
         )
+    except (HttpProcessingError, ConnectionError, ClientPayloadError):
+        # The client went away mid-body: what arrived is kept (``receive``), HEAD tells how much.
+        raise Problem(
+            400, "Envoi interrompu", f"{row.received} octets reçus ; reprenez à cet offset"
+        ) from None
     except large_files.TooLarge as exc:
         raise Problem(413, "Trop d'octets", str(exc)) from None
     except large_files.Conflict as exc:
