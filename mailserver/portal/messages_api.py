@@ -296,7 +296,10 @@ async def _read(request: web.Request) -> Submission:
         raise Problem(413, "Message trop volumineux", f"au plus {limit} octets")
     try:
         if request.content_type == "application/json":
-            raw = await request.content.read(limit + 1)
+            # ``read(n)`` returns what has arrived (up to n): a body larger than a socket read needs a loop.
+            raw = bytearray()
+            while len(raw) <= limit and (block := await request.content.read(limit + 1 - len(raw))):
+                raw += block
             if len(raw) > limit:
                 raise Problem(413, "Message trop volumineux", f"au plus {limit} octets")
             try:
