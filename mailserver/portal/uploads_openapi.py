@@ -63,6 +63,7 @@ PATHS: dict[str, Any] = {
         "options": {
             "summary": "Capacités du protocole tus (version, extensions, taille maximale)",
             "operationId": "uploadOptions",
+            "parameters": [_TUS],
             "responses": {"204": {"description": "Tus-Version, Tus-Extension, Tus-Max-Size"}},
         },
         "post": {
