@@ -29,6 +29,7 @@ from tests.api.conftest import API, DPI
 from tests.imap.conftest import MARTIN, PASSWORD
 from tests.portal.helpers import OTHER_INS, OTHER_PATIENT, PATIENT, PATIENT_INS
 
+README = Path(__file__).resolve().parents[2] / "README.md"
 MIB = 1024 * 1024
 BIG = 200 * MIB
 PATIENT_PASSWORD = "correct horse battery"
@@ -350,3 +351,33 @@ async def test_upload_limits_quota_and_termination(api: API) -> None:
             f"{api.url}/api/v1/uploads", headers={**api.auth(), "Upload-Length": str(2 * MIB)}
         ) as r:
             assert r.status == 201
+
+
+async def test_the_readme_upload_commands_run(api: API, tmp_path: Path) -> None:
+    """The README's curl commands for a resumable upload and its sending, as written."""
+    section = README.read_text(encoding="utf-8").split("#### Large files by secure link", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block is not None
+    commands = [c for c in block[1].replace("\\\n", " ").splitlines() if c.strip()]
+    assert len(commands) == 4
+    await asyncio.to_thread((tmp_path / "irm.mp4").write_bytes, os.urandom(3 * MIB))
+    file_id = ""
+    outputs = []
+    for command in commands:
+        line = command.replace("APP-PASSWORD", api.secret).replace("http://127.0.0.1:8080", api.url)
+        line = line.replace("uploads/ID", f"uploads/{file_id}").replace('"ID"', f'"{file_id}"')
+        proc = await asyncio.create_subprocess_exec(
+            "bash", "-c", line, cwd=tmp_path, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0, out
+        outputs.append(out.decode())
+        if not file_id:
+            found = re.search(r"(?im)^location: /api/v1/uploads/([0-9a-f]{32})", outputs[0])
+            assert found is not None and outputs[0].startswith("HTTP/1.1 201"), outputs[0]
+            file_id = found[1]
+    assert re.search(rf"(?im)^upload-offset: {3 * MIB}\r?$", outputs[2])
+    assert '"state": "delivered"' in outputs[3], outputs[3]
+    folder = await api.rt.store.folder((await accounts.get_mailbox(api.rt, MARTIN)).id, "INBOX")
+    _info, [stored] = await api.rt.store.snapshot(folder.id)
+    assert file_id.encode() in await api.rt.store.read_blob(stored.blob_id)
