@@ -213,12 +213,14 @@ class APISettings:
 class LargeFilesSettings:
     """Attachments kept by the operator and sent as a download link (mailserver/large_files.py): any
     above ``threshold`` (API, submission), up to ``max_size`` (API uploads), each link valid for
-    ``keep``; an upload left unfinished is dropped after ``upload_expire``. Files live under ``path``."""
+    ``keep``; an upload left unfinished is dropped after ``upload_expire``; a mailbox holds at most
+    ``max_uploads`` files not yet sent. Files live under ``path``."""
 
     threshold: Size = 10 * 1024**2
     max_size: Size = 2 * 1024**3
     keep: Duration = 30 * 86400
     upload_expire: Duration = 86400
+    max_uploads: int = 100
     path: FilePath = "large_files"
 
 

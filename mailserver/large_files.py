@@ -27,7 +27,7 @@ import secrets
 from collections.abc import AsyncIterable, Sequence
 from pathlib import Path
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from mailserver import quota
@@ -46,6 +46,10 @@ HEADER = "X-Caducee-Large-File"
 
 class TooLarge(Exception):
     """Above ``[large_files] max_size``, or more bytes than the upload declared."""
+
+
+class TooMany(Exception):
+    """The mailbox already holds ``[large_files] max_uploads`` files not yet sent."""
 
 
 class Conflict(Exception):
@@ -121,8 +125,8 @@ def clean_type(value: str | None) -> str:
 
 
 async def create(rt: Runtime, mailbox_id: int, size: int, filename: str, content_type: str) -> LargeFile:
-    """A new, empty upload of ``size`` bytes owned (and charged to) ``mailbox_id``; raises TooLarge
-    or ``quota.OverQuota``."""
+    """A new, empty upload of ``size`` bytes owned (and charged to) ``mailbox_id``; raises TooLarge,
+    TooMany or ``quota.OverQuota``. An empty file is complete at once."""
     if size > rt.settings.large_files.max_size:
         raise TooLarge(f"au plus {rt.settings.large_files.max_size} octets")
     file_id = secrets.token_hex(16)
@@ -136,8 +140,8 @@ async def create(rt: Runtime, mailbox_id: int, size: int, filename: str, content
         content_type=clean_type(content_type),
         size=size,
         received=0,
-        sha256="",
-        state="uploading",
+        sha256="" if size else hashlib.sha256(b"").hexdigest(),
+        state="uploading" if size else "ready",
         created_at=now,
         expires_at=now + dt.timedelta(seconds=rt.settings.large_files.upload_expire),
     )
@@ -145,6 +149,13 @@ async def create(rt: Runtime, mailbox_id: int, size: int, filename: str, content
         async with rt.db.write() as session:
             mb = await session.get(Mailbox, mailbox_id, with_for_update=True)
             assert mb is not None
+            unsent = await session.scalar(
+                select(func.count())
+                .select_from(LargeFile)
+                .where(LargeFile.mailbox_id == mailbox_id, LargeFile.state != "sent")
+            )
+            if unsent >= rt.settings.large_files.max_uploads:
+                raise TooMany(f"au plus {rt.settings.large_files.max_uploads} envois non envoyés par boîte")
             usage = quota.Usage(mb.used_bytes, mb.used_messages)
             if quota.exceeded(usage, await rt.store.limits(session, mb), size, 0):  # type: ignore[arg-type]
                 raise quota.OverQuota(mb.address, "STORAGE")

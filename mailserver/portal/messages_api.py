@@ -469,18 +469,21 @@ async def send_message(request: web.Request) -> web.StreamResponse:
                 )
             )
 
-    result = await commit_message(
-        rt,
-        rt.queue,
-        sub.sender,
-        recipients,
-        trace + data,
-        headers,
-        source=f"api:{caller.address}",
-        remote_addr=remote(request),
-        patients=True,
-        on_commit=record,
-    )
+    try:
+        result = await commit_message(
+            rt,
+            rt.queue,
+            sub.sender,
+            recipients,
+            trace + data,
+            headers,
+            source=f"api:{caller.address}",
+            remote_addr=remote(request),
+            patients=True,
+            on_commit=record,
+        )
+    except large_files.Conflict as exc:  # a named upload expired (purged) meanwhile: nothing committed
+        raise Problem(409, "Envoi indisponible", str(exc)) from None
     if not result.delivered and not result.queued:
         address, refusal = next(iter(result.refused.items()))
         raise refusal_problem(refusal, address)

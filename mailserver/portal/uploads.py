@@ -106,6 +106,8 @@ async def create(request: web.Request) -> web.StreamResponse:
         row = await large_files.create(rt, caller.mailbox_id, size, meta.get("filename", ""), ctype)
     except large_files.TooLarge as exc:
         raise Problem(413, "Fichier trop volumineux", str(exc)) from None
+    except large_files.TooMany as exc:
+        raise Problem(429, "Trop d'envois en cours", str(exc)) from None
     except quota.OverQuota:
         raise Problem(507, "Espace de stockage plein", f"{caller.address} : quota dépassé") from None
     location = f"/api/v1/uploads/{row.id}"

@@ -31,6 +31,7 @@ def _problems(*codes: str) -> dict[str, Any]:
         "412": "Version tus non prise en charge",
         "413": "Fichier trop volumineux",
         "415": "Type de contenu non pris en charge",
+        "429": "Trop d'envois non envoyés pour cette boîte ([large_files] max_uploads)",
         "503": "Refus temporaire",
         "507": "Espace de stockage plein",
     }
@@ -94,7 +95,7 @@ PATHS: dict[str, Any] = {
                     "headers": {"Location": {"schema": {"type": "string"}}, **_OFFSETS},
                     "content": {"application/json": {"schema": UPLOAD_SCHEMA}},
                 },
-                **_problems("400", "401", "412", "413", "503", "507"),
+                **_problems("400", "401", "412", "413", "429", "503", "507"),
             },
         },
     },

@@ -277,6 +277,10 @@ async def test_inline_attachment_above_threshold_goes_by_link_and_expiry_release
         assert row.size == len(scan) and row.state == "sent" and row.filename == "scanner.dcm"
         assert row.sha256 == hashlib.sha256(scan).hexdigest()
         assert await used_bytes(api, DPI) == before + len(scan)
+        # ``caducee quota recalc`` counts the file still kept: no drift.
+        dpi = await accounts.get_mailbox(api.rt, DPI)
+        stored_usage, recounted = await api.rt.store.recount(dpi.id)
+        assert recounted.bytes == stored_usage.bytes == before + len(scan)
         folder = await api.rt.store.folder((await accounts.get_mailbox(api.rt, MARTIN)).id, "INBOX")
         _info, [stored] = await api.rt.store.snapshot(folder.id)
         raw = await api.rt.store.read_blob(stored.blob_id)
@@ -320,6 +324,16 @@ async def test_upload_limits_quota_and_termination(api: API) -> None:
             assert r.status == 412
         async with http.post(f"{api.url}/api/v1/uploads", headers={"Upload-Length": "5"}) as r:
             assert r.status == 401
+        # An empty file is complete at once; a mailbox holds at most max_uploads unsent files.
+        rt.settings.large_files.max_uploads = 1
+        async with http.post(f"{api.url}/api/v1/uploads", headers={**api.auth(), "Upload-Length": "0"}) as r:
+            assert r.status == 201 and (await r.json())["state"] == "ready"
+            empty = api.url + r.headers["Location"]
+        async with http.post(f"{api.url}/api/v1/uploads", headers={**api.auth(), "Upload-Length": "1"}) as r:
+            assert r.status == 429 and r.content_type == "application/problem+json"
+        async with http.delete(empty, headers=api.auth()) as r:
+            assert r.status == 204
+        rt.settings.large_files.max_uploads = 100
         # The sender's quota: what uploads declare counts.
         async with rt.db.write() as session:
             await session.execute(update(Mailbox).where(Mailbox.address == DPI).values(quota_storage=3 * MIB))
