@@ -363,10 +363,10 @@ async def rewrite(rt: Runtime, owner_id: int, data: bytes, recipients: Sequence[
 
 
 async def may_download(rt: Runtime, file_id: str, address: str) -> tuple[LargeFile, str] | None:
-    """(file, Message-ID) when ``address`` received the file's link (or owns it); None otherwise,
-    whether the file exists or not."""
+    """(file, Message-ID) when ``address`` received the file's link (or owns it) and the link has not
+    expired (even before the daily purge); None otherwise, whether the file exists or not."""
     row = await get(rt, file_id)
-    if row is None or row.state != "sent":
+    if row is None or row.state != "sent" or row.expires_at <= utcnow():
         return None
     async with rt.db.read() as session:
         message_id = (

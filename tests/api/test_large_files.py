@@ -301,6 +301,8 @@ async def test_inline_attachment_above_threshold_goes_by_link_and_expiry_release
             await session.execute(
                 update(LargeFile).values(expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1))
             )
+        async with http.get(link, headers=api.auth(MARTIN, PASSWORD)) as r:
+            assert r.status == 404  # expired, even before the daily purge
         assert maintenance.purge_large_files in maintenance.TASKS
         assert await maintenance.purge_large_files(api.rt) == 1
         assert await used_bytes(api, DPI) == before
