@@ -423,8 +423,8 @@ async def send_message(request: web.Request) -> web.StreamResponse:
         data = await sign_message(rt, sub.sender, caller.mailbox_id if own else None, data, addresses)
     except Refusal as refusal:
         raise refusal_problem(refusal) from None
-    except quota.OverQuota:
-        raise Problem(507, "Espace de stockage plein", f"{caller.address} : quota dépassé") from None
+    except quota.OverQuota:  # the sender's own storage, for its files sent by link
+        raise Problem(413, "Espace de stockage plein", f"{caller.address} : quota dépassé") from None
     recipients = []
     for address in addresses:
         try:

@@ -108,8 +108,8 @@ async def create(request: web.Request) -> web.StreamResponse:
         raise Problem(413, "Fichier trop volumineux", str(exc)) from None
     except large_files.TooMany as exc:
         raise Problem(429, "Trop d'envois en cours", str(exc)) from None
-    except quota.OverQuota:
-        raise Problem(507, "Espace de stockage plein", f"{caller.address} : quota dépassé") from None
+    except quota.OverQuota:  # 413, not 507: a client must not retry it as a server error
+        raise Problem(413, "Espace de stockage plein", f"{caller.address} : quota dépassé") from None
     location = f"/api/v1/uploads/{row.id}"
     resp = web.json_response(_state(row), status=201)
     resp.headers["Location"] = location
