@@ -33,7 +33,6 @@ def _problems(*codes: str) -> dict[str, Any]:
         "415": "Type de contenu non pris en charge",
         "429": "Trop d'envois non envoyés pour cette boîte ([large_files] max_uploads)",
         "503": "Refus temporaire",
-        "507": "Espace de stockage plein",
     }
     return {c: _problem(text[c]) for c in codes}
 
