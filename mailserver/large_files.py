@@ -323,19 +323,22 @@ def is_smime(data: bytes) -> bool:
     return tuple(ctype.split("/", 1)) in SMIME_TYPES
 
 
-async def rewrite(rt: Runtime, owner_id: int, data: bytes, recipients: Sequence[str]) -> bytes:
+async def rewrite(
+    rt: Runtime, owner_id: int, data: bytes, recipients: Sequence[str] | None
+) -> tuple[bytes, list[LargeFile]]:
     """``data`` with every attachment above ``threshold`` kept here and replaced by ``link_part``,
-    the files linked to ``recipients`` (all on this operator: the caller checks) for the message's
-    Message-ID. Unchanged when nothing is that large or the message is S/MIME. Raises
-    ``quota.OverQuota`` when the sender's storage cannot hold the files."""
+    and the files. With ``recipients`` (all on this operator: the caller checks) the files are linked
+    to them for the message's Message-ID now; without, the caller links them in its commit
+    (``link_rows``) or drops them (``discard``). Unchanged when nothing is that large or the message is
+    S/MIME. Raises ``quota.OverQuota`` when the sender's storage cannot hold the files."""
     from mailserver.portal.service import attachment_parts  # the portal's view of "an attachment"
 
     threshold = rt.settings.large_files.threshold
     if len(data) <= threshold or is_smime(data):
-        return data
+        return data, []
     meta = mime.analyze(data)
     if meta["bodystructure"]["type"] != "multipart":
-        return data
+        return data, []
     large = []
     for info, path, node in attachment_parts(meta):
         if node["size"] <= threshold or node["part"][0] == 0:
@@ -344,12 +347,13 @@ async def rewrite(rt: Runtime, owner_id: int, data: bytes, recipients: Sequence[
         if body is not None and len(body) > threshold:
             large.append((info, node, body))
     if not large:
-        return data
+        return data, []
     rows = []
     try:
         for info, _node, body in large:
             rows.append(await store_bytes(rt, owner_id, info.filename, info.content_type, body))
-        await attach(rt, rows, recipients, HeaderView.parse(data).get("Message-ID") or "")
+        if recipients is not None:
+            await attach(rt, rows, recipients, HeaderView.parse(data).get("Message-ID") or "")
     except BaseException:
         await discard(rt, [r.id for r in rows])
         raise
@@ -359,7 +363,7 @@ async def rewrite(rt: Runtime, owner_id: int, data: bytes, recipients: Sequence[
         start, end = node["part"][0], node["part"][3]
         out = out[:start] + link_part(rt, row, until) + out[end:]
     log_event("large-files-linked", files=len(rows), bytes=sum(r.size for r in rows))
-    return out
+    return out, rows
 
 
 async def may_download(rt: Runtime, file_id: str, address: str) -> tuple[LargeFile, str] | None:
@@ -394,17 +398,21 @@ def _drop(session: Session, row: LargeFile) -> None:
 
 
 async def discard(rt: Runtime, file_ids: Sequence[str]) -> None:
-    """Drop files never sent (an upload cancelled, a message refused after its files were stored)."""
+    """Drop the files never sent (an upload cancelled, a message refused after its files were
+    stored); a file a message links is left to expire."""
 
-    def work(session: Session) -> None:
+    def work(session: Session) -> list[str]:
+        dropped = []
         for file_id in file_ids:
             row = session.get(LargeFile, file_id, with_for_update=True)
             if row is not None and row.state != "sent":
                 _drop(session, row)
+                dropped.append(file_id)
+        return dropped
 
     if file_ids:
-        await rt.db.run_write(work)
-        await asyncio.to_thread(_unlink, [file_path(rt, i) for i in file_ids])
+        dropped = await rt.db.run_write(work)
+        await asyncio.to_thread(_unlink, [file_path(rt, i) for i in dropped])
 
 
 async def purge(rt: Runtime, now: dt.datetime | None = None) -> int:

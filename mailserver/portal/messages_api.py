@@ -402,6 +402,7 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     if not await accounts.may_send_as(rt, caller.mailbox_id, sub.sender):
         raise Problem(403, "Refusé", f"{caller.address} ne peut pas envoyer en tant que {sub.sender}")
     links = await _links(request, caller, sub)
+    stored: list[LargeFile] = []
     local = True
     for address in addresses:  # where each goes (policy checked again below with the final size)
         try:
@@ -418,13 +419,31 @@ async def send_message(request: web.Request) -> web.StreamResponse:
         await conversations.check_message(rt, sub.sender, addresses, HeaderView.parse(data))
         data = await complete_message(rt, sub.sender, data)
         if local:  # attachments above [large_files] threshold are kept here and sent by link
-            data = await large_files.rewrite(rt, caller.mailbox_id, data, addresses)
-        own = sub.sender.lower() == caller.address.lower()
-        data = await sign_message(rt, sub.sender, caller.mailbox_id if own else None, data, addresses)
+            data, stored = await large_files.rewrite(rt, caller.mailbox_id, data, None)
     except Refusal as refusal:
         raise refusal_problem(refusal) from None
     except quota.OverQuota:  # the sender's own storage, for its files sent by link
         raise Problem(413, "Espace de stockage plein", f"{caller.address} : quota dépassé") from None
+    try:
+        return await _sign_and_commit(request, caller, sub, addresses, data, [*links, *stored])
+    finally:  # linked in the commit when it happened; files of a refused message are dropped
+        await large_files.discard(rt, [r.id for r in stored])
+
+
+async def _sign_and_commit(
+    request: web.Request,
+    caller: Caller,
+    sub: Submission,
+    addresses: list[str],
+    data: bytes,
+    links: list[LargeFile],
+) -> web.StreamResponse:
+    rt = request.app[RT]
+    try:
+        own = sub.sender.lower() == caller.address.lower()
+        data = await sign_message(rt, sub.sender, caller.mailbox_id if own else None, data, addresses)
+    except Refusal as refusal:
+        raise refusal_problem(refusal) from None
     recipients = []
     for address in addresses:
         try:

@@ -741,7 +741,7 @@ async def reply(
             raise PortalError(502, "Ce professionnel ne peut pas être joint pour le moment.") from None
     if isinstance(target, LocalTarget):  # attachments above [large_files] threshold go by link
         try:
-            data = await large_files.rewrite(rt, mailbox_id, data, [conv.professional])
+            data, _files = await large_files.rewrite(rt, mailbox_id, data, [conv.professional])
         except quota.OverQuota:
             raise PortalError(507, "Votre espace de stockage ne peut pas contenir ce fichier.") from None
     if len(data) > rt.settings.limits.message_size:

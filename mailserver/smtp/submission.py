@@ -210,7 +210,7 @@ class SubmissionHandler(Handler):
             isinstance(r.target, LocalTarget) for r in env.recipients
         ):  # attachments above [large_files] threshold are kept here and sent by link
             try:
-                data = await large_files.rewrite(
+                data, _files = await large_files.rewrite(
                     self.rt, server.session.mailbox_id, data, [r.address for r in env.recipients]
                 )
             except quota.OverQuota:

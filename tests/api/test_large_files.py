@@ -399,3 +399,23 @@ async def test_the_readme_upload_commands_run(api: API, tmp_path: Path) -> None:
     folder = await api.rt.store.folder((await accounts.get_mailbox(api.rt, MARTIN)).id, "INBOX")
     _info, [stored] = await api.rt.store.snapshot(folder.id)
     assert file_id.encode() in await api.rt.store.read_blob(stored.blob_id)
+
+
+async def test_files_of_a_refused_message_are_dropped(api: API) -> None:
+    """The inline file was stored before the recipient, checked with the message's final size, was
+    found full: nothing is kept, the sender's quota is as before."""
+    api.rt.settings.large_files.threshold = MIB
+    async with api.rt.db.write() as session:
+        await session.execute(update(Mailbox).where(Mailbox.address == MARTIN).values(quota_storage=1))
+    before = await used_bytes(api, DPI)
+    data = base64.b64encode(os.urandom(2 * MIB)).decode()
+    body = {"from": DPI, "to": [MARTIN], "text": "t", "attachments": [{"filename": "a.bin", "data": data}]}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{api.url}/api/v1/messages", json=body, headers=api.auth()) as r,
+    ):
+        assert r.status == 507 and (await r.json())["recipient"] == MARTIN
+    async with api.rt.db.read() as session:
+        assert list((await session.execute(select(LargeFile))).scalars()) == []
+    assert await used_bytes(api, DPI) == before
+    assert not await asyncio.to_thread(lambda: any(Path(api.rt.settings.large_files.path).rglob("*/*")))
