@@ -240,6 +240,21 @@ class APISettings:
 
 
 @dataclass
+class LargeFilesSettings:
+    """Attachments kept by the operator and sent as a download link (mailserver/large_files.py): any
+    above ``threshold`` (API, submission), up to ``max_size`` (API uploads), each link valid for
+    ``keep``; an upload left unfinished is dropped after ``upload_expire``; a mailbox holds at most
+    ``max_uploads`` files not yet sent. Files live under ``path``."""
+
+    threshold: Size = 10 * 1024**2
+    max_size: Size = 2 * 1024**3
+    keep: Duration = 30 * 86400
+    upload_expire: Duration = 86400
+    max_uploads: int = 100
+    path: FilePath = "large_files"
+
+
+@dataclass
 class XDMSettings:
     """IHE XDM archives (``IHE_XDM.zip``) arriving in mail: checked before anything is unpacked."""
 
@@ -494,6 +509,7 @@ class Settings:
     portal: PortalSettings = field(default_factory=PortalSettings)
     api: APISettings = field(default_factory=APISettings)
     xdm: XDMSettings = field(default_factory=XDMSettings)
+    large_files: LargeFilesSettings = field(default_factory=LargeFilesSettings)
     ldap: LDAPSettings = field(default_factory=LDAPSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
@@ -670,6 +686,11 @@ def _check(settings: Settings, name: str) -> None:
     for key in DELIVERY_TIMEOUTS:
         if getattr(settings.delivery, key) <= 0:
             raise ConfigError(f"{name}: [delivery] {key}: must be more than 0 seconds")
+    large = settings.large_files
+    if large.threshold < 1 or large.max_size < large.threshold:
+        raise ConfigError(f"{name}: [large_files] max_size: must be at least threshold (and threshold > 0)")
+    if large.keep <= 0 or large.upload_expire <= 0:
+        raise ConfigError(f"{name}: [large_files] keep and upload_expire: must be more than 0 seconds")
     if settings.queue.lease < 1:
         raise ConfigError(f"{name}: [queue] lease: must be at least 1 second")
     _check_oauth(settings.oauth, name)

@@ -17,7 +17,7 @@ from aiohttp import web
 import directory.search
 from mailserver import alerts
 from mailserver.auth import AuthOutcome
-from mailserver.portal import client_certs, service
+from mailserver.portal import client_certs, service, uploads_openapi
 from mailserver.portal.http import (
     ENQUEUE,
     RT,
@@ -437,11 +437,13 @@ OPENAPI: dict[str, Any] = {
                         "type": "array",
                         "items": {
                             "type": "object",
-                            "required": ["data"],
+                            "description": "data (base64), ou upload : l'identifiant d'un envoi "
+                            "/api/v1/uploads terminé, transmis par lien",
                             "properties": {
                                 "filename": {"type": "string"},
                                 "content_type": {"type": "string"},
                                 "data": {"type": "string", "contentEncoding": "base64"},
+                                "upload": {"type": "string"},
                             },
                         },
                     },
@@ -517,6 +519,11 @@ OPENAPI: dict[str, Any] = {
                     "attachments": {
                         "type": "array",
                         "items": {"type": "string", "contentMediaType": "application/octet-stream"},
+                    },
+                    "upload": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "Identifiants d'envois /api/v1/uploads terminés, transmis par lien",
                     },
                 },
             },
@@ -1055,6 +1062,9 @@ OPENAPI: dict[str, Any] = {
         },
     },
 }
+
+
+OPENAPI["paths"].update(uploads_openapi.PATHS)
 
 
 def setup(app: web.Application) -> None:

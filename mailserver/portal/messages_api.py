@@ -4,7 +4,9 @@
 files) and runs the submission path: the sender must be one the caller may send as
 (``accounts.may_send_as``), every recipient goes through ``submission.check_recipient`` (trust space,
 mailbox state and quota, patient conversations, S/MIME), the message through ``check_authors``,
-``conversations.check_message`` and ``prepare_message``, and is committed by ``commit_message``,
+``conversations.check_message``, ``complete_message``, ``large_files.rewrite`` (attachments above
+``[large_files] threshold`` sent by link, as uploads named by id are) and ``sign_message``, and is
+committed by ``commit_message``,
 the function SMTP's handlers use. ``202`` is answered only after that commit, with the API's
 per-recipient rows written in the same transaction. Errors are RFC 9457 problem+json naming the
 refused recipient. Every call is audited.
@@ -34,10 +36,11 @@ from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailserver import accounts, conversations, mdn, xdm
+from mailserver import accounts, conversations, large_files, mdn, quota, xdm
 from mailserver.api_models import APIMessage, APIRecipient
-from mailserver.db.models import Folder, Message
+from mailserver.db.models import Folder, Message, utcnow
 from mailserver.headers import HeaderView
+from mailserver.large_file_models import LargeFile
 from mailserver.policy import LocalTarget, Refusal
 from mailserver.portal import service
 from mailserver.portal.api import Unauthenticated, credentials
@@ -46,7 +49,7 @@ from mailserver.queue.models import QueueRecipient
 from mailserver.runtime import Runtime
 from mailserver.smtp import paths
 from mailserver.smtp.server import Recipient
-from mailserver.smtp.submission import check_recipient, prepare_message
+from mailserver.smtp.submission import check_recipient, complete_message, sign_message
 from mailserver.store import mime
 from mailserver.store.store import DeliveryResult as StoreResult
 from mailserver.submit import commit_message
@@ -179,6 +182,7 @@ class Submission:
     titles: list[str] = field(default_factory=list)
     software: str = ""
     read_receipt: bool = False  # Disposition-Notification-To: the sender (RFC 8098)
+    links: list[str] = field(default_factory=list)  # ids of uploads (``/api/v1/uploads``) to send by link
 
 
 def _address(value: str, name: str) -> str:
@@ -253,7 +257,7 @@ def _documents(items: Any) -> tuple[list[xdm.CDA], list[str]]:
     return docs, titles
 
 
-def _submission(fields: dict[str, Any], uploads: list[Upload]) -> Submission:
+def _submission(fields: dict[str, Any], uploads: list[Upload], links: list[str] | None = None) -> Submission:
     sender = fields.get("from")
     if not isinstance(sender, str) or not sender.strip():
         raise Problem(400, "Requête invalide", "from doit être une adresse")
@@ -275,11 +279,21 @@ def _submission(fields: dict[str, Any], uploads: list[Upload]) -> Submission:
     if not isinstance(receipt, bool):
         raise Problem(400, "Requête invalide", "read_receipt doit être un booléen")
     sub.read_receipt = receipt
+    sub.links = list(dict.fromkeys(links or []))
     if not sub.to and not sub.cc:
         raise Problem(400, "Requête invalide", "au moins un destinataire (to ou cc) attendu")
-    if sub.text is None and sub.html is None and not uploads and not sub.documents:
+    if sub.text is None and sub.html is None and not uploads and not sub.documents and not sub.links:
         raise Problem(400, "Requête invalide", "text, html ou une pièce jointe attendu")
     return sub
+
+
+def _json_links(items: Any) -> list[str]:
+    """The attachments given as ``{"upload": id}``: files uploaded beforehand, sent by link."""
+    if not isinstance(items, list):
+        return []
+    return [
+        item["upload"] for item in items if isinstance(item, dict) and isinstance(item.get("upload"), str)
+    ]
 
 
 def _json_uploads(items: Any) -> list[Upload]:
@@ -289,6 +303,8 @@ def _json_uploads(items: Any) -> list[Upload]:
         raise Problem(400, "Requête invalide", "attachments doit être une liste")
     out = []
     for item in items:
+        if isinstance(item, dict) and isinstance(item.get("upload"), str) and "data" not in item:
+            continue  # sent by link (``_json_links``)
         if not isinstance(item, dict) or not isinstance(item.get("data"), str):
             raise Problem(400, "Requête invalide", "pièce jointe invalide")
         try:
@@ -318,7 +334,10 @@ async def _read(request: web.Request) -> Submission:
         raise Problem(413, "Message trop volumineux", f"au plus {limit} octets")
     try:
         if request.content_type == "application/json":
-            raw = await request.content.read(limit + 1)
+            # ``read(n)`` returns what has arrived (up to n): a body larger than a socket read needs a loop.
+            raw = bytearray()
+            while len(raw) <= limit and (block := await request.content.read(limit + 1 - len(raw))):
+                raw += block
             if len(raw) > limit:
                 raise Problem(413, "Message trop volumineux", f"au plus {limit} octets")
             try:
@@ -327,7 +346,8 @@ async def _read(request: web.Request) -> Submission:
                 body = None
             if not isinstance(body, dict):
                 raise Problem(400, "Requête invalide", "objet JSON attendu")
-            return _submission(body, _json_uploads(body.get("attachments")))
+            items = body.get("attachments")
+            return _submission(body, _json_uploads(items), _json_links(items))
         if request.content_type == "multipart/form-data":
             return await _multipart(request, limit)
     except web.HTTPRequestEntityTooLarge:
@@ -341,6 +361,7 @@ async def _multipart(request: web.Request, limit: int) -> Submission:
     reader = await request.multipart()
     fields: dict[str, Any] = {}
     uploads: list[Upload] = []
+    links: list[str] = []
     total = 0
     while (part := await reader.next()) is not None:
         if not isinstance(part, BodyPartReader):
@@ -364,14 +385,16 @@ async def _multipart(request: web.Request, limit: int) -> Submission:
             value = bytes(data).decode("utf-8")
         except UnicodeDecodeError:
             raise Problem(400, "Requête invalide", f"{part.name}: UTF-8 attendu") from None
-        if part.name in ("to", "cc"):
+        if part.name == "upload":
+            links.append(value.strip())
+        elif part.name in ("to", "cc"):
             fields.setdefault(part.name, []).extend(_addresses(value, part.name))
         elif part.name in ("from", "subject", "text", "html", "software", "read_receipt"):
             fields[part.name] = value
-    return _submission(fields, uploads)
+    return _submission(fields, uploads, links)
 
 
-def build_message(sub: Submission) -> bytes:
+def build_message(sub: Submission, links: list[LargeFile] | None = None, rt: Runtime | None = None) -> bytes:
     """The RFC 5322 message: text and/or HTML alternatives, then the attachments, then the
     ``IHE_XDM.zip`` of the structured documents with the MSSanté headers that announce it
     (``X-MSS-CODECDA`` per document type code, ``X-MSS-INS``, ``X-MSS-NIL``)."""
@@ -400,6 +423,11 @@ def build_message(sub: Submission) -> bytes:
     for up in sub.attachments:
         maintype, subtype = up.content_type.split("/", 1)
         msg.add_attachment(up.data, maintype=maintype, subtype=subtype, filename=up.filename)
+    if links and rt is not None:
+        until = utcnow() + dt.timedelta(seconds=rt.settings.large_files.keep)
+        for row in links:
+            text = large_files.link_text(rt, row, until)
+            msg.add_attachment(text, disposition="inline", headers=[f"{large_files.HEADER}: {row.id}"])
     if sub.documents:
         archive = xdm.build_archive(sub.documents, sub.titles, sub.sender, [*sub.to, *sub.cc])
         if not msg.is_multipart() and msg.get_content_type() == "text/plain" and not msg.get_payload():
@@ -419,7 +447,49 @@ async def send_message(request: web.Request) -> web.StreamResponse:
         raise Problem(400, "Trop de destinataires", f"au plus {most} destinataires")
     if not await accounts.may_send_as(rt, caller.mailbox_id, sub.sender):
         raise Problem(403, "Refusé", f"{caller.address} ne peut pas envoyer en tant que {sub.sender}")
-    data = build_message(sub)
+    links = await _links(request, caller, sub)
+    stored: list[LargeFile] = []
+    local = True
+    for address in addresses:  # where each goes (policy checked again below with the final size)
+        try:
+            local &= isinstance(await check_recipient(rt, sub.sender, address, None), LocalTarget)
+        except Refusal as refusal:
+            raise refusal_problem(refusal, address) from None
+    if links and not local:
+        raise Problem(
+            422, "Refusé", "un fichier envoyé par lien ne peut aller qu'à des destinataires de cet opérateur"
+        )
+    data = build_message(sub, links, rt)
+    try:
+        await accounts.check_authors(rt, caller.mailbox_id, caller.address, HeaderView.parse(data))
+        await conversations.check_message(rt, sub.sender, addresses, HeaderView.parse(data))
+        data = await complete_message(rt, sub.sender, data)
+        if local:  # attachments above [large_files] threshold are kept here and sent by link
+            data, stored = await large_files.rewrite(rt, caller.mailbox_id, data, None)
+    except Refusal as refusal:
+        raise refusal_problem(refusal) from None
+    except quota.OverQuota:  # the sender's own storage, for its files sent by link
+        raise Problem(413, "Espace de stockage plein", f"{caller.address} : quota dépassé") from None
+    try:
+        return await _sign_and_commit(request, caller, sub, addresses, data, [*links, *stored])
+    finally:  # linked in the commit when it happened; files of a refused message are dropped
+        await large_files.discard(rt, [r.id for r in stored])
+
+
+async def _sign_and_commit(
+    request: web.Request,
+    caller: Caller,
+    sub: Submission,
+    addresses: list[str],
+    data: bytes,
+    links: list[LargeFile],
+) -> web.StreamResponse:
+    rt = request.app[RT]
+    try:
+        own = sub.sender.lower() == caller.address.lower()
+        data = await sign_message(rt, sub.sender, caller.mailbox_id if own else None, data, addresses)
+    except Refusal as refusal:
+        raise refusal_problem(refusal) from None
     recipients = []
     for address in addresses:
         try:
@@ -427,13 +497,6 @@ async def send_message(request: web.Request) -> web.StreamResponse:
         except Refusal as refusal:
             raise refusal_problem(refusal, address) from None
         recipients.append(Recipient(target.address, target))
-    try:
-        await accounts.check_authors(rt, caller.mailbox_id, caller.address, HeaderView.parse(data))
-        await conversations.check_message(rt, sub.sender, addresses, HeaderView.parse(data))
-        own = sub.sender.lower() == caller.address.lower()
-        data = await prepare_message(rt, sub.sender, caller.mailbox_id if own else None, data, addresses)
-    except Refusal as refusal:
-        raise refusal_problem(refusal) from None
     public_id = os.urandom(16).hex()
     headers = HeaderView.parse(data)
     trace = (
@@ -442,6 +505,9 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     ).encode()
 
     def record(session: Session, blob_id: int, stored: StoreResult, entry: int | None) -> None:
+        large_files.link_rows(
+            session, links, addresses, headers.get("Message-ID", ""), rt.settings.large_files.keep
+        )
         session.add(
             APIMessage(
                 id=public_id,
@@ -468,22 +534,38 @@ async def send_message(request: web.Request) -> web.StreamResponse:
                 )
             )
 
-    result = await commit_message(
-        rt,
-        rt.queue,
-        sub.sender,
-        recipients,
-        trace + data,
-        headers,
-        source=f"api:{caller.address}",
-        remote_addr=remote(request),
-        patients=True,
-        on_commit=record,
-    )
+    try:
+        result = await commit_message(
+            rt,
+            rt.queue,
+            sub.sender,
+            recipients,
+            trace + data,
+            headers,
+            source=f"api:{caller.address}",
+            remote_addr=remote(request),
+            patients=True,
+            on_commit=record,
+        )
+    except large_files.Conflict as exc:  # a named upload expired (purged) meanwhile: nothing committed
+        raise Problem(409, "Envoi indisponible", str(exc)) from None
     if not result.delivered and not result.queued:
         address, refusal = next(iter(result.refused.items()))
         raise refusal_problem(refusal, address)
     return web.json_response({"id": public_id, **await _state(request, caller, public_id)}, status=202)
+
+
+async def _links(request: web.Request, caller: Caller, sub: Submission) -> list[LargeFile]:
+    """The caller's complete uploads the message names (``{"upload": id}``), in order."""
+    out = []
+    for file_id in sub.links:
+        row = await large_files.owned(request.app[RT], caller.mailbox_id, file_id)
+        if row is None:
+            raise Problem(404, "Introuvable", f"aucun envoi de cette boîte sous l'identifiant {file_id[:40]}")
+        if row.state not in ("ready", "sent"):
+            raise Problem(409, "Envoi incomplet", f"{row.id} : {row.received} octets reçus sur {row.size}")
+        out.append(row)
+    return out
 
 
 async def _state(request: web.Request, caller: Caller, public_id: str) -> dict[str, Any]:

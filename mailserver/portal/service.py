@@ -34,7 +34,7 @@ from directory.patients import display_name_for
 from directory.search import M as DirectoryMailbox
 from directory.search import entry_columns, joined, to_entry
 from directory.text import fold
-from mailserver import accounts, conversations, quota
+from mailserver import accounts, conversations, large_files, quota
 from mailserver.auth import generate_app_password
 from mailserver.charsets import decode_text
 from mailserver.conversation_models import (
@@ -738,13 +738,6 @@ async def _send(
     removed again, so the thread never shows a message nobody received — then followed in its
     conversation. A refusal by the conversation rules is audited (``portal-refused``) and answered 403."""
     data = bytes(msg)
-    if len(data) > rt.settings.limits.message_size:
-        raise PortalError(
-            413, f"Message trop volumineux : {rt.settings.limits.message_size // (1024 * 1024)} Mo au plus."
-        )
-    usage, limits = await rt.store.usage(mb.id)
-    if quota.exceeded(usage, limits, len(data), 1):
-        raise PortalError(507, "Votre espace de stockage est plein : supprimez des messages pour écrire.")
     headers = HeaderView.parse(data)
     try:
         await accounts.check_authors(rt, mb.id, mb.address, headers)
@@ -765,6 +758,18 @@ async def _send(
         await rt.audit.record(mb.address, "portal-refused", remote, what, refused.smtp)
         status = 403 if isinstance(refused, conversations.ConversationRefused) else 502
         raise PortalError(status, explanation)
+    if isinstance(target, LocalTarget):  # attachments above [large_files] threshold go by link
+        try:
+            data, _files = await large_files.rewrite(rt, mb.id, data, [to])
+        except quota.OverQuota:
+            raise PortalError(507, "Votre espace de stockage ne peut pas contenir ce fichier.") from None
+    if len(data) > rt.settings.limits.message_size:
+        raise PortalError(
+            413, f"Message trop volumineux : {rt.settings.limits.message_size // (1024 * 1024)} Mo au plus."
+        )
+    usage, limits = await rt.store.usage(mb.id)
+    if quota.exceeded(usage, limits, len(data), 1):
+        raise PortalError(507, "Votre espace de stockage est plein : supprimez des messages pour écrire.")
     try:
         _uidvalidity, [uid] = await rt.store.append(mb.id, "Sent", [(data, ["\\Seen"], None)])
     except quota.OverQuota:

@@ -26,7 +26,7 @@ from config.settings import parse_listen
 from mailserver import alerts, storage_faults
 from mailserver.delivery import EnqueueHook
 from mailserver.limits import ConnectionGate, Refused, Slot
-from mailserver.portal import api, autoconfig, messages_api, previews, receipts, service
+from mailserver.portal import api, autoconfig, messages_api, previews, receipts, service, uploads
 from mailserver.portal.http import (
     ENQUEUE,
     PRE_COOKIE,
@@ -414,6 +414,7 @@ def make_app(rt: Runtime, enqueue: EnqueueHook | None = None) -> web.Application
     api.setup(app)
     messages_api.setup(app)
     receipts.setup(app)
+    uploads.setup(app)
     autoconfig.setup(app)
     return app
 

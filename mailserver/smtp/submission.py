@@ -18,7 +18,7 @@ import email.utils
 from aiosmtpd.smtp import MISSING, AuthResult, auth_mechanism
 
 from directory.patients import display_address
-from mailserver import accounts, conversations, sasl, sent
+from mailserver import accounts, conversations, large_files, quota, sasl, sent
 from mailserver.auth import AuthOutcome
 from mailserver.delivery import DeliveryResult
 from mailserver.headers import HeaderView, has_field, replace_field
@@ -205,6 +205,15 @@ class SubmissionHandler(Handler):
         own = sender.lower() == (server.session.username or "").lower()
         sender_id = server.session.mailbox_id if own else None
         data = await complete_message(self.rt, sender, data)
+        if server.session.mailbox_id is not None and all(
+            isinstance(r.target, LocalTarget) for r in env.recipients
+        ):  # attachments above [large_files] threshold are kept here and sent by link
+            try:
+                data, _files = await large_files.rewrite(
+                    self.rt, server.session.mailbox_id, data, [r.address for r in env.recipients]
+                )
+            except quota.OverQuota:
+                raise Refusal(552, "5.2.2", "your storage quota cannot hold this large attachment") from None
         env.sent_copy = data  # the sender's own copy stays readable by them (not encrypted to others)
         return await sign_message(
             self.rt,
@@ -247,13 +256,6 @@ async def check_recipient(
     if rt.settings.smime.encrypt == "required":
         await smime_service.check_recipient(rt, target.address)
     return target
-
-
-async def prepare_message(
-    rt: Runtime, sender: str, sender_id: int | None, data: bytes, recipients: list[str]
-) -> bytes:
-    """What submission sends: the message completed (``complete_message``), then signed."""
-    return await sign_message(rt, sender, sender_id, await complete_message(rt, sender, data), recipients)
 
 
 async def complete_message(rt: Runtime, sender: str, data: bytes) -> bytes:

@@ -55,6 +55,7 @@ from mailserver.db.models import (
     utcnow,
 )
 from mailserver.db.prepared import Prepared
+from mailserver.large_file_models import LargeFile
 from mailserver.store import mime
 from mailserver.store.blobs import BlobStore, WrittenBlob
 from mailserver.store.notify import CHANNEL, Notifier
@@ -1413,6 +1414,14 @@ class Store:
             size = (
                 await session.execute(
                     select(func.coalesce(func.sum(Blob.size), 0)).where(Blob.id.in_(distinct))
+                )
+            ).scalar_one()
+            # Large files sent by link count for their sender until they expire (mailserver/large_files.py).
+            size += (
+                await session.execute(
+                    select(func.coalesce(func.sum(LargeFile.size), 0)).where(
+                        LargeFile.mailbox_id == mailbox_id
+                    )
                 )
             ).scalar_one()
             mb.used_bytes, mb.used_messages = int(size), int(count)

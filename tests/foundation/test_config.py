@@ -44,6 +44,9 @@ def test_defaults_and_conversions(tmp_path: Path) -> None:
     assert s.smtp.listen == ["127.0.0.1:2525"]
     assert s.queue.lease == 60
     assert s.portal.first_contacts_max == 50
+    large = s.large_files
+    assert (large.threshold, large.max_size, large.keep) == (10 * 1024**2, 2 * 1024**3, 30 * 86400)
+    assert large.path.endswith("large_files") and large.max_uploads == 100
     d = s.delivery  # RFC 5321 §4.5.3.2
     assert (d.greeting_timeout, d.mail_timeout, d.rcpt_timeout) == (300, 300, 300)
     assert (d.data_init_timeout, d.data_block_timeout, d.data_final_timeout) == (120, 180, 600)
@@ -72,6 +75,11 @@ def test_defaults_and_conversions(tmp_path: Path) -> None:
         ('[limits]\nportal_idle_timeout = "0s"\n', "[limits] portal_idle_timeout: must be more than 0"),
         ("[delivery]\ndata_final_timeout = 0\n", "[delivery] data_final_timeout: must be more than 0"),
         ('[queue]\nlease = "0.5s"\n', "[queue] lease: must be at least 1 second"),
+        (
+            '[large_files]\nthreshold = "30MiB"\nmax_size = "20MiB"\n',
+            "[large_files] max_size: must be at least",
+        ),
+        ('[large_files]\nkeep = "0s"\n', "[large_files] keep and upload_expire: must be more than 0"),
         ('[admin]\nlisten = ["0.0.0.0:9180"]\n', "[admin] listen: 0.0.0.0:9180 is not a loopback address"),
         ('[admin]\nlisten = ["10.1.2.3:9180"]\n', "set [admin] allow_remote = true"),
         ('[trust]\nurl = "http://listeblanche.test/l.xml"\n', "[trust] url: expected an https:// URL"),
