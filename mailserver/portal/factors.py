@@ -145,7 +145,7 @@ def _code_text(purpose: str, code: str, minutes: int) -> tuple[str, str]:
         subject = "Votre code de connexion"
         why = "Pour terminer votre connexion à votre messagerie de santé, saisissez ce code."
     text = (
-        f"{why}\n\nVotre code : {code}\n\nIl est valable {minutes} minutes et ne sert qu'une fois.\n"
+        f"{why}\n\nVotre code : {code}\n\nIl est valable {minutes} minutes et ne sert qu'une fois.\n\n"
         "Si vous n'êtes pas à l'origine de cette demande, ignorez ce message ; ne communiquez ce code "
         "à personne.\n\nCe message est envoyé automatiquement, merci de ne pas y répondre.\n"
     )
