@@ -36,9 +36,7 @@ def upgrade() -> None:
         "portal_code",
         sa.Column("id", sa.Integer(), primary_key=True),
         sa.Column("challenge_hash", sa.String(64), nullable=False, unique=True),
-        sa.Column(
-            "mailbox_id", sa.Integer(), sa.ForeignKey("mailbox.id", ondelete="CASCADE"), nullable=True
-        ),
+        sa.Column("mailbox_id", sa.Integer(), sa.ForeignKey("mailbox.id", ondelete="CASCADE"), nullable=True),
         sa.Column("account", sa.String(320), nullable=False),
         sa.Column("purpose", sa.String(16), nullable=False),
         sa.Column("method", sa.String(16), nullable=False),
