@@ -302,6 +302,39 @@ async def open_reset(rt: Runtime, ins: str, mailbox_id: int | None, address: str
     return Challenge(token, EMAIL)
 
 
+async def switch_to_email(rt: Runtime, token: str, remote: str) -> Challenge:
+    """A patient without their app at hand (``email_or_totp``): the pending app step becomes an
+    e-mailed code, its tries carried over."""
+    async with rt.db.read() as session:
+        row = (
+            await session.execute(select(PortalCode).where(PortalCode.challenge_hash == _sha(token or "-")))
+        ).scalar_one_or_none()
+    if row is None or row.ended_at is not None or row.purpose != LOGIN or row.mailbox_id is None:
+        raise PortalError(400, EXPIRED)
+    if rt.settings.portal.second_factor != "email_or_totp" or row.method != TOTP:
+        raise PortalError(403, "Votre établissement exige le code de votre application d'authentification.")
+    mailbox_id, address = row.mailbox_id, row.account
+
+    def work(session: Session) -> Challenge | None:
+        email = _patient_email(session, address)
+        if email is None or not rt.settings.relay.host:
+            return None
+        token, entry = _open(
+            session, rt, account=address, mailbox_id=mailbox_id, purpose=LOGIN, method=EMAIL, email=email
+        )
+        sent = f"queue entry {entry}" if entry is not None else "code already sent"
+        Audit.record_in(
+            session, address, "second-factor", remote, "portal login code by e-mail instead", sent
+        )
+        return Challenge(token, EMAIL, mask(email))
+
+    found = await rt.db.run_write(work)
+    if found is None:
+        raise PortalError(403, "Aucune adresse électronique personnelle n'est enregistrée pour ce compte.")
+    rt.queue.wake()
+    return found
+
+
 @dataclass(frozen=True)
 class Passed:
     """A finished second step: whose it was (``mailbox_id`` None: a reset for an unknown INS, which

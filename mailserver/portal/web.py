@@ -164,7 +164,13 @@ def _code_page(
 ) -> web.Response:
     rt = request.app[RT]
     return _anonymous_form(
-        request, "code.html", status, step=pending, trust_days=rt.settings.portal.trust_device, **extra
+        request,
+        "code.html",
+        status,
+        step=pending,
+        trust_days=rt.settings.portal.trust_device,
+        fallback=rt.settings.portal.second_factor == "email_or_totp",
+        **extra,
     )
 
 
@@ -199,6 +205,25 @@ async def code_post(request: web.Request) -> web.StreamResponse:
         value = await factors.device_cookie(rt, info.mailbox_id)
         _set_cookie(resp, rt, DEVICE, value, rt.settings.portal.trust_device * 86400)
         await rt.audit.record(info.address, "second-factor", remote(request), "portal device trusted", "ok")
+    raise resp
+
+
+async def code_email_post(request: web.Request) -> web.StreamResponse:
+    """ "Recevoir plutôt un code par courriel": the app step of this browser becomes an e-mailed code."""
+    rt = request.app[RT]
+    form = await request.post()
+    token = request.cookies.get(_cookie(rt, STEP), "")
+    pending = await factors.pending(rt, token)
+    if pending is None:
+        return _anonymous_form(request, "login.html", 400, error=factors.EXPIRED)
+    if not _anonymous_csrf_ok(request, form):
+        return _code_page(request, pending, 403, error="Formulaire expiré : veuillez réessayer.")
+    try:
+        switched = await factors.switch_to_email(rt, token, remote(request))
+    except service.PortalError as exc:
+        return _code_page(request, pending, exc.status, error=exc.message)
+    resp = web.HTTPSeeOther("/connexion/code")
+    _set_cookie(resp, rt, STEP, switched.token, int(rt.settings.portal.code_lifetime))
     raise resp
 
 
@@ -514,6 +539,7 @@ def make_app(rt: Runtime, enqueue: EnqueueHook | None = None) -> web.Application
     app.router.add_post("/deconnexion", logout_post)
     app.router.add_get("/connexion/code", code_page)
     app.router.add_post("/connexion/code", code_post)
+    app.router.add_post("/connexion/code/courriel", code_email_post)
     app.router.add_get("/mot-de-passe-oublie", forgotten_page)
     app.router.add_post("/mot-de-passe-oublie", forgotten_post)
     app.router.add_get("/mot-de-passe-oublie/code", reset_page)

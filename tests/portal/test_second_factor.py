@@ -423,6 +423,16 @@ async def test_app_enrolment_then_login_with_its_code_never_twice(
         assert (await http.post(f"{portal.url}/api/login/code", json=fresh)).status == 200
     assert any(s == "enrolled" for _a, _r, s in await _events(portal, "second-factor"))
 
+    # the phone is not at hand: the app step becomes an e-mailed code
+    await page.get_by_role("button", name="Se déconnecter").click()
+    await _password_step(page, portal.url)
+    await page.get_by_role("button", name="Recevoir plutôt un code par courriel").click()
+    await page.wait_for_url(f"{portal.url}/connexion/code")
+    assert await page.get_by_text(factors.mask(PERSONAL)).is_visible()
+    await page.get_by_label("Code à 6 chiffres").fill(await portal.code(after=1))
+    await page.get_by_role("button", name="Valider").click()
+    await page.wait_for_url(f"{portal.url}/conversations")
+
 
 async def test_totp_mode_makes_a_patient_enrol_first(tmp_path: Path, pki: Any, sink: Sink) -> None:
     portal = await _start(
