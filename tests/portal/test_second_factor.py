@@ -587,3 +587,25 @@ async def test_invite_send_mails_the_activation_link(portal: Portal2FA, logging_
         r = await http.post(f"{portal.url}/activation", data=form)
         assert r.status == 200 and "Votre compte est activé" in await r.text()
     assert any("link e-mailed (queue entry" in s for _a, _r, s in await _events(portal, "admin"))
+
+
+async def test_the_trusted_device_cookie_is_secure_behind_tls(portal: Portal2FA, clock: Any) -> None:
+    """With ``secure_cookies`` (the portal behind HTTPS) the cookie is ``__Host-``, Secure, HttpOnly,
+    SameSite=Strict, for ``trust_device`` days; it opens nothing for another mailbox or once expired."""
+    from aiohttp import web as aioweb
+
+    rt = portal.rt
+    rt.settings.portal.secure_cookies = True
+    mailbox_id = (await accounts.get_mailbox(rt, PATIENT)).id
+    value = await factors.device_cookie(rt, mailbox_id)
+    resp = aioweb.Response()
+    web._set_cookie(resp, rt, web.DEVICE, value, rt.settings.portal.trust_device * 86400)
+    header = resp.cookies.output()
+    assert header.startswith("Set-Cookie: __Host-caducee_appareil=") and "Path=/" in header
+    for attribute in ("Secure", "HttpOnly", "SameSite=Strict", f"Max-Age={30 * 86400}"):
+        assert attribute in header
+    assert await factors.trusted(rt, mailbox_id, value)
+    assert not await factors.trusted(rt, mailbox_id + 1, value)
+    assert not await factors.trusted(rt, mailbox_id, value[:-2] + "xx")
+    clock(utcnow() + dt.timedelta(days=31))
+    assert not await factors.trusted(rt, mailbox_id, value)
