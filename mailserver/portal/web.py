@@ -280,7 +280,7 @@ async def reset_post(request: web.Request) -> web.StreamResponse:
 
 async def logout_post(request: web.Request) -> web.StreamResponse:
     rt = request.app[RT]
-    info = await _session(request)
+    info = await _session(request, enrolling=True)  # one may leave before enrolling
     form = await request.post()
     if not csrf_ok(info.csrf, form.get("csrf")):
         raise web.HTTPForbidden(text="Jeton CSRF invalide.")

@@ -444,6 +444,27 @@ async def test_totp_mode_makes_a_patient_enrol_first(tmp_path: Path, pki: Any, s
         _status, page, path = await client.submit("/connexion/code", code=await portal.code())
         assert path == "/parametres/application" and "Votre établissement exige" in _text(page)
         assert (await client.http.get(f"{portal.url}/conversations")).url.path == "/parametres/application"
+        session_csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+        assert session_csrf is not None
+        async with aiohttp.ClientSession() as api:  # the API holds the same line
+            r = await api.post(
+                f"{portal.url}/api/login", json={"ins": PATIENT_INS, "password": PATIENT_PASSWORD}
+            )
+            challenge = (await r.json())["challenge"]
+            r = await api.post(
+                f"{portal.url}/api/login/code",
+                json={"challenge": challenge, "code": await portal.code(after=1)},
+            )
+            bearer = {"Authorization": f"Bearer {(await r.json())['token']}"}
+            assert (await api.get(f"{portal.url}/api/conversations", headers=bearer)).status == 403
+        out = await client.http.post(f"{portal.url}/deconnexion", data={"csrf": session_csrf.group(1)})
+        assert out.url.path == "/connexion", "one may sign out before enrolling"
+        await client.password()
+        page = await (await client.http.get(f"{portal.url}/connexion/code")).text()
+        code_page_text = _text(page)
+        assert "Un code à 6 chiffres vient d'être envoyé" in code_page_text
+        _status, page, path = await client.submit("/connexion/code", code=await portal.code(after=2))
+        assert path == "/parametres/application"
         secret = re.search(r'id="cle">([A-Z2-7 ]+)<', page)
         assert secret is not None
         csrf = await client.csrf("/parametres/application")
