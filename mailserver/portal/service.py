@@ -1,8 +1,10 @@
 """What the patient portal does, once: the HTML pages (``web.py``) and the JSON API (``api.py``) both call
 these functions and only translate their results and ``PortalError`` into their own format.
 
-- Patients sign in with INS + password through ``rt.auth.authenticate`` (shared lock-out and audit);
-  sessions and invitation codes live in the database as SHA-256 of high-entropy secrets.
+- Patients sign in with INS + password through ``rt.auth.authenticate`` (shared lock-out and audit),
+  then the second factor of ``factors`` (e-mailed code or authenticator app) unless a trusted device
+  spares it; sessions and invitation codes live in the database as SHA-256 of high-entropy secrets.
+  A forgotten password is reset with an e-mailed code; an invitation may be e-mailed as a link.
 - A reply is a proper RFC 5322 message from the patient, checked by ``conversations.check_message``,
   kept in the patient's Sent folder (their quota), delivered with ``Delivery`` (local professional) or
   through the outbound queue's hook (a professional at a peer operator), then linked to its conversation.
