@@ -212,6 +212,8 @@ class PortalSettings:
     code_tries: int = 5
     code_interval: Duration = 60
     trust_device: int = 30
+    # "Nouveau message": at most this many mailboxes a patient may write first listed (then: search).
+    first_contacts_max: int = 50
 
 
 @dataclass
@@ -644,6 +646,8 @@ def _check(settings: Settings, name: str) -> None:
     for section, key in _AT_LEAST_ONE:
         if getattr(getattr(settings, section), key) < 1:
             raise ConfigError(f"{name}: [{section}] {key}: must be at least 1 (0 would refuse everyone)")
+    if settings.portal.first_contacts_max < 1:
+        raise ConfigError(f"{name}: [portal] first_contacts_max: must be at least 1")
     for key in ("ldap_idle_timeout", "portal_idle_timeout"):
         if getattr(settings.limits, key) <= 0:
             raise ConfigError(f"{name}: [limits] {key}: must be more than 0 seconds")

@@ -102,6 +102,7 @@ DEFAULT_MEMBER_RIGHTS = "lrswipkxte"
 READ_RIGHT = "r"  # opening the shared mailbox (a login naming it as authorization identity)
 SEND_RIGHT = "p"  # RFC 4314 "post": here, sending as the shared mailbox (envelope and From)
 SHARED_TYPES = ("ORG", "CAB")  # a service's or a practice's mailbox, shared by its people
+MEMBER_TYPES = ("PER", "APP")  # who may be a member of a shared mailbox: never a patient
 
 
 class Membership(Base):

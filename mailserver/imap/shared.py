@@ -78,4 +78,4 @@ def need(target: Target, rights: str, what: str) -> None:
     """Refuse ``what`` with ``NO [NOPERM]`` unless the target's rights hold every letter of ``rights``."""
     lacking = acl.missing(target.rights, rights)
     if lacking:
-        raise Fail("NO", f"{what} needs the right(s) {lacking} on {target.shared}", "NOPERM")
+        raise Fail("NO", f"{what} needs the right(s) {lacking} on {target.display}", "NOPERM")

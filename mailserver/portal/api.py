@@ -230,6 +230,39 @@ async def post_message(request: web.Request) -> web.StreamResponse:
     return web.json_response({"id": message_id}, status=201)
 
 
+async def first_contacts(request: web.Request) -> web.StreamResponse:
+    """Whom the patient may write first (``service.first_contacts``: bounded, searchable with ``q``)."""
+    await _session(request)
+    contacts, more = await service.first_contacts(request.app[RT], request.query.get("q", ""))
+    return web.json_response({"contacts": [c.as_dict() for c in contacts], "more": more})
+
+
+async def post_conversation(request: web.Request) -> web.StreamResponse:
+    """A first message (``service.write_first``, the SMTP rule): 201 once delivered and committed."""
+    info = await _session(request, post=True)
+    try:
+        body = await _json_body(request)
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, "Message trop volumineux.")
+    fields = {k: body.get(k, "") for k in ("to", "subject", "text")}
+    try:
+        if not all(isinstance(v, str) for v in fields.values()):
+            raise service.PortalError(400, "to, subject et text doivent être des chaînes.")
+        public_id = await service.write_first(
+            request.app[RT],
+            info.mailbox_id,
+            fields["to"],
+            fields["subject"],
+            fields["text"],
+            _uploads(body),
+            remote(request),
+            request.app[ENQUEUE],
+        )
+    except service.PortalError as exc:
+        return _error(exc.status, exc.message)
+    return web.json_response({"id": public_id}, status=201)
+
+
 async def attachment(request: web.Request) -> web.StreamResponse:
     info = await _session(request)
     try:
@@ -679,6 +712,27 @@ OPENAPI: dict[str, Any] = {
                     },
                 ]
             },
+            "FirstContact": {
+                "type": "object",
+                "properties": {
+                    "address": {"type": "string"},
+                    "name": {"type": "string"},
+                    "detail": {"type": "string", "description": "Service, ville"},
+                },
+            },
+            "FirstMessage": {
+                "type": "object",
+                "required": ["to", "subject"],
+                "properties": {
+                    "to": {
+                        "type": "string",
+                        "description": "Adresse d'un destinataire de /api/first-contacts",
+                    },
+                    "subject": {"type": "string", "maxLength": 200},
+                    "text": {"type": "string"},
+                    "attachments": {"$ref": "#/components/schemas/NewMessage/properties/attachments"},
+                },
+            },
             "NewMessage": {
                 "type": "object",
                 "properties": {
@@ -909,6 +963,57 @@ OPENAPI: dict[str, Any] = {
                 "operationId": "listConversations",
                 "security": _SECURED,
                 "responses": {"200": _json(_ref("Overview"), "Conversations"), "401": _ERRORS["401"]},
+            },
+            "post": {
+                "summary": "Écrire en premier à une pharmacie : ouvre une conversation",
+                "operationId": "writeFirst",
+                "security": _SECURED,
+                "parameters": [
+                    {"name": "X-CSRF-Token", "in": "header", "required": False, "schema": {"type": "string"}},
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("FirstMessage")}},
+                },
+                "responses": {
+                    "201": _json(
+                        {"type": "object", "properties": {"id": {"type": "string"}}},
+                        "Message envoyé (remis et enregistré) ; id de la conversation",
+                    ),
+                    "400": _json(_ref("Error"), "Message invalide"),
+                    "401": _ERRORS["401"],
+                    "403": _json(
+                        _ref("Error"), "Refusé (CSRF, ou ce destinataire n'accepte pas de premier message)"
+                    ),
+                    "413": _json(_ref("Error"), "Message trop volumineux"),
+                    "507": _json(_ref("Error"), "Espace de stockage plein"),
+                },
+            },
+        },
+        "/api/first-contacts": {
+            "get": {
+                "summary": "Les destinataires à qui le patient peut écrire en premier (pharmacies)",
+                "operationId": "listFirstContacts",
+                "security": _SECURED,
+                "parameters": [
+                    {"name": "q", "in": "query", "required": False, "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "contacts": {"type": "array", "items": _ref("FirstContact")},
+                                "more": {
+                                    "type": "boolean",
+                                    "description": "Plus de [portal] first_contacts_max : préciser q",
+                                },
+                            },
+                        },
+                        "Destinataires",
+                    ),
+                    "401": _ERRORS["401"],
+                },
             }
         },
         "/api/conversations/{id}": {
@@ -993,6 +1098,8 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/api/conversations", conversations)
     app.router.add_get("/api/conversations/{id}", conversation)
     app.router.add_post("/api/conversations/{id}/messages", post_message)
+    app.router.add_post("/api/conversations", post_conversation)
+    app.router.add_get("/api/first-contacts", first_contacts)
     app.router.add_get("/api/messages/{mid}/attachments/{n}", attachment)
     app.router.add_get("/api/openapi.json", openapi_document)
     app.router.add_get("/api/directory", directory_search)

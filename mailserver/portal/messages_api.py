@@ -19,7 +19,9 @@ import datetime as dt
 import email.policy
 import email.utils
 import json
+import logging
 import os
+import re
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -42,11 +44,14 @@ from mailserver.portal.api import Unauthenticated, credentials
 from mailserver.portal.http import RT, download_response, remote
 from mailserver.queue.models import QueueRecipient
 from mailserver.runtime import Runtime
+from mailserver.smtp import paths
 from mailserver.smtp.server import Recipient
 from mailserver.smtp.submission import check_recipient, prepare_message
 from mailserver.store import mime
 from mailserver.store.store import DeliveryResult as StoreResult
 from mailserver.submit import commit_message
+
+log = logging.getLogger(__name__)
 
 PROBLEM = "application/problem+json"
 _WHO = web.RequestKey("api_actor", str)
@@ -123,6 +128,12 @@ def audited(action: str) -> Callable[[Handler], Handler]:
             except Problem as problem:
                 resp = problem.response()
                 outcome = f"{problem.status} {problem.detail}"[:500]
+            except web.HTTPException:
+                raise
+            except Exception:  # a defect: still a problem+json answer, and still audited
+                log.exception("API %s %s failed", request.method, request.path)
+                resp = Problem(500, "Erreur interne", "erreur interne du serveur").response()
+                outcome = "500 internal error"
             who = request.get(_WHO) or f"client:{remote(request)}"
             await request.app[RT].audit.record(
                 who, action, remote(request), f"{request.method} {request.path_qs}"[:500], outcome
@@ -169,6 +180,15 @@ class Submission:
     software: str = ""
 
 
+def _address(value: str, name: str) -> str:
+    """An address as SMTP's MAIL/RCPT would take it (``paths.syntax_error``): the API writes no
+    header that submission would refuse."""
+    why = paths.syntax_error(value) if "," not in value else "one address per entry"
+    if why:
+        raise Problem(400, "Requête invalide", f"adresse invalide dans {name} ({why}): {value[:100]!r}")
+    return value
+
+
 def _addresses(value: Any, name: str) -> list[str]:
     if value is None:
         return []
@@ -176,19 +196,30 @@ def _addresses(value: Any, name: str) -> list[str]:
         value = [v for v in (p.strip() for p in value.split(",")) if v]
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         raise Problem(400, "Requête invalide", f"{name} doit être une liste d'adresses")
-    out = [v.strip() for v in value]
-    for v in out:
-        if any(c in "<>," or ord(c) < 32 for c in v) or "@" not in v:
-            raise Problem(400, "Requête invalide", f"adresse invalide dans {name}: {v[:100]}")
-    return out
+    return [_address(v.strip(), name) for v in value]
 
 
 def _text(value: Any, name: str) -> str | None:
+    """A body text: any Unicode text but NUL, other C0 controls than tab/CR/LF/FF, and lone
+    surrogates (which no charset can encode)."""
     if value is None:
         return None
     if not isinstance(value, str):
         raise Problem(400, "Requête invalide", f"{name} doit être une chaîne")
+    if any((ord(c) < 32 and c not in "\t\r\n\f") or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise Problem(400, "Requête invalide", f"{name}: caractère de contrôle ou de substitution refusé")
     return value
+
+
+def _header_text(value: Any, name: str, limit: int) -> str:
+    """Text for a header (subject, filename, software): one line of printable characters, so no
+    line break Python's ``email`` would refuse (U+2028, U+0085, VT, FF...) and no control."""
+    text = _text(value, name) or ""
+    if not text.replace("\t", " ").isprintable():
+        raise Problem(400, "Requête invalide", f"{name}: une ligne de caractères imprimables attendue")
+    if len(text) > limit:
+        raise Problem(400, "Requête invalide", f"{name}: au plus {limit} caractères")
+    return text
 
 
 def _documents(items: Any) -> tuple[list[xdm.CDA], list[str]]:
@@ -215,21 +246,19 @@ def _documents(items: Any) -> tuple[list[xdm.CDA], list[str]]:
             doc = xdm.parse_cda(raw)
         except xdm.XDMError as exc:
             raise Problem(400, "Document refusé", f"document {n}: {exc}", document=n) from None
-        title = _text(item.get("title"), "title") or doc.title or "Document"
+        title = _header_text(item.get("title"), "title", 500) or doc.title or "Document"
         docs.append(doc)
         titles.append(" ".join(title.split())[:500])
     return docs, titles
 
 
 def _submission(fields: dict[str, Any], uploads: list[Upload]) -> Submission:
-    sender = _text(fields.get("from"), "from")
-    if not sender or any(c in sender for c in "\r\n<>,") or "@" not in sender:
+    sender = fields.get("from")
+    if not isinstance(sender, str) or not sender.strip():
         raise Problem(400, "Requête invalide", "from doit être une adresse")
-    subject = _text(fields.get("subject"), "subject") or ""
-    if "\r" in subject or "\n" in subject:
-        raise Problem(400, "Requête invalide", "subject ne doit pas contenir de fin de ligne")
+    subject = _header_text(fields.get("subject"), "subject", MAX_SUBJECT)
     sub = Submission(
-        sender.strip(),
+        _address(sender.strip(), "from"),
         _addresses(fields.get("to"), "to"),
         _addresses(fields.get("cc"), "cc"),
         subject,
@@ -238,10 +267,7 @@ def _submission(fields: dict[str, Any], uploads: list[Upload]) -> Submission:
         uploads,
     )
     sub.documents, sub.titles = _documents(fields.get("documents"))
-    software = _text(fields.get("software"), "software") or ""
-    if any(ord(c) < 32 for c in software) or len(software) > 200:
-        raise Problem(400, "Requête invalide", "software: au plus 200 caractères, sans contrôle")
-    sub.software = software.strip()
+    sub.software = _header_text(fields.get("software"), "software", 200).strip()
     if not sub.to and not sub.cc:
         raise Problem(400, "Requête invalide", "au moins un destinataire (to ou cc) attendu")
     if sub.text is None and sub.html is None and not uploads and not sub.documents:
@@ -267,11 +293,16 @@ def _json_uploads(items: Any) -> list[Upload]:
 
 
 def _upload(filename: Any, content_type: Any, data: bytes) -> Upload:
+    """An attachment: a one-line name, and a leaf media type (RFC 2045 tokens): a multipart or
+    message type given as an attachment's type is sent as ``application/octet-stream``, since its
+    bytes are not a MIME structure of this message (RFC 2046 §5 forbids base64 for them)."""
     name = filename if isinstance(filename, str) and filename.strip() else "piece-jointe"
-    ctype = content_type if isinstance(content_type, str) else "application/octet-stream"
-    if ctype.count("/") != 1 or any(c in ctype for c in " \r\n;"):
+    name = _header_text(name, "filename", 200)
+    ctype = content_type.split(";", 1)[0].strip().lower() if isinstance(content_type, str) else ""
+    maintype, _, subtype = ctype.partition("/")
+    if not (_TOKEN.fullmatch(maintype) and _TOKEN.fullmatch(subtype)) or maintype in ("multipart", "message"):
         ctype = "application/octet-stream"
-    return Upload(name.replace("\r", " ").replace("\n", " ")[:200], ctype, data)
+    return Upload(name, ctype, data)
 
 
 async def _read(request: web.Request) -> Submission:
@@ -313,7 +344,10 @@ async def _multipart(request: web.Request, limit: int) -> Submission:
             raise Problem(413, "Message trop volumineux", f"au plus {limit} octets")
         if part.name == "attachments" or part.filename is not None:
             # Some clients (aiohttp's, older browsers) percent-encode a non-ASCII filename in quotes.
-            name = urllib.parse.unquote(part.filename) if part.filename else None
+            try:
+                name = urllib.parse.unquote(part.filename, errors="strict") if part.filename else None
+            except UnicodeDecodeError:
+                raise Problem(400, "Requête invalide", "filename: UTF-8 attendu") from None
             uploads.append(_upload(name, part.headers.get("Content-Type"), bytes(data)))
             continue
         try:
@@ -477,6 +511,8 @@ async def message_state(request: web.Request) -> web.StreamResponse:
 
 LIST_LIMIT = 100
 MAX_DOCUMENTS = 20
+MAX_SUBJECT = 998  # RFC 5322 §2.1.1's line limit; folding makes longer subjects legal but unusual
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,127}")  # RFC 2045 token, of a bounded length
 
 
 async def _xdm_reports(rt: Runtime, blob_id: int, meta: dict[str, Any]) -> list[dict[str, Any]]:
@@ -495,9 +531,8 @@ async def _xdm_reports(rt: Runtime, blob_id: int, meta: dict[str, Any]) -> list[
 
 async def _inbox_message(request: web.Request, caller: Caller) -> tuple[int, dict[str, Any]] | None:
     """(blob id, meta) of INBOX message ``uid`` of the caller's own mailbox."""
-    try:
-        uid = int(request.match_info["uid"])
-    except ValueError:
+    uid = _uid(request.match_info["uid"])
+    if uid is None:
         return None
     async with request.app[RT].db.read() as session:
         blob_id = (
@@ -512,6 +547,15 @@ async def _inbox_message(request: web.Request, caller: Caller) -> tuple[int, dic
     return blob_id, await request.app[RT].store.blob_meta(blob_id)
 
 
+def _uid(text: str) -> int | None:
+    """A UID as IMAP bounds it (RFC 9051 §2.3.1.1: 32 bits), or None: a larger number is no
+    message, not a database error."""
+    if not text.isascii() or not text.isdigit() or len(text) > 10:
+        return None
+    value = int(text)
+    return value if value < 2**32 else None
+
+
 def _own(request: web.Request, caller: Caller) -> None:
     if request.match_info["address"].strip().lower() != caller.address.lower():
         raise Problem(403, "Refusé", f"{caller.address} ne lit que sa propre boîte")
@@ -521,10 +565,9 @@ async def list_messages(request: web.Request) -> web.StreamResponse:
     """What arrived in INBOX after the ``since`` cursor (a UID), oldest first, at most 100 per call."""
     caller = await _caller(request)
     _own(request, caller)
-    try:
-        since = int(request.query.get("since", "0"))
-    except ValueError:
-        raise Problem(400, "Requête invalide", "since doit être un curseur rendu par cette liste") from None
+    since = _uid(request.query.get("since", "0"))
+    if since is None:
+        raise Problem(400, "Requête invalide", "since doit être un curseur rendu par cette liste")
     rt = request.app[RT]
     async with rt.db.read() as session:
         rows = (

@@ -26,7 +26,7 @@ from config.settings import parse_listen
 from mailserver import alerts, storage_faults
 from mailserver.delivery import EnqueueHook
 from mailserver.limits import ConnectionGate, Refused, Slot
-from mailserver.portal import api, autoconfig, factors, messages_api, service
+from mailserver.portal import api, autoconfig, factors, messages_api, previews, service
 from mailserver.portal.http import (
     ENQUEUE,
     PRE_COOKIE,
@@ -36,6 +36,7 @@ from mailserver.portal.http import (
     csrf_ok,
     current_session,
     download_response,
+    preview_response,
     remote,
     security_headers,
     set_session_cookie,
@@ -347,10 +348,19 @@ async def _conversation_page(
 
 async def conversation_page(request: web.Request) -> web.StreamResponse:
     info = await _session(request)
+    extra = {"notice": "Votre message a été envoyé."} if request.query.get("envoye") == "1" else {}
     try:
-        return await _conversation_page(request, info, request.match_info["id"])
+        return await _conversation_page(request, info, request.match_info["id"], **extra)
     except service.PortalError as exc:
         return render(request, "error.html", exc.status, session=info, error=exc.message)
+
+
+def _uploads(form: Any) -> list[service.Upload]:
+    return [
+        service.Upload(f.filename or "", f.content_type or "application/octet-stream", f.file.read())
+        for f in form.getall("pieces_jointes", [])
+        if isinstance(f, web.FileField) and f.filename
+    ]
 
 
 async def reply_post(request: web.Request) -> web.StreamResponse:
@@ -366,11 +376,7 @@ async def reply_post(request: web.Request) -> web.StreamResponse:
     if not csrf_ok(info.csrf, form.get("csrf")):
         raise web.HTTPForbidden(text="Jeton CSRF invalide.")
     text = str(form.get("texte", ""))
-    files = [
-        service.Upload(f.filename or "", f.content_type or "application/octet-stream", f.file.read())
-        for f in form.getall("pieces_jointes", [])
-        if isinstance(f, web.FileField) and f.filename
-    ]
+    files = _uploads(form)
     try:
         await service.reply(
             rt, info.mailbox_id, public_id, text, files, remote(request), request.app[ENQUEUE]
@@ -398,6 +404,61 @@ async def _settings(
         trust_days=rt.settings.portal.trust_device,
         **extra,
     )
+
+
+async def _new_message_page(
+    request: web.Request, info: service.SessionInfo, status: int = 200, **form: Any
+) -> web.Response:
+    rt = request.app[RT]
+    query = request.query.get("recherche", "")[: service.MAX_QUERY]
+    contacts, more = await service.first_contacts(rt, query)
+    quota = await service.overview(rt, info.mailbox_id)
+    return render(
+        request,
+        "nouveau_message.html",
+        status,
+        session=info,
+        quota=quota.quota,
+        contacts=contacts,
+        more=more,
+        query=query,
+        max_size=_size(rt.settings.limits.message_size),
+        max_subject=service.MAX_SUBJECT,
+        form={"destinataire": "", "objet": "", "texte": "", **form.pop("form", {})},
+        **form,
+    )
+
+
+async def new_message_page(request: web.Request) -> web.StreamResponse:
+    """The "Nouveau message" page: the mailboxes that take a patient's first message (a pharmacy)."""
+    return await _new_message_page(request, await _session(request))
+
+
+async def new_message_post(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RT]
+    info = await _session(request)
+    try:
+        form = await request.post()
+    except web.HTTPRequestEntityTooLarge:
+        return await _new_message_page(request, info, 413, error="Message trop volumineux.")
+    if not csrf_ok(info.csrf, form.get("csrf")):
+        raise web.HTTPForbidden(text="Jeton CSRF invalide.")
+    fields = {k: str(form.get(k, "")) for k in ("destinataire", "objet", "texte")}
+    try:
+        public_id = await service.write_first(
+            rt,
+            info.mailbox_id,
+            fields["destinataire"],
+            fields["objet"],
+            fields["texte"],
+            _uploads(form),
+            remote(request),
+            request.app[ENQUEUE],
+        )
+    except service.PortalError as exc:
+        return await _new_message_page(request, info, exc.status, error=exc.message, form=fields)
+    # Delivered and committed (durable) before the page says so.
+    raise web.HTTPSeeOther(f"/conversations/{public_id}?envoye=1#dernier")
 
 
 async def settings_page(request: web.Request) -> web.StreamResponse:
@@ -484,6 +545,19 @@ async def attachment_get(request: web.Request) -> web.StreamResponse:
         return render(request, "error.html", exc.status, session=info, error=exc.message)
 
 
+async def preview_get(request: web.Request) -> web.StreamResponse:
+    """An image attachment for the conversation page's ``<img>``: inline only when it truly is one."""
+    info = await _session(request)
+    try:
+        mid, n = int(request.match_info["mid"]), int(request.match_info["n"])
+        reader = (info.address, remote(request), "portal preview")
+        return preview_response(await service.attachment(request.app[RT], info.mailbox_id, mid, n, reader))
+    except ValueError:
+        raise web.HTTPNotFound() from None
+    except service.PortalError as exc:
+        return render(request, "error.html", exc.status, session=info, error=exc.message)
+
+
 UNAVAILABLE = (
     "Ce message est momentanément indisponible. Réessayez dans quelques minutes ; "
     "si cela dure, signalez-le à votre professionnel de santé."
@@ -518,10 +592,24 @@ async def storage_unavailable(request: web.Request, handler: Handler) -> web.Str
         return resp
 
 
+@web.middleware
+async def page_not_found(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """An unknown address outside the API gets the portal's own French error page (with its title,
+    language and way back), not aiohttp's bare text; the API keeps its own answers."""
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        if request.path.startswith("/api/"):
+            raise
+        info = await current_session(request)
+        context: dict[str, Any] = {"session": info} if info is not None else {}
+        return render(request, "error.html", 404, error="Cette page n'existe pas.", **context)
+
+
 def make_app(rt: Runtime, enqueue: EnqueueHook | None = None) -> web.Application:
     """The portal application; ``enqueue`` is the outbound queue's hook for professionals at peers."""
     app = web.Application(
-        middlewares=[security_headers, storage_unavailable],
+        middlewares=[security_headers, storage_unavailable, page_not_found],
         client_max_size=rt.settings.limits.message_size * 4 // 3 + 1024 * 1024,
     )
     app[RT] = rt
@@ -531,6 +619,7 @@ def make_app(rt: Runtime, enqueue: EnqueueHook | None = None) -> web.Application
     )
     env.filters["taille"] = _size
     env.filters["date"] = _date
+    env.filters["type_fichier"] = previews.type_label
     app[JINJA] = env
     app.router.add_get("/", index)
     app.router.add_get("/favicon.ico", favicon)
@@ -550,6 +639,9 @@ def make_app(rt: Runtime, enqueue: EnqueueHook | None = None) -> web.Application
     app.router.add_get("/conversations/{id}", conversation_page)
     app.router.add_post("/conversations/{id}/reponse", reply_post)
     app.router.add_get("/messages/{mid}/pieces-jointes/{n}", attachment_get)
+    app.router.add_get("/messages/{mid}/apercus/{n}", preview_get)
+    app.router.add_get("/nouveau-message", new_message_page)
+    app.router.add_post("/nouveau-message", new_message_post)
     app.router.add_get("/parametres", settings_page)
     app.router.add_post("/parametres", settings_post)
     app.router.add_get("/parametres/application", app_page)

@@ -20,7 +20,6 @@ from aiosmtpd.smtp import MISSING, AuthResult, auth_mechanism
 from directory.patients import display_address
 from mailserver import accounts, conversations, sasl, sent
 from mailserver.auth import AuthOutcome
-from mailserver.db.models import SHARED_TYPES
 from mailserver.delivery import DeliveryResult
 from mailserver.headers import HeaderView, has_field, replace_field
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget, route_recipient
@@ -220,10 +219,9 @@ class SubmissionHandler(Handler):
         env = server.envelope
         saving = self.rt.settings.submission.save_sent and env.sent_copy is not None
         if saving and env.sent_copy is not None and server.session.mailbox_id is not None:
-            owners = [server.session.mailbox_id]
-            shared = await accounts.find_mailbox(self.rt, env.mail_from or "")
-            if shared is not None and shared.type in SHARED_TYPES:  # may_send_as let it through
-                owners.append(shared.id)
+            owners = await sent.copy_owners(
+                self.rt, server.session.mailbox_id, env.mail_from or "", env.sent_copy
+            )
             await sent.save_copies(self.rt, owners, env.sent_copy)
         await self.rt.audit.record(
             self.actor(server),

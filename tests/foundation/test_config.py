@@ -46,6 +46,7 @@ def test_defaults_and_conversions(tmp_path: Path) -> None:
     assert s.delivery.routes == {"b.mssante.test": "127.0.0.1:2526"}
     assert s.smtp.listen == ["127.0.0.1:2525"]
     assert s.queue.lease == 60
+    assert s.portal.first_contacts_max == 50
     d = s.delivery  # RFC 5321 §4.5.3.2
     assert (d.greeting_timeout, d.mail_timeout, d.rcpt_timeout) == (300, 300, 300)
     assert (d.data_init_timeout, d.data_block_timeout, d.data_final_timeout) == (120, 180, 600)
@@ -69,6 +70,7 @@ def test_defaults_and_conversions(tmp_path: Path) -> None:
         ("[limits]\nfolder_depth = 0\n", "[limits] folder_depth: must be at least 1"),
         ("[limits]\nfolders_per_mailbox = 5\n", "[limits] folders_per_mailbox: must be at least 6"),
         ("[auth]\nmax_failures = 0\n", "[auth] max_failures: must be at least 1"),
+        ("[portal]\nfirst_contacts_max = 0\n", "[portal] first_contacts_max: must be at least 1"),
         ("[limits]\nconnections_per_user_ip = 0\n", "[limits] connections_per_user_ip: must be at least 1"),
         ('[limits]\nportal_idle_timeout = "0s"\n', "[limits] portal_idle_timeout: must be more than 0"),
         ("[delivery]\ndata_final_timeout = 0\n", "[delivery] data_final_timeout: must be more than 0"),

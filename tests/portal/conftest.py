@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from playwright.async_api import Page
 
 from directory.patients import add_patient, make_record
 from mailserver.portal import service, web
@@ -40,3 +41,12 @@ async def portal(runtime: Runtime) -> AsyncIterator[Portal]:
         yield Portal(runtime, f"http://{listener.address}")
     finally:
         await listener.close()
+
+
+async def login(page: Page, url: str) -> None:
+    """Sign in as the fixture's patient the way a patient does, in the browser."""
+    await page.goto(f"{url}/connexion")
+    await page.get_by_label("Identifiant national de santé").fill(PATIENT_INS)
+    await page.get_by_label("Mot de passe").fill(PASSWORD)
+    await page.get_by_role("button", name="Se connecter").click()
+    await page.wait_for_url(f"{url}/conversations")
