@@ -31,6 +31,7 @@ from mailserver import accounts
 from mailserver.conversation_models import PortalCode, PortalFactor
 from mailserver.db.models import AuditEvent, utcnow
 from mailserver.portal import factors, service, web
+from tests.portal import a11y
 from tests.portal.helpers import OTHER_INS, add_professional
 from tests.smtp.conftest import MARTIN, PASSWORD, RPPS, SMTPEnv, start_env, wait_for
 from tests.smtp.relay_sink import RELAY_PASSWORD, RELAY_USER, Sink
@@ -250,6 +251,7 @@ async def test_alert_then_login_with_the_emailed_code_read_and_reply(
     assert await page.get_by_text(factors.mask(PERSONAL)).is_visible()
     assert PERSONAL not in await page.content()
     await _fits(page)
+    assert await a11y.check(page, "code par courriel") == []
     code = await portal.code()
     await page.get_by_label("Code à 6 chiffres").fill(code)
     await page.get_by_role("button", name="Valider").click()
@@ -379,6 +381,7 @@ async def test_app_enrolment_then_login_with_its_code_never_twice(
     await page.wait_for_url(f"{portal.url}/parametres/application")
     assert await page.get_by_role("img", name="Code QR à scanner avec votre application").is_visible()
     await _fits(page)
+    assert await a11y.check(page, "application d'authentification") == []
     secret = (await page.locator("#cle").inner_text()).replace(" ", "")
     totp = pyotp.TOTP(secret)
     await page.get_by_label("Code à 6 chiffres affiché par l'application").fill(
@@ -390,6 +393,7 @@ async def test_app_enrolment_then_login_with_its_code_never_twice(
     await page.get_by_label("Code à 6 chiffres affiché par l'application").fill(totp.at(at))
     await page.get_by_role("button", name="Enregistrer l'application").click()
     assert await page.get_by_text("Votre application d'authentification est enregistrée.").is_visible()
+    assert await a11y.check(page, "paramètres, connexion en deux étapes") == []
     async with portal.rt.db.read() as session:
         factor = await session.get(PortalFactor, (await accounts.get_mailbox(portal.rt, PATIENT)).id)
     assert factor is not None and factor.totp_secret is not None
@@ -400,6 +404,7 @@ async def test_app_enrolment_then_login_with_its_code_never_twice(
     mails = len(portal.sink.messages())
     await _password_step(page, portal.url)
     assert await page.get_by_text("Ouvrez votre application d'authentification").is_visible()
+    assert await a11y.check(page, "code de l'application") == []
     await page.get_by_label("Code à 6 chiffres").fill(totp.at(at))
     await page.get_by_role("button", name="Valider").click()
     assert await page.get_by_text("Code incorrect. Il vous reste 4 essais.").is_visible()
@@ -508,6 +513,7 @@ async def test_a_trusted_device_skips_the_code_until_the_password_is_reset(
     await reset.get_by_role("button", name="Recevoir un code").click()
     await reset.wait_for_url(f"{portal.url}/mot-de-passe-oublie/code")
     await _fits(reset)
+    assert await a11y.check(reset, "nouveau mot de passe") == []
     code = await portal.code(RESET_SUBJECT)
     await reset.get_by_label("Code reçu par courriel").fill(code)
     await reset.get_by_label("Nouveau mot de passe").fill("court")
@@ -517,6 +523,7 @@ async def test_a_trusted_device_skips_the_code_until_the_password_is_reset(
     )
     await reset.get_by_role("button", name="Changer le mot de passe").click()
     assert await reset.get_by_text("au moins 10 caractères").is_visible()
+    assert await a11y.check(reset, "nouveau mot de passe, erreur") == []
     await reset.get_by_label("Code reçu par courriel").fill(code)
     await reset.get_by_label("Nouveau mot de passe").fill(NEW_PASSWORD)
     await reset.get_by_label("Confirmez le mot de passe").fill(NEW_PASSWORD)
