@@ -90,6 +90,7 @@ tls_listen = ["127.0.0.1:2993"]
 [portal]
 listen = ["127.0.0.1:8080"]
 secure_cookies = false                   # plain HTTP on loopback for a first run; true behind HTTPS
+second_factor = "off"                    # first run only: "email_or_totp" once [relay] is configured
 
 [ldap]
 listen = ["127.0.0.1:3389"]              # address book for mail clients (STARTTLS, then bind)

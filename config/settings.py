@@ -219,9 +219,23 @@ class IMAPSettings:
 
 @dataclass
 class PortalSettings:
+    """The patient portal. ``second_factor`` after INS + password (mailserver/portal/factors.py):
+    ``email_or_totp`` (the default: health data) takes the patient's authenticator app when they
+    enrolled one, else a code e-mailed to their personal address through ``[relay]``; ``email`` and
+    ``totp`` take only that one (``totp``: a patient without an app signs in once by e-mailed code
+    and must enrol before anything else); ``off`` only for a first local try. A code has 6 digits,
+    lives ``code_lifetime`` and allows ``code_tries`` tries, then it is void and the account
+    locked for ``[auth] lockout``; at most one code e-mail per patient per ``code_interval``. A device
+    the patient trusts skips the second factor for ``trust_device`` days (0: never)."""
+
     listen: list[str] = field(default_factory=lambda: ["127.0.0.1:8080"])
     secure_cookies: bool = True
     session_lifetime: Duration = 1800
+    second_factor: Literal["off", "email", "totp", "email_or_totp"] = "email_or_totp"
+    code_lifetime: Duration = 600
+    code_tries: int = 5
+    code_interval: Duration = 60
+    trust_device: int = 30
     # "Nouveau message": at most this many mailboxes a patient may write first listed (then: search).
     first_contacts_max: int = 50
 
@@ -693,6 +707,11 @@ def _check(settings: Settings, name: str) -> None:
         raise ConfigError(f"{name}: [large_files] keep and upload_expire: must be more than 0 seconds")
     if settings.queue.lease < 1:
         raise ConfigError(f"{name}: [queue] lease: must be at least 1 second")
+    portal = settings.portal
+    if portal.code_tries < 1 or portal.code_lifetime <= 0:
+        raise ConfigError(f"{name}: [portal] code_tries and code_lifetime: must be more than 0")
+    if portal.trust_device < 0:
+        raise ConfigError(f"{name}: [portal] trust_device: a number of days, 0 or more")
     _check_oauth(settings.oauth, name)
     if settings.audit.keep < MIN_AUDIT_KEEP:
         raise ConfigError(

@@ -17,7 +17,7 @@ from aiohttp import web
 import directory.search
 from mailserver import alerts
 from mailserver.auth import AuthOutcome
-from mailserver.portal import client_certs, service, uploads_openapi
+from mailserver.portal import client_certs, factors, service, uploads_openapi
 from mailserver.portal.http import (
     ENQUEUE,
     RT,
@@ -55,18 +55,15 @@ async def _session(request: web.Request, post: bool = False) -> service.SessionI
     bearer = request.headers.get("Authorization", "").lower().startswith("bearer ")
     if post and not bearer and not csrf_ok(info.csrf, request.headers.get("X-CSRF-Token")):
         raise web.HTTPForbidden(text='{"error": "jeton CSRF invalide"}', content_type="application/json")
+    if await service.must_enrol(request.app[RT], info):
+        raise web.HTTPForbidden(
+            text='{"error": "enregistrez d\'abord une application d\'authentification dans le portail"}',
+            content_type="application/json",
+        )
     return info
 
 
-async def login(request: web.Request) -> web.StreamResponse:
-    rt = request.app[RT]
-    body = await _json_body(request)
-    try:
-        info = await service.login(
-            rt, str(body.get("ins", "")), str(body.get("password", "")), remote(request)
-        )
-    except service.PortalError as exc:
-        return _error(exc.status, exc.message)
+def _session_json(rt: Any, info: service.SessionInfo) -> web.Response:
     resp = web.json_response(
         {
             "token": info.token,
@@ -77,6 +74,36 @@ async def login(request: web.Request) -> web.StreamResponse:
     )
     set_session_cookie(resp, rt, info)
     return resp
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    """INS + password: the session (200), or 202 with the second step to finish at ``/api/login/code``."""
+    rt = request.app[RT]
+    body = await _json_body(request)
+    try:
+        result = await service.login(
+            rt, str(body.get("ins", "")), str(body.get("password", "")), remote(request)
+        )
+    except service.PortalError as exc:
+        return _error(exc.status, exc.message)
+    if isinstance(result, factors.Challenge):
+        return web.json_response(
+            {"second_factor": result.method, "challenge": result.token, "sent_to": result.hint}, status=202
+        )
+    return _session_json(rt, result)
+
+
+async def login_code(request: web.Request) -> web.StreamResponse:
+    """The second factor of a login: the challenge ``/api/login`` gave and the code."""
+    rt = request.app[RT]
+    body = await _json_body(request)
+    try:
+        info = await service.second_step(
+            rt, str(body.get("challenge", "")), str(body.get("code", "")), remote(request)
+        )
+    except service.PortalError as exc:
+        return _error(exc.status, exc.message)
+    return _session_json(rt, info)
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
@@ -609,6 +636,20 @@ OPENAPI: dict[str, Any] = {
                     "password": {"type": "string"},
                 },
             },
+            "SecondFactor": {
+                "type": "object",
+                "required": ["second_factor", "challenge"],
+                "properties": {
+                    "second_factor": {"type": "string", "enum": ["email", "totp"]},
+                    "challenge": {"type": "string"},
+                    "sent_to": {"type": "string", "description": "Adresse masquée où le code est parti"},
+                },
+            },
+            "SecondFactorCode": {
+                "type": "object",
+                "required": ["challenge", "code"],
+                "properties": {"challenge": {"type": "string"}, "code": {"type": "string"}},
+            },
             "Session": {
                 "type": "object",
                 "required": ["token", "csrf_token", "expires_at", "address"],
@@ -754,8 +795,26 @@ OPENAPI: dict[str, Any] = {
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Login")}}},
                 "responses": {
                     "200": _json(_ref("Session"), "Session ouverte"),
+                    "202": _json(_ref("SecondFactor"), "Second facteur attendu : POST /api/login/code"),
                     "401": _json(_ref("Error"), "Identifiants incorrects"),
+                    "403": _json(_ref("Error"), "Aucun second facteur possible : contacter l'établissement"),
                     "429": _json(_ref("Error"), "Compte temporairement verrouillé"),
+                },
+            }
+        },
+        "/api/login/code": {
+            "post": {
+                "summary": "Second facteur : code reçu par courriel ou de l'application d'authentification",
+                "operationId": "loginCode",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("SecondFactorCode")}},
+                },
+                "responses": {
+                    "200": _json(_ref("Session"), "Session ouverte"),
+                    "400": _json(_ref("Error"), "Étape expirée ou inconnue"),
+                    "401": _json(_ref("Error"), "Code incorrect"),
+                    "429": _json(_ref("Error"), "Trop de codes faux : compte verrouillé"),
                 },
             }
         },
@@ -1069,6 +1128,7 @@ OPENAPI["paths"].update(uploads_openapi.PATHS)
 
 def setup(app: web.Application) -> None:
     app.router.add_post("/api/login", login)
+    app.router.add_post("/api/login/code", login_code)
     app.router.add_post("/api/logout", logout)
     app.router.add_get("/api/settings", get_settings)
     app.router.add_post("/api/settings", post_settings)

@@ -1,8 +1,10 @@
 """What the patient portal does, once: the HTML pages (``web.py``) and the JSON API (``api.py``) both call
 these functions and only translate their results and ``PortalError`` into their own format.
 
-- Patients sign in with INS + password through ``rt.auth.authenticate`` (shared lock-out and audit);
-  sessions and invitation codes live in the database as SHA-256 of high-entropy secrets.
+- Patients sign in with INS + password through ``rt.auth.authenticate`` (shared lock-out and audit),
+  then the second factor of ``factors`` (e-mailed code or authenticator app) unless a trusted device
+  spares it; sessions and invitation codes live in the database as SHA-256 of high-entropy secrets.
+  A forgotten password is reset with an e-mailed code; an invitation may be e-mailed as a link.
 - A reply is a proper RFC 5322 message from the patient, checked by ``conversations.check_message``,
   kept in the patient's Sent folder (their quota), delivered with ``Delivery`` (local professional) or
   through the outbound queue's hook (a professional at a peer operator), then linked to its conversation.
@@ -27,14 +29,16 @@ from html.parser import HTMLParser
 from typing import Any, ClassVar
 
 from sqlalchemy import delete, func, or_, select
+from sqlalchemy.orm import Session
 
 from directory.ins import InvalidINS, validate_ins
-from directory.models import Structure
+from directory.models import Patient, Structure
 from directory.patients import display_name_for
 from directory.search import M as DirectoryMailbox
 from directory.search import entry_columns, joined, to_entry
 from directory.text import fold
-from mailserver import accounts, conversations, large_files, quota
+from mailserver import accounts, alerts, conversations, large_files, quota
+from mailserver.audit import Audit
 from mailserver.auth import generate_app_password
 from mailserver.charsets import decode_text
 from mailserver.conversation_models import (
@@ -48,7 +52,8 @@ from mailserver.db.models import Domain, Folder, Mailbox, Message, utcnow
 from mailserver.delivery import Delivery, EnqueueHook
 from mailserver.headers import HeaderView, decode_header
 from mailserver.policy import LocalTarget, Refusal, route_recipient
-from mailserver.portal import previews
+from mailserver.portal import factors, previews
+from mailserver.portal.errors import PortalError
 from mailserver.runtime import Runtime
 from mailserver.store import mime
 
@@ -60,15 +65,6 @@ MAX_TEXT = 100_000
 MAX_SUBJECT = 200
 MAX_QUERY = 100
 SIGNATURE_TYPES = {("application", "pkcs7-signature"), ("application", "x-pkcs7-signature")}
-
-
-class PortalError(Exception):
-    """A refused portal request: ``status`` is the HTTP status, ``message`` the French text shown."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def _sha(secret: str) -> str:
@@ -127,10 +123,57 @@ async def invite(rt: Runtime, ins: str) -> tuple[str, str, dt.datetime]:
     return mb.address, code, expires
 
 
-async def activate(rt: Runtime, ins: str, code: str, password: str, remote: str) -> None:
-    """Set the patient's password with a one-time activation code."""
+async def send_invite(rt: Runtime, ins: str) -> tuple[str, int, dt.datetime]:
+    """``invite``, with the activation link e-mailed to the patient's personal address through
+    ``[relay]`` (the queue, with its retries) instead of shown. Refused, with nothing changed, when the
+    patient has no e-mail on record or the operator no relay or portal address. Returns (address,
+    queue entry, expiry)."""
+    try:
+        key = validate_ins(ins)
+    except InvalidINS as exc:
+        raise accounts.AccountError(str(exc)) from None
+    async with rt.db.read() as session:
+        patient = await session.get(Patient, key)
+    if patient is None or not patient.email:
+        raise accounts.AccountError(
+            f"no personal e-mail on record for INS {key}: add one with `caducee patient edit {key} --email"
+            " ADDR`, or run the command without --send and give the code in person"
+        )
+    if not rt.settings.relay.host or not rt.settings.patients.portal_url:
+        raise accounts.AccountError("--send needs [relay] host and [patients] portal_url set")
+    address, code, expires = await invite(rt, key)
+    to = patient.email
+    link = f"{rt.settings.patients.portal_url.rstrip('/')}/activation?code={code}"
+    text = (
+        "Votre établissement de santé vous a ouvert une messagerie de santé sécurisée.\n\n"
+        f"Pour l'activer, ouvrez ce lien et choisissez votre mot de passe :\n{link}\n\n"
+        f"Munissez-vous de votre identifiant national de santé (INS). Ce lien est valable jusqu'au "
+        f"{expires:%d/%m/%Y} et ne sert qu'une fois.\n\n"
+        "Si vous n'attendiez pas ce message, ignorez-le.\n"
+    )
+    data = alerts.personal_mail(rt, to, "Activez votre messagerie de santé", text)
+
+    def work(session: Session) -> int:
+        entry = alerts.queue_personal(session, rt, to, data)
+        Audit.record_in(
+            session, "admin", "admin", "", f"patient invite {address}", f"link e-mailed (queue entry {entry})"
+        )
+        return entry
+
+    entry = await rt.db.run_write(work)
+    rt.queue.wake()
+    return address, entry, expires
+
+
+def check_password(password: str) -> None:
+    """The portal's password policy (activation and reset)."""
     if len(password) < MIN_PASSWORD:
         raise PortalError(400, f"Le mot de passe doit comporter au moins {MIN_PASSWORD} caractères.")
+
+
+async def activate(rt: Runtime, ins: str, code: str, password: str, remote: str) -> None:
+    """Set the patient's password with a one-time activation code."""
+    check_password(password)
     try:
         ins = validate_ins(ins)
     except InvalidINS:
@@ -167,8 +210,11 @@ class SessionInfo:
     expires_at: dt.datetime
 
 
-async def login(rt: Runtime, ins: str, password: str, remote: str) -> SessionInfo:
-    """INS + password → a new session; failures count towards the shared lock-out."""
+async def login(
+    rt: Runtime, ins: str, password: str, remote: str, device: str = ""
+) -> SessionInfo | factors.Challenge:
+    """INS + password → a new session, or the second step it still needs (``[portal] second_factor``;
+    ``device`` is the browser's trusted-device cookie). Failures count towards the shared lock-out."""
     try:
         ins = validate_ins(ins)
     except InvalidINS:
@@ -177,11 +223,23 @@ async def login(rt: Runtime, ins: str, password: str, remote: str) -> SessionInf
     address = mb.address if mb else f"{ins.lower()}@patient"
     outcome = await rt.auth.authenticate(address, password, remote, "portal")
     if outcome.reason == "locked":
-        raise PortalError(
-            429, "Trop de tentatives : votre compte est temporairement verrouillé. Réessayez plus tard."
-        )
+        raise PortalError(429, factors.LOCKED)
     if not outcome.ok or outcome.mailbox_id is None or outcome.address is None:
         raise PortalError(401, "Identifiant ou mot de passe incorrect.")
+    pending = await factors.after_password(rt, outcome.mailbox_id, outcome.address, remote, device)
+    if pending is not None:
+        return pending
+    return await open_session(rt, outcome.mailbox_id, outcome.address, remote)
+
+
+async def second_step(rt: Runtime, token: str, code: str, remote: str) -> SessionInfo:
+    """The code of a pending login (``factors.verify``) → the session."""
+    passed = await factors.verify(rt, token, code, factors.LOGIN, remote)
+    assert passed.mailbox_id is not None
+    return await open_session(rt, passed.mailbox_id, passed.account, remote)
+
+
+async def open_session(rt: Runtime, mailbox_id: int, address: str, remote: str) -> SessionInfo:
     token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     now = utcnow()
     expires = now + dt.timedelta(seconds=rt.settings.portal.session_lifetime)
@@ -190,14 +248,53 @@ async def login(rt: Runtime, ins: str, password: str, remote: str) -> SessionInf
         session.add(
             PortalSession(
                 token_hash=_sha(token),
-                mailbox_id=outcome.mailbox_id,
+                mailbox_id=mailbox_id,
                 csrf=csrf,
                 remote=remote[:100],
                 created_at=now,
                 expires_at=expires,
             )
         )
-    return SessionInfo(token, outcome.mailbox_id, outcome.address, csrf, expires)
+    return SessionInfo(token, mailbox_id, address, csrf, expires)
+
+
+async def must_enrol(rt: Runtime, info: SessionInfo) -> bool:
+    """Under ``second_factor = "totp"`` a patient who signed in by e-mailed code must enrol an app
+    before anything else."""
+    return rt.settings.portal.second_factor == "totp" and not await factors.enrolled(rt, info.mailbox_id)
+
+
+# ---------------------------------------------------------------------------------------------- reset
+
+
+async def request_reset(rt: Runtime, ins: str, remote: str) -> factors.Challenge:
+    """Forgotten password, first step: the same answer whether the INS is known or not."""
+    try:
+        ins = validate_ins(ins)
+    except InvalidINS:
+        raise PortalError(400, "Identifiant national de santé (INS) invalide.") from None
+    mb = await _patient_mailbox(rt, ins)
+    address = mb.address if mb else f"{ins.lower()}@patient"
+    return await factors.open_reset(rt, ins, mb.id if mb else None, address, remote)
+
+
+async def reset_password(rt: Runtime, token: str, code: str, password: str, remote: str) -> str:
+    """Forgotten password, second step: the e-mailed code, then the new password (the activation's
+    policy). Every trusted device and every portal session of the account end. Returns the INS."""
+    check_password(password)
+    passed = await factors.verify(rt, token, code, factors.RESET, remote)
+    assert passed.mailbox_id is not None
+    await accounts.set_password(rt, passed.account, password)
+
+    def work(session: Session) -> None:
+        factors.forget_devices_in(session, passed.mailbox_id or 0)
+        session.execute(delete(PortalSession).where(PortalSession.mailbox_id == passed.mailbox_id))
+        Audit.record_in(
+            session, passed.account, "password-reset", remote, "portal reset", "password set, sessions ended"
+        )
+
+    await rt.db.run_write(work)
+    return passed.account.partition("@")[0].upper()
 
 
 async def resume(rt: Runtime, token: str) -> SessionInfo | None:

@@ -32,6 +32,9 @@ def test_defaults_and_conversions(tmp_path: Path) -> None:
     assert s.limits.message_size == 10 * 1024 * 1024
     assert s.limits.smtp_idle_timeout == 300
     assert s.limits.recipients_per_message == 100
+    # the patient portal asks a second factor unless the operator says otherwise (health data)
+    assert (s.portal.second_factor, s.portal.trust_device, s.portal.code_tries) == ("email_or_totp", 30, 5)
+    assert (s.portal.code_lifetime, s.portal.code_interval) == (600, 60)
     assert (s.limits.folder_name_length, s.limits.folder_depth, s.limits.folders_per_mailbox) == (
         255,
         16,
@@ -96,6 +99,9 @@ def test_defaults_and_conversions(tmp_path: Path) -> None:
         ('[patients]\nalert_interval = "soon"\n', "[patients] alert_interval: expected a duration"),
         ('[imap]\nprivate_flags = ["\\\\Deleted"]\n', "private_flags: '\\\\Deleted' cannot be private"),
         ('[imap]\nprivate_flags = ["a b"]\n', "[imap] private_flags: 'a b' cannot be private"),
+        ('[portal]\nsecond_factor = "sms"\n', "[portal] second_factor: expected one of 'off', 'email'"),
+        ("[portal]\ncode_tries = 0\n", "[portal] code_tries and code_lifetime: must be more than 0"),
+        ("[portal]\ntrust_device = -1\n", "[portal] trust_device: expected a non-negative integer"),
     ],
 )
 def test_bad_values_are_one_line_errors(tmp_path: Path, text: str, message: str) -> None:

@@ -315,6 +315,7 @@ def scenario(run: Cli, inst: Instance, pki: Any, tmp_path: Path) -> None:
     assert run.json("patient", "show", INS)["email"] == "p.petit@perso.example.test"
     run("patient", "import", str(SHARED / "patients.csv"))
     assert "activation code for" in run("patient", "invite", INS)
+    run("patient", "invite", INS, "--send", code=1)  # this instance has no [relay]: refused, nothing sent
 
     inst.submit(MARTIN, [REMOTE], "vers un autre opérateur")
     inst.submit(MARTIN, [PATIENT], "Vos résultats")

@@ -40,6 +40,7 @@ class PortalPage:
 PAGES = [
     PortalPage("connexion", "/connexion", login=False),
     PortalPage("activation", "/activation", login=False),
+    PortalPage("mot de passe oublié", "/mot-de-passe-oublie", login=False),
     PortalPage("conversations", "/conversations"),
     PortalPage("conversation", "/conversations/{conversation}", route="/conversations/{id}"),
     PortalPage("nouveau message", "/nouveau-message"),
@@ -51,6 +52,10 @@ PAGES = [
     PortalPage("erreur : page inconnue", "/page-inconnue", route="(404)"),
     PortalPage("erreur : page inconnue, hors session", "/page-inconnue", login=False, route="(404)"),
 ]
+
+# Pages reached only inside a flow (a pending second step; the second factor on, which the fixture of
+# this list turns off): tests/portal/test_second_factor.py runs ``check`` on each where it walks them.
+FLOW_PAGES = ("/connexion/code", "/mot-de-passe-oublie/code", "/parametres/application")
 
 # GET routes that are not HTML pages: redirects, files, JSON, XML.
 NOT_PAGES = (

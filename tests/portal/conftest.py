@@ -25,6 +25,9 @@ class Portal:
 @pytest.fixture
 async def portal(runtime: Runtime) -> AsyncIterator[Portal]:
     runtime.settings.portal.secure_cookies = False
+    # Tests of reading and replying sign in with the password alone; tests/portal/test_second_factor.py
+    # runs the second factor (the default, email_or_totp) through the same pages.
+    runtime.settings.portal.second_factor = "off"
     runtime.settings.portal.listen = ["127.0.0.1:0"]
     await populate(runtime)
     await add_patient(runtime.db, make_record(PATIENT_INS, "Petit", "Pierrette", "F", "1962-11-23"))
