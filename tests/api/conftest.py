@@ -36,6 +36,9 @@ class API:
 async def api(runtime: Runtime, pki: Any) -> AsyncIterator[API]:
     runtime.settings.portal.secure_cookies = False
     runtime.settings.portal.listen = ["127.0.0.1:0"]
+    # Patients here sign in with their password alone (the second factor has its own tests in
+    # tests/portal/test_second_factor.py, and these patients have no personal address to get a code).
+    runtime.settings.portal.second_factor = "off"
     async with running(runtime, pki) as imap:
         await accounts.add_mailbox(runtime, DPI, "APP", display_name="DPI de l'hôpital")
         _id, secret = await accounts.add_app_password(runtime, DPI, "dpi")
