@@ -129,8 +129,10 @@ class Authenticator:
         client_ca: str = "",
         metrics: Metrics = UNSCRAPED,
         revocation: RevocationChecker | None = None,
+        patients_through_portal: bool = False,
     ) -> None:
         self.db = db
+        self.patients_through_portal = patients_through_portal
         self.metrics = metrics
         self.settings = settings
         self.audit = audit
@@ -140,6 +142,17 @@ class Authenticator:
         self._turn = asyncio.Condition()
         self._holding = 0  # attempts of this process holding places in the counters
         self.cache = CredentialCache(settings.credential_cache_ttl, settings.credential_cache_size)
+
+    def refusal(self, mb: Mailbox, method: str, service: str) -> str | None:
+        """Why ``mb`` may not log in by ``method`` on ``service``, or None: the mailbox's allowed
+        methods (``allows``), and a patient's second factor: when the portal asks one
+        (``[portal] second_factor``), a patient's password opens only the portal, never IMAP,
+        submission or the API, which would read their health data with the password alone."""
+        if not allows(mb, method):
+            return f"{method} not allowed for this mailbox"
+        if mb.type == "PAT" and self.patients_through_portal and service != "portal":
+            return PORTAL_ONLY
+        return None
 
     @contextlib.asynccontextmanager
     async def _taking_turns(self) -> AsyncIterator[None]:
@@ -278,9 +291,15 @@ class Authenticator:
                 lambda s: self._give_back(s, account_key, ip_key, None, event), brief=True
             )
             return AuthOutcome(None, None, "disabled")
-        if not allows(mb, verdict.method):  # same reply as a wrong secret: no oracle; counts as one
-            why = f"{verdict.method} not allowed for this mailbox"
-            await self.audit.record(mb.address, "login-failure", remote, f"{request} ({verdict.detail})", why)
+        why = self.refusal(mb, verdict.method, service)
+        if why:  # same reply as a wrong secret: no oracle
+            event = (mb.address, "login-failure", remote, f"{request} ({verdict.detail})", why)
+            if why == PORTAL_ONLY:  # the right password: a patient's mail client must not lock them out
+                await self.db.run_write(
+                    lambda s: self._give_back(s, account_key, ip_key, None, event), brief=True
+                )
+            else:  # counts as one failure
+                await self.audit.record(*event)
             return AuthOutcome(None, None, "invalid")
         event = (mb.address, "login", remote, f"{request} ({verdict.detail})", "ok")
         credential = Credential(verdict.app_id, "") if verdict.app_id is not None else None
@@ -421,7 +440,7 @@ class Authenticator:
                 session, address, "login-failure", remote, f"{request} ({detail})", "mailbox disabled"
             )
             return AuthOutcome(None, None, "disabled", method=method)
-        if not allows(mb, method):
+        if self.refusal(mb, method, service):
             return None  # the full path refuses it and counts it, as for any method not allowed
         session.execute(
             delete(AuthFailure).where(
@@ -628,6 +647,7 @@ class Authenticator:
 
 
 METHODS = ("password", "app-password", "oauth", "cert")
+PORTAL_ONLY = "patients sign in through the portal (second factor)"
 
 
 def allows(mb: Mailbox, method: str) -> bool:

@@ -71,6 +71,7 @@ class Runtime:
             settings.tls.peer_ca,
             metrics=metrics,
             revocation=logins,
+            patients_through_portal=settings.portal.second_factor != "off",
         )
         return cls(settings, db, blobs, notifier, store, audit, passwords, auth, metrics, revocation)
 

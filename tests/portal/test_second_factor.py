@@ -8,9 +8,11 @@ by sleeping."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import email.utils
 import re
+import smtplib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -637,3 +639,38 @@ async def test_the_trusted_device_cookie_is_secure_behind_tls(portal: Portal2FA,
     assert not await factors.trusted(rt, mailbox_id, value[:-2] + "xx")
     clock(utcnow() + dt.timedelta(days=31))
     assert not await factors.trusted(rt, mailbox_id, value)
+
+
+async def test_a_patients_password_alone_opens_only_the_portal(portal: Portal2FA) -> None:
+    """Found by a new user: with the second factor on, the patient's password opened submission and
+    the API (their whole mailbox) with no code. It now opens only the portal, where the code follows;
+    elsewhere it is refused like a wrong password, and audited with the reason."""
+
+    def submit_login() -> int:
+        with smtplib.SMTP("127.0.0.1", portal.env.ports["submission"], timeout=10) as c:
+            c.starttls(context=portal.env.user())
+            try:
+                return c.login(PATIENT, PATIENT_PASSWORD)[0]
+            except smtplib.SMTPAuthenticationError as exc:
+                return exc.smtp_code
+
+    assert await asyncio.to_thread(submit_login) == 535
+    basic = base64.b64encode(f"{PATIENT}:{PATIENT_PASSWORD}".encode()).decode()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"{portal.url}/api/v1/mailboxes/{PATIENT}/messages", headers={"Authorization": f"Basic {basic}"}
+        ) as r,
+    ):
+        assert r.status == 401
+    async with portal.rt.db.read() as session:
+        reasons = (
+            await session.execute(select(AuditEvent.response).where(AuditEvent.action == "login-failure"))
+        ).scalars()
+        # smtplib tries PLAIN then LOGIN: each attempt is refused and audited, then the API's
+        assert list(reasons).count("patients sign in through the portal (second factor)") >= 2
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{portal.url}/api/login", json={"ins": PATIENT_INS, "password": PATIENT_PASSWORD}) as r,
+    ):
+        assert r.status == 202  # the portal takes the password, then asks the code
