@@ -22,7 +22,6 @@ Invariants (each one has a test in tests/store/):
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -45,9 +44,10 @@ from mailserver.audit import INSERT_EVENTS, event_row
 from mailserver.db.engine import Database, WriteSession
 from mailserver.db.models import Blob, Domain, Expunged, Folder, Mailbox, Message, Subscription, utcnow
 from mailserver.db.prepared import Prepared
-from mailserver.store import mime
+from mailserver.store import mime, queries
 from mailserver.store.blobs import BlobStore, WrittenBlob
 from mailserver.store.notify import CHANNEL, Notifier
+from mailserver.store.queries import FolderCounts, FolderInfo, MessageInfo, flags_from_text, flags_to_text
 
 log = logging.getLogger("caducee.store")
 
@@ -90,27 +90,6 @@ class FolderNotFound(StoreError):
 class FolderExists(StoreError):
     def __init__(self, name: str) -> None:
         super().__init__("ALREADYEXISTS", f"a folder named {name!r} already exists")
-
-
-@dataclass(frozen=True)
-class FolderInfo:
-    id: int
-    mailbox_id: int
-    name: str
-    special_use: str | None
-    uidvalidity: int
-    uidnext: int
-    highestmodseq: int
-
-
-@dataclass(frozen=True)
-class MessageInfo:
-    uid: int
-    modseq: int
-    flags: frozenset[str]
-    size: int
-    internal_date: dt.datetime
-    blob_id: int
 
 
 @dataclass(frozen=True)
@@ -157,14 +136,6 @@ T = TypeVar("T")
 class FlagChange:
     changed: list[MessageInfo]
     modified: list[int]
-
-
-def flags_to_text(flags: Iterable[str]) -> str:
-    return " ".join(sorted(set(flags)))
-
-
-def flags_from_text(value: str) -> frozenset[str]:
-    return frozenset(value.split()) if value else frozenset()
 
 
 def normalize_folder(name: str) -> str:
@@ -276,10 +247,6 @@ def _bump(session: Session, folder: Folder, new_uids: int = 0) -> tuple[int, int
     folder.highestmodseq += 1
     session.flush()
     return first_uid, folder.highestmodseq
-
-
-def _info(m: Message) -> MessageInfo:
-    return MessageInfo(m.uid, m.modseq, flags_from_text(m.flags), m.size, m.internal_date, m.blob_id)
 
 
 def _folder_info(f: Folder) -> FolderInfo:
@@ -502,7 +469,10 @@ class Store:
     async def read_blob(self, blob_id: int) -> bytes:
         """The message's bytes; :class:`MessageUnavailable` when its file cannot be read."""
         async with self.db.read() as session:
-            path, data = (await session.execute(select(Blob.path, Blob.data).where(Blob.id == blob_id))).one()
+            found = await session.run_sync(queries.blob_content, blob_id)
+        if found is None:
+            raise StoreError("NONEXISTENT", f"no blob {blob_id}")
+        path, data = found
         if data is not None:
             return bytes(data)
         try:
@@ -526,18 +496,18 @@ class Store:
     async def blob_meta(self, blob_id: int) -> dict[str, Any]:
         """The analysis made at delivery (envelope, body structure, offsets, header fields)."""
         async with self.db.read() as session:
-            meta = (await session.execute(select(Blob.meta).where(Blob.id == blob_id))).scalar_one()
+            meta = await session.run_sync(queries.blob_meta, blob_id)
+        if meta is None:
+            raise StoreError("NONEXISTENT", f"no blob {blob_id}")
         return _meta_cached(blob_id, meta)
 
     async def blob_metas(self, blob_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
         ids = list(set(blob_ids))
-        out: dict[int, dict[str, Any]] = {}
+        if not ids:
+            return {}
         async with self.db.read() as session:
-            for i in range(0, len(ids), 500):
-                rows = await session.execute(select(Blob.id, Blob.meta).where(Blob.id.in_(ids[i : i + 500])))
-                for blob_id, meta in rows:
-                    out[blob_id] = _meta_cached(blob_id, meta)
-        return out
+            rows = await session.run_sync(queries.blob_metas, ids)
+        return {blob_id: _meta_cached(blob_id, meta) for blob_id, meta in rows}
 
     # ----------------------------------------------------------------- delivery (SMTP, portal)
 
@@ -826,10 +796,8 @@ class Store:
 
     async def folders(self, mailbox_id: int) -> list[FolderInfo]:
         async with self.db.read() as session:
-            rows = await session.execute(
-                select(Folder).where(Folder.mailbox_id == mailbox_id).order_by(Folder.name)
-            )
-            return [_folder_info(f) for f in rows.scalars()]
+            found = await session.run_sync(queries.folders_of, mailbox_id)
+        return sorted(found, key=lambda f: f.name)
 
     async def existing_folders(self, folder_ids: Iterable[int]) -> set[int]:
         """Which of these folders still exist (IMAP forgets what it keeps in memory for the others)."""
@@ -844,19 +812,46 @@ class Store:
     async def listing(self, mailbox_id: int) -> tuple[list[FolderInfo], set[str]]:
         """The folders and the subscribed names (RFC 9051 §6.3.9 LIST), read in one transaction; columns,
         not ORM objects: up to ``folders_per_mailbox`` of them, read on the event loop on SQLite."""
-        columns = [getattr(Folder, f.name) for f in dataclasses.fields(FolderInfo)]
         async with self.db.read() as session:
-            rows = await session.execute(select(*columns).where(Folder.mailbox_id == mailbox_id))
-            folders = [FolderInfo(*row) for row in rows]
-            return folders, await self._subscription_names(session, mailbox_id)
+            folders = await session.run_sync(queries.folders_of, mailbox_id)
+            return folders, await session.run_sync(queries.subscriptions_of, mailbox_id)
 
     async def folder(self, mailbox_id: int, name: str) -> FolderInfo:
         async with self.db.read() as session:
-            return _folder_info(await self._folder(session, mailbox_id, name))
+            f = await session.run_sync(queries.folder_by_name, mailbox_id, normalize_folder(name))
+        if f is None:
+            raise FolderNotFound(name)
+        return f
 
     async def folder_by_id(self, folder_id: int) -> FolderInfo:
         async with self.db.read() as session:
-            return _folder_info(await session.run_sync(_folder_by_id, folder_id))
+            f = await session.run_sync(queries.folder_by_id, folder_id)
+        if f is None:
+            raise StoreError("NONEXISTENT", "the folder no longer exists")
+        return f
+
+    async def open_folder(self, mailbox_id: int, name: str) -> tuple[FolderInfo, list[MessageInfo]]:
+        """SELECT/EXAMINE: the folder named ``name`` and all its messages in UID order, one snapshot."""
+        async with self.db.read() as session:
+            f = await session.run_sync(queries.folder_by_name, mailbox_id, normalize_folder(name))
+            if f is None:
+                raise FolderNotFound(name)
+            return f, await session.run_sync(queries.all_messages, f.id)
+
+    async def status(
+        self, mailbox_id: int, name: str | None, folder_id: int = 0, uids: bool = False
+    ) -> tuple[FolderInfo, FolderCounts, list[int]]:
+        """STATUS: the folder (by ``name`` in the mailbox, else by ``folder_id``), what it counts (by
+        the database, not by loading its messages) and, when asked (RECENT), its UIDs; one snapshot."""
+        async with self.db.read() as session:
+            if name is not None:
+                f = await session.run_sync(queries.folder_by_name, mailbox_id, normalize_folder(name))
+            else:
+                f = await session.run_sync(queries.folder_by_id, folder_id)
+            if f is None:
+                raise FolderNotFound(name or str(folder_id))
+            counts = await session.run_sync(queries.folder_counts, f.id)
+            return f, counts, (await session.run_sync(queries.uids, f.id) if uids else [])
 
     async def create_folder(self, mailbox_id: int, name: str, special_use: str | None = None) -> FolderInfo:
         """Create ``name`` and any missing parents (RFC 9051 §6.3.4); existing name → FolderExists.
@@ -1002,16 +997,15 @@ class Store:
     async def snapshot(self, folder_id: int) -> tuple[FolderInfo, list[MessageInfo]]:
         """The folder and all its messages in UID order, read in one consistent transaction."""
         async with self.db.read() as session:
-            f = await session.run_sync(_folder_by_id, folder_id)
-            rows = await session.execute(
-                select(Message).where(Message.folder_id == folder_id).order_by(Message.uid)
-            )
-            return _folder_info(f), [_info(m) for m in rows.scalars()]
+            f = await session.run_sync(queries.folder_by_id, folder_id)
+            if f is None:
+                raise StoreError("NONEXISTENT", "the folder no longer exists")
+            return f, await session.run_sync(queries.all_messages, folder_id)
 
     async def messages(self, folder_id: int, uids: Iterable[int]) -> list[MessageInfo]:
         """The current state of some messages in UID order (IMAP FETCH/STORE read only what they need)."""
         async with self.db.read() as session:
-            return [_info(m) for m in await session.run_sync(_messages, folder_id, sorted(set(uids)))]
+            return await session.run_sync(queries.messages, folder_id, sorted(set(uids)))
 
     async def changes_since(
         self, folder_id: int, modseq: int
@@ -1020,20 +1014,13 @@ class Store:
         Every change to a folder's messages raises its HIGHESTMODSEQ: when that has not moved there is
         nothing more to read (an IMAP NOOP's usual answer)."""
         async with self.db.read() as session:
-            f = await session.run_sync(_folder_by_id, folder_id)
+            f = await session.run_sync(queries.folder_by_id, folder_id)
+            if f is None:
+                raise StoreError("NONEXISTENT", "the folder no longer exists")
             if f.highestmodseq <= modseq:
-                return _folder_info(f), [], []
-            rows = await session.execute(
-                select(Message)
-                .where(Message.folder_id == folder_id, Message.modseq > modseq)
-                .order_by(Message.uid)
-            )
-            gone = await session.execute(
-                select(Expunged.uid)
-                .where(Expunged.folder_id == folder_id, Expunged.modseq > modseq)
-                .order_by(Expunged.uid)
-            )
-            return _folder_info(f), [_info(m) for m in rows.scalars()], list(gone.scalars())
+                return f, [], []
+            changed, gone = await session.run_sync(queries.changed_since, folder_id, modseq)
+            return f, changed, gone
 
     async def append(
         self, mailbox_id: int, folder: str, items: Sequence[tuple[bytes, Iterable[str], dt.datetime | None]]
@@ -1157,14 +1144,17 @@ class Store:
 
         def work(session: Session, changed: _Changed) -> FlagChange:
             # Flags change no usage: the folder's row lock alone orders concurrent STOREs.
-            f = _folder_by_id(session, folder_id, lock=True)
+            locked = queries.lock_folder(session, folder_id)
+            if locked is None:
+                raise StoreError("NONEXISTENT", "the folder no longer exists")
             modified: list[int] = []
-            todo: list[tuple[Message, str]] = []
-            for m in _messages(session, folder_id, wanted):
-                if unchangedsince is not None and m.modseq > unchangedsince:
-                    modified.append(m.uid)
+            todo: list[tuple[Sequence[Any], str]] = []
+            for row in queries.message_rows(session, folder_id, wanted):
+                _id, uid, modseq, text, *_rest = row
+                if unchangedsince is not None and modseq > unchangedsince:
+                    modified.append(uid)
                     continue
-                current = flags_from_text(m.flags)
+                current = flags_from_text(text)
                 new = (
                     (current | flag_set)
                     if mode == "add"
@@ -1173,14 +1163,13 @@ class Store:
                     else flag_set
                 )
                 if new != current:
-                    todo.append((m, flags_to_text(new)))
-            if todo:
-                _, modseq = _bump(session, f)
-                for m, new_text in todo:
-                    m.flags, m.modseq = new_text, modseq
-                changed.add((f.mailbox_id, f.id))
-            session.flush()
-            return FlagChange([_info(m) for m, _ in todo], modified)
+                    todo.append((row, flags_to_text(new)))
+            if not todo:
+                return FlagChange([], modified)
+            modseq = queries.bump_folder(session, folder_id)
+            queries.set_flags(session, [(row[0], new_text) for row, new_text in todo], modseq)
+            changed.add((locked[0], folder_id))
+            return FlagChange([queries.row_info(row, new_text, modseq) for row, new_text in todo], modified)
 
         return await self._run_write(work, brief=len(wanted) <= _BRIEF_STORE)
 
@@ -1188,41 +1177,62 @@ class Store:
         """Remove messages flagged \\Deleted (only among ``uids`` when given, RFC 4315 UID EXPUNGE);
         brief when ``uids`` names at most ``_BRIEF_STORE`` messages."""
         wanted = sorted(set(uids)) if uids is not None else None
-        brief = wanted is not None and len(wanted) <= _BRIEF_STORE
-        async with self._write(brief=brief) as (session, changed):
-            f = await session.run_sync(_folder_by_id, folder_id)
-            mb = await self._lock_mailbox(session, f.mailbox_id)
-            f = await session.run_sync(_folder_by_id, folder_id, True)
-            q = (  # the database narrows to rows naming the flag; the exact test is below
-                select(Message)
-                .where(Message.folder_id == folder_id, Message.flags.contains("\\Deleted", autoescape=True))
-                .order_by(Message.uid)
-            )
-            candidates = (
-                await session.run_sync(_messages, folder_id, wanted)
-                if wanted is not None
-                else list((await session.execute(q)).scalars())
-            )
-            gone = [m for m in candidates if "\\Deleted" in flags_from_text(m.flags)]
-            if not gone:
-                return []
-            paths = await self._remove_messages(session, mb, f, gone)
-            await self._warning_due(session, mb)
-            changed.add((mb.id, f.id))
-        await self._remove_files(paths)
-        return [m.uid for m in gone]
+        if wanted is None:  # brief when few messages are flagged (read first; only a cost bound)
+            async with self.db.read() as session:
+                brief = len(await session.run_sync(queries.deleted_rows, folder_id)) <= _BRIEF_STORE
+        else:
+            brief = len(wanted) <= _BRIEF_STORE
 
-    async def _remove_messages(
-        self, session: AsyncSession, mb: Mailbox, f: Folder, gone: list[Message]
+        def work(session: Session, changed: _Changed) -> tuple[list[int], list[str]]:
+            f = queries.folder_by_id(session, folder_id)
+            if f is None:
+                raise StoreError("NONEXISTENT", "the folder no longer exists")
+            mb = queries.lock_mailbox(session, f.mailbox_id)  # the mailbox first, then the folder
+            if mb is None or queries.lock_folder(session, folder_id) is None:
+                raise StoreError("NONEXISTENT", "the folder no longer exists")
+            candidates = (  # without a UID set, the database narrows to rows naming the flag
+                queries.message_rows(session, folder_id, wanted)
+                if wanted is not None
+                else queries.deleted_rows(session, folder_id)
+            )
+            gone = [r for r in candidates if "\\Deleted" in flags_from_text(r[3])]
+            if not gone:
+                return [], []
+            modseq = queries.bump_folder(session, folder_id)
+            queries.remove_messages(session, folder_id, gone, modseq)
+            paths = self._release_rows(session, f.mailbox_id, mb, gone)
+            changed.add((f.mailbox_id, folder_id))
+            return [r[1] for r in gone], paths
+
+        gone, paths = await self._run_write(work, brief=brief)
+        await self._remove_files(paths)
+        return gone
+
+    def _release_rows(
+        self, session: Session, mailbox_id: int, mb: Sequence[Any], removed: Sequence[Sequence[Any]]
     ) -> list[str]:
-        _, modseq = await session.run_sync(_bump, f)
-        for m in gone:
-            session.add(Expunged(folder_id=f.id, uid=m.uid, modseq=modseq))
-        ids = [m.id for m in gone]
-        for i in range(0, len(ids), 500):
-            await session.execute(delete(Message).where(Message.id.in_(ids[i : i + 500])))
-        await session.flush()
-        return await self._release(session, mb, gone)
+        """``_release`` for message rows already deleted (``queries.remove_messages``) from the mailbox
+        locked as ``mb`` (``queries.lock_mailbox``): usage, references, the warning level lowered.
+        Returns the files to delete after commit."""
+        _address, used_bytes, used_messages, _warned, mq_s, mq_m, dq_s, dq_m = mb
+        used_messages -= len(removed)
+        counts: dict[int, int] = {}
+        for row in removed:
+            counts[row[6]] = counts.get(row[6], 0) + 1
+        to_delete: list[str] = []
+        for blob_id, count in counts.items():
+            released = queries.release_blob(session, blob_id, count)
+            if released is None:
+                continue
+            size, path, gone = released
+            if not queries.holds_blob(session, mailbox_id, blob_id):
+                used_bytes -= size
+            if gone and path is not None:
+                to_delete.append(path)
+        limits = quota.effective_limits(mq_s, mq_m, dq_s, dq_m, self.default_storage, self.default_messages)
+        warned = quota.warning_level(used_bytes, limits, self.warn_levels) if self.warn_levels else _warned
+        queries.set_usage(session, mailbox_id, used_bytes, used_messages, warned)
+        return to_delete
 
     async def usage(self, mailbox_id: int) -> tuple[quota.Usage, quota.Limits]:
         async with self.db.read() as session:
