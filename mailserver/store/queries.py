@@ -29,12 +29,24 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
     update,
 )
 from sqlalchemy.orm import Session
 
-from mailserver.db.models import Blob, Domain, Expunged, Folder, Mailbox, Membership, Message, Subscription
+from mailserver.db.models import (
+    AppPassword,
+    AuthFailure,
+    Blob,
+    Domain,
+    Expunged,
+    Folder,
+    Mailbox,
+    Membership,
+    Message,
+    Subscription,
+)
 from mailserver.db.prepared import Prepared
 
 _F, _M, _B, _E = Folder.__table__, Message.__table__, Blob.__table__, Expunged.__table__
@@ -74,8 +86,14 @@ def flags_from_text(value: str) -> frozenset[str]:
     return frozenset(value.split()) if value else frozenset()
 
 
-def _conn(session: Session) -> Connection:
-    return session.connection()
+# The transaction a function runs in: ``run_write``'s ``Session``, or a connection (``run_core``).
+Tx = Session | Connection
+
+
+def _conn(session: Tx) -> Connection:
+    """Functions here take the transaction's ``Session`` (``run_write``'s work) or its connection
+    (``run_core``)."""
+    return session if isinstance(session, Connection) else session.connection()
 
 
 # --------------------------------------------------------------------------- folders
@@ -103,25 +121,25 @@ _MEMBERSHIPS_OF = Prepared(
 )
 
 
-def folder_by_id(session: Session, folder_id: int) -> FolderInfo | None:
+def folder_by_id(session: Tx, folder_id: int) -> FolderInfo | None:
     rows = _FOLDER_BY_ID.rows(_conn(session), {"id": folder_id})
     return FolderInfo(*rows[0]) if rows else None
 
 
-def folder_by_name(session: Session, mailbox_id: int, name: str) -> FolderInfo | None:
+def folder_by_name(session: Tx, mailbox_id: int, name: str) -> FolderInfo | None:
     rows = _FOLDER_BY_NAME.rows(_conn(session), {"mid": mailbox_id, "name": name})
     return FolderInfo(*rows[0]) if rows else None
 
 
-def folders_of(session: Session, mailbox_id: int) -> list[FolderInfo]:
+def folders_of(session: Tx, mailbox_id: int) -> list[FolderInfo]:
     return [FolderInfo(*row) for row in _FOLDERS_OF.rows(_conn(session), {"mid": mailbox_id})]
 
 
-def subscriptions_of(session: Session, mailbox_id: int) -> set[str]:
+def subscriptions_of(session: Tx, mailbox_id: int) -> set[str]:
     return {row[0] for row in _SUBSCRIPTIONS_OF.rows(_conn(session), {"mid": mailbox_id})}
 
 
-def memberships_of(session: Session, member_id: int) -> list[tuple[int, str, str]]:
+def memberships_of(session: Tx, member_id: int) -> list[tuple[int, str, str]]:
     """(mailbox id, address, rights) of the shared mailboxes ``member_id`` belongs to, by address."""
     return [tuple(row) for row in _MEMBERSHIPS_OF.rows(_conn(session), {"mid": member_id})]  # type: ignore[misc]
 
@@ -188,29 +206,29 @@ def _by_uids(
     return out
 
 
-def messages(session: Session, folder_id: int, uids: Sequence[int]) -> list[MessageInfo]:
+def messages(session: Tx, folder_id: int, uids: Sequence[int]) -> list[MessageInfo]:
     """The messages of ``uids`` (ascending, distinct) that exist, in UID order."""
     rows = _by_uids(_conn(session), _SPAN_MESSAGES, _LISTED_MESSAGES, folder_id, uids)
     return [message_info(r) for r in rows]
 
 
-def all_messages(session: Session, folder_id: int) -> list[MessageInfo]:
+def all_messages(session: Tx, folder_id: int) -> list[MessageInfo]:
     return [message_info(r) for r in _ALL_MESSAGES.rows(_conn(session), {"fid": folder_id})]
 
 
-def changed_since(session: Session, folder_id: int, modseq: int) -> tuple[list[MessageInfo], list[int]]:
+def changed_since(session: Tx, folder_id: int, modseq: int) -> tuple[list[MessageInfo], list[int]]:
     """Messages changed or added after ``modseq``, and the UIDs expunged after it."""
     conn, values = _conn(session), {"fid": folder_id, "modseq": modseq}
     changed = [message_info(r) for r in _CHANGED_SINCE.rows(conn, values)]
     return changed, [row[0] for row in _EXPUNGED_SINCE.rows(conn, values)]
 
 
-def message_rows(session: Session, folder_id: int, uids: Sequence[int]) -> list[Sequence[Any]]:
+def message_rows(session: Tx, folder_id: int, uids: Sequence[int]) -> list[Sequence[Any]]:
     """For a write: ``_ROW_COLUMNS`` of the messages of ``uids`` (ascending, distinct)."""
     return _by_uids(_conn(session), _SPAN_ROWS, _LISTED_ROWS, folder_id, uids)
 
 
-def deleted_rows(session: Session, folder_id: int) -> list[Sequence[Any]]:
+def deleted_rows(session: Tx, folder_id: int) -> list[Sequence[Any]]:
     """For EXPUNGE: ``_ROW_COLUMNS`` of the rows whose flags text names ``\\Deleted``."""
     return _DELETED_ROWS.rows(_conn(session), {"fid": folder_id})
 
@@ -263,12 +281,12 @@ class FolderCounts:
     deleted_size: int
 
 
-def folder_counts(session: Session, folder_id: int) -> FolderCounts:
+def folder_counts(session: Tx, folder_id: int) -> FolderCounts:
     (row,) = _STATUS_COUNTS.rows(_conn(session), {"fid": folder_id})
     return FolderCounts(*(int(v) for v in row))
 
 
-def uids(session: Session, folder_id: int) -> list[int]:
+def uids(session: Tx, folder_id: int) -> list[int]:
     return [row[0] for row in _UIDS.rows(_conn(session), {"fid": folder_id})]
 
 
@@ -279,12 +297,12 @@ _BLOB_CONTENT = Prepared(select(_B.c.path, _B.c.data).where(_B.c.id == bindparam
 _BLOB_METAS = select(_B.c.id, _B.c.meta).where(_B.c.id.in_(bindparam("ids", expanding=True)))
 
 
-def blob_meta(session: Session, blob_id: int) -> str | None:
+def blob_meta(session: Tx, blob_id: int) -> str | None:
     rows = _BLOB_META.rows(_conn(session), {"id": blob_id})
     return rows[0][0] if rows else None
 
 
-def blob_metas(session: Session, blob_ids: Sequence[int]) -> list[tuple[int, str]]:
+def blob_metas(session: Tx, blob_ids: Sequence[int]) -> list[tuple[int, str]]:
     """(blob id, meta JSON) of those that exist; one statement when there is one."""
     conn = _conn(session)
     if len(blob_ids) == 1:
@@ -296,7 +314,7 @@ def blob_metas(session: Session, blob_ids: Sequence[int]) -> list[tuple[int, str
     return out
 
 
-def blob_content(session: Session, blob_id: int) -> tuple[str | None, bytes | None] | None:
+def blob_content(session: Tx, blob_id: int) -> tuple[str | None, bytes | None] | None:
     """(file path, inline bytes) of a blob, None when it does not exist."""
     rows = _BLOB_CONTENT.rows(_conn(session), {"id": blob_id})
     return (rows[0][0], rows[0][1]) if rows else None
@@ -360,46 +378,46 @@ _HOLDS_BLOB = Prepared(
 )
 
 
-def lock_folder(session: Session, folder_id: int) -> tuple[int, int] | None:
+def lock_folder(session: Tx, folder_id: int) -> tuple[int, int] | None:
     """(mailbox id, HIGHESTMODSEQ) of the folder, its row locked; None when it is gone."""
     rows = _LOCK_FOLDER.rows(_conn(session), {"id": folder_id})
     return (rows[0][0], rows[0][1]) if rows else None
 
 
-def bump_folder(session: Session, folder_id: int) -> int:
+def bump_folder(session: Tx, folder_id: int) -> int:
     """Raise the folder's HIGHESTMODSEQ; returns the new one (the changed messages' MODSEQ)."""
     return int(_BUMP_FOLDER.rows(_conn(session), {"folder": folder_id})[0][0])
 
 
-def set_flags(session: Session, changes: Sequence[tuple[int, str]], modseq: int) -> None:
+def set_flags(session: Tx, changes: Sequence[tuple[int, str]], modseq: int) -> None:
     """(message id, new flags text) each, stamped ``modseq``: one statement, executed per message."""
     _SET_FLAGS.many(
         _conn(session), [{"mid": mid, "new_flags": text, "new_modseq": modseq} for mid, text in changes]
     )
 
 
-def lock_mailbox(session: Session, mailbox_id: int) -> Sequence[Any] | None:
+def lock_mailbox(session: Tx, mailbox_id: int) -> Sequence[Any] | None:
     """(address, used bytes, used messages, warned level, mailbox quotas ×2, domain quotas ×2)."""
     rows = _LOCK_MAILBOX.rows(_conn(session), {"id": mailbox_id})
     return rows[0] if rows else None
 
 
-def set_usage(session: Session, mailbox_id: int, used_bytes: int, used_messages: int, warned: int) -> None:
+def set_usage(session: Tx, mailbox_id: int, used_bytes: int, used_messages: int, warned: int) -> None:
     _SET_USAGE.many(_conn(session), [{"mbid": mailbox_id, "b": used_bytes, "n": used_messages, "w": warned}])
 
 
-def remove_messages(session: Session, folder_id: int, rows: Sequence[Sequence[Any]], modseq: int) -> None:
+def remove_messages(session: Tx, folder_id: int, rows: Sequence[Sequence[Any]], modseq: int) -> None:
     """Delete these ``_ROW_COLUMNS`` rows, leaving a tombstone at ``modseq`` for each (VANISHED)."""
     conn = _conn(session)
     _ADD_EXPUNGED.many(conn, [{"e_folder": folder_id, "e_uid": r[1], "e_modseq": modseq} for r in rows])
     _DELETE_MESSAGE.many(conn, [{"mid": r[0]} for r in rows])
 
 
-def holds_blob(session: Session, mailbox_id: int, blob_id: int) -> bool:
+def holds_blob(session: Tx, mailbox_id: int, blob_id: int) -> bool:
     return bool(_HOLDS_BLOB.rows(_conn(session), {"blob": blob_id, "mbid": mailbox_id})[0][0])
 
 
-def release_blob(session: Session, blob_id: int, count: int) -> tuple[int, str | None, bool] | None:
+def release_blob(session: Tx, blob_id: int, count: int) -> tuple[int, str | None, bool] | None:
     """Drop ``count`` references to a blob (its row locked); (its size, its file, whether it is gone
     now); None when there was no such blob."""
     rows = _LOCK_BLOB.rows(_conn(session), {"id": blob_id})
@@ -412,3 +430,93 @@ def release_blob(session: Session, blob_id: int, count: int) -> tuple[int, str |
     else:
         _SET_REFCOUNT.many(_conn(session), [{"blob": blob_id, "refs": refcount}])
     return int(size), path, refcount <= 0
+
+
+# --------------------------------------------------------------------------- logins (credential cache hits)
+
+_AP, _AF = AppPassword.__table__, AuthFailure.__table__
+
+
+@dataclass(frozen=True, slots=True)
+class LoginMailbox:
+    """The columns of a mailbox a login reads (named as on ``Mailbox``, which ``allows`` also takes)."""
+
+    id: int
+    address: str
+    password_hash: str | None
+    enabled: bool
+    type: str
+    rpps: str | None
+    auth_methods: str | None
+    last_login_at: dt.datetime | None
+    inactive_notice_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class LoginAppPassword:
+    id: int
+    password_hash: str
+
+
+_LOGIN_MAILBOX = Prepared(
+    select(
+        _MB.c.id,
+        _MB.c.address,
+        _MB.c.password_hash,
+        _MB.c.enabled,
+        _MB.c.type,
+        _MB.c.rpps,
+        _MB.c.auth_methods,
+        _MB.c.last_login_at,
+        _MB.c.inactive_notice_at,
+    ).where(_MB.c.address == bindparam("address"))
+)
+_APP_PASSWORDS = Prepared(select(_AP.c.id, _AP.c.password_hash).where(_AP.c.mailbox_id == bindparam("mbid")))
+_ACTIVE_LOCKS = Prepared(
+    select(_AF.c.key).where(
+        _AF.c.key.in_([bindparam("k1"), bindparam("k2")]),
+        _AF.c.locked_until.is_not(None),
+        _AF.c.locked_until > bindparam("now"),
+    )
+)
+# The account's counter cleared, unless a lock-out is set on it (another node's, re-checked here).
+_CLEAR_ACCOUNT = Prepared(
+    delete(_AF).where(
+        _AF.c.key == bindparam("account"),
+        or_(_AF.c.locked_until.is_(None), _AF.c.locked_until <= bindparam("now")),
+    )
+)
+_STAMP_LOGIN = Prepared(
+    update(_MB)
+    .where(_MB.c.id == bindparam("mbid"))
+    .values(last_login_at=bindparam("at"), inactive_notice_at=None)
+)
+_STAMP_APP_PASSWORD = Prepared(
+    update(_AP).where(_AP.c.id == bindparam("app")).values(last_used_at=bindparam("at"))
+)
+
+
+def login_mailbox(session: Tx, address: str) -> LoginMailbox | None:
+    rows = _LOGIN_MAILBOX.rows(_conn(session), {"address": address})
+    return LoginMailbox(*rows[0]) if rows else None
+
+
+def app_passwords(session: Tx, mailbox_id: int) -> list[LoginAppPassword]:
+    return [LoginAppPassword(*row) for row in _APP_PASSWORDS.rows(_conn(session), {"mbid": mailbox_id})]
+
+
+def active_locks(session: Tx, keys: tuple[str, str], now: dt.datetime) -> bool:
+    """Whether either lock-out counter is locked now."""
+    return bool(_ACTIVE_LOCKS.rows(_conn(session), {"k1": keys[0], "k2": keys[1], "now": now}))
+
+
+def clear_account(session: Tx, account_key: str, now: dt.datetime) -> None:
+    _CLEAR_ACCOUNT.many(_conn(session), [{"account": account_key, "now": now}])
+
+
+def stamp_login(session: Tx, mailbox_id: int, now: dt.datetime) -> None:
+    _STAMP_LOGIN.many(_conn(session), [{"mbid": mailbox_id, "at": now}])
+
+
+def stamp_app_password(session: Tx, app_id: int, now: dt.datetime) -> None:
+    _STAMP_APP_PASSWORD.many(_conn(session), [{"app": app_id, "at": now}])

@@ -34,14 +34,14 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import String, bindparam, cast, delete, exists, func, insert, select, text, update
+from sqlalchemy import Connection, String, bindparam, cast, delete, exists, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from config.settings import LimitsSettings, QuotaSettings
 from mailserver import quota
 from mailserver.audit import INSERT_EVENTS, event_row
-from mailserver.db.engine import Database, WriteSession
+from mailserver.db.engine import Database, WriteSession, run_core
 from mailserver.db.models import Blob, Domain, Expunged, Folder, Mailbox, Message, Subscription, utcnow
 from mailserver.db.prepared import Prepared
 from mailserver.store import mime, queries
@@ -469,7 +469,7 @@ class Store:
     async def read_blob(self, blob_id: int) -> bytes:
         """The message's bytes; :class:`MessageUnavailable` when its file cannot be read."""
         async with self.db.read() as session:
-            found = await session.run_sync(queries.blob_content, blob_id)
+            found = await run_core(session, queries.blob_content, blob_id)
         if found is None:
             raise StoreError("NONEXISTENT", f"no blob {blob_id}")
         path, data = found
@@ -496,7 +496,7 @@ class Store:
     async def blob_meta(self, blob_id: int) -> dict[str, Any]:
         """The analysis made at delivery (envelope, body structure, offsets, header fields)."""
         async with self.db.read() as session:
-            meta = await session.run_sync(queries.blob_meta, blob_id)
+            meta = await run_core(session, queries.blob_meta, blob_id)
         if meta is None:
             raise StoreError("NONEXISTENT", f"no blob {blob_id}")
         return _meta_cached(blob_id, meta)
@@ -506,7 +506,7 @@ class Store:
         if not ids:
             return {}
         async with self.db.read() as session:
-            rows = await session.run_sync(queries.blob_metas, ids)
+            rows = await run_core(session, queries.blob_metas, ids)
         return {blob_id: _meta_cached(blob_id, meta) for blob_id, meta in rows}
 
     # ----------------------------------------------------------------- delivery (SMTP, portal)
@@ -796,7 +796,7 @@ class Store:
 
     async def folders(self, mailbox_id: int) -> list[FolderInfo]:
         async with self.db.read() as session:
-            found = await session.run_sync(queries.folders_of, mailbox_id)
+            found = await run_core(session, queries.folders_of, mailbox_id)
         return sorted(found, key=lambda f: f.name)
 
     async def existing_folders(self, folder_ids: Iterable[int]) -> set[int]:
@@ -813,19 +813,19 @@ class Store:
         """The folders and the subscribed names (RFC 9051 §6.3.9 LIST), read in one transaction; columns,
         not ORM objects: up to ``folders_per_mailbox`` of them, read on the event loop on SQLite."""
         async with self.db.read() as session:
-            folders = await session.run_sync(queries.folders_of, mailbox_id)
-            return folders, await session.run_sync(queries.subscriptions_of, mailbox_id)
+            folders = await run_core(session, queries.folders_of, mailbox_id)
+            return folders, await run_core(session, queries.subscriptions_of, mailbox_id)
 
     async def folder(self, mailbox_id: int, name: str) -> FolderInfo:
         async with self.db.read() as session:
-            f = await session.run_sync(queries.folder_by_name, mailbox_id, normalize_folder(name))
+            f = await run_core(session, queries.folder_by_name, mailbox_id, normalize_folder(name))
         if f is None:
             raise FolderNotFound(name)
         return f
 
     async def folder_by_id(self, folder_id: int) -> FolderInfo:
         async with self.db.read() as session:
-            f = await session.run_sync(queries.folder_by_id, folder_id)
+            f = await run_core(session, queries.folder_by_id, folder_id)
         if f is None:
             raise StoreError("NONEXISTENT", "the folder no longer exists")
         return f
@@ -833,10 +833,10 @@ class Store:
     async def open_folder(self, mailbox_id: int, name: str) -> tuple[FolderInfo, list[MessageInfo]]:
         """SELECT/EXAMINE: the folder named ``name`` and all its messages in UID order, one snapshot."""
         async with self.db.read() as session:
-            f = await session.run_sync(queries.folder_by_name, mailbox_id, normalize_folder(name))
+            f = await run_core(session, queries.folder_by_name, mailbox_id, normalize_folder(name))
             if f is None:
                 raise FolderNotFound(name)
-            return f, await session.run_sync(queries.all_messages, f.id)
+            return f, await run_core(session, queries.all_messages, f.id)
 
     async def status(
         self, mailbox_id: int, name: str | None, folder_id: int = 0, uids: bool = False
@@ -845,13 +845,13 @@ class Store:
         the database, not by loading its messages) and, when asked (RECENT), its UIDs; one snapshot."""
         async with self.db.read() as session:
             if name is not None:
-                f = await session.run_sync(queries.folder_by_name, mailbox_id, normalize_folder(name))
+                f = await run_core(session, queries.folder_by_name, mailbox_id, normalize_folder(name))
             else:
-                f = await session.run_sync(queries.folder_by_id, folder_id)
+                f = await run_core(session, queries.folder_by_id, folder_id)
             if f is None:
                 raise FolderNotFound(name or str(folder_id))
-            counts = await session.run_sync(queries.folder_counts, f.id)
-            return f, counts, (await session.run_sync(queries.uids, f.id) if uids else [])
+            counts = await run_core(session, queries.folder_counts, f.id)
+            return f, counts, (await run_core(session, queries.uids, f.id) if uids else [])
 
     async def create_folder(self, mailbox_id: int, name: str, special_use: str | None = None) -> FolderInfo:
         """Create ``name`` and any missing parents (RFC 9051 §6.3.4); existing name → FolderExists.
@@ -997,15 +997,15 @@ class Store:
     async def snapshot(self, folder_id: int) -> tuple[FolderInfo, list[MessageInfo]]:
         """The folder and all its messages in UID order, read in one consistent transaction."""
         async with self.db.read() as session:
-            f = await session.run_sync(queries.folder_by_id, folder_id)
+            f = await run_core(session, queries.folder_by_id, folder_id)
             if f is None:
                 raise StoreError("NONEXISTENT", "the folder no longer exists")
-            return f, await session.run_sync(queries.all_messages, folder_id)
+            return f, await run_core(session, queries.all_messages, folder_id)
 
     async def messages(self, folder_id: int, uids: Iterable[int]) -> list[MessageInfo]:
         """The current state of some messages in UID order (IMAP FETCH/STORE read only what they need)."""
         async with self.db.read() as session:
-            return await session.run_sync(queries.messages, folder_id, sorted(set(uids)))
+            return await run_core(session, queries.messages, folder_id, sorted(set(uids)))
 
     async def changes_since(
         self, folder_id: int, modseq: int
@@ -1014,12 +1014,12 @@ class Store:
         Every change to a folder's messages raises its HIGHESTMODSEQ: when that has not moved there is
         nothing more to read (an IMAP NOOP's usual answer)."""
         async with self.db.read() as session:
-            f = await session.run_sync(queries.folder_by_id, folder_id)
+            f = await run_core(session, queries.folder_by_id, folder_id)
             if f is None:
                 raise StoreError("NONEXISTENT", "the folder no longer exists")
             if f.highestmodseq <= modseq:
                 return f, [], []
-            changed, gone = await session.run_sync(queries.changed_since, folder_id, modseq)
+            changed, gone = await run_core(session, queries.changed_since, folder_id, modseq)
             return f, changed, gone
 
     async def append(
@@ -1144,12 +1144,13 @@ class Store:
 
         def work(session: Session, changed: _Changed) -> FlagChange:
             # Flags change no usage: the folder's row lock alone orders concurrent STOREs.
-            locked = queries.lock_folder(session, folder_id)
+            conn = session.connection()
+            locked = queries.lock_folder(conn, folder_id)
             if locked is None:
                 raise StoreError("NONEXISTENT", "the folder no longer exists")
             modified: list[int] = []
             todo: list[tuple[Sequence[Any], str]] = []
-            for row in queries.message_rows(session, folder_id, wanted):
+            for row in queries.message_rows(conn, folder_id, wanted):
                 _id, uid, modseq, text, *_rest = row
                 if unchangedsince is not None and modseq > unchangedsince:
                     modified.append(uid)
@@ -1166,8 +1167,8 @@ class Store:
                     todo.append((row, flags_to_text(new)))
             if not todo:
                 return FlagChange([], modified)
-            modseq = queries.bump_folder(session, folder_id)
-            queries.set_flags(session, [(row[0], new_text) for row, new_text in todo], modseq)
+            modseq = queries.bump_folder(conn, folder_id)
+            queries.set_flags(conn, [(row[0], new_text) for row, new_text in todo], modseq)
             changed.add((locked[0], folder_id))
             return FlagChange([queries.row_info(row, new_text, modseq) for row, new_text in todo], modified)
 
@@ -1179,28 +1180,29 @@ class Store:
         wanted = sorted(set(uids)) if uids is not None else None
         if wanted is None:  # brief when few messages are flagged (read first; only a cost bound)
             async with self.db.read() as session:
-                brief = len(await session.run_sync(queries.deleted_rows, folder_id)) <= _BRIEF_STORE
+                brief = len(await run_core(session, queries.deleted_rows, folder_id)) <= _BRIEF_STORE
         else:
             brief = len(wanted) <= _BRIEF_STORE
 
         def work(session: Session, changed: _Changed) -> tuple[list[int], list[str]]:
-            f = queries.folder_by_id(session, folder_id)
+            conn = session.connection()
+            f = queries.folder_by_id(conn, folder_id)
             if f is None:
                 raise StoreError("NONEXISTENT", "the folder no longer exists")
-            mb = queries.lock_mailbox(session, f.mailbox_id)  # the mailbox first, then the folder
-            if mb is None or queries.lock_folder(session, folder_id) is None:
+            mb = queries.lock_mailbox(conn, f.mailbox_id)  # the mailbox first, then the folder
+            if mb is None or queries.lock_folder(conn, folder_id) is None:
                 raise StoreError("NONEXISTENT", "the folder no longer exists")
             candidates = (  # without a UID set, the database narrows to rows naming the flag
-                queries.message_rows(session, folder_id, wanted)
+                queries.message_rows(conn, folder_id, wanted)
                 if wanted is not None
-                else queries.deleted_rows(session, folder_id)
+                else queries.deleted_rows(conn, folder_id)
             )
             gone = [r for r in candidates if "\\Deleted" in flags_from_text(r[3])]
             if not gone:
                 return [], []
-            modseq = queries.bump_folder(session, folder_id)
-            queries.remove_messages(session, folder_id, gone, modseq)
-            paths = self._release_rows(session, f.mailbox_id, mb, gone)
+            modseq = queries.bump_folder(conn, folder_id)
+            queries.remove_messages(conn, folder_id, gone, modseq)
+            paths = self._release_rows(conn, f.mailbox_id, mb, gone)
             changed.add((f.mailbox_id, folder_id))
             return [r[1] for r in gone], paths
 
@@ -1209,7 +1211,7 @@ class Store:
         return gone
 
     def _release_rows(
-        self, session: Session, mailbox_id: int, mb: Sequence[Any], removed: Sequence[Sequence[Any]]
+        self, conn: Connection, mailbox_id: int, mb: Sequence[Any], removed: Sequence[Sequence[Any]]
     ) -> list[str]:
         """``_release`` for message rows already deleted (``queries.remove_messages``) from the mailbox
         locked as ``mb`` (``queries.lock_mailbox``): usage, references, the warning level lowered.
@@ -1221,17 +1223,17 @@ class Store:
             counts[row[6]] = counts.get(row[6], 0) + 1
         to_delete: list[str] = []
         for blob_id, count in counts.items():
-            released = queries.release_blob(session, blob_id, count)
+            released = queries.release_blob(conn, blob_id, count)
             if released is None:
                 continue
             size, path, gone = released
-            if not queries.holds_blob(session, mailbox_id, blob_id):
+            if not queries.holds_blob(conn, mailbox_id, blob_id):
                 used_bytes -= size
             if gone and path is not None:
                 to_delete.append(path)
         limits = quota.effective_limits(mq_s, mq_m, dq_s, dq_m, self.default_storage, self.default_messages)
         warned = quota.warning_level(used_bytes, limits, self.warn_levels) if self.warn_levels else _warned
-        queries.set_usage(session, mailbox_id, used_bytes, used_messages, warned)
+        queries.set_usage(conn, mailbox_id, used_bytes, used_messages, warned)
         return to_delete
 
     async def usage(self, mailbox_id: int) -> tuple[quota.Usage, quota.Limits]:
