@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +47,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, Result, create_engine, event, make_url
-from sqlalchemy.exc import DisconnectionError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
@@ -85,7 +86,14 @@ def _configure_sqlite(
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql(begin)
+            raw = conn.connection.dbapi_connection
+            if isinstance(raw, sqlite3.Connection):  # straight on the driver: SQLAlchemy's execution
+                try:  # context costs more than BEGIN itself, at every transaction
+                    raw.execute(begin)
+                except sqlite3.Error as exc:  # as SQLAlchemy raises it (busy: ``OperationalError``)
+                    raise DBAPIError.instance(begin, (), exc, sqlite3.Error) from exc
+            else:  # aiosqlite's adapter
+                conn.exec_driver_sql(begin)
 
 
 def _sqlite_engine(url: str, immediate: bool, echo: bool) -> AsyncEngine:

@@ -156,6 +156,11 @@ _LISTED_MESSAGES = (
     .where(_IN_FOLDER, _M.c.uid.in_(bindparam("uids", expanding=True)))
     .order_by(_M.c.uid)
 )
+_WITH_META = select(*_MESSAGE_COLUMNS, _B.c.meta).join(_B, _B.c.id == _M.c.blob_id)
+_SPAN_WITH_META = Prepared(_WITH_META.where(_SPAN).order_by(_M.c.uid))
+_LISTED_WITH_META = _WITH_META.where(_IN_FOLDER, _M.c.uid.in_(bindparam("uids", expanding=True))).order_by(
+    _M.c.uid
+)
 _CHANGED_SINCE = Prepared(
     select(*_MESSAGE_COLUMNS).where(_IN_FOLDER, _M.c.modseq > bindparam("modseq")).order_by(_M.c.uid)
 )
@@ -187,10 +192,10 @@ def message_info(row: Sequence[Any]) -> MessageInfo:
 
 
 def _by_uids(
-    conn: Connection, span: Prepared, listed: Any, folder_id: int, uids: Sequence[int]
+    conn: Connection, span: Prepared, listed: Any, folder_id: int, uids: Sequence[int], uid_at: int
 ) -> list[Sequence[Any]]:
-    """Rows of ``uids`` (ascending, distinct) in UID order: one span read when the set is nearly a
-    range (what IMAP clients send), else chunks of an IN list."""
+    """Rows of ``uids`` (ascending, distinct) in UID order, the UID in column ``uid_at``: one span
+    read when the set is nearly a range (what IMAP clients send), else chunks of an IN list."""
     if not uids:
         return []
     lo, hi = uids[0], uids[-1]
@@ -199,7 +204,7 @@ def _by_uids(
         if hi - lo + 1 == len(uids):
             return rows
         wanted = set(uids)
-        return [r for r in rows if r[-6] in wanted]  # the uid column, sixth from the end
+        return [r for r in rows if r[uid_at] in wanted]
     out: list[Sequence[Any]] = []
     for i in range(0, len(uids), _CHUNK):
         out.extend(conn.execute(listed, {"fid": folder_id, "uids": list(uids[i : i + _CHUNK])}).all())
@@ -208,8 +213,14 @@ def _by_uids(
 
 def messages(session: Tx, folder_id: int, uids: Sequence[int]) -> list[MessageInfo]:
     """The messages of ``uids`` (ascending, distinct) that exist, in UID order."""
-    rows = _by_uids(_conn(session), _SPAN_MESSAGES, _LISTED_MESSAGES, folder_id, uids)
+    rows = _by_uids(_conn(session), _SPAN_MESSAGES, _LISTED_MESSAGES, folder_id, uids, 0)
     return [message_info(r) for r in rows]
+
+
+def messages_with_metas(session: Tx, folder_id: int, uids: Sequence[int]) -> list[tuple[MessageInfo, str]]:
+    """``messages`` with each one's meta JSON (FETCH ENVELOPE, BODYSTRUCTURE, sections): one read."""
+    rows = _by_uids(_conn(session), _SPAN_WITH_META, _LISTED_WITH_META, folder_id, uids, 0)
+    return [(message_info(r[:6]), r[6]) for r in rows]
 
 
 def all_messages(session: Tx, folder_id: int) -> list[MessageInfo]:
@@ -225,7 +236,7 @@ def changed_since(session: Tx, folder_id: int, modseq: int) -> tuple[list[Messag
 
 def message_rows(session: Tx, folder_id: int, uids: Sequence[int]) -> list[Sequence[Any]]:
     """For a write: ``_ROW_COLUMNS`` of the messages of ``uids`` (ascending, distinct)."""
-    return _by_uids(_conn(session), _SPAN_ROWS, _LISTED_ROWS, folder_id, uids)
+    return _by_uids(_conn(session), _SPAN_ROWS, _LISTED_ROWS, folder_id, uids, 1)
 
 
 def deleted_rows(session: Tx, folder_id: int) -> list[Sequence[Any]]:

@@ -1007,6 +1007,14 @@ class Store:
         async with self.db.read() as session:
             return await run_core(session, queries.messages, folder_id, sorted(set(uids)))
 
+    async def messages_with_metas(
+        self, folder_id: int, uids: Iterable[int]
+    ) -> tuple[list[MessageInfo], dict[int, dict[str, Any]]]:
+        """``messages`` and ``blob_metas`` of them in one read (IMAP FETCH of envelopes or bodies)."""
+        async with self.db.read() as session:
+            rows = await run_core(session, queries.messages_with_metas, folder_id, sorted(set(uids)))
+        return [m for m, _ in rows], {m.blob_id: _meta_cached(m.blob_id, meta) for m, meta in rows}
+
     async def changes_since(
         self, folder_id: int, modseq: int
     ) -> tuple[FolderInfo, list[MessageInfo], list[int]]:
