@@ -197,6 +197,7 @@ class Conn:
 class Result:
     elapsed: float
     cpu: float = float("nan")  # the server's CPU seconds during the round (Caducée only)
+    client_cpu: float = float("nan")  # this load generator's
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
@@ -374,12 +375,15 @@ async def measure(args: argparse.Namespace, info: dict, server_pid: int, dovecot
                 stdout=asyncio.subprocess.DEVNULL,
             )
             await asyncio.sleep(1)
-        cpu = cpu_seconds(server_pid)
+        cpu, client_cpu = cpu_seconds(server_pid), time.process_time()
         caducee.append(await run_mix(info["port"], ctx, args.clients, args.seconds, args.mailboxes))
         caducee[-1].cpu = cpu_seconds(server_pid) - cpu
+        caducee[-1].client_cpu = time.process_time() - client_cpu
+        client_ms = caducee[-1].client_cpu / max(caducee[-1].ops, 1) * 1000
         line = (
             f"round {rnd + 1}: Caducée {caducee[-1].rate:.0f} ops/s, {caducee[-1].cpu_ms_per_op:.2f} ms "
-            f"server CPU/op ({caducee[-1].error_count} errors, load {os.getloadavg()[0]:.1f})"
+            f"server CPU/op, {client_ms:.2f} ms client CPU/op ({caducee[-1].error_count} errors, "
+            f"load {os.getloadavg()[0]:.1f})"
         )
         if dovecot_port is not None:
             dovecot.append(await run_mix(dovecot_port, ctx, args.clients, args.seconds, args.mailboxes))
