@@ -487,3 +487,44 @@ async def test_expunge_loads_only_the_messages_flagged_deleted(runtime: Runtime)
     assert [row[1] for row in candidates] == [4, 5, 9]
     assert await runtime.store.expunge(inbox.id) == [4, 9]
     assert [m.uid for m in (await runtime.store.snapshot(inbox.id))[1]] == [1, 2, 3, 5, 6, 7, 8, 10, 11, 12]
+
+
+async def test_uid_sets_with_holes_and_sparse_ones(runtime: Runtime) -> None:
+    """The hot path reads a UID set as the span between its ends when it is nearly a range, else in
+    chunks of IN (``queries._by_uids``): both give exactly the messages named that exist, for reads,
+    STORE and UID EXPUNGE."""
+    mb = await mailbox(runtime)
+    inbox = await runtime.store.folder(mb, "INBOX")
+    for n in range(4):
+        await runtime.store.deliver(await runtime.store.prepare(message(n)), [mb])
+    assert [m.uid for m in await runtime.store.messages(inbox.id, [1, 3])] == [1, 3]  # a span
+    assert [m.uid for m in await runtime.store.messages(inbox.id, [4, 2, 5000])] == [2, 4]  # IN
+    change = await runtime.store.set_flags(inbox.id, [2, 3, 9000], "add", {"\\Deleted"})
+    assert [m.uid for m in change.changed] == [2, 3]
+    infos, metas = await runtime.store.messages_with_metas(inbox.id, [1, 3, 7000])
+    assert [m.uid for m in infos] == [1, 3] and set(metas) == {m.blob_id for m in infos}
+    alone = await runtime.store.blob_meta(infos[1].blob_id)
+    assert metas[infos[1].blob_id]["envelope"] == alone["envelope"]
+    assert await runtime.store.expunge(inbox.id, [3, 8000]) == [3]
+    assert [m.uid for m in (await runtime.store.snapshot(inbox.id))[1]] == [1, 2, 4]
+
+
+async def test_status_counts_whole_flags_only(runtime: Runtime) -> None:
+    """STATUS counts in the database (``queries.folder_counts``): a flag is the whole token, so a
+    keyword or flag merely starting like \\Seen or \\Deleted is neither."""
+    mb = await mailbox(runtime)
+    inbox = await runtime.store.folder(mb, "INBOX")
+    sizes = []
+    for n in range(4):
+        prepared = await runtime.store.prepare(message(n, size=100 * (n + 1)))
+        sizes.append(prepared.written.size)
+        await runtime.store.deliver(prepared, [mb])
+    await runtime.store.set_flags(inbox.id, [1], "add", {"\\Seen", "\\Deleted"})
+    await runtime.store.set_flags(inbox.id, [2], "add", {"\\SeenAlready", "\\DeletedNot"})
+    await runtime.store.set_flags(inbox.id, [3], "add", {"\\Seen"})
+    info, counts, uids = await runtime.store.status(mb, "inbox", uids=True)
+    assert info.id == inbox.id and uids == [1, 2, 3, 4]
+    assert (counts.messages, counts.unseen, counts.deleted) == (4, 2, 1)
+    assert (counts.size, counts.deleted_size) == (sum(sizes), sizes[0])
+    empty = await runtime.store.status(mb, "Trash")
+    assert (empty[1].messages, empty[1].size, empty[2]) == (0, 0, [])
