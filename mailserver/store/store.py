@@ -846,10 +846,12 @@ class Store:
         async with self.db.read() as session:
             if name is not None:
                 f = await run_core(session, queries.folder_by_name, mailbox_id, normalize_folder(name))
+                if f is None:
+                    raise FolderNotFound(name)
             else:
                 f = await run_core(session, queries.folder_by_id, folder_id)
-            if f is None:
-                raise FolderNotFound(name or str(folder_id))
+                if f is None:
+                    raise StoreError("NONEXISTENT", "the folder no longer exists")
             counts = await run_core(session, queries.folder_counts, f.id)
             return f, counts, (await run_core(session, queries.uids, f.id) if uids else [])
 
