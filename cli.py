@@ -90,12 +90,16 @@ tls_listen = ["127.0.0.1:2993"]
 [portal]
 listen = ["127.0.0.1:8080"]
 secure_cookies = false                   # plain HTTP on loopback for a first run; true behind HTTPS
+second_factor = "off"                    # first run only: "email_or_totp" once [relay] is configured
 
 [ldap]
 listen = ["127.0.0.1:3389"]              # address book for mail clients (STARTTLS, then bind)
 
 [admin]
 listen = ["127.0.0.1:9180"]              # /healthz, /readyz, /metrics for the operator (loopback only)
+
+[patients]
+portal_url = "http://127.0.0.1:8080/"    # what patients' alerts point to; the public HTTPS one in production
 
 [limits]
 message_size = "25MiB"

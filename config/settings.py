@@ -27,6 +27,27 @@ class ConfigError(Exception):
     """A configuration problem, already phrased as the one line the operator will read."""
 
 
+_PRIVATE_SYSTEM = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Draft")}
+_KEYWORD = re.compile(r'[^\x00-\x20\x7f(){%*"\\\]]+')  # RFC 9051 atom: a keyword
+
+
+def _private_flags(flags: list[str], name: str) -> list[str]:
+    """``[imap] private_flags``: system flags in their canonical case; keywords as RFC 9051 atoms;
+    never \\Deleted (EXPUNGE removes a message for everyone, so its flag is everyone's) nor \\Recent."""
+    out: list[str] = []
+    for flag in flags:
+        if not isinstance(flag, str):
+            raise ConfigError(f"{name}: [imap] private_flags: expected flag names, got {flag!r}")
+        canonical = _PRIVATE_SYSTEM.get(flag.lower())
+        if canonical is None and (flag.startswith("\\") or not _KEYWORD.fullmatch(flag)):
+            raise ConfigError(
+                f"{name}: [imap] private_flags: {flag!r} cannot be private (\\Seen, \\Answered,"
+                " \\Flagged, \\Draft or a keyword)"
+            )
+        out.append(canonical or flag)
+    return list(dict.fromkeys(out))
+
+
 Size = Annotated[int, "size"]
 """A byte count written as ``25MiB``, ``512KiB``, ``10MB`` or a plain integer."""
 
@@ -191,22 +212,60 @@ class IMAPSettings:
     tls_listen: list[str] = field(default_factory=lambda: ["127.0.0.1:2993"])
     client_cert: Literal["none", "optional"] = "none"
     shared_prefix: str = "Partagé/"  # RFC 2342 shared namespace: the ORG/CAB mailboxes one is a member of
+    # Flags each member of a shared mailbox keeps for themselves (Dovecot's private flags); the others
+    # (\Deleted always) are shared by every member. [] shares \Seen too.
+    private_flags: list[str] = field(default_factory=lambda: ["\\Seen"])
 
 
 @dataclass
 class PortalSettings:
+    """The patient portal. ``second_factor`` after INS + password (mailserver/portal/factors.py):
+    ``email_or_totp`` (the default: health data) takes the patient's authenticator app when they
+    enrolled one, else a code e-mailed to their personal address through ``[relay]``; ``email`` and
+    ``totp`` take only that one (``totp``: a patient without an app signs in once by e-mailed code
+    and must enrol before anything else); ``off`` only for a first local try. A code has 6 digits,
+    lives ``code_lifetime`` and allows ``code_tries`` tries, then it is void and the account
+    locked for ``[auth] lockout``; at most one code e-mail per patient per ``code_interval``. A device
+    the patient trusts skips the second factor for ``trust_device`` days (0: never)."""
+
     listen: list[str] = field(default_factory=lambda: ["127.0.0.1:8080"])
     secure_cookies: bool = True
     session_lifetime: Duration = 1800
+    second_factor: Literal["off", "email", "totp", "email_or_totp"] = "email_or_totp"
+    code_lifetime: Duration = 600
+    code_tries: int = 5
+    code_interval: Duration = 60
+    trust_device: int = 30
+    # "Nouveau message": at most this many mailboxes a patient may write first listed (then: search).
+    first_contacts_max: int = 50
 
 
 @dataclass
 class APISettings:
-    """The sending API (``/api/v1/``) on the portal listener: per-mailbox rate and message limits."""
+    """The sending API (``/api/v1/``) on the portal listener: per-mailbox rate and message limits.
 
+    ``listen_tls``: listeners serving the same application over TLS (``[tls] cert``/``key``) that ask
+    for a client certificate chaining to ``tls.peer_ca``: software logs its APP mailbox in with it."""
+
+    listen_tls: list[str] = field(default_factory=list)
     messages_per_minute: int = 60
     max_recipients: int = 100
     max_body_size: Size = 25 * 1024**2
+
+
+@dataclass
+class LargeFilesSettings:
+    """Attachments kept by the operator and sent as a download link (mailserver/large_files.py): any
+    above ``threshold`` (API, submission), up to ``max_size`` (API uploads), each link valid for
+    ``keep``; an upload left unfinished is dropped after ``upload_expire``; a mailbox holds at most
+    ``max_uploads`` files not yet sent. Files live under ``path``."""
+
+    threshold: Size = 10 * 1024**2
+    max_size: Size = 2 * 1024**3
+    keep: Duration = 30 * 86400
+    upload_expire: Duration = 86400
+    max_uploads: int = 100
+    path: FilePath = "large_files"
 
 
 @dataclass
@@ -350,6 +409,8 @@ class DeliverySettings:
     data_block_timeout: Duration = 180  # each block of the message to be taken by the peer
     data_final_timeout: Duration = 600  # the reply to the final ".": the peer may be storing the message
     dns_nameservers: list[str] = field(default_factory=list)
+    # A recipient still queued this long after acceptance gets one DELAY DSN (RFC 3461); 0: never.
+    delay_warning: Duration = 4 * 3600
 
 
 @dataclass
@@ -462,6 +523,7 @@ class Settings:
     portal: PortalSettings = field(default_factory=PortalSettings)
     api: APISettings = field(default_factory=APISettings)
     xdm: XDMSettings = field(default_factory=XDMSettings)
+    large_files: LargeFilesSettings = field(default_factory=LargeFilesSettings)
     ldap: LDAPSettings = field(default_factory=LDAPSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
@@ -586,9 +648,9 @@ DELIVERY_TIMEOUTS = (
 
 def _check(settings: Settings, name: str) -> None:
     """Cross-field checks that a type alone cannot express."""
-    for section in ("smtp", "submission", "imap", "portal", "ldap", "admin"):
+    for section in ("smtp", "submission", "imap", "portal", "ldap", "admin", "api"):
         obj = getattr(settings, section)
-        for key in ("listen", "tls_listen"):
+        for key in ("listen", "tls_listen", "listen_tls"):
             for addr in getattr(obj, key, []):
                 try:
                     parse_listen(addr)
@@ -630,14 +692,26 @@ def _check(settings: Settings, name: str) -> None:
     for section, key in _AT_LEAST_ONE:
         if getattr(getattr(settings, section), key) < 1:
             raise ConfigError(f"{name}: [{section}] {key}: must be at least 1 (0 would refuse everyone)")
+    if settings.portal.first_contacts_max < 1:
+        raise ConfigError(f"{name}: [portal] first_contacts_max: must be at least 1")
     for key in ("ldap_idle_timeout", "portal_idle_timeout"):
         if getattr(settings.limits, key) <= 0:
             raise ConfigError(f"{name}: [limits] {key}: must be more than 0 seconds")
     for key in DELIVERY_TIMEOUTS:
         if getattr(settings.delivery, key) <= 0:
             raise ConfigError(f"{name}: [delivery] {key}: must be more than 0 seconds")
+    large = settings.large_files
+    if large.threshold < 1 or large.max_size < large.threshold:
+        raise ConfigError(f"{name}: [large_files] max_size: must be at least threshold (and threshold > 0)")
+    if large.keep <= 0 or large.upload_expire <= 0:
+        raise ConfigError(f"{name}: [large_files] keep and upload_expire: must be more than 0 seconds")
     if settings.queue.lease < 1:
         raise ConfigError(f"{name}: [queue] lease: must be at least 1 second")
+    portal = settings.portal
+    if portal.code_tries < 1 or portal.code_lifetime <= 0:
+        raise ConfigError(f"{name}: [portal] code_tries and code_lifetime: must be more than 0")
+    if portal.trust_device < 0:
+        raise ConfigError(f"{name}: [portal] trust_device: a number of days, 0 or more")
     _check_oauth(settings.oauth, name)
     if settings.audit.keep < MIN_AUDIT_KEEP:
         raise ConfigError(
@@ -655,6 +729,7 @@ def _check(settings: Settings, name: str) -> None:
             raise ConfigError(f"{name}: [tls] {key}: must be more than 0 seconds")
     if settings.tls.crl_cache_entries < 1:
         raise ConfigError(f"{name}: [tls] crl_cache_entries: must be at least 1")
+    settings.imap.private_flags = _private_flags(settings.imap.private_flags, name)
     if not all(0 < p < 100 for p in settings.quota.warn_percent):
         raise ConfigError(f"{name}: [quota] warn_percent: each value must be between 1 and 99")
 

@@ -90,17 +90,24 @@ def patient_display_name(last_name: str, first_name: str, sex: str) -> str:
 def validate_contact_email(value: str | None) -> str | None:
     """The patient's personal address, normalised (syntax only); empty means none.
 
-    It lies outside the trust space, so it is only ever used for alerts through the relay.
+    It lies outside the trust space, so it is only ever used for alerts through the operator's relay,
+    which need not offer SMTPUTF8: the local part must be ASCII, and an internationalised domain is
+    kept in its ASCII (IDNA) form.
     """
     if value is None or not value.strip():
         return None
     try:
         info = email_validator.validate_email(
-            value.strip(), check_deliverability=False, test_environment=True, globally_deliverable=False
+            value.strip(),
+            check_deliverability=False,
+            test_environment=True,
+            globally_deliverable=False,
+            allow_smtputf8=False,
         )
     except email_validator.EmailNotValidError as exc:
         raise PatientError(f"invalid e-mail {value.strip()!r}: {exc}") from None
-    return info.normalized.lower()
+    assert info.ascii_email is not None  # allow_smtputf8=False: refused otherwise
+    return info.ascii_email.lower()
 
 
 def validate_phone(value: str | None) -> str | None:

@@ -25,13 +25,17 @@ from mailserver.db.models import (
     ACL_RIGHTS,
     DEFAULT_MEMBER_RIGHTS,
     MAILBOX_TYPES,
+    MEMBER_TYPES,
     SEND_RIGHT,
     SHARED_TYPES,
     AppPassword,
     Domain,
+    Folder,
     Mailbox,
     MailboxCert,
+    MemberFlags,
     Membership,
+    Message,
     utcnow,
 )
 from mailserver.headers import HeaderView, decode_header
@@ -399,7 +403,14 @@ async def add_member(
         raise AccountError(f"{org.address} is not an ORG or CAB mailbox")
     if member.type in SHARED_TYPES or member.id == org.id:
         raise AccountError(f"{member.address} is a shared mailbox: members are people's mailboxes")
+    if member.type not in MEMBER_TYPES:
+        raise AccountError(
+            f"{member.address} is a {member.type} mailbox: members are professionals' (PER) or"
+            " software (APP) mailboxes"
+        )
     canonical = normalise_rights(rights)
+    if not canonical:
+        raise AccountError("no rights given: use `mailbox member remove` to end a membership")
     async with rt.db.write() as session:
         row = await session.get(Membership, (org.id, member.id))
         if row is None:
@@ -428,6 +439,15 @@ async def remove_member(
         )
         if result.rowcount == 0:
             raise AccountError(f"{member.address} is not a member of {org.address}")
+        # Their own \Seen on the ORG's messages goes with them (nothing kept for a stranger).
+        org_messages = (
+            select(Message.id).join(Folder, Folder.id == Message.folder_id).where(Folder.mailbox_id == org.id)
+        )
+        await session.execute(
+            delete(MemberFlags).where(
+                MemberFlags.member_id == member.id, MemberFlags.message_id.in_(org_messages)
+            )
+        )
         rt.audit.record_in(
             session, actor, "admin", remote, f"member remove {member.address} from {org.address}", "ok"
         )
@@ -525,6 +545,11 @@ def _author_addresses(value: str) -> dict[str, str]:
     for address in mime.addr_specs(value) + _ADDRESS_LIKE.findall(value + " " + decode_header(value)):
         found.setdefault(_normalised(address), address)
     return found
+
+
+def author_addresses(headers: HeaderView) -> list[str]:
+    """The addresses a message's From fields name (normalised), as ``check_authors`` reads them."""
+    return [a for value in headers.get_all("From") for a in _author_addresses(value)]
 
 
 async def check_authors(rt: Runtime, mailbox_id: int, username: str, headers: HeaderView) -> None:

@@ -59,17 +59,33 @@ def sender_name(session: Session, address: str) -> str:
     return name or address or "votre professionnel de santé"
 
 
-def build_alert(rt: Runtime, to: str, name: str) -> bytes:
+def personal_mail(rt: Runtime, to: str, subject: str, text: str) -> bytes:
+    """A short automatic message to a patient's personal address, from ``[patients] alert_from``."""
     hostname = rt.settings.server.hostname
     msg = EmailMessage()
     msg["From"] = rt.settings.patients.alert_from or f"no-reply@{hostname}"
     msg["To"] = to
-    msg["Subject"] = ALERT_SUBJECT
-    msg["Date"] = email.utils.formatdate(localtime=False)
+    msg["Subject"] = subject
+    msg["Date"] = email.utils.formatdate(localtime=False, usegmt=True)  # "+0000" read as unknown zone
     msg["Message-ID"] = email.utils.make_msgid(domain=hostname)
     msg["Auto-Submitted"] = "auto-generated"
-    msg.set_content(alert_text(name, rt.settings.patients.portal_url))
+    msg.set_content(text)
     return msg.as_bytes()
+
+
+def build_alert(rt: Runtime, to: str, name: str) -> bytes:
+    return personal_mail(rt, to, ALERT_SUBJECT, alert_text(name, rt.settings.patients.portal_url))
+
+
+def queue_personal(session: Session, rt: Runtime, to: str, data: bytes) -> int:
+    """Queue ``data`` for ``to`` (a patient's personal address) through ``[relay]``, inside the
+    caller's transaction: the only way anything leaves for an address outside the trust space (alerts,
+    second-factor codes, activation links). Returns the queue entry's id."""
+    alert_from = rt.settings.patients.alert_from or f"no-reply@{rt.settings.server.hostname}"
+    blob_id = insert_inline_blob(session, data)
+    hook = rt.queue.enqueue_hook(relay=True)
+    recipient = (RemoteTarget(to, to.rpartition("@")[2]), {"notify": "NEVER"})
+    return int(hook(session, blob_id, alert_from, [recipient]))
 
 
 def queue_alerts(session: Session, rt: Runtime, sender: str, targets: Sequence[LocalTarget]) -> list[str]:
@@ -104,12 +120,7 @@ def queue_alerts(session: Session, rt: Runtime, sender: str, targets: Sequence[L
             continue
         patient.last_alert_at = now
         data = build_alert(rt, patient.email, sender_name(session, sender))
-        alert_from = rt.settings.patients.alert_from or f"no-reply@{rt.settings.server.hostname}"
-        blob_id = insert_inline_blob(session, data)
-        domain = patient.email.rpartition("@")[2]
-        hook = rt.queue.enqueue_hook(relay=True)
-        recipient = (RemoteTarget(patient.email, domain), {"notify": "NEVER"})
-        entry = hook(session, blob_id, alert_from, [recipient])
+        entry = queue_personal(session, rt, patient.email, data)
         request = f"alert for <{target.address}>"
         Audit.record_in(session, target.address, "patient-alert", "", request, f"queue entry {entry}")
         results.append("queued")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import ForeignKey, Integer, String, Text
+from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mailserver.db.models import Base, UTCDateTime, utcnow
@@ -19,7 +19,7 @@ class APIMessage(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailbox.id", ondelete="CASCADE"), index=True)
     sender: Mapped[str] = mapped_column(String(320))
-    message_id: Mapped[str] = mapped_column(String(998), default="")
+    message_id: Mapped[str] = mapped_column(String(998), default="", index=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -35,3 +35,19 @@ class APIRecipient(Base):
     state: Mapped[str] = mapped_column(String(10))
     detail: Mapped[str] = mapped_column(Text, default="")
     queue_message_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+
+
+class APIReceipt(Base):
+    """An MDN (RFC 8098) received for an API message: its Final-Recipient and disposition type; one
+    row per recipient and type, so a peer repeating reports cannot grow the table."""
+
+    __tablename__ = "api_receipt"
+    __table_args__ = (
+        UniqueConstraint("message_id", "address", "disposition", name="uq_api_receipt_disposition"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[str] = mapped_column(ForeignKey("api_message.id", ondelete="CASCADE"), index=True)
+    address: Mapped[str] = mapped_column(String(320))
+    disposition: Mapped[str] = mapped_column(String(40))  # displayed, deleted, dispatched, processed
+    mode: Mapped[str] = mapped_column(String(100))  # e.g. manual-action/MDN-sent-manually
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

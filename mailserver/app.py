@@ -28,6 +28,7 @@ SERVICES: list[str] = [
     "mailserver.smtp.service",
     "mailserver.imap.server",
     "mailserver.portal.web",
+    "mailserver.portal.client_certs",  # [api] listen_tls: the same application over mutual TLS
     "directory.ldap",
 ]
 

@@ -292,6 +292,34 @@ class Authenticator:
             mb.id, mb.address, method=verdict.method, person=verdict.person, members=verdict.members
         )
 
+    async def is_locked(self, address: str) -> bool:
+        """Whether ``address``'s account is locked out now (by failed passwords or second factors)."""
+        async with self.db.read() as session:
+            row = await session.get(AuthFailure, f"mailbox:{address.lower()}")
+        return row is not None and row.locked_until is not None and row.locked_until > utcnow()
+
+    async def lock(self, address: str, remote: str, request: str, reason: str) -> None:
+        """Lock ``address``'s account for ``auth.lockout`` now, as ``max_failures`` failed passwords
+        would (a second factor's tries are spent): the same counters refuse its next logins on every
+        node. Audited as a ``login-failure`` answered ``locked``."""
+        key = f"mailbox:{address.lower()}"
+        now = utcnow()
+
+        def write(session: Session) -> None:
+            insert = (postgresql if self.db.kind == "postgresql" else sqlite).insert(AuthFailure)
+            session.execute(
+                insert.values([{"key": key, "count": 0, "window_start": now}]).on_conflict_do_nothing()
+            )
+            row = session.get(AuthFailure, key, with_for_update=True)
+            assert row is not None
+            row.count = max(row.count, self.settings.max_failures)
+            row.locked_until = now + dt.timedelta(seconds=self.settings.lockout)
+            event = (address.lower(), "login-failure", remote, f"{request} ({reason})", "locked")
+            self.audit.record_in(session, *event)
+
+        await self.db.run_write(write, brief=True)
+        self.cache.forget(address.lower())
+
     # ------------------------------------------------------------------ passwords
 
     def _refund(self, session: Session, keys: list[str], event: tuple[str, ...]) -> None:

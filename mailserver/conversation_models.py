@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import ForeignKey, Index, Integer, String
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mailserver.db.models import Base, UTCDateTime, utcnow
@@ -84,3 +84,41 @@ class PortalSession(Base):
     remote: Mapped[str] = mapped_column(String(100), default="")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class PortalFactor(Base):
+    """A patient's second-factor state: the authenticator app's RFC 6238 secret, sealed with the
+    master key (``totp_secret``; ``totp_pending`` while enrolment awaits its first code), the last
+    accepted time step (a code is never accepted twice) and the epoch that trusted-device cookies
+    must carry (raised to forget every trusted device)."""
+
+    __tablename__ = "portal_factor"
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailbox.id", ondelete="CASCADE"), primary_key=True)
+    totp_secret: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    totp_pending: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    totp_enrolled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    device_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class PortalCode(Base):
+    """A pending second step, held by one browser (``challenge_hash``: SHA-256 of its cookie): a login
+    awaiting its second factor (``purpose`` "login", ``method`` "email" or "totp") or a password reset
+    (``purpose`` "reset"). An e-mailed code is kept as an HMAC (``code_hash``); ``tries`` counts wrong
+    codes; ``ended_at`` is set when it is used or void. ``mailbox_id`` is NULL for a reset asked for an
+    INS nobody holds: it behaves exactly like the others, so the answers never tell."""
+
+    __tablename__ = "portal_code"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    challenge_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    mailbox_id: Mapped[int | None] = mapped_column(
+        ForeignKey("mailbox.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    account: Mapped[str] = mapped_column(String(320))  # the lock-out key's address, known or not
+    purpose: Mapped[str] = mapped_column(String(16))
+    method: Mapped[str] = mapped_column(String(16))
+    code_hash: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    tries: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from mailserver import alerts
+from mailserver import alerts, mdn
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget
 from mailserver.runtime import Runtime
 from mailserver.store.store import DeliveryResult as StoreResult
@@ -65,6 +65,7 @@ class Delivery:
         self.prepared: PreparedBlob | None = None
         self.folder = "INBOX"
         self.flags: tuple[str, ...] = ()
+        self.receipt: mdn.Receipt | None = None  # the message is a read receipt (RFC 8098)
 
     def add_local(self, target: LocalTarget) -> None:
         self.local.setdefault(target.mailbox_id, target)
@@ -83,6 +84,7 @@ class Delivery:
         if self.prepared is not None:
             raise RuntimeError("body() called twice for one delivery")
         self.prepared = await self.rt.store.prepare(data)
+        self.receipt = mdn.parse(data)
 
     async def commit(self) -> DeliveryResult:
         if self.prepared is None:
@@ -92,6 +94,7 @@ class Delivery:
         enqueue, on_commit = self.enqueue, self.on_commit
         patients = any(t.type == "PAT" for t in self.local.values())
         alerted: list[str] = []
+        receipt, local = self.receipt, self.local
 
         def in_transaction(session: Session, blob_id: int, stored: StoreResult) -> None:
             if patients:  # the patients' alerts commit with the message (mailserver/alerts.py)
@@ -101,6 +104,8 @@ class Delivery:
             if remote:
                 assert enqueue is not None  # add_remote refuses remote recipients without a queue
                 entry = enqueue(session, blob_id, self.sender, remote)
+            if receipt is not None:  # for a message sent through the API (mailserver/mdn.py)
+                mdn.record(session, receipt, [(m, local[m].address) for m in stored.uids if m in local])
             if on_commit is not None:
                 on_commit(session, blob_id, stored, entry)
 
@@ -111,7 +116,7 @@ class Delivery:
             folder=self.folder,
             flags=self.flags,
             extra_refs=1 if remote else 0,
-            in_transaction=in_transaction if remote or on_commit or patients else None,
+            in_transaction=in_transaction if remote or on_commit or patients or receipt else None,
             trace=(self.remote_addr, request),
         )
         result = DeliveryResult(blob_id=stored.blob_id, queued=[t.address for t, _ in remote])

@@ -1,4 +1,5 @@
-"""The daily housekeeping of a running server: audit retention and the mailbox life cycle.
+"""The daily housekeeping of a running server: audit retention, the mailbox life cycle and the large
+files whose links expired.
 
 Each task is a plain async function of the runtime, run once at start-up and then every day by
 ``caducee serve``; every one is idempotent, so several server processes on one database may all run
@@ -12,7 +13,7 @@ import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 
-from mailserver import lifecycle
+from mailserver import large_files, lifecycle
 from mailserver.logs import log_event
 from mailserver.runtime import Runtime
 
@@ -40,7 +41,13 @@ async def mailbox_lifecycle(rt: Runtime) -> None:
     log_event("mailbox-lifecycle", notified=len(notified), disabled=len(disabled))
 
 
-TASKS: list[Callable[[Runtime], Awaitable[object]]] = [purge_audit, mailbox_lifecycle]
+async def purge_large_files(rt: Runtime) -> int:
+    """Delete large files past their link's ``[large_files] keep`` (or unfinished uploads past
+    ``upload_expire``) and give their size back to the sender's quota."""
+    return await large_files.purge(rt)
+
+
+TASKS: list[Callable[[Runtime], Awaitable[object]]] = [purge_audit, mailbox_lifecycle, purge_large_files]
 
 
 async def run_daily(rt: Runtime, period: float = DAY) -> None:

@@ -102,6 +102,7 @@ DEFAULT_MEMBER_RIGHTS = "lrswipkxte"
 READ_RIGHT = "r"  # opening the shared mailbox (a login naming it as authorization identity)
 SEND_RIGHT = "p"  # RFC 4314 "post": here, sending as the shared mailbox (envelope and From)
 SHARED_TYPES = ("ORG", "CAB")  # a service's or a practice's mailbox, shared by its people
+MEMBER_TYPES = ("PER", "APP")  # who may be a member of a shared mailbox: never a patient
 
 
 class Membership(Base):
@@ -219,6 +220,22 @@ class Message(Base):
     flags: Mapped[str] = mapped_column(Text, default="")
     internal_date: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     size: Mapped[int] = mapped_column(BigInteger)
+
+
+class MemberFlags(Base):
+    """A member's private flags on a message of a shared (ORG/CAB) mailbox (``[imap] private_flags``,
+    ``\\Seen`` by default, as Dovecot's private flags): one secretary reading a message does not mark
+    it read for the others. ``modseq`` is taken from the folder's counter when they change, so the
+    member's CHANGEDSINCE sees it (RFC 7162) while the message's own MODSEQ, which the other members
+    see, stays. A row with no flags left is kept: it still carries the modseq of the removal."""
+
+    __tablename__ = "member_flags"
+    # A member's rows changed since a modseq (their CHANGEDSINCE), and all of them (member remove).
+    __table_args__ = (Index("ix_member_flags_member_modseq", "member_id", "modseq"),)
+    message_id: Mapped[int] = mapped_column(ForeignKey("message.id", ondelete="CASCADE"), primary_key=True)
+    member_id: Mapped[int] = mapped_column(ForeignKey("mailbox.id", ondelete="CASCADE"), primary_key=True)
+    flags: Mapped[str] = mapped_column(Text, default="")
+    modseq: Mapped[int] = mapped_column(BigInteger)
 
 
 class Expunged(Base):

@@ -50,7 +50,7 @@ from mailserver.imap.protocol import (
 from mailserver.imap.protocol import encoder as enc
 from mailserver.imap.protocol.commands import CommandBody
 from mailserver.store.notify import RESYNC
-from mailserver.store.store import MessageInfo, MessageUnavailable, StoreError
+from mailserver.store.store import MessageInfo, MessageUnavailable, StoreError, Viewer
 
 if TYPE_CHECKING:
     from mailserver.imap.server import IMAPServer
@@ -81,8 +81,10 @@ class Selected:
         "recent",
         "rights",
         "saved",
+        "shared",
         "uids",
         "uidvalidity",
+        "viewer",
     )
 
     def __init__(
@@ -94,8 +96,12 @@ class Selected:
         modseq: int,
         owner: int = 0,
         rights: str = ACL_RIGHTS,
+        viewer: Viewer | None = None,
+        shared: str = "",
     ) -> None:
         self.folder_id = folder_id
+        self.shared = shared  # the ORG's address for a folder of the shared namespace, else ""
+        self.viewer = viewer  # a member in a shared mailbox: whose private flags (\Seen) are shown
         self.name = name  # as the client names it (a shared folder with its namespace prefix)
         self.owner = owner  # the mailbox holding the folder: one's own, or a shared one
         self.rights = rights  # RFC 4314 rights on it (every right on one's own)
@@ -449,17 +455,35 @@ class Session(asyncio.Protocol):
         self.logout = True
         return False
 
+    async def check_access(self) -> bool:
+        """Before each command and at each IDLE wake-up: a session opened through a membership ends
+        (BYE) once the membership is gone, and the rights on a selected folder that is not wholly
+        one's own (a shared folder, or the ORG's own opened through a membership) are read again."""
+        if self.members and not await self.still_member():
+            return False
+        sel = self.selected
+        if sel is not None and (self.members or sel.owner != self.mailbox_id):
+            await self.recheck_shared_rights()
+        return True
+
     async def recheck_shared_rights(self) -> None:
-        """A member's rights on the selected shared folder, read again before each command: a removed
-        member, or one whose ``r`` was taken, has the folder closed at once (untagged ``OK [CLOSED]``,
-        audited), not at their next SELECT; other rights changes apply from this command on."""
+        """A member's rights on the selected folder, read again: a removed member, or one whose ``r``
+        was taken, has the folder closed at once (untagged ``OK [CLOSED]``, audited), not at their
+        next SELECT; other rights changes apply from this command on."""
         sel = self.selected
         assert sel is not None and self.mailbox_id is not None
-        access = next(
-            (a for a in await accounts.memberships_of(self.rt, self.mailbox_id) if a.mailbox_id == sel.owner),
-            None,
-        )
-        rights = access.rights if access is not None else ""
+        if sel.owner == self.mailbox_id:
+            rights = await accounts.rights_through(self.rt, self.mailbox_id, self.members)
+        else:
+            access = next(
+                (
+                    a
+                    for a in await accounts.memberships_of(self.rt, self.mailbox_id)
+                    if a.mailbox_id == sel.owner
+                ),
+                None,
+            )
+            rights = access.rights if access is not None else ""
         if acl.LOOKUP in rights and acl.READ in rights:
             sel.rights = rights
             return
@@ -476,10 +500,8 @@ class Session(asyncio.Protocol):
         handler = REGISTRY.get(body.name)
         self.rt.metrics.command(self.service, body.name if handler is not None else "unknown")
         expunges = body.name not in _NO_EXPUNGE_DURING or bool(getattr(body, "uid", False))
-        if self.members and not await self.still_member():
+        if not await self.check_access():
             return
-        if self.selected is not None and self.selected.owner != self.mailbox_id:
-            await self.recheck_shared_rights()
         if handler is None:
             done = Done("unknown command", status="BAD")
         elif not handler.states & self.state:
@@ -603,7 +625,7 @@ class Session(asyncio.Protocol):
             return
         self.dirty = False
         try:
-            info, changed, vanished = await self.rt.store.changes_since(sel.folder_id, sel.modseq)
+            info, changed, vanished = await self.rt.store.changes_since(sel.folder_id, sel.modseq, sel.viewer)
         except StoreError:
             self.send(enc.status_response(None, "BYE", "the selected mailbox was deleted"))
             self.logout = True
@@ -697,11 +719,11 @@ class Session(asyncio.Protocol):
         assert sel is not None
         lacking = acl.missing(sel.rights, rights)
         if lacking:
-            raise Fail("NO", f"{what} needs the right(s) {lacking} here", "NOPERM")
+            raise Fail("NO", f"{what} needs the right(s) {lacking} on {sel.name}", "NOPERM")
 
     def require_writable(self) -> Selected:
         sel = self.selected
         assert sel is not None
         if sel.readonly:
-            raise Fail("NO", "mailbox is read-only (EXAMINE)", "READ-ONLY")
+            raise Fail("NO", "mailbox is read-only (EXAMINE, or too few rights to change it)", "READ-ONLY")
         return sel

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from mailserver import accounts, acl
 from mailserver.imap.base import Fail
-from mailserver.store.store import SEPARATOR, normalize_folder
+from mailserver.store.store import SEPARATOR, Viewer, normalize_folder
 
 if TYPE_CHECKING:
     from mailserver.imap.session import Session
@@ -74,8 +74,21 @@ async def resolve(s: Session, name: str) -> Target:
     raise Fail("NO", NO_SUCH, "NONEXISTENT")
 
 
+def viewer(s: Session, mailbox_id: int) -> Viewer | None:
+    """Whose ``[imap] private_flags`` apply in ``mailbox_id``'s folders: the member's own, in a shared
+    mailbox opened in the shared namespace or through a membership (a token naming the ORG: the person
+    behind it, by their first personal mailbox); None, the message's own, in one's own mailbox and for
+    the ORG's own login (APP-style credentials keep the ORG's \\Seen)."""
+    private = frozenset(s.rt.settings.imap.private_flags)
+    if not private or s.mailbox_id is None:
+        return None
+    if mailbox_id != s.mailbox_id:
+        return Viewer(s.mailbox_id, private)
+    return Viewer(min(s.members), private) if s.members else None
+
+
 def need(target: Target, rights: str, what: str) -> None:
     """Refuse ``what`` with ``NO [NOPERM]`` unless the target's rights hold every letter of ``rights``."""
     lacking = acl.missing(target.rights, rights)
     if lacking:
-        raise Fail("NO", f"{what} needs the right(s) {lacking} on {target.shared}", "NOPERM")
+        raise Fail("NO", f"{what} needs the right(s) {lacking} on {target.display}", "NOPERM")

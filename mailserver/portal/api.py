@@ -17,7 +17,7 @@ from aiohttp import web
 import directory.search
 from mailserver import alerts
 from mailserver.auth import AuthOutcome
-from mailserver.portal import service
+from mailserver.portal import client_certs, factors, service, uploads_openapi
 from mailserver.portal.http import (
     ENQUEUE,
     RT,
@@ -55,18 +55,15 @@ async def _session(request: web.Request, post: bool = False) -> service.SessionI
     bearer = request.headers.get("Authorization", "").lower().startswith("bearer ")
     if post and not bearer and not csrf_ok(info.csrf, request.headers.get("X-CSRF-Token")):
         raise web.HTTPForbidden(text='{"error": "jeton CSRF invalide"}', content_type="application/json")
+    if await service.must_enrol(request.app[RT], info):
+        raise web.HTTPForbidden(
+            text='{"error": "enregistrez d\'abord une application d\'authentification dans le portail"}',
+            content_type="application/json",
+        )
     return info
 
 
-async def login(request: web.Request) -> web.StreamResponse:
-    rt = request.app[RT]
-    body = await _json_body(request)
-    try:
-        info = await service.login(
-            rt, str(body.get("ins", "")), str(body.get("password", "")), remote(request)
-        )
-    except service.PortalError as exc:
-        return _error(exc.status, exc.message)
+def _session_json(rt: Any, info: service.SessionInfo) -> web.Response:
     resp = web.json_response(
         {
             "token": info.token,
@@ -77,6 +74,36 @@ async def login(request: web.Request) -> web.StreamResponse:
     )
     set_session_cookie(resp, rt, info)
     return resp
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    """INS + password: the session (200), or 202 with the second step to finish at ``/api/login/code``."""
+    rt = request.app[RT]
+    body = await _json_body(request)
+    try:
+        result = await service.login(
+            rt, str(body.get("ins", "")), str(body.get("password", "")), remote(request)
+        )
+    except service.PortalError as exc:
+        return _error(exc.status, exc.message)
+    if isinstance(result, factors.Challenge):
+        return web.json_response(
+            {"second_factor": result.method, "challenge": result.token, "sent_to": result.hint}, status=202
+        )
+    return _session_json(rt, result)
+
+
+async def login_code(request: web.Request) -> web.StreamResponse:
+    """The second factor of a login: the challenge ``/api/login`` gave and the code."""
+    rt = request.app[RT]
+    body = await _json_body(request)
+    try:
+        info = await service.second_step(
+            rt, str(body.get("challenge", "")), str(body.get("code", "")), remote(request)
+        )
+    except service.PortalError as exc:
+        return _error(exc.status, exc.message)
+    return _session_json(rt, info)
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
@@ -203,6 +230,39 @@ async def post_message(request: web.Request) -> web.StreamResponse:
     return web.json_response({"id": message_id}, status=201)
 
 
+async def first_contacts(request: web.Request) -> web.StreamResponse:
+    """Whom the patient may write first (``service.first_contacts``: bounded, searchable with ``q``)."""
+    await _session(request)
+    contacts, more = await service.first_contacts(request.app[RT], request.query.get("q", ""))
+    return web.json_response({"contacts": [c.as_dict() for c in contacts], "more": more})
+
+
+async def post_conversation(request: web.Request) -> web.StreamResponse:
+    """A first message (``service.write_first``, the SMTP rule): 201 once delivered and committed."""
+    info = await _session(request, post=True)
+    try:
+        body = await _json_body(request)
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, "Message trop volumineux.")
+    fields = {k: body.get(k, "") for k in ("to", "subject", "text")}
+    try:
+        if not all(isinstance(v, str) for v in fields.values()):
+            raise service.PortalError(400, "to, subject et text doivent être des chaînes.")
+        public_id = await service.write_first(
+            request.app[RT],
+            info.mailbox_id,
+            fields["to"],
+            fields["subject"],
+            fields["text"],
+            _uploads(body),
+            remote(request),
+            request.app[ENQUEUE],
+        )
+    except service.PortalError as exc:
+        return _error(exc.status, exc.message)
+    return web.json_response({"id": public_id}, status=201)
+
+
 async def attachment(request: web.Request) -> web.StreamResponse:
     info = await _session(request)
     try:
@@ -233,8 +293,9 @@ class Unauthenticated(Exception):
 
 async def credentials(request: web.Request, service: str) -> AuthOutcome | None:
     """The mailbox the request's ``Authorization`` names: a Pro Santé Connect bearer token (RFC 6750,
-    when ``[oauth]`` is configured) or HTTP Basic with the mailbox's (application) password; None
-    without either. Raises Unauthenticated when they are refused (audited by ``rt.auth``)."""
+    when ``[oauth]`` is configured) or HTTP Basic with the mailbox's (application) password; without
+    either, the connection's client certificate (``client_certs``); None without any. Raises
+    Unauthenticated when they are refused (audited by ``rt.auth``)."""
     auth = request.headers.get("Authorization", "")
     rt = request.app[RT]
     token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
@@ -256,7 +317,10 @@ async def credentials(request: web.Request, service: str) -> AuthOutcome | None:
         if not outcome.ok or outcome.address is None:
             raise Unauthenticated(401, "identifiants refusés", 'Basic realm="Caducee", charset="UTF-8"')
         return outcome
-    return None
+    cert = await client_certs.certificate_login(request, service)  # [api] listen_tls only
+    if cert is not None and not cert.ok:
+        raise Unauthenticated(403, "certificat client refusé")
+    return cert
 
 
 async def _directory_user(request: web.Request) -> str:
@@ -273,7 +337,7 @@ async def _directory_user(request: web.Request) -> str:
 
 
 def _http_error(status: int, message: str, headers: dict[str, str] | None) -> web.HTTPException:
-    cls = web.HTTPServiceUnavailable if status == 503 else web.HTTPUnauthorized
+    cls = {503: web.HTTPServiceUnavailable, 403: web.HTTPForbidden}.get(status, web.HTTPUnauthorized)
     return cls(
         text=json.dumps({"error": message}, ensure_ascii=False),
         content_type="application/json",
@@ -400,11 +464,13 @@ OPENAPI: dict[str, Any] = {
                         "type": "array",
                         "items": {
                             "type": "object",
-                            "required": ["data"],
+                            "description": "data (base64), ou upload : l'identifiant d'un envoi "
+                            "/api/v1/uploads terminé, transmis par lien",
                             "properties": {
                                 "filename": {"type": "string"},
                                 "content_type": {"type": "string"},
                                 "data": {"type": "string", "contentEncoding": "base64"},
+                                "upload": {"type": "string"},
                             },
                         },
                     },
@@ -412,6 +478,10 @@ OPENAPI: dict[str, Any] = {
                         "type": "string",
                         "maxLength": 200,
                         "description": "Référence du logiciel émetteur (en-tête X-MSS-NIL)",
+                    },
+                    "read_receipt": {
+                        "type": "boolean",
+                        "description": "Demande un accusé de lecture (Disposition-Notification-To, RFC 8098)",
                     },
                     "documents": {
                         "type": "array",
@@ -472,9 +542,15 @@ OPENAPI: dict[str, Any] = {
                     "text": {"type": "string"},
                     "html": {"type": "string"},
                     "software": {"type": "string"},
+                    "read_receipt": {"type": "boolean"},
                     "attachments": {
                         "type": "array",
                         "items": {"type": "string", "contentMediaType": "application/octet-stream"},
+                    },
+                    "upload": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "Identifiants d'envois /api/v1/uploads terminés, transmis par lien",
                     },
                 },
             },
@@ -502,6 +578,24 @@ OPENAPI: dict[str, Any] = {
                                 },
                                 "attempts": {"type": "integer"},
                                 "next_attempt": {"type": "string", "format": "date-time"},
+                                "delayed": {
+                                    "type": "boolean",
+                                    "description": "En file après [delivery] delay_warning (DSN DELAY)",
+                                },
+                                "delay_notified_at": {"type": "string", "format": "date-time"},
+                                "receipts": {
+                                    "type": "array",
+                                    "description": "Accusés de lecture reçus (MDN, RFC 8098)",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["disposition", "mode", "received_at"],
+                                        "properties": {
+                                            "disposition": {"type": "string"},
+                                            "mode": {"type": "string"},
+                                            "received_at": {"type": "string", "format": "date-time"},
+                                        },
+                                    },
+                                },
                             },
                         },
                     },
@@ -541,6 +635,20 @@ OPENAPI: dict[str, Any] = {
                     "ins": {"type": "string", "minLength": 15, "maxLength": 15},
                     "password": {"type": "string"},
                 },
+            },
+            "SecondFactor": {
+                "type": "object",
+                "required": ["second_factor", "challenge"],
+                "properties": {
+                    "second_factor": {"type": "string", "enum": ["email", "totp"]},
+                    "challenge": {"type": "string"},
+                    "sent_to": {"type": "string", "description": "Adresse masquée où le code est parti"},
+                },
+            },
+            "SecondFactorCode": {
+                "type": "object",
+                "required": ["challenge", "code"],
+                "properties": {"challenge": {"type": "string"}, "code": {"type": "string"}},
             },
             "Session": {
                 "type": "object",
@@ -638,6 +746,27 @@ OPENAPI: dict[str, Any] = {
                     },
                 ]
             },
+            "FirstContact": {
+                "type": "object",
+                "properties": {
+                    "address": {"type": "string"},
+                    "name": {"type": "string"},
+                    "detail": {"type": "string", "description": "Service, ville"},
+                },
+            },
+            "FirstMessage": {
+                "type": "object",
+                "required": ["to", "subject"],
+                "properties": {
+                    "to": {
+                        "type": "string",
+                        "description": "Adresse d'un destinataire de /api/first-contacts",
+                    },
+                    "subject": {"type": "string", "maxLength": 200},
+                    "text": {"type": "string"},
+                    "attachments": {"$ref": "#/components/schemas/NewMessage/properties/attachments"},
+                },
+            },
             "NewMessage": {
                 "type": "object",
                 "properties": {
@@ -666,8 +795,26 @@ OPENAPI: dict[str, Any] = {
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Login")}}},
                 "responses": {
                     "200": _json(_ref("Session"), "Session ouverte"),
+                    "202": _json(_ref("SecondFactor"), "Second facteur attendu : POST /api/login/code"),
                     "401": _json(_ref("Error"), "Identifiants incorrects"),
+                    "403": _json(_ref("Error"), "Aucun second facteur possible : contacter l'établissement"),
                     "429": _json(_ref("Error"), "Compte temporairement verrouillé"),
+                },
+            }
+        },
+        "/api/login/code": {
+            "post": {
+                "summary": "Second facteur : code reçu par courriel ou de l'application d'authentification",
+                "operationId": "loginCode",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("SecondFactorCode")}},
+                },
+                "responses": {
+                    "200": _json(_ref("Session"), "Session ouverte"),
+                    "400": _json(_ref("Error"), "Étape expirée ou inconnue"),
+                    "401": _json(_ref("Error"), "Code incorrect"),
+                    "429": _json(_ref("Error"), "Trop de codes faux : compte verrouillé"),
                 },
             }
         },
@@ -850,6 +997,57 @@ OPENAPI: dict[str, Any] = {
                 "operationId": "listConversations",
                 "security": _SECURED,
                 "responses": {"200": _json(_ref("Overview"), "Conversations"), "401": _ERRORS["401"]},
+            },
+            "post": {
+                "summary": "Écrire en premier à une pharmacie : ouvre une conversation",
+                "operationId": "writeFirst",
+                "security": _SECURED,
+                "parameters": [
+                    {"name": "X-CSRF-Token", "in": "header", "required": False, "schema": {"type": "string"}},
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("FirstMessage")}},
+                },
+                "responses": {
+                    "201": _json(
+                        {"type": "object", "properties": {"id": {"type": "string"}}},
+                        "Message envoyé (remis et enregistré) ; id de la conversation",
+                    ),
+                    "400": _json(_ref("Error"), "Message invalide"),
+                    "401": _ERRORS["401"],
+                    "403": _json(
+                        _ref("Error"), "Refusé (CSRF, ou ce destinataire n'accepte pas de premier message)"
+                    ),
+                    "413": _json(_ref("Error"), "Message trop volumineux"),
+                    "507": _json(_ref("Error"), "Espace de stockage plein"),
+                },
+            },
+        },
+        "/api/first-contacts": {
+            "get": {
+                "summary": "Les destinataires à qui le patient peut écrire en premier (pharmacies)",
+                "operationId": "listFirstContacts",
+                "security": _SECURED,
+                "parameters": [
+                    {"name": "q", "in": "query", "required": False, "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "contacts": {"type": "array", "items": _ref("FirstContact")},
+                                "more": {
+                                    "type": "boolean",
+                                    "description": "Plus de [portal] first_contacts_max : préciser q",
+                                },
+                            },
+                        },
+                        "Destinataires",
+                    ),
+                    "401": _ERRORS["401"],
+                },
             }
         },
         "/api/conversations/{id}": {
@@ -925,14 +1123,20 @@ OPENAPI: dict[str, Any] = {
 }
 
 
+OPENAPI["paths"].update(uploads_openapi.PATHS)
+
+
 def setup(app: web.Application) -> None:
     app.router.add_post("/api/login", login)
+    app.router.add_post("/api/login/code", login_code)
     app.router.add_post("/api/logout", logout)
     app.router.add_get("/api/settings", get_settings)
     app.router.add_post("/api/settings", post_settings)
     app.router.add_get("/api/conversations", conversations)
     app.router.add_get("/api/conversations/{id}", conversation)
     app.router.add_post("/api/conversations/{id}/messages", post_message)
+    app.router.add_post("/api/conversations", post_conversation)
+    app.router.add_get("/api/first-contacts", first_contacts)
     app.router.add_get("/api/messages/{mid}/attachments/{n}", attachment)
     app.router.add_get("/api/openapi.json", openapi_document)
     app.router.add_get("/api/directory", directory_search)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from mailserver import conversations
+from mailserver.accounts import AccountError
 from mailserver.cli_support import emit, fail, with_runtime
 from mailserver.portal import service
 from mailserver.runtime import Runtime
@@ -47,9 +48,19 @@ async def conversation_close(rt: Runtime, conversation_id: str) -> None:
 
 @click.command("invite")
 @click.argument("ins")
+@click.option("--send", is_flag=True, help="E-mail the activation link to the patient's personal address.")
 @with_runtime
-async def invite(rt: Runtime, ins: str) -> None:
-    """Print a one-time activation code for the patient portal (valid 7 days)."""
+async def invite(rt: Runtime, ins: str, send: bool) -> None:
+    """A one-time activation code for the patient portal (valid 7 days): printed, or with --send
+    e-mailed as a link through [relay] to the address on the patient's record."""
+    if send:
+        try:
+            address, entry, expires = await service.send_invite(rt, ins)
+        except AccountError as exc:
+            fail(str(exc))
+        click.echo(f"activation link for {address} e-mailed to the patient's personal address")
+        click.echo(f"queue entry {entry}; valid until {expires:%Y-%m-%d %H:%M} UTC, once.")
+        return
     address, code, expires = await service.invite(rt, ins)
     click.echo(f"activation code for {address}: {code}")
     click.echo(f"valid until {expires:%Y-%m-%d %H:%M} UTC, once; give it to the patient in person.")

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from mailserver.delivery import EnqueueHook
-from mailserver.portal import service
+from mailserver.portal import previews, service
 from mailserver.runtime import Runtime
 
 CSP = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'"
@@ -80,14 +80,32 @@ def csrf_ok(expected: str, given: object) -> bool:
     return isinstance(given, str) and bool(given) and secrets.compare_digest(expected, given)
 
 
+def _disposition(kind: str, filename: str) -> str:
+    """RFC 6266: an ASCII fallback name and the exact UTF-8 one."""
+    ascii_name = "".join(c if c.isascii() and c.isprintable() and c not in '"\\;' else "_" for c in filename)
+    quoted = urllib.parse.quote(filename, safe="")
+    return f"{kind}; filename=\"{ascii_name}\"; filename*=UTF-8''{quoted}"
+
+
 def download_response(d: service.Download) -> web.Response:
     """An attachment that is only ever downloaded: RFC 6266 file name, never rendered nor sniffed."""
-    ascii_name = "".join(
-        c if c.isascii() and c.isprintable() and c not in '"\\;' else "_" for c in d.filename
-    )
-    quoted = urllib.parse.quote(d.filename, safe="")
     resp = web.Response(body=d.data)
     resp.headers["Content-Type"] = d.content_type
-    resp.headers["Content-Disposition"] = f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quoted}"
+    resp.headers["Content-Disposition"] = _disposition("attachment", d.filename)
     resp.headers["Content-Security-Policy"] = DOWNLOAD_CSP
+    return resp
+
+
+def preview_response(d: service.Download) -> web.Response:
+    """An image attachment for an ``<img>`` of the conversation page: inline only when its declared type
+    is one of ``previews.INLINE_TYPES`` and its bytes carry that type's signature; anything else (SVG,
+    a mislabelled file) is a download as ``application/octet-stream``. Never sniffed (the middleware's
+    ``nosniff``), sandboxed, and no script can run from it whatever it holds."""
+    if not previews.previewable(d.content_type, d.data):
+        return download_response(service.Download(d.filename, "application/octet-stream", d.data))
+    resp = web.Response(body=d.data)
+    resp.headers["Content-Type"] = d.content_type.lower()
+    resp.headers["Content-Disposition"] = _disposition("inline", d.filename)
+    resp.headers["Content-Security-Policy"] = DOWNLOAD_CSP
+    resp.headers["Cross-Origin-Resource-Policy"] = "same-origin"
     return resp

@@ -4,7 +4,9 @@
 files) and runs the submission path: the sender must be one the caller may send as
 (``accounts.may_send_as``), every recipient goes through ``submission.check_recipient`` (trust space,
 mailbox state and quota, patient conversations, S/MIME), the message through ``check_authors``,
-``conversations.check_message`` and ``prepare_message``, and is committed by ``commit_message``,
+``conversations.check_message``, ``complete_message``, ``large_files.rewrite`` (attachments above
+``[large_files] threshold`` sent by link, as uploads named by id are) and ``sign_message``, and is
+committed by ``commit_message``,
 the function SMTP's handlers use. ``202`` is answered only after that commit, with the API's
 per-recipient rows written in the same transaction. Errors are RFC 9457 problem+json naming the
 refused recipient. Every call is audited.
@@ -19,7 +21,9 @@ import datetime as dt
 import email.policy
 import email.utils
 import json
+import logging
 import os
+import re
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -32,21 +36,25 @@ from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailserver import accounts, conversations, xdm
+from mailserver import accounts, conversations, large_files, mdn, quota, xdm
 from mailserver.api_models import APIMessage, APIRecipient
-from mailserver.db.models import Folder, Message
+from mailserver.db.models import Folder, Message, utcnow
 from mailserver.headers import HeaderView
+from mailserver.large_file_models import LargeFile
 from mailserver.policy import LocalTarget, Refusal
 from mailserver.portal import service
 from mailserver.portal.api import Unauthenticated, credentials
 from mailserver.portal.http import RT, download_response, remote
 from mailserver.queue.models import QueueRecipient
 from mailserver.runtime import Runtime
+from mailserver.smtp import paths
 from mailserver.smtp.server import Recipient
-from mailserver.smtp.submission import check_recipient, prepare_message
+from mailserver.smtp.submission import check_recipient, complete_message, sign_message
 from mailserver.store import mime
 from mailserver.store.store import DeliveryResult as StoreResult
 from mailserver.submit import commit_message
+
+log = logging.getLogger(__name__)
 
 PROBLEM = "application/problem+json"
 _WHO = web.RequestKey("api_actor", str)
@@ -123,6 +131,12 @@ def audited(action: str) -> Callable[[Handler], Handler]:
             except Problem as problem:
                 resp = problem.response()
                 outcome = f"{problem.status} {problem.detail}"[:500]
+            except web.HTTPException:
+                raise
+            except Exception:  # a defect: still a problem+json answer, and still audited
+                log.exception("API %s %s failed", request.method, request.path)
+                resp = Problem(500, "Erreur interne", "erreur interne du serveur").response()
+                outcome = "500 internal error"
             who = request.get(_WHO) or f"client:{remote(request)}"
             await request.app[RT].audit.record(
                 who, action, remote(request), f"{request.method} {request.path_qs}"[:500], outcome
@@ -167,6 +181,17 @@ class Submission:
     documents: list[xdm.CDA] = field(default_factory=list)
     titles: list[str] = field(default_factory=list)
     software: str = ""
+    read_receipt: bool = False  # Disposition-Notification-To: the sender (RFC 8098)
+    links: list[str] = field(default_factory=list)  # ids of uploads (``/api/v1/uploads``) to send by link
+
+
+def _address(value: str, name: str) -> str:
+    """An address as SMTP's MAIL/RCPT would take it (``paths.syntax_error``): the API writes no
+    header that submission would refuse."""
+    why = paths.syntax_error(value) if "," not in value else "one address per entry"
+    if why:
+        raise Problem(400, "Requête invalide", f"adresse invalide dans {name} ({why}): {value[:100]!r}")
+    return value
 
 
 def _addresses(value: Any, name: str) -> list[str]:
@@ -176,19 +201,30 @@ def _addresses(value: Any, name: str) -> list[str]:
         value = [v for v in (p.strip() for p in value.split(",")) if v]
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         raise Problem(400, "Requête invalide", f"{name} doit être une liste d'adresses")
-    out = [v.strip() for v in value]
-    for v in out:
-        if any(c in "<>," or ord(c) < 32 for c in v) or "@" not in v:
-            raise Problem(400, "Requête invalide", f"adresse invalide dans {name}: {v[:100]}")
-    return out
+    return [_address(v.strip(), name) for v in value]
 
 
 def _text(value: Any, name: str) -> str | None:
+    """A body text: any Unicode text but NUL, other C0 controls than tab/CR/LF/FF, and lone
+    surrogates (which no charset can encode)."""
     if value is None:
         return None
     if not isinstance(value, str):
         raise Problem(400, "Requête invalide", f"{name} doit être une chaîne")
+    if any((ord(c) < 32 and c not in "\t\r\n\f") or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise Problem(400, "Requête invalide", f"{name}: caractère de contrôle ou de substitution refusé")
     return value
+
+
+def _header_text(value: Any, name: str, limit: int) -> str:
+    """Text for a header (subject, filename, software): one line of printable characters, so no
+    line break Python's ``email`` would refuse (U+2028, U+0085, VT, FF...) and no control."""
+    text = _text(value, name) or ""
+    if not text.replace("\t", " ").isprintable():
+        raise Problem(400, "Requête invalide", f"{name}: une ligne de caractères imprimables attendue")
+    if len(text) > limit:
+        raise Problem(400, "Requête invalide", f"{name}: au plus {limit} caractères")
+    return text
 
 
 def _documents(items: Any) -> tuple[list[xdm.CDA], list[str]]:
@@ -215,21 +251,19 @@ def _documents(items: Any) -> tuple[list[xdm.CDA], list[str]]:
             doc = xdm.parse_cda(raw)
         except xdm.XDMError as exc:
             raise Problem(400, "Document refusé", f"document {n}: {exc}", document=n) from None
-        title = _text(item.get("title"), "title") or doc.title or "Document"
+        title = _header_text(item.get("title"), "title", 500) or doc.title or "Document"
         docs.append(doc)
         titles.append(" ".join(title.split())[:500])
     return docs, titles
 
 
-def _submission(fields: dict[str, Any], uploads: list[Upload]) -> Submission:
-    sender = _text(fields.get("from"), "from")
-    if not sender or any(c in sender for c in "\r\n<>,") or "@" not in sender:
+def _submission(fields: dict[str, Any], uploads: list[Upload], links: list[str] | None = None) -> Submission:
+    sender = fields.get("from")
+    if not isinstance(sender, str) or not sender.strip():
         raise Problem(400, "Requête invalide", "from doit être une adresse")
-    subject = _text(fields.get("subject"), "subject") or ""
-    if "\r" in subject or "\n" in subject:
-        raise Problem(400, "Requête invalide", "subject ne doit pas contenir de fin de ligne")
+    subject = _header_text(fields.get("subject"), "subject", MAX_SUBJECT)
     sub = Submission(
-        sender.strip(),
+        _address(sender.strip(), "from"),
         _addresses(fields.get("to"), "to"),
         _addresses(fields.get("cc"), "cc"),
         subject,
@@ -238,15 +272,28 @@ def _submission(fields: dict[str, Any], uploads: list[Upload]) -> Submission:
         uploads,
     )
     sub.documents, sub.titles = _documents(fields.get("documents"))
-    software = _text(fields.get("software"), "software") or ""
-    if any(ord(c) < 32 for c in software) or len(software) > 200:
-        raise Problem(400, "Requête invalide", "software: au plus 200 caractères, sans contrôle")
-    sub.software = software.strip()
+    sub.software = _header_text(fields.get("software"), "software", 200).strip()
+    receipt = fields.get("read_receipt", False)
+    if isinstance(receipt, str):  # a multipart field
+        receipt = {"true": True, "false": False, "1": True, "0": False}.get(receipt.strip().lower(), receipt)
+    if not isinstance(receipt, bool):
+        raise Problem(400, "Requête invalide", "read_receipt doit être un booléen")
+    sub.read_receipt = receipt
+    sub.links = list(dict.fromkeys(links or []))
     if not sub.to and not sub.cc:
         raise Problem(400, "Requête invalide", "au moins un destinataire (to ou cc) attendu")
-    if sub.text is None and sub.html is None and not uploads and not sub.documents:
+    if sub.text is None and sub.html is None and not uploads and not sub.documents and not sub.links:
         raise Problem(400, "Requête invalide", "text, html ou une pièce jointe attendu")
     return sub
+
+
+def _json_links(items: Any) -> list[str]:
+    """The attachments given as ``{"upload": id}``: files uploaded beforehand, sent by link."""
+    if not isinstance(items, list):
+        return []
+    return [
+        item["upload"] for item in items if isinstance(item, dict) and isinstance(item.get("upload"), str)
+    ]
 
 
 def _json_uploads(items: Any) -> list[Upload]:
@@ -256,6 +303,8 @@ def _json_uploads(items: Any) -> list[Upload]:
         raise Problem(400, "Requête invalide", "attachments doit être une liste")
     out = []
     for item in items:
+        if isinstance(item, dict) and isinstance(item.get("upload"), str) and "data" not in item:
+            continue  # sent by link (``_json_links``)
         if not isinstance(item, dict) or not isinstance(item.get("data"), str):
             raise Problem(400, "Requête invalide", "pièce jointe invalide")
         try:
@@ -267,11 +316,16 @@ def _json_uploads(items: Any) -> list[Upload]:
 
 
 def _upload(filename: Any, content_type: Any, data: bytes) -> Upload:
+    """An attachment: a one-line name, and a leaf media type (RFC 2045 tokens): a multipart or
+    message type given as an attachment's type is sent as ``application/octet-stream``, since its
+    bytes are not a MIME structure of this message (RFC 2046 §5 forbids base64 for them)."""
     name = filename if isinstance(filename, str) and filename.strip() else "piece-jointe"
-    ctype = content_type if isinstance(content_type, str) else "application/octet-stream"
-    if ctype.count("/") != 1 or any(c in ctype for c in " \r\n;"):
+    name = _header_text(name, "filename", 200)
+    ctype = content_type.split(";", 1)[0].strip().lower() if isinstance(content_type, str) else ""
+    maintype, _, subtype = ctype.partition("/")
+    if not (_TOKEN.fullmatch(maintype) and _TOKEN.fullmatch(subtype)) or maintype in ("multipart", "message"):
         ctype = "application/octet-stream"
-    return Upload(name.replace("\r", " ").replace("\n", " ")[:200], ctype, data)
+    return Upload(name, ctype, data)
 
 
 async def _read(request: web.Request) -> Submission:
@@ -280,7 +334,10 @@ async def _read(request: web.Request) -> Submission:
         raise Problem(413, "Message trop volumineux", f"au plus {limit} octets")
     try:
         if request.content_type == "application/json":
-            raw = await request.content.read(limit + 1)
+            # ``read(n)`` returns what has arrived (up to n): a body larger than a socket read needs a loop.
+            raw = bytearray()
+            while len(raw) <= limit and (block := await request.content.read(limit + 1 - len(raw))):
+                raw += block
             if len(raw) > limit:
                 raise Problem(413, "Message trop volumineux", f"au plus {limit} octets")
             try:
@@ -289,7 +346,8 @@ async def _read(request: web.Request) -> Submission:
                 body = None
             if not isinstance(body, dict):
                 raise Problem(400, "Requête invalide", "objet JSON attendu")
-            return _submission(body, _json_uploads(body.get("attachments")))
+            items = body.get("attachments")
+            return _submission(body, _json_uploads(items), _json_links(items))
         if request.content_type == "multipart/form-data":
             return await _multipart(request, limit)
     except web.HTTPRequestEntityTooLarge:
@@ -303,6 +361,7 @@ async def _multipart(request: web.Request, limit: int) -> Submission:
     reader = await request.multipart()
     fields: dict[str, Any] = {}
     uploads: list[Upload] = []
+    links: list[str] = []
     total = 0
     while (part := await reader.next()) is not None:
         if not isinstance(part, BodyPartReader):
@@ -311,23 +370,31 @@ async def _multipart(request: web.Request, limit: int) -> Submission:
         total += len(data)
         if total > limit:
             raise Problem(413, "Message trop volumineux", f"au plus {limit} octets")
+        if part.name == "documents":  # a CDA R2 file: read by the same code as a JSON document
+            fields.setdefault("documents", []).append({"data": base64.b64encode(bytes(data)).decode()})
+            continue
         if part.name == "attachments" or part.filename is not None:
             # Some clients (aiohttp's, older browsers) percent-encode a non-ASCII filename in quotes.
-            name = urllib.parse.unquote(part.filename) if part.filename else None
+            try:
+                name = urllib.parse.unquote(part.filename, errors="strict") if part.filename else None
+            except UnicodeDecodeError:
+                raise Problem(400, "Requête invalide", "filename: UTF-8 attendu") from None
             uploads.append(_upload(name, part.headers.get("Content-Type"), bytes(data)))
             continue
         try:
             value = bytes(data).decode("utf-8")
         except UnicodeDecodeError:
             raise Problem(400, "Requête invalide", f"{part.name}: UTF-8 attendu") from None
-        if part.name in ("to", "cc"):
+        if part.name == "upload":
+            links.append(value.strip())
+        elif part.name in ("to", "cc"):
             fields.setdefault(part.name, []).extend(_addresses(value, part.name))
-        elif part.name in ("from", "subject", "text", "html", "software"):
+        elif part.name in ("from", "subject", "text", "html", "software", "read_receipt"):
             fields[part.name] = value
-    return _submission(fields, uploads)
+    return _submission(fields, uploads, links)
 
 
-def build_message(sub: Submission) -> bytes:
+def build_message(sub: Submission, links: list[LargeFile] | None = None, rt: Runtime | None = None) -> bytes:
     """The RFC 5322 message: text and/or HTML alternatives, then the attachments, then the
     ``IHE_XDM.zip`` of the structured documents with the MSSanté headers that announce it
     (``X-MSS-CODECDA`` per document type code, ``X-MSS-INS``, ``X-MSS-NIL``)."""
@@ -344,6 +411,8 @@ def build_message(sub: Submission) -> bytes:
         msg["X-MSS-INS"] = "O" if any(d.ins for d in sub.documents) else "N"
     if sub.software:
         msg["X-MSS-NIL"] = sub.software
+    if sub.read_receipt:
+        msg["Disposition-Notification-To"] = sub.sender
     if sub.text is not None:
         msg.set_content(sub.text)
     if sub.html is not None:
@@ -354,6 +423,11 @@ def build_message(sub: Submission) -> bytes:
     for up in sub.attachments:
         maintype, subtype = up.content_type.split("/", 1)
         msg.add_attachment(up.data, maintype=maintype, subtype=subtype, filename=up.filename)
+    if links and rt is not None:
+        until = utcnow() + dt.timedelta(seconds=rt.settings.large_files.keep)
+        for row in links:
+            text = large_files.link_text(rt, row, until)
+            msg.add_attachment(text, disposition="inline", headers=[f"{large_files.HEADER}: {row.id}"])
     if sub.documents:
         archive = xdm.build_archive(sub.documents, sub.titles, sub.sender, [*sub.to, *sub.cc])
         if not msg.is_multipart() and msg.get_content_type() == "text/plain" and not msg.get_payload():
@@ -373,7 +447,49 @@ async def send_message(request: web.Request) -> web.StreamResponse:
         raise Problem(400, "Trop de destinataires", f"au plus {most} destinataires")
     if not await accounts.may_send_as(rt, caller.mailbox_id, sub.sender):
         raise Problem(403, "Refusé", f"{caller.address} ne peut pas envoyer en tant que {sub.sender}")
-    data = build_message(sub)
+    links = await _links(request, caller, sub)
+    stored: list[LargeFile] = []
+    local = True
+    for address in addresses:  # where each goes (policy checked again below with the final size)
+        try:
+            local &= isinstance(await check_recipient(rt, sub.sender, address, None), LocalTarget)
+        except Refusal as refusal:
+            raise refusal_problem(refusal, address) from None
+    if links and not local:
+        raise Problem(
+            422, "Refusé", "un fichier envoyé par lien ne peut aller qu'à des destinataires de cet opérateur"
+        )
+    data = build_message(sub, links, rt)
+    try:
+        await accounts.check_authors(rt, caller.mailbox_id, caller.address, HeaderView.parse(data))
+        await conversations.check_message(rt, sub.sender, addresses, HeaderView.parse(data))
+        data = await complete_message(rt, sub.sender, data)
+        if local:  # attachments above [large_files] threshold are kept here and sent by link
+            data, stored = await large_files.rewrite(rt, caller.mailbox_id, data, None)
+    except Refusal as refusal:
+        raise refusal_problem(refusal) from None
+    except quota.OverQuota:  # the sender's own storage, for its files sent by link
+        raise Problem(413, "Espace de stockage plein", f"{caller.address} : quota dépassé") from None
+    try:
+        return await _sign_and_commit(request, caller, sub, addresses, data, [*links, *stored])
+    finally:  # linked in the commit when it happened; files of a refused message are dropped
+        await large_files.discard(rt, [r.id for r in stored])
+
+
+async def _sign_and_commit(
+    request: web.Request,
+    caller: Caller,
+    sub: Submission,
+    addresses: list[str],
+    data: bytes,
+    links: list[LargeFile],
+) -> web.StreamResponse:
+    rt = request.app[RT]
+    try:
+        own = sub.sender.lower() == caller.address.lower()
+        data = await sign_message(rt, sub.sender, caller.mailbox_id if own else None, data, addresses)
+    except Refusal as refusal:
+        raise refusal_problem(refusal) from None
     recipients = []
     for address in addresses:
         try:
@@ -381,13 +497,6 @@ async def send_message(request: web.Request) -> web.StreamResponse:
         except Refusal as refusal:
             raise refusal_problem(refusal, address) from None
         recipients.append(Recipient(target.address, target))
-    try:
-        await accounts.check_authors(rt, caller.mailbox_id, caller.address, HeaderView.parse(data))
-        await conversations.check_message(rt, sub.sender, addresses, HeaderView.parse(data))
-        own = sub.sender.lower() == caller.address.lower()
-        data = await prepare_message(rt, sub.sender, caller.mailbox_id if own else None, data, addresses)
-    except Refusal as refusal:
-        raise refusal_problem(refusal) from None
     public_id = os.urandom(16).hex()
     headers = HeaderView.parse(data)
     trace = (
@@ -396,6 +505,9 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     ).encode()
 
     def record(session: Session, blob_id: int, stored: StoreResult, entry: int | None) -> None:
+        large_files.link_rows(
+            session, links, addresses, headers.get("Message-ID", ""), rt.settings.large_files.keep
+        )
         session.add(
             APIMessage(
                 id=public_id,
@@ -422,22 +534,38 @@ async def send_message(request: web.Request) -> web.StreamResponse:
                 )
             )
 
-    result = await commit_message(
-        rt,
-        rt.queue,
-        sub.sender,
-        recipients,
-        trace + data,
-        headers,
-        source=f"api:{caller.address}",
-        remote_addr=remote(request),
-        patients=True,
-        on_commit=record,
-    )
+    try:
+        result = await commit_message(
+            rt,
+            rt.queue,
+            sub.sender,
+            recipients,
+            trace + data,
+            headers,
+            source=f"api:{caller.address}",
+            remote_addr=remote(request),
+            patients=True,
+            on_commit=record,
+        )
+    except large_files.Conflict as exc:  # a named upload expired (purged) meanwhile: nothing committed
+        raise Problem(409, "Envoi indisponible", str(exc)) from None
     if not result.delivered and not result.queued:
         address, refusal = next(iter(result.refused.items()))
         raise refusal_problem(refusal, address)
     return web.json_response({"id": public_id, **await _state(request, caller, public_id)}, status=202)
+
+
+async def _links(request: web.Request, caller: Caller, sub: Submission) -> list[LargeFile]:
+    """The caller's complete uploads the message names (``{"upload": id}``), in order."""
+    out = []
+    for file_id in sub.links:
+        row = await large_files.owned(request.app[RT], caller.mailbox_id, file_id)
+        if row is None:
+            raise Problem(404, "Introuvable", f"aucun envoi de cette boîte sous l'identifiant {file_id[:40]}")
+        if row.state not in ("ready", "sent"):
+            raise Problem(409, "Envoi incomplet", f"{row.id} : {row.received} octets reçus sur {row.size}")
+        out.append(row)
+    return out
 
 
 async def _state(request: web.Request, caller: Caller, public_id: str) -> dict[str, Any]:
@@ -457,6 +585,7 @@ async def _state(request: web.Request, caller: Caller, public_id: str) -> dict[s
                 .order_by(APIRecipient.id)
             )
         ).all()
+        receipts = await mdn.received(session, public_id)
     out = []
     for r, q in rows:
         item: dict[str, Any] = {"address": r.address, "state": r.state, "detail": r.detail}
@@ -465,6 +594,10 @@ async def _state(request: web.Request, caller: Caller, public_id: str) -> dict[s
             item.update(state=final, detail=q.last_reply, attempts=q.attempts)
             if q.status == "queued":
                 item["next_attempt"] = q.next_attempt.isoformat()
+                if q.delay_notified_at is not None:  # past [delivery] delay_warning (DELAY DSN)
+                    item.update(delayed=True, delay_notified_at=q.delay_notified_at.isoformat())
+        if r.address.lower() in receipts:  # read receipts (MDN, RFC 8098) that came back
+            item["receipts"] = receipts[r.address.lower()]
         out.append(item)
     return {"from": msg.sender, "created_at": msg.created_at.isoformat(), "recipients": out}
 
@@ -477,6 +610,8 @@ async def message_state(request: web.Request) -> web.StreamResponse:
 
 LIST_LIMIT = 100
 MAX_DOCUMENTS = 20
+MAX_SUBJECT = 998  # RFC 5322 §2.1.1's line limit; folding makes longer subjects legal but unusual
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,127}")  # RFC 2045 token, of a bounded length
 
 
 async def _xdm_reports(rt: Runtime, blob_id: int, meta: dict[str, Any]) -> list[dict[str, Any]]:
@@ -495,9 +630,8 @@ async def _xdm_reports(rt: Runtime, blob_id: int, meta: dict[str, Any]) -> list[
 
 async def _inbox_message(request: web.Request, caller: Caller) -> tuple[int, dict[str, Any]] | None:
     """(blob id, meta) of INBOX message ``uid`` of the caller's own mailbox."""
-    try:
-        uid = int(request.match_info["uid"])
-    except ValueError:
+    uid = _uid(request.match_info["uid"])
+    if uid is None:
         return None
     async with request.app[RT].db.read() as session:
         blob_id = (
@@ -512,6 +646,15 @@ async def _inbox_message(request: web.Request, caller: Caller) -> tuple[int, dic
     return blob_id, await request.app[RT].store.blob_meta(blob_id)
 
 
+def _uid(text: str) -> int | None:
+    """A UID as IMAP bounds it (RFC 9051 §2.3.1.1: 32 bits), or None: a larger number is no
+    message, not a database error."""
+    if not text.isascii() or not text.isdigit() or len(text) > 10:
+        return None
+    value = int(text)
+    return value if value < 2**32 else None
+
+
 def _own(request: web.Request, caller: Caller) -> None:
     if request.match_info["address"].strip().lower() != caller.address.lower():
         raise Problem(403, "Refusé", f"{caller.address} ne lit que sa propre boîte")
@@ -521,10 +664,9 @@ async def list_messages(request: web.Request) -> web.StreamResponse:
     """What arrived in INBOX after the ``since`` cursor (a UID), oldest first, at most 100 per call."""
     caller = await _caller(request)
     _own(request, caller)
-    try:
-        since = int(request.query.get("since", "0"))
-    except ValueError:
-        raise Problem(400, "Requête invalide", "since doit être un curseur rendu par cette liste") from None
+    since = _uid(request.query.get("since", "0"))
+    if since is None:
+        raise Problem(400, "Requête invalide", "since doit être un curseur rendu par cette liste")
     rt = request.app[RT]
     async with rt.db.read() as session:
         rows = (

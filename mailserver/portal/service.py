@@ -1,8 +1,10 @@
 """What the patient portal does, once: the HTML pages (``web.py``) and the JSON API (``api.py``) both call
 these functions and only translate their results and ``PortalError`` into their own format.
 
-- Patients sign in with INS + password through ``rt.auth.authenticate`` (shared lock-out and audit);
-  sessions and invitation codes live in the database as SHA-256 of high-entropy secrets.
+- Patients sign in with INS + password through ``rt.auth.authenticate`` (shared lock-out and audit),
+  then the second factor of ``factors`` (e-mailed code or authenticator app) unless a trusted device
+  spares it; sessions and invitation codes live in the database as SHA-256 of high-entropy secrets.
+  A forgotten password is reset with an e-mailed code; an invitation may be e-mailed as a link.
 - A reply is a proper RFC 5322 message from the patient, checked by ``conversations.check_message``,
   kept in the patient's Sent folder (their quota), delivered with ``Delivery`` (local professional) or
   through the outbound queue's hook (a professional at a peer operator), then linked to its conversation.
@@ -12,6 +14,7 @@ these functions and only translate their results and ``PortalError`` into their 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import email.policy
 import email.utils
@@ -25,13 +28,17 @@ from email.message import EmailMessage
 from html.parser import HTMLParser
 from typing import Any, ClassVar
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, or_, select
+from sqlalchemy.orm import Session
 
 from directory.ins import InvalidINS, validate_ins
+from directory.models import Patient, Structure
 from directory.patients import display_name_for
 from directory.search import M as DirectoryMailbox
 from directory.search import entry_columns, joined, to_entry
-from mailserver import accounts, conversations, quota
+from directory.text import fold
+from mailserver import accounts, alerts, conversations, large_files, quota
+from mailserver.audit import Audit
 from mailserver.auth import generate_app_password
 from mailserver.charsets import decode_text
 from mailserver.conversation_models import (
@@ -45,6 +52,8 @@ from mailserver.db.models import Domain, Folder, Mailbox, Message, utcnow
 from mailserver.delivery import Delivery, EnqueueHook
 from mailserver.headers import HeaderView, decode_header
 from mailserver.policy import LocalTarget, Refusal, route_recipient
+from mailserver.portal import factors, previews
+from mailserver.portal.errors import PortalError
 from mailserver.runtime import Runtime
 from mailserver.store import mime
 
@@ -53,16 +62,9 @@ SESSION_MAX_AGE = dt.timedelta(hours=12)
 MIN_PASSWORD = 10
 MAX_ATTACHMENTS = 10
 MAX_TEXT = 100_000
+MAX_SUBJECT = 200
+MAX_QUERY = 100
 SIGNATURE_TYPES = {("application", "pkcs7-signature"), ("application", "x-pkcs7-signature")}
-
-
-class PortalError(Exception):
-    """A refused portal request: ``status`` is the HTTP status, ``message`` the French text shown."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def _sha(secret: str) -> str:
@@ -121,10 +123,57 @@ async def invite(rt: Runtime, ins: str) -> tuple[str, str, dt.datetime]:
     return mb.address, code, expires
 
 
-async def activate(rt: Runtime, ins: str, code: str, password: str, remote: str) -> None:
-    """Set the patient's password with a one-time activation code."""
+async def send_invite(rt: Runtime, ins: str) -> tuple[str, int, dt.datetime]:
+    """``invite``, with the activation link e-mailed to the patient's personal address through
+    ``[relay]`` (the queue, with its retries) instead of shown. Refused, with nothing changed, when the
+    patient has no e-mail on record or the operator no relay or portal address. Returns (address,
+    queue entry, expiry)."""
+    try:
+        key = validate_ins(ins)
+    except InvalidINS as exc:
+        raise accounts.AccountError(str(exc)) from None
+    async with rt.db.read() as session:
+        patient = await session.get(Patient, key)
+    if patient is None or not patient.email:
+        raise accounts.AccountError(
+            f"no personal e-mail on record for INS {key}: add one with `caducee patient edit {key} --email"
+            " ADDR`, or run the command without --send and give the code in person"
+        )
+    if not rt.settings.relay.host or not rt.settings.patients.portal_url:
+        raise accounts.AccountError("--send needs [relay] host and [patients] portal_url set")
+    address, code, expires = await invite(rt, key)
+    to = patient.email
+    link = f"{rt.settings.patients.portal_url.rstrip('/')}/activation?code={code}"
+    text = (
+        "Votre établissement de santé vous a ouvert une messagerie de santé sécurisée.\n\n"
+        f"Pour l'activer, ouvrez ce lien et choisissez votre mot de passe :\n{link}\n\n"
+        f"Munissez-vous de votre identifiant national de santé (INS). Ce lien est valable jusqu'au "
+        f"{expires:%d/%m/%Y} et ne sert qu'une fois.\n\n"
+        "Si vous n'attendiez pas ce message, ignorez-le.\n"
+    )
+    data = alerts.personal_mail(rt, to, "Activez votre messagerie de santé", text)
+
+    def work(session: Session) -> int:
+        entry = alerts.queue_personal(session, rt, to, data)
+        Audit.record_in(
+            session, "admin", "admin", "", f"patient invite {address}", f"link e-mailed (queue entry {entry})"
+        )
+        return entry
+
+    entry = await rt.db.run_write(work)
+    rt.queue.wake()
+    return address, entry, expires
+
+
+def check_password(password: str) -> None:
+    """The portal's password policy (activation and reset)."""
     if len(password) < MIN_PASSWORD:
         raise PortalError(400, f"Le mot de passe doit comporter au moins {MIN_PASSWORD} caractères.")
+
+
+async def activate(rt: Runtime, ins: str, code: str, password: str, remote: str) -> None:
+    """Set the patient's password with a one-time activation code."""
+    check_password(password)
     try:
         ins = validate_ins(ins)
     except InvalidINS:
@@ -161,8 +210,11 @@ class SessionInfo:
     expires_at: dt.datetime
 
 
-async def login(rt: Runtime, ins: str, password: str, remote: str) -> SessionInfo:
-    """INS + password → a new session; failures count towards the shared lock-out."""
+async def login(
+    rt: Runtime, ins: str, password: str, remote: str, device: str = ""
+) -> SessionInfo | factors.Challenge:
+    """INS + password → a new session, or the second step it still needs (``[portal] second_factor``;
+    ``device`` is the browser's trusted-device cookie). Failures count towards the shared lock-out."""
     try:
         ins = validate_ins(ins)
     except InvalidINS:
@@ -171,11 +223,23 @@ async def login(rt: Runtime, ins: str, password: str, remote: str) -> SessionInf
     address = mb.address if mb else f"{ins.lower()}@patient"
     outcome = await rt.auth.authenticate(address, password, remote, "portal")
     if outcome.reason == "locked":
-        raise PortalError(
-            429, "Trop de tentatives : votre compte est temporairement verrouillé. Réessayez plus tard."
-        )
+        raise PortalError(429, factors.LOCKED)
     if not outcome.ok or outcome.mailbox_id is None or outcome.address is None:
         raise PortalError(401, "Identifiant ou mot de passe incorrect.")
+    pending = await factors.after_password(rt, outcome.mailbox_id, outcome.address, remote, device)
+    if pending is not None:
+        return pending
+    return await open_session(rt, outcome.mailbox_id, outcome.address, remote)
+
+
+async def second_step(rt: Runtime, token: str, code: str, remote: str) -> SessionInfo:
+    """The code of a pending login (``factors.verify``) → the session."""
+    passed = await factors.verify(rt, token, code, factors.LOGIN, remote)
+    assert passed.mailbox_id is not None
+    return await open_session(rt, passed.mailbox_id, passed.account, remote)
+
+
+async def open_session(rt: Runtime, mailbox_id: int, address: str, remote: str) -> SessionInfo:
     token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     now = utcnow()
     expires = now + dt.timedelta(seconds=rt.settings.portal.session_lifetime)
@@ -184,14 +248,53 @@ async def login(rt: Runtime, ins: str, password: str, remote: str) -> SessionInf
         session.add(
             PortalSession(
                 token_hash=_sha(token),
-                mailbox_id=outcome.mailbox_id,
+                mailbox_id=mailbox_id,
                 csrf=csrf,
                 remote=remote[:100],
                 created_at=now,
                 expires_at=expires,
             )
         )
-    return SessionInfo(token, outcome.mailbox_id, outcome.address, csrf, expires)
+    return SessionInfo(token, mailbox_id, address, csrf, expires)
+
+
+async def must_enrol(rt: Runtime, info: SessionInfo) -> bool:
+    """Under ``second_factor = "totp"`` a patient who signed in by e-mailed code must enrol an app
+    before anything else."""
+    return rt.settings.portal.second_factor == "totp" and not await factors.enrolled(rt, info.mailbox_id)
+
+
+# ---------------------------------------------------------------------------------------------- reset
+
+
+async def request_reset(rt: Runtime, ins: str, remote: str) -> factors.Challenge:
+    """Forgotten password, first step: the same answer whether the INS is known or not."""
+    try:
+        ins = validate_ins(ins)
+    except InvalidINS:
+        raise PortalError(400, "Identifiant national de santé (INS) invalide.") from None
+    mb = await _patient_mailbox(rt, ins)
+    address = mb.address if mb else f"{ins.lower()}@patient"
+    return await factors.open_reset(rt, ins, mb.id if mb else None, address, remote)
+
+
+async def reset_password(rt: Runtime, token: str, code: str, password: str, remote: str) -> str:
+    """Forgotten password, second step: the e-mailed code, then the new password (the activation's
+    policy). Every trusted device and every portal session of the account end. Returns the INS."""
+    check_password(password)
+    passed = await factors.verify(rt, token, code, factors.RESET, remote)
+    assert passed.mailbox_id is not None
+    await accounts.set_password(rt, passed.account, password)
+
+    def work(session: Session) -> None:
+        factors.forget_devices_in(session, passed.mailbox_id or 0)
+        session.execute(delete(PortalSession).where(PortalSession.mailbox_id == passed.mailbox_id))
+        Audit.record_in(
+            session, passed.account, "password-reset", remote, "portal reset", "password set, sessions ended"
+        )
+
+    await rt.db.run_write(work)
+    return passed.account.partition("@")[0].upper()
 
 
 async def resume(rt: Runtime, token: str) -> SessionInfo | None:
@@ -294,6 +397,7 @@ class AttachmentInfo:
     filename: str
     content_type: str
     size: int
+    preview: bool = False  # shown inline: an allowed image type whose bytes agree (``previews``)
 
     def as_dict(self) -> dict[str, Any]:
         return {"n": self.n, "filename": self.filename, "content_type": self.content_type, "size": self.size}
@@ -527,6 +631,23 @@ def attachment_parts(meta: dict[str, Any]) -> list[tuple[AttachmentInfo, list[in
     return out
 
 
+def _part(raw: bytes, meta: dict[str, Any], path: list[int], node: dict[str, Any]) -> bytes:
+    """A leaf part's content, transfer-decoded."""
+    data = mime.binary_section(raw, meta, path)
+    return raw[node["part"][2] : node["part"][3]] if data is None else data
+
+
+def _shown(
+    info: AttachmentInfo, raw: bytes, meta: dict[str, Any], path: list[int], node: dict[str, Any]
+) -> AttachmentInfo:
+    """An attachment as the patient sees it listed: its decoded size, and whether it previews."""
+    size = mime.binary_size(raw, meta, path)
+    preview = previews.may_preview(info.content_type) and previews.previewable(
+        info.content_type, _part(raw, meta, path, node)
+    )
+    return dataclasses.replace(info, size=info.size if size is None else size, preview=preview)
+
+
 def _body_text(raw: bytes, meta: dict[str, Any]) -> str:
     """The message's text with ``\n`` line ends: mail received over SMTP is stored with CRLF."""
     leaves = [(p, n) for p, n in _leaves(meta["bodystructure"], []) if not _is_attachment(n)]
@@ -573,6 +694,7 @@ async def read_conversation(
             continue
         meta = metas[m.blob_id]
         raw = await rt.store.read_blob(m.blob_id)
+        files = [_shown(info, raw, meta, p, n) for info, p, n in attachment_parts(meta)]
         author = "Vous" if m.direction == "out" else "Messagerie Caducée" if m.kind == "notice" else pro.name
         messages.append(
             MessageView(
@@ -584,7 +706,7 @@ async def read_conversation(
                 meta["headers"].get("subject") or "",
                 _body_text(raw, meta),
                 m.direction == "in" and not seen[m.blob_id][2],
-                [info for info, _p, _n in attachment_parts(meta)],
+                files,
             )
         )
     if mark_read:
@@ -630,13 +752,10 @@ async def attachment(
     if not found:
         raise PortalError(404, "Cette pièce jointe n'existe pas.")
     info, path, node = found[0]
-    raw = await rt.store.read_blob(row)
-    data = mime.binary_section(raw, meta, path)
+    data = _part(await rt.store.read_blob(row), meta, path, node)
     if reader is not None:
         await rt.audit.read(reader[0], reader[1], reader[2], f"message {message_id} attachment {n}")
-    return Download(
-        info.filename, info.content_type, raw[node["part"][2] : node["part"][3]] if data is None else data
-    )
+    return Download(info.filename, info.content_type, data)
 
 
 # ---------------------------------------------------------------------------------------------- replying
@@ -655,19 +774,20 @@ async def _patient_from(rt: Runtime, mb: Mailbox) -> str:
     return email.utils.formataddr((name or mb.display_name or "", mb.address))
 
 
-def _build_reply(
+def _build_message(
     rt: Runtime,
     from_: str,
-    pro: Professional,
+    to: tuple[str, str],
     subject: str,
     thread: list[str],
     text: str,
     files: Sequence[Upload],
 ) -> EmailMessage:
+    """The patient's message as any mail client would write it; ``to`` is (name, address)."""
     msg = EmailMessage(policy=email.policy.SMTP)
     msg["From"] = from_
-    msg["To"] = email.utils.formataddr((pro.name, pro.address))
-    msg["Subject"] = subject if re.match(r"(?i)re\s*:", subject) else f"Re: {subject}".strip()
+    msg["To"] = email.utils.formataddr(to)
+    msg["Subject"] = subject
     msg["Date"] = email.utils.format_datetime(utcnow())
     msg["Message-ID"] = f"<{secrets.token_hex(16)}@{rt.settings.server.hostname}>"
     if thread:
@@ -688,69 +808,70 @@ async def _remove_sent(rt: Runtime, mailbox_id: int, uid: int) -> None:
     await rt.store.expunge(folder.id, [uid])
 
 
-async def reply(
-    rt: Runtime,
-    mailbox_id: int,
-    public_id: str,
-    text: str,
-    files: Sequence[Upload],
-    remote: str,
-    enqueue: EnqueueHook | None = None,
-) -> int:
-    """Answer within a conversation; returns the new message's id. 409 once the conversation is closed.
-
-    The message is kept in the patient's Sent folder first (their quota), then delivered; if delivery
-    is refused the Sent copy is removed again, so the thread never shows a message nobody received.
-    """
-    conv = await _conversation(rt, mailbox_id, public_id)
-    if conv.state == CLOSED:
-        raise PortalError(409, "Cette conversation est close : vous ne pouvez plus y répondre.")
+def _check_content(text: str, files: Sequence[Upload]) -> str:
     text = text.replace("\r\n", "\n").strip()
     if not text and not files:
         raise PortalError(400, "Votre message est vide.")
+    if len(text) > MAX_TEXT:
+        raise PortalError(413, f"Votre message est trop long : {MAX_TEXT} caractères au plus.")
     if len(files) > MAX_ATTACHMENTS:
         raise PortalError(413, f"Au plus {MAX_ATTACHMENTS} pièces jointes par message.")
-    async with rt.db.read() as session:
-        mb = await session.get(Mailbox, mailbox_id)
-        thread = list(
-            (
-                await session.execute(
-                    select(ConversationMessage.message_id)
-                    .where(ConversationMessage.conversation_id == conv.id)
-                    .order_by(ConversationMessage.id)
-                )
-            ).scalars()
-        )
-    assert mb is not None
-    pro = await professional_identity(rt, conv)
-    msg = _build_reply(rt, await _patient_from(rt, mb), pro, conv.subject, thread, text, files)
+    return text
+
+
+@dataclass(frozen=True)
+class Sent:
+    blob_id: int
+    conversations: list[str]
+    queued: bool
+
+
+async def _send(
+    rt: Runtime, mb: Mailbox, to: str, msg: EmailMessage, remote: str, enqueue: EnqueueHook | None, what: str
+) -> Sent:
+    """One patient message to one professional, under the rules SMTP applies (``check_authors``,
+    ``conversations.check_message``, ``route_recipient``): kept in the patient's Sent folder first
+    (their quota), then delivered and committed (durable) — if delivery is refused the Sent copy is
+    removed again, so the thread never shows a message nobody received — then followed in its
+    conversation. A refusal by the conversation rules is audited (``portal-refused``) and answered 403."""
     data = bytes(msg)
+    headers = HeaderView.parse(data)
+    try:
+        await accounts.check_authors(rt, mb.id, mb.address, headers)
+    except Refusal as refusal:
+        await rt.audit.record(mb.address, "portal-refused", remote, what, refusal.smtp)
+        raise PortalError(403, "Vous ne pouvez écrire qu'en votre nom.") from None
+    refused: Refusal | None = None
+    explanation = ""
+    async with rt.db.read() as session:
+        try:
+            await conversations.check_message(session, mb.address, [to], headers)
+            target = await route_recipient(session, to, authenticated=True)
+        except conversations.ConversationRefused as exc:
+            refused, explanation = exc, exc.explanation
+        except Refusal as exc:
+            refused, explanation = exc, "Ce professionnel ne peut pas être joint pour le moment."
+    if refused is not None:
+        await rt.audit.record(mb.address, "portal-refused", remote, what, refused.smtp)
+        status = 403 if isinstance(refused, conversations.ConversationRefused) else 502
+        raise PortalError(status, explanation)
+    if isinstance(target, LocalTarget):  # attachments above [large_files] threshold go by link
+        try:
+            data, _files = await large_files.rewrite(rt, mb.id, data, [to])
+        except quota.OverQuota:
+            raise PortalError(507, "Votre espace de stockage ne peut pas contenir ce fichier.") from None
     if len(data) > rt.settings.limits.message_size:
         raise PortalError(
             413, f"Message trop volumineux : {rt.settings.limits.message_size // (1024 * 1024)} Mo au plus."
         )
-    usage, limits = await rt.store.usage(mailbox_id)
+    usage, limits = await rt.store.usage(mb.id)
     if quota.exceeded(usage, limits, len(data), 1):
-        raise PortalError(507, "Votre espace de stockage est plein : supprimez des messages pour répondre.")
-    headers = HeaderView.parse(data)
+        raise PortalError(507, "Votre espace de stockage est plein : supprimez des messages pour écrire.")
     try:
-        await accounts.check_authors(rt, mailbox_id, mb.address, headers)
-    except Refusal as refusal:
-        await rt.audit.record(mb.address, "portal-refused", remote, "portal reply", refusal.smtp)
-        raise PortalError(403, "Vous ne pouvez écrire qu'en votre nom.") from None
-    async with rt.db.read() as session:
-        try:
-            await conversations.check_message(session, mb.address, [conv.professional], headers)
-            target = await route_recipient(session, conv.professional, authenticated=True)
-        except conversations.ConversationRefused as exc:
-            raise PortalError(403, exc.explanation) from None
-        except Refusal:
-            raise PortalError(502, "Ce professionnel ne peut pas être joint pour le moment.") from None
-    try:
-        _uidvalidity, [uid] = await rt.store.append(mailbox_id, "Sent", [(data, ["\\Seen"], None)])
+        _uidvalidity, [uid] = await rt.store.append(mb.id, "Sent", [(data, ["\\Seen"], None)])
     except quota.OverQuota:
         raise PortalError(
-            507, "Votre espace de stockage est plein : supprimez des messages pour répondre."
+            507, "Votre espace de stockage est plein : supprimez des messages pour écrire."
         ) from None
     delivery = Delivery(rt, mb.address, source="portal", remote_addr=remote, enqueue=enqueue)
     try:
@@ -762,40 +883,179 @@ async def reply(
         result = await delivery.commit()
     except Refusal:
         await delivery.abort()
-        await _remove_sent(rt, mailbox_id, uid)
+        await _remove_sent(rt, mb.id, uid)
         raise PortalError(502, "Ce professionnel ne peut pas être joint pour le moment.") from None
     if result.refused:
-        await _remove_sent(rt, mailbox_id, uid)
+        await _remove_sent(rt, mb.id, uid)
         raise PortalError(503, "La boîte de ce professionnel est pleine : réessayez plus tard.")
     if result.queued:
         rt.queue.wake()
-    sent = await rt.store.folder(mailbox_id, "Sent")
+    sent = await rt.store.folder(mb.id, "Sent")
     async with rt.db.read() as session:
         blob_id = (
             await session.execute(
                 select(Message.blob_id).where(Message.folder_id == sent.id, Message.uid == uid)
             )
         ).scalar_one()
-    await conversations.record_message(
-        rt,
-        mb.address,
-        [conv.professional],
-        headers,
-        blob_id=blob_id,
+    touched = await conversations.record_message(rt, mb.address, [to], headers, blob_id=blob_id)
+    return Sent(blob_id, touched, bool(result.queued))
+
+
+async def _mailbox_row(rt: Runtime, mailbox_id: int) -> Mailbox:
+    async with rt.db.read() as session:
+        mb = await session.get(Mailbox, mailbox_id)
+    assert mb is not None
+    return mb
+
+
+async def reply(
+    rt: Runtime,
+    mailbox_id: int,
+    public_id: str,
+    text: str,
+    files: Sequence[Upload],
+    remote: str,
+    enqueue: EnqueueHook | None = None,
+) -> int:
+    """Answer within a conversation; returns the new message's id. 409 once the conversation is closed."""
+    conv = await _conversation(rt, mailbox_id, public_id)
+    if conv.state == CLOSED:
+        raise PortalError(409, "Cette conversation est close : vous ne pouvez plus y répondre.")
+    text = _check_content(text, files)
+    mb = await _mailbox_row(rt, mailbox_id)
+    async with rt.db.read() as session:
+        thread = list(
+            (
+                await session.execute(
+                    select(ConversationMessage.message_id)
+                    .where(ConversationMessage.conversation_id == conv.id)
+                    .order_by(ConversationMessage.id)
+                )
+            ).scalars()
+        )
+    pro = await professional_identity(rt, conv)
+    subject = conv.subject if re.match(r"(?i)re\s*:", conv.subject) else f"Re: {conv.subject}".strip()
+    msg = _build_message(
+        rt, await _patient_from(rt, mb), (pro.name, pro.address), subject, thread, text, files
     )
-    await rt.audit.record(
-        mb.address,
-        "send",
-        remote,
-        f"portal reply in conversation {conv.public_id} to <{conv.professional}>",
-        "queued" if result.queued else "delivered",
-    )
+    what = f"portal reply in conversation {conv.public_id} to <{conv.professional}>"
+    sent = await _send(rt, mb, conv.professional, msg, remote, enqueue, what)
+    await rt.audit.record(mb.address, "send", remote, what, "queued" if sent.queued else "delivered")
     async with rt.db.read() as session:
         return (
             await session.execute(
                 select(ConversationMessage.id)
-                .where(ConversationMessage.conversation_id == conv.id, ConversationMessage.blob_id == blob_id)
+                .where(
+                    ConversationMessage.conversation_id == conv.id,
+                    ConversationMessage.blob_id == sent.blob_id,
+                )
                 .order_by(ConversationMessage.id.desc())
                 .limit(1)
             )
         ).scalar_one()
+
+
+# ---------------------------------------------------------------------------------------------- writing first
+
+
+@dataclass(frozen=True)
+class FirstContact:
+    """A mailbox a patient may write to first: an ORG flagged ``accepts_patient_first`` (a pharmacy)."""
+
+    address: str
+    name: str
+    detail: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"address": self.address, "name": self.name, "detail": self.detail}
+
+
+def _first_contacts_query() -> Any:
+    """The candidates, named from the national directory when it lists them (else the mailbox's name)."""
+    name = func.coalesce(
+        func.nullif(DirectoryMailbox.display_name, ""),
+        func.nullif(Structure.trade_name, ""),
+        func.nullif(Structure.legal_name, ""),
+        func.nullif(Mailbox.display_name, ""),
+        Mailbox.address,
+    )
+    return (
+        select(Mailbox.address, name.label("name"), Structure.city, DirectoryMailbox.service)
+        .outerjoin(DirectoryMailbox, DirectoryMailbox.address == Mailbox.address)
+        .outerjoin(Structure, Structure.id == DirectoryMailbox.structure_id)
+        .where(Mailbox.type == "ORG", Mailbox.enabled.is_(True), Mailbox.accepts_patient_first.is_(True))
+        .order_by(func.lower(name), Mailbox.address)
+    ), name
+
+
+async def first_contacts(rt: Runtime, query: str = "") -> tuple[list[FirstContact], bool]:
+    """Who the "Nouveau message" page offers, matching ``query`` (words of the name, city or address),
+    at most ``[portal] first_contacts_max``; the flag is True when more match (the patient narrows the
+    search). This only lists: ``conversations.check_message`` decides at sending."""
+    limit = rt.settings.portal.first_contacts_max
+    stmt, name = _first_contacts_query()
+    for word in fold(query[:MAX_QUERY]).split()[:8]:
+        stmt = stmt.where(
+            or_(
+                func.lower(name).contains(word, autoescape=True),
+                DirectoryMailbox.search_text.contains(word, autoescape=True),
+                Mailbox.address.contains(word, autoescape=True),
+            )
+        )
+    async with rt.db.read() as session:
+        rows = (await session.execute(stmt.limit(limit + 1))).all()
+    contacts = [
+        FirstContact(r.address, r.name, ", ".join(p for p in (r.service, r.city) if p)) for r in rows[:limit]
+    ]
+    return contacts, len(rows) > limit
+
+
+async def _first_contact(rt: Runtime, address: str) -> FirstContact | None:
+    stmt, _name = _first_contacts_query()
+    async with rt.db.read() as session:
+        row = (await session.execute(stmt.where(Mailbox.address == address))).first()
+    return FirstContact(row.address, row.name, "") if row is not None else None
+
+
+async def write_first(
+    rt: Runtime,
+    mailbox_id: int,
+    to: str,
+    subject: str,
+    text: str,
+    files: Sequence[Upload],
+    remote: str,
+    enqueue: EnqueueHook | None = None,
+) -> str:
+    """A patient's first message to a professional; returns the conversation's public id.
+
+    Whether the patient may write first is ``conversations.check_message``'s decision, exactly as for a
+    message submitted over SMTP: only an ORG mailbox flagged ``accepts_patient_first`` takes one (any
+    other address, e.g. from a tampered form, is refused, audited as ``portal-refused``)."""
+    to = to.strip().lower()[:320]
+    subject = " ".join(subject.split())
+    if not to:
+        raise PortalError(400, "Choisissez le destinataire de votre message.")
+    if not subject:
+        raise PortalError(400, "Indiquez l'objet de votre message.")
+    if len(subject) > MAX_SUBJECT:
+        raise PortalError(400, f"L'objet est trop long : {MAX_SUBJECT} caractères au plus.")
+    text = _check_content(text, files)
+    mb = await _mailbox_row(rt, mailbox_id)
+    contact = await _first_contact(rt, to)
+    msg = _build_message(
+        rt, await _patient_from(rt, mb), (contact.name if contact else "", to), subject, [], text, files
+    )
+    what = f"portal first message to <{to}>"
+    sent = await _send(rt, mb, to, msg, remote, enqueue, what)
+    if not sent.conversations:  # the rules let it through, yet it follows no conversation: never expected
+        raise PortalError(500, "Votre message a été envoyé mais n'apparaît dans aucune conversation.")
+    public_id = sent.conversations[0]
+    await rt.audit.record(
+        mb.address,
+        "send",
+        remote,
+        f"{what} in conversation {public_id}",
+        "queued" if sent.queued else "delivered",
+    )
+    return public_id

@@ -26,7 +26,7 @@ from config.settings import parse_listen
 from mailserver import alerts, storage_faults
 from mailserver.delivery import EnqueueHook
 from mailserver.limits import ConnectionGate, Refused, Slot
-from mailserver.portal import api, autoconfig, messages_api, service
+from mailserver.portal import api, autoconfig, factors, messages_api, previews, receipts, service, uploads
 from mailserver.portal.http import (
     ENQUEUE,
     PRE_COOKIE,
@@ -36,6 +36,7 @@ from mailserver.portal.http import (
     csrf_ok,
     current_session,
     download_response,
+    preview_response,
     remote,
     security_headers,
     set_session_cookie,
@@ -85,11 +86,40 @@ def _anonymous_csrf_ok(request: web.Request, form: Any) -> bool:
     return csrf_ok(request.cookies.get(PRE_COOKIE, ""), form.get("csrf"))
 
 
-async def _session(request: web.Request) -> service.SessionInfo:
+async def _session(request: web.Request, enrolling: bool = False) -> service.SessionInfo:
+    """The signed-in patient, else a redirect to the sign-in page; under ``second_factor = "totp"``
+    a patient without an app is sent to enrol first (``enrolling``: the enrolment pages themselves)."""
     info = await current_session(request)
     if info is None:
         raise web.HTTPSeeOther("/connexion")
+    if not enrolling and await service.must_enrol(request.app[RT], info):
+        raise web.HTTPSeeOther("/parametres/application")
     return info
+
+
+def _cookie(rt: Runtime, name: str) -> str:
+    """``__Host-`` prefix when cookies are Secure, as the session's."""
+    return f"__Host-{name}" if rt.settings.portal.secure_cookies else name
+
+
+STEP = "caducee_etape"  # the pending second step (login code or reset) of this browser
+DEVICE = "caducee_appareil"  # a trusted device
+
+
+def _set_cookie(resp: web.StreamResponse, rt: Runtime, name: str, value: str, max_age: int) -> None:
+    resp.set_cookie(
+        _cookie(rt, name),
+        value,
+        path="/",
+        max_age=max_age,
+        httponly=True,
+        secure=rt.settings.portal.secure_cookies,
+        samesite="Strict",
+    )
+
+
+def _del_cookie(resp: web.StreamResponse, rt: Runtime, name: str) -> None:
+    resp.del_cookie(_cookie(rt, name), path="/", secure=rt.settings.portal.secure_cookies, samesite="Strict")
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -111,19 +141,147 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     if not _anonymous_csrf_ok(request, form):
         return _anonymous_form(request, "login.html", 403, error="Formulaire expiré : veuillez réessayer.")
     ins = str(form.get("ins", ""))
+    device = request.cookies.get(_cookie(rt, DEVICE), "")
     try:
-        info = await service.login(rt, ins, str(form.get("mot_de_passe", "")), remote(request))
+        result = await service.login(rt, ins, str(form.get("mot_de_passe", "")), remote(request), device)
     except service.PortalError as exc:
         return _anonymous_form(request, "login.html", exc.status, error=exc.message, ins=ins)
+    if isinstance(result, factors.Challenge):
+        resp = web.HTTPSeeOther("/connexion/code")
+        _set_cookie(resp, rt, STEP, result.token, int(rt.settings.portal.code_lifetime))
+        raise resp
+    raise _signed_in(rt, result)
+
+
+def _signed_in(rt: Runtime, info: service.SessionInfo) -> web.HTTPSeeOther:
     resp = web.HTTPSeeOther("/conversations")
     set_session_cookie(resp, rt, info)
     resp.del_cookie(PRE_COOKIE, path="/")
+    return resp
+
+
+def _code_page(
+    request: web.Request, pending: factors.Challenge, status: int = 200, **extra: Any
+) -> web.Response:
+    rt = request.app[RT]
+    return _anonymous_form(
+        request,
+        "code.html",
+        status,
+        step=pending,
+        trust_days=rt.settings.portal.trust_device,
+        fallback=rt.settings.portal.second_factor == "email_or_totp",
+        **extra,
+    )
+
+
+async def code_page(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RT]
+    pending = await factors.pending(rt, request.cookies.get(_cookie(rt, STEP), ""))
+    if pending is None:
+        raise web.HTTPSeeOther("/connexion")
+    return _code_page(request, pending)
+
+
+async def code_post(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RT]
+    form = await request.post()
+    token = request.cookies.get(_cookie(rt, STEP), "")
+    pending = await factors.pending(rt, token)
+    if pending is None:
+        return _anonymous_form(request, "login.html", 400, error=factors.EXPIRED)
+    if not _anonymous_csrf_ok(request, form):
+        return _code_page(request, pending, 403, error="Formulaire expiré : veuillez réessayer.")
+    try:
+        info = await service.second_step(rt, token, str(form.get("code", "")), remote(request))
+    except service.PortalError as exc:
+        if exc.status == 401:
+            return _code_page(request, pending, 401, error=exc.message)
+        resp = _anonymous_form(request, "login.html", exc.status, error=exc.message)
+        _del_cookie(resp, rt, STEP)
+        return resp
+    resp = _signed_in(rt, info)
+    _del_cookie(resp, rt, STEP)
+    if form.get("appareil") == "oui" and rt.settings.portal.trust_device > 0:
+        value = await factors.device_cookie(rt, info.mailbox_id)
+        _set_cookie(resp, rt, DEVICE, value, rt.settings.portal.trust_device * 86400)
+        await rt.audit.record(info.address, "second-factor", remote(request), "portal device trusted", "ok")
     raise resp
+
+
+async def code_email_post(request: web.Request) -> web.StreamResponse:
+    """ "Recevoir plutôt un code par courriel": the app step of this browser becomes an e-mailed code."""
+    rt = request.app[RT]
+    form = await request.post()
+    token = request.cookies.get(_cookie(rt, STEP), "")
+    pending = await factors.pending(rt, token)
+    if pending is None:
+        return _anonymous_form(request, "login.html", 400, error=factors.EXPIRED)
+    if not _anonymous_csrf_ok(request, form):
+        return _code_page(request, pending, 403, error="Formulaire expiré : veuillez réessayer.")
+    try:
+        switched = await factors.switch_to_email(rt, token, remote(request))
+    except service.PortalError as exc:
+        return _code_page(request, pending, exc.status, error=exc.message)
+    resp = web.HTTPSeeOther("/connexion/code")
+    _set_cookie(resp, rt, STEP, switched.token, int(rt.settings.portal.code_lifetime))
+    raise resp
+
+
+async def forgotten_page(request: web.Request) -> web.StreamResponse:
+    return _anonymous_form(request, "oubli.html")
+
+
+async def forgotten_post(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RT]
+    form = await request.post()
+    if not _anonymous_csrf_ok(request, form):
+        return _anonymous_form(request, "oubli.html", 403, error="Formulaire expiré : veuillez réessayer.")
+    ins = str(form.get("ins", ""))
+    try:
+        pending = await service.request_reset(rt, ins, remote(request))
+    except service.PortalError as exc:
+        return _anonymous_form(request, "oubli.html", exc.status, error=exc.message, ins=ins)
+    resp = web.HTTPSeeOther("/mot-de-passe-oublie/code")
+    _set_cookie(resp, rt, STEP, pending.token, int(rt.settings.portal.code_lifetime))
+    raise resp
+
+
+async def reset_page(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RT]
+    if await factors.pending(rt, request.cookies.get(_cookie(rt, STEP), "")) is None:
+        raise web.HTTPSeeOther("/mot-de-passe-oublie")
+    return _anonymous_form(request, "nouveau_mot_de_passe.html")
+
+
+async def reset_post(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RT]
+    form = await request.post()
+    token = request.cookies.get(_cookie(rt, STEP), "")
+    page = "nouveau_mot_de_passe.html"
+    if not _anonymous_csrf_ok(request, form):
+        return _anonymous_form(request, page, 403, error="Formulaire expiré : veuillez réessayer.")
+    password = str(form.get("mot_de_passe", ""))
+    if password != str(form.get("confirmation", "")):
+        return _anonymous_form(request, page, 400, error="Les deux mots de passe ne sont pas identiques.")
+    try:
+        ins = await service.reset_password(rt, token, str(form.get("code", "")), password, remote(request))
+    except service.PortalError as exc:
+        if exc.status in (400, 401) and await factors.pending(rt, token) is not None:
+            return _anonymous_form(request, page, exc.status, error=exc.message)
+        resp = _anonymous_form(request, "oubli.html", exc.status, error=exc.message)
+        _del_cookie(resp, rt, STEP)
+        return resp
+    notice = "Votre mot de passe est changé : connectez-vous avec le nouveau."
+    resp = _anonymous_form(request, "login.html", notice=notice, ins=ins)
+    _del_cookie(resp, rt, STEP)
+    _del_cookie(resp, rt, DEVICE)
+    return resp
 
 
 async def logout_post(request: web.Request) -> web.StreamResponse:
     rt = request.app[RT]
-    info = await _session(request)
+    info = await _session(request, enrolling=True)  # one may leave before enrolling
     form = await request.post()
     if not csrf_ok(info.csrf, form.get("csrf")):
         raise web.HTTPForbidden(text="Jeton CSRF invalide.")
@@ -134,7 +292,8 @@ async def logout_post(request: web.Request) -> web.StreamResponse:
 
 
 async def activation_page(request: web.Request) -> web.StreamResponse:
-    return _anonymous_form(request, "activation.html")
+    """The link ``caducee patient invite --send`` e-mails carries the code (``?code=``)."""
+    return _anonymous_form(request, "activation.html", code=request.query.get("code", "")[:40])
 
 
 async def activation_post(request: web.Request) -> web.StreamResponse:
@@ -183,16 +342,26 @@ async def _conversation_page(
         c=detail,
         quota=quota.quota,
         max_size=_size(rt.settings.limits.message_size),
+        receipts=await receipts.states(rt, info.mailbox_id, detail.messages),
         **extra,
     )
 
 
 async def conversation_page(request: web.Request) -> web.StreamResponse:
     info = await _session(request)
+    extra = {"notice": "Votre message a été envoyé."} if request.query.get("envoye") == "1" else {}
     try:
-        return await _conversation_page(request, info, request.match_info["id"])
+        return await _conversation_page(request, info, request.match_info["id"], **extra)
     except service.PortalError as exc:
         return render(request, "error.html", exc.status, session=info, error=exc.message)
+
+
+def _uploads(form: Any) -> list[service.Upload]:
+    return [
+        service.Upload(f.filename or "", f.content_type or "application/octet-stream", f.file.read())
+        for f in form.getall("pieces_jointes", [])
+        if isinstance(f, web.FileField) and f.filename
+    ]
 
 
 async def reply_post(request: web.Request) -> web.StreamResponse:
@@ -208,11 +377,7 @@ async def reply_post(request: web.Request) -> web.StreamResponse:
     if not csrf_ok(info.csrf, form.get("csrf")):
         raise web.HTTPForbidden(text="Jeton CSRF invalide.")
     text = str(form.get("texte", ""))
-    files = [
-        service.Upload(f.filename or "", f.content_type or "application/octet-stream", f.file.read())
-        for f in form.getall("pieces_jointes", [])
-        if isinstance(f, web.FileField) and f.filename
-    ]
+    files = _uploads(form)
     try:
         await service.reply(
             rt, info.mailbox_id, public_id, text, files, remote(request), request.app[ENQUEUE]
@@ -224,10 +389,81 @@ async def reply_post(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(f"/conversations/{public_id}#dernier")
 
 
-async def settings_page(request: web.Request) -> web.StreamResponse:
+async def _settings(
+    request: web.Request, info: service.SessionInfo, status: int = 200, **extra: Any
+) -> web.Response:
+    rt = request.app[RT]
+    pref = await alerts.preference(rt, info.address)
+    return render(
+        request,
+        "parametres.html",
+        status,
+        session=info,
+        pref=pref,
+        mode=rt.settings.portal.second_factor,
+        app=await factors.enrolled(rt, info.mailbox_id),
+        trust_days=rt.settings.portal.trust_device,
+        **extra,
+    )
+
+
+async def _new_message_page(
+    request: web.Request, info: service.SessionInfo, status: int = 200, **form: Any
+) -> web.Response:
+    rt = request.app[RT]
+    query = request.query.get("recherche", "")[: service.MAX_QUERY]
+    contacts, more = await service.first_contacts(rt, query)
+    quota = await service.overview(rt, info.mailbox_id)
+    return render(
+        request,
+        "nouveau_message.html",
+        status,
+        session=info,
+        quota=quota.quota,
+        contacts=contacts,
+        more=more,
+        query=query,
+        max_size=_size(rt.settings.limits.message_size),
+        max_subject=service.MAX_SUBJECT,
+        form={"destinataire": "", "objet": "", "texte": "", **form.pop("form", {})},
+        **form,
+    )
+
+
+async def new_message_page(request: web.Request) -> web.StreamResponse:
+    """The "Nouveau message" page: the mailboxes that take a patient's first message (a pharmacy)."""
+    return await _new_message_page(request, await _session(request))
+
+
+async def new_message_post(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RT]
     info = await _session(request)
-    pref = await alerts.preference(request.app[RT], info.address)
-    return render(request, "parametres.html", session=info, pref=pref)
+    try:
+        form = await request.post()
+    except web.HTTPRequestEntityTooLarge:
+        return await _new_message_page(request, info, 413, error="Message trop volumineux.")
+    if not csrf_ok(info.csrf, form.get("csrf")):
+        raise web.HTTPForbidden(text="Jeton CSRF invalide.")
+    fields = {k: str(form.get(k, "")) for k in ("destinataire", "objet", "texte")}
+    try:
+        public_id = await service.write_first(
+            rt,
+            info.mailbox_id,
+            fields["destinataire"],
+            fields["objet"],
+            fields["texte"],
+            _uploads(form),
+            remote(request),
+            request.app[ENQUEUE],
+        )
+    except service.PortalError as exc:
+        return await _new_message_page(request, info, exc.status, error=exc.message, form=fields)
+    # Delivered and committed (durable) before the page says so.
+    raise web.HTTPSeeOther(f"/conversations/{public_id}?envoye=1#dernier")
+
+
+async def settings_page(request: web.Request) -> web.StreamResponse:
+    return await _settings(request, await _session(request))
 
 
 async def settings_post(request: web.Request) -> web.StreamResponse:
@@ -239,9 +475,63 @@ async def settings_post(request: web.Request) -> web.StreamResponse:
     enabled = form.get("alertes") == "oui"
     if not await alerts.set_enabled(rt, info.address, enabled, remote(request), "portal"):
         return render(request, "error.html", 404, session=info, error="Aucun dossier patient pour ce compte.")
-    pref = await alerts.preference(rt, info.address)
     notice = "Les alertes sont activées." if enabled else "Les alertes sont désactivées."
-    return render(request, "parametres.html", session=info, pref=pref, notice=notice)
+    return await _settings(request, info, notice=notice)
+
+
+async def _posted(request: web.Request, enrolling: bool = False) -> tuple[service.SessionInfo, Any]:
+    info = await _session(request, enrolling)
+    form = await request.post()
+    if not csrf_ok(info.csrf, form.get("csrf")):
+        raise web.HTTPForbidden(text="Jeton CSRF invalide.")
+    return info, form
+
+
+async def app_page(request: web.Request) -> web.StreamResponse:
+    """Enrolment of an authenticator app: QR code and secret in text, confirmed by a first code."""
+    rt = request.app[RT]
+    info = await _session(request, enrolling=True)
+    if rt.settings.portal.second_factor in ("off", "email"):
+        raise web.HTTPSeeOther("/parametres")
+    required = await service.must_enrol(rt, info)
+    enrolment = await factors.enrolment(rt, info.mailbox_id)
+    return render(request, "application.html", session=info, e=enrolment, required=required)
+
+
+async def app_post(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RT]
+    info, form = await _posted(request, enrolling=True)
+    if rt.settings.portal.second_factor in ("off", "email"):
+        raise web.HTTPSeeOther("/parametres")
+    if await factors.confirm_enrolment(
+        rt, info.mailbox_id, info.address, str(form.get("code", "")), remote(request)
+    ):
+        return await _settings(request, info, notice="Votre application d'authentification est enregistrée.")
+    enrolment = await factors.enrolment(rt, info.mailbox_id)
+    required = await service.must_enrol(rt, info)
+    error = "Code incorrect : vérifiez l'heure de votre téléphone et saisissez le code affiché."
+    return render(request, "application.html", 400, session=info, e=enrolment, required=required, error=error)
+
+
+async def app_remove_post(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RT]
+    info, _form = await _posted(request)
+    if rt.settings.portal.second_factor == "totp":
+        return await _settings(
+            request, info, 403, error="Votre établissement exige une application d'authentification."
+        )
+    await factors.remove_app(rt, info.mailbox_id, info.address, remote(request))
+    notice = "L'application d'authentification est retirée : les codes vous seront envoyés par courriel."
+    return await _settings(request, info, notice=notice)
+
+
+async def devices_post(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RT]
+    info, _form = await _posted(request)
+    await factors.forget_devices(rt, info.mailbox_id, info.address, remote(request))
+    resp = await _settings(request, info, notice="Les appareils de confiance sont oubliés.")
+    _del_cookie(resp, rt, DEVICE)
+    return resp
 
 
 async def attachment_get(request: web.Request) -> web.StreamResponse:
@@ -250,6 +540,19 @@ async def attachment_get(request: web.Request) -> web.StreamResponse:
         mid, n = int(request.match_info["mid"]), int(request.match_info["n"])
         reader = (info.address, remote(request), "portal download")
         return download_response(await service.attachment(request.app[RT], info.mailbox_id, mid, n, reader))
+    except ValueError:
+        raise web.HTTPNotFound() from None
+    except service.PortalError as exc:
+        return render(request, "error.html", exc.status, session=info, error=exc.message)
+
+
+async def preview_get(request: web.Request) -> web.StreamResponse:
+    """An image attachment for the conversation page's ``<img>``: inline only when it truly is one."""
+    info = await _session(request)
+    try:
+        mid, n = int(request.match_info["mid"]), int(request.match_info["n"])
+        reader = (info.address, remote(request), "portal preview")
+        return preview_response(await service.attachment(request.app[RT], info.mailbox_id, mid, n, reader))
     except ValueError:
         raise web.HTTPNotFound() from None
     except service.PortalError as exc:
@@ -290,10 +593,24 @@ async def storage_unavailable(request: web.Request, handler: Handler) -> web.Str
         return resp
 
 
+@web.middleware
+async def page_not_found(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """An unknown address outside the API gets the portal's own French error page (with its title,
+    language and way back), not aiohttp's bare text; the API keeps its own answers."""
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        if request.path.startswith("/api/"):
+            raise
+        info = await current_session(request)
+        context: dict[str, Any] = {"session": info} if info is not None else {}
+        return render(request, "error.html", 404, error="Cette page n'existe pas.", **context)
+
+
 def make_app(rt: Runtime, enqueue: EnqueueHook | None = None) -> web.Application:
     """The portal application; ``enqueue`` is the outbound queue's hook for professionals at peers."""
     app = web.Application(
-        middlewares=[security_headers, storage_unavailable],
+        middlewares=[security_headers, storage_unavailable, page_not_found],
         client_max_size=rt.settings.limits.message_size * 4 // 3 + 1024 * 1024,
     )
     app[RT] = rt
@@ -303,23 +620,40 @@ def make_app(rt: Runtime, enqueue: EnqueueHook | None = None) -> web.Application
     )
     env.filters["taille"] = _size
     env.filters["date"] = _date
+    env.filters["type_fichier"] = previews.type_label
     app[JINJA] = env
     app.router.add_get("/", index)
     app.router.add_get("/favicon.ico", favicon)
     app.router.add_get("/connexion", login_page)
     app.router.add_post("/connexion", login_post)
     app.router.add_post("/deconnexion", logout_post)
+    app.router.add_get("/connexion/code", code_page)
+    app.router.add_post("/connexion/code", code_post)
+    app.router.add_post("/connexion/code/courriel", code_email_post)
+    app.router.add_get("/mot-de-passe-oublie", forgotten_page)
+    app.router.add_post("/mot-de-passe-oublie", forgotten_post)
+    app.router.add_get("/mot-de-passe-oublie/code", reset_page)
+    app.router.add_post("/mot-de-passe-oublie/code", reset_post)
     app.router.add_get("/activation", activation_page)
     app.router.add_post("/activation", activation_post)
     app.router.add_get("/conversations", conversations_page)
     app.router.add_get("/conversations/{id}", conversation_page)
     app.router.add_post("/conversations/{id}/reponse", reply_post)
     app.router.add_get("/messages/{mid}/pieces-jointes/{n}", attachment_get)
+    app.router.add_get("/messages/{mid}/apercus/{n}", preview_get)
+    app.router.add_get("/nouveau-message", new_message_page)
+    app.router.add_post("/nouveau-message", new_message_post)
     app.router.add_get("/parametres", settings_page)
     app.router.add_post("/parametres", settings_post)
+    app.router.add_get("/parametres/application", app_page)
+    app.router.add_post("/parametres/application", app_post)
+    app.router.add_post("/parametres/application/retrait", app_remove_post)
+    app.router.add_post("/parametres/appareils", devices_post)
     app.router.add_static("/static", HERE / "static")
     api.setup(app)
     messages_api.setup(app)
+    receipts.setup(app)
+    uploads.setup(app)
     autoconfig.setup(app)
     return app
 

@@ -1,4 +1,4 @@
-"""Delivery status notifications: RFC 3464 ``multipart/report`` messages (bounces and success DSNs).
+"""Delivery status notifications: RFC 3464 ``multipart/report`` messages (bounces, delays, successes).
 
 A DSN is never sent for a message with a null sender (RFC 3461 §6.2, no loops), goes to a local mailbox
 directly, and to a peer of the trust space through the outbound queue with a null sender. One report per
@@ -35,6 +35,7 @@ class RecipientReport:
     diagnostic: str = ""
     remote_mta: str = ""
     orcpt: str | None = None
+    will_retry_until: dt.datetime | None = None  # a delayed recipient: when the queue gives up
 
 
 def status_of(reply: str, permanent: bool) -> str:
@@ -62,9 +63,18 @@ def build(
 ) -> bytes:
     """The report as CRLF bytes; the original is returned whole only for a failure with RET=FULL."""
     failed = any(r.action == "failed" for r in reports)
+    delayed = not failed and any(r.action == "delayed" for r in reports)
     boundary = f"=_caducee_{uuid.uuid4().hex}"
     now = email.utils.format_datetime(dt.datetime.now(dt.UTC))
-    title = "Failure" if failed else "Success"
+    title = "Failure" if failed else "Delay" if delayed else "Success"
+    intro = (
+        "Your message could not be delivered to the following recipients:"
+        if failed
+        else "Your message has not been delivered yet to the following recipients; delivery is still "
+        "being attempted and you will be told if it finally fails:"
+        if delayed
+        else "Your message was delivered to the following recipients:"
+    )
     lines = [
         f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>",
         f"To: <{sender}>",
@@ -79,11 +89,7 @@ def build(
         "Content-Type: text/plain; charset=utf-8",
         "Content-Transfer-Encoding: 8bit",
         "",
-        (
-            "Your message could not be delivered to the following recipients:"
-            if failed
-            else "Your message was delivered to the following recipients:"
-        ),
+        intro,
         "",
     ]
     for r in reports:
@@ -104,6 +110,8 @@ def build(
         if r.diagnostic:
             lines.append(f"Diagnostic-Code: smtp; {' '.join(r.diagnostic.split())}")
         lines.append(f"Last-Attempt-Date: {now}")
+        if r.will_retry_until is not None:
+            lines.append(f"Will-Retry-Until: {email.utils.format_datetime(r.will_retry_until)}")
     full = failed and ret == "FULL"
     lines += [
         "",

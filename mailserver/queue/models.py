@@ -66,3 +66,5 @@ class QueueRecipient(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     leased_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     lease_token: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Past ``[delivery] delay_warning``: when the delay was handled (its DELAY DSN stored, if wanted).
+    delay_notified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)

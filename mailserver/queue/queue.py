@@ -105,6 +105,8 @@ class Queue:
         self.settings = rt.settings.delivery
         self.lease = dt.timedelta(seconds=rt.settings.queue.lease)
         self._wake = asyncio.Event()
+        # Every time the queue reads or writes (retry times, leases, ages): tests move it forward.
+        self.clock: Callable[[], dt.datetime] = utcnow
 
     # ------------------------------------------------------------------ writing
 
@@ -122,7 +124,7 @@ class Queue:
             sender: str,
             remote: list[tuple[RemoteTarget, dict[str, Any]]],
         ) -> int:
-            now = utcnow()
+            now = self.clock()
             msg = QueueMessage(
                 blob_id=blob_id,
                 sender=sender,
@@ -170,7 +172,7 @@ class Queue:
         recipients read and leased, so two workers can never split one message's recipients at one
         domain between two SMTP transactions. On SQLite the write transaction is the lock.
         """
-        now = utcnow()
+        now = self.clock()
         due = (QueueRecipient.status == "queued", QueueRecipient.next_attempt <= now, _unleased(now))
         token = uuid.uuid4().hex
         async with self.rt.db.write() as session:
@@ -231,7 +233,7 @@ class Queue:
         """Store each recipient's outcome and release the lease, then finish the message if nothing is
         left to try. A row claimed meanwhile by another worker (this lease ran out) keeps that worker's
         lease; it still takes a final outcome (the peer did answer), never a retry time."""
-        now = utcnow()
+        now = self.clock()
         async with self.rt.db.write() as session:
             for rid, outcome in outcomes.items():
                 r = await session.get(QueueRecipient, rid, with_for_update=True)
@@ -257,7 +259,96 @@ class Queue:
             metrics.delivery_attempt(outcome.kind)
             if outcome.kind in ("sent", "relayed"):
                 metrics.delivered("remote")
-        await self.finish(batch.message_id)
+        if not await self.finish(batch.message_id):
+            await self.warn_delays(batch.message_id)
+
+    async def warn_delays(self, message_id: int) -> None:
+        """One DELAY DSN (RFC 3461 NOTIFY=DELAY, RFC 3464 ``Action: delayed``) for the recipients of
+        the entry still queued ``[delivery] delay_warning`` after it was accepted, each reported once:
+        the rows are marked in the transaction that stores the report, so no restart, retry or other
+        node sends it again. Rows whose NOTIFY leaves DELAY out, and entries with a null sender (a
+        report itself) or a patient alert, are marked without a report."""
+        warning = self.settings.delay_warning
+        if warning <= 0:
+            return
+        now = self.clock()
+        async with self.rt.db.read() as session:
+            msg = await session.get(QueueMessage, message_id)
+            if msg is None or now - _aware(msg.created_at) < dt.timedelta(seconds=warning):
+                return
+            rows = list(
+                (
+                    await session.execute(
+                        select(QueueRecipient)
+                        .where(
+                            QueueRecipient.message_id == message_id,
+                            QueueRecipient.status == "queued",
+                            QueueRecipient.delay_notified_at.is_(None),
+                            QueueRecipient.attempts > 0,
+                        )
+                        .order_by(QueueRecipient.id)
+                    )
+                ).scalars()
+            )
+        if not rows:
+            return
+        ids = [r.id for r in rows]
+
+        def mark(session: Session, *_unused: object) -> None:
+            marked = session.execute(
+                update(QueueRecipient)
+                .where(
+                    QueueRecipient.id.in_(ids),
+                    QueueRecipient.status == "queued",
+                    QueueRecipient.delay_notified_at.is_(None),
+                )
+                .values(delay_notified_at=now)
+            ).rowcount
+            if marked != len(ids):
+                raise _Gone  # another worker reported them meanwhile (or they ended): nothing twice
+
+        wanted = [r for r in rows if "DELAY" in _notify(r.notify)]
+        target = await self._local_sender(msg.sender) if wanted and not msg.relay else None
+        try:
+            if target is None:
+                await self.rt.db.run_write(mark)
+                return
+            original = await self._original(message_id, msg.blob_id)
+            reports = [
+                dsn.RecipientReport(
+                    r.address,
+                    "delayed",
+                    "4" + dsn.status_of(r.last_reply, False)[1:],
+                    r.last_reply,
+                    orcpt=r.orcpt,
+                    will_retry_until=_aware(msg.expires_at),
+                )
+                for r in wanted
+            ]
+            data = dsn.build(
+                self.rt.settings.server.hostname,
+                msg.sender,
+                reports,
+                original or b"",
+                envid=msg.envid,
+                ret="HDRS",
+                arrival=_aware(msg.created_at),
+            )
+            prepared = await self.rt.store.prepare(data)
+            result = await self.rt.store.deliver(prepared, [target.mailbox_id], in_transaction=mark)
+            if result.blob_id is None:
+                log.warning("delay report for queue entry %s refused (mailbox full): dropped", message_id)
+                await self.rt.db.run_write(mark)
+                return
+        except _Gone:
+            return
+        await self.rt.audit.record(
+            msg.sender,
+            "receive",
+            "",
+            "delivery status notification (delay)",
+            f"queue entry {message_id}: {', '.join(r.address for r in wanted)}"[:500],
+        )
 
     # ------------------------------------------------------------------ finishing
 
@@ -362,7 +453,7 @@ class Queue:
 
     async def seconds_to_next(self) -> float | None:
         """Until the next row is due: the earliest retry time of the free rows, or a lease running out."""
-        now = utcnow()
+        now = self.clock()
         queued = QueueRecipient.status == "queued"
         async with self.rt.db.read() as session:
             free = (
@@ -413,7 +504,7 @@ class Queue:
                 await asyncio.wait_for(delivered.wait(), self.lease.total_seconds() / 3)
             if delivered.is_set():
                 return
-            now = utcnow()
+            now = self.clock()
             try:
                 async with self.rt.db.write(brief=True) as session:
                     renewed = (
@@ -484,7 +575,7 @@ class Queue:
         """Make queued recipients due now (all, or one entry's); returns how many. A row a worker is
         delivering right now (leased) is left alone: its outcome decides what comes next, and making it
         due would hand it to a second worker, which sends the message twice."""
-        now = utcnow()
+        now = self.clock()
         q = (
             update(QueueRecipient)
             .where(QueueRecipient.status == "queued", _unleased(now))
@@ -499,7 +590,7 @@ class Queue:
 
     async def delivering(self, message_id: int | None = None) -> int:
         """How many queued recipients (all, or one entry's) a worker holds right now."""
-        now = utcnow()
+        now = self.clock()
         q = (
             select(func.count())
             .select_from(QueueRecipient)
@@ -525,11 +616,20 @@ class Queue:
         return True
 
 
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _notify(value: str) -> set[str]:
+    """The NOTIFY keywords of a recipient; without the parameter, FAILURE,DELAY (RFC 3461 §4.1)."""
+    return set(filter(None, value.upper().split(","))) or {"FAILURE", "DELAY"}
+
+
 def _reports(rows: list[QueueRecipient]) -> list[dsn.RecipientReport]:
     """Failed recipients wanting FAILURE, relayed ones wanting SUCCESS (RFC 3461 §4.1 defaults)."""
     out = []
     for r in rows:
-        notify = set(filter(None, r.notify.split(","))) or {"FAILURE", "DELAY"}
+        notify = _notify(r.notify)
         if r.status == "failed" and "FAILURE" in notify:
             status = "5.4.7" if r.last_reply.startswith("expired") else dsn.status_of(r.last_reply, True)
             if status.startswith("4"):

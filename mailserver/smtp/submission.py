@@ -18,9 +18,8 @@ import email.utils
 from aiosmtpd.smtp import MISSING, AuthResult, auth_mechanism
 
 from directory.patients import display_address
-from mailserver import accounts, conversations, sasl, sent
+from mailserver import accounts, conversations, large_files, quota, sasl, sent
 from mailserver.auth import AuthOutcome
-from mailserver.db.models import SHARED_TYPES
 from mailserver.delivery import DeliveryResult
 from mailserver.headers import HeaderView, has_field, replace_field
 from mailserver.policy import LocalTarget, Refusal, RemoteTarget, route_recipient
@@ -206,6 +205,15 @@ class SubmissionHandler(Handler):
         own = sender.lower() == (server.session.username or "").lower()
         sender_id = server.session.mailbox_id if own else None
         data = await complete_message(self.rt, sender, data)
+        if server.session.mailbox_id is not None and all(
+            isinstance(r.target, LocalTarget) for r in env.recipients
+        ):  # attachments above [large_files] threshold are kept here and sent by link
+            try:
+                data, _files = await large_files.rewrite(
+                    self.rt, server.session.mailbox_id, data, [r.address for r in env.recipients]
+                )
+            except quota.OverQuota:
+                raise Refusal(552, "5.2.2", "your storage quota cannot hold this large attachment") from None
         env.sent_copy = data  # the sender's own copy stays readable by them (not encrypted to others)
         return await sign_message(
             self.rt,
@@ -220,10 +228,9 @@ class SubmissionHandler(Handler):
         env = server.envelope
         saving = self.rt.settings.submission.save_sent and env.sent_copy is not None
         if saving and env.sent_copy is not None and server.session.mailbox_id is not None:
-            owners = [server.session.mailbox_id]
-            shared = await accounts.find_mailbox(self.rt, env.mail_from or "")
-            if shared is not None and shared.type in SHARED_TYPES:  # may_send_as let it through
-                owners.append(shared.id)
+            owners = await sent.copy_owners(
+                self.rt, server.session.mailbox_id, env.mail_from or "", env.sent_copy
+            )
             await sent.save_copies(self.rt, owners, env.sent_copy)
         await self.rt.audit.record(
             self.actor(server),
@@ -249,13 +256,6 @@ async def check_recipient(
     if rt.settings.smime.encrypt == "required":
         await smime_service.check_recipient(rt, target.address)
     return target
-
-
-async def prepare_message(
-    rt: Runtime, sender: str, sender_id: int | None, data: bytes, recipients: list[str]
-) -> bytes:
-    """What submission sends: the message completed (``complete_message``), then signed."""
-    return await sign_message(rt, sender, sender_id, await complete_message(rt, sender, data), recipients)
 
 
 async def complete_message(rt: Runtime, sender: str, data: bytes) -> bytes:

@@ -9,7 +9,9 @@ statements run straight on the DB-API cursor (:class:`~mailserver.db.prepared.Pr
 through ``Connection.execute``; rows come back as tuples or the small frozen dataclasses below.
 Statements bound to a UID set read the span between its first and last UID and keep the wanted ones
 (an IMAP set is nearly always a range), so each has one compiled form. The rules (which messages a
-STORE changes, usage, MODSEQ) stay in :mod:`mailserver.store.store`; only the SQL lives here.
+STORE changes, usage, MODSEQ, what a member of a shared mailbox sees of their own private flags)
+stay in :mod:`mailserver.store.store`; only the SQL lives here, a member's rows (``member_flags``)
+included.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from mailserver.db.models import (
     Expunged,
     Folder,
     Mailbox,
+    MemberFlags,
     Membership,
     Message,
     Subscription,
@@ -51,6 +54,7 @@ from mailserver.db.prepared import Prepared
 
 _F, _M, _B, _E = Folder.__table__, Message.__table__, Blob.__table__, Expunged.__table__
 _MB, _D, _S, _MS = Mailbox.__table__, Domain.__table__, Subscription.__table__, Membership.__table__
+_MF = MemberFlags.__table__
 
 # A UID set whose span holds more than this many UIDs beyond the wanted ones is read in chunks by IN.
 _SPAN_SLACK = 256
@@ -257,27 +261,89 @@ def row_info(row: Sequence[Any], flags: str | None = None, modseq: int | None = 
     )
 
 
+# --------------------------------------------------------------------------- a member's private flags
+
+# A member's row of a message (``[imap] private_flags`` in a shared mailbox), for an outer join.
+_OWN_ROW = and_(_MF.c.message_id == _M.c.id, _MF.c.member_id == bindparam("member"))
+_OWN_IN_SPAN = Prepared(select(_M.c.uid, _MF.c.flags, _MF.c.modseq).join(_MF, _OWN_ROW).where(_SPAN))
+_OWN_CHANGED_SINCE = Prepared(
+    select(_M.c.uid)
+    .join(_MF, _OWN_ROW)
+    .where(_IN_FOLDER, _MF.c.modseq > bindparam("modseq"))
+    .order_by(_M.c.uid)
+)
+_ADD_OWN = Prepared(
+    insert(_MF).values(
+        message_id=bindparam("o_message"),
+        member_id=bindparam("o_member"),
+        flags=bindparam("o_flags"),
+        modseq=bindparam("o_modseq"),
+    )
+)
+_SET_OWN = Prepared(
+    update(_MF)
+    .where(_MF.c.message_id == bindparam("o_message"), _MF.c.member_id == bindparam("o_member"))
+    .values(flags=bindparam("o_flags"), modseq=bindparam("o_modseq"))
+)
+
+
+def own_flags(session: Tx, folder_id: int, member_id: int, lo: int, hi: int) -> dict[int, tuple[str, int]]:
+    """The member's rows of the folder's messages with UIDs ``lo``…``hi``: (flags text, modseq) by UID."""
+    rows = _OWN_IN_SPAN.rows(_conn(session), {"fid": folder_id, "member": member_id, "lo": lo, "hi": hi})
+    return {uid: (flags, modseq) for uid, flags, modseq in rows}
+
+
+def own_changed_since(session: Tx, folder_id: int, member_id: int, modseq: int) -> list[int]:
+    """UIDs (ascending) of the messages whose private flags the member changed after ``modseq``."""
+    values = {"fid": folder_id, "member": member_id, "modseq": modseq}
+    return [row[0] for row in _OWN_CHANGED_SINCE.rows(_conn(session), values)]
+
+
+def set_own_flags(session: Tx, member_id: int, changes: Sequence[tuple[int, str, bool]], modseq: int) -> None:
+    """(message id, the member's new flags text, whether their row exists) each, stamped ``modseq``."""
+
+    def values(present: bool) -> list[dict[str, Any]]:
+        return [
+            {"o_message": mid, "o_member": member_id, "o_flags": text, "o_modseq": modseq}
+            for mid, text, had in changes
+            if had is present
+        ]
+
+    conn = _conn(session)
+    _ADD_OWN.many(conn, values(False))
+    _SET_OWN.many(conn, values(True))
+
+
 # --------------------------------------------------------------------------- STATUS
 
 
-def _has_flag(flag: str) -> Any:
-    """The flags text holds ``flag`` as a whole token (flags are space-separated)."""
-    return (literal(" ") + _M.c.flags + " ").contains(f" {flag} ", autoescape=True)
+def _has_flag(flags: Any, flag: str) -> Any:
+    """The flags text ``flags`` holds ``flag`` as a whole token (flags are space-separated)."""
+    return (literal(" ") + flags + " ").contains(f" {flag} ", autoescape=True)
 
 
 def _count_if(condition: Any, value: Any = 1) -> Any:
     return func.coalesce(func.sum(case((condition, value), else_=0)), 0)
 
 
-_STATUS_COUNTS = Prepared(
-    select(
-        func.count(),
-        _count_if(~_has_flag("\\Seen")),
-        _count_if(_has_flag("\\Deleted")),
-        func.coalesce(func.sum(_M.c.size), 0),
-        _count_if(_has_flag("\\Deleted"), _M.c.size),
-    ).where(_IN_FOLDER)
-)
+def _status_counts(own_seen: bool) -> Prepared:
+    """STATUS's counts; with ``own_seen``, \\Seen is the member's (``member``) from their row (none:
+    not seen). \\Deleted is never private (``[imap] private_flags``): always the message's."""
+    seen = func.coalesce(_MF.c.flags, "") if own_seen else _M.c.flags
+    return Prepared(
+        select(
+            func.count(),
+            _count_if(~_has_flag(seen, "\\Seen")),
+            _count_if(_has_flag(_M.c.flags, "\\Deleted")),
+            func.coalesce(func.sum(_M.c.size), 0),
+            _count_if(_has_flag(_M.c.flags, "\\Deleted"), _M.c.size),
+        )
+        .select_from(_M.outerjoin(_MF, _OWN_ROW) if own_seen else _M)
+        .where(_IN_FOLDER)
+    )
+
+
+_STATUS_COUNTS, _OWN_STATUS_COUNTS = _status_counts(False), _status_counts(True)
 _UIDS = Prepared(select(_M.c.uid).where(_IN_FOLDER).order_by(_M.c.uid))
 
 
@@ -292,8 +358,12 @@ class FolderCounts:
     deleted_size: int
 
 
-def folder_counts(session: Tx, folder_id: int) -> FolderCounts:
-    (row,) = _STATUS_COUNTS.rows(_conn(session), {"fid": folder_id})
+def folder_counts(session: Tx, folder_id: int, seen_by: int | None = None) -> FolderCounts:
+    """The folder's counts; UNSEEN by member ``seen_by``'s own \\Seen when given."""
+    if seen_by is None:
+        (row,) = _STATUS_COUNTS.rows(_conn(session), {"fid": folder_id})
+    else:
+        (row,) = _OWN_STATUS_COUNTS.rows(_conn(session), {"fid": folder_id, "member": seen_by})
     return FolderCounts(*(int(v) for v in row))
 
 

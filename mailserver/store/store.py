@@ -41,9 +41,20 @@ from sqlalchemy.orm import Session
 from config.settings import LimitsSettings, QuotaSettings
 from mailserver import quota
 from mailserver.audit import INSERT_EVENTS, event_row
-from mailserver.db.engine import Database, WriteSession, run_core
-from mailserver.db.models import Blob, Domain, Expunged, Folder, Mailbox, Message, Subscription, utcnow
+from mailserver.db.engine import Database, ReadSession, WriteSession, run_core
+from mailserver.db.models import (
+    Blob,
+    Domain,
+    Expunged,
+    Folder,
+    Mailbox,
+    MemberFlags,
+    Message,
+    Subscription,
+    utcnow,
+)
 from mailserver.db.prepared import Prepared
+from mailserver.large_file_models import LargeFile
 from mailserver.store import mime, queries
 from mailserver.store.blobs import BlobStore, WrittenBlob
 from mailserver.store.notify import CHANNEL, Notifier
@@ -90,6 +101,15 @@ class FolderNotFound(StoreError):
 class FolderExists(StoreError):
     def __init__(self, name: str) -> None:
         super().__init__("ALREADYEXISTS", f"a folder named {name!r} already exists")
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """A member reading a shared (ORG/CAB) mailbox: the ``private`` flags they see and change are their
+    own (``member_flags``), every other flag is the message's, shared by all (``[imap] private_flags``)."""
+
+    member_id: int
+    private: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -247,6 +267,43 @@ def _bump(session: Session, folder: Folder, new_uids: int = 0) -> tuple[int, int
     folder.highestmodseq += 1
     session.flush()
     return first_uid, folder.highestmodseq
+
+
+def _info(m: Message) -> MessageInfo:
+    return MessageInfo(m.uid, m.modseq, flags_from_text(m.flags), m.size, m.internal_date, m.blob_id)
+
+
+def _seen_by(m: MessageInfo, own: tuple[str, int] | None, viewer: Viewer | None) -> MessageInfo:
+    """The message as ``viewer`` sees it: their private flags (``own``: their row's flags text and
+    modseq, ``queries.own_flags``) instead of the message's, and the later of the message's modseq and
+    that of their last private change (what their CHANGEDSINCE compares)."""
+    if viewer is None:
+        return m
+    mine = flags_from_text(own[0]) & viewer.private if own is not None else frozenset()
+    flags = (m.flags - viewer.private) | mine
+    modseq = max(m.modseq, own[1]) if own is not None else m.modseq
+    return MessageInfo(m.uid, modseq, flags, m.size, m.internal_date, m.blob_id)
+
+
+async def _seen(
+    session: ReadSession | WriteSession, folder_id: int, infos: list[MessageInfo], viewer: Viewer | None
+) -> list[MessageInfo]:
+    """``infos`` (in UID order) as ``viewer`` sees them, their rows read in one statement; as they
+    are without a viewer (one's own mailbox: no statement)."""
+    if viewer is None or not infos:
+        return infos
+    own = await run_core(session, queries.own_flags, folder_id, viewer.member_id, infos[0].uid, infos[-1].uid)
+    return [_seen_by(m, own.get(m.uid), viewer) for m in infos]
+
+
+def _apply(
+    mode: Literal["add", "remove", "replace"], current: frozenset[str], flags: set[str]
+) -> frozenset[str]:
+    if mode == "add":
+        return current | flags
+    if mode == "remove":
+        return current - flags
+    return frozenset(flags)
 
 
 def _folder_info(f: Folder) -> FolderInfo:
@@ -830,19 +887,28 @@ class Store:
             raise StoreError("NONEXISTENT", "the folder no longer exists")
         return f
 
-    async def open_folder(self, mailbox_id: int, name: str) -> tuple[FolderInfo, list[MessageInfo]]:
-        """SELECT/EXAMINE: the folder named ``name`` and all its messages in UID order, one snapshot."""
+    async def open_folder(
+        self, mailbox_id: int, name: str, viewer: Viewer | None = None
+    ) -> tuple[FolderInfo, list[MessageInfo]]:
+        """SELECT/EXAMINE: the folder named ``name`` and all its messages in UID order (as ``viewer``
+        sees them), one snapshot."""
         async with self.db.read() as session:
             f = await run_core(session, queries.folder_by_name, mailbox_id, normalize_folder(name))
             if f is None:
                 raise FolderNotFound(name)
-            return f, await run_core(session, queries.all_messages, f.id)
+            return f, await _seen(session, f.id, await run_core(session, queries.all_messages, f.id), viewer)
 
     async def status(
-        self, mailbox_id: int, name: str | None, folder_id: int = 0, uids: bool = False
+        self,
+        mailbox_id: int,
+        name: str | None,
+        folder_id: int = 0,
+        uids: bool = False,
+        viewer: Viewer | None = None,
     ) -> tuple[FolderInfo, FolderCounts, list[int]]:
         """STATUS: the folder (by ``name`` in the mailbox, else by ``folder_id``), what it counts (by
-        the database, not by loading its messages) and, when asked (RECENT), its UIDs; one snapshot."""
+        the database, not by loading its messages; UNSEEN by ``viewer``'s own \\Seen when it is one of
+        their private flags) and, when asked (RECENT), its UIDs; one snapshot."""
         async with self.db.read() as session:
             if name is not None:
                 f = await run_core(session, queries.folder_by_name, mailbox_id, normalize_folder(name))
@@ -852,7 +918,8 @@ class Store:
                 f = await run_core(session, queries.folder_by_id, folder_id)
                 if f is None:
                     raise StoreError("NONEXISTENT", "the folder no longer exists")
-            counts = await run_core(session, queries.folder_counts, f.id)
+            seen_by = viewer.member_id if viewer is not None and "\\Seen" in viewer.private else None
+            counts = await run_core(session, queries.folder_counts, f.id, seen_by)
             return f, counts, (await run_core(session, queries.uids, f.id) if uids else [])
 
     async def create_folder(self, mailbox_id: int, name: str, special_use: str | None = None) -> FolderInfo:
@@ -996,33 +1063,45 @@ class Store:
 
     # ----------------------------------------------------------------- messages
 
-    async def snapshot(self, folder_id: int) -> tuple[FolderInfo, list[MessageInfo]]:
-        """The folder and all its messages in UID order, read in one consistent transaction."""
+    async def snapshot(
+        self, folder_id: int, viewer: Viewer | None = None
+    ) -> tuple[FolderInfo, list[MessageInfo]]:
+        """The folder and all its messages in UID order (as ``viewer`` sees them), read in one
+        consistent transaction."""
         async with self.db.read() as session:
             f = await run_core(session, queries.folder_by_id, folder_id)
             if f is None:
                 raise StoreError("NONEXISTENT", "the folder no longer exists")
-            return f, await run_core(session, queries.all_messages, folder_id)
+            return f, await _seen(
+                session, folder_id, await run_core(session, queries.all_messages, folder_id), viewer
+            )
 
-    async def messages(self, folder_id: int, uids: Iterable[int]) -> list[MessageInfo]:
-        """The current state of some messages in UID order (IMAP FETCH/STORE read only what they need)."""
+    async def messages(
+        self, folder_id: int, uids: Iterable[int], viewer: Viewer | None = None
+    ) -> list[MessageInfo]:
+        """The current state of some messages in UID order (IMAP FETCH/STORE read only what they need),
+        as ``viewer`` sees them."""
         async with self.db.read() as session:
-            return await run_core(session, queries.messages, folder_id, sorted(set(uids)))
+            infos = await run_core(session, queries.messages, folder_id, sorted(set(uids)))
+            return await _seen(session, folder_id, infos, viewer)
 
     async def messages_with_metas(
-        self, folder_id: int, uids: Iterable[int]
+        self, folder_id: int, uids: Iterable[int], viewer: Viewer | None = None
     ) -> tuple[list[MessageInfo], dict[int, dict[str, Any]]]:
         """``messages`` and ``blob_metas`` of them in one read (IMAP FETCH of envelopes or bodies)."""
         async with self.db.read() as session:
             rows = await run_core(session, queries.messages_with_metas, folder_id, sorted(set(uids)))
-        return [m for m, _ in rows], {m.blob_id: _meta_cached(m.blob_id, meta) for m, meta in rows}
+            infos = await _seen(session, folder_id, [m for m, _ in rows], viewer)
+        return infos, {m.blob_id: _meta_cached(m.blob_id, meta) for m, meta in rows}
 
     async def changes_since(
-        self, folder_id: int, modseq: int
+        self, folder_id: int, modseq: int, viewer: Viewer | None = None
     ) -> tuple[FolderInfo, list[MessageInfo], list[int]]:
         """Messages changed or added after ``modseq`` and UIDs expunged after it (CONDSTORE/QRESYNC).
         Every change to a folder's messages raises its HIGHESTMODSEQ: when that has not moved there is
-        nothing more to read (an IMAP NOOP's usual answer)."""
+        nothing more to read (an IMAP NOOP's usual answer). With a ``viewer``, also the messages whose
+        private flags that member changed after ``modseq``, and not those another member changed (a
+        private change leaves the message's own modseq alone)."""
         async with self.db.read() as session:
             f = await run_core(session, queries.folder_by_id, folder_id)
             if f is None:
@@ -1030,6 +1109,14 @@ class Store:
             if f.highestmodseq <= modseq:
                 return f, [], []
             changed, gone = await run_core(session, queries.changed_since, folder_id, modseq)
+            if viewer is not None:
+                have = {m.uid for m in changed}
+                mine = await run_core(session, queries.own_changed_since, folder_id, viewer.member_id, modseq)
+                extra = [uid for uid in mine if uid not in have]
+                if extra:
+                    more = await run_core(session, queries.messages, folder_id, extra)
+                    changed = sorted([*changed, *more], key=lambda m: m.uid)
+                changed = await _seen(session, folder_id, changed, viewer)
             return f, changed, gone
 
     async def append(
@@ -1085,56 +1172,110 @@ class Store:
             ).scalar_one()
 
     async def copy(
-        self, folder_id: int, uids: Iterable[int], dest: str, move: bool = False
+        self,
+        folder_id: int,
+        uids: Iterable[int],
+        dest: str,
+        move: bool = False,
+        *,
+        into: int | None = None,
+        viewer: Viewer | None = None,
+        dest_viewer: Viewer | None = None,
+        keep: Callable[[frozenset[str]], Iterable[str]] | None = None,
     ) -> tuple[int, list[tuple[int, int]]]:
         """COPY or MOVE (RFC 6851: atomic, the source UIDs are expunged in the same transaction), into
-        another folder or the same one.
+        another folder or the same one, of the source's mailbox or of mailbox ``into`` (between one's
+        own folders and a shared mailbox's: the quota counted there, both mailbox rows locked in id
+        order).
 
+        ``viewer`` / ``dest_viewer``: the member copying, when the source / destination is a shared
+        mailbox; the private flags they see go with the copy as theirs (or, into their own mailbox, as
+        the message's). ``keep`` filters the flags a copy into another mailbox keeps (RFC 4314 §4).
         Returns (destination UIDVALIDITY, [(source uid, destination uid)]) for COPYUID. Brief for up
         to ``_BRIEF_STORE`` messages.
         """
         wanted = sorted(set(uids))
         async with self._write(brief=len(wanted) <= _BRIEF_STORE) as (session, changed):
             src = await session.run_sync(_folder_by_id, folder_id)
-            mb = await self._lock_mailbox(session, src.mailbox_id)
+            target = into if into is not None else src.mailbox_id
+            across = target != src.mailbox_id
+            locked = {i: await self._lock_mailbox(session, i) for i in sorted({src.mailbox_id, target})}
+            mb, dst_mb = locked[src.mailbox_id], locked[target]
             src = await session.run_sync(_folder_by_id, folder_id, True)
-            dst = await self._folder(session, src.mailbox_id, dest, lock=True)
+            dst = await self._folder(session, target, dest, lock=True)
             msgs = await session.run_sync(_messages, folder_id, wanted)
             if not msgs:
                 return dst.uidvalidity, []
-            if not move:
-                await self._charge(session, mb, [(m.blob_id, m.size) for m in msgs])
-            notice = await self._warning_due(session, mb)
+            if not move or across:
+                await self._charge(session, dst_mb, [(m.blob_id, m.size) for m in msgs])
+            notice = await self._warning_due(session, dst_mb)
             # Into the source folder itself (``dst`` is then ``src``), MOVE renumbers the messages
             # with new UIDs and leaves tombstones for the old ones: COPY + EXPUNGE (RFC 6851 §3.3).
             first, modseq = await session.run_sync(_bump, dst, len(msgs))
             pairs = []
-            if move:
+            paths: list[str] = []
+            if move and not across:
                 _, src_modseq = await session.run_sync(_bump, src)
                 for i, m in enumerate(msgs):
                     session.add(Expunged(folder_id=src.id, uid=m.uid, modseq=src_modseq))
                     pairs.append((m.uid, first + i))
-                    m.folder_id, m.uid, m.modseq = dst.id, first + i, modseq
+                    m.folder_id, m.uid, m.modseq = dst.id, first + i, modseq  # member rows follow the id
                 changed.add((mb.id, src.id))
             else:
-                for i, m in enumerate(msgs):
-                    session.add(
-                        Message(
-                            folder_id=dst.id,
-                            uid=first + i,
-                            modseq=modseq,
-                            blob_id=m.blob_id,
-                            flags=m.flags,
-                            internal_date=m.internal_date,
-                            size=m.size,
-                        )
+                own = (
+                    await run_core(
+                        session, queries.own_flags, folder_id, viewer.member_id, wanted[0], wanted[-1]
                     )
+                    if viewer is not None
+                    else {}
+                )
+                private = dest_viewer.private if dest_viewer is not None else frozenset()
+                copies: list[tuple[Message, frozenset[str]]] = []
+                for i, m in enumerate(msgs):
+                    if across:
+                        seen = _seen_by(_info(m), own.get(m.uid), viewer).flags
+                        seen = frozenset(keep(seen)) if keep is not None else seen
+                        shared_text, mine = flags_to_text(seen - private), seen & private
+                    else:  # the message's flags as they are, the copier's private ones as theirs
+                        row = own.get(m.uid)
+                        shared_text, mine = (
+                            m.flags,
+                            flags_from_text(row[0]) & private if row else frozenset(),
+                        )
+                    new = Message(
+                        folder_id=dst.id,
+                        uid=first + i,
+                        modseq=modseq,
+                        blob_id=m.blob_id,
+                        flags=shared_text,
+                        internal_date=m.internal_date,
+                        size=m.size,
+                    )
+                    session.add(new)
+                    copies.append((new, mine))
                     pairs.append((m.uid, first + i))
                 for blob_id in {m.blob_id for m in msgs}:
                     await self.add_blob_refs(session, blob_id, sum(1 for m in msgs if m.blob_id == blob_id))
-            changed.add((mb.id, dst.id))
+                await session.flush()
+                if dest_viewer is not None:
+                    for new, mine in copies:
+                        if mine:
+                            session.add(
+                                MemberFlags(
+                                    message_id=new.id,
+                                    member_id=dest_viewer.member_id,
+                                    flags=flags_to_text(mine),
+                                    modseq=modseq,
+                                )
+                            )
+                if move:  # across mailboxes: the copies hold their own references, the source is freed
+                    paths = await self._remove_messages(session, mb, src, msgs)
+                    await self._warning_due(session, mb)
+                    changed.add((mb.id, src.id))
+            changed.add((dst_mb.id, dst.id))
             await session.flush()
             outcome = dst.uidvalidity, pairs
+        await self._remove_files(paths)
         await self._send_notices([notice])
         return outcome
 
@@ -1145,12 +1286,18 @@ class Store:
         mode: Literal["add", "remove", "replace"],
         flags: Iterable[str],
         unchangedsince: int | None = None,
+        viewer: Viewer | None = None,
     ) -> FlagChange:
         """STORE flags; messages modified after ``unchangedsince`` are left alone (RFC 7162 §3.1.3).
         A STORE of up to ``_BRIEF_STORE`` messages (a client marking what it read) is a brief
-        transaction; ``1:*`` on a large folder runs in the writer thread."""
+        transaction; ``1:*`` on a large folder runs in the writer thread.
+
+        With a ``viewer`` (a member in a shared mailbox) their private flags change in their own rows,
+        stamped with the folder's next modseq, and the message's modseq moves only when a shared flag
+        does: the other members are not told of a change that is not theirs."""
         wanted = sorted(set(uids))
         flag_set = set(flags)
+        private = viewer.private if viewer is not None else frozenset()
 
         def work(session: Session, changed: _Changed) -> FlagChange:
             # Flags change no usage: the folder's row lock alone orders concurrent STOREs.
@@ -1159,28 +1306,54 @@ class Store:
             if locked is None:
                 raise StoreError("NONEXISTENT", "the folder no longer exists")
             modified: list[int] = []
-            todo: list[tuple[Sequence[Any], str]] = []
-            for row in queries.message_rows(conn, folder_id, wanted):
-                _id, uid, modseq, text, *_rest = row
-                if unchangedsince is not None and modseq > unchangedsince:
+            rows = queries.message_rows(conn, folder_id, wanted)
+            own = (
+                queries.own_flags(conn, folder_id, viewer.member_id, wanted[0], wanted[-1])
+                if viewer is not None and rows
+                else {}
+            )
+            # (row, the message's new flags text, the member's new private flags text; None: unchanged)
+            todo: list[tuple[Sequence[Any], str | None, str | None]] = []
+            for row in rows:
+                uid, mine_row = row[1], own.get(row[1])
+                if (
+                    unchangedsince is not None
+                    and _seen_by(queries.row_info(row), mine_row, viewer).modseq > unchangedsince
+                ):
                     modified.append(uid)
                     continue
-                current = flags_from_text(text)
-                new = (
-                    (current | flag_set)
-                    if mode == "add"
-                    else (current - flag_set)
-                    if mode == "remove"
-                    else flag_set
-                )
-                if new != current:
-                    todo.append((row, flags_to_text(new)))
+                shared = flags_from_text(row[3])
+                # The ORG's own value of a private flag stays in the message, untouched by members.
+                new_shared = _apply(mode, shared - private, flag_set - private) | (shared & private)
+                mine = flags_from_text(mine_row[0]) & private if mine_row is not None else frozenset()
+                new_mine = _apply(mode, mine, flag_set & private)
+                if new_shared != shared or new_mine != mine:
+                    todo.append(
+                        (
+                            row,
+                            flags_to_text(new_shared) if new_shared != shared else None,
+                            flags_to_text(new_mine) if new_mine != mine else None,
+                        )
+                    )
             if not todo:
                 return FlagChange([], modified)
             modseq = queries.bump_folder(conn, folder_id)
-            queries.set_flags(conn, [(row[0], new_text) for row, new_text in todo], modseq)
+            queries.set_flags(conn, [(row[0], text) for row, text, _ in todo if text is not None], modseq)
+            if viewer is not None:
+                ours = [(row[0], text, row[1] in own) for row, _, text in todo if text is not None]
+                queries.set_own_flags(conn, viewer.member_id, ours, modseq)
             changed.add((locked[0], folder_id))
-            return FlagChange([queries.row_info(row, new_text, modseq) for row, new_text in todo], modified)
+            return FlagChange(
+                [
+                    _seen_by(
+                        queries.row_info(row, new_shared, None if new_shared is None else modseq),
+                        own.get(row[1]) if new_mine is None else (new_mine, modseq),
+                        viewer,
+                    )
+                    for row, new_shared, new_mine in todo
+                ],
+                modified,
+            )
 
         return await self._run_write(work, brief=len(wanted) <= _BRIEF_STORE)
 
@@ -1219,6 +1392,19 @@ class Store:
         gone, paths = await self._run_write(work, brief=brief)
         await self._remove_files(paths)
         return gone
+
+    async def _remove_messages(
+        self, session: AsyncSession, mb: Mailbox, f: Folder, gone: list[Message]
+    ) -> list[str]:
+        """Expunge these ORM rows (a MOVE out of the mailbox); ``_release_rows`` for EXPUNGE's Core rows."""
+        _, modseq = await session.run_sync(_bump, f)
+        for m in gone:
+            session.add(Expunged(folder_id=f.id, uid=m.uid, modseq=modseq))
+        ids = [m.id for m in gone]
+        for i in range(0, len(ids), 500):
+            await session.execute(delete(Message).where(Message.id.in_(ids[i : i + 500])))
+        await session.flush()
+        return await self._release(session, mb, gone)
 
     def _release_rows(
         self, conn: Connection, mailbox_id: int, mb: Sequence[Any], removed: Sequence[Sequence[Any]]
@@ -1268,6 +1454,14 @@ class Store:
             size = (
                 await session.execute(
                     select(func.coalesce(func.sum(Blob.size), 0)).where(Blob.id.in_(distinct))
+                )
+            ).scalar_one()
+            # Large files sent by link count for their sender until they expire (mailserver/large_files.py).
+            size += (
+                await session.execute(
+                    select(func.coalesce(func.sum(LargeFile.size), 0)).where(
+                        LargeFile.mailbox_id == mailbox_id
+                    )
                 )
             ).scalar_one()
             mb.used_bytes, mb.used_messages = int(size), int(count)

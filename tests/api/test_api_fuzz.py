@@ -12,6 +12,9 @@ from schemathesis import GenerationMode
 from mailserver.portal.api import OPENAPI
 from tests.api.conftest import API
 
+# tus PATCH bodies (``/api/v1/uploads/{id}``) are raw bytes, sent as schemathesis sends octet streams.
+schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")
+
 
 def fuzz(url: str, headers: dict[str, str]) -> list[str]:
     """Every generated call (positive and negative data) against the live listener; the failures."""

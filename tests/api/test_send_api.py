@@ -289,3 +289,56 @@ async def test_arrivals_listed_by_cursor_with_raw_and_attachment_downloads(api: 
             .all()
         )
     assert any("attachment 1" in r for r in reads) and any(r.startswith("api INBOX message") for r in reads)
+
+
+async def test_what_email_cannot_write_is_a_problem_not_a_crash(api: API) -> None:
+    """Found by a new user: line breaks Python's ``email`` refuses (U+2028, U+0085, VT, FF, FS), a lone
+    surrogate, a NUL, an address submission would refuse, and numbers past SQLite's integers were 500s
+    (not audited); each is now a 400 problem+json, audited. Nothing is delivered."""
+    ok = {"from": DPI, "to": [MARTIN], "subject": "s", "text": "t"}
+    pdf = base64.b64encode(PDF).decode()
+    refused: list[dict[str, Any]] = [
+        *({**ok, "subject": f"a{c}b"} for c in ("\u2028", "\u0085", "\x0b", "\x0c", "\x1c", "\x00")),
+        {**ok, "to": [f"{MARTIN}\u2028Bcc: x@a.mssante.test"]},
+        {**ok, "software": "DPI\u2028v2"},
+        {**ok, "subject": "\ud800"},
+        {**ok, "text": "a\x00b"},
+        {**ok, "from": DPI + "."},
+        {**ok, "attachments": [{"filename": "a\x0bb.pdf", "content_type": "application/pdf", "data": pdf}]},
+    ]
+    async with aiohttp.ClientSession() as http:
+        for body in refused:
+            status, doc = await problem(http, api, body)
+            assert status == 400, (body, doc)
+        base = f"{api.url}/api/v1/mailboxes/{MARTIN}/messages"
+        martin = api.auth(MARTIN, PASSWORD)
+        for url, params in [(base, {"since": "9" * 23}), (f"{base}/{'9' * 23}/raw", {})]:
+            async with http.get(url, params=params, headers=martin) as r:
+                assert r.status in (400, 404) and r.content_type == "application/problem+json"
+    assert await asyncio.to_thread(fetch_inbox, api, MARTIN) == []
+    assert await audit_count(api, "api-send") == len(refused)
+
+
+async def test_attachment_types_are_leaf_media_types(api: API) -> None:
+    """A multipart or message type given for an attachment, or no type at all ("/"), is sent as
+    application/octet-stream: the message stays well formed (RFC 2046 §5.1, §5.2)."""
+    pdf = base64.b64encode(PDF).decode()
+    body = {
+        "from": DPI,
+        "to": [MARTIN],
+        "subject": "types",
+        "text": "t",
+        "attachments": [
+            {"filename": f"f{n}", "content_type": ctype, "data": pdf}
+            for n, ctype in enumerate(["/", "multipart/mixed", "message/rfc822", "Application/PDF; x=1"])
+        ],
+    }
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{api.url}/api/v1/messages", json=body, headers=api.auth()) as r,
+    ):
+        assert r.status == 202, await r.text()
+    [msg] = await asyncio.to_thread(fetch_inbox, api, MARTIN)
+    types = [a.get_content_type() for a in msg.iter_attachments()]
+    assert types == ["application/octet-stream"] * 3 + ["application/pdf"]
+    assert all(a.get_content() == PDF for a in msg.iter_attachments())

@@ -121,6 +121,33 @@ async def test_a_cda_travels_as_an_xdm_archive_with_the_mssante_headers(api: API
     assert report["documents"][0]["patient_id"].startswith("279035121518989^^^")
 
 
+async def test_a_cda_file_in_a_multipart_send_is_a_structured_document(api: API) -> None:
+    """Software posting files (``curl -F documents=@cr.xml``) gets the same archive and headers."""
+    form = aiohttp.FormData()
+    for name, value in [("from", DPI), ("to", MARTIN), ("subject", "CR"), ("text", "Compte rendu joint.")]:
+        form.add_field(name, value)
+    form.add_field("documents", cda().encode(), filename="cr.xml", content_type="text/xml")
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{api.url}/api/v1/messages", data=form, headers=api.auth()) as r,
+    ):
+        assert r.status == 202, await r.text()
+    [msg] = await asyncio.to_thread(fetch_inbox, api, MARTIN)
+    assert msg.get_all("X-MSS-CODECDA") == ["11490-0^Lettre de liaison^2.16.840.1.113883.6.1"]
+    assert msg["X-MSS-INS"] == "O"
+    [att] = list(msg.iter_attachments())
+    assert att.get_filename() == "IHE_XDM.zip"
+    form = aiohttp.FormData()
+    for name, value in [("from", DPI), ("to", MARTIN), ("subject", "CR")]:
+        form.add_field(name, value)
+    form.add_field("documents", b"<html>pas un CDA</html>", filename="x.xml", content_type="text/xml")
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{api.url}/api/v1/messages", data=form, headers=api.auth()) as r,
+    ):
+        assert r.status == 400 and r.content_type == "application/problem+json"
+
+
 async def test_without_ins_the_header_says_n_and_no_document_no_header(api: API) -> None:
     await send(api, {"from": DPI, "to": [MARTIN], "subject": "a", "documents": [{"text": cda(ins=False)}]})
     await send(api, {"from": DPI, "to": [MARTIN], "subject": "b", "text": "sans document"})

@@ -35,6 +35,7 @@ def test_phone_is_kept_in_international_form(given: str, stored: str) -> None:
     ("email", "phone", "message"),
     [
         ("pierre@", None, "invalid e-mail"),
+        ("é@exämple.test", None, "invalid e-mail"),  # the relay need not offer SMTPUTF8
         (None, "12345", "invalid phone number"),
         (None, "06 12", "invalid phone"),
     ],
@@ -42,6 +43,11 @@ def test_phone_is_kept_in_international_form(given: str, stored: str) -> None:
 def test_bad_contact_is_refused(email: str | None, phone: str | None, message: str) -> None:
     with pytest.raises(PatientError, match=message):
         make_record(GOOD, "PETIT", "Pierre", "F", "1962-11-23", email=email, phone=phone)
+
+
+def test_an_international_domain_is_kept_in_ascii() -> None:
+    record = make_record(GOOD, "PETIT", "Pierre", "F", "1962-11-23", email="pierre@exämple.test")
+    assert record.email == "pierre@xn--exmple-cua.test"
 
 
 async def test_add_edit_and_clear_contact(db: Database) -> None:

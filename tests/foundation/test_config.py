@@ -32,6 +32,9 @@ def test_defaults_and_conversions(tmp_path: Path) -> None:
     assert s.limits.message_size == 10 * 1024 * 1024
     assert s.limits.smtp_idle_timeout == 300
     assert s.limits.recipients_per_message == 100
+    # the patient portal asks a second factor unless the operator says otherwise (health data)
+    assert (s.portal.second_factor, s.portal.trust_device, s.portal.code_tries) == ("email_or_totp", 30, 5)
+    assert (s.portal.code_lifetime, s.portal.code_interval) == (600, 60)
     assert (s.limits.folder_name_length, s.limits.folder_depth, s.limits.folders_per_mailbox) == (
         255,
         16,
@@ -43,6 +46,10 @@ def test_defaults_and_conversions(tmp_path: Path) -> None:
     assert s.delivery.routes == {"b.mssante.test": "127.0.0.1:2526"}
     assert s.smtp.listen == ["127.0.0.1:2525"]
     assert s.queue.lease == 60
+    assert s.portal.first_contacts_max == 50
+    large = s.large_files
+    assert (large.threshold, large.max_size, large.keep) == (10 * 1024**2, 2 * 1024**3, 30 * 86400)
+    assert large.path.endswith("large_files") and large.max_uploads == 100
     d = s.delivery  # RFC 5321 §4.5.3.2
     assert (d.greeting_timeout, d.mail_timeout, d.rcpt_timeout) == (300, 300, 300)
     assert (d.data_init_timeout, d.data_block_timeout, d.data_final_timeout) == (120, 180, 600)
@@ -66,10 +73,16 @@ def test_defaults_and_conversions(tmp_path: Path) -> None:
         ("[limits]\nfolder_depth = 0\n", "[limits] folder_depth: must be at least 1"),
         ("[limits]\nfolders_per_mailbox = 5\n", "[limits] folders_per_mailbox: must be at least 6"),
         ("[auth]\nmax_failures = 0\n", "[auth] max_failures: must be at least 1"),
+        ("[portal]\nfirst_contacts_max = 0\n", "[portal] first_contacts_max: must be at least 1"),
         ("[limits]\nconnections_per_user_ip = 0\n", "[limits] connections_per_user_ip: must be at least 1"),
         ('[limits]\nportal_idle_timeout = "0s"\n', "[limits] portal_idle_timeout: must be more than 0"),
         ("[delivery]\ndata_final_timeout = 0\n", "[delivery] data_final_timeout: must be more than 0"),
         ('[queue]\nlease = "0.5s"\n', "[queue] lease: must be at least 1 second"),
+        (
+            '[large_files]\nthreshold = "30MiB"\nmax_size = "20MiB"\n',
+            "[large_files] max_size: must be at least",
+        ),
+        ('[large_files]\nkeep = "0s"\n', "[large_files] keep and upload_expire: must be more than 0"),
         ('[admin]\nlisten = ["0.0.0.0:9180"]\n', "[admin] listen: 0.0.0.0:9180 is not a loopback address"),
         ('[admin]\nlisten = ["10.1.2.3:9180"]\n', "set [admin] allow_remote = true"),
         ('[trust]\nurl = "http://listeblanche.test/l.xml"\n', "[trust] url: expected an https:// URL"),
@@ -84,6 +97,11 @@ def test_defaults_and_conversions(tmp_path: Path) -> None:
         ('[relay]\nhost = "relay.test"\nusername = "u"\n', "[relay] username needs password_file"),
         ("[relay]\nport = 70000\n", "[relay] port: out of range"),
         ('[patients]\nalert_interval = "soon"\n', "[patients] alert_interval: expected a duration"),
+        ('[imap]\nprivate_flags = ["\\\\Deleted"]\n', "private_flags: '\\\\Deleted' cannot be private"),
+        ('[imap]\nprivate_flags = ["a b"]\n', "[imap] private_flags: 'a b' cannot be private"),
+        ('[portal]\nsecond_factor = "sms"\n', "[portal] second_factor: expected one of 'off', 'email'"),
+        ("[portal]\ncode_tries = 0\n", "[portal] code_tries and code_lifetime: must be more than 0"),
+        ("[portal]\ntrust_device = -1\n", "[portal] trust_device: expected a non-negative integer"),
     ],
 )
 def test_bad_values_are_one_line_errors(tmp_path: Path, text: str, message: str) -> None:
@@ -93,6 +111,13 @@ def test_bad_values_are_one_line_errors(tmp_path: Path, text: str, message: str)
     assert str(exc.value).startswith(str(p))
     assert message in str(exc.value)
     assert "\n" not in str(exc.value)
+
+
+def test_private_flags_default_to_seen_in_canonical_case(tmp_path: Path) -> None:
+    assert load(write(tmp_path, "")).imap.private_flags == ["\\Seen"]
+    written = '[imap]\nprivate_flags = ["\\\\seen", "$Lu", "\\\\Seen"]\n'
+    assert load(write(tmp_path, written)).imap.private_flags == ["\\Seen", "$Lu"]
+    assert load(write(tmp_path, "[imap]\nprivate_flags = []\n")).imap.private_flags == []
 
 
 def test_audit_retention_in_months_or_years(tmp_path: Path) -> None:

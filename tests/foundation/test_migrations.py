@@ -158,3 +158,12 @@ async def test_mailbox_activity_starts_from_the_last_login_event(db_url: str) ->
         assert dt.datetime.now(dt.UTC) - stamps["idle@a.test"] < dt.timedelta(minutes=10)
     finally:
         await engine.dispose()
+
+
+async def test_member_flags_come_with_0018_and_go_with_it(db_url: str) -> None:
+    await migrate.upgrade_async(db_url)
+    assert "member_flags" in await _tables(db_url)
+    await asyncio.to_thread(migrate.downgrade, db_url, "0017")
+    assert "member_flags" not in await _tables(db_url)
+    await migrate.upgrade_async(db_url)
+    assert "member_flags" in await _tables(db_url)

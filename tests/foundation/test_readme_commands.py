@@ -240,14 +240,14 @@ def scenario(run: Cli, inst: Instance, pki: Any, tmp_path: Path) -> None:
         "--type",
         "PER",
         "--rpps",
-        "10000000009",
+        "10000000017",
         "--password-stdin",
         stdin="mot de passe sûr\n",
     )
     assert DUPONT in run("mailbox", "list")
     assert DUPONT in [m["address"] for m in run.json("mailbox", "list")]
     assert "PER" in run("mailbox", "show", DUPONT)
-    assert run.json("mailbox", "show", DUPONT)["rpps"] == "10000000009"
+    assert run.json("mailbox", "show", DUPONT)["rpps"] == "10000000017"
     assert "changed" in run("mailbox", "passwd", DUPONT, "--password-stdin", stdin="un autre mot de passe\n")
     assert "shown only once" in run("mailbox", "app-password", "add", DUPONT, "--label", "Thunderbird bureau")
     (app,) = run.json("mailbox", "app-password", "list", DUPONT)
@@ -315,6 +315,7 @@ def scenario(run: Cli, inst: Instance, pki: Any, tmp_path: Path) -> None:
     assert run.json("patient", "show", INS)["email"] == "p.petit@perso.example.test"
     run("patient", "import", str(SHARED / "patients.csv"))
     assert "activation code for" in run("patient", "invite", INS)
+    run("patient", "invite", INS, "--send", code=1)  # this instance has no [relay]: refused, nothing sent
 
     inst.submit(MARTIN, [REMOTE], "vers un autre opérateur")
     inst.submit(MARTIN, [PATIENT], "Vos résultats")

@@ -8,6 +8,7 @@ import base64
 import imaplib
 import smtplib
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -50,11 +51,31 @@ async def test_members_are_listed_with_canonical_rights(env: Env) -> None:
         (DURAND, MARTIN, "lr", "is not an ORG or CAB mailbox"),
         (SECRETARIAT, CABINET, "lr", "members are people's mailboxes"),
         (SECRETARIAT, DURAND, "lrz", "unknown right(s) 'z'"),
+        (SECRETARIAT, DURAND, "", "no rights given"),
     ],
 )
 async def test_refused_memberships(env: Env, org: str, person: str, rights: str, why: str) -> None:
     with pytest.raises(AccountError, match=why.replace("(", r"\(").replace(")", r"\)")):
         await accounts.add_member(env.rt, org, person, rights)
+
+
+async def test_a_patient_is_never_a_member(env: Env) -> None:
+    """A patient's mailbox would read the service's mail over IMAP: refused by the CLI's function and
+    by SETACL alike (both call ``accounts.add_member``)."""
+    await accounts.add_domain(env.rt, "patient.a.mssante.test", patients=True)
+    patient = "262112b82955335@patient.a.mssante.test"
+    await accounts.add_mailbox(env.rt, patient, "PAT", password=PASSWORD)
+    with pytest.raises(AccountError, match="is a PAT mailbox"):
+        await accounts.add_member(env.rt, SECRETARIAT, patient, "lr")
+
+    def setacl() -> tuple[str, list[bytes]]:
+        with imaplib.IMAP4_SSL("127.0.0.1", env.ports["imaps"], ssl_context=env.client_context()) as c:
+            c.login(SECRETARIAT, PASSWORD)
+            return c.setacl("INBOX", patient, "lr")
+
+    typ, data = await asyncio.to_thread(setacl)
+    assert typ == "NO" and b"PAT mailbox" in data[0]
+    assert [m.member for m in await accounts.list_members(env.rt, SECRETARIAT)] == [MARTIN]
 
 
 async def test_send_as_follows_the_post_right(env: Env) -> None:
@@ -128,6 +149,49 @@ async def test_a_session_opened_through_a_membership_holds_its_rights(env: Env) 
     assert append[0] == "NO" and append[1][0].startswith(b"[NOPERM]")
     assert create[0] == "NO" and create[1][0].startswith(b"[NOPERM]")
     assert select[0] == "OK"
+
+
+def rights_cut_midway(
+    env: Env, token: str, cut: Callable[[], object]
+) -> tuple[list[bytes], tuple[str, list[bytes]], tuple[str, list[bytes]]]:
+    """A session opened through a membership with the ORG's INBOX selected: rights, then ``cut()``,
+    then what the same session may still do."""
+    with imaplib.IMAP4_SSL("127.0.0.1", env.ports["imaps"], ssl_context=env.client_context()) as conn:
+        conn.authenticate("OAUTHBEARER", lambda _: oauthbearer(token, SECRETARIAT))
+        assert conn.select("INBOX")[0] == "OK"
+        cut()
+        return conn.myrights("INBOX")[1], conn.store("1", "+FLAGS", "(\\Deleted)"), conn.expunge()
+
+
+async def test_rights_cut_apply_to_the_open_session(env: Env) -> None:
+    """Rights are read again before each command in a session opened through a membership, as in the
+    shared namespace: once cut to ``lr`` the selected ORG INBOX can no longer lose its mail."""
+    await accounts.add_member(env.rt, SECRETARIAT, DURAND, "lrstwe")
+    code, _ = await asyncio.to_thread(
+        submit, env.ports["submission"], env.client_context(), MARTIN, MARTIN, SECRETARIAT
+    )
+    assert code == 250
+    loop = asyncio.get_running_loop()
+
+    def cut() -> None:
+        asyncio.run_coroutine_threadsafe(
+            accounts.add_member(env.rt, SECRETARIAT, DURAND, "lr"), loop
+        ).result()
+
+    rights, store, expunge = await asyncio.to_thread(
+        rights_cut_midway, env, env.provider.token(DURAND_ID), cut
+    )
+    assert rights == [b"INBOX lr"]
+    assert store[0] == "NO" and store[1][0].startswith(b"[NOPERM]")
+    assert expunge[0] == "NO"
+
+    def inbox() -> tuple[list[bytes], list[bytes]]:
+        with imaplib.IMAP4_SSL("127.0.0.1", env.ports["imaps"], ssl_context=env.client_context()) as c:
+            c.login(SECRETARIAT, PASSWORD)
+            return c.select("INBOX")[1], c.fetch("1", "(FLAGS)")[1]
+
+    exists, flags = await asyncio.to_thread(inbox)
+    assert exists == [b"1"] and b"Deleted" not in flags[0]
 
 
 async def test_grants_of_send_as_became_memberships(env: Env) -> None:
@@ -221,3 +285,34 @@ async def test_removing_a_member_stops_their_open_submission_session(env: Env) -
             return first, c.mail(SECRETARIAT)[0]
 
     assert await asyncio.to_thread(session) == (250, 530)
+
+
+async def test_a_member_removed_while_idling_hears_no_more_of_the_org(env: Env) -> None:
+    """IDLE in a session opened through a membership: after the removal, the ORG's next message
+    ends the session with BYE instead of being announced (no EXISTS)."""
+    await accounts.add_member(env.rt, SECRETARIAT, DURAND, "lrs")
+    loop = asyncio.get_running_loop()
+    token = env.provider.token(DURAND_ID)
+
+    def idle_through_removal() -> list[bytes]:
+        conn = imaplib.IMAP4_SSL("127.0.0.1", env.ports["imaps"], ssl_context=env.client_context())
+        try:
+            conn.authenticate("OAUTHBEARER", lambda _: oauthbearer(token, SECRETARIAT))
+            assert conn.select("INBOX")[0] == "OK"
+            conn.sock.settimeout(10)
+            conn.send(b"i1 IDLE\r\n")
+            assert conn.readline().startswith(b"+ ")
+            removal = accounts.remove_member(env.rt, SECRETARIAT, DURAND)
+            asyncio.run_coroutine_threadsafe(removal, loop).result()
+            ctx = env.client_context()
+            assert submit(env.ports["submission"], ctx, MARTIN, MARTIN, SECRETARIAT)[0] == 250
+            lines = [conn.readline().rstrip(b"\r\n")]
+            while lines[-1] and not lines[-1].startswith(b"i1 "):
+                lines.append(conn.readline().rstrip(b"\r\n"))
+            return lines
+        finally:
+            conn.shutdown()
+
+    lines = await asyncio.to_thread(idle_through_removal)
+    assert lines[0] == b"* BYE you are no longer a member of this mailbox", lines
+    assert not any(b"EXISTS" in line for line in lines)

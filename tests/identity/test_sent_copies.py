@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from mailserver import accounts
+from mailserver.store.store import Viewer
 from tests.identity.conftest import DURAND, MARTIN, PASSWORD, SECRETARIAT, Env, start_env
 from tests.identity.provider import Provider
 
@@ -75,6 +76,17 @@ async def test_member_sending_as_org_keeps_a_copy_in_both_sent_folders(saving: E
     assert await asyncio.to_thread(sent_ids, saving, DURAND) == [b"Message-ID: <one@client.test>"]
     assert await asyncio.to_thread(sent_ids, saving, SECRETARIAT) == [b"Message-ID: <one@client.test>"]
     assert await asyncio.to_thread(sent_ids, saving, MARTIN) == []
+    # In the ORG's Sent the copy is read by the member who sent it, not by the other members.
+    org, durand = (
+        await accounts.get_mailbox(saving.rt, SECRETARIAT),
+        await accounts.get_mailbox(saving.rt, DURAND),
+    )
+    other = await accounts.get_mailbox(saving.rt, MARTIN)
+    folder = await saving.rt.store.folder(org.id, "Sent")
+    seen = frozenset({"\\Seen"})
+    _info, (by_sender,) = await saving.rt.store.snapshot(folder.id, Viewer(durand.id, seen))
+    _info, (by_other,) = await saving.rt.store.snapshot(folder.id, Viewer(other.id, seen))
+    assert "\\Seen" in by_sender.flags and "\\Seen" not in by_other.flags
 
 
 async def test_client_append_after_submission_is_not_a_second_copy(saving: Env) -> None:
@@ -94,6 +106,38 @@ async def test_append_before_submission_is_not_copied_again(saving: Env) -> None
     await asyncio.to_thread(append_sent, saving, DURAND, data)
     await asyncio.to_thread(submit, saving, DURAND, DURAND, data)
     assert await asyncio.to_thread(sent_ids, saving, DURAND) == [b"Message-ID: <four@client.test>"]
+
+
+def subjects(env: Env, login: str) -> list[bytes]:
+    with imaplib.IMAP4_SSL(
+        "127.0.0.1", env.ports["imaps"], ssl_context=env.client_context(), timeout=10
+    ) as c:
+        c.login(login, PASSWORD)
+        c.select("Sent", readonly=True)
+        _typ, data = c.uid("FETCH", "1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        return sorted(part[1].strip() for part in data if isinstance(part, tuple))
+
+
+async def test_a_reused_message_id_hides_no_message(saving: Env) -> None:
+    """Only a copy of the same message stands for the sent one: a different message that reuses its
+    Message-ID (put in the ORG's Sent beforehand, or APPENDed afterwards) is kept beside it."""
+    forged = message("five@client.test").replace("réponse du service".encode(), b"FORGED")
+    await asyncio.to_thread(append_sent, saving, SECRETARIAT, forged)
+    await asyncio.to_thread(submit, saving, DURAND, SECRETARIAT, message("five@client.test"))
+    assert await asyncio.to_thread(subjects, saving, SECRETARIAT) == [
+        b"Subject: FORGED",
+        "Subject: réponse du service".encode(),
+    ]
+    other = message("five@client.test").replace(b"Bonjour.", b"Un autre texte.")
+    code = await asyncio.to_thread(append_sent, saving, DURAND, other)
+    assert code.split(b"]")[0].endswith(b" 2")  # stored, not "already kept by submission"
+
+
+async def test_from_field_as_org_keeps_a_copy_in_its_sent(saving: Env) -> None:
+    """MAIL FROM the member, From: the ORG (allowed by the ``p`` right): the team sees it too."""
+    await asyncio.to_thread(submit, saving, DURAND, DURAND, message("six@client.test"))
+    assert await asyncio.to_thread(sent_ids, saving, DURAND) == [b"Message-ID: <six@client.test>"]
+    assert await asyncio.to_thread(sent_ids, saving, SECRETARIAT) == [b"Message-ID: <six@client.test>"]
 
 
 async def test_no_copy_unless_asked(tmp_path: Path, pki: Any, provider: Provider) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import email.utils
 import secrets
+import struct
+import zlib
 from email.message import EmailMessage
 
 from directory.models import DirectoryMailbox, Professional
@@ -106,4 +108,19 @@ async def send(rt: Runtime, msg: EmailMessage, recipients: list[str] | None = No
         rcpts,
         headers,
         blob_id=result.blob_id,
+    )
+
+
+def tiny_png() -> bytes:
+    """A valid 1×1 PNG, made here (no fixture file)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00"))
+        + chunk(b"IEND", b"")
     )

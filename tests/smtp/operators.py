@@ -148,6 +148,7 @@ tls_listen = [{imaps}]
 [portal]
 listen = [{portal}]
 secure_cookies = false
+second_factor = "off"   # the patient's flows of these tests; the second factor: tests/portal
 [admin]
 listen = ["127.0.0.1:0"]
 [delivery]

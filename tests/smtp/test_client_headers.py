@@ -105,7 +105,7 @@ async def deployment(tmp_path: Path, pki: Any) -> AsyncIterator[Deployment]:
         tmp_path,
         f"sqlite+aiosqlite:///{tmp_path}/caducee.db",
         pki,
-        portal={"listen": ["127.0.0.1:0"], "secure_cookies": False},
+        portal={"listen": ["127.0.0.1:0"], "secure_cookies": False, "second_factor": "off"},
         imap={"listen": [], "tls_listen": ["127.0.0.1:0"]},
     )
     rt = env.rt

@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import func, select
 
 from mailserver import accounts, quota
-from mailserver.db.models import Blob, Message
+from mailserver.db.models import Blob, MemberFlags, Message
 from mailserver.runtime import Runtime
 from mailserver.store import queries
-from mailserver.store.store import FolderExists, FolderNotFound, StoreError, drop_blob_ref
+from mailserver.store.store import FolderExists, FolderNotFound, StoreError, Viewer, drop_blob_ref
 
 
 def message(n: int, size: int = 0) -> bytes:
@@ -528,3 +528,102 @@ async def test_status_counts_whole_flags_only(runtime: Runtime) -> None:
     assert (counts.size, counts.deleted_size) == (sum(sizes), sizes[0])
     empty = await runtime.store.status(mb, "Trash")
     assert (empty[1].messages, empty[1].size, empty[2]) == (0, 0, [])
+
+
+async def test_a_members_own_seen_in_the_hot_paths_reads_and_writes(runtime: Runtime) -> None:
+    """Issue 14's Core statements show a member of a shared mailbox their own \\Seen (issue 16) in
+    every read: SELECT's ``open_folder``, STATUS's counts, FETCH's messages with their metas, the
+    catch-up; STORE writes it to their row (created, then updated) at the folder's next modseq,
+    leaving the message's own modseq, which the other members see, alone."""
+    store = runtime.store
+    bernard, dupont = await mailbox(runtime, "dr.bernard"), await mailbox(runtime, "dr.dupont")
+    org = await mailbox(runtime, "secretariat")
+    inbox = await store.folder(org, "INBOX")
+    for n in range(3):
+        await store.deliver(await store.prepare(message(n)), [org])
+    await store.set_flags(inbox.id, [1], "add", ["\\Seen"])  # the ORG's own, no member's
+    mine, theirs = Viewer(bernard, frozenset({"\\Seen"})), Viewer(dupont, frozenset({"\\Seen"}))
+    change = await store.set_flags(inbox.id, [2, 3], "add", ["\\Seen", "\\Flagged"], viewer=mine)
+    modseq = change.changed[0].modseq
+    assert [(m.uid, sorted(m.flags), m.modseq) for m in change.changed] == [
+        (2, ["\\Flagged", "\\Seen"], modseq),
+        (3, ["\\Flagged", "\\Seen"], modseq),
+    ]
+
+    def seen(infos: list[queries.MessageInfo]) -> list[int]:
+        return [m.uid for m in infos if "\\Seen" in m.flags]
+
+    (_, as_org), (_, as_bernard), (_, as_dupont) = [
+        await store.open_folder(org, "INBOX", v) for v in (None, mine, theirs)
+    ]
+    assert (seen(as_org), seen(as_bernard), seen(as_dupont)) == ([1], [2, 3], [])
+    assert [m.flags for m in as_dupont] == [frozenset(), {"\\Flagged"}, {"\\Flagged"}]
+    assert (
+        [m.modseq for m in as_bernard] == [as_org[0].modseq, modseq, modseq] == [m.modseq for m in as_dupont]
+    )
+    unseen = [(await store.status(org, "INBOX", viewer=v))[1].unseen for v in (None, mine, theirs)]
+    assert unseen == [2, 1, 3]
+    infos, metas = await store.messages_with_metas(inbox.id, [1, 2, 3], mine)
+    assert seen(infos) == [2, 3] and set(metas) == {m.blob_id for m in infos}
+    assert seen(await store.messages(inbox.id, [1, 3], mine)) == [3]
+    assert seen((await store.snapshot(inbox.id, theirs))[1]) == []
+
+    # After ``modseq``, BERNARD's removal of his \\Seen of 2 is his change alone: DUPONT hears of
+    # nothing, and BERNARD's UNCHANGEDSINCE compares his own modseq.
+    again = await store.set_flags(inbox.id, [2], "remove", ["\\Seen"], viewer=mine)
+    assert seen(again.changed) == [] and again.changed[0].modseq > modseq
+    _, changed, _ = await store.changes_since(inbox.id, modseq, mine)
+    assert [(m.uid, sorted(m.flags)) for m in changed] == [(2, ["\\Flagged"])]
+    assert (await store.changes_since(inbox.id, modseq, theirs))[1] == []
+    assert (await store.set_flags(inbox.id, [2, 3], "add", ["\\Seen"], modseq, mine)).modified == [2]
+    assert (await store.status(org, "INBOX", viewer=mine))[1].unseen == 2
+    async with runtime.db.read() as session:
+        rows = (await session.execute(select(func.count()).select_from(MemberFlags))).scalar_one()
+    assert rows == 2  # BERNARD's of 2 (no flag left, its modseq kept) and of 3
+
+
+@pytest.mark.usefixtures("files_only")
+async def test_copy_and_move_across_mailboxes_count_on_each(runtime: Runtime) -> None:
+    """Between a member's mailbox and an ORG's (issue 16): the target is charged (its quota refuses),
+    a MOVE frees the source, blob references stay exact, and a viewer's private flags travel."""
+    store = runtime.store
+    person, org = await mailbox(runtime, "dr.bernard"), await mailbox(runtime, "secretariat")
+    inbox, org_inbox = await store.folder(person, "INBOX"), await store.folder(org, "INBOX")
+    for n in range(3):
+        await store.deliver(await store.prepare(message(n, 2000)), [org])
+    seen = Viewer(person, frozenset({"\\Seen"}))
+    await store.set_flags(org_inbox.id, [1, 2], "add", ["\\Seen", "\\Flagged"], viewer=seen)
+
+    # Out of the ORG: the copy gets the member's view of the flags, and his own mailbox pays.
+    _, pairs = await store.copy(org_inbox.id, [1], "INBOX", into=person, viewer=seen)
+    _, moved = await store.copy(org_inbox.id, [2], "INBOX", move=True, into=person, viewer=seen)
+    assert (pairs, moved) == ([(1, 1)], [(2, 2)])
+    _, mine = await store.snapshot(inbox.id)
+    assert [sorted(m.flags) for m in mine] == [["\\Flagged", "\\Seen"], ["\\Flagged", "\\Seen"]]
+    assert ((await store.usage(person))[0].messages, (await store.usage(org))[0].messages) == (2, 2)
+    _, _, vanished = await store.changes_since(org_inbox.id, 0)
+    assert vanished == [2]
+
+    # Into the ORG, full at 2 messages: refused, nothing changed; after an expunge it fits, with the
+    # member's \Seen his own and the keep filter applied.
+    await accounts.set_mailbox_quota(runtime, "secretariat@a.mssante.test", None, 2)
+    with pytest.raises(quota.OverQuota):
+        await store.copy(inbox.id, [2], "INBOX", into=org, dest_viewer=seen)
+    await store.set_flags(org_inbox.id, [3], "add", ["\\Deleted"])
+    await store.expunge(org_inbox.id)
+    _, back = await store.copy(
+        inbox.id, [2], "INBOX", move=True, into=org, dest_viewer=seen, keep=lambda f: f - {"\\Flagged"}
+    )
+    assert back == [(2, 4)]
+    _, as_org = await store.snapshot(org_inbox.id)
+    _, as_member = await store.snapshot(org_inbox.id, seen)
+    assert [sorted(m.flags) for m in as_org] == [["\\Flagged"], []]
+    assert [sorted(m.flags) for m in as_member] == [["\\Flagged", "\\Seen"], ["\\Seen"]]
+
+    for mb in (person, org):
+        before, recomputed = await store.recount(mb)
+        assert before == recomputed
+    async with runtime.db.read() as session:
+        refs = dict((await session.execute(select(Blob.path, Blob.refcount))).all())
+    # Message 1 in the ORG and in his INBOX, message 2 back in the ORG alone, message 3 expunged.
+    assert sorted(refs.values()) == [1, 2] and set(runtime.blobs.all_paths()) == set(refs)

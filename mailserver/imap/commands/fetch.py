@@ -115,7 +115,7 @@ async def fetch(s: Session, tag: str, cmd: Fetch) -> Done:
         items.insert(0, FetchAtt.UID)  # RFC 9051 §6.4.9: UID FETCH always reports UID.
     uids = s.resolve(cmd.sequence_set, cmd.uid)
     if cmd.vanished and cmd.changed_since is not None:
-        _info, _changed, gone = await store.changes_since(sel.folder_id, cmd.changed_since)
+        _info, _changed, gone = await store.changes_since(sel.folder_id, cmd.changed_since, sel.viewer)
         spans = cmd.sequence_set.resolve(max(sel.last_uid, gone[-1] if gone else 0))
         gone = [u for u in gone if any(lo <= u <= hi for lo, hi in spans)]
         if gone:
@@ -131,15 +131,15 @@ async def fetch(s: Session, tag: str, cmd: Fetch) -> Done:
     for start in range(0, len(uids), batch):
         chunk = uids[start : start + batch]
         if meta_needed:
-            infos, metas = await store.messages_with_metas(sel.folder_id, chunk)
+            infos, metas = await store.messages_with_metas(sel.folder_id, chunk, sel.viewer)
         else:
-            infos, metas = await store.messages(sel.folder_id, chunk), {}
+            infos, metas = await store.messages(sel.folder_id, chunk, sel.viewer), {}
         if seen:
             new = [m for m in infos if "\\Seen" not in m.flags]
             lost = await store.unreadable(m.blob_id for m in new) if new else set()
             unseen = [m.uid for m in new if m.blob_id not in lost]  # a body not sent is not seen
             if unseen:
-                change = await store.set_flags(sel.folder_id, unseen, "add", ["\\Seen"])
+                change = await store.set_flags(sel.folder_id, unseen, "add", ["\\Seen"], viewer=sel.viewer)
                 updated = {m.uid: m for m in change.changed}
                 infos = [updated.get(m.uid, m) for m in infos]  # (the same blobs: the metas hold)
                 s.own_change(change.changed[0].modseq if change.changed else None, change.changed)

@@ -34,8 +34,8 @@ async def idle(s: Session, tag: str, cmd: object) -> Done:
     try:
         while True:
             if s.dirty:
-                if s.selected is not None and s.selected.owner != s.mailbox_id:
-                    await s.recheck_shared_rights()  # a member removed meanwhile hears no more of it
+                if not await s.check_access():  # a member removed meanwhile hears no more of it
+                    return Done("IDLE terminated")
                 if s.selected is not None:
                     await s.sync(expunges=True)
                 await s.flush()

@@ -63,11 +63,20 @@ async def _select(s: Session, cmd: Select | Examine) -> Done:
         s.enable("CONDSTORE")
     target = await shared.resolve(s, cmd.mailbox)
     shared.need(target, acl.READ, cmd.name)
-    info, messages = await s.rt.store.open_folder(target.mailbox_id, target.folder)
+    viewer = shared.viewer(s, target.mailbox_id)
+    info, messages = await s.rt.store.open_folder(target.mailbox_id, target.folder, viewer)
     name = target.prefix + info.name
     readonly = cmd.readonly or not acl.changes_anything(target.rights)
     sel = Selected(
-        info.id, name, readonly, info.uidvalidity, info.highestmodseq, target.mailbox_id, target.rights
+        info.id,
+        name,
+        readonly,
+        info.uidvalidity,
+        info.highestmodseq,
+        target.mailbox_id,
+        target.rights,
+        viewer,
+        target.shared,
     )
     s.watch(target.mailbox_id)
     sel.uids.extend(m.uid for m in messages)
@@ -97,7 +106,7 @@ async def _select(s: Session, cmd: Select | Examine) -> Done:
 
 async def _qresync(s: Session, sel: Selected, modseq: int, known: object) -> None:
     """RFC 7162 §3.2.5: VANISHED (EARLIER) for what the client still has, then the changed flags."""
-    info, changed, vanished = await s.rt.store.changes_since(sel.folder_id, modseq)
+    info, changed, vanished = await s.rt.store.changes_since(sel.folder_id, modseq, sel.viewer)
     if known is not None:
         vanished = known.select_uids(vanished)  # type: ignore[attr-defined]
     if vanished:
@@ -315,13 +324,17 @@ def _status_value(s: Session, item: str, folder: FolderInfo, counts: FolderCount
 
 async def _status(s: Session, target: shared.Target | FolderInfo, items: tuple[str, ...], name: str) -> None:
     """One STATUS response for a folder a command named (``target``) or LIST found; the store counts
-    the messages (``Store.status``), the UIDs are read only for RECENT."""
+    the messages (``Store.status``, UNSEEN by the member's own \\Seen in a shared mailbox), the UIDs
+    are read only for RECENT."""
     recent = "RECENT" in items
+    store, viewer = s.rt.store, shared.viewer(s, target.mailbox_id)
     if isinstance(target, shared.Target):
-        info, counts, uids = await s.rt.store.status(target.mailbox_id, target.folder, uids=recent)
+        info, counts, uids = await store.status(target.mailbox_id, target.folder, uids=recent, viewer=viewer)
         name = target.prefix + info.name
     else:
-        info, counts, uids = await s.rt.store.status(target.mailbox_id, None, target.id, uids=recent)
+        info, counts, uids = await store.status(
+            target.mailbox_id, None, target.id, uids=recent, viewer=viewer
+        )
     values = [(item, _status_value(s, item, info, counts, uids)) for item in items]
     s.send(enc.status(name, values, utf8=s.utf8))
 

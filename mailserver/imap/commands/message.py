@@ -38,7 +38,14 @@ async def append(s: Session, tag: str, cmd: Append) -> Done:
         items.append((data, message.flags, message.internal_date))
     target = await shared.resolve(s, cmd.mailbox)
     shared.need(target, acl.INSERT, "APPEND")
-    items = [(data, acl.allowed_flags(target.rights, flags), when) for data, flags, when in items]
+    viewer = shared.viewer(s, target.mailbox_id)
+    private = viewer.private if viewer is not None else frozenset()
+    allowed = [acl.allowed_flags(target.rights, flags) for _data, flags, _when in items]
+    # A member's private flags (\Seen) are theirs, set once the message exists; the rest is shared.
+    items = [
+        (data, [f for f in k if f not in private], when)
+        for (data, _f, when), k in zip(items, allowed, strict=True)
+    ]
     try:
         if (
             len(items) == 1
@@ -51,6 +58,12 @@ async def append(s: Session, tag: str, cmd: Append) -> Done:
         uidvalidity, uids = await s.rt.store.append(target.mailbox_id, target.folder, items)
     except FolderNotFound:
         raise Fail("NO", "no such mailbox", "TRYCREATE") from None
+    mine = [(uid, [f for f in k if f in private]) for uid, k in zip(uids, allowed, strict=True)]
+    if viewer is not None and any(flags for _uid, flags in mine):
+        folder = await s.rt.store.folder(target.mailbox_id, target.folder)
+        for uid, flags in mine:
+            if flags:
+                await s.rt.store.set_flags(folder.id, [uid], "add", flags, viewer=viewer)
     if s.selected is not None and s.selected.name == target.display:
         s.dirty = True  # RFC 9051 §6.3.12: the client sees EXISTS before the tagged OK.
     closing = [uid for uid, item in zip(uids, items, strict=True) if conversations.closes(item[1])]
@@ -113,15 +126,33 @@ async def _copy(s: Session, cmd: Copy | Move, move: bool) -> Done:
         s.require_rights(acl.DELETED + acl.EXPUNGE, "MOVE")
     target = await shared.resolve(s, cmd.mailbox)
     shared.need(target, acl.INSERT, cmd.name)
-    if target.mailbox_id != sel.owner:
-        raise Fail("NO", "messages are copied between folders of one mailbox only", "CANNOT")
     uids = s.resolve(cmd.sequence_set, cmd.uid)
     if not uids:
         return Done(f"{cmd.name} completed, nothing to do")
+    across = target.mailbox_id != sel.owner
     try:
-        uidvalidity, pairs = await s.rt.store.copy(sel.folder_id, uids, target.folder, move=move)
+        uidvalidity, pairs = await s.rt.store.copy(
+            sel.folder_id,
+            uids,
+            target.folder,
+            move=move,
+            into=target.mailbox_id,
+            viewer=sel.viewer,
+            dest_viewer=shared.viewer(s, target.mailbox_id),
+            # RFC 4314 §4: into another mailbox, only the flags the rights there let one set.
+            keep=(lambda flags: acl.allowed_flags(target.rights, flags)) if across else None,
+        )
     except FolderNotFound:
         raise Fail("NO", "no such mailbox", "TRYCREATE") from None
+    if across and pairs:
+        org = target.shared or sel.shared
+        await s.rt.audit.record(
+            s.address,
+            cmd.name.lower(),
+            s.remote,
+            f"imap {cmd.name} {sel.name} uids {compress([a for a, _ in pairs])} to {target.display}",
+            f"ok as member of {org}" if org else "ok",
+        )
     code = enc.Code.copyuid(uidvalidity, [a for a, _ in pairs], [b for _, b in pairs]) if pairs else None
     same = target.display == sel.name
     if same:

@@ -52,7 +52,7 @@ async def _views(s: Session) -> tuple[list[MessageView], dict[int, int]]:
     """Every message the client knows and the store still has, with its meta; and uid → blob id."""
     sel = s.selected
     assert sel is not None
-    _info, messages = await s.rt.store.snapshot(sel.folder_id)
+    _info, messages = await s.rt.store.snapshot(sel.folder_id, sel.viewer)
     known = [(sel.seq(m.uid), m) for m in messages]
     known = [(seq, m) for seq, m in known if seq]
     return await load_views(s, known), {m.uid: m.blob_id for _, m in known}

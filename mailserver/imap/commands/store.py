@@ -14,6 +14,7 @@ from mailserver import acl, conversations
 from mailserver.imap.base import Done, Fail, State, command
 from mailserver.imap.protocol import encoder as enc
 from mailserver.imap.protocol.commands import Store, StoreMode
+from mailserver.imap.protocol.sequence import compress
 
 if TYPE_CHECKING:
     from mailserver.imap.session import Session
@@ -39,12 +40,21 @@ async def store(s: Session, tag: str, cmd: Store) -> Done:
     uids = s.resolve(cmd.sequence_set, cmd.uid)
     if not uids:
         return Done("STORE completed")
-    change = await s.rt.store.set_flags(sel.folder_id, uids, _MODES[cmd.mode], cmd.flags, cmd.unchanged_since)
+    change = await s.rt.store.set_flags(
+        sel.folder_id, uids, _MODES[cmd.mode], cmd.flags, cmd.unchanged_since, sel.viewer
+    )
     s.own_change(change.changed[0].modseq if change.changed else None, change.changed)
     if cmd.mode != StoreMode.REMOVE and change.changed:
         s.announce_keywords(cmd.flags)  # even under .SILENT (RFC 9051 §7.3.5)
     if cmd.mode != StoreMode.REMOVE and change.changed and conversations.closes(cmd.flags):
         await conversations.on_flags_changed(s.rt, sel.owner, sel.folder_id, [m.uid for m in change.changed])
+    if sel.shared and change.changed:  # issue 16: a flag change in an ORG's folder names the person
+        what = (
+            f"uids {compress([m.uid for m in change.changed])} {cmd.mode.value}FLAGS ({' '.join(cmd.flags)})"
+        )
+        await s.rt.audit.record(
+            s.address, "flags", s.remote, f"imap STORE {sel.name} {what}", f"ok as member of {sel.shared}"
+        )
     changed = {m.uid: m for m in change.changed}
     if cmd.silent:
         if s.condstore:
@@ -55,7 +65,7 @@ async def store(s: Session, tag: str, cmd: Store) -> Done:
     else:
         skipped = set(change.modified)
         unchanged = [u for u in uids if u not in changed and u not in skipped]
-        current = await s.rt.store.messages(sel.folder_id, unchanged) if unchanged else []
+        current = await s.rt.store.messages(sel.folder_id, unchanged, sel.viewer) if unchanged else []
         everything = sorted([*change.changed, *current], key=lambda m: m.uid)
         for m in everything:
             seq = sel.seq(m.uid)
