@@ -11,7 +11,8 @@ default argon2id cost, t=2, 19 MiB, p=1). Before anything is timed, every mailbo
 messages by IMAP APPEND (on each server alike). Each of ``--clients`` clients then loops, over
 implicit TLS, on its own mailbox: LOGIN, LIST, STATUS, SELECT, FETCH (flags+envelope of all), FETCH (one
 body), STORE \\Seen, STORE \\Deleted, EXPUNGE, APPEND, LOGOUT. Prints ops/s, p50/p99 per command and
-the number of error replies (tagged NO/BAD, dropped connections).
+the number of error replies (tagged NO/BAD, dropped connections), and the server's CPU time per
+operation (user + system, all its threads, from /proc): the figure to compare on a shared machine.
 
 ``--against-dovecot`` also starts a private Dovecot (bench/peers.py: Debian's dovecot-imapd, installed
 when missing; 127.0.0.1 only, same certificate, a passwd-file holding the very argon2id hashes Caducée
@@ -143,6 +144,13 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, every thread included (/proc/PID/stat fields 14, 15):
+    CPU per operation compares runs on a shared machine better than ops/s, which other load moves."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # --------------------------------------------------------------------------- client
 
 
@@ -188,6 +196,8 @@ class Conn:
 @dataclass
 class Result:
     elapsed: float
+    cpu: float = float("nan")  # the server's CPU seconds during the round (Caducée only)
+    client_cpu: float = float("nan")  # this load generator's
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
@@ -198,6 +208,10 @@ class Result:
     @property
     def rate(self) -> float:
         return self.ops / self.elapsed
+
+    @property
+    def cpu_ms_per_op(self) -> float:
+        return self.cpu / self.ops * 1000 if self.ops else float("nan")
 
     @property
     def error_count(self) -> int:
@@ -294,6 +308,10 @@ def report(name: str, results: list[Result]) -> None:
         f"\n{name}: median {statistics.median(r.rate for r in results):.0f} ops/s (rounds: {rates}), ", end=""
     )
     print(f"{total_errors} error replies" + (f" {dict(errors)}" if total_errors else ""))
+    cpus = [r.cpu_ms_per_op for r in results if r.cpu == r.cpu]
+    if cpus:
+        rounds = " ".join(f"{c:.2f}" for c in cpus)
+        print(f"  server CPU per operation: median {statistics.median(cpus):.2f} ms (rounds: {rounds})")
     print(f"  {'command':<18}{'count':>8}{'p50 ms':>10}{'p99 ms':>10}")
     for command in COMMANDS:
         values = merged.get(command, [])
@@ -357,8 +375,16 @@ async def measure(args: argparse.Namespace, info: dict, server_pid: int, dovecot
                 stdout=asyncio.subprocess.DEVNULL,
             )
             await asyncio.sleep(1)
+        cpu, client_cpu = cpu_seconds(server_pid), time.process_time()
         caducee.append(await run_mix(info["port"], ctx, args.clients, args.seconds, args.mailboxes))
-        line = f"round {rnd + 1}: Caducée {caducee[-1].rate:.0f} ops/s ({caducee[-1].error_count} errors)"
+        caducee[-1].cpu = cpu_seconds(server_pid) - cpu
+        caducee[-1].client_cpu = time.process_time() - client_cpu
+        client_ms = caducee[-1].client_cpu / max(caducee[-1].ops, 1) * 1000
+        line = (
+            f"round {rnd + 1}: Caducée {caducee[-1].rate:.0f} ops/s, {caducee[-1].cpu_ms_per_op:.2f} ms "
+            f"server CPU/op, {client_ms:.2f} ms client CPU/op ({caducee[-1].error_count} errors, "
+            f"load {os.getloadavg()[0]:.1f})"
+        )
         if dovecot_port is not None:
             dovecot.append(await run_mix(dovecot_port, ctx, args.clients, args.seconds, args.mailboxes))
             line += f", Dovecot {dovecot[-1].rate:.0f} ops/s ({dovecot[-1].error_count} errors)"

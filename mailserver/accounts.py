@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from directory.ins import InvalidINS, validate_ins
 from directory.rpps import InvalidRPPS, validate_rpps
 from mailserver import certauth
+from mailserver.db.engine import run_core
 from mailserver.db.models import (
     ACL_RIGHTS,
     DEFAULT_MEMBER_RIGHTS,
@@ -40,7 +41,7 @@ from mailserver.db.models import (
 from mailserver.headers import HeaderView, decode_header
 from mailserver.policy import Refusal
 from mailserver.runtime import Runtime
-from mailserver.store import mime
+from mailserver.store import mime, queries
 
 
 class AccountError(Exception):
@@ -479,14 +480,8 @@ class Access:
 
 async def memberships_of(rt: Runtime, member_id: int) -> list[Access]:
     """The shared mailboxes ``member_id`` belongs to, by address (the IMAP shared namespace)."""
-    async with rt.db.read() as session:
-        rows = await session.execute(
-            select(Mailbox.id, Mailbox.address, Membership.rights)
-            .join(Membership, Membership.mailbox_id == Mailbox.id)
-            .where(Membership.member_id == member_id)
-            .order_by(Mailbox.address)
-        )
-        return [Access(*row) for row in rows.all()]
+    async with rt.db.read() as session:  # on every LIST and shared-folder command: Core, on the cursor
+        return [Access(*row) for row in await run_core(session, queries.memberships_of, member_id)]
 
 
 async def rights_through(rt: Runtime, mailbox_id: int, member_ids: tuple[int, ...]) -> str:

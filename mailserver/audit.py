@@ -102,8 +102,11 @@ class Audit:
         response: str = "",
     ) -> None:
         """Append one event inside the caller's transaction (kept only if that transaction commits);
-        ``Session`` for the synchronous work of ``db.run_write``."""
-        session.add(_row(actor, action, remote, request, response))
+        ``Session`` for the synchronous work of ``db.run_write``, where it is a plain INSERT."""
+        if isinstance(session, Session):
+            INSERT_EVENTS.many(session.connection(), [event_row(actor, action, remote, request, response)])
+        else:
+            session.add(_row(actor, action, remote, request, response))
 
     async def read(self, actor: str, remote: str, via: str, what: str) -> None:
         """A consultation of message content (IMAP body FETCH, portal page, download): one event per

@@ -38,7 +38,7 @@ from mailserver import certauth
 from mailserver.audit import Audit
 from mailserver.certauth import CertificateError, ClientCertificates
 from mailserver.credential_cache import CredentialCache
-from mailserver.db.engine import Database
+from mailserver.db.engine import Database, run_core
 from mailserver.db.models import (
     READ_RIGHT,
     SHARED_TYPES,
@@ -52,6 +52,7 @@ from mailserver.db.models import (
 from mailserver.metrics import UNSCRAPED, Metrics
 from mailserver.oauth import TokenError, TokenIdentity, TokenValidator
 from mailserver.revocation import RevocationChecker
+from mailserver.store import queries
 
 LOGIN_STAMP_PERIOD = dt.timedelta(hours=1)  # last_login_at precision: inactivity is counted in months
 
@@ -374,14 +375,10 @@ class Authenticator:
         if not self.cache.knows(address):
             return None
         async with self.db.read() as session:
-            mb = (
-                await session.execute(select(Mailbox).where(Mailbox.address == address))
-            ).scalar_one_or_none()
+            mb = await run_core(session, queries.login_mailbox, address)
             if mb is None:
                 return None
-            apps = list(
-                (await session.execute(select(AppPassword).where(AppPassword.mailbox_id == mb.id))).scalars()
-            )
+            apps = await run_core(session, queries.app_passwords, mb.id)
         credential = self._cached(address, mb, apps, password)
         if credential is None:
             return None
@@ -407,17 +404,15 @@ class Authenticator:
         The counter is cleared only if no lock-out is set on it: another node or process that locks
         the account meanwhile keeps its lock (re-checked by the DELETE itself on PostgreSQL)."""
         now = utcnow()
-        mb = session.execute(select(Mailbox).where(Mailbox.address == address)).scalar_one_or_none()
+        conn = session.connection()
+        mb = queries.login_mailbox(conn, address)
         if mb is None:
             return None
         if credential.app_id is None:
             current = mb.password_hash
         else:
-            current = session.execute(
-                select(AppPassword.password_hash).where(
-                    AppPassword.id == credential.app_id, AppPassword.mailbox_id == mb.id
-                )
-            ).scalar_one_or_none()
+            apps = queries.app_passwords(conn, mb.id)
+            current = next((a.password_hash for a in apps if a.id == credential.app_id), None)
         if not current or current != stored:
             return None
         method = "password" if credential.app_id is None else "app-password"
@@ -425,14 +420,7 @@ class Authenticator:
         detail = str(credential) + (f", person {person}" if person != address else "")
         request = f"{service} login"
         account_key, ip_key = f"mailbox:{address}", f"ip:{remote}"
-        locks = session.execute(
-            select(AuthFailure.key).where(
-                AuthFailure.key.in_(sorted((account_key, ip_key))),
-                AuthFailure.locked_until.is_not(None),
-                AuthFailure.locked_until > now,
-            )
-        ).all()
-        if locks:
+        if queries.active_locks(conn, (account_key, ip_key), now):
             self.audit.record_in(session, address, "login-failure", remote, request, "locked")
             return AuthOutcome(None, None, "locked", method=method)
         if not mb.enabled:
@@ -442,22 +430,15 @@ class Authenticator:
             return AuthOutcome(None, None, "disabled", method=method)
         if self.refusal(mb, method, service):
             return None  # the full path refuses it and counts it, as for any method not allowed
-        session.execute(
-            delete(AuthFailure).where(
-                AuthFailure.key == account_key,
-                or_(AuthFailure.locked_until.is_(None), AuthFailure.locked_until <= now),
-            )
-        )
+        queries.clear_account(conn, account_key, now)
         if (
             mb.last_login_at is None
             or mb.inactive_notice_at is not None
             or now - mb.last_login_at >= LOGIN_STAMP_PERIOD
         ):
-            mb.last_login_at, mb.inactive_notice_at = now, None
+            queries.stamp_login(conn, mb.id, now)
         if credential.app_id is not None:
-            session.execute(
-                update(AppPassword).where(AppPassword.id == credential.app_id).values(last_used_at=now)
-            )
+            queries.stamp_app_password(conn, credential.app_id, now)
         self.audit.record_in(session, address, "login", remote, f"{request} ({detail})", "ok")
         return AuthOutcome(mb.id, address, method=method, person=person)
 
@@ -486,7 +467,11 @@ class Authenticator:
         return Verdict(mb, method, detail, person=person, app_id=credential.app_id)
 
     def _cached(
-        self, address: str, mb: Mailbox | None, apps: list[AppPassword], password: str
+        self,
+        address: str,
+        mb: Mailbox | queries.LoginMailbox | None,
+        apps: list[AppPassword] | list[queries.LoginAppPassword],
+        password: str,
     ) -> Credential | None:
         """The credential argon2 accepted for this password a moment ago, if its stored hash is unchanged."""
         if mb is None:
@@ -650,7 +635,7 @@ METHODS = ("password", "app-password", "oauth", "cert")
 PORTAL_ONLY = "patients sign in through the portal (second factor)"
 
 
-def allows(mb: Mailbox, method: str) -> bool:
+def allows(mb: Mailbox | queries.LoginMailbox, method: str) -> bool:
     """The per-mailbox policy (``caducee mailbox auth --allow``): NULL allows every method."""
     return mb.auth_methods is None or method in mb.auth_methods.split(",")
 

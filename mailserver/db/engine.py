@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +47,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, Result, create_engine, event, make_url
-from sqlalchemy.exc import DisconnectionError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
@@ -85,7 +86,14 @@ def _configure_sqlite(
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql(begin)
+            raw = conn.connection.dbapi_connection
+            if isinstance(raw, sqlite3.Connection):  # straight on the driver: SQLAlchemy's execution
+                try:  # context costs more than BEGIN itself, at every transaction
+                    raw.execute(begin)
+                except sqlite3.Error as exc:  # as SQLAlchemy raises it (busy: ``OperationalError``)
+                    raise DBAPIError.instance(begin, (), exc, sqlite3.Error) from exc
+            else:  # aiosqlite's adapter
+                conn.exec_driver_sql(begin)
 
 
 def _sqlite_engine(url: str, immediate: bool, echo: bool) -> AsyncEngine:
@@ -225,12 +233,25 @@ class ReadSession(Protocol):
 
 
 class SyncReadSession:
-    """The reading methods of an ``AsyncSession`` over a synchronous ``Session`` (``Database.read`` on
-    SQLite), so the same read code runs on either engine."""
+    """The reading methods of an ``AsyncSession`` over a synchronous connection (``Database.read`` on
+    SQLite), so the same read code runs on either engine. The ORM ``Session`` is made only when ORM
+    code asks for one: the IMAP hot path's Core statements (``run_core``) run on ``connection``, and
+    a ``Session`` and its transaction bookkeeping cost more than such a read itself."""
 
-    def __init__(self, session: Session) -> None:
-        self.sync_session = session
-        self.bind = session.bind  # its ``dialect``, as on an AsyncSession
+    def __init__(self, connection: Connection, session: Session | None = None) -> None:
+        self.connection = connection
+        self._session = session
+        self.bind = connection.engine  # its ``dialect``, as on an AsyncSession
+
+    @property
+    def sync_session(self) -> Session:
+        if self._session is None:  # joins the connection's transaction, which ``Database.read`` ends
+            self._session = Session(bind=self.connection, expire_on_commit=False)
+        return self._session
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
 
     async def execute(self, statement: Any, params: Any = None, **kw: Any) -> Result[Any]:
         return self.sync_session.execute(statement, params, **kw)
@@ -259,6 +280,15 @@ class SyncWriteSession(SyncReadSession):
 
 
 WriteSession = AsyncSession | SyncWriteSession
+
+
+async def run_core(session: ReadSession | WriteSession, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(connection or session, *args)`` in the session's transaction: on the connection itself
+    for a synchronous session (no ORM ``Session`` made), through ``run_sync`` on an ``AsyncSession``
+    (PostgreSQL). For functions of Core statements, which take either (``mailserver.store.queries``)."""
+    if isinstance(session, SyncReadSession):
+        return fn(session.connection, *args)
+    return await session.run_sync(fn, *args)
 
 
 def _unobserved(kind: str, seconds: float) -> None:
@@ -339,7 +369,7 @@ class Database:
                     yield session
                 return
             try:
-                yield SyncWriteSession(sync)
+                yield SyncWriteSession(sync.connection(), sync)
             except BaseException:
                 sync.close()  # rolls back: nothing was written to disk yet
                 raise
@@ -464,8 +494,12 @@ class Database:
                 async with self._read() as session, session.begin():
                     yield session
                 return
-            with Session(self.sync_read_engine, expire_on_commit=False) as session, session.begin():
-                yield SyncReadSession(session)
+            with self.sync_read_engine.connect() as connection, connection.begin():
+                session = SyncReadSession(connection)
+                try:
+                    yield session
+                finally:
+                    session.close()
         finally:
             self.observe("read", time.perf_counter() - started)
 

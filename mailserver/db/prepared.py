@@ -1,10 +1,12 @@
-"""Core statements of the delivery hot path, run straight on the DB-API cursor on SQLite.
+"""Core statements of the hot paths (delivery, IMAP), run straight on the DB-API cursor on SQLite.
 
 In a group commit SQLAlchemy's per-execution work (execution context, parameter and result set-up)
 costs several times what SQLite itself spends on these few small statements, and it runs in the
 writer thread under the GIL the event loop needs. ``Prepared`` compiles a statement once per dialect
 (parameter order and bind processors, so stored values are exactly what SQLAlchemy would store) and
-executes it on the connection's cursor. Other engines go through ``Connection.execute`` as usual.
+executes it on the connection's cursor; a SELECT's rows go through its columns' result processors
+(a stored datetime comes back as SQLAlchemy would return it). Other engines go through
+``Connection.execute`` as usual.
 
 Statements without expanding parameters only; SQLAlchemy's statement events do not see these.
 """
@@ -14,11 +16,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Dialect
+from sqlalchemy import Connection, Dialect, Select
 from sqlalchemy.sql.expression import Executable
 
-# (SQL, [(parameter name, bind processor, value when not given)])
-_Plan = tuple[str, list[tuple[str, Callable[[Any], Any] | None, Any]]]
+# (SQL, [(parameter name, bind processor, value when not given)], result processor per column or None)
+_Plan = tuple[
+    str,
+    list[tuple[str, Callable[[Any], Any] | None, Any]],
+    list[Callable[[Any], Any] | None] | None,
+]
 
 
 class Prepared:
@@ -32,12 +38,20 @@ class Prepared:
         if self._plan is None:
             compiled = self.statement.compile(dialect=dialect)
             names = compiled.positiontup or []
+            results = None
+            if isinstance(self.statement, Select):
+                processors = [
+                    c.type.dialect_impl(dialect).result_processor(dialect, None)
+                    for c in self.statement.selected_columns
+                ]
+                results = processors if any(processors) else None
             self._plan = (
                 compiled.string,
                 [
                     (name, compiled.binds[name].type.bind_processor(dialect), compiled.binds[name].value)
                     for name in names
                 ],
+                results,
             )
         return self._plan
 
@@ -56,9 +70,16 @@ class Prepared:
         cursor = conn.connection.cursor()
         try:
             cursor.execute(plan[0], self._args(plan, values))
-            return list(cursor.fetchall())
+            rows = cursor.fetchall()
         finally:
             cursor.close()
+        processors = plan[2]
+        if processors is None:
+            return rows
+        return [
+            tuple(value if p is None else p(value) for p, value in zip(processors, row, strict=True))
+            for row in rows
+        ]
 
     def returned(self, conn: Connection, values: Sequence[Mapping[str, Any]]) -> list[Any]:
         """Execute once per set of values; the first RETURNING column of each, in order (elsewhere than

@@ -22,7 +22,6 @@ Invariants (each one has a test in tests/store/):
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -35,14 +34,14 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import String, bindparam, cast, delete, exists, func, insert, select, text, update
+from sqlalchemy import Connection, String, bindparam, cast, delete, exists, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from config.settings import LimitsSettings, QuotaSettings
 from mailserver import quota
 from mailserver.audit import INSERT_EVENTS, event_row
-from mailserver.db.engine import Database, WriteSession
+from mailserver.db.engine import Database, ReadSession, WriteSession, run_core
 from mailserver.db.models import (
     Blob,
     Domain,
@@ -56,9 +55,10 @@ from mailserver.db.models import (
 )
 from mailserver.db.prepared import Prepared
 from mailserver.large_file_models import LargeFile
-from mailserver.store import mime
+from mailserver.store import mime, queries
 from mailserver.store.blobs import BlobStore, WrittenBlob
 from mailserver.store.notify import CHANNEL, Notifier
+from mailserver.store.queries import FolderCounts, FolderInfo, MessageInfo, flags_from_text, flags_to_text
 
 log = logging.getLogger("caducee.store")
 
@@ -101,27 +101,6 @@ class FolderNotFound(StoreError):
 class FolderExists(StoreError):
     def __init__(self, name: str) -> None:
         super().__init__("ALREADYEXISTS", f"a folder named {name!r} already exists")
-
-
-@dataclass(frozen=True)
-class FolderInfo:
-    id: int
-    mailbox_id: int
-    name: str
-    special_use: str | None
-    uidvalidity: int
-    uidnext: int
-    highestmodseq: int
-
-
-@dataclass(frozen=True)
-class MessageInfo:
-    uid: int
-    modseq: int
-    flags: frozenset[str]
-    size: int
-    internal_date: dt.datetime
-    blob_id: int
 
 
 @dataclass(frozen=True)
@@ -177,14 +156,6 @@ T = TypeVar("T")
 class FlagChange:
     changed: list[MessageInfo]
     modified: list[int]
-
-
-def flags_to_text(flags: Iterable[str]) -> str:
-    return " ".join(sorted(set(flags)))
-
-
-def flags_from_text(value: str) -> frozenset[str]:
-    return frozenset(value.split()) if value else frozenset()
 
 
 def normalize_folder(name: str) -> str:
@@ -302,31 +273,27 @@ def _info(m: Message) -> MessageInfo:
     return MessageInfo(m.uid, m.modseq, flags_from_text(m.flags), m.size, m.internal_date, m.blob_id)
 
 
-def _seen_by(m: Message, own: MemberFlags | None, viewer: Viewer | None) -> MessageInfo:
-    """The message as ``viewer`` sees it: their private flags instead of the message's, and the later
-    of the message's modseq and that of their last private change (what their CHANGEDSINCE compares)."""
+def _seen_by(m: MessageInfo, own: tuple[str, int] | None, viewer: Viewer | None) -> MessageInfo:
+    """The message as ``viewer`` sees it: their private flags (``own``: their row's flags text and
+    modseq, ``queries.own_flags``) instead of the message's, and the later of the message's modseq and
+    that of their last private change (what their CHANGEDSINCE compares)."""
     if viewer is None:
-        return _info(m)
-    mine = flags_from_text(own.flags) & viewer.private if own is not None else frozenset()
-    flags = (flags_from_text(m.flags) - viewer.private) | mine
-    modseq = max(m.modseq, own.modseq) if own is not None else m.modseq
+        return m
+    mine = flags_from_text(own[0]) & viewer.private if own is not None else frozenset()
+    flags = (m.flags - viewer.private) | mine
+    modseq = max(m.modseq, own[1]) if own is not None else m.modseq
     return MessageInfo(m.uid, modseq, flags, m.size, m.internal_date, m.blob_id)
 
 
-def _own_flags(session: Session, viewer: Viewer | None, message_ids: Sequence[int]) -> dict[int, MemberFlags]:
-    """The viewer's private-flag rows of these messages, by message id (none without a viewer)."""
-    out: dict[int, MemberFlags] = {}
-    if viewer is None:
-        return out
-    for i in range(0, len(message_ids), 500):
-        rows = session.execute(
-            select(MemberFlags).where(
-                MemberFlags.member_id == viewer.member_id,
-                MemberFlags.message_id.in_(message_ids[i : i + 500]),
-            )
-        )
-        out.update((r.message_id, r) for r in rows.scalars())
-    return out
+async def _seen(
+    session: ReadSession | WriteSession, folder_id: int, infos: list[MessageInfo], viewer: Viewer | None
+) -> list[MessageInfo]:
+    """``infos`` (in UID order) as ``viewer`` sees them, their rows read in one statement; as they
+    are without a viewer (one's own mailbox: no statement)."""
+    if viewer is None or not infos:
+        return infos
+    own = await run_core(session, queries.own_flags, folder_id, viewer.member_id, infos[0].uid, infos[-1].uid)
+    return [_seen_by(m, own.get(m.uid), viewer) for m in infos]
 
 
 def _apply(
@@ -559,7 +526,10 @@ class Store:
     async def read_blob(self, blob_id: int) -> bytes:
         """The message's bytes; :class:`MessageUnavailable` when its file cannot be read."""
         async with self.db.read() as session:
-            path, data = (await session.execute(select(Blob.path, Blob.data).where(Blob.id == blob_id))).one()
+            found = await run_core(session, queries.blob_content, blob_id)
+        if found is None:
+            raise StoreError("NONEXISTENT", f"no blob {blob_id}")
+        path, data = found
         if data is not None:
             return bytes(data)
         try:
@@ -583,18 +553,18 @@ class Store:
     async def blob_meta(self, blob_id: int) -> dict[str, Any]:
         """The analysis made at delivery (envelope, body structure, offsets, header fields)."""
         async with self.db.read() as session:
-            meta = (await session.execute(select(Blob.meta).where(Blob.id == blob_id))).scalar_one()
+            meta = await run_core(session, queries.blob_meta, blob_id)
+        if meta is None:
+            raise StoreError("NONEXISTENT", f"no blob {blob_id}")
         return _meta_cached(blob_id, meta)
 
     async def blob_metas(self, blob_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
         ids = list(set(blob_ids))
-        out: dict[int, dict[str, Any]] = {}
+        if not ids:
+            return {}
         async with self.db.read() as session:
-            for i in range(0, len(ids), 500):
-                rows = await session.execute(select(Blob.id, Blob.meta).where(Blob.id.in_(ids[i : i + 500])))
-                for blob_id, meta in rows:
-                    out[blob_id] = _meta_cached(blob_id, meta)
-        return out
+            rows = await run_core(session, queries.blob_metas, ids)
+        return {blob_id: _meta_cached(blob_id, meta) for blob_id, meta in rows}
 
     # ----------------------------------------------------------------- delivery (SMTP, portal)
 
@@ -883,10 +853,8 @@ class Store:
 
     async def folders(self, mailbox_id: int) -> list[FolderInfo]:
         async with self.db.read() as session:
-            rows = await session.execute(
-                select(Folder).where(Folder.mailbox_id == mailbox_id).order_by(Folder.name)
-            )
-            return [_folder_info(f) for f in rows.scalars()]
+            found = await run_core(session, queries.folders_of, mailbox_id)
+        return sorted(found, key=lambda f: f.name)
 
     async def existing_folders(self, folder_ids: Iterable[int]) -> set[int]:
         """Which of these folders still exist (IMAP forgets what it keeps in memory for the others)."""
@@ -901,19 +869,58 @@ class Store:
     async def listing(self, mailbox_id: int) -> tuple[list[FolderInfo], set[str]]:
         """The folders and the subscribed names (RFC 9051 §6.3.9 LIST), read in one transaction; columns,
         not ORM objects: up to ``folders_per_mailbox`` of them, read on the event loop on SQLite."""
-        columns = [getattr(Folder, f.name) for f in dataclasses.fields(FolderInfo)]
         async with self.db.read() as session:
-            rows = await session.execute(select(*columns).where(Folder.mailbox_id == mailbox_id))
-            folders = [FolderInfo(*row) for row in rows]
-            return folders, await self._subscription_names(session, mailbox_id)
+            folders = await run_core(session, queries.folders_of, mailbox_id)
+            return folders, await run_core(session, queries.subscriptions_of, mailbox_id)
 
     async def folder(self, mailbox_id: int, name: str) -> FolderInfo:
         async with self.db.read() as session:
-            return _folder_info(await self._folder(session, mailbox_id, name))
+            f = await run_core(session, queries.folder_by_name, mailbox_id, normalize_folder(name))
+        if f is None:
+            raise FolderNotFound(name)
+        return f
 
     async def folder_by_id(self, folder_id: int) -> FolderInfo:
         async with self.db.read() as session:
-            return _folder_info(await session.run_sync(_folder_by_id, folder_id))
+            f = await run_core(session, queries.folder_by_id, folder_id)
+        if f is None:
+            raise StoreError("NONEXISTENT", "the folder no longer exists")
+        return f
+
+    async def open_folder(
+        self, mailbox_id: int, name: str, viewer: Viewer | None = None
+    ) -> tuple[FolderInfo, list[MessageInfo]]:
+        """SELECT/EXAMINE: the folder named ``name`` and all its messages in UID order (as ``viewer``
+        sees them), one snapshot."""
+        async with self.db.read() as session:
+            f = await run_core(session, queries.folder_by_name, mailbox_id, normalize_folder(name))
+            if f is None:
+                raise FolderNotFound(name)
+            return f, await _seen(session, f.id, await run_core(session, queries.all_messages, f.id), viewer)
+
+    async def status(
+        self,
+        mailbox_id: int,
+        name: str | None,
+        folder_id: int = 0,
+        uids: bool = False,
+        viewer: Viewer | None = None,
+    ) -> tuple[FolderInfo, FolderCounts, list[int]]:
+        """STATUS: the folder (by ``name`` in the mailbox, else by ``folder_id``), what it counts (by
+        the database, not by loading its messages; UNSEEN by ``viewer``'s own \\Seen when it is one of
+        their private flags) and, when asked (RECENT), its UIDs; one snapshot."""
+        async with self.db.read() as session:
+            if name is not None:
+                f = await run_core(session, queries.folder_by_name, mailbox_id, normalize_folder(name))
+                if f is None:
+                    raise FolderNotFound(name)
+            else:
+                f = await run_core(session, queries.folder_by_id, folder_id)
+                if f is None:
+                    raise StoreError("NONEXISTENT", "the folder no longer exists")
+            seen_by = viewer.member_id if viewer is not None and "\\Seen" in viewer.private else None
+            counts = await run_core(session, queries.folder_counts, f.id, seen_by)
+            return f, counts, (await run_core(session, queries.uids, f.id) if uids else [])
 
     async def create_folder(self, mailbox_id: int, name: str, special_use: str | None = None) -> FolderInfo:
         """Create ``name`` and any missing parents (RFC 9051 §6.3.4); existing name → FolderExists.
@@ -1062,33 +1069,30 @@ class Store:
         """The folder and all its messages in UID order (as ``viewer`` sees them), read in one
         consistent transaction."""
         async with self.db.read() as session:
-            f = await session.run_sync(_folder_by_id, folder_id)
-            rows = await session.execute(
-                select(Message).where(Message.folder_id == folder_id).order_by(Message.uid)
+            f = await run_core(session, queries.folder_by_id, folder_id)
+            if f is None:
+                raise StoreError("NONEXISTENT", "the folder no longer exists")
+            return f, await _seen(
+                session, folder_id, await run_core(session, queries.all_messages, folder_id), viewer
             )
-            msgs = list(rows.scalars())
-            own: dict[int, MemberFlags] = {}
-            if viewer is not None:
-                mine = await session.execute(
-                    select(MemberFlags)
-                    .join(Message, Message.id == MemberFlags.message_id)
-                    .where(Message.folder_id == folder_id, MemberFlags.member_id == viewer.member_id)
-                )
-                own = {r.message_id: r for r in mine.scalars()}
-            return _folder_info(f), [_seen_by(m, own.get(m.id), viewer) for m in msgs]
 
     async def messages(
         self, folder_id: int, uids: Iterable[int], viewer: Viewer | None = None
     ) -> list[MessageInfo]:
-        """The current state of some messages in UID order (IMAP FETCH/STORE read only what they need)."""
-
-        def read(session: Session) -> list[MessageInfo]:
-            msgs = _messages(session, folder_id, sorted(set(uids)))
-            own = _own_flags(session, viewer, [m.id for m in msgs])
-            return [_seen_by(m, own.get(m.id), viewer) for m in msgs]
-
+        """The current state of some messages in UID order (IMAP FETCH/STORE read only what they need),
+        as ``viewer`` sees them."""
         async with self.db.read() as session:
-            return await session.run_sync(read)
+            infos = await run_core(session, queries.messages, folder_id, sorted(set(uids)))
+            return await _seen(session, folder_id, infos, viewer)
+
+    async def messages_with_metas(
+        self, folder_id: int, uids: Iterable[int], viewer: Viewer | None = None
+    ) -> tuple[list[MessageInfo], dict[int, dict[str, Any]]]:
+        """``messages`` and ``blob_metas`` of them in one read (IMAP FETCH of envelopes or bodies)."""
+        async with self.db.read() as session:
+            rows = await run_core(session, queries.messages_with_metas, folder_id, sorted(set(uids)))
+            infos = await _seen(session, folder_id, [m for m, _ in rows], viewer)
+        return infos, {m.blob_id: _meta_cached(m.blob_id, meta) for m, meta in rows}
 
     async def changes_since(
         self, folder_id: int, modseq: int, viewer: Viewer | None = None
@@ -1096,44 +1100,24 @@ class Store:
         """Messages changed or added after ``modseq`` and UIDs expunged after it (CONDSTORE/QRESYNC).
         Every change to a folder's messages raises its HIGHESTMODSEQ: when that has not moved there is
         nothing more to read (an IMAP NOOP's usual answer). With a ``viewer``, also the messages whose
-        private flags that member changed after ``modseq``, and not those another member changed."""
-
-        def read(session: Session) -> tuple[FolderInfo, list[MessageInfo], list[int]]:
-            f = _folder_by_id(session, folder_id)
-            if f.highestmodseq <= modseq:
-                return _folder_info(f), [], []
-            msgs = {
-                m.id: m
-                for m in session.execute(
-                    select(Message).where(Message.folder_id == folder_id, Message.modseq > modseq)
-                ).scalars()
-            }
-            if viewer is not None:
-                mine = session.execute(
-                    select(Message)
-                    .join(MemberFlags, MemberFlags.message_id == Message.id)
-                    .where(
-                        Message.folder_id == folder_id,
-                        MemberFlags.member_id == viewer.member_id,
-                        MemberFlags.modseq > modseq,
-                    )
-                )
-                msgs.update((m.id, m) for m in mine.scalars())
-            ordered = sorted(msgs.values(), key=lambda m: m.uid)
-            own = _own_flags(session, viewer, [m.id for m in ordered])
-            gone = session.execute(
-                select(Expunged.uid)
-                .where(Expunged.folder_id == folder_id, Expunged.modseq > modseq)
-                .order_by(Expunged.uid)
-            )
-            return (
-                _folder_info(f),
-                [_seen_by(m, own.get(m.id), viewer) for m in ordered],
-                list(gone.scalars()),
-            )
-
+        private flags that member changed after ``modseq``, and not those another member changed (a
+        private change leaves the message's own modseq alone)."""
         async with self.db.read() as session:
-            return await session.run_sync(read)
+            f = await run_core(session, queries.folder_by_id, folder_id)
+            if f is None:
+                raise StoreError("NONEXISTENT", "the folder no longer exists")
+            if f.highestmodseq <= modseq:
+                return f, [], []
+            changed, gone = await run_core(session, queries.changed_since, folder_id, modseq)
+            if viewer is not None:
+                have = {m.uid for m in changed}
+                mine = await run_core(session, queries.own_changed_since, folder_id, viewer.member_id, modseq)
+                extra = [uid for uid in mine if uid not in have]
+                if extra:
+                    more = await run_core(session, queries.messages, folder_id, extra)
+                    changed = sorted([*changed, *more], key=lambda m: m.uid)
+                changed = await _seen(session, folder_id, changed, viewer)
+            return f, changed, gone
 
     async def append(
         self, mailbox_id: int, folder: str, items: Sequence[tuple[bytes, Iterable[str], dt.datetime | None]]
@@ -1238,19 +1222,25 @@ class Store:
                     m.folder_id, m.uid, m.modseq = dst.id, first + i, modseq  # member rows follow the id
                 changed.add((mb.id, src.id))
             else:
-                own = await session.run_sync(lambda ss: _own_flags(ss, viewer, [m.id for m in msgs]))
+                own = (
+                    await run_core(
+                        session, queries.own_flags, folder_id, viewer.member_id, wanted[0], wanted[-1]
+                    )
+                    if viewer is not None
+                    else {}
+                )
                 private = dest_viewer.private if dest_viewer is not None else frozenset()
                 copies: list[tuple[Message, frozenset[str]]] = []
                 for i, m in enumerate(msgs):
                     if across:
-                        seen = _seen_by(m, own.get(m.id), viewer).flags
+                        seen = _seen_by(_info(m), own.get(m.uid), viewer).flags
                         seen = frozenset(keep(seen)) if keep is not None else seen
                         shared_text, mine = flags_to_text(seen - private), seen & private
                     else:  # the message's flags as they are, the copier's private ones as theirs
-                        row = own.get(m.id)
+                        row = own.get(m.uid)
                         shared_text, mine = (
                             m.flags,
-                            flags_from_text(row.flags) & private if row else frozenset(),
+                            flags_from_text(row[0]) & private if row else frozenset(),
                         )
                     new = Message(
                         folder_id=dst.id,
@@ -1311,44 +1301,59 @@ class Store:
 
         def work(session: Session, changed: _Changed) -> FlagChange:
             # Flags change no usage: the folder's row lock alone orders concurrent STOREs.
-            f = _folder_by_id(session, folder_id, lock=True)
+            conn = session.connection()
+            locked = queries.lock_folder(conn, folder_id)
+            if locked is None:
+                raise StoreError("NONEXISTENT", "the folder no longer exists")
             modified: list[int] = []
-            todo: list[tuple[Message, frozenset[str] | None, frozenset[str] | None]] = []
-            msgs = _messages(session, folder_id, wanted)
-            own = _own_flags(session, viewer, [m.id for m in msgs])
-            for m in msgs:
-                row = own.get(m.id)
-                if unchangedsince is not None and _seen_by(m, row, viewer).modseq > unchangedsince:
-                    modified.append(m.uid)
+            rows = queries.message_rows(conn, folder_id, wanted)
+            own = (
+                queries.own_flags(conn, folder_id, viewer.member_id, wanted[0], wanted[-1])
+                if viewer is not None and rows
+                else {}
+            )
+            # (row, the message's new flags text, the member's new private flags text; None: unchanged)
+            todo: list[tuple[Sequence[Any], str | None, str | None]] = []
+            for row in rows:
+                uid, mine_row = row[1], own.get(row[1])
+                if (
+                    unchangedsince is not None
+                    and _seen_by(queries.row_info(row), mine_row, viewer).modseq > unchangedsince
+                ):
+                    modified.append(uid)
                     continue
-                shared = flags_from_text(m.flags)
+                shared = flags_from_text(row[3])
                 # The ORG's own value of a private flag stays in the message, untouched by members.
                 new_shared = _apply(mode, shared - private, flag_set - private) | (shared & private)
-                mine = flags_from_text(row.flags) & private if row is not None else frozenset()
+                mine = flags_from_text(mine_row[0]) & private if mine_row is not None else frozenset()
                 new_mine = _apply(mode, mine, flag_set & private)
                 if new_shared != shared or new_mine != mine:
                     todo.append(
                         (
-                            m,
-                            new_shared if new_shared != shared else None,
-                            new_mine if new_mine != mine else None,
+                            row,
+                            flags_to_text(new_shared) if new_shared != shared else None,
+                            flags_to_text(new_mine) if new_mine != mine else None,
                         )
                     )
-            if todo:
-                _, modseq = _bump(session, f)
-                for m, new_shared, new_mine in todo:
-                    if new_shared is not None:
-                        m.flags, m.modseq = flags_to_text(new_shared), modseq
-                    if new_mine is not None:
-                        assert viewer is not None
-                        row = own.get(m.id)
-                        if row is None:
-                            row = own[m.id] = MemberFlags(message_id=m.id, member_id=viewer.member_id)
-                            session.add(row)
-                        row.flags, row.modseq = flags_to_text(new_mine), modseq
-                changed.add((f.mailbox_id, f.id))
-            session.flush()
-            return FlagChange([_seen_by(m, own.get(m.id), viewer) for m, _, _ in todo], modified)
+            if not todo:
+                return FlagChange([], modified)
+            modseq = queries.bump_folder(conn, folder_id)
+            queries.set_flags(conn, [(row[0], text) for row, text, _ in todo if text is not None], modseq)
+            if viewer is not None:
+                ours = [(row[0], text, row[1] in own) for row, _, text in todo if text is not None]
+                queries.set_own_flags(conn, viewer.member_id, ours, modseq)
+            changed.add((locked[0], folder_id))
+            return FlagChange(
+                [
+                    _seen_by(
+                        queries.row_info(row, new_shared, None if new_shared is None else modseq),
+                        own.get(row[1]) if new_mine is None else (new_mine, modseq),
+                        viewer,
+                    )
+                    for row, new_shared, new_mine in todo
+                ],
+                modified,
+            )
 
         return await self._run_write(work, brief=len(wanted) <= _BRIEF_STORE)
 
@@ -1356,33 +1361,42 @@ class Store:
         """Remove messages flagged \\Deleted (only among ``uids`` when given, RFC 4315 UID EXPUNGE);
         brief when ``uids`` names at most ``_BRIEF_STORE`` messages."""
         wanted = sorted(set(uids)) if uids is not None else None
-        brief = wanted is not None and len(wanted) <= _BRIEF_STORE
-        async with self._write(brief=brief) as (session, changed):
-            f = await session.run_sync(_folder_by_id, folder_id)
-            mb = await self._lock_mailbox(session, f.mailbox_id)
-            f = await session.run_sync(_folder_by_id, folder_id, True)
-            q = (  # the database narrows to rows naming the flag; the exact test is below
-                select(Message)
-                .where(Message.folder_id == folder_id, Message.flags.contains("\\Deleted", autoescape=True))
-                .order_by(Message.uid)
-            )
-            candidates = (
-                await session.run_sync(_messages, folder_id, wanted)
+        if wanted is None:  # brief when few messages are flagged (read first; only a cost bound)
+            async with self.db.read() as session:
+                brief = len(await run_core(session, queries.deleted_rows, folder_id)) <= _BRIEF_STORE
+        else:
+            brief = len(wanted) <= _BRIEF_STORE
+
+        def work(session: Session, changed: _Changed) -> tuple[list[int], list[str]]:
+            conn = session.connection()
+            f = queries.folder_by_id(conn, folder_id)
+            if f is None:
+                raise StoreError("NONEXISTENT", "the folder no longer exists")
+            mb = queries.lock_mailbox(conn, f.mailbox_id)  # the mailbox first, then the folder
+            if mb is None or queries.lock_folder(conn, folder_id) is None:
+                raise StoreError("NONEXISTENT", "the folder no longer exists")
+            candidates = (  # without a UID set, the database narrows to rows naming the flag
+                queries.message_rows(conn, folder_id, wanted)
                 if wanted is not None
-                else list((await session.execute(q)).scalars())
+                else queries.deleted_rows(conn, folder_id)
             )
-            gone = [m for m in candidates if "\\Deleted" in flags_from_text(m.flags)]
+            gone = [r for r in candidates if "\\Deleted" in flags_from_text(r[3])]
             if not gone:
-                return []
-            paths = await self._remove_messages(session, mb, f, gone)
-            await self._warning_due(session, mb)
-            changed.add((mb.id, f.id))
+                return [], []
+            modseq = queries.bump_folder(conn, folder_id)
+            queries.remove_messages(conn, folder_id, gone, modseq)
+            paths = self._release_rows(conn, f.mailbox_id, mb, gone)
+            changed.add((f.mailbox_id, folder_id))
+            return [r[1] for r in gone], paths
+
+        gone, paths = await self._run_write(work, brief=brief)
         await self._remove_files(paths)
-        return [m.uid for m in gone]
+        return gone
 
     async def _remove_messages(
         self, session: AsyncSession, mb: Mailbox, f: Folder, gone: list[Message]
     ) -> list[str]:
+        """Expunge these ORM rows (a MOVE out of the mailbox); ``_release_rows`` for EXPUNGE's Core rows."""
         _, modseq = await session.run_sync(_bump, f)
         for m in gone:
             session.add(Expunged(folder_id=f.id, uid=m.uid, modseq=modseq))
@@ -1391,6 +1405,32 @@ class Store:
             await session.execute(delete(Message).where(Message.id.in_(ids[i : i + 500])))
         await session.flush()
         return await self._release(session, mb, gone)
+
+    def _release_rows(
+        self, conn: Connection, mailbox_id: int, mb: Sequence[Any], removed: Sequence[Sequence[Any]]
+    ) -> list[str]:
+        """``_release`` for message rows already deleted (``queries.remove_messages``) from the mailbox
+        locked as ``mb`` (``queries.lock_mailbox``): usage, references, the warning level lowered.
+        Returns the files to delete after commit."""
+        _address, used_bytes, used_messages, _warned, mq_s, mq_m, dq_s, dq_m = mb
+        used_messages -= len(removed)
+        counts: dict[int, int] = {}
+        for row in removed:
+            counts[row[6]] = counts.get(row[6], 0) + 1
+        to_delete: list[str] = []
+        for blob_id, count in counts.items():
+            released = queries.release_blob(conn, blob_id, count)
+            if released is None:
+                continue
+            size, path, gone = released
+            if not queries.holds_blob(conn, mailbox_id, blob_id):
+                used_bytes -= size
+            if gone and path is not None:
+                to_delete.append(path)
+        limits = quota.effective_limits(mq_s, mq_m, dq_s, dq_m, self.default_storage, self.default_messages)
+        warned = quota.warning_level(used_bytes, limits, self.warn_levels) if self.warn_levels else _warned
+        queries.set_usage(conn, mailbox_id, used_bytes, used_messages, warned)
+        return to_delete
 
     async def usage(self, mailbox_id: int) -> tuple[quota.Usage, quota.Limits]:
         async with self.db.read() as session:

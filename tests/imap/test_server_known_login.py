@@ -2,7 +2,8 @@
 place in the lock-out counters, and still refused when the account is locked or disabled, by this
 node or another (a second ``Authenticator`` on its own engines), or changed between the read and the
 write. Write transactions are counted with SQLAlchemy's engine events, on every engine of the
-database."""
+database, and on SQLite with each connection's statement trace too (the hot path's statements run
+straight on the DB-API cursor, ``mailserver.db.prepared``, which engine events do not see)."""
 
 from __future__ import annotations
 
@@ -34,29 +35,46 @@ def engines(db: Database) -> list[Engine]:
 
 @pytest.fixture
 def write_transactions(imap_both: IMAPEnv) -> Iterator[list[list[str]]]:
-    """Every committed transaction that wrote, as the list of its writing statements."""
+    """Every committed transaction that wrote, as the list of its writing statements (keyed by the
+    DB-API connection, which both the engine events and SQLite's trace callback name)."""
     committed: list[list[str]] = []
     pending: dict[int, list[str]] = {}
 
-    def executed(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+    def seen(key: int, statement: str) -> None:
         if statement.lstrip().upper().startswith(WRITES):
-            pending.setdefault(id(conn), []).append(statement.split("(")[0].strip())
+            pending.setdefault(key, []).append(statement.split("(")[0].strip())
+
+    def executed(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        dbapi_connection = conn.connection.dbapi_connection
+        if not hasattr(dbapi_connection, "set_trace_callback"):  # else the trace sees it, and more
+            seen(id(dbapi_connection), statement)
+
+    def checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        if hasattr(dbapi_connection, "set_trace_callback"):  # sqlite3's, not aiosqlite's adapter
+            key = id(dbapi_connection)
+            dbapi_connection.set_trace_callback(lambda statement: seen(key, statement))
+
+    def checkin(dbapi_connection: Any, _record: Any) -> None:
+        if hasattr(dbapi_connection, "set_trace_callback"):
+            dbapi_connection.set_trace_callback(None)
 
     def commit(conn: Any) -> None:
-        if id(conn) in pending:
-            committed.append(pending.pop(id(conn)))
+        key = id(conn.connection.dbapi_connection)
+        if key in pending:
+            committed.append(pending.pop(key))
 
     def rollback(conn: Any) -> None:
-        pending.pop(id(conn), None)
+        pending.pop(id(conn.connection.dbapi_connection), None)
 
     hooks = [("before_cursor_execute", executed), ("commit", commit), ("rollback", rollback)]
+    sqlite_hooks = [("checkout", checkout), ("checkin", checkin)]
     targets = engines(imap_both.rt.db)
     for engine in targets:
-        for name, fn in hooks:
+        for name, fn in hooks + (sqlite_hooks if engine.dialect.name == "sqlite" else []):
             event.listen(engine, name, fn)
     yield committed
     for engine in targets:
-        for name, fn in hooks:
+        for name, fn in hooks + (sqlite_hooks if engine.dialect.name == "sqlite" else []):
             event.remove(engine, name, fn)
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from mailserver import accounts, quota
-from mailserver.db.models import Blob, Message
+from mailserver.db.models import Blob, MemberFlags, Message
 from mailserver.runtime import Runtime
+from mailserver.store import queries
 from mailserver.store.store import FolderExists, FolderNotFound, StoreError, Viewer, drop_blob_ref
 
 
@@ -472,26 +473,113 @@ async def test_one_failing_delivery_does_not_sink_its_batch(runtime: Runtime) ->
 
 async def test_expunge_loads_only_the_messages_flagged_deleted(runtime: Runtime) -> None:
     """EXPUNGE used to load every message of the folder as an ORM row to find the few flagged
-    \\Deleted (on each client's loop in bench/imap.py); the database now picks them, counted here by
-    SQLAlchemy's load event. A flag merely containing the word is not taken for \\Deleted."""
+    \\Deleted (on each client's loop in bench/imap.py); the database now picks them (the rows
+    ``queries.deleted_rows`` returns to it). A flag merely containing the word is not taken for
+    \\Deleted."""
     mb = await mailbox(runtime)
     inbox = await runtime.store.folder(mb, "INBOX")
     for n in range(12):
         await runtime.store.deliver(await runtime.store.prepare(message(n)), [mb])
     await runtime.store.set_flags(inbox.id, [4, 9], "add", {"\\Deleted"})
     await runtime.store.set_flags(inbox.id, [5], "add", {"\\DeletedNot", "Deleted"})
-    loaded: list[int] = []
-
-    def on_load(target: Message, context: object) -> None:
-        loaded.append(target.uid)
-
-    event.listen(Message, "load", on_load)
-    try:
-        assert await runtime.store.expunge(inbox.id) == [4, 9]
-    finally:
-        event.remove(Message, "load", on_load)
-    assert sorted(set(loaded)) == [4, 5, 9]
+    async with runtime.db.read() as session:
+        candidates = await session.run_sync(queries.deleted_rows, inbox.id)
+    assert [row[1] for row in candidates] == [4, 5, 9]
+    assert await runtime.store.expunge(inbox.id) == [4, 9]
     assert [m.uid for m in (await runtime.store.snapshot(inbox.id))[1]] == [1, 2, 3, 5, 6, 7, 8, 10, 11, 12]
+
+
+async def test_uid_sets_with_holes_and_sparse_ones(runtime: Runtime) -> None:
+    """The hot path reads a UID set as the span between its ends when it is nearly a range, else in
+    chunks of IN (``queries._by_uids``): both give exactly the messages named that exist, for reads,
+    STORE and UID EXPUNGE."""
+    mb = await mailbox(runtime)
+    inbox = await runtime.store.folder(mb, "INBOX")
+    for n in range(4):
+        await runtime.store.deliver(await runtime.store.prepare(message(n)), [mb])
+    assert [m.uid for m in await runtime.store.messages(inbox.id, [1, 3])] == [1, 3]  # a span
+    assert [m.uid for m in await runtime.store.messages(inbox.id, [4, 2, 5000])] == [2, 4]  # IN
+    change = await runtime.store.set_flags(inbox.id, [2, 3, 9000], "add", {"\\Deleted"})
+    assert [m.uid for m in change.changed] == [2, 3]
+    infos, metas = await runtime.store.messages_with_metas(inbox.id, [1, 3, 7000])
+    assert [m.uid for m in infos] == [1, 3] and set(metas) == {m.blob_id for m in infos}
+    alone = await runtime.store.blob_meta(infos[1].blob_id)
+    assert metas[infos[1].blob_id]["envelope"] == alone["envelope"]
+    assert await runtime.store.expunge(inbox.id, [3, 8000]) == [3]
+    assert [m.uid for m in (await runtime.store.snapshot(inbox.id))[1]] == [1, 2, 4]
+
+
+async def test_status_counts_whole_flags_only(runtime: Runtime) -> None:
+    """STATUS counts in the database (``queries.folder_counts``): a flag is the whole token, so a
+    keyword or flag merely starting like \\Seen or \\Deleted is neither."""
+    mb = await mailbox(runtime)
+    inbox = await runtime.store.folder(mb, "INBOX")
+    sizes = []
+    for n in range(4):
+        prepared = await runtime.store.prepare(message(n, size=100 * (n + 1)))
+        sizes.append(prepared.written.size)
+        await runtime.store.deliver(prepared, [mb])
+    await runtime.store.set_flags(inbox.id, [1], "add", {"\\Seen", "\\Deleted"})
+    await runtime.store.set_flags(inbox.id, [2], "add", {"\\SeenAlready", "\\DeletedNot"})
+    await runtime.store.set_flags(inbox.id, [3], "add", {"\\Seen"})
+    info, counts, uids = await runtime.store.status(mb, "inbox", uids=True)
+    assert info.id == inbox.id and uids == [1, 2, 3, 4]
+    assert (counts.messages, counts.unseen, counts.deleted) == (4, 2, 1)
+    assert (counts.size, counts.deleted_size) == (sum(sizes), sizes[0])
+    empty = await runtime.store.status(mb, "Trash")
+    assert (empty[1].messages, empty[1].size, empty[2]) == (0, 0, [])
+
+
+async def test_a_members_own_seen_in_the_hot_paths_reads_and_writes(runtime: Runtime) -> None:
+    """Issue 14's Core statements show a member of a shared mailbox their own \\Seen (issue 16) in
+    every read: SELECT's ``open_folder``, STATUS's counts, FETCH's messages with their metas, the
+    catch-up; STORE writes it to their row (created, then updated) at the folder's next modseq,
+    leaving the message's own modseq, which the other members see, alone."""
+    store = runtime.store
+    bernard, dupont = await mailbox(runtime, "dr.bernard"), await mailbox(runtime, "dr.dupont")
+    org = await mailbox(runtime, "secretariat")
+    inbox = await store.folder(org, "INBOX")
+    for n in range(3):
+        await store.deliver(await store.prepare(message(n)), [org])
+    await store.set_flags(inbox.id, [1], "add", ["\\Seen"])  # the ORG's own, no member's
+    mine, theirs = Viewer(bernard, frozenset({"\\Seen"})), Viewer(dupont, frozenset({"\\Seen"}))
+    change = await store.set_flags(inbox.id, [2, 3], "add", ["\\Seen", "\\Flagged"], viewer=mine)
+    modseq = change.changed[0].modseq
+    assert [(m.uid, sorted(m.flags), m.modseq) for m in change.changed] == [
+        (2, ["\\Flagged", "\\Seen"], modseq),
+        (3, ["\\Flagged", "\\Seen"], modseq),
+    ]
+
+    def seen(infos: list[queries.MessageInfo]) -> list[int]:
+        return [m.uid for m in infos if "\\Seen" in m.flags]
+
+    (_, as_org), (_, as_bernard), (_, as_dupont) = [
+        await store.open_folder(org, "INBOX", v) for v in (None, mine, theirs)
+    ]
+    assert (seen(as_org), seen(as_bernard), seen(as_dupont)) == ([1], [2, 3], [])
+    assert [m.flags for m in as_dupont] == [frozenset(), {"\\Flagged"}, {"\\Flagged"}]
+    assert (
+        [m.modseq for m in as_bernard] == [as_org[0].modseq, modseq, modseq] == [m.modseq for m in as_dupont]
+    )
+    unseen = [(await store.status(org, "INBOX", viewer=v))[1].unseen for v in (None, mine, theirs)]
+    assert unseen == [2, 1, 3]
+    infos, metas = await store.messages_with_metas(inbox.id, [1, 2, 3], mine)
+    assert seen(infos) == [2, 3] and set(metas) == {m.blob_id for m in infos}
+    assert seen(await store.messages(inbox.id, [1, 3], mine)) == [3]
+    assert seen((await store.snapshot(inbox.id, theirs))[1]) == []
+
+    # After ``modseq``, BERNARD's removal of his \\Seen of 2 is his change alone: DUPONT hears of
+    # nothing, and BERNARD's UNCHANGEDSINCE compares his own modseq.
+    again = await store.set_flags(inbox.id, [2], "remove", ["\\Seen"], viewer=mine)
+    assert seen(again.changed) == [] and again.changed[0].modseq > modseq
+    _, changed, _ = await store.changes_since(inbox.id, modseq, mine)
+    assert [(m.uid, sorted(m.flags)) for m in changed] == [(2, ["\\Flagged"])]
+    assert (await store.changes_since(inbox.id, modseq, theirs))[1] == []
+    assert (await store.set_flags(inbox.id, [2, 3], "add", ["\\Seen"], modseq, mine)).modified == [2]
+    assert (await store.status(org, "INBOX", viewer=mine))[1].unseen == 2
+    async with runtime.db.read() as session:
+        rows = (await session.execute(select(func.count()).select_from(MemberFlags))).scalar_one()
+    assert rows == 2  # BERNARD's of 2 (no flag left, its modseq kept) and of 3
 
 
 @pytest.mark.usefixtures("files_only")

@@ -129,7 +129,11 @@ async def fetch(s: Session, tag: str, cmd: Fetch) -> Done:
     faults: list[MessageUnavailable] = []
     read: list[int] | None = [] if any(_reads_content(i) for i in items) else None
     for start in range(0, len(uids), batch):
-        infos = await store.messages(sel.folder_id, uids[start : start + batch], sel.viewer)
+        chunk = uids[start : start + batch]
+        if meta_needed:
+            infos, metas = await store.messages_with_metas(sel.folder_id, chunk, sel.viewer)
+        else:
+            infos, metas = await store.messages(sel.folder_id, chunk, sel.viewer), {}
         if seen:
             new = [m for m in infos if "\\Seen" not in m.flags]
             lost = await store.unreadable(m.blob_id for m in new) if new else set()
@@ -137,11 +141,10 @@ async def fetch(s: Session, tag: str, cmd: Fetch) -> Done:
             if unseen:
                 change = await store.set_flags(sel.folder_id, unseen, "add", ["\\Seen"], viewer=sel.viewer)
                 updated = {m.uid: m for m in change.changed}
-                infos = [updated.get(m.uid, m) for m in infos]
+                infos = [updated.get(m.uid, m) for m in infos]  # (the same blobs: the metas hold)
                 s.own_change(change.changed[0].modseq if change.changed else None, change.changed)
         if cmd.changed_since is not None:
             infos = [m for m in infos if m.modseq > cmd.changed_since]
-        metas = await store.blob_metas(m.blob_id for m in infos) if meta_needed else {}
         for m in infos:
             seq = sel.seq(m.uid)
             if not seq:

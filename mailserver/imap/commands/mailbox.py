@@ -32,7 +32,7 @@ from mailserver.imap.protocol.commands import (
 )
 from mailserver.imap.session import SYSTEM_FLAGS, Selected
 from mailserver.imap.wildcard import canonical
-from mailserver.store.store import SEPARATOR, FolderInfo, MessageInfo, StoreError, normalize_folder
+from mailserver.store.store import SEPARATOR, FolderCounts, FolderInfo, StoreError, normalize_folder
 
 if TYPE_CHECKING:
     from mailserver.imap.session import Session
@@ -63,9 +63,8 @@ async def _select(s: Session, cmd: Select | Examine) -> Done:
         s.enable("CONDSTORE")
     target = await shared.resolve(s, cmd.mailbox)
     shared.need(target, acl.READ, cmd.name)
-    folder = await s.rt.store.folder(target.mailbox_id, target.folder)
     viewer = shared.viewer(s, target.mailbox_id)
-    info, messages = await s.rt.store.snapshot(folder.id, viewer)
+    info, messages = await s.rt.store.open_folder(target.mailbox_id, target.folder, viewer)
     name = target.prefix + info.name
     readonly = cmd.readonly or not acl.changes_anything(target.rights)
     sel = Selected(
@@ -295,26 +294,26 @@ async def namespace(s: Session, tag: str, cmd: object) -> Done:
 # --------------------------------------------------------------------------- STATUS
 
 
-def _status_value(s: Session, item: str, folder: FolderInfo, messages: list[MessageInfo]) -> int:
+def _status_value(s: Session, item: str, folder: FolderInfo, counts: FolderCounts, uids: list[int]) -> int:
     if item == "MESSAGES":
-        return len(messages)
+        return counts.messages
     if item == "UIDNEXT":
         return folder.uidnext
     if item == "UIDVALIDITY":
         return folder.uidvalidity
     if item == "UNSEEN":
-        return sum(1 for m in messages if "\\Seen" not in m.flags)
+        return counts.unseen
     if item == "DELETED":
-        return sum(1 for m in messages if "\\Deleted" in m.flags)
+        return counts.deleted
     if item == "SIZE":
-        return sum(m.size for m in messages)
+        return counts.size
     if item == "DELETED-STORAGE":
-        return sum(m.size for m in messages if "\\Deleted" in m.flags)
+        return counts.deleted_size
     if item == "RECENT":
         sel = s.selected
         if sel is not None and sel.folder_id == folder.id and sel.uidvalidity == folder.uidvalidity:
             return len(sel.recent)  # RFC 3501 §6.3.10: those \Recent here, claimed by this session
-        return s.server.recent_count(folder.id, folder.uidvalidity, (m.uid for m in messages))
+        return s.server.recent_count(folder.id, folder.uidvalidity, uids)
     if item == "HIGHESTMODSEQ":
         s.enable("CONDSTORE")  # RFC 7162 §3.1: STATUS HIGHESTMODSEQ is a CONDSTORE-enabling command.
         return folder.highestmodseq
@@ -323,9 +322,20 @@ def _status_value(s: Session, item: str, folder: FolderInfo, messages: list[Mess
     raise Fail("BAD", f"unknown STATUS item {item}")
 
 
-async def _status(s: Session, folder: FolderInfo, items: tuple[str, ...], name: str) -> None:
-    info, messages = await s.rt.store.snapshot(folder.id, shared.viewer(s, folder.mailbox_id))
-    values = [(item, _status_value(s, item, info, messages)) for item in items]
+async def _status(s: Session, target: shared.Target | FolderInfo, items: tuple[str, ...], name: str) -> None:
+    """One STATUS response for a folder a command named (``target``) or LIST found; the store counts
+    the messages (``Store.status``, UNSEEN by the member's own \\Seen in a shared mailbox), the UIDs
+    are read only for RECENT."""
+    recent = "RECENT" in items
+    store, viewer = s.rt.store, shared.viewer(s, target.mailbox_id)
+    if isinstance(target, shared.Target):
+        info, counts, uids = await store.status(target.mailbox_id, target.folder, uids=recent, viewer=viewer)
+        name = target.prefix + info.name
+    else:
+        info, counts, uids = await store.status(
+            target.mailbox_id, None, target.id, uids=recent, viewer=viewer
+        )
+    values = [(item, _status_value(s, item, info, counts, uids)) for item in items]
     s.send(enc.status(name, values, utf8=s.utf8))
 
 
@@ -333,6 +343,5 @@ async def _status(s: Session, folder: FolderInfo, items: tuple[str, ...], name: 
 async def status(s: Session, tag: str, cmd: Status) -> Done:
     target = await shared.resolve(s, cmd.mailbox)
     shared.need(target, acl.READ, "STATUS")
-    folder = await s.rt.store.folder(target.mailbox_id, target.folder)
-    await _status(s, folder, cmd.items, target.prefix + folder.name)
+    await _status(s, target, cmd.items, "")
     return Done("STATUS completed")
