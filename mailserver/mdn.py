@@ -162,7 +162,13 @@ def parse(data: bytes) -> Receipt | None:
         return None
     for part in parts:
         if isinstance(part, Message) and part.get_content_type() == "message/disposition-notification":
-            return _fields(part)
+            receipt = _fields(part)
+            # Only the recipient tells that they read it: the report's author (its From, which
+            # submission and the portal hold to the sender's own addresses, as each operator of the
+            # trust space does) must be its Final-Recipient, else anyone could answer for them.
+            if receipt is None or _address(msg.get("From")) != receipt.final_recipient:
+                return None
+            return receipt
     return None
 
 

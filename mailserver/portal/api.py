@@ -26,6 +26,7 @@ from mailserver.portal.http import (
     current_session,
     download_response,
     remote,
+    row_id,
     set_session_cookie,
 )
 
@@ -266,7 +267,7 @@ async def post_conversation(request: web.Request) -> web.StreamResponse:
 async def attachment(request: web.Request) -> web.StreamResponse:
     info = await _session(request)
     try:
-        mid, n = int(request.match_info["mid"]), int(request.match_info["n"])
+        mid, n = row_id(request.match_info["mid"]), row_id(request.match_info["n"])
         reader = (info.address, remote(request), "api download")
         return download_response(await service.attachment(request.app[RT], info.mailbox_id, mid, n, reader))
     except ValueError:

@@ -109,3 +109,11 @@ def preview_response(d: service.Download) -> web.Response:
     resp.headers["Content-Security-Policy"] = DOWNLOAD_CSP
     resp.headers["Cross-Origin-Resource-Policy"] = "same-origin"
     return resp
+
+
+def row_id(text: str) -> int:
+    """A number from a URL (a message id, an attachment's rank) within the database's integers
+    (64 bits): ``ValueError`` otherwise, which the pages answer 404, never an overflow inside a query."""
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise ValueError(f"not a row id: {text[:30]!r}")
+    return int(text)

@@ -30,7 +30,7 @@ from mailserver.headers import HeaderView
 from mailserver.mdn_models import MDNDecision
 from mailserver.policy import LocalTarget, Refusal, route_recipient
 from mailserver.portal import service
-from mailserver.portal.http import ENQUEUE, RT, csrf_ok, current_session, remote
+from mailserver.portal.http import ENQUEUE, RT, csrf_ok, current_session, remote, row_id
 from mailserver.runtime import Runtime
 
 
@@ -198,7 +198,7 @@ async def receipt_post(request: web.Request) -> web.StreamResponse:
         raise web.HTTPForbidden(text="Jeton CSRF invalide.")
     choice = form.get("accuse")
     try:
-        message_id = int(request.match_info["mid"])
+        message_id = row_id(request.match_info["mid"])
     except ValueError:
         raise web.HTTPNotFound() from None
     if choice not in ("oui", "non"):

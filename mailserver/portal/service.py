@@ -55,6 +55,7 @@ from mailserver.policy import LocalTarget, Refusal, route_recipient
 from mailserver.portal import factors, previews
 from mailserver.portal.errors import PortalError
 from mailserver.runtime import Runtime
+from mailserver.smtp import paths
 from mailserver.store import mime
 
 INVITE_LIFETIME = dt.timedelta(days=7)
@@ -810,6 +811,8 @@ async def _remove_sent(rt: Runtime, mailbox_id: int, uid: int) -> None:
 
 def _check_content(text: str, files: Sequence[Upload]) -> str:
     text = text.replace("\r\n", "\n").strip()
+    if any((ord(c) < 32 and c not in "\t\n\r\f") or 0xD800 <= ord(c) <= 0xDFFF for c in text):
+        raise PortalError(400, "Votre message contient des caractères invalides.")
     if not text and not files:
         raise PortalError(400, "Votre message est vide.")
     if len(text) > MAX_TEXT:
@@ -1036,8 +1039,12 @@ async def write_first(
     subject = " ".join(subject.split())
     if not to:
         raise PortalError(400, "Choisissez le destinataire de votre message.")
+    if paths.syntax_error(to):  # one address, as SMTP would take it (a tampered form)
+        raise PortalError(400, "Ce destinataire n'est pas une adresse valide.")
     if not subject:
         raise PortalError(400, "Indiquez l'objet de votre message.")
+    if not subject.isprintable():
+        raise PortalError(400, "L'objet contient des caractères invalides.")
     if len(subject) > MAX_SUBJECT:
         raise PortalError(400, f"L'objet est trop long : {MAX_SUBJECT} caractères au plus.")
     text = _check_content(text, files)

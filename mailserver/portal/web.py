@@ -38,6 +38,7 @@ from mailserver.portal.http import (
     download_response,
     preview_response,
     remote,
+    row_id,
     security_headers,
     set_session_cookie,
 )
@@ -537,7 +538,7 @@ async def devices_post(request: web.Request) -> web.StreamResponse:
 async def attachment_get(request: web.Request) -> web.StreamResponse:
     info = await _session(request)
     try:
-        mid, n = int(request.match_info["mid"]), int(request.match_info["n"])
+        mid, n = row_id(request.match_info["mid"]), row_id(request.match_info["n"])
         reader = (info.address, remote(request), "portal download")
         return download_response(await service.attachment(request.app[RT], info.mailbox_id, mid, n, reader))
     except ValueError:
@@ -550,7 +551,7 @@ async def preview_get(request: web.Request) -> web.StreamResponse:
     """An image attachment for the conversation page's ``<img>``: inline only when it truly is one."""
     info = await _session(request)
     try:
-        mid, n = int(request.match_info["mid"]), int(request.match_info["n"])
+        mid, n = row_id(request.match_info["mid"]), row_id(request.match_info["n"])
         reader = (info.address, remote(request), "portal preview")
         return preview_response(await service.attachment(request.app[RT], info.mailbox_id, mid, n, reader))
     except ValueError:

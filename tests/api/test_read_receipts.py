@@ -237,9 +237,11 @@ async def test_an_mdn_from_a_peer_over_smtp_reaches_the_api_state(tmp_path: Path
             f"Disposition-Notification-To: {DPI}\r\n\r\nT.\r\n"
         ).encode()
 
-        async def peer_sends(final_recipient: str, disposition: str = "displayed") -> None:
+        async def peer_sends(final_recipient: str, disposition: str = "displayed", author: str = "") -> None:
             request = mdn.Request(DPI, sent_id)
             data = mdn.build("mx.b.mssante.test", final_recipient, request, original, disposition=disposition)
+            if author:  # someone else answering for the recipient
+                data = data.replace(f"From: <{final_recipient}>".encode(), f"From: <{author}>".encode(), 1)
             c = aiosmtplib.SMTP(hostname="127.0.0.1", port=env.ports["smtp"], start_tls=False)
             await c.connect()
             await c.starttls(tls_context=env.peer())
@@ -248,13 +250,14 @@ async def test_an_mdn_from_a_peer_over_smtp_reaches_the_api_state(tmp_path: Path
             await c.quit()
 
         await peer_sends("intrus@b.mssante.test")  # not a recipient of that message: ignored
+        await peer_sends(PEER, "deleted", author="intrus@b.mssante.test")  # forged: not the reader's
         await peer_sends(PEER)
         await peer_sends(PEER)  # the same receipt twice: one row
         await peer_sends(PEER, "deleted")
         state = await wait_for(lambda: api_state(api, public_id))
         receipts = state[PEER]["receipts"]
         assert [r["disposition"] for r in receipts] == ["displayed", "deleted"]
-        assert len(await env.inbox(DPI)) == 4  # every report is delivered, only matching ones count
+        assert len(await env.inbox(DPI)) == 5  # every report is delivered, only matching ones count
         assert "intrus@b.mssante.test" not in state
     finally:
         await env.close()

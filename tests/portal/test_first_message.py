@@ -111,7 +111,13 @@ async def test_the_flag_decides_not_the_page(rt: Runtime) -> None:
 
 @pytest.mark.parametrize(
     ("subject", "text", "status"),
-    [("", "x", 400), ("x" * (service.MAX_SUBJECT + 1), "x", 400), ("Objet", "", 400)],
+    [
+        ("", "x", 400),
+        ("x" * (service.MAX_SUBJECT + 1), "x", 400),
+        ("Objet", "", 400),
+        ("Sujet\x00X", "x", 400),  # a NUL reached the pharmacy's Subject: field (found by a new user)
+        ("Objet", "a\x00b", 400),
+    ],
 )
 async def test_bad_forms_are_refused_precisely(rt: Runtime, subject: str, text: str, status: int) -> None:
     with pytest.raises(service.PortalError) as refused:
@@ -159,6 +165,15 @@ async def test_contacts_are_named_from_the_directory_bounded_and_searchable(rt: 
     assert len(contacts) == 1 and more
 
 
+async def test_a_recipient_with_a_line_break_is_refused_not_a_crash(rt: Runtime) -> None:
+    """Found by a new user: CR/LF in the form's recipient was a 500 (``email`` refuses the header)."""
+    with pytest.raises(service.PortalError) as refused:
+        to = f"{PHARMACY}\r\nBcc: {DOCTOR}"
+        await service.write_first(rt, await _patient_id(rt), to, "Objet", "x", [], "127.0.0.1")
+    assert refused.value.status == 400
+    assert await _folder(rt, PHARMACY, "INBOX") == [] and await _folder(rt, DOCTOR, "INBOX") == []
+
+
 async def test_api_lists_and_writes_first(portal: Portal) -> None:
     """``GET /api/first-contacts`` and ``POST /api/conversations``: the same service, the same rule."""
     async with aiohttp.ClientSession() as http:
@@ -184,6 +199,9 @@ async def test_api_lists_and_writes_first(portal: Portal) -> None:
             public_id = (await r.json())["id"]
         async with http.get(f"{portal.url}/api/conversations/{public_id}", headers=auth) as r:
             detail = await r.json()
+    big = f"{portal.url}/api/messages/{'9' * 23}/attachments/1"  # past 64 bits: 404, no overflow
+    async with aiohttp.ClientSession() as http, http.get(big, headers=auth) as r:
+        assert r.status == 404
     assert detail["professional"]["address"] == PHARMACY
     assert [m["text"].strip() for m in detail["messages"]] == ["Mon ordonnance."]
     assert len(await _folder(portal.rt, PHARMACY, "INBOX")) == 1
