@@ -535,29 +535,28 @@ async def devices_post(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-async def attachment_get(request: web.Request) -> web.StreamResponse:
+async def _attachment(
+    request: web.Request, purpose: str, respond: Callable[[service.Download], web.StreamResponse]
+) -> web.StreamResponse:
+    """One attachment of one of the patient's messages, read (and audited) for ``purpose``."""
     info = await _session(request)
     try:
         mid, n = row_id(request.match_info["mid"]), row_id(request.match_info["n"])
-        reader = (info.address, remote(request), "portal download")
-        return download_response(await service.attachment(request.app[RT], info.mailbox_id, mid, n, reader))
+        reader = (info.address, remote(request), purpose)
+        return respond(await service.attachment(request.app[RT], info.mailbox_id, mid, n, reader))
     except ValueError:
         raise web.HTTPNotFound() from None
     except service.PortalError as exc:
         return render(request, "error.html", exc.status, session=info, error=exc.message)
+
+
+async def attachment_get(request: web.Request) -> web.StreamResponse:
+    return await _attachment(request, "portal download", download_response)
 
 
 async def preview_get(request: web.Request) -> web.StreamResponse:
     """An image attachment for the conversation page's ``<img>``: inline only when it truly is one."""
-    info = await _session(request)
-    try:
-        mid, n = row_id(request.match_info["mid"]), row_id(request.match_info["n"])
-        reader = (info.address, remote(request), "portal preview")
-        return preview_response(await service.attachment(request.app[RT], info.mailbox_id, mid, n, reader))
-    except ValueError:
-        raise web.HTTPNotFound() from None
-    except service.PortalError as exc:
-        return render(request, "error.html", exc.status, session=info, error=exc.message)
+    return await _attachment(request, "portal preview", preview_response)
 
 
 UNAVAILABLE = (
