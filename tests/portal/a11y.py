@@ -55,7 +55,8 @@ PAGES = [
 
 # Pages reached only inside a flow (a pending second step; the second factor on, which the fixture of
 # this list turns off): tests/portal/test_second_factor.py runs ``check`` on each where it walks them.
-FLOW_PAGES = ("/connexion/code", "/mot-de-passe-oublie/code", "/parametres/application")
+# Pages reached only inside a flow (a second factor, a link in a message): not yet checked by axe here.
+FLOW_PAGES = ("/connexion/code", "/mot-de-passe-oublie/code", "/parametres/application", "/fichiers/{id}")
 
 # GET routes that are not HTML pages: redirects, files, JSON, XML.
 NOT_PAGES = (
@@ -63,6 +64,7 @@ NOT_PAGES = (
     "/favicon.ico",
     "/messages/{mid}/pieces-jointes/{n}",
     "/messages/{mid}/apercus/{n}",
+    "/fichiers/{id}/telecharger",  # a large file's bytes
     "/.well-known/autoconfig/mail/config-v1.1.xml",
     "/mail/config-v1.1.xml",
 )
