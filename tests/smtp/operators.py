@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,15 +22,10 @@ from config.settings import load
 from mailserver import accounts, trust
 from mailserver.db import migrate
 from mailserver.runtime import Runtime
+from tests.ports import free_port
 from tests.smtp.conftest import PASSWORD, RPPS, tls_client, wait_for
 
 CADUCEE = str(Path(sys.executable).with_name("caducee"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import email.parser
-import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -21,6 +20,8 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from tests.ports import free_port as _free_port
+
 
 @dataclass(frozen=True)
 class Transaction:
@@ -28,12 +29,6 @@ class Transaction:
     sender: str
     recipients: tuple[str, ...]
     subject: str
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import smtplib
-import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 
 from mailserver.queue.outbound import Outbound
 from mailserver.queue.queue import Batch, QueuedRecipient
+from tests.ports import free_port as closed_port
 from tests.smtp.conftest import MARTIN, Raw, SMTPEnv, start_env, tls_client
 from tests.smtp.sink import SlowSink
 
@@ -105,12 +105,6 @@ def context_of(pki: Any, peer: Peer) -> ssl.SSLContext:
     ctx = tls_client(pki)
     ctx.load_cert_chain(str(peer.chain_path), str(peer.key_path))
     return ctx
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
