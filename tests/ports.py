@@ -24,7 +24,7 @@ def _ephemeral_low() -> int:
 
 def free_port() -> int:
     """A loopback TCP port nobody listens on, outside the ephemeral range."""
-    high = min(_ephemeral_low(), 65536) - 1
+    high = _ephemeral_low() - 1
     low = 10000 if high > 12000 else 1024
     for _ in range(1000):
         port = random.randint(low, high)

@@ -21,8 +21,9 @@ from directory.patients import add_patient, make_record
 from mailserver import accounts, trust
 from mailserver.portal import service
 from tests.portal.helpers import add_professional, build
+from tests.ports import free_port
 from tests.smtp.conftest import PASSWORD, tls_client, wait_for
-from tests.smtp.operators import Operator, free_port, prepare, two_operators, write_config
+from tests.smtp.operators import Operator, prepare, two_operators, write_config
 
 PATIENT_INS = "262112B82955335"
 PATIENT_DOMAIN = "patient.a.mssante.test"

@@ -21,8 +21,9 @@ from playwright.async_api import Browser
 from mailserver import accounts, trust
 from tests.e2e.conftest import PATIENT, PATIENT_DOMAIN, PATIENT_INS, PATIENT_PASSWORD, _setup_a
 from tests.identity.certs import AppCerts, make_app_certs
+from tests.ports import free_port
 from tests.smtp.conftest import wait_for
-from tests.smtp.operators import Operator, free_port, prepare, two_operators, write_config
+from tests.smtp.operators import Operator, prepare, two_operators, write_config
 
 DPI = "dpi@b.mssante.test"
 DURAND = "dr.durand@b.mssante.test"

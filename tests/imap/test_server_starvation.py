@@ -18,8 +18,9 @@ import pytest
 
 from mailserver import accounts
 from tests.imap.helpers import Client, tls_client
+from tests.ports import free_port
 from tests.smtp.conftest import PASSWORD
-from tests.smtp.operators import Operator, free_port, prepare, two_operators, write_config
+from tests.smtp.operators import Operator, prepare, two_operators, write_config
 
 MARTIN = "dr.martin@a.mssante.test"
 ADVERSARIAL = "*a*a*a*a*a*a*a*a*a*a*a*a*ab"  # 10.6 s of regex backtracking per LIST before the fix

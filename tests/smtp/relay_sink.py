@@ -15,7 +15,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from tests.ports import free_port as _free_port
+from tests.ports import free_port
 
 RELAY_USER = "caducee"
 RELAY_PASSWORD = "relay-secret-1"
@@ -26,7 +26,7 @@ class Sink:
     """The operator's relay: STARTTLS required (operator B's certificate, SAN 127.0.0.1), then AUTH."""
 
     pki: Any
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
     received: list[tuple[str, tuple[str, ...], bytes]] = field(default_factory=list)
     logins: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)

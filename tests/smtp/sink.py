@@ -20,7 +20,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from tests.ports import free_port as _free_port
+from tests.ports import free_port
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class SlowSink:
         ident = self.pki.tls["b.mssante.test"]
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(str(ident.chain_path), str(ident.key_path))
-        self.port = _free_port()
+        self.port = free_port()
         self._controller = Controller(
             self,
             hostname="127.0.0.1",

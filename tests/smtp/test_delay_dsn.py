@@ -26,8 +26,8 @@ from mailserver.db.models import utcnow
 from mailserver.portal import web
 from mailserver.runtime import Runtime
 from mailserver.smtp import service
+from tests.ports import free_port
 from tests.smtp.conftest import MARTIN, PASSWORD, SMTPEnv, start_env, wait_for
-from tests.smtp.sink import _free_port
 
 PEER = "dr.durand@b.mssante.test"
 DPI = "dpi@a.mssante.test"
@@ -41,7 +41,7 @@ class BusyPeer:
         self.pki = pki
         self.rcpts = 0
         self._lock = threading.Lock()
-        self.port = _free_port()
+        self.port = free_port()
         ident = pki.tls["b.mssante.test"]
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(str(ident.chain_path), str(ident.key_path))

@@ -28,8 +28,9 @@ import pytest
 from mailserver import accounts
 from mailserver.queue.queue import Queue
 from tests.conftest import PG_ADMIN, pg_admin
+from tests.ports import free_port
 from tests.smtp.conftest import PASSWORD, tls_client, wait_for
-from tests.smtp.operators import CADUCEE, Operator, free_port, prepare
+from tests.smtp.operators import CADUCEE, Operator, prepare
 from tests.smtp.sink import SlowSink, Transaction
 
 DOMAIN = "a.mssante.test"

@@ -27,7 +27,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 
 from mailserver.queue.outbound import Outbound
 from mailserver.queue.queue import Batch, QueuedRecipient
-from tests.ports import free_port as closed_port
+from tests.ports import free_port
 from tests.smtp.conftest import MARTIN, Raw, SMTPEnv, start_env, tls_client
 from tests.smtp.sink import SlowSink
 
@@ -306,7 +306,7 @@ async def test_forged_distribution_point_crl_is_ignored(tmp_path: Path, pki: Any
 
 @pytest.mark.parametrize("policy", ["accept", "refuse"])
 async def test_unreachable_distribution_point(tmp_path: Path, pki: Any, policy: str) -> None:
-    peer = peer_cert(pki, tmp_path, "lost-peer", cdp=f"http://127.0.0.1:{closed_port()}/crl")
+    peer = peer_cert(pki, tmp_path, "lost-peer", cdp=f"http://127.0.0.1:{free_port()}/crl")
     env = await env_with(tmp_path, pki, crl_fetch=True, crl_unreachable=policy)
     try:
         reply = await mail_from(env, context_of(pki, peer))
