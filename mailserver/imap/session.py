@@ -46,6 +46,7 @@ from mailserver.imap.protocol import (
     NeedContinuation,
     Receiver,
     SequenceSet,
+    mutf7,
 )
 from mailserver.imap.protocol import encoder as enc
 from mailserver.imap.protocol.commands import CommandBody
@@ -535,8 +536,13 @@ class Session(asyncio.Protocol):
         if self.selected is not None and not self.logout:
             await self.sync(expunges=expunges)
         self.rt.metrics.reply(self.service, done.status)
-        self.send(enc.tagged(tag, done.status, done.text, done.code))
+        self.send(enc.tagged(tag, done.status, self.reply_text(done.text), done.code))
         await self.flush()
+
+    def reply_text(self, text: str) -> str:
+        """RFC 3501 §9: resp-text is 7-bit until UTF-8 is enabled (RFC 6855, RFC 9051); the folder names a
+        reply quotes are then written in modified UTF-7, as this client names them itself."""
+        return text if self.utf8 or text.isascii() else mutf7.encode(text)
 
     # ------------------------------------------------------------------ selected folder updates
 

@@ -60,6 +60,8 @@ def reader_and_stranger(env: IMAPEnv) -> None:
         assert b"\\Seen" not in data[0], "no s right: reading does not set \\Seen"
         typ, data = bernard.store("1", "+FLAGS", "(\\Deleted)")
         assert typ == "NO" and b"[NOPERM]" in data[0] and b"t" in data[0]
+        # RFC 3501 §9 resp-text is 7-bit: the folder is named as this mUTF-7 client knows it.
+        assert data[0].isascii() and SHARED_INBOX.encode() in data[0]
         typ, data = bernard.status(SHARED_INBOX, "(MESSAGES UNSEEN)")
         assert typ == "OK" and b"(MESSAGES 1 UNSEEN 1)" in data[0]
         typ, data = bernard.expunge()
@@ -216,7 +218,10 @@ async def test_list_status_and_rev2_select_follow_the_rights(imap: IMAPEnv) -> N
     assert f'* LIST (\\HasNoChildren) "/" {SHARED_INBOX}' in lines
     assert not [line for line in lines if line.startswith("* STATUS")]
     lines = await looker.command(f"SELECT {SHARED_INBOX}")
-    assert lines[-1].split(" ", 3)[1:3] == ["NO", "[NOPERM]"]
+    assert lines[-1].split(" ", 3)[1:3] == ["NO", "[NOPERM]"] and SHARED_INBOX in lines[-1]
+    await looker.ok("ENABLE UTF8=ACCEPT")  # RFC 6855 §3: UTF-8 in responses from now on
+    lines = await looker.command(f'SELECT "Partagé/{SECRETARIAT}/INBOX"')
+    assert f"Partagé/{SECRETARIAT}/INBOX" in lines[-1]
     await reader.ok("ENABLE IMAP4rev2")  # names are UTF-8 from now on (RFC 9051 §5.1)
     lines = await reader.ok(f'SELECT "Partagé/{SECRETARIAT}/INBOX"')
     assert f'* LIST () "/" "Partagé/{SECRETARIAT}/INBOX"' in lines
