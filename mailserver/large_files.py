@@ -28,10 +28,10 @@ from collections.abc import AsyncIterable, Sequence
 from pathlib import Path
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
-from mailserver import quota
-from mailserver.db.models import Mailbox, utcnow
+from mailserver import acl, quota
+from mailserver.db.models import Mailbox, Membership, utcnow
 from mailserver.headers import HeaderView
 from mailserver.large_file_models import LargeFile, LargeFileRecipient
 from mailserver.logs import log_event
@@ -366,26 +366,42 @@ async def rewrite(
     return out, rows
 
 
-async def may_download(rt: Runtime, file_id: str, address: str) -> tuple[LargeFile, str] | None:
-    """(file, Message-ID) when ``address`` received the file's link (or owns it) and the link has not
-    expired (even before the daily purge); None otherwise, whether the file exists or not."""
+async def may_download(rt: Runtime, file_id: str, address: str) -> tuple[LargeFile, str, str] | None:
+    """(file, Message-ID, shared mailbox) when ``address`` received the file's link, owns it, or belongs
+    with the read right to a shared mailbox that received it (the third item names that mailbox, else
+    ""), and the link has not expired (even before the daily purge); None otherwise, whether the file
+    exists or not."""
     row = await get(rt, file_id)
     if row is None or row.state != "sent" or row.expires_at <= utcnow():
         return None
+    address = address.lower()
     async with rt.db.read() as session:
         message_id = (
             await session.execute(
                 select(LargeFileRecipient.message_id)
-                .where(LargeFileRecipient.file_id == file_id, LargeFileRecipient.address == address.lower())
+                .where(LargeFileRecipient.file_id == file_id, LargeFileRecipient.address == address)
                 .limit(1)
             )
         ).scalar_one_or_none()
-        if message_id is None:
-            owner = await session.get(Mailbox, row.mailbox_id)
-            if owner is None or owner.address.lower() != address.lower():
-                return None
-            message_id = ""
-    return row, message_id
+        if message_id is not None:
+            return row, message_id, ""
+        owner = await session.get(Mailbox, row.mailbox_id)
+        if owner is not None and owner.address.lower() == address:
+            return row, "", ""
+        shared, person = aliased(Mailbox), aliased(Mailbox)
+        through = (
+            await session.execute(
+                select(LargeFileRecipient.message_id, shared.address, Membership.rights)
+                .join(shared, func.lower(shared.address) == LargeFileRecipient.address)
+                .join(Membership, Membership.mailbox_id == shared.id)
+                .join(person, person.id == Membership.member_id)
+                .where(LargeFileRecipient.file_id == file_id, func.lower(person.address) == address)
+            )
+        ).all()
+    for message_id, shared_address, rights in through:
+        if acl.READ in rights:
+            return row, message_id, shared_address
+    return None
 
 
 def _drop(session: Session, row: LargeFile) -> None:

@@ -216,14 +216,16 @@ async def _allowed(
         )
         extra = {"session": who[1]} if who[1] is not None else {}
         return _page(request, 404, error="Ce lien de téléchargement est introuvable ou a expiré.", **extra)
-    return who[0], who[1], found[0], found[1]
+    row, message_id, shared = found
+    origin = f"message {message_id}" + (f" as member of {shared}" if shared else "")
+    return who[0], who[1], row, origin
 
 
 async def page(request: web.Request) -> web.StreamResponse:
     allowed = await _allowed(request)
     if isinstance(allowed, web.Response):
         return allowed
-    _address, info, row, _message_id = allowed
+    _address, info, row, _origin = allowed
     extra = {"session": info} if info is not None else {}
     return _page(request, 200, f=row, **extra)
 
@@ -233,13 +235,13 @@ async def download(request: web.Request) -> web.StreamResponse:
     allowed = await _allowed(request)
     if isinstance(allowed, web.Response):
         return allowed
-    address, _info, row, message_id = allowed
+    address, _info, row, origin = allowed
     rt = request.app[RT]
     await rt.audit.record(
         address,
         "large-file-download",
         remote(request),
-        f"file {row.id} {row.filename!r} message {message_id}"[:500],
+        f"file {row.id} {row.filename!r} {origin}"[:500],
         request.headers.get("Range", "whole")[:100],
     )
     ascii_name = "".join(
