@@ -7,7 +7,8 @@ the engine and the time):
   transaction, so one consistent state however busy the server is), on PostgreSQL through
   ``pg_dump --format=custom`` run on a snapshot exported by a REPEATABLE READ transaction
   (``pg_export_snapshot``), the same snapshot from which the list of message files is read;
-- the message files that snapshot references. Files are write-once and fsync'ed before the row that
+- the message files that snapshot references, and the large files (``[large_files] path``) its links
+  name. Files are write-once and fsync'ed before the row that
   names them commits, so every file of the snapshot exists when it is taken; one deleted since (its
   last message expunged) makes the copy take a new snapshot and copy what it lacks, until a snapshot's
   files are all there;
@@ -44,6 +45,13 @@ FORMAT = 1
 DATABASE_SQLITE = "database/caducee.db"
 DATABASE_PG = "database/caducee.dump"
 STORE = "store"
+LARGE = "large_files"
+# The files a snapshot references, each as "<STORE or LARGE>/<path under that root>".
+FILES_SQL = (
+    "SELECT 'store/' || path FROM blob WHERE path IS NOT NULL"
+    " UNION ALL SELECT 'large_files/' || substr(id, 1, 2) || '/' || id FROM large_file"
+    " WHERE state <> 'uploading'"
+)
 MAX_ROUNDS = 10  # snapshots taken while the server keeps expunging; each round copies only what is new
 
 
@@ -151,7 +159,7 @@ def _sqlite_snapshot(db: Path, out: Path) -> tuple[set[str], list[str]]:
         dst.execute("PRAGMA journal_mode=DELETE")
         if dst.execute("PRAGMA quick_check").fetchone()[0] != "ok":
             raise BackupError(f"{db}: the copy of the database does not pass SQLite's quick_check")
-        paths = {r[0] for r in dst.execute("SELECT path FROM blob WHERE path IS NOT NULL")}
+        paths = {r[0] for r in dst.execute(FILES_SQL)}
         revision = sorted(r[0] for r in dst.execute("SELECT version_num FROM alembic_version"))
         dst.commit()
     finally:
@@ -168,7 +176,7 @@ async def _pg_snapshot(url: str, out: Path) -> tuple[set[str], list[str]]:
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
-            paths = {r[0] for r in await conn.fetch("SELECT path FROM blob WHERE path IS NOT NULL")}
+            paths = {r[0] for r in await conn.fetch(FILES_SQL)}
             revision = sorted(r[0] for r in await conn.fetch("SELECT version_num FROM alembic_version"))
             proc = await asyncio.create_subprocess_exec(
                 "pg_dump",
@@ -198,7 +206,7 @@ async def backup(settings: Settings, target: Path) -> Manifest:
         raise BackupError(f"{target}: {exc.strerror}") from None
     url = settings.database.url
     engine = "sqlite" if url.startswith("sqlite") else "postgresql"
-    store_root = Path(settings.storage.path)
+    roots = {STORE: Path(settings.storage.path), LARGE: Path(settings.large_files.path)}
     database = DATABASE_SQLITE if engine == "sqlite" else DATABASE_PG
     copied: set[str] = set()
     for _round in range(MAX_ROUNDS):
@@ -206,26 +214,27 @@ async def backup(settings: Settings, target: Path) -> Manifest:
             paths, revision = await asyncio.to_thread(_sqlite_snapshot, _sqlite_path(url), target / database)
         else:
             paths, revision = await _pg_snapshot(url, target / database)
-        vanished = await asyncio.to_thread(_copy_blobs, store_root, target / STORE, paths - copied)
+        vanished = await asyncio.to_thread(_copy_files, roots, target, paths - copied)
         copied |= paths - vanished
         if not vanished:
             break
     else:
         raise BackupError(f"message files kept vanishing during {MAX_ROUNDS} snapshots: try again")
-    await asyncio.to_thread(_drop_unreferenced, target / STORE, copied - paths)
-    await asyncio.to_thread(_copy_marker, store_root, target / STORE)
+    await asyncio.to_thread(_drop_unreferenced, target, copied - paths)
+    await asyncio.to_thread(_copy_marker, roots[STORE], target / STORE)
     manifest = Manifest(dt.datetime.now(dt.UTC).isoformat(), engine, revision, "caducee.toml")
     await asyncio.to_thread(_copy_config, settings, target, manifest, engine)
     await asyncio.to_thread(_write_manifest, target, manifest)
     return manifest
 
 
-def _copy_blobs(root: Path, dest: Path, paths: set[str]) -> set[str]:
-    """Copy each blob file; return those that no longer exist (deleted after the snapshot)."""
+def _copy_files(roots: dict[str, Path], dest: Path, paths: set[str]) -> set[str]:
+    """Copy each message or large file; return those that no longer exist (deleted after the snapshot)."""
     vanished = set()
     for rel in paths:
+        kind, _, under = rel.partition("/")
         try:
-            _fsync_copy(root / rel, dest / rel)
+            _fsync_copy(roots[kind] / under, dest / rel)
         except FileNotFoundError:
             vanished.add(rel)
     return vanished
@@ -250,6 +259,7 @@ def _copy_config(settings: Settings, target: Path, manifest: Manifest, engine: s
         db_rel = _inside(_sqlite_path(settings.database.url), data_dir)
         manifest.placed[DATABASE_SQLITE] = db_rel or "caducee.db"
     manifest.placed[STORE] = _inside(Path(settings.storage.path), data_dir) or "store"
+    manifest.placed[LARGE] = _inside(Path(settings.large_files.path), data_dir) or LARGE
     for key, path in _config_files(settings):
         rel = _inside(path, data_dir)
         if rel is not None:
@@ -376,14 +386,17 @@ def _place_files(source: Path, target: Path, manifest: dict[str, Any], database_
         rel = entry["path"]
         if rel in (MANIFEST, DATABASE_PG, manifest["config"]) or rel.startswith("external/"):
             continue
-        if rel.startswith(STORE + "/"):
-            dest = target / store_rel / rel.removeprefix(STORE + "/")
+        kind, _, under = rel.partition("/")
+        if kind in (STORE, LARGE) and kind in placed:
+            dest = target / placed[kind] / under
         else:
             dest = target / placed[rel]
         _fsync_copy(source / rel, dest)
     (target / store_rel).mkdir(parents=True, exist_ok=True)
     text = (source / manifest["config"]).read_text(encoding="utf-8")
     text = _set_key(text, "storage", "path", store_rel)
+    if LARGE in placed:
+        text = _set_key(text, "large_files", "path", placed[LARGE])
     for key, rel in manifest.get("settings", {}).items():  # relative: an absolute path names the old place
         section, _, name = key.partition(".")
         text = _set_key(text, section, name, rel)

@@ -5,15 +5,18 @@ before the backup started: read back over IMAP. Real processes, real smtplib cli
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import email.message
 import json
+import os
 import re
 import smtplib
 import sqlite3
 import subprocess
 import sys
 import threading
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -265,28 +268,28 @@ async def test_a_file_expunged_during_the_copy_makes_a_new_snapshot(
     assert runtime.settings.source is not None
     runtime.settings.source.write_text("", encoding="utf-8")
     rounds: list[set[str]] = []
-    copy = backup._copy_blobs
+    copy = backup._copy_files
 
-    def racing(root: Path, dest: Path, paths: set[str]) -> set[str]:
+    def racing(roots: dict[str, Path], dest: Path, paths: set[str]) -> set[str]:
         rounds.append(set(paths))
         if len(rounds) == 1:  # the server expunges the first message right after the snapshot
             asyncio.run_coroutine_threadsafe(runtime.store.expunge(inbox.id, [1]), loop).result(30)
-        return copy(root, dest, paths)
+        return copy(roots, dest, paths)
 
     loop = asyncio.get_running_loop()
     async with runtime.db.write() as session:
         await session.execute(update(Message).where(Message.folder_id == inbox.id).values(flags="\\Deleted"))
-    monkeypatch.setattr(backup, "_copy_blobs", racing)
+    monkeypatch.setattr(backup, "_copy_files", racing)
     manifest = await backup.backup(runtime.settings, tmp_path / "copy")
     assert len(rounds) == 2 and len(rounds[0]) == 3 and rounds[1] == set()  # only the lacking ones
-    stored = {f["path"].removeprefix("store/") for f in manifest.files if f["path"].startswith("store/")}
+    stored = {f["path"] for f in manifest.files if f["path"].startswith("store/")}
     assert len(stored) == 2 and stored < rounds[0]
     async with runtime.db.read() as session:
         live = set((await session.execute(select(Blob.path).where(Blob.path.is_not(None)))).scalars())
-    assert stored == live
+    assert stored == {f"store/{path}" for path in live}
     if runtime.db.kind == "sqlite":  # and the copy's own database names exactly these files
         with contextlib.closing(sqlite3.connect(tmp_path / "copy" / "database" / "caducee.db")) as db:
-            assert {r[0] for r in db.execute("SELECT path FROM blob WHERE path IS NOT NULL")} == stored
+            assert {r[0] for r in db.execute(backup.FILES_SQL)} == stored
 
 
 def test_restored_configuration_names_the_restored_files(tmp_path: Path) -> None:
@@ -317,3 +320,42 @@ def test_revocation_lists_are_in_the_backup(tmp_path: Path) -> None:
     named = dict(backup._config_files(load_settings(config)))
     assert named["tls.crl[0]"] == tmp_path / "peers.crl"
     assert named["auth.client_crl[0]"] == tmp_path / "clients.crl"
+
+
+def test_large_files_are_in_the_backup_and_download_after_restore(tmp_path: Path) -> None:
+    """A file sent by link lives under ``[large_files] path``, not in the store: the backup copies it
+    (listed with its checksum), the restore puts it where the restored configuration says, and the
+    link still downloads the same bytes from the restored server."""
+    inst = Instance.init(CADUCEE, tmp_path / "data", '\n[large_files]\nthreshold = "1MiB"\n')
+    video = os.urandom(2 * 1024 * 1024)
+    inst.start()
+    try:
+        msg = email.message.EmailMessage()
+        msg["From"], msg["To"], msg["Subject"] = MARTIN, SECRETARIAT, "Vidéo"
+        msg.set_content("Ci-joint.\n")
+        msg.add_attachment(video, maintype="video", subtype="mp4", filename="video.mp4")
+        with smtplib.SMTP_SSL("127.0.0.1", inst.ports["submissions"], context=inst.tls(), timeout=30) as s:
+            s.login(MARTIN, inst.passwords[MARTIN])
+            s.send_message(msg)
+        result = caducee("backup", str(tmp_path / "copy"), config=inst.config)
+        assert result.returncode == 0, result.stdout + result.stderr
+    finally:
+        assert inst.stop() == 0
+    manifest = json.loads((tmp_path / "copy" / "manifest.json").read_text(encoding="utf-8"))
+    [kept] = [f for f in manifest["files"] if f["path"].startswith("large_files/")]
+    assert kept["size"] == len(video)
+    restored = tmp_path / "restored"
+    result = caducee("restore", str(tmp_path / "copy"), "--data-dir", str(restored))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert load_settings(restored / "caducee.toml").large_files.path == str(restored / "large_files")
+    new = restored_instance(inst, restored)
+    new.start()
+    try:
+        file_id = kept["path"].rsplit("/", 1)[1]
+        url = f"http://127.0.0.1:{new.ports['portal']}/fichiers/{file_id}/telecharger"
+        token = base64.b64encode(f"{SECRETARIAT}:{inst.passwords[SECRETARIAT]}".encode()).decode()
+        request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            assert answer.read() == video
+    finally:
+        assert new.stop() == 0
