@@ -674,3 +674,54 @@ async def test_a_patients_password_alone_opens_only_the_portal(portal: Portal2FA
         http.post(f"{portal.url}/api/login", json={"ins": PATIENT_INS, "password": PATIENT_PASSWORD}) as r,
     ):
         assert r.status == 202  # the portal takes the password, then asks the code
+
+
+# ---------------------------------------------------------------------------------------------- in chromium
+
+
+async def _code_step(page: Page, code: str) -> None:
+    await page.get_by_label("Code à 6 chiffres").fill(code)
+    await page.get_by_role("button", name="Valider").click()
+    await page.wait_for_load_state()
+
+
+async def test_in_chromium_an_expired_code_is_refused_and_a_new_login_sends_another(
+    portal: Portal2FA, browser: Browser, clock: Any
+) -> None:
+    """What the patient sees when the code is too old: a message on the code page itself (read out,
+    at 320 px), no session; signing in again e-mails a fresh code that opens the portal."""
+    page = await browser.new_page(viewport={"width": 320, "height": 700})
+    await _password_step(page, portal.url)
+    code = await portal.code()
+    clock(utcnow() + dt.timedelta(minutes=10, seconds=1))
+    await _code_step(page, code)
+    assert await page.get_by_text("Ce code a expiré").is_visible()
+    await _fits(page)
+    assert await a11y.check(page, "code expiré") == []
+    await page.goto(f"{portal.url}/conversations")
+    assert page.url == f"{portal.url}/connexion"
+    portal.rt.settings.portal.code_interval = 0
+    await _password_step(page, portal.url)
+    await _code_step(page, await portal.code(after=1))
+    assert page.url == f"{portal.url}/conversations"
+
+
+async def test_in_chromium_five_wrong_codes_lock_the_account(portal: Portal2FA, browser: Browser) -> None:
+    """Each wrong code says how many tries are left; the fifth locks the account, which the password
+    page then says too, and the right code no longer opens anything."""
+    page = await browser.new_page(viewport={"width": 320, "height": 700})
+    await _password_step(page, portal.url)
+    code = await portal.code()
+    wrong = f"{(int(code) + 1) % 10**6:06d}"
+    for left in ("4 essais", "3 essais", "2 essais", "1 essai"):
+        await _code_step(page, wrong)
+        assert await page.get_by_text(f"Il vous reste {left}").is_visible()
+    await _code_step(page, wrong)
+    assert await page.get_by_text("verrouillé").first.is_visible()
+    await _fits(page)
+    assert await a11y.check(page, "compte verrouillé") == []
+    await _password_step(page, portal.url)
+    assert await page.get_by_text("verrouillé").first.is_visible()
+    await page.goto(f"{portal.url}/conversations")
+    assert page.url == f"{portal.url}/connexion"
+    assert await portal.rt.auth.is_locked(PATIENT)
