@@ -27,7 +27,7 @@ from typing import Any
 import imapclient
 import pytest
 
-from config.settings import load
+from config.settings import ConfigError, load
 from mailserver import accounts
 from mailserver.db import migrate
 from mailserver.runtime import Runtime
@@ -317,4 +317,16 @@ def test_workers_need_postgresql(tmp_path: Path, pki: Any) -> None:
         f"caducee: {config}: [server] workers = 2 needs PostgreSQL ([database] url ="
         " postgresql+asyncpg://…): on SQLite, writes are grouped and IMAP IDLE is notified within one"
         " process only; use workers = 1\n"
+    )
+
+
+def test_workers_need_fixed_ports(tmp_path: Path, pki: Any) -> None:
+    """A listener on port 0 would get one port per worker: refused, naming the listener."""
+    config = tmp_path / "caducee.toml"
+    config.write_text(config_text(pki, "postgresql+asyncpg://postgres@127.0.0.1/x", 0), encoding="utf-8")
+    with pytest.raises(ConfigError) as refused:
+        load(config)
+    assert str(refused.value) == (
+        f"{config}: [imap] tls_listen: 127.0.0.1:0: port 0 would give each of the 2 workers its own port;"
+        " name the port"
     )
