@@ -46,6 +46,8 @@ Worker = Callable[[int, Callable[[], None]], None]
 
 
 class Supervisor:
+    """The ``caducee serve`` process of ``[server] workers`` > 1: forks, watches and stops the workers."""
+
     def __init__(self, count: int, worker: Worker) -> None:
         self.count = count
         self.worker = worker
@@ -124,6 +126,7 @@ class Supervisor:
         return code if code > 0 else 1
 
     def stop(self, signo: int) -> None:
+        """Pass the stop signal on to every worker; none is started again from now on."""
         if not self.stopping:
             log_event("stopping", signal=signal.Signals(signo).name, workers=len(self.running))
         self.stopping = True
