@@ -7,11 +7,13 @@ requests. ``--json`` output is stable: keys are never renamed, only added.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
 import secrets
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -219,14 +221,33 @@ def db_current(state: CliState) -> None:
 @main.command()
 @click.pass_obj
 def serve(state: CliState) -> None:
-    """Run every configured listener until SIGTERM or SIGINT."""
-    from mailserver import app
+    """Run every configured listener until SIGTERM or SIGINT (in ``[server] workers`` processes)."""
+    from mailserver import app, workers
 
     settings = state.settings()
     if logging.getLogger().level > logging.DEBUG:  # -v keeps debug
         logs.set_level(settings.server.log_level)
+    if settings.server.workers == 1:
+        with _start_errors():
+            asyncio.run(app.run(settings))
+        return
+    with _start_errors():
+        asyncio.run(app.check_only(settings))
+
+    def worker(index: int, ready: Callable[[], None]) -> None:
+        with _start_errors():
+            asyncio.run(app.run(settings, worker=index, ready=ready))
+
+    sys.exit(workers.supervise(settings.server.workers, worker))
+
+
+@contextlib.contextmanager
+def _start_errors() -> Iterator[None]:
+    """Why the server cannot start, as one line and an exit code (no traceback)."""
+    from mailserver import app
+
     try:
-        asyncio.run(app.run(settings))
+        yield
     except app.SchemaOutOfDate as exc:
         fail(str(exc))
     except identity.StorageMismatch as exc:

@@ -3,7 +3,7 @@
     .venv/bin/python bench/imap.py [--seconds 10] [--rounds 3] [--clients 50] [--mailboxes 50]
                                    [--messages 30] [--against-dovecot] [--dovecot-plain] [--cache]
                                    [--concurrent-verifications 4] [--idle 0] [--db URL]
-                                   [--py-spy FILE]
+                                   [--workers N] [--py-spy FILE]
 
 Caducée runs in a subprocess (``--serve``: a fresh SQLite database, or ``--db`` for PostgreSQL,
 a first-run TLS certificate, mailboxes ``bench<i>@a.mssante.test`` whose passwords are hashed at the
@@ -13,6 +13,11 @@ implicit TLS, on its own mailbox: LOGIN, LIST, STATUS, SELECT, FETCH (flags+enve
 body), STORE \\Seen, STORE \\Deleted, EXPUNGE, APPEND, LOGOUT. Prints ops/s, p50/p99 per command and
 the number of error replies (tagged NO/BAD, dropped connections), and the server's CPU time per
 operation (user + system, all its threads, from /proc): the figure to compare on a shared machine.
+
+``--workers N`` serves through ``caducee serve`` itself with ``[server] workers = N`` (PostgreSQL,
+``--db``, when N > 1), on a fixed port shared by the worker processes; the server's CPU time and RSS
+are then the supervisor's and its workers' together (``[auth] concurrent_verifications`` holds per
+worker). Without it the IMAP listener runs alone in the bench's own server process, as before.
 
 ``--against-dovecot`` also starts a private Dovecot (bench/peers.py: Debian's dovecot-imapd, installed
 when missing; 127.0.0.1 only, same certificate, a passwd-file holding the very argon2id hashes Caducée
@@ -84,8 +89,67 @@ def sample(i: int) -> bytes:
 # --------------------------------------------------------------------------- Caducée's server process
 
 
+SERVE_CONFIG = """[server]
+hostname = "localhost"
+log_level = "info"
+workers = {workers}
+[database]
+url = "{url}"
+[storage]
+path = "{directory}/store"
+[tls]
+cert = "{cert}"
+key = "{key}"
+peer_ca = "{ca}"
+[smtp]
+listen = []
+[submission]
+listen = []
+tls_listen = []
+[imap]
+listen = []
+tls_listen = ["127.0.0.1:{port}"]
+[portal]
+listen = []
+[ldap]
+listen = []
+[admin]
+listen = []
+[auth]
+credential_cache_ttl = {cache_ttl}
+concurrent_verifications = {verifications}
+[limits]
+connections_per_ip = 100000
+connections_per_user_ip = 100000
+connections_per_user = 100000
+max_connections = 100000
+"""
+
+
+async def caducee_serve(directory: Path, workers: int, info: dict, **config: object) -> None:
+    """``caducee serve`` with ``[server] workers``; ``info`` (with the server's pid) printed once every
+    worker has logged ``ready`` (its log: DIRECTORY/caducee.log), then run until SIGTERM."""
+    path = directory / "caducee.toml"
+    path.write_text(SERVE_CONFIG.format(directory=directory, workers=workers, **config), encoding="utf-8")
+    log = directory / "caducee.log"
+    with log.open("w") as out:
+        proc = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).with_name("caducee")), "--config", str(path), "serve", stderr=out
+        )
+    while log.read_text().count('"event":"ready"') < workers:
+        if proc.returncode is not None:
+            raise SystemExit(f"caducee serve exited {proc.returncode}:\n{log.read_text()}")
+        await asyncio.sleep(0.2)
+    print(json.dumps(info | {"pid": proc.pid}), flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    proc.send_signal(signal.SIGTERM)
+    await proc.wait()
+
+
 async def serve(
-    directory: Path, db_url: str | None, mailboxes: int, cache_ttl: float, verifications: int
+    directory: Path, db_url: str | None, mailboxes: int, cache_ttl: float, verifications: int, workers: int
 ) -> None:
     from sqlalchemy import select
 
@@ -96,6 +160,7 @@ async def serve(
     from mailserver.runtime import Runtime
     from mailserver.tls import make_first_run_certificates
     from tests.conftest import make_settings
+    from tests.ports import free_port
 
     url = db_url or f"sqlite+aiosqlite:///{directory}/bench.db"
     chain, key, ca = make_first_run_certificates(directory / "tls", "localhost", "Bench")
@@ -126,8 +191,25 @@ async def serve(
             hashes[address] = (
                 await session.execute(select(Mailbox.password_hash).where(Mailbox.address == address))
             ).scalar_one()
+    info = {"ca": str(ca), "cert": str(chain), "key": str(key), "hashes": hashes}
+    if workers:
+        await rt.close()
+        port = free_port()
+        await caducee_serve(
+            directory,
+            workers,
+            info | {"port": port},
+            url=url,
+            port=port,
+            cert=chain,
+            key=key,
+            ca=ca,
+            cache_ttl=cache_ttl,
+            verifications=verifications,
+        )
+        return
     listeners = await server.start(rt)
-    info = {"port": listeners[0].port, "ca": str(ca), "cert": str(chain), "key": str(key), "hashes": hashes}
+    info["port"] = listeners[0].port
     print(json.dumps(info), flush=True)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -137,18 +219,31 @@ async def serve(
     await rt.close()
 
 
+def tree(pid: int) -> list[int]:
+    """The process and its children (``caducee serve``'s workers), from /proc."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *(int(child) for child in children)]
+
+
 def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    """The resident memory of the process and its children."""
+    total = 0
+    for p in tree(pid):
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, every thread included (/proc/PID/stat fields 14, 15):
-    CPU per operation compares runs on a shared machine better than ops/s, which other load moves."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its children, every thread included (/proc/PID/stat
+    fields 14, 15): CPU per operation compares runs on a shared machine better than ops/s, which
+    other load moves."""
+    total = 0
+    for p in tree(pid):
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- client
@@ -371,7 +466,7 @@ async def measure(args: argparse.Namespace, info: dict, server_pid: int, dovecot
             spy = await asyncio.create_subprocess_exec(
                 str(Path(sys.executable).with_name("py-spy")),
                 *("record", "--format", "raw", "--nonblocking", "--rate", "50"),
-                *("--pid", str(server_pid), "--output", str(args.py_spy)),
+                *("--subprocesses", "--pid", str(server_pid), "--output", str(args.py_spy)),
                 stdout=asyncio.subprocess.DEVNULL,
             )
             await asyncio.sleep(1)
@@ -422,28 +517,35 @@ def main() -> None:
     )
     parser.add_argument("--idle", type=int, default=0, help="then RSS per idle connection (N, N more)")
     parser.add_argument("--db", default=None, help="database URL for the server (default: fresh SQLite)")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="serve with caducee serve and [server] workers = N"
+    )
     parser.add_argument("--py-spy", type=Path, help="record Caducée's server with py-spy (raw format)")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     raise_fd_limit()
     if args.serve:
         ttl = 300 if args.cache else 0
-        asyncio.run(serve(args.serve, args.db, args.mailboxes, ttl, args.concurrent_verifications))
+        verifications = args.concurrent_verifications
+        asyncio.run(serve(args.serve, args.db, args.mailboxes, ttl, verifications, args.workers))
         return
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, __file__, "--serve", tmp, "--mailboxes", str(args.mailboxes)]
         cmd += ["--db", args.db] if args.db else []
         cmd += ["--cache"] if args.cache else []
         cmd += ["--concurrent-verifications", str(args.concurrent_verifications)]
+        cmd += ["--workers", str(args.workers)]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
             assert proc.stdout is not None
             info = json.loads(proc.stdout.readline())
             hashes: dict[str, str] = info["hashes"]
             params = {argon2_params(h) for h in hashes.values()}
-            print(f"Caducée on 127.0.0.1:{info['port']}, argon2id {', '.join(sorted(params))}")
+            served = f"caducee serve, {args.workers} worker(s)" if args.workers else "IMAP listener alone"
+            print(f"Caducée ({served}) on 127.0.0.1:{info['port']}, argon2id {', '.join(sorted(params))}")
+            server_pid = info.get("pid", proc.pid)
             if not args.against_dovecot:
-                asyncio.run(measure(args, info, proc.pid, None))
+                asyncio.run(measure(args, info, server_pid, None))
                 return
             from bench.peers import private_dovecot
 
@@ -456,7 +558,7 @@ def main() -> None:
                     "clear-text passwords" if args.dovecot_plain else f"the same hashes ({', '.join(params)})"
                 )
                 print(f"Dovecot {version.split()[0]} on 127.0.0.1:{dv.port}, passwd-file with {auth}")
-                asyncio.run(measure(args, info, proc.pid, dv.port))
+                asyncio.run(measure(args, info, server_pid, dv.port))
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)

@@ -156,7 +156,10 @@ class AdminListener(PortalListener):
 
 
 async def start(rt: Runtime) -> list[AdminListener]:
-    """One plain-HTTP listener per ``[admin] listen`` address, behind one connection gate."""
+    """One plain-HTTP listener per ``[admin] listen`` address, behind one connection gate; in worker 0
+    only (its port is not shared, so every scrape reaches the same process)."""
+    if not rt.leads:
+        return []
     listeners = []
     gate = ConnectionGate("admin", rt.settings.limits, rt.audit, rt.metrics)
     loop = asyncio.get_running_loop()

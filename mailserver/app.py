@@ -2,7 +2,8 @@
 
 Each protocol module exposes ``async def start(rt: Runtime) -> list[Listener]``; the services are
 listed once in ``SERVICES``. On SIGTERM/SIGINT the process stops accepting, lets what is in flight finish
-(up to ``server.shutdown_grace`` seconds), closes the database and exits 0.
+(up to ``server.shutdown_grace`` seconds), closes the database and exits 0. With ``[server] workers``
+> 1, ``mailserver.workers`` runs this in each worker process.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import contextlib
 import importlib
 import logging
 import signal
+from collections.abc import Callable
 from typing import Protocol
 
 from config.settings import Settings
 from mailserver.db import migrate
 from mailserver.logs import log_event
-from mailserver.runtime import Runtime
+from mailserver.runtime import Runtime, open_runtime
 from mailserver.store import identity
 
 log = logging.getLogger("caducee")
@@ -55,9 +57,36 @@ async def check_schema(rt: Runtime) -> None:
         )
 
 
-async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Start everything, wait for a signal (or ``stop``), then shut down in order."""
+async def check(rt: Runtime) -> None:
+    """What must hold before any listener opens: the schema, the store and its identity, the PKI files
+    (under ``[server] workers`` > 1, checked once by the supervisor before it starts the workers)."""
+    await check_schema(rt)
+    await asyncio.to_thread(rt.blobs.ensure)
+    await identity.ensure(rt)  # StorageMismatch: this node's store is not its database's
+    for checker in rt.pki_checkers():
+        try:
+            await asyncio.to_thread(checker.check_files)
+        except ValueError as exc:  # a CRL that does not parse: as unusable as a missing one
+            raise OSError(str(exc)) from exc
+
+
+async def check_only(settings: Settings) -> None:
+    """:func:`check` with a runtime of its own, closed after (the supervisor's, before it forks)."""
+    async with open_runtime(settings) as rt:
+        await check(rt)
+
+
+async def run(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    worker: int | None = None,
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """Start everything, wait for a signal (or ``stop``), then shut down in order. ``worker``: this
+    process's index among ``[server] workers`` (None: the only process); ``ready`` is called once
+    every listener is open."""
     rt = Runtime.build(settings)
+    rt.worker = worker
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -66,20 +95,15 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     listeners: list[Listener] = rt.listeners
     background: list[asyncio.Task[None]] = []
     try:
-        await check_schema(rt)
-        await asyncio.to_thread(rt.blobs.ensure)
-        await identity.ensure(rt)  # StorageMismatch: this node's store is not its database's
-        for checker in rt.pki_checkers():
-            try:
-                await asyncio.to_thread(checker.check_files)
-            except ValueError as exc:  # a CRL that does not parse: as unusable as a missing one
-                raise OSError(str(exc)) from exc
+        if worker is None:
+            await check(rt)
         if rt.db.kind == "postgresql":
             dsn = settings.database.url.replace("postgresql+asyncpg://", "postgresql://")
             background.append(asyncio.create_task(rt.notifier.listen_postgres(dsn)))
-        from mailserver.maintenance import run_daily
+        if rt.leads:
+            from mailserver.maintenance import run_daily
 
-        background.append(asyncio.create_task(run_daily(rt)))
+            background.append(asyncio.create_task(run_daily(rt)))
         for module in SERVICES:
             started = await importlib.import_module(module).start(rt)
             for listener in started:
@@ -87,6 +111,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             listeners.extend(started)
         rt.started = True
         log_event("ready", hostname=settings.server.hostname, listeners=len(listeners))
+        if ready is not None:
+            ready()
         await stop.wait()
         log_event("stopping")
     finally:

@@ -5,6 +5,9 @@ chain to ``tls.peer_ca`` is refused during the handshake, before any protocol ex
 that, so it must cost one line: ``{"event":"tls-handshake-failed","service":..,"peer":..,"reason":..}``
 and the audit event ``tls-refused`` (actor ``peer:IP``).
 
+Every listener but the admin one opens through :func:`create_server`, which also shares the port
+between worker processes (``[server] workers``).
+
 STARTTLS (SMTP, IMAP, LDAP) catches the failure where it upgrades the connection. Every listener opens
 through :func:`create_server`; for implicit TLS (submissions, imaps, ldaps) it does not hand the
 context to asyncio, whose server-side TLS drops a failed handshake silently (it only logs in debug
@@ -115,8 +118,10 @@ async def create_server(
     **kwargs: Any,
 ) -> asyncio.Server:
     """``loop.create_server(factory, host, port, **kwargs)``; with ``implicit_tls``, every connection is
-    TLS from its first byte and a failed handshake is reported."""
+    TLS from its first byte and a failed handshake is reported. Under ``[server] workers`` > 1 the
+    socket is opened with SO_REUSEPORT, so the kernel spreads connections over the workers."""
     loop = asyncio.get_running_loop()
+    kwargs.setdefault("reuse_port", rt.worker is not None)
     if implicit_tls is None:
         return await loop.create_server(factory, host, port, **kwargs)
     pending: set[asyncio.Task[None]] = set()

@@ -4,7 +4,9 @@ never make the server write a multi-line traceback.
 
 Every line has ``ts`` (UTC, ISO 8601), ``level``, ``logger`` and ``message``; an event logged with
 ``log_event`` also has ``event`` and its own fields (``{"event":"listening","service":"imap",...}``);
-a logged exception is one ``exception`` string. Keys are never renamed, only added.
+a logged exception is one ``exception`` string. Under ``[server] workers`` > 1 every line of a worker
+also has ``worker`` (its index) and ``pid``, so one session's lines can be told from another worker's.
+Keys are never renamed, only added.
 """
 
 from __future__ import annotations
@@ -17,15 +19,21 @@ from typing import Any, TextIO
 
 log = logging.getLogger("caducee")
 
-_BASE_KEYS = ("ts", "level", "logger", "message")
 # aiosmtpd logs every SMTP command at INFO, recipient addresses included (health metadata): those lines
 # are kept for ``[server] log_level = "debug"``.
 _CHATTY = ("mail.log",)
+# The fields every line of this process carries (``worker`` and ``pid`` in a worker process).
+_PROCESS: dict[str, object] = {}
 
 
 def log_event(event: str, /, level: int = logging.INFO, **fields: object) -> None:
     """One structured line: what operators grep for and what the tests wait for."""
     log.log(level, event, extra={"event": event, "fields": fields})
+
+
+def set_worker(index: int, pid: int) -> None:
+    """Mark every following line of this (worker) process with its index and pid."""
+    _PROCESS.update(worker=index, pid=pid)
 
 
 def private(**fields: object) -> dict[str, object]:
@@ -47,12 +55,13 @@ class JSONFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
+            **_PROCESS,
         }
         event = getattr(record, "event", None)
         if isinstance(event, str):
             line["event"] = event
             fields = getattr(record, "fields", {})
-            line.update({k: v for k, v in fields.items() if k not in _BASE_KEYS})
+            line.update({k: v for k, v in fields.items() if k not in line})  # never overwrite
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         if record.stack_info:

@@ -37,6 +37,15 @@ class Runtime:
     # What ``caducee serve`` has started (``mailserver.app.run`` fills them), for ``/readyz``.
     listeners: list[Any] = field(default_factory=list, init=False, repr=False)
     started: bool = field(default=False, init=False)
+    # None when ``caducee serve`` is one process; else this worker's index (``mailserver.workers``):
+    # its listeners share their ports with the other workers', and only worker 0 runs the admin
+    # listener and the daily maintenance.
+    worker: int | None = field(default=None, init=False)
+
+    @property
+    def leads(self) -> bool:
+        """Whether this process runs what must run once per server: the admin listener, maintenance."""
+        return self.worker in (None, 0)
 
     @property
     def queue(self) -> Queue:

@@ -23,7 +23,7 @@ import jinja2
 from aiohttp import web
 
 from config.settings import parse_listen
-from mailserver import alerts, storage_faults
+from mailserver import alerts, handshakes, storage_faults
 from mailserver.delivery import EnqueueHook
 from mailserver.limits import ConnectionGate, Refused, Slot
 from mailserver.portal import api, autoconfig, factors, messages_api, previews, receipts, service, uploads
@@ -729,7 +729,6 @@ async def start(rt: Runtime) -> list[PortalListener]:
     one connection gate; replies to professionals at peer operators go through the shared outbound queue."""
     listeners = []
     gate = ConnectionGate("portal", rt.settings.limits, rt.audit, rt.metrics)
-    loop = asyncio.get_running_loop()
     for address in rt.settings.portal.listen:
         host, port = parse_listen(address)
         runner = web.AppRunner(
@@ -741,8 +740,14 @@ async def start(rt: Runtime) -> list[PortalListener]:
         await runner.setup()
         handlers = runner.server
         assert handlers is not None
-        server = await loop.create_server(
-            lambda handlers=handlers: Admission(gate, handlers), host, port, reuse_address=True
+        server = await handshakes.create_server(
+            rt,
+            "portal",
+            lambda handlers=handlers: Admission(gate, handlers),
+            host,
+            port,
+            None,
+            reuse_address=True,
         )
         bound_host, bound_port = server.sockets[0].getsockname()[:2]
         listeners.append(PortalListener(runner, server, gate, f"{bound_host}:{bound_port}"))
