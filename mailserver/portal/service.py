@@ -173,13 +173,18 @@ def check_password(password: str) -> None:
 
 
 async def activate(rt: Runtime, ins: str, code: str, password: str, remote: str) -> None:
-    """Set the patient's password with a one-time activation code."""
+    """Set the patient's password with a one-time activation code. Wrong codes count towards the
+    login's lock-out (``[auth] max_failures`` for the account, ``max_failures_per_ip`` for the client,
+    for ``[auth] lockout``): while locked, even the right code is refused, and not spent."""
     check_password(password)
     try:
         ins = validate_ins(ins)
     except InvalidINS:
         raise PortalError(400, "Identifiant national de santé (INS) invalide.") from None
     mb = await _patient_mailbox(rt, ins)
+    account = mb.address if mb else f"{ins.lower()}@patient"
+    if not await rt.auth.attempt(account, remote, "portal activation"):
+        raise PortalError(429, factors.LOCKED)
     now = utcnow()
     async with rt.db.write() as session:
         row = (
@@ -199,7 +204,9 @@ async def activate(rt: Runtime, ins: str, code: str, password: str, remote: str)
         await rt.audit.record(f"{ins.lower()}", "activation", remote, "portal activation", "refused")
         raise PortalError(400, "Code d'activation invalide, déjà utilisé ou expiré.")
     await accounts.set_password(rt, mb.address, password)
-    await rt.audit.record(mb.address, "activation", remote, "portal activation", "password set")
+    await rt.auth.succeeded(
+        mb.address, remote, (mb.address, "activation", remote, "portal activation", "password set")
+    )
 
 
 @dataclass(frozen=True)
