@@ -138,6 +138,7 @@ class AlertPreference:
     enabled: bool
     email: str | None
     relay: bool
+    phone: str | None = None
 
 
 def _ins(address: str) -> str:
@@ -150,7 +151,7 @@ async def preference(rt: Runtime, address: str) -> AlertPreference | None:
         patient = await session.get(Patient, _ins(address))
     if patient is None:
         return None
-    return AlertPreference(patient.alerts_enabled, patient.email, bool(rt.settings.relay.host))
+    return AlertPreference(patient.alerts_enabled, patient.email, bool(rt.settings.relay.host), patient.phone)
 
 
 async def set_enabled(rt: Runtime, address: str, enabled: bool, remote: str, via: str) -> bool:

@@ -151,7 +151,7 @@ class Authenticator:
         submission or the API, which would read their health data with the password alone."""
         if not allows(mb, method):
             return f"{method} not allowed for this mailbox"
-        if mb.type == "PAT" and self.patients_through_portal and service != "portal":
+        if mb.type == "PAT" and self.patients_through_portal and service not in PORTAL_SERVICES:
             return PORTAL_ONLY
         return None
 
@@ -653,6 +653,9 @@ class Authenticator:
 
 METHODS = ("password", "app-password", "oauth", "cert")
 PORTAL_ONLY = "patients sign in through the portal (second factor)"
+# Where a patient's password is taken: the portal's login, and its re-check in a signed-in session
+# before a change of the contact details (``portal.service.change_contact``).
+PORTAL_SERVICES = ("portal", "portal-confirm")
 
 
 def allows(mb: Mailbox | queries.LoginMailbox, method: str) -> bool:
