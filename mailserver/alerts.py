@@ -8,6 +8,8 @@ of the outbound queue flagged ``relay``, in the same transaction as the delivery
 the message and goes through the queue's retries to ``[relay]`` (the operator's ordinary relay: these
 addresses are outside the trust space). Without ``[relay] host`` nothing is queued (logged once).
 Every queued alert is audited (``patient-alert``) and counted (``caducee_patient_alerts``).
+
+``now`` is the throttle's clock: tests replace it to pass the interval without sleeping.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 
@@ -30,6 +32,8 @@ from mailserver.runtime import Runtime
 from mailserver.store.store import insert_inline_blob
 
 log = logging.getLogger("caducee.alerts")
+
+now: Callable[[], dt.datetime] = utcnow
 
 ALERT_SUBJECT = "Nouveau message sur votre messagerie de santé"
 _no_relay_logged: set[int] = set()
@@ -98,7 +102,7 @@ def queue_alerts(session: Session, rt: Runtime, sender: str, targets: Sequence[L
         return []  # a null reverse-path is the server's own report (a DSN), not someone writing
     relay = rt.settings.relay
     results: list[str] = []
-    now = utcnow()
+    at = now()
     interval = dt.timedelta(seconds=rt.settings.patients.alert_interval)
     for target in patients:
         ins = target.address.partition("@")[0].upper()
@@ -115,10 +119,10 @@ def queue_alerts(session: Session, rt: Runtime, sender: str, targets: Sequence[L
                 log.warning("patient alerts are not sent: no [relay] host is configured")
             continue
         last = patient.last_alert_at
-        if last is not None and now - (last if last.tzinfo else last.replace(tzinfo=dt.UTC)) < interval:
+        if last is not None and at - (last if last.tzinfo else last.replace(tzinfo=dt.UTC)) < interval:
             results.append("throttled")
             continue
-        patient.last_alert_at = now
+        patient.last_alert_at = at
         data = build_alert(rt, patient.email, sender_name(session, sender))
         entry = queue_personal(session, rt, patient.email, data)
         request = f"alert for <{target.address}>"
@@ -134,6 +138,7 @@ class AlertPreference:
     enabled: bool
     email: str | None
     relay: bool
+    phone: str | None = None
 
 
 def _ins(address: str) -> str:
@@ -146,7 +151,7 @@ async def preference(rt: Runtime, address: str) -> AlertPreference | None:
         patient = await session.get(Patient, _ins(address))
     if patient is None:
         return None
-    return AlertPreference(patient.alerts_enabled, patient.email, bool(rt.settings.relay.host))
+    return AlertPreference(patient.alerts_enabled, patient.email, bool(rt.settings.relay.host), patient.phone)
 
 
 async def set_enabled(rt: Runtime, address: str, enabled: bool, remote: str, via: str) -> bool:

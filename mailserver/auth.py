@@ -151,7 +151,7 @@ class Authenticator:
         submission or the API, which would read their health data with the password alone."""
         if not allows(mb, method):
             return f"{method} not allowed for this mailbox"
-        if mb.type == "PAT" and self.patients_through_portal and service != "portal":
+        if mb.type == "PAT" and self.patients_through_portal and service not in PORTAL_SERVICES:
             return PORTAL_ONLY
         return None
 
@@ -310,6 +310,26 @@ class Authenticator:
         return AuthOutcome(
             mb.id, mb.address, method=verdict.method, person=verdict.person, members=verdict.members
         )
+
+    async def attempt(self, address: str, remote: str, request: str) -> bool:
+        """Before a secret other than a password is checked for ``address`` (a portal activation code):
+        a place in the same counters as a login, the account's and the client address's, so wrong ones
+        lock out as ``max_failures`` wrong passwords do. False, audited as a ``login-failure``
+        answered ``locked``, while either is locked: the secret is then not even looked at. A wrong
+        secret keeps its place (one failure); ``succeeded`` gives it back."""
+        address = address.lower()
+        limits = {
+            f"ip:{remote}": self.settings.max_failures_per_ip,
+            f"mailbox:{address}": self.settings.max_failures,
+        }
+        locked = (address, "login-failure", remote, request, "locked")
+        return bool(await self.db.run_write(lambda s: self._reserve(s, limits, locked), brief=True))
+
+    async def succeeded(self, address: str, remote: str, event: tuple[str, ...]) -> None:
+        """The secret of an ``attempt`` was right: the counters as after a successful login, and
+        ``event`` audited in the same transaction."""
+        account_key, ip_key = f"mailbox:{address.lower()}", f"ip:{remote}"
+        await self.db.run_write(lambda s: self._give_back(s, account_key, ip_key, None, event), brief=True)
 
     async def is_locked(self, address: str) -> bool:
         """Whether ``address``'s account is locked out now (by failed passwords or second factors)."""
@@ -633,6 +653,9 @@ class Authenticator:
 
 METHODS = ("password", "app-password", "oauth", "cert")
 PORTAL_ONLY = "patients sign in through the portal (second factor)"
+# Where a patient's password is taken: the portal's login, and its re-check in a signed-in session
+# before a change of the contact details (``portal.service.change_contact``).
+PORTAL_SERVICES = ("portal", "portal-confirm")
 
 
 def allows(mb: Mailbox | queries.LoginMailbox, method: str) -> bool:

@@ -116,7 +116,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
 
 
 def _settings(pref: alerts.AlertPreference) -> dict[str, Any]:
-    return {"alerts_enabled": pref.enabled, "alert_email": pref.email}
+    return {"alerts_enabled": pref.enabled, "alert_email": pref.email, "phone": pref.phone}
 
 
 async def get_settings(request: web.Request) -> web.StreamResponse:
@@ -128,14 +128,35 @@ async def get_settings(request: web.Request) -> web.StreamResponse:
 
 
 async def post_settings(request: web.Request) -> web.StreamResponse:
-    """The same switch as the settings page (``alerts.set_enabled``)."""
+    """The alert switch of the settings page (``alerts.set_enabled``) and the patient's contact details
+    (``service.change_contact``: ``alert_email``, ``phone``, with ``current_password``); each field
+    is optional, those absent are kept."""
     rt = request.app[RT]
     info = await _session(request, post=True)
     body = await _json_body(request)
     enabled = body.get("alerts_enabled")
-    if not isinstance(enabled, bool):
+    if "alerts_enabled" in body and not isinstance(enabled, bool):
         return _error(400, "alerts_enabled doit valoir true ou false")
-    if not await alerts.set_enabled(rt, info.address, enabled, remote(request), "api"):
+    contact: dict[str, str | None] = {}
+    for field, name in (("alert_email", "email"), ("phone", "phone")):
+        if field in body:
+            if body[field] is not None and not isinstance(body[field], str):
+                return _error(400, f"{field} doit être une chaîne ou null")
+            contact[name] = body[field]
+    if enabled is None and not contact:
+        return _error(400, "alerts_enabled, alert_email ou phone attendu")
+    password = body.get("current_password", "")
+    if not isinstance(password, str):
+        return _error(400, "current_password doit être une chaîne")
+    found = True
+    try:
+        if contact:
+            found = await service.change_contact(rt, info, password, contact, remote(request), "api")
+    except service.PortalError as exc:
+        return _error(exc.status, exc.message)
+    if found and isinstance(enabled, bool):
+        found = await alerts.set_enabled(rt, info.address, enabled, remote(request), "api")
+    if not found:
         return _error(404, "aucun dossier patient pour ce compte")
     pref = await alerts.preference(rt, info.address)
     assert pref is not None
@@ -429,12 +450,41 @@ OPENAPI: dict[str, Any] = {
         "schemas": {
             "Settings": {
                 "type": "object",
-                "required": ["alerts_enabled", "alert_email"],
+                "required": ["alerts_enabled", "alert_email", "phone"],
                 "properties": {
                     "alerts_enabled": {"type": "boolean"},
                     "alert_email": {
                         "type": ["string", "null"],
-                        "description": "Adresse personnelle des alertes (aucune : pas d'alerte)",
+                        "description": "Adresse personnelle des alertes et des codes de connexion envoyés "
+                        "par courriel (aucune : pas d'alerte)",
+                    },
+                    "phone": {
+                        "type": ["string", "null"],
+                        "description": "Téléphone, au format international (+33612345678)",
+                    },
+                },
+            },
+            "SettingsChange": {
+                "type": "object",
+                "minProperties": 1,
+                "description": "Chaque champ est facultatif ; ceux qui manquent restent inchangés. Changer "
+                "alert_email ou phone demande current_password (vérifié comme à la connexion : les erreurs "
+                "comptent pour le verrouillage du compte) ; la valeur actuelle renvoyée telle quelle ne "
+                "change rien. L'ancienne adresse est prévenue d'un changement.",
+                "properties": {
+                    "alerts_enabled": {"type": "boolean"},
+                    "alert_email": {
+                        "type": ["string", "null"],
+                        "description": 'Nouvelle adresse personnelle (partie locale ASCII) ; null ou "" : '
+                        "la retirer",
+                    },
+                    "phone": {
+                        "type": ["string", "null"],
+                        "description": '0612345678 ou +33612345678 ; null ou "" : le retirer',
+                    },
+                    "current_password": {
+                        "type": "string",
+                        "description": "Mot de passe actuel, pour changer alert_email ou phone",
                     },
                 },
             },
@@ -827,25 +877,22 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": _json(_ref("Settings"), "Paramètres"), **_ERRORS},
             },
             "post": {
-                "summary": "Activer ou désactiver les alertes de nouveau message",
+                "summary": "Alertes de nouveau message ; adresse personnelle et téléphone du patient",
                 "operationId": "setSettings",
                 "security": _SECURED,
+                "parameters": [
+                    {"name": "X-CSRF-Token", "in": "header", "required": False, "schema": {"type": "string"}},
+                ],
                 "requestBody": {
                     "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["alerts_enabled"],
-                                "properties": {"alerts_enabled": {"type": "boolean"}},
-                            }
-                        }
-                    },
+                    "content": {"application/json": {"schema": _ref("SettingsChange")}},
                 },
                 "responses": {
                     "200": _json(_ref("Settings"), "Paramètres enregistrés"),
                     "400": _json(_ref("Error"), "Valeur invalide"),
                     **_ERRORS,
+                    "403": _json(_ref("Error"), "Refusé (CSRF, ou mot de passe actuel incorrect)"),
+                    "429": _json(_ref("Error"), "Compte temporairement verrouillé"),
                 },
             },
         },

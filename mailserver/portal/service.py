@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from directory.ins import InvalidINS, validate_ins
 from directory.models import Patient, Structure
-from directory.patients import display_name_for
+from directory.patients import PatientError, display_name_for, validate_contact_email, validate_phone
 from directory.search import M as DirectoryMailbox
 from directory.search import entry_columns, joined, to_entry
 from directory.text import fold
@@ -173,13 +173,18 @@ def check_password(password: str) -> None:
 
 
 async def activate(rt: Runtime, ins: str, code: str, password: str, remote: str) -> None:
-    """Set the patient's password with a one-time activation code."""
+    """Set the patient's password with a one-time activation code. Wrong codes count towards the
+    login's lock-out (``[auth] max_failures`` for the account, ``max_failures_per_ip`` for the client,
+    for ``[auth] lockout``): while locked, even the right code is refused, and not spent."""
     check_password(password)
     try:
         ins = validate_ins(ins)
     except InvalidINS:
         raise PortalError(400, "Identifiant national de santé (INS) invalide.") from None
     mb = await _patient_mailbox(rt, ins)
+    account = mb.address if mb else f"{ins.lower()}@patient"
+    if not await rt.auth.attempt(account, remote, "portal activation"):
+        raise PortalError(429, factors.LOCKED)
     now = utcnow()
     async with rt.db.write() as session:
         row = (
@@ -199,7 +204,9 @@ async def activate(rt: Runtime, ins: str, code: str, password: str, remote: str)
         await rt.audit.record(f"{ins.lower()}", "activation", remote, "portal activation", "refused")
         raise PortalError(400, "Code d'activation invalide, déjà utilisé ou expiré.")
     await accounts.set_password(rt, mb.address, password)
-    await rt.audit.record(mb.address, "activation", remote, "portal activation", "password set")
+    await rt.auth.succeeded(
+        mb.address, remote, (mb.address, "activation", remote, "portal activation", "password set")
+    )
 
 
 @dataclass(frozen=True)
@@ -296,6 +303,90 @@ async def reset_password(rt: Runtime, token: str, code: str, password: str, remo
 
     await rt.db.run_write(work)
     return passed.account.partition("@")[0].upper()
+
+
+CONTACT_FIELDS = {"email": "alert e-mail", "phone": "phone"}
+CONTACT_CHANGED_SUBJECT = "Votre adresse de contact a été modifiée"
+
+
+def _contact_values(changes: dict[str, str | None]) -> dict[str, str | None]:
+    """``changes`` (``email``, ``phone``: a value, or empty/None to remove it) normalised as the
+    operator's ``caducee patient edit`` does; PortalError 400 in French otherwise."""
+    values: dict[str, str | None] = {}
+    try:
+        if "email" in changes:
+            values["email"] = validate_contact_email(changes["email"])
+    except PatientError:
+        raise PortalError(400, "Adresse électronique invalide (par exemple prenom.nom@exemple.fr).") from None
+    try:
+        if "phone" in changes:
+            values["phone"] = validate_phone(changes["phone"])
+    except PatientError:
+        raise PortalError(
+            400, "Numéro de téléphone invalide (par exemple 0612345678 ou +33612345678)."
+        ) from None
+    return values
+
+
+def _contact_notice(rt: Runtime, to: str) -> bytes:
+    text = (
+        "L'adresse électronique enregistrée pour votre messagerie de santé vient d'être modifiée : les "
+        "alertes de nouveau message et les codes de connexion partiront désormais vers la nouvelle "
+        "adresse.\n\nSi vous n'êtes pas à l'origine de ce changement, contactez sans attendre votre "
+        "établissement de santé.\n"
+    )
+    return alerts.personal_mail(rt, to, CONTACT_CHANGED_SUBJECT, text)
+
+
+async def change_contact(
+    rt: Runtime, info: SessionInfo, password: str, changes: dict[str, str | None], remote: str, via: str
+) -> bool:
+    """The patient changes the personal e-mail (where alerts and e-mailed login codes go) or the phone
+    of their own record. A value that really changes needs the current password: a stolen session
+    alone must not redirect the second factor. It is checked as a login (``[auth]`` lock-out: 429 once
+    locked, 403 when wrong). Audited (``patient-contact``, naming the fields, not the values); the
+    former address, when there was one and a relay is set, is told of a new one. False: no record."""
+    values = _contact_values(changes)
+    ins = info.address.partition("@")[0].upper()
+    async with rt.db.read() as session:
+        patient = await session.get(Patient, ins)
+    if patient is None:
+        return False
+    if all(getattr(patient, k) == v for k, v in values.items()):
+        return True  # the same details sent back: nothing to confirm
+    if not password:  # never right: refused without spending one of the lock-out's tries
+        raise PortalError(400, "Indiquez votre mot de passe actuel (current_password) pour ce changement.")
+    outcome = await rt.auth.authenticate(info.address, password, remote, "portal-confirm")
+    if outcome.reason == "locked":
+        raise PortalError(429, factors.LOCKED)
+    if not outcome.ok or outcome.address != info.address:
+        raise PortalError(403, "Mot de passe actuel incorrect.")
+
+    def work(session: Session) -> bool:
+        row = session.get(Patient, ins, with_for_update=True)
+        if row is None:
+            return False
+        former = row.email
+        done = []
+        for name, value in values.items():
+            if getattr(row, name) != value:
+                done.append(f"{CONTACT_FIELDS[name]} {'removed' if value is None else 'changed'}")
+                setattr(row, name, value)
+        if not done:
+            return True
+        row.updated_at = utcnow()
+        response = "ok"
+        if former and former != row.email and rt.settings.relay.host:
+            entry = alerts.queue_personal(session, rt, former, _contact_notice(rt, former))
+            response = f"ok, former address told (queue entry {entry})"
+        Audit.record_in(
+            session, info.address, "patient-contact", remote, f"{via} {', '.join(done)}", response
+        )
+        return True
+
+    found = bool(await rt.db.run_write(work))
+    rt.queue.wake()
+    return found
 
 
 async def resume(rt: Runtime, token: str) -> SessionInfo | None:

@@ -24,7 +24,7 @@ NARROW = 320
 
 @dataclass(frozen=True)
 class PortalPage:
-    """One page to check: ``path`` may name ``{conversation}`` or ``{message}`` (filled by the test's
+    """One page to check: ``path`` may name ``{conversation}`` or ``{file}`` (filled by the test's
     data); ``login``: visited signed in; ``route``: the router path it stands for (default ``path``)."""
 
     name: str
@@ -48,15 +48,17 @@ PAGES = [
         "nouveau message, recherche vide", "/nouveau-message?recherche=zzzz", route="/nouveau-message"
     ),
     PortalPage("paramètres", "/parametres"),
+    PortalPage("fichier à télécharger", "/fichiers/{file}", route="/fichiers/{id}"),
+    PortalPage("fichier : lien inconnu", "/fichiers/" + "0" * 32, route="/fichiers/{id}"),
+    PortalPage("fichier : hors session", "/fichiers/{file}", login=False, route="/fichiers/{id}"),
     PortalPage("erreur : conversation inconnue", "/conversations/inconnue", route="/conversations/{id}"),
     PortalPage("erreur : page inconnue", "/page-inconnue", route="(404)"),
     PortalPage("erreur : page inconnue, hors session", "/page-inconnue", login=False, route="(404)"),
 ]
 
 # Pages reached only inside a flow. The second-factor pages (the fixture of this list turns the second
-# factor off): tests/portal/test_second_factor.py runs ``check`` on each where it walks them. The
-# large-file page `/fichiers/{id}` (a link in a message): not yet checked by axe (README, Known gaps).
-FLOW_PAGES = ("/connexion/code", "/mot-de-passe-oublie/code", "/parametres/application", "/fichiers/{id}")
+# factor off): tests/portal/test_second_factor.py runs ``check`` on each where it walks them.
+FLOW_PAGES = ("/connexion/code", "/mot-de-passe-oublie/code", "/parametres/application")
 
 # GET routes that are not HTML pages: redirects, files, JSON, XML.
 NOT_PAGES = (

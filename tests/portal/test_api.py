@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import email
 import email.policy
+import html
 import re
 
 import aiohttp
@@ -14,6 +15,7 @@ from sqlalchemy import update
 
 from mailserver import conversations
 from mailserver.conversation_models import PortalSession
+from mailserver.db.models import AuthFailure, utcnow
 from mailserver.portal import service
 from tests.portal.conftest import PASSWORD, Portal
 from tests.portal.helpers import DOCTOR, PATIENT, PATIENT_INS, build, send
@@ -181,6 +183,47 @@ async def test_activation_code_is_single_use(portal: Portal) -> None:
         assert exc.status == 400
     else:
         raise AssertionError("an activation code worked twice")
+
+
+async def _activate(http: aiohttp.ClientSession, url: str, code: str, password: str) -> tuple[int, str]:
+    """The activation form, as a browser without JavaScript submits it (its pre-session CSRF token)."""
+    page = await (await http.get(f"{url}/activation")).text()
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert csrf is not None, page
+    form = {"csrf": csrf.group(1), "ins": PATIENT_INS, "code": code}
+    r = await http.post(f"{url}/activation", data=form | {"mot_de_passe": password, "confirmation": password})
+    return r.status, html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", await r.text())))
+
+
+async def test_wrong_activation_codes_lock_out_like_wrong_passwords(portal: Portal) -> None:
+    """Wrong activation codes count in the login's lock-out (``[auth] max_failures``): after that many,
+    even the right code is refused, and not spent, until ``[auth] lockout`` has passed; the account's
+    password is locked too. Every refusal is audited."""
+    rt = portal.rt
+    limit = rt.settings.auth.max_failures
+    _addr, code, _exp = await service.invite(rt, PATIENT_INS)
+    new_password = "un tout nouveau secret"
+    async with _client() as http:
+        for _ in range(limit):
+            status, text = await _activate(http, portal.url, "faux-code-" + code[10:], new_password)
+            assert status == 400 and "Code d'activation invalide" in text
+        status, text = await _activate(http, portal.url, code, new_password)
+        assert status == 429 and "verrouillé" in text
+        assert (await _login(http, portal.url)).status == 429, "the password is locked out as well"
+    refused = await rt.audit.events(None, PATIENT_INS.lower(), "activation", 100)
+    assert len(refused) == limit and {e.response for e in refused} == {"refused"}
+    locked = await rt.audit.events(None, PATIENT, "login-failure", 100)
+    assert [(e.request, e.response) for e in locked][-2:] == [
+        ("portal activation", "locked"),
+        ("portal login", "locked"),
+    ]
+    async with rt.db.write() as session:  # the lock-out has passed
+        await session.execute(update(AuthFailure).values(locked_until=utcnow() - dt.timedelta(seconds=1)))
+    async with _client() as http:
+        status, text = await _activate(http, portal.url, code, new_password)
+        assert status == 200 and "Votre compte est activé" in text, text
+        assert (await _login(http, portal.url, new_password)).status == 200
+    assert (await rt.audit.events(None, PATIENT, "activation", 100))[-1].response == "password set"
 
 
 async def test_hostile_html_is_text_and_pages_forbid_scripts(portal: Portal) -> None:

@@ -6,6 +6,7 @@ down gets the alert later (the queue's retries); and the relay is never open to 
 
 from __future__ import annotations
 
+import datetime as dt
 import email
 import email.policy
 from collections.abc import AsyncIterator
@@ -19,8 +20,8 @@ from sqlalchemy import select
 
 from directory.models import Patient
 from directory.patients import add_patient, edit_patient, make_record
-from mailserver import accounts
-from mailserver.db.models import AuditEvent
+from mailserver import accounts, alerts
+from mailserver.db.models import AuditEvent, utcnow
 from mailserver.queue.queue import Queue
 from tests.portal.helpers import add_professional
 from tests.smtp.conftest import MARTIN, PASSWORD, RPPS, SMTPEnv, start_env, wait_for
@@ -157,6 +158,47 @@ async def test_one_alert_without_content_then_throttled(env: SMTPEnv, sink: Sink
 
 async def _inbox_has(env: SMTPEnv, count: int) -> bool:
     return len(await env.inbox(PATIENT)) == count
+
+
+async def test_a_new_alert_once_the_interval_has_passed(
+    env: SMTPEnv, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The throttle holds back alerts only for ``alert_interval`` (15 min here), counted from the last
+    alert sent: a message just inside it gives none, the next one after it gives a new alert. Time
+    moves through ``alerts.now``, never by sleeping."""
+    start = utcnow()
+    monkeypatch.setattr(alerts, "now", lambda: start)
+    await _submit(env, _message())
+    await wait_for(lambda: _sunk(sink))
+    monkeypatch.setattr(alerts, "now", lambda: start + dt.timedelta(minutes=14, seconds=59))
+    await _submit(env, _message("Deuxième message"))
+    await wait_for(lambda: _inbox_has(env, 2))
+    await wait_for(lambda: _queue_drained(env))
+    assert len(sink.messages()) == 1, "inside the interval: no second alert"
+    monkeypatch.setattr(alerts, "now", lambda: start + dt.timedelta(minutes=15, seconds=1))
+    await _submit(env, _message("Troisième message"))
+
+    async def two_alerts() -> list[tuple[str, tuple[str, ...], EmailMessage]]:
+        found = sink.messages()
+        return found if len(found) == 2 else []
+
+    first, second = await wait_for(two_alerts)
+    assert second[1] == (PERSONAL,) and second[2]["Subject"] == first[2]["Subject"]
+    assert "Vous avez un nouveau message de Dr MARTIN" in second[2].get_content()
+    assert "Troisième" not in second[2].as_string()
+    assert [e.actor for e in await _alert_events(env)] == [PATIENT, PATIENT]
+    async with env.rt.db.read() as session:
+        patient = await session.get(Patient, PATIENT_INS)
+    assert patient is not None and patient.last_alert_at is not None
+    last = (
+        patient.last_alert_at.replace(tzinfo=dt.UTC)
+        if patient.last_alert_at.tzinfo is None
+        else patient.last_alert_at
+    )
+    assert last == start + dt.timedelta(minutes=15, seconds=1), "the next interval counts from this alert"
+    metrics = env.rt.metrics.exposition().decode()
+    assert 'caducee_patient_alerts_total{result="queued"} 2.0' in metrics
+    assert 'caducee_patient_alerts_total{result="throttled"} 1.0' in metrics
 
 
 async def test_alerts_turned_off_or_no_address_give_none(env: SMTPEnv, sink: Sink) -> None:
