@@ -1,27 +1,63 @@
 """Membership of ORG/CAB mailboxes (issue 16): RFC 4314 rights decide who opens a shared mailbox with
-their own token (the authorization identity) and who sends as it (``p``); the audit names both."""
+their own token (the authorization identity) and who sends as it (``p``); the audit names both.
+
+On SQLite and PostgreSQL (``env`` below), but for the refusals ``add_member`` makes before writing."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import imaplib
 import smtplib
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from mailserver import accounts
 from mailserver.accounts import AccountError
 from mailserver.db import migrate
-from tests.identity.conftest import CABINET, DURAND, DURAND_ID, MARTIN, MARTIN_ID, PASSWORD, SECRETARIAT, Env
-from tests.identity.provider import oauthbearer
+from tests.identity.conftest import (
+    CABINET,
+    DURAND,
+    DURAND_ID,
+    MARTIN,
+    MARTIN_ID,
+    PASSWORD,
+    SECRETARIAT,
+    Env,
+    start_env,
+)
+from tests.identity.provider import Provider, oauthbearer
 from tests.identity.test_bearer import bearer_imap
 
 MESSAGE = "From: {sender}\r\nTo: {to}\r\nSubject: membre\r\n\r\nBonjour.\r\n"
+
+
+@pytest.fixture
+async def env(tmp_path: Path, db_url: str, pki: Any, provider: Provider) -> AsyncIterator[Env]:
+    """The listeners on SQLite and on PostgreSQL (removal and rights re-read across sessions, IDLE
+    woken through NOTIFY)."""
+    e = await start_env(tmp_path, db_url, pki, provider)
+    try:
+        yield e
+    finally:
+        await e.close()
+
+
+@pytest.fixture
+async def sqlite_env(tmp_path: Path, pki: Any, provider: Provider) -> AsyncIterator[Env]:
+    """Checks made before anything is written: one engine is enough."""
+    e = await start_env(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/identity.db", pki, provider)
+    try:
+        yield e
+    finally:
+        await e.close()
 
 
 def submit(port: int, ctx: ssl.SSLContext, login: str, sender: str, to: str) -> tuple[int, bytes]:
@@ -54,9 +90,9 @@ async def test_members_are_listed_with_canonical_rights(env: Env) -> None:
         (SECRETARIAT, DURAND, "", "no rights given"),
     ],
 )
-async def test_refused_memberships(env: Env, org: str, person: str, rights: str, why: str) -> None:
+async def test_refused_memberships(sqlite_env: Env, org: str, person: str, rights: str, why: str) -> None:
     with pytest.raises(AccountError, match=why.replace("(", r"\(").replace(")", r"\)")):
-        await accounts.add_member(env.rt, org, person, rights)
+        await accounts.add_member(sqlite_env.rt, org, person, rights)
 
 
 async def test_a_patient_is_never_a_member(env: Env) -> None:
@@ -203,37 +239,37 @@ async def test_grants_of_send_as_became_memberships(env: Env) -> None:
     )
 
 
-def test_migration_turns_send_as_grants_into_members(tmp_path: Path) -> None:
+async def test_migration_turns_send_as_grants_into_members(db_url: str) -> None:
     """0015 keeps every existing grant as a membership whose rights allow sending; downgrade keeps it."""
-    url = f"sqlite+aiosqlite:///{tmp_path}/m.db"
-    migrate.upgrade(url, "0014")
-    engine = sa.create_engine(f"sqlite:///{tmp_path}/m.db")
-    with engine.begin() as c:
-        c.execute(
-            sa.text(
-                "INSERT INTO domain (id, name, patients, created_at) VALUES (1, 'a.test', 0, '2026-01-01')"
+    await migrate.upgrade_async(db_url, "0014")
+    engine = create_async_engine(db_url)
+    created = dt.datetime(2026, 1, 1)
+    try:
+        async with engine.begin() as c:
+            await c.execute(
+                sa.text("INSERT INTO domain (id, name, patients, created_at) VALUES (1, 'a.test', :f, :at)"),
+                {"f": False, "at": created},
             )
-        )
-        for i, (address, kind) in enumerate([("org@a.test", "ORG"), ("per@a.test", "PER")], start=1):
-            c.execute(
-                sa.text(
-                    "INSERT INTO mailbox (id, domain_id, address, type, display_name, enabled,"
-                    " accepts_patient_first, used_bytes, used_messages, quota_warned, last_uidvalidity,"
-                    " created_at) VALUES (:i, 1, :a, :t, '', 1, 0, 0, 0, 0, 0, '2026-01-01')"
-                ),
-                {"i": i, "a": address, "t": kind},
-            )
-        c.execute(sa.text("INSERT INTO send_as (mailbox_id, member_id) VALUES (1, 2)"))
-    migrate.upgrade(url)
-    with engine.begin() as c:
-        (rights,) = c.execute(
-            sa.text("SELECT rights FROM membership WHERE mailbox_id = 1 AND member_id = 2")
-        ).one()
-    assert "p" in rights and "r" in rights
-    migrate.downgrade(url, "0014")
-    with engine.begin() as c:
-        assert c.execute(sa.text("SELECT mailbox_id, member_id FROM send_as")).all() == [(1, 2)]
-    engine.dispose()
+            for i, (address, kind) in enumerate([("org@a.test", "ORG"), ("per@a.test", "PER")], start=1):
+                await c.execute(
+                    sa.text(
+                        "INSERT INTO mailbox (id, domain_id, address, type, display_name, enabled,"
+                        " accepts_patient_first, used_bytes, used_messages, quota_warned, last_uidvalidity,"
+                        " created_at) VALUES (:i, 1, :a, :t, '', :yes, :no, 0, 0, 0, 0, :at)"
+                    ),
+                    {"i": i, "a": address, "t": kind, "yes": True, "no": False, "at": created},
+                )
+            await c.execute(sa.text("INSERT INTO send_as (mailbox_id, member_id) VALUES (1, 2)"))
+        await migrate.upgrade_async(db_url)
+        async with engine.begin() as c:
+            query = "SELECT rights FROM membership WHERE mailbox_id = 1 AND member_id = 2"
+            (rights,) = (await c.execute(sa.text(query))).one()
+        assert "p" in rights and "r" in rights
+        await asyncio.to_thread(migrate.downgrade, db_url, "0014")
+        async with engine.begin() as c:
+            assert (await c.execute(sa.text("SELECT mailbox_id, member_id FROM send_as"))).all() == [(1, 2)]
+    finally:
+        await engine.dispose()
 
 
 async def test_removing_a_member_ends_their_open_session(env: Env) -> None:
