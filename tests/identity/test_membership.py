@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aioimaplib
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -22,6 +23,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from mailserver import accounts
 from mailserver.accounts import AccountError
 from mailserver.db import migrate
+from mailserver.imap.protocol import mutf7
 from tests.identity.conftest import (
     CABINET,
     DURAND,
@@ -158,7 +160,7 @@ async def test_authzid_needs_the_read_right(env: Env) -> None:
     assert (await bearer_imap(env, token, SECRETARIAT))[-1].startswith(b"a1 OK")
     login = (await env.audit("login"))[-1]
     assert login.actor == SECRETARIAT and login.request.endswith(
-        f"person {DURAND_ID} as member of {SECRETARIAT})"
+        f"person {DURAND_ID} {DURAND} as member of {SECRETARIAT})"
     )
 
 
@@ -352,3 +354,101 @@ async def test_a_member_removed_while_idling_hears_no_more_of_the_org(env: Env) 
     lines = await asyncio.to_thread(idle_through_removal)
     assert lines[0] == b"* BYE you are no longer a member of this mailbox", lines
     assert not any(b"EXISTS" in line for line in lines)
+
+
+async def shared_namespace_session(env: Env) -> None:
+    """aioimaplib, DURAND's own password: the ORG's INBOX under ``Partagé/``, read, flagged, deleted."""
+    client = aioimaplib.IMAP4_SSL(
+        "127.0.0.1", env.ports["imaps"], ssl_context=env.client_context(), timeout=10
+    )
+    await client.wait_hello_from_server()
+    try:
+        assert (await client.login(DURAND, PASSWORD)).result == "OK"
+        assert (await client.select(mutf7.encode(f"Partagé/{SECRETARIAT}/INBOX"))).result == "OK"
+        assert (await client.fetch("1", "(BODY[])")).result == "OK"
+        assert (await client.store("1", "+FLAGS", "(\\Flagged)")).result == "OK"
+        assert (await client.store("1", "+FLAGS", "(\\Deleted)")).result == "OK"
+        assert (await client.expunge()).result == "OK"
+    finally:
+        await client.logout()
+
+
+def membership_session(port: int, ctx: ssl.SSLContext, token: str) -> None:
+    """imaplib, a token naming the ORG: its own INBOX, read, flagged, deleted."""
+    with imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=ctx, timeout=10) as conn:
+        assert conn.authenticate("OAUTHBEARER", lambda _: oauthbearer(token, SECRETARIAT))[0] == "OK"
+        assert conn.select("INBOX")[0] == "OK"
+        assert conn.fetch("1", "(BODY[])")[0] == "OK"
+        assert conn.store("1", "+FLAGS", "(\\Flagged)")[0] == "OK"
+        assert conn.store("1", "+FLAGS", "(\\Deleted)")[0] == "OK"
+        assert conn.expunge()[0] == "OK"
+
+
+def send_through_membership(port: int, ctx: ssl.SSLContext, token: str) -> None:
+    """smtplib, AUTH OAUTHBEARER naming the ORG, then a message from the ORG."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as c:
+        c.starttls(context=ctx)
+        c.ehlo("client.a.mssante.test")
+        code, _ = c.docmd("AUTH", "OAUTHBEARER " + base64.b64encode(oauthbearer(token, SECRETARIAT)).decode())
+        assert code == 235
+        c.sendmail(SECRETARIAT, [MARTIN], MESSAGE.format(sender=SECRETARIAT, to=MARTIN).encode())
+
+
+async def test_the_audit_names_the_person_and_the_org(env: Env) -> None:
+    """Login, read (body FETCH), send, flag change (STORE) and deletion (EXPUNGE) by a member in the
+    ORG mailbox, both ways in: under ``Partagé/`` with their own password, and through a token naming
+    the ORG. Each row, as ``caducee audit export`` writes it, names the person and the ORG."""
+    await accounts.add_member(env.rt, SECRETARIAT, DURAND, "lrswitep")
+    port, ctx = env.ports["submission"], env.client_context()
+    for _ in range(2):
+        assert (await asyncio.to_thread(submit, port, ctx, MARTIN, MARTIN, SECRETARIAT))[0] == 250
+    start = [e async for e in env.rt.audit.stream(None, None)][-1].id
+
+    async def rows() -> list[dict[str, Any]]:
+        """The export's rows (``Event.as_dict``) since ``start`` for the five kinds of action."""
+        kinds = {"login", "read", "flags", "delete", "send"}
+        return [
+            e.as_dict() async for e in env.rt.audit.stream(None, None) if e.id > start and e.action in kinds
+        ]
+
+    await shared_namespace_session(env)
+    assert (await asyncio.to_thread(submit, port, ctx, DURAND, SECRETARIAT, MARTIN))[0] == 250
+    token = env.provider.token(DURAND_ID)
+    await asyncio.to_thread(membership_session, env.ports["imaps"], ctx, token)
+    await asyncio.to_thread(send_through_membership, port, ctx, token)
+
+    events = await rows()
+    member_of = f"as member of {SECRETARIAT}"
+    shared = f"Partagé/{SECRETARIAT}/INBOX"
+    assert [(e["actor"], e["action"]) for e in events] == [
+        (DURAND, "login"),  # their own mailbox: the ORG is named by what they do in it
+        (DURAND, "read"),
+        (DURAND, "flags"),
+        (DURAND, "flags"),
+        (DURAND, "delete"),
+        (DURAND, "login"),
+        (DURAND, "send"),
+        (SECRETARIAT, "login"),  # the ORG's mailbox is the one opened (its lock-out, its activity)
+        (DURAND, "read"),
+        (DURAND, "flags"),
+        (DURAND, "flags"),
+        (DURAND, "delete"),
+        (SECRETARIAT, "login"),
+        (DURAND, "send"),
+    ], events
+    for e in events:
+        if e["action"] == "login" and e["actor"] == DURAND:
+            continue
+        said = f"{e['request']} {e['response']}"
+        assert member_of in said, e
+        if e["actor"] == SECRETARIAT:
+            assert f"person {DURAND_ID} {DURAND} {member_of}" in said, e
+    assert [e["request"] for e in events if e["action"] == "read"] == [
+        f"imap FETCH {shared} uids 1",
+        "imap FETCH INBOX uids 2",
+    ]
+    assert [e["request"] for e in events if e["action"] == "delete"] == [
+        f"imap EXPUNGE {shared} uids 1",
+        "imap EXPUNGE INBOX uids 2",
+    ]
+    assert [e["response"] for e in events if e["action"] == "flags"] == [f"ok {member_of}"] * 4

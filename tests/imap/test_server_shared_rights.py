@@ -68,6 +68,12 @@ async def test_delete_rename_create_and_flags_need_their_rights(imap_both: IMAPE
     assert "Dossiers" not in seen["org after changes"] and "Nouveau" not in seen["org after changes"]
     assert "\\Flagged" in seen["org flags"] and "$Urgent" in seen["org flags"]
     assert "\\Seen" not in seen["org flags"], "BERNARD's \\Seen is his own"
+    (deleted,) = await env.rt.audit.events(action="delete")
+    assert (deleted.actor, deleted.request, deleted.response) == (
+        DUPONT,
+        f"imap DELETE folder Partagé/{SECRETARIAT}/Nouveau",
+        f"ok as member of {SECRETARIAT}",
+    )
 
 
 def rename_without_create(env: IMAPEnv) -> tuple[tuple[str, list[bytes]], list[str]]:
