@@ -53,6 +53,12 @@ class Event:
         }
 
 
+def as_member(org: str) -> str:
+    """What a row adds when a person acted in an ORG/CAB mailbox as its member: " as member of ORG",
+    so that the export names the person (the actor) and the ORG; "" otherwise."""
+    return f" as member of {org}" if org else ""
+
+
 def _text(value: str, most: int) -> str:
     """PostgreSQL text holds no NUL: a refused input quoted in a trace has its NULs shown as ``\\0``."""
     return value.replace("\x00", "\\0")[:most]
@@ -108,11 +114,12 @@ class Audit:
         else:
             session.add(_row(actor, action, remote, request, response))
 
-    async def read(self, actor: str, remote: str, via: str, what: str) -> None:
+    async def read(self, actor: str, remote: str, via: str, what: str, org: str = "") -> None:
         """A consultation of message content (IMAP body FETCH, portal page, download): one event per
         command or page naming the messages read (a UID set, conversation and message ids), so that a
-        FETCH 1:* of ten thousand messages is one row, never the content itself."""
-        await self.record(actor, "read", remote, f"{via} {what}", "ok")
+        FETCH 1:* of ten thousand messages is one row, never the content itself; ``org``: read as a
+        member of that ORG/CAB mailbox."""
+        await self.record(actor, "read", remote, f"{via} {what}", "ok" + as_member(org))
 
     async def purge(self, before: dt.datetime, batch: int = 5000) -> int:
         """Delete events older than ``before`` in short transactions (the table stays writable)."""

@@ -66,8 +66,10 @@ class AuthOutcome:
     reason: str = ""  # or "unavailable": the identity provider could not be asked
     method: str = ""  # one of METHODS
     person: str = ""  # the address, the national identifier or the certificate subject
-    # A shared mailbox opened by a member: their own mailboxes, whose membership the session rechecks.
+    # A shared mailbox opened by a member: their own mailboxes, whose membership the session rechecks,
+    # and the first one's address, the actor the audit names for what they do there.
     members: tuple[int, ...] = ()
+    person_address: str = ""
 
     @property
     def ok(self) -> bool:
@@ -308,7 +310,12 @@ class Authenticator:
             lambda s: self._give_back(s, account_key, ip_key, credential, event, mb), brief=True
         )
         return AuthOutcome(
-            mb.id, mb.address, method=verdict.method, person=verdict.person, members=verdict.members
+            mb.id,
+            mb.address,
+            method=verdict.method,
+            person=verdict.person,
+            members=verdict.members,
+            person_address=verdict.person_address,
         )
 
     async def attempt(self, address: str, remote: str, request: str) -> bool:
@@ -561,10 +568,14 @@ class Authenticator:
         if chosen is None:
             return Verdict(None, "oauth", detail, reason=f"{authzid} is not a mailbox of this person")
         members: tuple[int, ...] = ()
+        address = ""
         if chosen.type in SHARED_TYPES:  # the audit names the person and the shared mailbox
-            detail = f"{detail} as member of {chosen.address}"
-            members = tuple(m.id for m in mailboxes if m.type not in SHARED_TYPES)
-        return Verdict(chosen, "oauth", detail, person=identity.national_id, members=members)
+            own = [m for m in mailboxes if m.type not in SHARED_TYPES]  # by id, never empty here
+            members, address = tuple(m.id for m in own), own[0].address
+            detail = f"{detail} {address} as member of {chosen.address}"
+        return Verdict(
+            chosen, "oauth", detail, person=identity.national_id, members=members, person_address=address
+        )
 
     async def still_member(self, shared_id: int, members: tuple[int, ...]) -> bool:
         """Whether one of ``members`` still holds the ``r`` right on the shared mailbox: an open
@@ -676,3 +687,4 @@ class Verdict:
     app_id: int | None = None
     temporary: bool = False
     members: tuple[int, ...] = ()
+    person_address: str = ""

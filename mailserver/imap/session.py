@@ -157,6 +157,7 @@ class Session(asyncio.Protocol):
         self._unsubscribe: object = None
         self._unsubscribe_shared: object = None  # notifications of the shared mailbox selected
         self.members: tuple[int, ...] = ()  # a shared mailbox opened through these members' membership
+        self.person_address = ""  # then the first of them: whom the audit names as acting
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -347,9 +348,12 @@ class Session(asyncio.Protocol):
         self.receiver.utf8 = self.utf8
         return new
 
-    def authenticated(self, mailbox_id: int, address: str, members: tuple[int, ...] = ()) -> None:
+    def authenticated(
+        self, mailbox_id: int, address: str, members: tuple[int, ...] = (), person_address: str = ""
+    ) -> None:
         self.state = State.AUTHENTICATED
         self.members = members
+        self.person_address = person_address
         self.mailbox_id = mailbox_id
         self.address = address
         self.raise_limits()
@@ -718,6 +722,14 @@ class Session(asyncio.Protocol):
             if lo is not None and hi is not None and max(lo, hi) > count:
                 raise Fail("BAD", "invalid message sequence number")
         return [sel.uids[i - 1] for i in seqset.iter(count)]
+
+    def acting(self, shared: str = "") -> tuple[str, str]:
+        """Who the audit names for an action and the ORG/CAB it was done in as a member (issue 16):
+        the person and the ORG of a shared-namespace folder (``shared``), or the person behind a
+        session a membership opened and the ORG it opened; else the session's user and ""."""
+        if self.members:
+            return self.person_address, self.address
+        return self.address, shared
 
     def require_rights(self, rights: str, what: str) -> None:
         """RFC 4314 §4 on the selected folder: ``NO [NOPERM]`` unless its rights hold ``rights``."""

@@ -146,6 +146,7 @@ class SMTPSession(Session):
         self.mailbox_id: int | None = None
         self.username: str | None = None
         self.members: tuple[int, ...] = ()  # a shared mailbox opened through a membership (auth.py)
+        self.person_address = ""  # then whom the audit names as sending (the person, not the ORG)
 
     # aiosmtpd logs a deprecation warning at every access of its own property; we only keep the value.
     @property

@@ -64,6 +64,7 @@ class SubmissionHandler(Handler):
             server.session.mailbox_id = outcome.mailbox_id
             server.session.username = outcome.address
             server.session.members = outcome.members
+            server.session.person_address = outcome.person_address
             return AuthResult(success=True, auth_data=outcome.address)
         if outcome.reason == "locked":
             message = "454 4.7.0 too many failed attempts, try again later"
@@ -232,13 +233,14 @@ class SubmissionHandler(Handler):
                 self.rt, server.session.mailbox_id, env.mail_from or "", env.sent_copy
             )
             await sent.save_copies(self.rt, owners, env.sent_copy)
+        person = server.session.person_address  # a session a membership opened: the person sends
         await self.rt.audit.record(
-            self.actor(server),
+            person or self.actor(server),
             "send",
             server.client_ip,
             f"from <{env.mail_from}> to "
             + ", ".join(f"<{r.address}>" for r in env.recipients)
-            + accounts.acting_as(server.session.username, env.mail_from),
+            + accounts.acting_as(person or server.session.username, env.mail_from),
             reply,
         )
 

@@ -44,6 +44,7 @@ class Env:
     provider: Provider
     ports: dict[str, int] = field(default_factory=dict)
     listeners: list[Any] = field(default_factory=list)
+    relay: asyncio.Task[None] | None = None  # PostgreSQL: NOTIFY relayed to this process's sessions
 
     def client_context(self, identity: Any | None = None) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=str(self.pki.peer_ca))
@@ -59,6 +60,10 @@ class Env:
         for listener in reversed(self.listeners):
             with contextlib.suppress(Exception):
                 await listener.close()
+        if self.relay is not None:
+            self.relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.relay
         await self.rt.close()
 
 
@@ -100,6 +105,10 @@ async def start_env(
     await accounts.grant_send_as(rt, CABINET, MARTIN)
     env = Env(rt, pki, provider)
     try:
+        if rt.db.kind == "postgresql":  # as the server does: other sessions' changes come by NOTIFY
+            dsn = db_url.replace("postgresql+asyncpg://", "postgresql://")
+            env.relay = asyncio.create_task(rt.notifier.listen_postgres(dsn))
+            await asyncio.wait_for(rt.notifier.listening.wait(), 10)
         env.listeners += await imap_server.start(rt)
         env.listeners += await smtp_service.start(rt)
     except BaseException:

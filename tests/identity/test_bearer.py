@@ -305,7 +305,7 @@ async def test_submission_oauthbearer_and_xoauth2(env: Env) -> None:
     login = (await env.audit("login"))[-1]
     assert (login.actor, login.request) == (
         SECRETARIAT,
-        f"smtp login (bearer token XOAUTH2, person {MARTIN_ID} as member of {SECRETARIAT})",
+        f"smtp login (bearer token XOAUTH2, person {MARTIN_ID} {MARTIN} as member of {SECRETARIAT})",
     )
 
 

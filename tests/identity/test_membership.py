@@ -1,27 +1,65 @@
 """Membership of ORG/CAB mailboxes (issue 16): RFC 4314 rights decide who opens a shared mailbox with
-their own token (the authorization identity) and who sends as it (``p``); the audit names both."""
+their own token (the authorization identity) and who sends as it (``p``); the audit names both.
+
+On SQLite and PostgreSQL (``env`` below), but for the refusals ``add_member`` makes before writing."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import imaplib
 import smtplib
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
+import aioimaplib
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from mailserver import accounts
 from mailserver.accounts import AccountError
 from mailserver.db import migrate
-from tests.identity.conftest import CABINET, DURAND, DURAND_ID, MARTIN, MARTIN_ID, PASSWORD, SECRETARIAT, Env
-from tests.identity.provider import oauthbearer
+from mailserver.imap.protocol import mutf7
+from tests.identity.conftest import (
+    CABINET,
+    DURAND,
+    DURAND_ID,
+    MARTIN,
+    MARTIN_ID,
+    PASSWORD,
+    SECRETARIAT,
+    Env,
+    start_env,
+)
+from tests.identity.provider import Provider, oauthbearer
 from tests.identity.test_bearer import bearer_imap
 
 MESSAGE = "From: {sender}\r\nTo: {to}\r\nSubject: membre\r\n\r\nBonjour.\r\n"
+
+
+@pytest.fixture
+async def env(tmp_path: Path, db_url: str, pki: Any, provider: Provider) -> AsyncIterator[Env]:
+    """The listeners on SQLite and on PostgreSQL (removal and rights re-read across sessions, IDLE
+    woken through NOTIFY)."""
+    e = await start_env(tmp_path, db_url, pki, provider)
+    try:
+        yield e
+    finally:
+        await e.close()
+
+
+@pytest.fixture
+async def sqlite_env(tmp_path: Path, pki: Any, provider: Provider) -> AsyncIterator[Env]:
+    """Checks made before anything is written: one engine is enough."""
+    e = await start_env(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/identity.db", pki, provider)
+    try:
+        yield e
+    finally:
+        await e.close()
 
 
 def submit(port: int, ctx: ssl.SSLContext, login: str, sender: str, to: str) -> tuple[int, bytes]:
@@ -54,9 +92,9 @@ async def test_members_are_listed_with_canonical_rights(env: Env) -> None:
         (SECRETARIAT, DURAND, "", "no rights given"),
     ],
 )
-async def test_refused_memberships(env: Env, org: str, person: str, rights: str, why: str) -> None:
+async def test_refused_memberships(sqlite_env: Env, org: str, person: str, rights: str, why: str) -> None:
     with pytest.raises(AccountError, match=why.replace("(", r"\(").replace(")", r"\)")):
-        await accounts.add_member(env.rt, org, person, rights)
+        await accounts.add_member(sqlite_env.rt, org, person, rights)
 
 
 async def test_a_patient_is_never_a_member(env: Env) -> None:
@@ -122,7 +160,7 @@ async def test_authzid_needs_the_read_right(env: Env) -> None:
     assert (await bearer_imap(env, token, SECRETARIAT))[-1].startswith(b"a1 OK")
     login = (await env.audit("login"))[-1]
     assert login.actor == SECRETARIAT and login.request.endswith(
-        f"person {DURAND_ID} as member of {SECRETARIAT})"
+        f"person {DURAND_ID} {DURAND} as member of {SECRETARIAT})"
     )
 
 
@@ -203,37 +241,37 @@ async def test_grants_of_send_as_became_memberships(env: Env) -> None:
     )
 
 
-def test_migration_turns_send_as_grants_into_members(tmp_path: Path) -> None:
+async def test_migration_turns_send_as_grants_into_members(db_url: str) -> None:
     """0015 keeps every existing grant as a membership whose rights allow sending; downgrade keeps it."""
-    url = f"sqlite+aiosqlite:///{tmp_path}/m.db"
-    migrate.upgrade(url, "0014")
-    engine = sa.create_engine(f"sqlite:///{tmp_path}/m.db")
-    with engine.begin() as c:
-        c.execute(
-            sa.text(
-                "INSERT INTO domain (id, name, patients, created_at) VALUES (1, 'a.test', 0, '2026-01-01')"
+    await migrate.upgrade_async(db_url, "0014")
+    engine = create_async_engine(db_url)
+    created = dt.datetime(2026, 1, 1)
+    try:
+        async with engine.begin() as c:
+            await c.execute(
+                sa.text("INSERT INTO domain (id, name, patients, created_at) VALUES (1, 'a.test', :f, :at)"),
+                {"f": False, "at": created},
             )
-        )
-        for i, (address, kind) in enumerate([("org@a.test", "ORG"), ("per@a.test", "PER")], start=1):
-            c.execute(
-                sa.text(
-                    "INSERT INTO mailbox (id, domain_id, address, type, display_name, enabled,"
-                    " accepts_patient_first, used_bytes, used_messages, quota_warned, last_uidvalidity,"
-                    " created_at) VALUES (:i, 1, :a, :t, '', 1, 0, 0, 0, 0, 0, '2026-01-01')"
-                ),
-                {"i": i, "a": address, "t": kind},
-            )
-        c.execute(sa.text("INSERT INTO send_as (mailbox_id, member_id) VALUES (1, 2)"))
-    migrate.upgrade(url)
-    with engine.begin() as c:
-        (rights,) = c.execute(
-            sa.text("SELECT rights FROM membership WHERE mailbox_id = 1 AND member_id = 2")
-        ).one()
-    assert "p" in rights and "r" in rights
-    migrate.downgrade(url, "0014")
-    with engine.begin() as c:
-        assert c.execute(sa.text("SELECT mailbox_id, member_id FROM send_as")).all() == [(1, 2)]
-    engine.dispose()
+            for i, (address, kind) in enumerate([("org@a.test", "ORG"), ("per@a.test", "PER")], start=1):
+                await c.execute(
+                    sa.text(
+                        "INSERT INTO mailbox (id, domain_id, address, type, display_name, enabled,"
+                        " accepts_patient_first, used_bytes, used_messages, quota_warned, last_uidvalidity,"
+                        " created_at) VALUES (:i, 1, :a, :t, '', :yes, :no, 0, 0, 0, 0, :at)"
+                    ),
+                    {"i": i, "a": address, "t": kind, "yes": True, "no": False, "at": created},
+                )
+            await c.execute(sa.text("INSERT INTO send_as (mailbox_id, member_id) VALUES (1, 2)"))
+        await migrate.upgrade_async(db_url)
+        async with engine.begin() as c:
+            query = "SELECT rights FROM membership WHERE mailbox_id = 1 AND member_id = 2"
+            (rights,) = (await c.execute(sa.text(query))).one()
+        assert "p" in rights and "r" in rights
+        await asyncio.to_thread(migrate.downgrade, db_url, "0014")
+        async with engine.begin() as c:
+            assert (await c.execute(sa.text("SELECT mailbox_id, member_id FROM send_as"))).all() == [(1, 2)]
+    finally:
+        await engine.dispose()
 
 
 async def test_removing_a_member_ends_their_open_session(env: Env) -> None:
@@ -316,3 +354,101 @@ async def test_a_member_removed_while_idling_hears_no_more_of_the_org(env: Env) 
     lines = await asyncio.to_thread(idle_through_removal)
     assert lines[0] == b"* BYE you are no longer a member of this mailbox", lines
     assert not any(b"EXISTS" in line for line in lines)
+
+
+async def shared_namespace_session(env: Env) -> None:
+    """aioimaplib, DURAND's own password: the ORG's INBOX under ``Partagé/``, read, flagged, deleted."""
+    client = aioimaplib.IMAP4_SSL(
+        "127.0.0.1", env.ports["imaps"], ssl_context=env.client_context(), timeout=10
+    )
+    await client.wait_hello_from_server()
+    try:
+        assert (await client.login(DURAND, PASSWORD)).result == "OK"
+        assert (await client.select(mutf7.encode(f"Partagé/{SECRETARIAT}/INBOX"))).result == "OK"
+        assert (await client.fetch("1", "(BODY[])")).result == "OK"
+        assert (await client.store("1", "+FLAGS", "(\\Flagged)")).result == "OK"
+        assert (await client.store("1", "+FLAGS", "(\\Deleted)")).result == "OK"
+        assert (await client.expunge()).result == "OK"
+    finally:
+        await client.logout()
+
+
+def membership_session(port: int, ctx: ssl.SSLContext, token: str) -> None:
+    """imaplib, a token naming the ORG: its own INBOX, read, flagged, deleted."""
+    with imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=ctx, timeout=10) as conn:
+        assert conn.authenticate("OAUTHBEARER", lambda _: oauthbearer(token, SECRETARIAT))[0] == "OK"
+        assert conn.select("INBOX")[0] == "OK"
+        assert conn.fetch("1", "(BODY[])")[0] == "OK"
+        assert conn.store("1", "+FLAGS", "(\\Flagged)")[0] == "OK"
+        assert conn.store("1", "+FLAGS", "(\\Deleted)")[0] == "OK"
+        assert conn.expunge()[0] == "OK"
+
+
+def send_through_membership(port: int, ctx: ssl.SSLContext, token: str) -> None:
+    """smtplib, AUTH OAUTHBEARER naming the ORG, then a message from the ORG."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as c:
+        c.starttls(context=ctx)
+        c.ehlo("client.a.mssante.test")
+        code, _ = c.docmd("AUTH", "OAUTHBEARER " + base64.b64encode(oauthbearer(token, SECRETARIAT)).decode())
+        assert code == 235
+        c.sendmail(SECRETARIAT, [MARTIN], MESSAGE.format(sender=SECRETARIAT, to=MARTIN).encode())
+
+
+async def test_the_audit_names_the_person_and_the_org(env: Env) -> None:
+    """Login, read (body FETCH), send, flag change (STORE) and deletion (EXPUNGE) by a member in the
+    ORG mailbox, both ways in: under ``Partagé/`` with their own password, and through a token naming
+    the ORG. Each row, as ``caducee audit export`` writes it, names the person and the ORG."""
+    await accounts.add_member(env.rt, SECRETARIAT, DURAND, "lrswitep")
+    port, ctx = env.ports["submission"], env.client_context()
+    for _ in range(2):
+        assert (await asyncio.to_thread(submit, port, ctx, MARTIN, MARTIN, SECRETARIAT))[0] == 250
+    start = [e async for e in env.rt.audit.stream(None, None)][-1].id
+
+    async def rows() -> list[dict[str, Any]]:
+        """The export's rows (``Event.as_dict``) since ``start`` for the five kinds of action."""
+        kinds = {"login", "read", "flags", "delete", "send"}
+        return [
+            e.as_dict() async for e in env.rt.audit.stream(None, None) if e.id > start and e.action in kinds
+        ]
+
+    await shared_namespace_session(env)
+    assert (await asyncio.to_thread(submit, port, ctx, DURAND, SECRETARIAT, MARTIN))[0] == 250
+    token = env.provider.token(DURAND_ID)
+    await asyncio.to_thread(membership_session, env.ports["imaps"], ctx, token)
+    await asyncio.to_thread(send_through_membership, port, ctx, token)
+
+    events = await rows()
+    member_of = f"as member of {SECRETARIAT}"
+    shared = f"Partagé/{SECRETARIAT}/INBOX"
+    assert [(e["actor"], e["action"]) for e in events] == [
+        (DURAND, "login"),  # their own mailbox: the ORG is named by what they do in it
+        (DURAND, "read"),
+        (DURAND, "flags"),
+        (DURAND, "flags"),
+        (DURAND, "delete"),
+        (DURAND, "login"),
+        (DURAND, "send"),
+        (SECRETARIAT, "login"),  # the ORG's mailbox is the one opened (its lock-out, its activity)
+        (DURAND, "read"),
+        (DURAND, "flags"),
+        (DURAND, "flags"),
+        (DURAND, "delete"),
+        (SECRETARIAT, "login"),
+        (DURAND, "send"),
+    ], events
+    for e in events:
+        if e["action"] == "login" and e["actor"] == DURAND:
+            continue
+        said = f"{e['request']} {e['response']}"
+        assert member_of in said, e
+        if e["actor"] == SECRETARIAT:
+            assert f"person {DURAND_ID} {DURAND} {member_of}" in said, e
+    assert [e["request"] for e in events if e["action"] == "read"] == [
+        f"imap FETCH {shared} uids 1",
+        "imap FETCH INBOX uids 2",
+    ]
+    assert [e["request"] for e in events if e["action"] == "delete"] == [
+        f"imap EXPUNGE {shared} uids 1",
+        "imap EXPUNGE INBOX uids 2",
+    ]
+    assert [e["response"] for e in events if e["action"] == "flags"] == [f"ok {member_of}"] * 4

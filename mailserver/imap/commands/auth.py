@@ -104,7 +104,7 @@ def _conclude(s: Session, outcome: AuthOutcome) -> Done:
     refused = s.server.admit_user(s, outcome.address)
     if refused is not None:
         raise Fail("NO", refused.text, "LIMIT")  # RFC 5530 §3
-    s.authenticated(outcome.mailbox_id, outcome.address, outcome.members)
+    s.authenticated(outcome.mailbox_id, outcome.address, outcome.members, outcome.person_address)
     return Done("authenticated", enc.Code.capability(s.capabilities()))
 
 

@@ -160,7 +160,8 @@ async def fetch(s: Session, tag: str, cmd: Fetch) -> Done:
                 read.append(m.uid)
         await s.flush()
     if read:
-        await s.rt.audit.read(s.address, s.remote, "imap FETCH", f"{sel.name} uids {compress(read)}")
+        actor, org = s.acting(sel.shared)
+        await s.rt.audit.read(actor, s.remote, "imap FETCH", f"{sel.name} uids {compress(read)}", org)
     verb = f"{'UID ' if cmd.uid else ''}FETCH"
     if faults:
         await s.unavailable(faults, verb)

@@ -15,6 +15,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from mailserver import acl
+from mailserver.audit import as_member
 from mailserver.imap import listing, shared
 from mailserver.imap.base import Done, Fail, State, command
 from mailserver.imap.protocol import encoder as enc
@@ -163,7 +164,9 @@ async def delete(s: Session, tag: str, cmd: Delete) -> Done:
     if name == "INBOX":
         raise Fail("NO", "INBOX cannot be deleted", "CANNOT")
     await s.rt.store.delete_folder(target.mailbox_id, name)
-    await s.rt.audit.record(s.address, "delete", s.remote, f"imap DELETE folder {target.display}", "ok")
+    actor, org = s.acting(target.shared)
+    request = f"imap DELETE folder {target.display}"
+    await s.rt.audit.record(actor, "delete", s.remote, request, "ok" + as_member(org))
     if s.selected is not None and s.selected.name == target.display:
         s.dirty = True
     return Done("DELETE completed")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mailserver import acl, conversations, sent
+from mailserver.audit import as_member
 from mailserver.imap import shared
 from mailserver.imap.base import Done, Fail, State, command
 from mailserver.imap.catenate import catenate
@@ -20,7 +21,7 @@ from mailserver.imap.protocol.sequence import compress
 from mailserver.store.store import FolderNotFound
 
 if TYPE_CHECKING:
-    from mailserver.imap.session import Session
+    from mailserver.imap.session import Selected, Session
 
 
 @command("APPEND", State.AUTH_OR_SELECTED, ("MULTIAPPEND", "UIDPLUS", "CATENATE"))
@@ -80,10 +81,11 @@ async def check(s: Session, tag: str, cmd: object) -> Done:
     return Done("CHECK completed")
 
 
-async def _audit_expunge(s: Session, folder: str, uids: list[int]) -> None:
+async def _audit_expunge(s: Session, sel: Selected, uids: list[int]) -> None:
     if uids:
+        actor, org = s.acting(sel.shared)
         await s.rt.audit.record(
-            s.address, "delete", s.remote, f"imap EXPUNGE {folder} uids {compress(uids)}", "ok"
+            actor, "delete", s.remote, f"imap EXPUNGE {sel.name} uids {compress(uids)}", "ok" + as_member(org)
         )
 
 
@@ -94,7 +96,7 @@ async def close(s: Session, tag: str, cmd: object) -> Done:
     assert sel is not None
     if not sel.readonly and not acl.missing(sel.rights, acl.EXPUNGE):  # RFC 4314 §4: else no expunge
         gone = await s.rt.store.expunge(sel.folder_id)
-        await _audit_expunge(s, sel.name, gone)
+        await _audit_expunge(s, sel, gone)
     s.deselect()
     return Done("CLOSE completed")
 
@@ -115,7 +117,7 @@ async def expunge(s: Session, tag: str, cmd: Expunge) -> Done:
     gone = await s.rt.store.expunge(sel.folder_id, uids)
     s.announce_expunged(gone)
     s.own_change(None)
-    await _audit_expunge(s, sel.name, gone)
+    await _audit_expunge(s, sel, gone)
     return Done("EXPUNGE completed")
 
 
@@ -145,13 +147,13 @@ async def _copy(s: Session, cmd: Copy | Move, move: bool) -> Done:
     except FolderNotFound:
         raise Fail("NO", "no such mailbox", "TRYCREATE") from None
     if across and pairs:
-        org = target.shared or sel.shared
+        actor, org = s.acting(target.shared or sel.shared)
         await s.rt.audit.record(
-            s.address,
+            actor,
             cmd.name.lower(),
             s.remote,
             f"imap {cmd.name} {sel.name} uids {compress([a for a, _ in pairs])} to {target.display}",
-            f"ok as member of {org}" if org else "ok",
+            "ok" + as_member(org),
         )
     code = enc.Code.copyuid(uidvalidity, [a for a, _ in pairs], [b for _, b in pairs]) if pairs else None
     same = target.display == sel.name

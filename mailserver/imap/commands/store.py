@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 from mailserver import acl, conversations
+from mailserver.audit import as_member
 from mailserver.imap.base import Done, Fail, State, command
 from mailserver.imap.protocol import encoder as enc
 from mailserver.imap.protocol.commands import Store, StoreMode
@@ -48,12 +49,13 @@ async def store(s: Session, tag: str, cmd: Store) -> Done:
         s.announce_keywords(cmd.flags)  # even under .SILENT (RFC 9051 §7.3.5)
     if cmd.mode != StoreMode.REMOVE and change.changed and conversations.closes(cmd.flags):
         await conversations.on_flags_changed(s.rt, sel.owner, sel.folder_id, [m.uid for m in change.changed])
-    if sel.shared and change.changed:  # issue 16: a flag change in an ORG's folder names the person
+    actor, org = s.acting(sel.shared)
+    if org and change.changed:  # issue 16: a flag change in an ORG's mailbox names the person
         what = (
             f"uids {compress([m.uid for m in change.changed])} {cmd.mode.value}FLAGS ({' '.join(cmd.flags)})"
         )
         await s.rt.audit.record(
-            s.address, "flags", s.remote, f"imap STORE {sel.name} {what}", f"ok as member of {sel.shared}"
+            actor, "flags", s.remote, f"imap STORE {sel.name} {what}", "ok" + as_member(org)
         )
     changed = {m.uid: m for m in change.changed}
     if cmd.silent:
