@@ -460,9 +460,14 @@ async def send_message(request: web.Request) -> web.StreamResponse:
             422, "Refusé", "un fichier envoyé par lien ne peut aller qu'à des destinataires de cet opérateur"
         )
     data = build_message(sub, links, rt)
+    written = HeaderView.parse(data)
+    for address in addresses:  # one at a time, so that a refusal names its recipient
+        try:
+            await conversations.check_message(rt, sub.sender, [address], written)
+        except Refusal as refusal:
+            raise refusal_problem(refusal, address) from None
     try:
-        await accounts.check_authors(rt, caller.mailbox_id, caller.address, HeaderView.parse(data))
-        await conversations.check_message(rt, sub.sender, addresses, HeaderView.parse(data))
+        await accounts.check_authors(rt, caller.mailbox_id, caller.address, written)
         data = await complete_message(rt, sub.sender, data)
         if local:  # attachments above [large_files] threshold are kept here and sent by link
             data, stored = await large_files.rewrite(rt, caller.mailbox_id, data, None)
