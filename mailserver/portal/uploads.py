@@ -27,7 +27,15 @@ from mailserver import large_files, quota
 from mailserver.large_file_models import LargeFile
 from mailserver.portal import service
 from mailserver.portal.api import Unauthenticated, credentials
-from mailserver.portal.http import DOWNLOAD_CSP, RT, current_session, remote
+from mailserver.portal.http import (
+    DOWNLOAD_CSP,
+    RT,
+    Unsatisfiable,
+    WholeFile,
+    byte_range,
+    current_session,
+    remote,
+)
 from mailserver.portal.messages_api import Problem, _caller, audited
 
 TUS = "1.0.0"
@@ -231,7 +239,8 @@ async def page(request: web.Request) -> web.StreamResponse:
 
 
 async def download(request: web.Request) -> web.StreamResponse:
-    """The file, streamed from disk (``FileResponse``: Content-Length, Range), never rendered."""
+    """The file, streamed from disk (``FileResponse``: Content-Length, Range as ``byte_range`` reads
+    it), never rendered."""
     allowed = await _allowed(request)
     if isinstance(allowed, web.Response):
         return allowed
@@ -248,7 +257,14 @@ async def download(request: web.Request) -> web.StreamResponse:
         c if c.isascii() and c.isprintable() and c not in '"\\;' else "_" for c in row.filename
     )
     quoted = urllib.parse.quote(row.filename, safe="")
-    resp = web.FileResponse(large_files.file_path(rt, row.id), chunk_size=large_files.CHUNK)
+    try:
+        whole = byte_range(request, row.size) is None
+    except Unsatisfiable as exc:
+        return web.Response(
+            status=416, text=f"{row.size} octets", headers={"Content-Range": exc.content_range}
+        )
+    kind = WholeFile if whole else web.FileResponse
+    resp = kind(large_files.file_path(rt, row.id), chunk_size=large_files.CHUNK)
     resp.headers["Content-Type"] = row.content_type
     resp.headers["Content-Disposition"] = f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quoted}"
     resp.headers["Content-Security-Policy"] = DOWNLOAD_CSP

@@ -26,6 +26,7 @@ from mailserver.db.models import AuditEvent, Mailbox
 from mailserver.large_file_models import LargeFile
 from mailserver.portal import service
 from tests.api.conftest import API, DPI
+from tests.api.test_send_api import ranges_answer
 from tests.imap.conftest import MARTIN, PASSWORD
 from tests.portal.helpers import OTHER_INS, OTHER_PATIENT, PATIENT, PATIENT_INS
 
@@ -297,6 +298,7 @@ async def test_inline_attachment_above_threshold_goes_by_link_and_expiry_release
             assert r.headers["Content-Disposition"].startswith('attachment; filename="scanner.dcm"')
             assert r.headers["X-Content-Type-Options"] == "nosniff"
             assert r.headers["Content-Type"] == "application/dicom"
+        await ranges_answer(http, link, scan, api.auth(MARTIN, PASSWORD))
 
         # The link expires: the daily maintenance task deletes the file and gives the quota back.
         async with api.rt.db.write() as session:
