@@ -48,9 +48,11 @@ def _tus(resp: web.StreamResponse) -> web.StreamResponse:
 
 
 def _check_version(request: web.Request) -> None:
+    """Every tus request but OPTIONS names the version it speaks (tus 1.0.0 §Tus-Resumable): without
+    it, or with another one, 412 with the versions served."""
     given = request.headers.get("Tus-Resumable")
-    if given is not None and given != TUS:
-        problem = Problem(412, "Version non prise en charge", f"Tus-Resumable {TUS} attendu")
+    if given != TUS:
+        problem = Problem(412, "Version non prise en charge", f"en-tête Tus-Resumable: {TUS} attendu")
         problem.headers.update({"Tus-Version": TUS})
         raise problem
 
@@ -125,9 +127,11 @@ async def create(request: web.Request) -> web.StreamResponse:
     return _tus(resp)
 
 
-async def _own(request: web.Request) -> tuple[LargeFile, int]:
+async def _own(request: web.Request, tus: bool = True) -> tuple[LargeFile, int]:
+    """The caller's upload the URL names; ``tus``: a tus request (``Tus-Resumable`` checked)."""
     caller = await _caller(request)
-    _check_version(request)
+    if tus:
+        _check_version(request)
     row = await large_files.owned(request.app[RT], caller.mailbox_id, request.match_info["id"])
     if row is None:
         raise Problem(404, "Introuvable", "aucun envoi de cette boîte sous cet identifiant")
@@ -146,7 +150,8 @@ async def head(request: web.Request) -> web.StreamResponse:
 
 
 async def state(request: web.Request) -> web.StreamResponse:
-    row, _ = await _own(request)
+    """The upload as JSON (not a tus request: no ``Tus-Resumable`` needed)."""
+    row, _ = await _own(request, tus=False)
     return _offsets(web.json_response(_state(row)), row)
 
 
@@ -173,7 +178,10 @@ async def patch(request: web.Request) -> web.StreamResponse:
     except large_files.TooLarge as exc:
         raise Problem(413, "Trop d'octets", str(exc)) from None
     except large_files.Conflict as exc:
-        raise Problem(409, "Envoi en conflit", str(exc)) from None
+        problem = Problem(409, "Envoi en conflit", str(exc))
+        if exc.offset is not None:
+            problem.headers["Upload-Offset"] = str(exc.offset)
+        raise problem from None
     return _offsets(web.Response(status=204), row)
 
 
