@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import fcntl
 import hashlib
 import os
 import quopri
 import secrets
 from collections.abc import AsyncIterable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, aliased
@@ -53,19 +55,12 @@ class TooMany(Exception):
 
 
 class Conflict(Exception):
-    """The upload is not in the state the request assumes (offset, busy, already complete or sent)."""
+    """The upload is not in the state the request assumes (offset, busy, already complete or sent);
+    ``offset``: what is recorded, when known (tus answers it in ``Upload-Offset``)."""
 
-
-class _Writer:
-    """The lock of an upload being written, and how many requests hold or await it."""
-
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.users = 0
-
-
-_writing: dict[str, _Writer] = {}  # uploads a PATCH is writing (or resuming) in this process
-LOCK_WAIT = 10.0  # a resumed PATCH waits this long for an interrupted one to record its offset
+    def __init__(self, message: str, offset: int | None = None) -> None:
+        super().__init__(message)
+        self.offset = offset
 
 
 def _root(rt: Runtime) -> Path:
@@ -198,65 +193,62 @@ async def _record(rt: Runtime, row: LargeFile, start: int, received: int) -> Non
 async def receive(rt: Runtime, row: LargeFile, offset: int, chunks: AsyncIterable[bytes]) -> int:
     """Append ``chunks`` at ``offset`` (which must be the recorded one) and return the new offset.
 
-    One writer per upload in this process: a PATCH that resumes while the interrupted one is still
-    recording waits for it (``LOCK_WAIT``), then finds the offset moved (Conflict) or not. Buffered at
-    most ``CHUNK`` bytes at a time; every ``CHECKPOINT`` bytes and when the stream ends, normally or not
-    (a client that goes away mid-way), what was written is fsync'ed and its offset recorded, so a
-    resumed upload continues from the last recorded byte. Bytes past the declared size raise TooLarge
-    (those that fit are kept)."""
-    entry = _writing.setdefault(row.id, _Writer())
-    entry.users += 1
+    One writer per upload, whichever process serves it: the file stays locked (``flock``) until the
+    PATCH has recorded what it wrote, and a PATCH finding it locked is a Conflict at once, with the
+    offset recorded so far (the client asks HEAD again, as tus clients do), never a second writer.
+    Buffered at most ``CHUNK`` bytes at a time; every ``CHECKPOINT`` bytes and when the stream ends,
+    normally or not (a client that goes away mid-way), what was written is fsync'ed and its offset
+    recorded, so a resumed upload continues from the last recorded byte. Bytes past the declared size
+    raise TooLarge (those that fit are kept)."""
+    try:
+        f = await asyncio.to_thread(open, file_path(rt, row.id), "r+b")
+    except FileNotFoundError:
+        raise Conflict(f"fichier {row.id} supprimé") from None
     try:
         try:
-            async with asyncio.timeout(LOCK_WAIT):
-                await entry.lock.acquire()
-        except TimeoutError:
-            raise Conflict("un autre envoi de ce fichier est en cours") from None
-        try:
-            fresh = await get(rt, row.id)
-            if fresh is None or fresh.state != "uploading" or offset != fresh.received:
-                raise Conflict(f"Upload-Offset attendu : {fresh.received if fresh else 0}")
-            row.received = offset
-            return await _append(rt, row, offset, chunks)
-        finally:
-            entry.lock.release()
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            busy = False
+        except BlockingIOError:
+            busy = True
+        fresh = await get(rt, row.id)
+        held = fresh.received if fresh else None
+        if busy:
+            raise Conflict(f"un autre envoi de ce fichier est en cours ; Upload-Offset : {held}", held)
+        if fresh is None or fresh.state != "uploading" or offset != fresh.received:
+            raise Conflict(f"Upload-Offset attendu : {held or 0}", held)
+        row.received = offset
+        return await _append(rt, row, f, offset, chunks)
     finally:
-        entry.users -= 1
-        if not entry.users:
-            _writing.pop(row.id, None)
+        await asyncio.to_thread(f.close)  # and the lock with it, once the offset is recorded
 
 
-async def _append(rt: Runtime, row: LargeFile, offset: int, chunks: AsyncIterable[bytes]) -> int:
-    f = await asyncio.to_thread(open, file_path(rt, row.id), "r+b")
+async def _append(rt: Runtime, row: LargeFile, f: BinaryIO, offset: int, chunks: AsyncIterable[bytes]) -> int:
+    # Bytes written past the recorded offset by an interrupted request were never acknowledged.
+    await asyncio.to_thread(f.truncate, offset)
+    f.seek(offset)
+    written = recorded = offset
+    buf = bytearray()
     try:
-        # Bytes written past the recorded offset by an interrupted request were never acknowledged.
-        await asyncio.to_thread(f.truncate, offset)
-        f.seek(offset)
-        written = recorded = offset
-        buf = bytearray()
-        try:
-            async for chunk in chunks:
-                room = row.size - written - len(buf)
-                buf += chunk[:room]
-                if len(chunk) > room:
-                    raise TooLarge(f"plus d'octets que Upload-Length ({row.size})")
-                if len(buf) >= CHUNK:
-                    await asyncio.to_thread(f.write, bytes(buf))
-                    written += len(buf)
-                    buf.clear()
-                    if written - recorded >= CHECKPOINT:
-                        await asyncio.to_thread(os.fsync, f.fileno())
-                        await _record(rt, row, recorded, written)
-                        recorded = written
-        finally:
-            if buf:
+        async for chunk in chunks:
+            room = row.size - written - len(buf)
+            buf += chunk[:room]
+            if len(chunk) > room:
+                raise TooLarge(f"plus d'octets que Upload-Length ({row.size})")
+            if len(buf) >= CHUNK:
                 await asyncio.to_thread(f.write, bytes(buf))
                 written += len(buf)
-            await asyncio.to_thread(os.fsync, f.fileno())
-            if written != recorded:
-                await asyncio.shield(_record(rt, row, recorded, written))
+                buf.clear()
+                if written - recorded >= CHECKPOINT:
+                    await asyncio.to_thread(os.fsync, f.fileno())
+                    await _record(rt, row, recorded, written)
+                    recorded = written
     finally:
-        await asyncio.to_thread(f.close)
+        if buf:
+            await asyncio.to_thread(f.write, bytes(buf))
+            written += len(buf)
+        await asyncio.to_thread(os.fsync, f.fileno())
+        if written != recorded:
+            await asyncio.shield(_record(rt, row, recorded, written))
     return row.received
 
 

@@ -1015,9 +1015,11 @@ OPENAPI: dict[str, Any] = {
                         "description": "Le message",
                         "content": {"message/rfc822": {"schema": {"type": "string"}}},
                     },
+                    "206": {"description": "La plage d'octets demandée (Range)"},
                     "401": _problem("Non authentifié"),
                     "403": _problem("Boîte d'un autre"),
                     "404": _problem("Introuvable"),
+                    "416": _problem("Plage non satisfaisable (Content-Range: bytes */taille)"),
                 },
             }
         },
@@ -1033,9 +1035,11 @@ OPENAPI: dict[str, Any] = {
                 ],
                 "responses": {
                     "200": {"description": "Le contenu", "content": {"*/*": {"schema": {"type": "string"}}}},
+                    "206": {"description": "La plage d'octets demandée (Range)"},
                     "401": _problem("Non authentifié"),
                     "403": _problem("Boîte d'un autre"),
                     "404": _problem("Introuvable"),
+                    "416": _problem("Plage non satisfaisable (Content-Range: bytes */taille)"),
                 },
             }
         },

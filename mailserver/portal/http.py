@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import urllib.parse
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
 
 from mailserver.delivery import EnqueueHook
 from mailserver.portal import previews, service
@@ -94,6 +96,67 @@ def download_response(d: service.Download) -> web.Response:
     resp.headers["Content-Disposition"] = _disposition("attachment", d.filename)
     resp.headers["Content-Security-Policy"] = DOWNLOAD_CSP
     return resp
+
+
+_RANGE = re.compile(r"bytes=[ \t]*(\d{0,30})-(\d{0,30})[ \t]*", re.ASCII | re.IGNORECASE)
+
+
+class Unsatisfiable(Exception):
+    """A Range none of whose bytes exist (RFC 9110 §15.5.17): 416 with ``Content-Range: bytes */size``."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"bytes */{size}")
+        self.content_range = f"bytes */{size}"
+
+
+def byte_range(request: web.Request, size: int) -> tuple[int, int] | None:
+    """The one byte range to send, as (first, end exclusive), or None for the whole body.
+
+    RFC 9110 §14: a Range that does not parse, of another unit than bytes, with several ranges or a
+    last byte before the first is ignored (200), as is any Range under an ``If-Range`` (no validator is
+    sent, so none can match); ``bytes=-0`` or a first byte past the end raise Unsatisfiable. aiohttp's
+    own parsing answers 416 to what should be ignored and the whole file to ``bytes=-0``."""
+    header = request.headers.get(hdrs.RANGE)
+    if header is None or hdrs.IF_RANGE in request.headers or size == 0:
+        return None
+    match = _RANGE.fullmatch(header)
+    if match is None or not (match[1] or match[2]):
+        return None
+    if not match[1]:  # suffix: the last N bytes
+        if int(match[2]) == 0:
+            raise Unsatisfiable(size)
+        return max(0, size - int(match[2])), size
+    first = int(match[1])
+    if match[2] and int(match[2]) < first:
+        return None
+    if first >= size:
+        raise Unsatisfiable(size)
+    return first, min(int(match[2]) if match[2] else size, size - 1) + 1
+
+
+def ranged(request: web.Request, resp: web.Response, data: bytes) -> web.Response:
+    """``resp`` (an in-memory download) with ``data``, or the part of it ``byte_range`` asks (206)."""
+    resp.headers["Accept-Ranges"] = "bytes"
+    wanted = byte_range(request, len(data))
+    if wanted is None:
+        resp.body = data
+        return resp
+    first, end = wanted
+    resp.set_status(206)
+    resp.headers["Content-Range"] = f"bytes {first}-{end - 1}/{len(data)}"
+    resp.body = data[first:end]
+    return resp
+
+
+class WholeFile(web.FileResponse):
+    """A file sent whole whatever Range the request carries: one ``byte_range`` ignores."""
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if hdrs.RANGE in request.headers:
+            headers = request.headers.copy()
+            del headers[hdrs.RANGE]
+            request = request.clone(headers=headers)
+        return await super().prepare(request)
 
 
 def preview_response(d: service.Download) -> web.Response:

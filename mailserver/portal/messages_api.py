@@ -44,7 +44,7 @@ from mailserver.large_file_models import LargeFile
 from mailserver.policy import LocalTarget, Refusal
 from mailserver.portal import service
 from mailserver.portal.api import Unauthenticated, credentials
-from mailserver.portal.http import RT, download_response, remote
+from mailserver.portal.http import RT, Unsatisfiable, download_response, ranged, remote
 from mailserver.queue.models import QueueRecipient
 from mailserver.runtime import Runtime
 from mailserver.smtp import paths
@@ -460,9 +460,14 @@ async def send_message(request: web.Request) -> web.StreamResponse:
             422, "Refusé", "un fichier envoyé par lien ne peut aller qu'à des destinataires de cet opérateur"
         )
     data = build_message(sub, links, rt)
+    written = HeaderView.parse(data)
+    for address in addresses:  # one at a time, so that a refusal names its recipient
+        try:
+            await conversations.check_message(rt, sub.sender, [address], written)
+        except Refusal as refusal:
+            raise refusal_problem(refusal, address) from None
     try:
-        await accounts.check_authors(rt, caller.mailbox_id, caller.address, HeaderView.parse(data))
-        await conversations.check_message(rt, sub.sender, addresses, HeaderView.parse(data))
+        await accounts.check_authors(rt, caller.mailbox_id, caller.address, written)
         data = await complete_message(rt, sub.sender, data)
         if local:  # attachments above [large_files] threshold are kept here and sent by link
             data, stored = await large_files.rewrite(rt, caller.mailbox_id, data, None)
@@ -709,8 +714,8 @@ async def raw_message(request: web.Request) -> web.StreamResponse:
     await request.app[RT].audit.read(
         caller.address, remote(request), "api", f"INBOX message {request.match_info['uid']}"
     )
-    return download_response(
-        service.Download(f"message-{request.match_info['uid']}.eml", "message/rfc822", raw)
+    return _download(
+        request, service.Download(f"message-{request.match_info['uid']}.eml", "message/rfc822", raw)
     )
 
 
@@ -733,7 +738,19 @@ async def message_attachment(request: web.Request) -> web.StreamResponse:
         f"INBOX message {request.match_info['uid']} attachment {info.n}",
     )
     body = raw[node["part"][2] : node["part"][3]] if data is None else data
-    return download_response(service.Download(info.filename, info.content_type, body))
+    return _download(request, service.Download(info.filename, info.content_type, body))
+
+
+def _download(request: web.Request, d: service.Download) -> web.Response:
+    """A download, or the byte range it asks (``http.byte_range``); 416 as a problem like any error."""
+    try:
+        return ranged(request, download_response(d), d.data)
+    except Unsatisfiable as exc:
+        problem = Problem(
+            416, "Plage non satisfaisable", f"{len(d.data)} octets, aucun dans la plage demandée"
+        )
+        problem.headers["Content-Range"] = exc.content_range
+        raise problem from None
 
 
 def setup(app: web.Application) -> None:

@@ -27,7 +27,15 @@ from mailserver import large_files, quota
 from mailserver.large_file_models import LargeFile
 from mailserver.portal import service
 from mailserver.portal.api import Unauthenticated, credentials
-from mailserver.portal.http import DOWNLOAD_CSP, RT, current_session, remote
+from mailserver.portal.http import (
+    DOWNLOAD_CSP,
+    RT,
+    Unsatisfiable,
+    WholeFile,
+    byte_range,
+    current_session,
+    remote,
+)
 from mailserver.portal.messages_api import Problem, _caller, audited
 
 TUS = "1.0.0"
@@ -40,9 +48,11 @@ def _tus(resp: web.StreamResponse) -> web.StreamResponse:
 
 
 def _check_version(request: web.Request) -> None:
+    """Every tus request but OPTIONS names the version it speaks (tus 1.0.0 §Tus-Resumable): without
+    it, or with another one, 412 with the versions served."""
     given = request.headers.get("Tus-Resumable")
-    if given is not None and given != TUS:
-        problem = Problem(412, "Version non prise en charge", f"Tus-Resumable {TUS} attendu")
+    if given != TUS:
+        problem = Problem(412, "Version non prise en charge", f"en-tête Tus-Resumable: {TUS} attendu")
         problem.headers.update({"Tus-Version": TUS})
         raise problem
 
@@ -117,9 +127,11 @@ async def create(request: web.Request) -> web.StreamResponse:
     return _tus(resp)
 
 
-async def _own(request: web.Request) -> tuple[LargeFile, int]:
+async def _own(request: web.Request, tus: bool = True) -> tuple[LargeFile, int]:
+    """The caller's upload the URL names; ``tus``: a tus request (``Tus-Resumable`` checked)."""
     caller = await _caller(request)
-    _check_version(request)
+    if tus:
+        _check_version(request)
     row = await large_files.owned(request.app[RT], caller.mailbox_id, request.match_info["id"])
     if row is None:
         raise Problem(404, "Introuvable", "aucun envoi de cette boîte sous cet identifiant")
@@ -138,7 +150,8 @@ async def head(request: web.Request) -> web.StreamResponse:
 
 
 async def state(request: web.Request) -> web.StreamResponse:
-    row, _ = await _own(request)
+    """The upload as JSON (not a tus request: no ``Tus-Resumable`` needed)."""
+    row, _ = await _own(request, tus=False)
     return _offsets(web.json_response(_state(row)), row)
 
 
@@ -165,7 +178,10 @@ async def patch(request: web.Request) -> web.StreamResponse:
     except large_files.TooLarge as exc:
         raise Problem(413, "Trop d'octets", str(exc)) from None
     except large_files.Conflict as exc:
-        raise Problem(409, "Envoi en conflit", str(exc)) from None
+        problem = Problem(409, "Envoi en conflit", str(exc))
+        if exc.offset is not None:
+            problem.headers["Upload-Offset"] = str(exc.offset)
+        raise problem from None
     return _offsets(web.Response(status=204), row)
 
 
@@ -231,7 +247,8 @@ async def page(request: web.Request) -> web.StreamResponse:
 
 
 async def download(request: web.Request) -> web.StreamResponse:
-    """The file, streamed from disk (``FileResponse``: Content-Length, Range), never rendered."""
+    """The file, streamed from disk (``FileResponse``: Content-Length, Range as ``byte_range`` reads
+    it), never rendered."""
     allowed = await _allowed(request)
     if isinstance(allowed, web.Response):
         return allowed
@@ -248,7 +265,14 @@ async def download(request: web.Request) -> web.StreamResponse:
         c if c.isascii() and c.isprintable() and c not in '"\\;' else "_" for c in row.filename
     )
     quoted = urllib.parse.quote(row.filename, safe="")
-    resp = web.FileResponse(large_files.file_path(rt, row.id), chunk_size=large_files.CHUNK)
+    try:
+        whole = byte_range(request, row.size) is None
+    except Unsatisfiable as exc:
+        return web.Response(
+            status=416, text=f"{row.size} octets", headers={"Content-Range": exc.content_range}
+        )
+    kind = WholeFile if whole else web.FileResponse
+    resp = kind(large_files.file_path(rt, row.id), chunk_size=large_files.CHUNK)
     resp.headers["Content-Type"] = row.content_type
     resp.headers["Content-Disposition"] = f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quoted}"
     resp.headers["Content-Security-Policy"] = DOWNLOAD_CSP

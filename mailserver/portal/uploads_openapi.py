@@ -9,9 +9,10 @@ _SECURED = [{"basic": []}, {"proSanteConnect": []}]
 _TUS = {
     "name": "Tus-Resumable",
     "in": "header",
-    "required": False,
+    "required": True,
     "schema": {"type": "string", "enum": ["1.0.0"]},
 }
+_TUS_OPTIONAL = {**_TUS, "required": False}  # OPTIONS and the JSON state are not tus requests
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
@@ -63,7 +64,7 @@ PATHS: dict[str, Any] = {
         "options": {
             "summary": "Capacités du protocole tus (version, extensions, taille maximale)",
             "operationId": "uploadOptions",
-            "parameters": [_TUS],
+            "parameters": [_TUS_OPTIONAL],
             "responses": {"204": {"description": "Tus-Version, Tus-Extension, Tus-Max-Size"}},
         },
         "post": {
@@ -113,10 +114,10 @@ PATHS: dict[str, Any] = {
             "summary": "État d'un envoi",
             "operationId": "getUpload",
             "security": _SECURED,
-            "parameters": [_ID, _TUS],
+            "parameters": [_ID, _TUS_OPTIONAL],
             "responses": {
                 "200": {"description": "État", "content": {"application/json": {"schema": UPLOAD_SCHEMA}}},
-                **_problems("401", "404", "412", "503"),
+                **_problems("401", "404", "503"),
             },
         },
         "patch": {

@@ -26,6 +26,7 @@ from mailserver.db.models import AuditEvent, Mailbox
 from mailserver.large_file_models import LargeFile
 from mailserver.portal import service
 from tests.api.conftest import API, DPI
+from tests.api.test_send_api import ranges_answer
 from tests.imap.conftest import MARTIN, PASSWORD
 from tests.portal.helpers import OTHER_INS, OTHER_PATIENT, PATIENT, PATIENT_INS
 
@@ -181,7 +182,7 @@ async def test_200_mib_resumable_upload_sent_to_a_patient_downloaded_in_chromium
             state = await r.json()
         assert state["state"] == "ready" and state["sha256"] == digest and state["offset"] == BIG
         # Another mailbox does not see the upload.
-        async with http.head(url, headers=api.auth(MARTIN, PASSWORD)) as r:
+        async with http.head(url, headers={**api.auth(MARTIN, PASSWORD), "Tus-Resumable": "1.0.0"}) as r:
             assert r.status == 404
         body = {
             "from": DPI,
@@ -297,6 +298,7 @@ async def test_inline_attachment_above_threshold_goes_by_link_and_expiry_release
             assert r.headers["Content-Disposition"].startswith('attachment; filename="scanner.dcm"')
             assert r.headers["X-Content-Type-Options"] == "nosniff"
             assert r.headers["Content-Type"] == "application/dicom"
+        await ranges_answer(http, link, scan, api.auth(MARTIN, PASSWORD))
 
         # The link expires: the daily maintenance task deletes the file and gives the quota back.
         async with api.rt.db.write() as session:
@@ -317,8 +319,9 @@ async def test_inline_attachment_above_threshold_goes_by_link_and_expiry_release
 async def test_upload_limits_quota_and_termination(api: API) -> None:
     rt = api.rt
     rt.settings.large_files.max_size = 10 * MIB
+    tus = {**api.auth(), "Tus-Resumable": "1.0.0"}
     async with aiohttp.ClientSession() as http:
-        headers = {**api.auth(), "Upload-Length": str(10 * MIB + 1)}
+        headers = {**tus, "Upload-Length": str(10 * MIB + 1)}
         async with http.post(f"{api.url}/api/v1/uploads", headers=headers) as r:
             assert r.status == 413 and r.content_type == "application/problem+json"
         async with http.post(
@@ -326,32 +329,34 @@ async def test_upload_limits_quota_and_termination(api: API) -> None:
             headers={**api.auth(), "Tus-Resumable": "0.2.2", "Upload-Length": "1"},
         ) as r:
             assert r.status == 412
-        async with http.post(f"{api.url}/api/v1/uploads", headers={"Upload-Length": "5"}) as r:
+        async with http.post(
+            f"{api.url}/api/v1/uploads", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "5"}
+        ) as r:
             assert r.status == 401
         # An empty file is complete at once; a mailbox holds at most max_uploads unsent files.
         rt.settings.large_files.max_uploads = 1
-        async with http.post(f"{api.url}/api/v1/uploads", headers={**api.auth(), "Upload-Length": "0"}) as r:
+        async with http.post(f"{api.url}/api/v1/uploads", headers={**tus, "Upload-Length": "0"}) as r:
             assert r.status == 201 and (await r.json())["state"] == "ready"
             empty = api.url + r.headers["Location"]
-        async with http.post(f"{api.url}/api/v1/uploads", headers={**api.auth(), "Upload-Length": "1"}) as r:
+        async with http.post(f"{api.url}/api/v1/uploads", headers={**tus, "Upload-Length": "1"}) as r:
             assert r.status == 429 and r.content_type == "application/problem+json"
-        async with http.delete(empty, headers=api.auth()) as r:
+        async with http.delete(empty, headers=tus) as r:
             assert r.status == 204
         rt.settings.large_files.max_uploads = 100
         # The sender's quota: what uploads declare counts.
         async with rt.db.write() as session:
             await session.execute(update(Mailbox).where(Mailbox.address == DPI).values(quota_storage=3 * MIB))
         async with http.post(
-            f"{api.url}/api/v1/uploads", headers={**api.auth(), "Upload-Length": str(2 * MIB)}
+            f"{api.url}/api/v1/uploads", headers={**tus, "Upload-Length": str(2 * MIB)}
         ) as r:
             assert r.status == 201
             location = api.url + r.headers["Location"]
         async with http.post(
-            f"{api.url}/api/v1/uploads", headers={**api.auth(), "Upload-Length": str(2 * MIB)}
+            f"{api.url}/api/v1/uploads", headers={**tus, "Upload-Length": str(2 * MIB)}
         ) as r:
             assert r.status == 413 and "quota" in await r.text()
         # More bytes than declared, or another content type, are refused.
-        too_many = {**api.auth(), "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+        too_many = {**tus, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
         async with http.patch(location, data=b"x" * (2 * MIB + 1), headers=too_many) as r:
             assert r.status == 413
         async with http.patch(location, data=b"x", headers={**too_many, "Content-Type": "text/plain"}) as r:
@@ -361,12 +366,12 @@ async def test_upload_limits_quota_and_termination(api: API) -> None:
         body = {"from": DPI, "to": [MARTIN], "text": "x", "attachments": [{"upload": file_id}]}
         async with http.post(f"{api.url}/api/v1/messages", json=body, headers=api.auth()) as r:
             assert r.status == 409 and r.content_type == "application/problem+json"
-        async with http.delete(location, headers=api.auth()) as r:
+        async with http.delete(location, headers=tus) as r:
             assert r.status == 204
-        async with http.head(location, headers=api.auth()) as r:
+        async with http.head(location, headers=tus) as r:
             assert r.status == 404
         async with http.post(
-            f"{api.url}/api/v1/uploads", headers={**api.auth(), "Upload-Length": str(2 * MIB)}
+            f"{api.url}/api/v1/uploads", headers={**tus, "Upload-Length": str(2 * MIB)}
         ) as r:
             assert r.status == 201
 
@@ -419,3 +424,80 @@ async def test_files_of_a_refused_message_are_dropped(api: API) -> None:
         assert list((await session.execute(select(LargeFile))).scalars()) == []
     assert await used_bytes(api, DPI) == before
     assert not await asyncio.to_thread(lambda: any(Path(api.rt.settings.large_files.path).rglob("*/*")))
+
+
+async def test_tus_requests_must_name_the_protocol_version(api: API) -> None:
+    """tus 1.0.0: every request but OPTIONS carries ``Tus-Resumable``; without it, or with another
+    version, 412 Precondition Failed naming the versions served (``Tus-Version``)."""
+    tus = {**api.auth(), "Tus-Resumable": "1.0.0"}
+    async with aiohttp.ClientSession() as http:
+        async with http.options(f"{api.url}/api/v1/uploads") as r:
+            assert r.status == 204
+        for version in (None, "0.2.2"):
+            headers = {**api.auth(), "Upload-Length": "3"}
+            if version:
+                headers["Tus-Resumable"] = version
+            async with http.post(f"{api.url}/api/v1/uploads", headers=headers) as r:
+                assert r.status == 412 and r.headers["Tus-Version"] == "1.0.0", version
+                assert r.content_type == "application/problem+json"
+        async with http.post(f"{api.url}/api/v1/uploads", headers={**tus, "Upload-Length": "3"}) as r:
+            assert r.status == 201
+            location = api.url + r.headers["Location"]
+        patch = {**api.auth(), "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+        for method, headers in (("HEAD", api.auth()), ("PATCH", patch), ("DELETE", api.auth())):
+            async with http.request(method, location, headers=headers, data=b"abc") as r:
+                assert r.status == 412 and r.headers["Tus-Version"] == "1.0.0", method
+        async with http.head(location, headers=tus) as r:
+            assert r.status == 200 and r.headers["Upload-Offset"] == "0"  # nothing was written
+        async with http.patch(location, headers={**patch, "Tus-Resumable": "1.0.0"}, data=b"abc") as r:
+            assert r.status == 204 and r.headers["Upload-Offset"] == "3"
+
+
+async def test_a_patch_racing_one_in_flight_is_a_conflict_not_a_corrupted_file(api: API) -> None:
+    """While a PATCH is being written, another on the same upload, at a stale offset or at the offset
+    recorded so far, gets 409 at once with the current Upload-Offset; the file ends as the first sent."""
+    size = 20 * MIB
+    data = os.urandom(size)
+    paused = 18 * MIB  # past one checkpoint (16 MiB): recorded, so HEAD shows the first one writing
+    go_on = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        for at in range(0, size, MIB):
+            if at == paused:
+                await go_on.wait()
+            yield data[at : at + MIB]
+
+    tus = {**api.auth(), "Tus-Resumable": "1.0.0"}
+    patch = {**tus, "Content-Type": "application/offset+octet-stream"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{api.url}/api/v1/uploads", headers={**tus, "Upload-Length": str(size)}) as r:
+            assert r.status == 201
+            location = api.url + r.headers["Location"]
+
+        async def first() -> tuple[int, str]:
+            headers = {**patch, "Upload-Offset": "0", "Content-Length": str(size)}
+            async with http.patch(location, data=slow(), headers=headers) as r:
+                return r.status, r.headers.get("Upload-Offset", "")
+
+        writing = asyncio.create_task(first())
+        for _ in range(600):  # until the first PATCH has recorded its first checkpoint
+            async with http.head(location, headers=tus) as r:
+                if r.headers["Upload-Offset"] != "0":
+                    break
+            await asyncio.sleep(0.05)
+        held = int(r.headers["Upload-Offset"])
+        assert 16 * MIB <= held <= paused
+        for start in (0, held):  # stale, and the offset recorded while the first still writes
+            other = os.urandom(MIB)
+            headers = {**patch, "Upload-Offset": str(start)}
+            async with http.patch(location, data=other, headers=headers) as r:
+                assert r.status == 409, (start, r.status)
+                assert r.content_type == "application/problem+json"
+                assert r.headers["Upload-Offset"] == str(held)
+        go_on.set()
+        assert await writing == (204, str(size))
+        async with http.patch(location, data=b"x", headers={**patch, "Upload-Offset": "0"}) as r:
+            assert r.status == 409 and r.headers["Upload-Offset"] == str(size)
+        async with http.get(location, headers=api.auth()) as r:
+            state = await r.json()
+    assert state["state"] == "ready" and state["sha256"] == hashlib.sha256(data).hexdigest()

@@ -342,3 +342,50 @@ async def test_attachment_types_are_leaf_media_types(api: API) -> None:
     types = [a.get_content_type() for a in msg.iter_attachments()]
     assert types == ["application/octet-stream"] * 3 + ["application/pdf"]
     assert all(a.get_content() == PDF for a in msg.iter_attachments())
+
+
+async def ranges_answer(http: aiohttp.ClientSession, url: str, whole: bytes, headers: dict[str, str]) -> None:
+    """RFC 9110 §14: a satisfiable range is 206 with its Content-Range; ``bytes=-0`` or a range past the
+    end 416 with ``bytes */SIZE``; a Range header that does not parse, of another unit or with several
+    ranges is ignored (200, the whole body)."""
+    size = len(whole)
+    for rng, part in (("bytes=0-9", whole[:10]), ("bytes=10-", whole[10:]), ("bytes=-5", whole[-5:])):
+        async with http.get(url, headers={**headers, "Range": rng}) as r:
+            assert r.status == 206, (rng, r.status)
+            assert await r.read() == part and r.headers["Accept-Ranges"] == "bytes"
+            first = size - len(part) if rng.startswith("bytes=-") else int(rng[6:].split("-")[0])
+            assert r.headers["Content-Range"] == f"bytes {first}-{first + len(part) - 1}/{size}"
+    for rng in ("bytes=-0", f"bytes={size}-", f"bytes={size + 10}-{size + 20}"):
+        async with http.get(url, headers={**headers, "Range": rng}) as r:
+            assert (r.status, r.headers.get("Content-Range")) == (416, f"bytes */{size}"), rng
+    for rng in ("bytes=abc", "bytes=9-3", "items=0-9", "bytes=0-1,5-6", "bytes 0-9"):
+        async with http.get(url, headers={**headers, "Range": rng}) as r:
+            assert r.status == 200, (rng, r.status)
+            assert await r.read() == whole and "Content-Range" not in r.headers
+
+
+async def test_raw_and_attachment_downloads_honour_ranges(api: API) -> None:
+    body = {
+        "from": DPI,
+        "to": [MARTIN],
+        "subject": "Résultats",
+        "text": "t",
+        "attachments": [
+            {"filename": "r.pdf", "content_type": "application/pdf", "data": base64.b64encode(PDF).decode()}
+        ],
+    }
+    martin = api.auth(MARTIN, PASSWORD)
+    base = f"{api.url}/api/v1/mailboxes/{MARTIN}/messages"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{api.url}/api/v1/messages", json=body, headers=api.auth()) as r:
+            assert r.status == 202
+        async with http.get(base, headers=martin) as r:
+            [item] = (await r.json())["messages"]
+        async with http.get(f"{base}/{item['uid']}/raw", headers=martin) as r:
+            raw = await r.read()
+        await ranges_answer(http, f"{base}/{item['uid']}/raw", raw, martin)
+        await ranges_answer(http, f"{base}/{item['uid']}/attachments/1", PDF, martin)
+        async with http.get(
+            f"{base}/{item['uid']}/raw", headers={**martin, "Range": "bytes=-0"}
+        ) as r:  # an API error like the others
+            assert r.content_type == "application/problem+json"

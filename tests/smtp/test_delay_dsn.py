@@ -11,7 +11,7 @@ import email
 import email.policy
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -20,10 +20,13 @@ import aiohttp
 import aiosmtplib
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from sqlalchemy import select
 
+from config.settings import DeliverySettings
 from mailserver import accounts
 from mailserver.db.models import utcnow
 from mailserver.portal import web
+from mailserver.queue.models import QueueMessage, QueueRecipient
 from mailserver.runtime import Runtime
 from mailserver.smtp import service
 from tests.ports import free_port
@@ -181,6 +184,69 @@ async def test_one_delay_report_per_recipient_after_delay_warning_even_across_a_
         else:
             await env.close()
         peer.controller.stop()
+
+
+async def test_the_delay_report_leaves_when_delay_warning_passes(
+    tmp_path: Path, db_url: str, pki: Any
+) -> None:
+    """With the default retry schedule (1 min, 5 min, 15 min, 1 h, then every 4 h) the first failure
+    after 4 h comes at about 5 h 20; the queue brings the attempt after 1 h 21 forward to the moment
+    ``delay_warning`` (4 h) passes, so the report leaves then. The queue clock jumps from one due
+    attempt to the next."""
+    peer = BusyPeer(pki)
+    peer.controller.start()
+    delivery = {
+        "delay_warning": "4h",
+        "retry_schedule": [f"{s}s" for s in DeliverySettings().retry_schedule],  # the tests' is shorter
+        "routes": {"b.mssante.test": f"127.0.0.1:{peer.port}"},
+    }
+    env = await start_env(tmp_path, db_url, pki, delivery=delivery)
+    warning = dt.timedelta(hours=4)
+    try:
+        await submit(env, "sans NOTIFY")
+
+        async def entry() -> tuple[QueueRecipient, dt.datetime]:
+            async with env.rt.db.read() as session:
+                row, created = (
+                    await session.execute(
+                        select(QueueRecipient, QueueMessage.created_at).join(
+                            QueueMessage, QueueMessage.id == QueueRecipient.message_id
+                        )
+                    )
+                ).one()
+            return row, aware(created)
+
+        await wait_for(lambda: attempted(entry, 0, None), 30)
+        for _ in range(10):
+            row, created = await entry()
+            if row.delay_notified_at is not None:
+                break
+            at = aware(row.next_attempt) + dt.timedelta(seconds=1)
+            env.rt.queue.clock = lambda at=at: at
+            env.rt.queue.wake()
+            # the attempt, and once past delay_warning its report (or the mark that none is due)
+            seen, due = row.attempts, at - created >= warning
+            await wait_for(lambda seen=seen, due=due: attempted(entry, seen, due), 30)
+        assert row.delay_notified_at is not None
+        assert aware(row.delay_notified_at) - created < warning + dt.timedelta(minutes=1)
+        [report] = await inbox(env.rt, MARTIN)
+        [group] = delivery_status(report)
+        assert group["Action"] == "delayed" and group["Final-Recipient"] == f"rfc822; {PEER}"
+    finally:
+        await env.close()
+        peer.controller.stop()
+
+
+def aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+async def attempted(
+    entry: Callable[[], Awaitable[tuple[QueueRecipient, dt.datetime]]], seen: int, reported: bool | None
+) -> bool:
+    """The recipient was tried more than ``seen`` times and, when ``reported``, its delay is marked."""
+    row, _created = await entry()
+    return row.attempts > seen and (not reported or row.delay_notified_at is not None)
 
 
 async def test_delay_warning_zero_never_reports(tmp_path: Path, pki: Any) -> None:
