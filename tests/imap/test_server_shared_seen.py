@@ -379,3 +379,36 @@ async def test_removing_a_member_drops_their_own_flags(imap_both: IMAPEnv) -> No
     async with env.rt.db.read() as session:
         rows = (await session.execute(select(MemberFlags.member_id))).scalars().all()
     assert rows == [env.mailboxes[DUPONT]]
+
+
+# --------------------------------------------------------------------------- other settings
+
+
+def other_prefix_and_private_keyword(env: IMAPEnv) -> None:
+    shared_inbox = f"Shared/{SECRETARIAT}/INBOX"
+    bernard, dupont, org = login(env, BERNARD), login(env, DUPONT), login(env, SECRETARIAT)
+    try:
+        assert bernard.namespace() == ("OK", [b'(("" "/")) NIL (("Shared/" "/"))'])
+        assert bernard.select(shared_inbox)[0] == "OK" and dupont.select(shared_inbox)[0] == "OK"
+        assert bernard.select(SHARED_INBOX)[0] == "NO", "the default prefix names nothing now"
+        bernard.select(shared_inbox)
+        org.select("INBOX")
+        assert bernard.store("1", "+FLAGS", "($Lu \\Flagged)")[0] == "OK"
+        assert flags_of(bernard) == {1: {"$Lu", "\\Flagged"}}
+        assert flags_of(dupont) == {1: {"\\Flagged"}}, "$Lu is Bernard's own, \\Flagged everyone's"
+        assert flags_of(org) == {1: {"\\Flagged"}}
+        typ, data = dupont.search(None, "KEYWORD", "$Lu")
+        assert typ == "OK" and data == [b""]
+    finally:
+        for client in (bernard, dupont, org):
+            client.logout()
+
+
+async def test_another_prefix_and_a_private_keyword(imap: IMAPEnv) -> None:
+    """``[imap] shared_prefix`` and ``private_flags`` are settings: with ``Shared/`` and the keyword
+    ``$Lu`` made private, the ORG is under ``Shared/`` and each member keeps their own ``$Lu``."""
+    imap.rt.settings.imap.shared_prefix = "Shared/"
+    imap.rt.settings.imap.private_flags = ["\\Seen", "$Lu"]
+    await members(imap, "lrsw", "lrsw")
+    await imap.deliver(message("premier"), SECRETARIAT)
+    await asyncio.to_thread(other_prefix_and_private_keyword, imap)
