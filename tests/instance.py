@@ -33,14 +33,83 @@ PORT_SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "portal",
 
 
 @dataclass
-class Instance:
+class ServerProcess:
+    """``caducee serve`` on ``directory/caducee.toml``, and the JSON lines it writes on stderr, read as
+    they come."""
+
     caducee: str
     directory: Path
+    lines: list[str] = field(default_factory=list, kw_only=True)
+    proc: subprocess.Popen[str] | None = field(default=None, kw_only=True)
+    _seen: threading.Condition = field(default_factory=threading.Condition, kw_only=True)
+    _pump: threading.Thread | None = field(default=None, kw_only=True)
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "caducee.toml"
+
+    def launch(self) -> None:
+        """Start ``caducee serve`` without waiting for it."""
+        self.lines = []
+        self.proc = subprocess.Popen(
+            [self.caducee, "--config", str(self.config), "serve"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.directory,
+        )
+        self._pump = threading.Thread(target=self._read_stderr, args=(self.proc,), daemon=True)
+        self._pump.start()
+
+    def _read_stderr(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            with self._seen:
+                self.lines.append(line)
+                self._seen.notify_all()
+        with self._seen:
+            self._seen.notify_all()
+
+    def wait_for(self, condition: Any, timeout: float = 60) -> None:
+        """Wait until ``condition()`` holds, woken by each line the server writes; fail if it exits."""
+        with self._seen:
+            met = self._seen.wait_for(
+                lambda: condition() or (self.proc is not None and self.proc.poll() is not None), timeout
+            )
+        assert met and condition(), "condition not met; server log:\n" + "".join(self.lines)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The log lines that are JSON objects (all of them, if the server keeps its word)."""
+        out = []
+        for line in list(self.lines):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                out.append(value)
+        return out
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [r for r in self.records() if r.get("event") == name]
+
+    def exit_code(self) -> int:
+        """Wait for the server to exit and for its last log line."""
+        assert self.proc is not None and self._pump is not None
+        code = self.proc.wait(60)
+        self._pump.join(10)
+        return code
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit status once every log line has been read."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.exit_code()
+
+
+@dataclass
+class Instance(ServerProcess):
     passwords: dict[str, str]
-    lines: list[str] = field(default_factory=list)
-    proc: subprocess.Popen[str] | None = None
-    _seen: threading.Condition = field(default_factory=threading.Condition)
-    _pump: threading.Thread | None = None
 
     @classmethod
     def init(cls, caducee: str, directory: Path, extra_config: str = "") -> Instance:
@@ -64,56 +133,10 @@ class Instance:
         config.write_text(text + extra_config, encoding="utf-8")
         return cls(caducee, directory, passwords)
 
-    @property
-    def config(self) -> Path:
-        return self.directory / "caducee.toml"
-
-    # ------------------------------------------------------------------ the server process
-
     def start(self) -> None:
-        self.lines = []
-        self.proc = subprocess.Popen(
-            [self.caducee, "--config", str(self.config), "serve"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=self.directory,
-        )
-        self._pump = threading.Thread(target=self._read_stderr, args=(self.proc,), daemon=True)
-        self._pump.start()
+        """Start ``caducee serve`` and wait for its ``ready`` event."""
+        self.launch()
         self.wait_for(lambda: any(e.get("event") == "ready" for e in self.records()), 90)
-
-    def _read_stderr(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            with self._seen:
-                self.lines.append(line)
-                self._seen.notify_all()
-        with self._seen:
-            self._seen.notify_all()
-
-    def wait_for(self, condition: Any, timeout: float = 30) -> None:
-        """Wait until ``condition()`` holds, woken by each line the server writes; fail if it exits."""
-        with self._seen:
-            met = self._seen.wait_for(
-                lambda: condition() or (self.proc is not None and self.proc.poll() is not None), timeout
-            )
-        assert met and condition(), "condition not met; server log:\n" + "".join(self.lines)
-
-    def records(self) -> list[dict[str, Any]]:
-        """The log lines that are JSON objects (all of them, if the server keeps its word)."""
-        out = []
-        for line in list(self.lines):
-            try:
-                value = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                out.append(value)
-        return out
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        return [r for r in self.records() if r.get("event") == name]
 
     @property
     def ports(self) -> dict[str, int]:
@@ -122,14 +145,6 @@ class Instance:
             for e in self.events("listening")
             if e["service"] in PORT_SERVICES
         }
-
-    def stop(self) -> int:
-        """SIGTERM, then the exit status once every log line has been read."""
-        assert self.proc is not None and self._pump is not None
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(60)
-        self._pump.join(10)
-        return code
 
     # ------------------------------------------------------------------ clients
 

@@ -12,15 +12,13 @@ again while the other keeps serving, a worker that cannot start stops the server
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from config.settings import ConfigError, load
 from mailserver import accounts
 from mailserver.db import migrate
 from mailserver.runtime import Runtime
+from tests.instance import ServerProcess
 from tests.ports import free_port
 from tests.smtp.conftest import PASSWORD, RPPS, tls_client
 from tests.smtp.operators import CADUCEE
@@ -74,58 +73,11 @@ argon2_memory_kib = 8192
 
 
 @dataclass
-class Served:
-    """``caducee serve`` and the JSON lines it writes on stderr, read as they come."""
+class Served(ServerProcess):
+    """``caducee serve`` with ``[server] workers``, and which worker serves which IMAP session."""
 
-    config: Path
     imaps: int
     pki: Any
-    proc: subprocess.Popen[str] | None = None
-    lines: list[str] = field(default_factory=list)
-    seen: threading.Condition = field(default_factory=threading.Condition)
-    pump: threading.Thread | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [CADUCEE, "--config", str(self.config), "serve"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=self.config.parent,
-        )
-        self.pump = threading.Thread(target=self._pump, args=(self.proc,), daemon=True)
-        self.pump.start()
-
-    def _pump(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            with self.seen:
-                self.lines.append(line)
-                self.seen.notify_all()
-        with self.seen:
-            self.seen.notify_all()
-
-    def records(self) -> list[dict[str, Any]]:
-        out = []
-        for line in list(self.lines):
-            try:
-                value = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                out.append(value)
-        return out
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        return [r for r in self.records() if r.get("event") == name]
-
-    def wait_for(self, condition: Callable[[], Any], timeout: float = 60) -> None:
-        """Wait until ``condition()`` holds, woken by each log line; fail if the server exits first."""
-        assert self.proc is not None
-        proc = self.proc
-        with self.seen:
-            self.seen.wait_for(lambda: condition() or proc.poll() is not None, timeout)
-        assert condition(), "condition not met; server log:\n" + "".join(self.lines)
 
     def ready_pids(self) -> set[int]:
         return {e["pid"] for e in self.events("ready")}
@@ -169,18 +121,6 @@ class Served:
                 return found
         raise AssertionError(f"after {tries} connections, sessions only on {sorted(found)} of {pids}")
 
-    def exit_code(self) -> int:
-        """Wait for the server to exit and for its last log line."""
-        assert self.proc is not None and self.pump is not None
-        code = self.proc.wait(60)
-        self.pump.join(10)
-        return code
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.exit_code()
-
 
 def gone(pid: int) -> bool:
     try:
@@ -207,7 +147,7 @@ def served(tmp_path: Path, pg_url: str, pki: Any) -> Iterator[Served]:
     imaps = free_port()
     config.write_text(config_text(pki, pg_url, imaps), encoding="utf-8")
     asyncio.run(prepare(config))
-    s = Served(config, imaps, pki)
+    s = Served(CADUCEE, tmp_path, imaps, pki)
     try:
         yield s
     finally:
@@ -234,7 +174,7 @@ def _idle_until_exists(client: imapclient.IMAPClient, count: int, seconds: float
 @pytest.mark.slow
 def test_two_workers_serve_and_idle_hears_the_other(served: Served) -> None:
     """Sessions land on both workers; IDLE on one hears an APPEND made through the other."""
-    served.start()
+    served.launch()
     served.wait_ready()
     assert served.proc is not None
     workers = served.worker_pids()
@@ -258,7 +198,7 @@ def test_two_workers_serve_and_idle_hears_the_other(served: Served) -> None:
 @pytest.mark.slow
 def test_sigterm_stops_every_worker(served: Served) -> None:
     """SIGTERM to the supervisor: every worker stops, the supervisor exits 0, no process is left."""
-    served.start()
+    served.launch()
     served.wait_ready()
     pids = set(served.worker_pids().values())
     assert served.stop() == 0, "".join(served.lines)
@@ -271,7 +211,7 @@ def test_sigterm_stops_every_worker(served: Served) -> None:
 @pytest.mark.slow
 def test_a_killed_worker_is_started_again(served: Served) -> None:
     """SIGKILL to worker 1: logged, started again, and both workers serve as before."""
-    served.start()
+    served.launch()
     served.wait_ready()
     first = served.worker_pids()
     os.kill(first[1], signal.SIGKILL)
@@ -298,7 +238,7 @@ def test_a_worker_that_cannot_start_stops_the_server(served: Served) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", served.imaps))
         squatter.listen()
-        served.start()
+        served.launch()
         code = served.exit_code()
     assert code == 1, "".join(served.lines)
     assert any(line.startswith("caducee: cannot start: ") for line in served.lines), served.lines
