@@ -37,6 +37,7 @@ async def env(tmp_path: Path, db_url: str, pki: Any) -> AsyncIterator[SMTPEnv]:
         pki,
         large_files={"threshold": "1MiB"},
         patients={"portal_url": "https://portail.a.mssante.test/"},
+        portal={"listen": ["127.0.0.1:0"], "secure_cookies": False},
     )
     try:
         yield env
@@ -132,50 +133,37 @@ async def test_a_peer_recipient_gets_the_attachment_itself(env: SMTPEnv) -> None
         assert list((await session.execute(select(LargeFile))).scalars()) == []
 
 
-async def test_members_of_the_org_download_its_links_as_themselves(
-    tmp_path: Path, db_url: str, pki: Any
-) -> None:
+async def test_members_of_the_org_download_its_links_as_themselves(env: SMTPEnv) -> None:
     """A link the ORG received is the team's: a member holding ``r`` downloads it with their own
     credentials (audited as themselves, naming the ORG); a member without ``r`` is told nothing."""
-    env = await start_env(
-        tmp_path,
-        db_url,
-        pki,
-        large_files={"threshold": "1MiB"},
-        patients={"portal_url": "https://portail.a.mssante.test/"},
-        portal={"listen": ["127.0.0.1:0"], "secure_cookies": False},
-    )
-    try:
-        [portal] = await web.start(env.rt)
-        env.started.append(portal)
-        await accounts.add_member(env.rt, SECRETARIAT, AUTRE, "lr")
-        await accounts.add_mailbox(env.rt, VOISIN, "PER", rpps=RPPS, password=PASSWORD)
-        await accounts.add_member(env.rt, SECRETARIAT, VOISIN, "l")
-        video = os.urandom(2 * MIB)
-        msg = EmailMessage()
-        msg["From"], msg["To"], msg["Subject"] = MARTIN, SECRETARIAT, "Vidéo pour le service"
-        msg.set_content("Ci-joint.\n")
-        msg.add_attachment(video, maintype="video", subtype="mp4", filename="video.mp4")
-        await asyncio.to_thread(submit, env, msg, [SECRETARIAT])
-        [raw] = await env.inbox(SECRETARIAT)
-        got = email.message_from_bytes(raw, policy=email.policy.default)
-        [link] = [p for p in got.walk() if p["X-Caducee-Large-File"]]
-        url = f"http://{portal.address}/fichiers/{link['X-Caducee-Large-File']}/telecharger"
-        async with aiohttp.ClientSession() as http:
-            async with http.get(url, auth=aiohttp.BasicAuth(AUTRE, PASSWORD)) as r:
-                assert r.status == 200 and await r.read() == video
-            async with http.get(url, auth=aiohttp.BasicAuth(VOISIN, PASSWORD)) as r:
-                assert r.status == 404
-        async with env.rt.db.read() as session:
-            rows = (
-                await session.execute(
-                    select(AuditEvent.actor, AuditEvent.action, AuditEvent.request).where(
-                        AuditEvent.action.like("large-file-%")
-                    )
+    [portal] = await web.start(env.rt)
+    env.started.append(portal)
+    await accounts.add_member(env.rt, SECRETARIAT, AUTRE, "lr")
+    await accounts.add_mailbox(env.rt, VOISIN, "PER", rpps=RPPS, password=PASSWORD)
+    await accounts.add_member(env.rt, SECRETARIAT, VOISIN, "l")
+    video = os.urandom(2 * MIB)
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = MARTIN, SECRETARIAT, "Vidéo pour le service"
+    msg.set_content("Ci-joint.\n")
+    msg.add_attachment(video, maintype="video", subtype="mp4", filename="video.mp4")
+    await asyncio.to_thread(submit, env, msg, [SECRETARIAT])
+    [raw] = await env.inbox(SECRETARIAT)
+    got = email.message_from_bytes(raw, policy=email.policy.default)
+    [link] = [p for p in got.walk() if p["X-Caducee-Large-File"]]
+    url = f"http://{portal.address}/fichiers/{link['X-Caducee-Large-File']}/telecharger"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url, auth=aiohttp.BasicAuth(AUTRE, PASSWORD)) as r:
+            assert r.status == 200 and await r.read() == video
+        async with http.get(url, auth=aiohttp.BasicAuth(VOISIN, PASSWORD)) as r:
+            assert r.status == 404
+    async with env.rt.db.read() as session:
+        rows = (
+            await session.execute(
+                select(AuditEvent.actor, AuditEvent.action, AuditEvent.request).where(
+                    AuditEvent.action.like("large-file-%")
                 )
-            ).all()
-        [(actor, _, request)] = [row for row in rows if row[1] == "large-file-download"]
-        assert actor == AUTRE and f"as member of {SECRETARIAT}" in request
-        assert [row[0] for row in rows if row[1] == "large-file-refused"] == [VOISIN]
-    finally:
-        await env.close()
+            )
+        ).all()
+    [(actor, _, request)] = [row for row in rows if row[1] == "large-file-download"]
+    assert actor == AUTRE and f"as member of {SECRETARIAT}" in request
+    assert [row[0] for row in rows if row[1] == "large-file-refused"] == [VOISIN]
