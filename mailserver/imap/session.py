@@ -442,7 +442,9 @@ class Session(asyncio.Protocol):
             self.rt.metrics.command(self.service, "unknown")
             if event.tag is not None:
                 self.rt.metrics.reply(self.service, event.status)
-            self.send(enc.status_response(event.tag, event.status, event.message, event.code))
+            self.send(
+                enc.status_response(event.tag, event.status, self.reply_text(event.message), event.code)
+            )
             await self.flush()
         elif isinstance(event, IdleDone | AuthResponse | AuthCancel):
             self.send(enc.status_response(None, "BAD", "unexpected continuation data"))

@@ -219,6 +219,8 @@ async def test_list_status_and_rev2_select_follow_the_rights(imap: IMAPEnv) -> N
     assert not [line for line in lines if line.startswith("* STATUS")]
     lines = await looker.command(f"SELECT {SHARED_INBOX}")
     assert lines[-1].split(" ", 3)[1:3] == ["NO", "[NOPERM]"] and SHARED_INBOX in lines[-1]
+    lines = await looker.command(f'SELECT "Partagé/{SECRETARIAT}/INBOX"')  # raw UTF-8, not enabled
+    assert lines[-1].split(" ", 2)[1] in ("NO", "BAD") and lines[-1].isascii(), lines[-1]
     await looker.ok("ENABLE UTF8=ACCEPT")  # RFC 6855 §3: UTF-8 in responses from now on
     lines = await looker.command(f'SELECT "Partagé/{SECRETARIAT}/INBOX"')
     assert f"Partagé/{SECRETARIAT}/INBOX" in lines[-1]

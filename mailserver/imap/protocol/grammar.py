@@ -363,7 +363,7 @@ class _Cursor:
         if name is not None:
             return name
         if self.refusal is None:
-            how = "UTF-8" if self.utf8 else "modified UTF-7 (RFC 3501 §5.1.3)"
+            how = "UTF-8" if self.utf8 else "modified UTF-7 (RFC 3501 section 5.1.3)"
             self.refusal = ParseError(f"mailbox name is not valid {how}", status="NO", code=unusable)
         return raw.decode("latin-1")
 
