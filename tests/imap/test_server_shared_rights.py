@@ -44,6 +44,9 @@ def folder_rights(env: IMAPEnv) -> dict[str, list[str]]:
         assert dupont.create(SHARED + "Nouveau")[0] == "OK"
         assert dupont.rename(SHARED + "Dossiers", SHARED + "Archives")[0] == "OK"
         assert dupont.delete(SHARED + "Nouveau")[0] == "OK"
+        # RFC 9051 §6.3.6 moves an INBOX's mail when it is renamed: not the team's INBOX, where mail arrives.
+        typ, data = dupont.rename(SHARED_INBOX, SHARED + "Vide")
+        assert typ == "NO" and data[0].startswith(b"[CANNOT]"), data
         assert dupont.select(SHARED_INBOX)[0] == "OK"
         typ, data = dupont.store("1", "+FLAGS", "(\\Flagged $Urgent)")
         assert typ == "OK" and b"\\Flagged" in data[0] and b"$Urgent" in data[0]
@@ -68,6 +71,18 @@ async def test_delete_rename_create_and_flags_need_their_rights(imap_both: IMAPE
     assert "Dossiers" not in seen["org after changes"] and "Nouveau" not in seen["org after changes"]
     assert "\\Flagged" in seen["org flags"] and "$Urgent" in seen["org flags"]
     assert "\\Seen" not in seen["org flags"], "BERNARD's \\Seen is his own"
+    (created,) = await env.rt.audit.events(action="create")
+    assert (created.actor, created.request, created.response) == (
+        DUPONT,
+        f"imap CREATE folder Partagé/{SECRETARIAT}/Nouveau",
+        f"ok as member of {SECRETARIAT}",
+    )
+    (renamed,) = await env.rt.audit.events(action="rename")
+    assert (renamed.actor, renamed.request, renamed.response) == (
+        DUPONT,
+        f"imap RENAME folder Partagé/{SECRETARIAT}/Dossiers Partagé/{SECRETARIAT}/Archives",
+        f"ok as member of {SECRETARIAT}",
+    )
     (deleted,) = await env.rt.audit.events(action="delete")
     assert (deleted.actor, deleted.request, deleted.response) == (
         DUPONT,

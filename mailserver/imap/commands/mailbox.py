@@ -153,6 +153,10 @@ async def create(s: Session, tag: str, cmd: Create) -> Done:
     except StoreError as exc:
         await _audit_limit(s, f"imap CREATE {name}", exc)
         raise
+    actor, org = s.acting(target.shared)
+    await s.rt.audit.record(
+        actor, "create", s.remote, f"imap CREATE folder {target.display}", "ok" + as_member(org)
+    )
     return Done("CREATE completed")
 
 
@@ -179,11 +183,16 @@ async def rename(s: Session, tag: str, cmd: Rename) -> Done:
     shared.need(new, acl.CREATE, "RENAME")
     if old.mailbox_id != new.mailbox_id:
         raise Fail("NO", "a folder cannot be renamed into another mailbox", "CANNOT")
+    if old.shared and normalize_folder(old.folder) == "INBOX":  # RFC 9051 §6.3.6 would empty it
+        raise Fail("NO", "the INBOX of a shared mailbox cannot be renamed: its mail arrives there", "CANNOT")
     try:
         await s.rt.store.rename_folder(old.mailbox_id, old.folder, new.folder)
     except StoreError as exc:
         await _audit_limit(s, f"imap RENAME {cmd.old} {new.display}", exc)
         raise
+    actor, org = s.acting(old.shared)
+    request = f"imap RENAME folder {old.display} {new.display}"
+    await s.rt.audit.record(actor, "rename", s.remote, request, "ok" + as_member(org))
     if s.selected is not None and s.selected.name == old.display:
         s.selected.name = new.display
         s.dirty = True
