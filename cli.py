@@ -408,8 +408,9 @@ async def mailbox_delete(rt: Runtime, address: str, yes: bool) -> None:
 @click.argument("org_address")
 @with_runtime
 async def mailbox_send_as(rt: Runtime, member: str, org_address: str) -> None:
-    """Deprecated alias of ``mailbox member add ORG_ADDRESS MEMBER`` (the default rights)."""
-    m = await accounts.add_member(rt, org_address, member)
+    """Deprecated: ``mailbox member add ORG_ADDRESS MEMBER`` (the default rights), or ``p`` added to
+    an existing member's rights."""
+    m = await accounts.grant_send_as(rt, org_address, member)
     click.echo(f"{m.member} is a member of {m.org} with rights {m.rights}")
 
 
@@ -423,9 +424,12 @@ def member() -> None:
 @member.command("add")
 @click.argument("org_address")
 @click.argument("person_address")
-@click.option("--rights", default=DEFAULT_MEMBER_RIGHTS, show_default=True)
+@click.option(
+    "--rights",
+    help=f"RFC 4314 letters [default: {DEFAULT_MEMBER_RIGHTS} for a new member, kept for an existing one]",
+)
 @with_runtime
-async def member_add(rt: Runtime, org_address: str, person_address: str, rights: str) -> None:
+async def member_add(rt: Runtime, org_address: str, person_address: str, rights: str | None) -> None:
     m = await accounts.add_member(rt, org_address, person_address, rights)
     click.echo(f"{m.member} is a member of {m.org} with rights {m.rights}")
 

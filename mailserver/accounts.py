@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from directory.ins import InvalidINS, validate_ins
 from directory.rpps import InvalidRPPS, validate_rpps
-from mailserver import certauth
+from mailserver import acl, certauth
 from mailserver.db.engine import run_core
 from mailserver.db.models import (
     ACL_RIGHTS,
@@ -391,13 +391,15 @@ async def add_member(
     rt: Runtime,
     org_address: str,
     member_address: str,
-    rights: str = DEFAULT_MEMBER_RIGHTS,
+    rights: str | None = None,
     *,
     actor: str = "admin",
     remote: str = "",
 ) -> Member:
     """Make ``member_address`` a member of the ORG/CAB mailbox with ``rights`` (set again if already
-    one): they open it, and send as it when the rights hold ``p``, with their own identity."""
+    one): they open it, and send as it when the rights hold ``p``, with their own identity. Without
+    ``rights`` a new member gets ``DEFAULT_MEMBER_RIGHTS`` and an existing one keeps theirs, so a
+    provisioning script run twice never widens what was granted."""
     org, member = await get_mailbox(rt, org_address), await get_mailbox(rt, member_address)
     if org.type not in SHARED_TYPES:
         raise AccountError(f"{org.address} is not an ORG or CAB mailbox")
@@ -408,11 +410,13 @@ async def add_member(
             f"{member.address} is a {member.type} mailbox: members are professionals' (PER) or"
             " software (APP) mailboxes"
         )
-    canonical = normalise_rights(rights)
-    if not canonical:
+    canonical = normalise_rights(rights) if rights is not None else ""
+    if rights is not None and not canonical:
         raise AccountError("no rights given: use `mailbox member remove` to end a membership")
     async with rt.db.write() as session:
         row = await session.get(Membership, (org.id, member.id))
+        if not canonical:
+            canonical = row.rights if row is not None else normalise_rights(DEFAULT_MEMBER_RIGHTS)
         if row is None:
             session.add(Membership(mailbox_id=org.id, member_id=member.id, rights=canonical))
         else:
@@ -497,9 +501,11 @@ async def rights_through(rt: Runtime, mailbox_id: int, member_ids: tuple[int, ..
     return "".join(r for r in ACL_RIGHTS if r in held)
 
 
-async def grant_send_as(rt: Runtime, org_address: str, member_address: str) -> None:
-    """Deprecated (``mailbox send-as``): a membership with the default rights, which include sending."""
-    await add_member(rt, org_address, member_address)
+async def grant_send_as(rt: Runtime, org_address: str, member_address: str) -> Member:
+    """Deprecated (``mailbox send-as``): a new member gets the default rights, which include sending;
+    an existing one gets ``p`` added to what they hold."""
+    held = [m.rights for m in await list_members(rt, org_address) if m.member == member_address.lower()]
+    return await add_member(rt, org_address, member_address, held[0] + acl.POST if held else None)
 
 
 async def send_as_addresses(rt: Runtime, mailbox_id: int) -> frozenset[str]:

@@ -16,6 +16,7 @@ READ = "r"  # SELECT, EXAMINE, STATUS, FETCH, SEARCH, COPY from
 SEEN = "s"  # keep \Seen (STORE, APPEND, and the implicit \Seen of FETCH BODY[])
 WRITE = "w"  # every other flag and keyword
 INSERT = "i"  # APPEND, COPY/MOVE into
+POST = "p"  # send as the mailbox (submission envelope and header From, the sending API)
 CREATE = "k"  # CREATE, RENAME to
 DELETE = "x"  # DELETE, RENAME from
 DELETED = "t"  # \Deleted

@@ -59,6 +59,8 @@ async def test_member_commands_drive_submission(env: Env, tmp_path: Path) -> Non
     assert await asyncio.to_thread(send_as_org, env) == 550
     await run("mailbox", "member", "add", SECRETARIAT, DURAND, "--rights", "lrp")
     assert await asyncio.to_thread(send_as_org, env) == 250
+    # Provisioning run again without --rights keeps what was granted (no silent widening).
+    assert "with rights lrp" in await run("mailbox", "member", "add", SECRETARIAT, DURAND)
     listed = json.loads(await run("mailbox", "member", "list", SECRETARIAT, "--json"))
     assert {"org": SECRETARIAT, "member": DURAND, "rights": "lrp"} in listed
     assert DURAND in await run("mailbox", "member", "list")
