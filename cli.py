@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import secrets
 import sys
 from collections.abc import Callable, Iterator
@@ -52,6 +53,7 @@ def parse_limit(value: str | None, what: str = "SIZE") -> int | None:
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
     """Caducée: secure health messaging for the MSSanté trust space."""
+    os.umask(0o077)  # every file written (mail, database, backups, keys) is readable by this user only
     logs.configure("debug" if verbose else "warning")
     ctx.obj = CliState(config_path)
 

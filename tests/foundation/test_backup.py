@@ -341,6 +341,9 @@ def test_large_files_are_in_the_backup_and_download_after_restore(tmp_path: Path
         assert result.returncode == 0, result.stdout + result.stderr
     finally:
         assert inst.stop() == 0
+    for place in (tmp_path / "copy", inst.directory):  # health mail and hashes: the operator's alone
+        exposed = [p for p in (place, *place.rglob("*")) if p.stat().st_mode & 0o077]
+        assert not exposed, [(str(p), oct(p.stat().st_mode)) for p in exposed]
     manifest = json.loads((tmp_path / "copy" / "manifest.json").read_text(encoding="utf-8"))
     [kept] = [f for f in manifest["files"] if f["path"].startswith("large_files/")]
     assert kept["size"] == len(video)
