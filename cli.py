@@ -64,13 +64,17 @@ def main(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
 DEMO_RPPS = "10000000009"
 
 
-def _toml_config(data_dir: Path, hostname: str) -> str:
+SQLITE_DEFAULT = "sqlite+aiosqlite:///caducee.db"
+
+
+def _toml_config(data_dir: Path, hostname: str, database_url: str = SQLITE_DEFAULT) -> str:
     return f"""# Caducée configuration, written by `caducee init`. Every key is documented in README.md.
 [server]
 hostname = "{hostname}"
 
 [database]
-url = "sqlite+aiosqlite:///caducee.db"    # relative to this file; postgresql+asyncpg://… in production
+# sqlite+aiosqlite:///FILE is relative to this file; postgresql+asyncpg://… in production
+url = {json.dumps(database_url)}
 
 [storage]
 path = "store"
@@ -121,8 +125,18 @@ lease = "60s"                            # with several nodes: a dead node's del
 @click.option(
     "--demo-mailboxes", is_flag=True, help="Also create two demo mailboxes and print their passwords."
 )
+@click.option(
+    "--database-url",
+    default=SQLITE_DEFAULT,
+    help="postgresql+asyncpg://USER@HOST/DB for production (an empty database); default: SQLite here.",
+)
 def init(
-    data_dir: Path, domain: str, patient_domain: str | None, hostname: str | None, demo_mailboxes: bool
+    data_dir: Path,
+    domain: str,
+    patient_domain: str | None,
+    hostname: str | None,
+    demo_mailboxes: bool,
+    database_url: str,
 ) -> None:
     """Create a data directory: configuration, database, store, first-run TLS certificates."""
     from mailserver.db import migrate
@@ -137,15 +151,21 @@ def init(
         patient_domain = accounts.validate_domain(patient_domain) if patient_domain else None
     except AccountError as exc:
         fail(str(exc))
+    if not database_url.startswith(("sqlite+aiosqlite:///", "postgresql+asyncpg://")):
+        fail(f"--database-url: expected sqlite+aiosqlite:///FILE or postgresql+asyncpg://…: {database_url!r}")
     hostname = hostname or f"mx.{domain}"
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         chain, key, ca = make_first_run_certificates(data_dir / "tls", hostname, domain)
-        cfg_path.write_text(_toml_config(data_dir, hostname), encoding="utf-8")
+        cfg_path.write_text(_toml_config(data_dir, hostname, database_url), encoding="utf-8")
     except OSError as exc:
         fail(f"cannot write {data_dir}: {exc.strerror}")
     settings = config.load(cfg_path)
-    migrate.upgrade(settings.database.url)
+    try:
+        migrate.upgrade(settings.database.url)
+    except Exception as exc:  # unreachable server, unknown database, refused login: one line
+        cfg_path.unlink()
+        fail(f"cannot prepare the database {database_url}: {exc}")
     made: list[str] = [
         f"configuration  {cfg_path}",
         f"database       {settings.database.url}",

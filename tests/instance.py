@@ -112,13 +112,21 @@ class Instance(ServerProcess):
     passwords: dict[str, str]
 
     @classmethod
-    def init(cls, caducee: str, directory: Path, extra_config: str = "") -> Instance:
-        """``caducee init`` with the two demo mailboxes, listeners moved to free ports, ``extra_config``
-        (TOML sections ``init`` does not write) appended."""
+    def init(cls, caducee: str, directory: Path, extra_config: str = "", *options: str) -> Instance:
+        """``caducee init`` with the two demo mailboxes and ``options``, listeners moved to free ports,
+        ``extra_config`` (TOML sections ``init`` does not write) appended."""
         directory.parent.mkdir(parents=True, exist_ok=True)
-        args = ["--data-dir", str(directory), "--domain", DOMAIN, "--patient-domain", PATIENT_DOMAIN]
+        args = [
+            "--data-dir",
+            str(directory),
+            "--domain",
+            DOMAIN,
+            "--patient-domain",
+            PATIENT_DOMAIN,
+            *options,
+        ]
         r = subprocess.run(
-            [caducee, "init", *args, "--demo-mailboxes"],
+            [caducee, "init", *args, *options, "--demo-mailboxes"],
             capture_output=True,
             text=True,
             timeout=180,
@@ -128,7 +136,8 @@ class Instance(ServerProcess):
         passwords = dict(re.findall(r"mailbox\s+(\S+) \(\w+\) password: (\S+)", r.stdout))
         assert set(passwords) == {MARTIN, SECRETARIAT}, r.stdout
         config = directory / "caducee.toml"
-        text = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:0", config.read_text(encoding="utf-8"))
+        # Listen addresses only (quoted whole), not a database URL naming 127.0.0.1:5432.
+        text = re.sub(r'"127\.0\.0\.1:\d+"', '"127.0.0.1:0"', config.read_text(encoding="utf-8"))
         text = text.replace("[ldap]\n", '[ldap]\ntls_listen = ["127.0.0.1:0"]\n', 1)
         config.write_text(text + extra_config, encoding="utf-8")
         return cls(caducee, directory, passwords)

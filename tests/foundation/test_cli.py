@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.instance import MARTIN, Instance
+from tests.ports import free_port
+
 CADUCEE = str(Path(sys.executable).with_name("caducee"))
 
 
@@ -250,3 +253,40 @@ def test_serve_refuses_to_start_with_an_unreadable_crl_file(cli: Cli, tmp_path: 
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("caducee: cannot start: [tls] peer_ca or a CRL file is unreadable"), r.stderr
     assert "none.crl" in last and '"event":"ready"' not in r.stderr
+
+
+@pytest.mark.postgres
+def test_init_on_postgresql_serves_at_once(tmp_path: Path, pg_url: str) -> None:
+    """``init --database-url`` prepares the production engine itself: schema, store identity, domains
+    and demo mailboxes all in PostgreSQL, so ``serve`` starts and the demo mailbox logs in over IMAP."""
+    inst = Instance.init(CADUCEE, tmp_path / "data", "", "--database-url", pg_url)
+    assert f'url = "{pg_url}"' in inst.config.read_text(encoding="utf-8")
+    assert not (inst.directory / "caducee.db").exists()
+    inst.start()
+    try:
+        client = inst.imap(MARTIN)
+        assert client.select("INBOX")[0] == "OK"
+        client.logout()
+    finally:
+        assert inst.stop() == 0
+
+
+def test_init_with_an_unreachable_database_says_so(tmp_path: Path) -> None:
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nothing"
+    r = subprocess.run(
+        [
+            CADUCEE,
+            "init",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--domain",
+            "a.mssante.test",
+            "--database-url",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 1 and r.stderr.startswith(f"caducee: cannot prepare the database {url}"), r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "d" / "caducee.toml").exists()
