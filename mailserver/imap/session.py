@@ -391,7 +391,7 @@ class Session(asyncio.Protocol):
                     if self._reading_paused and self.transport is not None:
                         self._reading_paused = False
                         self.transport.resume_reading()
-                    if self.closing:
+                    if self.closing and not self.receiver.mid_command:
                         self.send(enc.status_response(None, "BYE", "server shutting down"))
                         break
                     if not await self.wait_input(limits.imap_command_timeout) and not self._closed:
@@ -423,7 +423,8 @@ class Session(asyncio.Protocol):
         self.server.release(self)
 
     def shutdown(self) -> None:
-        """Server stopping: the session says BYE as soon as it is between commands."""
+        """Server stopping: the session says BYE as soon as it is between commands (one being received,
+        an APPEND literal say, is read and run first, within ``[server] shutdown_grace``)."""
         self.closing = True
         self._wake()
 

@@ -178,3 +178,23 @@ async def test_imapclient_idle_sees_updates_from_before_and_during_idle(imap_bot
     await waiter
     assert (2, b"EXISTS") in first
     assert (3, b"EXISTS") in second
+
+
+async def test_a_stopping_server_lets_an_append_in_flight_finish(imap: IMAPEnv) -> None:
+    """SIGTERM arrives while a client is half-way through an APPEND literal: the command completes
+    (the message is stored and acknowledged) and only then the session hears BYE; an idle session
+    hears BYE at once."""
+    sender, idle = await imap.connect(), await imap.connect()
+    body = message("gros envoi") + b"x" * 300_000 + b"\r\n"
+    await sender.send(f"A1 APPEND INBOX {{{len(body)}+}}\r\n".encode() + body[:100_000])
+    await asyncio.sleep(0.2)  # the server has read part of the literal
+    closing = asyncio.gather(*(listener.close() for listener in imap.listeners))
+    assert (await idle.line()).startswith("* BYE")
+    await sender.send(body[100_000:] + b"\r\n")
+    lines = await sender.until("A1")
+    assert lines[-1].startswith("A1 OK") and "APPENDUID" in lines[-1], lines
+    assert (await sender.line()).startswith("* BYE")
+    await asyncio.wait_for(closing, 10)
+    folder = await imap.rt.store.folder(imap.mailboxes[MARTIN], "INBOX")
+    _info, stored = await imap.rt.store.snapshot(folder.id)
+    assert len(stored) == 1

@@ -165,6 +165,12 @@ class Receiver:
         return self._mode
 
     @property
+    def mid_command(self) -> bool:
+        """Part of a command has arrived (a line begun, lines or a literal of it): a stopping server
+        lets it finish before its BYE."""
+        return bool(self._buf or self._lines or self._state is not _State.LINE)
+
+    @property
     def buffered(self) -> int:
         """Octets received but not yet turned into events (for back-pressure)."""
         return len(self._buf)
