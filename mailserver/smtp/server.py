@@ -176,6 +176,7 @@ class ServerConfig:
     auth_line_length: int = 12288
     active: set[SMTPServer] = field(default_factory=set)
     drained: asyncio.Event = field(default_factory=asyncio.Event)
+    stopping: bool = False  # the listener is closing: each session ends after what it is receiving
 
 
 def parse_params(text: str) -> dict[str, str | None]:
@@ -298,6 +299,7 @@ class SMTPServer(CommandLoop):
         # command is then held to its own limit below (DATA's lines to ``line_length`` by read_data).
         self.line_length_limit = max(config.line_length, config.auth_line_length if config.auth else 0)
         self.busy = False
+        self.receiving = False  # inside DATA: a stopping server lets the message arrive and be answered
         self.peer_certificate: tuple[bytes, x509.Certificate] | None = None  # (DER, parsed), per connection
         self.tls_trace: tuple[object, str] | None = None  # (SSL object, Received clause), per connection
         self._client_ip = ""
@@ -384,6 +386,15 @@ class SMTPServer(CommandLoop):
             if status[:1] in "45" and self.request is not None and status != traced:
                 await self.event_handler.refused(self, self.request, status)
         await super().push(status)
+
+    def say_goodbye(self) -> None:
+        """The server is stopping (RFC 5321 §3.8): 421, then the connection closes."""
+        if not self.closing:
+            assert self.transport is not None
+            self.transport.write(
+                f"421 4.3.2 {self.config.hostname} shutting down, try again later\r\n".encode()
+            )
+        self.hang_up()
 
     def commanded(self, command: str) -> None:
         self.config.gate.metrics.command(self.config.service, command)
@@ -515,16 +526,21 @@ class SMTPServer(CommandLoop):
             await self.push("501 5.5.4 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        self.receiving = True
         try:
             data, error = await read_data(
                 self._reader, self.data_size_limit or 0, self.config.line_length, self._reset_timeout
             )
+            status = error or await self.event_handler.message(self, data)
         except asyncio.IncompleteReadError:  # the client went away in the middle of its message
             self.hang_up()
             return
-        status = error or await self.event_handler.message(self, data)
+        finally:
+            self.receiving = False
         self._set_post_data_state()
         await self.push(status)
+        if self.config.stopping:
+            self.say_goodbye()
 
     async def _discard(self, size: int) -> None:
         while size > 0:

@@ -41,10 +41,13 @@ class SMTPListener:
         self.gate = config.gate
 
     async def close(self) -> None:
+        """Stop accepting; a session between commands hears 421 now, one receiving or storing a message
+        once that message is answered (within ``[server] shutdown_grace``)."""
         self.server.close()
+        self.config.stopping = True
         for session in list(self.config.active):
-            if not session.busy:
-                session.hang_up()
+            if not (session.busy or session.receiving):
+                session.say_goodbye()
         if self.config.active:
             await self.config.drained.wait()
         await self.config.gate.drain()

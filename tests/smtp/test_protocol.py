@@ -10,6 +10,7 @@ import pytest
 
 from mailserver.smtp.server import with_enhanced_code, xtext_decode, xtext_encode
 from tests.smtp.conftest import MARTIN, Raw, SMTPEnv, start_env, wait_for
+from tests.smtp.test_bad_input import submission_session
 from tests.smtp.test_mta import peer_session
 
 
@@ -164,3 +165,23 @@ async def test_smtputf8_recipient_is_parsed(sqlite_env: SMTPEnv, address: str) -
     raw = await peer_session(sqlite_env)
     await raw.cmd("MAIL FROM:<dr.durand@b.mssante.test> SMTPUTF8")
     assert (await raw.cmd(f"RCPT TO:<{address}>")).startswith("550 5.1.1")
+
+
+async def test_a_stopping_server_finishes_the_message_in_flight_then_says_421(sqlite_env: SMTPEnv) -> None:
+    """SIGTERM half-way through DATA: the message is read to its end, stored and answered 250, then
+    the session hears 421 (RFC 5321 §3.8); a session between commands hears 421 at once."""
+    sender, idle = await submission_session(sqlite_env), await submission_session(sqlite_env)
+    assert (await sender.cmd(f"MAIL FROM:<{MARTIN}>")).startswith("250")
+    assert (await sender.cmd("RCPT TO:<secretariat@a.mssante.test>")).startswith("250")
+    assert (await sender.cmd("DATA")).startswith("354")
+    await sender.send(f"From: {MARTIN}\r\nTo: secretariat@a.mssante.test\r\nSubject: en vol\r\n\r\n")
+    await sender.send("ligne\r\n" * 20000)
+    await asyncio.sleep(0.2)
+    listeners = [item for item in sqlite_env.started if hasattr(item, "config")]
+    closing = asyncio.gather(*(listener.close() for listener in listeners))
+    assert (await idle.reply())[-1].startswith("421 4.3.2")
+    await sender.send("fin\r\n.\r\n")
+    assert (await sender.reply())[-1].startswith("250 2.0.0")
+    assert (await sender.reply())[-1].startswith("421 4.3.2")
+    await asyncio.wait_for(closing, 10)
+    assert len(await sqlite_env.inbox("secretariat@a.mssante.test")) == 1
