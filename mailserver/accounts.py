@@ -459,7 +459,14 @@ async def remove_member(
 
 async def list_members(rt: Runtime, org_address: str | None = None) -> list[Member]:
     """The memberships of one shared mailbox, or of all, by shared mailbox then member."""
-    org_id = (await get_mailbox(rt, org_address)).id if org_address else None
+    org_id = None
+    if org_address:
+        org = await get_mailbox(rt, org_address)
+        if org.type not in SHARED_TYPES:
+            raise AccountError(
+                f"{org.address} is a {org.type} mailbox: only ORG and CAB mailboxes have members"
+            )
+        org_id = org.id
     shared, person = Mailbox.__table__.alias("shared"), Mailbox.__table__.alias("person")
     q = (
         select(shared.c.address, person.c.address, Membership.rights)

@@ -233,7 +233,9 @@ async def _allowed(
         extra = {"session": who[1]} if who[1] is not None else {}
         return _page(request, 404, error="Ce lien de téléchargement est introuvable ou a expiré.", **extra)
     row, message_id, shared = found
-    origin = f"message {message_id}" + (f" as member of {shared}" if shared else "")
+    origin = (f"message {message_id}" if message_id else "own file") + (
+        f" as member of {shared}" if shared else ""
+    )
     return who[0], who[1], row, origin
 
 

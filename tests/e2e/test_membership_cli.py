@@ -64,6 +64,7 @@ async def test_member_commands_drive_submission(env: Env, tmp_path: Path) -> Non
     listed = json.loads(await run("mailbox", "member", "list", SECRETARIAT, "--json"))
     assert {"org": SECRETARIAT, "member": DURAND, "rights": "lrp"} in listed
     assert DURAND in await run("mailbox", "member", "list")
+    assert "only ORG and CAB mailboxes have members" in await run("mailbox", "member", "list", DURAND, code=1)
     assert "no longer a member" in await run("mailbox", "member", "remove", SECRETARIAT, DURAND)
     await run("mailbox", "add", "urgences@a.mssante.test", "--type", "ORG")
     assert (await run("mailbox", "member", "list", "urgences@a.mssante.test")).strip() == (
