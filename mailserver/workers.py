@@ -13,8 +13,8 @@ message to one delivery worker. Connection and rate limits are counted in each p
 
 SIGTERM or SIGINT to the supervisor is forwarded to every worker, which shuts down as a single process
 does (``[server] shutdown_grace``); the supervisor exits 0 once all have exited. A worker that fails
-before it is ready at start-up stops the server with its exit code (a port taken, a key unreadable:
-starting it again would fail again). One that dies later is started again after a back-off (1 s,
+before it is ready at start-up stops the server with its exit code (the admin port taken: starting
+it again would fail again). One that dies later is started again after a back-off (1 s,
 doubled each time it dies again within a minute of its start, at most 30 s), logged as
 ``worker-exited`` with ``restart_in``.
 """
