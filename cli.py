@@ -244,7 +244,7 @@ def db_current(state: CliState) -> None:
 @click.pass_obj
 def serve(state: CliState) -> None:
     """Run every configured listener until SIGTERM or SIGINT (in ``[server] workers`` processes)."""
-    from mailserver import app, workers
+    from mailserver import app, handshakes, workers
 
     settings = state.settings()
     if logging.getLogger().level > logging.DEBUG:  # -v keeps debug
@@ -254,6 +254,7 @@ def serve(state: CliState) -> None:
             asyncio.run(app.run(settings))
         return
     with _start_errors():
+        handshakes.bind_shared(settings)  # once, before the checks: a second instance stops here
         asyncio.run(app.check_only(settings))
 
     def worker(index: int, ready: Callable[[], None]) -> None:

@@ -145,8 +145,8 @@ class ServerSettings:
     hostname: str = "localhost"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_grace: Duration = 10
-    # Processes serving the same listeners (SO_REUSEPORT), so that every core works; more than one
-    # needs PostgreSQL (see mailserver/workers.py).
+    # Processes accepting on the same listening sockets (bound once by the supervisor), so that every
+    # core works; more than one needs PostgreSQL (see mailserver/workers.py).
     workers: int = 1
 
 
@@ -628,28 +628,16 @@ def from_dict(data: dict[str, Any], source: Path | None = None) -> Settings:
 
 
 def _check_workers(settings: Settings, name: str) -> None:
-    """Several worker processes share one database only through PostgreSQL, and their listeners
-    only on fixed ports (port 0 would give each worker its own)."""
+    """Several worker processes share one database only through PostgreSQL."""
     workers = settings.server.workers
     if workers < 1:
         raise ConfigError(f"{name}: [server] workers: must be at least 1")
-    if workers == 1:
-        return
-    if not settings.database.url.startswith("postgresql+asyncpg://"):
+    if workers > 1 and not settings.database.url.startswith("postgresql+asyncpg://"):
         raise ConfigError(
             f"{name}: [server] workers = {workers} needs PostgreSQL ([database] url ="
             " postgresql+asyncpg://…): on SQLite, writes are grouped and IMAP IDLE is notified within"
             " one process only; use workers = 1"
         )
-    for section in ("smtp", "submission", "imap", "portal", "ldap", "api"):
-        obj = getattr(settings, section)
-        for key in ("listen", "tls_listen", "listen_tls"):
-            for addr in getattr(obj, key, []):
-                if parse_listen(addr)[1] == 0:
-                    raise ConfigError(
-                        f"{name}: [{section}] {key}: {addr}: port 0 would give each of the"
-                        f" {workers} workers its own port; name the port"
-                    )
 
 
 _AT_LEAST_ONE = (

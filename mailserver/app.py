@@ -110,9 +110,9 @@ async def run(
                 log_event("listening", service=listener.service, address=listener.address)
             listeners.extend(started)
         rt.started = True
-        log_event("ready", hostname=settings.server.hostname, listeners=len(listeners))
-        if ready is not None:
+        if ready is not None:  # before the log line: whoever sees "ready" may kill it as a started worker
             ready()
+        log_event("ready", hostname=settings.server.hostname, listeners=len(listeners))
         await stop.wait()
         log_event("stopping")
     finally:

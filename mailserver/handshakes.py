@@ -5,8 +5,11 @@ chain to ``tls.peer_ca`` is refused during the handshake, before any protocol ex
 that, so it must cost one line: ``{"event":"tls-handshake-failed","service":..,"peer":..,"reason":..}``
 and the audit event ``tls-refused`` (actor ``peer:IP``).
 
-Every listener but the admin one opens through :func:`create_server`, which also shares the port
-between worker processes (``[server] workers``).
+Every listener but the admin one opens through :func:`create_server`. Under ``[server] workers`` > 1
+the supervisor binds each of their addresses once, before it forks (:func:`bind_shared`, a plain socket
+without SO_REUSEPORT, so a second instance on the same ports is refused at start with EADDRINUSE
+instead of silently sharing them); every worker inherits the sockets through ``fork`` and accepts on
+them, and the kernel hands each new connection to one of the accepting workers.
 
 STARTTLS (SMTP, IMAP, LDAP) catches the failure where it upgrades the connection. Every listener opens
 through :func:`create_server`; for implicit TLS (submissions, imaps, ldaps) it does not hand the
@@ -19,12 +22,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 from typing import Any
 
+from config.settings import Settings, parse_listen
 from mailserver.logs import log_event
 from mailserver.runtime import Runtime
+
+# The settings naming every listener that :func:`create_server` opens (all but ``[admin] listen``).
+SHARED_LISTENERS = (
+    ("smtp", "listen"),
+    ("submission", "listen"),
+    ("submission", "tls_listen"),
+    ("imap", "listen"),
+    ("imap", "tls_listen"),
+    ("portal", "listen"),
+    ("api", "listen_tls"),
+    ("ldap", "listen"),
+    ("ldap", "tls_listen"),
+)
+
+# Filled by the supervisor of ``[server] workers`` > 1 before it forks: the listening socket of each
+# configured (host, port), several when the same one is configured again (port 0). The supervisor keeps
+# them open to start workers again; a worker takes each from its own copy (fork copied the dict).
+prebound: dict[tuple[str, int], list[socket.socket]] = {}
 
 
 def reason(exc: BaseException) -> str:
@@ -118,13 +141,61 @@ async def create_server(
     **kwargs: Any,
 ) -> asyncio.Server:
     """``loop.create_server(factory, host, port, **kwargs)``; with ``implicit_tls``, every connection is
-    TLS from its first byte and a failed handshake is reported. Under ``[server] workers`` > 1 the
-    socket is opened with SO_REUSEPORT, so the kernel spreads connections over the workers."""
+    TLS from its first byte and a failed handshake is reported. In a worker of ``[server] workers`` > 1
+    it serves the socket the supervisor bound for ``host:port`` (:func:`bind_shared`)."""
     loop = asyncio.get_running_loop()
-    kwargs.setdefault("reuse_port", rt.worker is not None)
+    shared = prebound.get((host, port))  # asyncio ignores reuse_address and the like with sock=
+    where: dict[str, Any] = {"sock": shared.pop(0)} if shared else {"host": host, "port": port}
     if implicit_tls is None:
-        return await loop.create_server(factory, host, port, **kwargs)
+        return await loop.create_server(factory, **where, **kwargs)
     pending: set[asyncio.Task[None]] = set()
     return await loop.create_server(
-        lambda: _Handshake(rt, service, factory, implicit_tls, pending), host, port, **kwargs
+        lambda: _Handshake(rt, service, factory, implicit_tls, pending), **where, **kwargs
     )
+
+
+def bind_shared(settings: Settings) -> None:
+    """Bind and listen on every address of :data:`SHARED_LISTENERS` once, as asyncio would but without
+    SO_REUSEPORT, into :data:`prebound`: the supervisor's, before it forks the workers. A port already
+    taken, by another program or another Caducée, is an ``OSError`` naming the setting."""
+    try:
+        for section, key in SHARED_LISTENERS:
+            for address in getattr(getattr(settings, section), key):
+                host, port = parse_listen(address)
+                sock = _bind(f"[{section}] {key}: {address}", host, port)
+                prebound.setdefault((host, port), []).append(sock)
+    except BaseException:
+        for sockets in prebound.values():
+            for sock in sockets:
+                sock.close()
+        prebound.clear()
+        raise
+
+
+def _bind(name: str, host: str, port: int) -> socket.socket:
+    """One listening socket for ``host:port`` (SO_REUSEADDR, IPv6 only for an IPv6 address, like
+    asyncio); a host name must name one address, since a worker serves one socket per listener."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise OSError(f"{name}: {exc.strerror}") from None
+    addresses = sorted({(family, sockaddr) for family, _, _, _, sockaddr in infos})
+    if len(addresses) != 1:
+        found = ", ".join(str(sockaddr[0]) for _, sockaddr in addresses)
+        raise OSError(
+            f"{name}: names several addresses ({found}); with [server] workers > 1 give one per listener"
+        )
+    family, sockaddr = addresses[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(100)  # asyncio's default; each worker's create_server sets the listener's own backlog
+    except OSError as exc:
+        sock.close()
+        refused = OSError(f"{name}: {(exc.strerror or str(exc)).lower()}")  # one line, naming the setting
+        refused.errno = exc.errno
+        raise refused from None
+    return sock

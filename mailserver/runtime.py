@@ -38,8 +38,8 @@ class Runtime:
     listeners: list[Any] = field(default_factory=list, init=False, repr=False)
     started: bool = field(default=False, init=False)
     # None when ``caducee serve`` is one process; else this worker's index (``mailserver.workers``):
-    # its listeners share their ports with the other workers', and only worker 0 runs the admin
-    # listener and the daily maintenance.
+    # its listeners accept on the sockets the supervisor bound (``handshakes.prebound``), and only
+    # worker 0 runs the admin listener and the daily maintenance.
     worker: int | None = field(default=None, init=False)
 
     @property

@@ -1,17 +1,20 @@
 """``[server] workers`` > 1: ``caducee serve`` as one supervisor and N worker processes, so every core works.
 
-The supervisor (the ``caducee serve`` process) runs the start-up checks once, then forks the workers
-while it has no event loop and no thread, so each child starts clean and runs ``mailserver.app.run``
-with its index: every listener is opened with SO_REUSEPORT (the kernel spreads new connections over
-the workers), and only worker 0 opens the admin listener (``/metrics`` are worker 0's counters) and
-runs the daily maintenance. The workers share nothing but PostgreSQL and the store: LISTEN/NOTIFY
+The supervisor (the ``caducee serve`` process) binds every listener but the admin one once, without
+SO_REUSEPORT (``mailserver.handshakes.bind_shared``: a second instance on the same ports is refused
+there, EADDRINUSE), runs the start-up checks once, then forks the workers while it has no event loop
+and no thread, so each child starts clean and runs ``mailserver.app.run`` with its index. The workers
+inherit the listening sockets and accept on them (the kernel hands each new connection to one of
+them); the supervisor keeps its copies open, never accepting, to start workers again. Only worker 0
+opens the admin listener, bound by itself (``/metrics`` are worker 0's counters), and runs the daily
+maintenance. The workers share nothing but PostgreSQL and the store: LISTEN/NOTIFY
 carries IMAP IDLE and queue wake-ups between them as between nodes, and the queue's leases keep a
 message to one delivery worker. Connection and rate limits are counted in each process.
 
 SIGTERM or SIGINT to the supervisor is forwarded to every worker, which shuts down as a single process
 does (``[server] shutdown_grace``); the supervisor exits 0 once all have exited. A worker that fails
-before it is ready at start-up stops the server with its exit code (a port taken, a key unreadable:
-starting it again would fail again). One that dies later is started again after a back-off (1 s,
+before it is ready at start-up stops the server with its exit code (the admin port taken: starting
+it again would fail again). One that dies later is started again after a back-off (1 s,
 doubled each time it dies again within a minute of its start, at most 30 s), logged as
 ``worker-exited`` with ``restart_in``.
 """

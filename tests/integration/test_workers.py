@@ -1,12 +1,13 @@
 """``[server] workers = 2``: a real ``caducee serve`` on PostgreSQL, one supervisor and two worker
-processes sharing the IMAP port (SO_REUSEPORT).
+processes accepting on the IMAP socket the supervisor bound once before forking (no SO_REUSEPORT).
 
 Which worker serves a connection is read from the server's own log: every line of a worker carries
 its ``pid``, and the IMAP ID command logs what the client says it is (``probe-N``). What must hold:
 both workers accept connections, IDLE on one worker hears an APPEND made through the other
 (PostgreSQL's NOTIFY), SIGTERM stops everything with exit 0, a worker killed with SIGKILL is started
-again while the other keeps serving, a worker that cannot start stops the server, and on SQLite
-``workers = 2`` is refused before anything starts.
+again while the other keeps serving, a port taken (by another program or a second Caducée on the same
+ports) stops the server before anything is served, port 0 is one port shared by the workers, and on
+SQLite ``workers = 2`` is refused before anything starts.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +27,11 @@ from typing import Any
 import imapclient
 import pytest
 
-from config.settings import ConfigError, load
+from config.settings import load
 from mailserver import accounts
 from mailserver.db import migrate
 from mailserver.runtime import Runtime
+from tests.conftest import PG_ADMIN, pg_admin
 from tests.instance import ServerProcess
 from tests.ports import free_port
 from tests.smtp.conftest import PASSWORD, RPPS, tls_client
@@ -37,7 +40,7 @@ from tests.smtp.operators import CADUCEE
 MARTIN = "dr.martin@a.mssante.test"
 
 
-def config_text(pki: Any, db_url: str, imaps: int, workers: int = 2) -> str:
+def config_text(pki: Any, db_url: str, imaps: int, workers: int = 2, admin: str = '"127.0.0.1:0"') -> str:
     ident = pki.tls["a.mssante.test"]
     return f"""[server]
 hostname = "mx.a.mssante.test"
@@ -65,7 +68,7 @@ listen = []
 [ldap]
 listen = []
 [admin]
-listen = ["127.0.0.1:0"]
+listen = [{admin}]
 [auth]
 argon2_time_cost = 1
 argon2_memory_kib = 8192
@@ -233,8 +236,8 @@ def test_a_killed_worker_is_started_again(served: Served) -> None:
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_a_worker_that_cannot_start_stops_the_server(served: Served) -> None:
-    """The IMAP port is taken by another program (no SO_REUSEPORT): the server exits 1 with the
-    reason, and no worker is left running."""
+    """The IMAP port is taken by another program: the supervisor, binding it before it forks, exits 1
+    with the reason, and no worker was started."""
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", served.imaps))
         squatter.listen()
@@ -242,7 +245,7 @@ def test_a_worker_that_cannot_start_stops_the_server(served: Served) -> None:
         code = served.exit_code()
     assert code == 1, "".join(served.lines)
     assert any(line.startswith("caducee: cannot start: ") for line in served.lines), served.lines
-    assert all(gone(pid) for pid in served.worker_pids().values())
+    assert not served.worker_pids()
 
 
 def test_workers_need_postgresql(tmp_path: Path, pki: Any) -> None:
@@ -260,13 +263,71 @@ def test_workers_need_postgresql(tmp_path: Path, pki: Any) -> None:
     )
 
 
-def test_workers_need_fixed_ports(tmp_path: Path, pki: Any) -> None:
-    """A listener on port 0 would get one port per worker: refused, naming the listener."""
-    config = tmp_path / "caducee.toml"
-    config.write_text(config_text(pki, "postgresql+asyncpg://postgres@127.0.0.1/x", 0), encoding="utf-8")
-    with pytest.raises(ConfigError) as refused:
-        load(config)
-    assert str(refused.value) == (
-        f"{config}: [imap] tls_listen: 127.0.0.1:0: port 0 would give each of the 2 workers its own port;"
-        " name the port"
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_port_0_is_one_port_for_every_worker(served: Served, pki: Any, pg_url: str) -> None:
+    """``tls_listen = ["127.0.0.1:0"]`` with two workers: bound once by the supervisor, so both
+    workers serve the same port (it used to be refused: each worker would have bound its own)."""
+    served.config.write_text(config_text(pki, pg_url, 0), encoding="utf-8")
+    served.launch()
+    served.wait_ready()
+    workers = set(served.worker_pids().values())
+    addresses = {e["pid"]: e["address"] for e in served.events("listening") if e["service"] == "imaps"}
+    assert set(addresses) == workers and len(set(addresses.values())) == 1, addresses
+    served.imaps = int(next(iter(addresses.values())).rsplit(":", 1)[1])
+    assert served.imaps != 0
+    for client in served.one_on_each(workers).values():
+        client.logout()
+    assert served.stop() == 0
+
+
+@pytest.fixture
+def second(tmp_path: Path, served: Served, pki: Any) -> Iterator[Served]:
+    """Another instance (its own data directory and database) configured on the first one's ports."""
+    name = f"caducee_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(pg_admin(f'CREATE DATABASE "{name}"'))
+    directory = tmp_path / "restored"
+    directory.mkdir()
+    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    (directory / "caducee.toml").write_text(
+        config_text(pki, f"{base}/{name}", served.imaps, admin=""), encoding="utf-8"
     )
+    asyncio.run(prepare(directory / "caducee.toml"))
+    s = Served(CADUCEE, directory, served.imaps, pki)
+    try:
+        yield s
+    finally:
+        print("--- second server log:\n" + "".join(s.lines))
+        if s.proc is not None and s.proc.poll() is None:
+            s.proc.kill()
+            s.proc.wait(30)
+        for pid in s.worker_pids().values():
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)
+        asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_second_instance_on_the_same_ports_is_refused(served: Served, second: Served) -> None:
+    """A second ``caducee serve`` on the same IMAP port (a restored backup started beside the
+    original, without an admin listener) exits 1 with ``cannot start:`` and serves nothing, while the
+    first keeps serving: the mail is never split between two databases."""
+    served.launch()
+    served.wait_ready()
+    first = served.ready_pids()
+    second.launch()
+    assert second.proc is not None
+    second.wait_for(lambda: second.proc.poll() is not None or bool(second.events("ready")))
+    assert second.proc.poll() is not None, "the second instance started"
+    assert second.exit_code() == 1, "".join(second.lines)
+    assert second.lines == [
+        f"caducee: cannot start: [imap] tls_listen: 127.0.0.1:{served.imaps}: address already in use\n"
+    ]
+    assert not second.worker_pids() and not second.events("listening")
+    for n in range(4):
+        client, pid = served.client(f"after-{n}")
+        assert pid in first
+        client.logout()
+    assert served.ready_pids() == first
+    assert served.stop() == 0
