@@ -244,9 +244,9 @@ async def test_malformed_multipart_part_headers_are_a_problem_not_a_crash(api: A
         assert r.status == 400 and r.content_type == "application/problem+json"
 
 
-async def test_arrivals_listed_by_cursor_with_raw_and_attachment_downloads(api: API) -> None:
-    """MARTIN's software, without IMAP: what arrived since its cursor, then the raw message and the file."""
-    body = {
+def results_with_pdf() -> dict[str, Any]:
+    """DPI's results for MARTIN, a PDF attached."""
+    return {
         "from": DPI,
         "to": [MARTIN],
         "subject": "Résultats",
@@ -255,10 +255,14 @@ async def test_arrivals_listed_by_cursor_with_raw_and_attachment_downloads(api: 
             {"filename": "r.pdf", "content_type": "application/pdf", "data": base64.b64encode(PDF).decode()}
         ],
     }
+
+
+async def test_arrivals_listed_by_cursor_with_raw_and_attachment_downloads(api: API) -> None:
+    """MARTIN's software, without IMAP: what arrived since its cursor, then the raw message and the file."""
     martin = api.auth(MARTIN, PASSWORD)
     base = f"{api.url}/api/v1/mailboxes/{MARTIN}/messages"
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{api.url}/api/v1/messages", json=body, headers=api.auth()) as r:
+        async with http.post(f"{api.url}/api/v1/messages", json=results_with_pdf(), headers=api.auth()) as r:
             assert r.status == 202
         async with http.get(base, headers=martin) as r:
             assert r.status == 200
@@ -365,19 +369,10 @@ async def ranges_answer(http: aiohttp.ClientSession, url: str, whole: bytes, hea
 
 
 async def test_raw_and_attachment_downloads_honour_ranges(api: API) -> None:
-    body = {
-        "from": DPI,
-        "to": [MARTIN],
-        "subject": "Résultats",
-        "text": "t",
-        "attachments": [
-            {"filename": "r.pdf", "content_type": "application/pdf", "data": base64.b64encode(PDF).decode()}
-        ],
-    }
     martin = api.auth(MARTIN, PASSWORD)
     base = f"{api.url}/api/v1/mailboxes/{MARTIN}/messages"
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{api.url}/api/v1/messages", json=body, headers=api.auth()) as r:
+        async with http.post(f"{api.url}/api/v1/messages", json=results_with_pdf(), headers=api.auth()) as r:
             assert r.status == 202
         async with http.get(base, headers=martin) as r:
             [item] = (await r.json())["messages"]
