@@ -82,6 +82,15 @@ class Served(ServerProcess):
     imaps: int
     pki: Any
 
+    def kill_all(self) -> None:
+        """After a test: the supervisor and every worker it started, whatever state they are in."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+        for pid in self.worker_pids().values():
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
     def ready_pids(self) -> set[int]:
         return {e["pid"] for e in self.events("ready")}
 
@@ -155,12 +164,7 @@ def served(tmp_path: Path, pg_url: str, pki: Any) -> Iterator[Served]:
         yield s
     finally:
         print("--- server log:\n" + "".join(s.lines))  # shown when the test fails
-        if s.proc is not None and s.proc.poll() is None:
-            s.proc.kill()
-            s.proc.wait(30)
-        for pid in s.worker_pids().values():
-            if not gone(pid):
-                os.kill(pid, signal.SIGKILL)
+        s.kill_all()
 
 
 def _idle_until_exists(client: imapclient.IMAPClient, count: int, seconds: float) -> bool:
@@ -298,12 +302,7 @@ def second(tmp_path: Path, served: Served, pki: Any) -> Iterator[Served]:
         yield s
     finally:
         print("--- second server log:\n" + "".join(s.lines))
-        if s.proc is not None and s.proc.poll() is None:
-            s.proc.kill()
-            s.proc.wait(30)
-        for pid in s.worker_pids().values():
-            if not gone(pid):
-                os.kill(pid, signal.SIGKILL)
+        s.kill_all()
         asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
