@@ -43,7 +43,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, Result, create_engine, event, make_url
@@ -401,40 +401,45 @@ class Database:
     async def _run_brief(self, work: Callable[[Session], T]) -> T:
         """Group commit of brief transactions: those that arrive while a COMMIT is in flight share the
         next transaction, each in its own savepoint (one that raises is rolled back alone), and its
-        single COMMIT. Once queued, a transaction is committed even if its caller is cancelled."""
+        single COMMIT. Once queued, a transaction is committed even if its caller is cancelled (the
+        committer, not the caller, runs it; a cancelled caller's future is simply not settled)."""
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._brief_queue.append((work, done))
         if self._brief_committer is None or self._brief_committer.done():
             self._brief_committer = asyncio.create_task(self._commit_brief_queue())
-        return await asyncio.shield(done)
+        return await done
 
     async def _commit_brief_queue(self) -> None:
         while self._brief_queue:
             batch, self._brief_queue = self._brief_queue, []
             try:
-                outcomes = await self._commit_brief_batch(batch)
+                await self._commit_brief_batch(batch)
             except BaseException:  # cancelled (shutdown): nobody is left waiting forever
                 for _work, done in batch:
                     done.cancel()
                 raise
-            for (_work, done), outcome in zip(batch, outcomes, strict=True):
-                _settle(done, outcome)
 
-    async def _commit_brief_batch(self, batch: list[_Queued]) -> list[_Outcome]:
+    async def _commit_brief_batch(self, batch: list[_Queued]) -> None:
+        """Each caller's future is settled from the COMMIT's completion callback itself: under load,
+        every extra hop (committer task, then caller) is a full turn of a busy event loop."""
         async with self._writer:
             session = self._begin_brief()
             if session is None:  # another process is writing: each in the writer thread, which waits
-                return [await self._outcome_in_thread(work) for work, _done in batch]
+                for work, done in batch:
+                    _settle(done, await self._outcome_in_thread(work))
+                return
             try:
                 outcomes = [_in_savepoint(session, work) for work, _done in batch]
             except BaseException:  # not an error of one work (those are outcomes): give up the transaction
                 session.close()
                 raise
-            try:
-                await self._commit_brief(session)
-            except Exception as exc:
-                return [(False, exc)] * len(batch)
-            return outcomes
+
+            def settle(error: BaseException | None) -> None:
+                for (_work, done), outcome in zip(batch, outcomes, strict=True):
+                    _settle(done, outcome if error is None else (False, error))
+
+            with suppress(Exception):  # a failed COMMIT is every caller's outcome
+                await self._commit_brief(session, settle)
 
     async def _outcome_in_thread(self, work: Callable[[Session], Any]) -> _Outcome:
         assert self._writer_thread is not None
@@ -460,18 +465,25 @@ class Database:
             return None
         return session
 
-    async def _commit_brief(self, session: Session) -> None:
+    async def _commit_brief(
+        self, session: Session, committed: Callable[[BaseException | None], None] | None = None
+    ) -> None:
         """From here the session belongs to the writer thread, which commits and closes it even if we
         are cancelled meanwhile: what we await is a future of our own, not chained to the work item
         (a cancelled work item would never run), and set straight from the thread's completion, which
-        saves the busy event loop a round of callbacks per COMMIT."""
+        saves the busy event loop a round of callbacks per COMMIT. ``committed`` is called there too,
+        with the COMMIT's error or None."""
         assert self._writer_thread is not None
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
+
+        def finished(work: concurrent.futures.Future[None]) -> None:  # on the loop
+            if committed is not None:
+                committed(work.exception())
+            _copy_outcome(work, done)
+
         self._brief_commit = self._writer_thread.submit(_commit, session)
-        self._brief_commit.add_done_callback(
-            lambda work: loop.call_soon_threadsafe(_copy_outcome, work, done)
-        )
+        self._brief_commit.add_done_callback(lambda work: loop.call_soon_threadsafe(finished, work))
         await done
 
     def _transaction(self, work: Callable[[Session], T]) -> T:  # in the writer thread
