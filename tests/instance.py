@@ -236,3 +236,97 @@ class Instance(ServerProcess):
             conn.search(BASE_DN, "(mail=*)", attributes=["mail"])
             assert conn.result["result"] == 0, conn.result  # the national directory: empty after init
             conn.unbind()
+
+
+LARGE = 100 * 1024  # above [storage] inline_max: a file in the store, not a row
+
+
+class Load:
+    """Clients writing without pause: ``senders`` submission clients mailing the secretariat as
+    dr.martin (every other message ``LARGE``), ``appenders`` IMAP clients appending to dr.martin's
+    INBOX. ``acked`` holds each subject answered 250 (DATA) or OK (APPEND), in the order the answers
+    came: what the server promised to keep."""
+
+    def __init__(self, inst: Instance, senders: int = 3, appenders: int = 0) -> None:
+        self.inst = inst
+        self.acked: list[str] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.threads = [threading.Thread(target=self.send, args=(n,)) for n in range(senders)]
+        self.threads += [threading.Thread(target=self.append, args=(n,)) for n in range(appenders)]
+
+    def _acked(self, subject: str) -> None:
+        with self.lock:
+            self.acked.append(subject)
+
+    def send(self, n: int) -> None:
+        try:
+            client = smtplib.SMTP("127.0.0.1", self.inst.ports["submission"], timeout=60)
+            client.starttls(context=self.inst.tls())
+            client.login(MARTIN, self.inst.passwords[MARTIN])
+            i = 0
+            while not self.stop.is_set():
+                subject = f"charge-{n}-{i}"
+                msg = email.message.EmailMessage()
+                msg["From"], msg["To"], msg["Subject"] = MARTIN, SECRETARIAT, subject
+                msg.set_content("Compte rendu.\n" + ("x" * 70 + "\n") * (LARGE // 71 if i % 2 else 1))
+                client.send_message(msg, MARTIN, [SECRETARIAT])  # raises unless 250
+                self._acked(subject)
+                i += 1
+            client.quit()
+        except BaseException as exc:  # reported by the test thread
+            self.errors.append(exc)
+
+    def append(self, n: int) -> None:
+        try:
+            client = self.inst.imap(MARTIN)
+            i = 0
+            while not self.stop.is_set():
+                subject = f"ajout-{n}-{i}"
+                body = b"x" * LARGE if i % 2 else b"Note.\r\n"
+                status, data = client.append(
+                    "INBOX", None, None, f"Subject: {subject}\r\n\r\n".encode() + body
+                )
+                assert status == "OK", data
+                self._acked(subject)
+                i += 1
+            client.logout()
+        except BaseException as exc:
+            self.errors.append(exc)
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(120)
+
+    def wait_for(self, count: int) -> None:
+        self.inst.wait_for(lambda: len(self.acked) >= count or bool(self.errors), 120)
+
+    def snapshot(self) -> set[str]:
+        with self.lock:
+            return set(self.acked)
+
+
+def subjects_in_inbox(inst: Instance, address: str = SECRETARIAT) -> set[str]:
+    """Every Subject in ``address``'s INBOX (one word each, as ``Load`` writes them)."""
+    client = inst.imap(address)
+    try:
+        status, _ = client.select("INBOX", readonly=True)
+        assert status == "OK"
+        status, data = client.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert status == "OK", data
+        found = set()
+        for item in data:
+            if isinstance(item, tuple):
+                m = re.search(rb"Subject: (\S+)", item[1])
+                assert m, item
+                found.add(m.group(1).decode())
+        return found
+    finally:
+        client.logout()

@@ -15,7 +15,6 @@ import smtplib
 import sqlite3
 import subprocess
 import sys
-import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -30,11 +29,18 @@ from mailserver.db.models import Blob, Message
 from mailserver.runtime import Runtime
 from mailserver.store import identity
 from tests.conftest import PG_ADMIN, pg_admin
-from tests.instance import DOMAIN, MARTIN, PATIENT_DOMAIN, SECRETARIAT, Instance
+from tests.instance import (
+    DOMAIN,
+    LARGE,
+    MARTIN,
+    PATIENT_DOMAIN,
+    SECRETARIAT,
+    Instance,
+    Load,
+    subjects_in_inbox,
+)
 
 CADUCEE = str(Path(sys.executable).with_name("caducee"))
-SENDERS = 3
-LARGE = 100 * 1024  # above [storage] inline_max: a file in the store, not a row
 
 
 @pytest.fixture
@@ -53,73 +59,6 @@ def caducee(
 ) -> subprocess.CompletedProcess[str]:
     head = [CADUCEE] + (["--config", str(config)] if config else [])
     return subprocess.run([*head, *args], input=stdin, capture_output=True, text=True, timeout=300)
-
-
-class Load:
-    """Submission clients sending to the secretariat without pause; ``acked`` holds each subject whose
-    DATA was answered 250, in the order the answers came."""
-
-    def __init__(self, inst: Instance) -> None:
-        self.inst = inst
-        self.acked: list[str] = []
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.errors: list[BaseException] = []
-        self.threads = [threading.Thread(target=self.run, args=(n,)) for n in range(SENDERS)]
-
-    def run(self, n: int) -> None:
-        try:
-            client = smtplib.SMTP("127.0.0.1", self.inst.ports["submission"], timeout=60)
-            client.starttls(context=self.inst.tls())
-            client.login(MARTIN, self.inst.passwords[MARTIN])
-            i = 0
-            while not self.stop.is_set():
-                subject = f"charge-{n}-{i}"
-                msg = email.message.EmailMessage()
-                msg["From"], msg["To"], msg["Subject"] = MARTIN, SECRETARIAT, subject
-                msg.set_content("Compte rendu.\n" + ("x" * 70 + "\n") * (LARGE // 71 if i % 2 else 1))
-                client.send_message(msg, MARTIN, [SECRETARIAT])  # raises unless 250
-                with self.lock:
-                    self.acked.append(subject)
-                i += 1
-            client.quit()
-        except BaseException as exc:  # reported by the test thread
-            self.errors.append(exc)
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(120)
-
-    def wait_for(self, count: int) -> None:
-        self.inst.wait_for(lambda: len(self.acked) >= count or bool(self.errors), 120)
-
-    def snapshot(self) -> set[str]:
-        with self.lock:
-            return set(self.acked)
-
-
-def subjects_in_inbox(inst: Instance) -> set[str]:
-    client = inst.imap(SECRETARIAT)
-    try:
-        status, _ = client.select("INBOX", readonly=True)
-        assert status == "OK"
-        status, data = client.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-        assert status == "OK", data
-        found = set()
-        for item in data:
-            if isinstance(item, tuple):
-                m = re.search(rb"Subject: (\S+)", item[1])
-                assert m, item
-                found.add(m.group(1).decode())
-        return found
-    finally:
-        client.logout()
 
 
 def backup_under_load(inst: Instance, backup_dir: Path) -> tuple[set[str], set[str]]:
