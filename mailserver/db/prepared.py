@@ -1,22 +1,26 @@
-"""Core statements of the hot paths (delivery, IMAP), run straight on the DB-API cursor on SQLite.
+"""Core statements of the hot paths (delivery, IMAP), run straight on the DB-API cursor.
 
-In a group commit SQLAlchemy's per-execution work (execution context, parameter and result set-up)
-costs several times what SQLite itself spends on these few small statements, and it runs in the
-writer thread under the GIL the event loop needs. ``Prepared`` compiles a statement once per dialect
-(parameter order and bind processors, so stored values are exactly what SQLAlchemy would store) and
-executes it on the connection's cursor; a SELECT's rows go through its columns' result processors
-(a stored datetime comes back as SQLAlchemy would return it). Other engines go through
-``Connection.execute`` as usual.
+SQLAlchemy's per-execution work (execution context, parameter and result set-up) costs several times
+what the database itself spends on these few small indexed statements: on SQLite, in a group commit,
+it ran under the GIL the event loop needs; on PostgreSQL it was a quarter of the IMAP server's CPU
+under load (issue 14). ``Prepared`` compiles a statement once per dialect (parameter order and bind
+processors, so stored values are exactly what SQLAlchemy would store) and executes it on the
+connection's DB-API cursor (sqlite3's, or SQLAlchemy's adapter of asyncpg, which keeps its own cache
+of server-side prepared statements); a SELECT's rows go through its columns' result processors (a
+stored datetime comes back as SQLAlchemy would return it). A driver's error is raised as SQLAlchemy
+would raise it (``DBAPIError.instance``: ``IntegrityError``, ``OperationalError``...).
 
 Statements without expanding parameters only; SQLAlchemy's statement events do not see these.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.expression import Executable
 
 # (SQL, [(parameter name, bind processor, value when not given)], result processor per column or None)
@@ -28,16 +32,16 @@ _Plan = tuple[
 
 
 class Prepared:
-    """One statement, compiled on first use for SQLite; see the module docstring."""
+    """One statement, compiled on first use for each dialect; see the module docstring."""
 
     def __init__(self, statement: Executable) -> None:
         self.statement = statement
-        self._plan: _Plan | None = None
+        self._plans: dict[str, _Plan] = {}
 
     def _compile(self, dialect: Dialect) -> _Plan:
-        if self._plan is None:
+        plan = self._plans.get(dialect.name)
+        if plan is None:
             compiled = self.statement.compile(dialect=dialect)
-            names = compiled.positiontup or []
             results = None
             if isinstance(self.statement, Select):
                 processors = [
@@ -45,15 +49,13 @@ class Prepared:
                     for c in self.statement.selected_columns
                 ]
                 results = processors if any(processors) else None
-            self._plan = (
-                compiled.string,
-                [
-                    (name, compiled.binds[name].type.bind_processor(dialect), compiled.binds[name].value)
-                    for name in names
-                ],
-                results,
-            )
-        return self._plan
+            binds = [
+                (name, bind.type.dialect_impl(dialect).bind_processor(dialect), bind.value)
+                for name in compiled.positiontup or []
+                for bind in (compiled.binds[name],)
+            ]
+            plan = self._plans[dialect.name] = (compiled.string, binds, results)
+        return plan
 
     def _args(self, plan: _Plan, values: Mapping[str, Any]) -> tuple[Any, ...]:
         args = []
@@ -64,15 +66,11 @@ class Prepared:
 
     def rows(self, conn: Connection, values: Mapping[str, Any]) -> list[Sequence[Any]]:
         """Execute once; the rows it returns (RETURNING), as plain tuples."""
-        if conn.dialect.name != "sqlite":
-            return list(conn.execute(self.statement, dict(values)).all())
         plan = self._compile(conn.dialect)
-        cursor = conn.connection.cursor()
-        try:
-            cursor.execute(plan[0], self._args(plan, values))
-            rows = cursor.fetchall()
-        finally:
-            cursor.close()
+        args = self._args(plan, values)
+        with _cursor(conn, plan[0], args) as cursor:
+            cursor.execute(plan[0], args)
+            rows = [tuple(row) for row in cursor.fetchall()]
         processors = plan[2]
         if processors is None:
             return rows
@@ -92,12 +90,20 @@ class Prepared:
         """Execute once per set of values (executemany), returning nothing."""
         if not values:
             return
-        if conn.dialect.name != "sqlite":
-            conn.execute(self.statement, [dict(v) for v in values])
-            return
         plan = self._compile(conn.dialect)
-        cursor = conn.connection.cursor()
-        try:
-            cursor.executemany(plan[0], [self._args(plan, v) for v in values])
-        finally:
-            cursor.close()
+        args = [self._args(plan, v) for v in values]
+        with _cursor(conn, plan[0], args) as cursor:
+            cursor.executemany(plan[0], args)
+
+
+@contextmanager
+def _cursor(conn: Connection, sql: str, args: Any) -> Iterator[Any]:
+    """The connection's DB-API cursor, closed after use; the driver's errors as SQLAlchemy's."""
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    cursor = conn.connection.cursor()
+    try:
+        yield cursor
+    except dbapi_error as exc:
+        raise DBAPIError.instance(sql, args, exc, dbapi_error, dialect=conn.dialect) from exc
+    finally:
+        cursor.close()

@@ -5,8 +5,8 @@ Under the IMAP benchmark's load the server is CPU-bound on its one core, and the
 compilation, identity map, row loading into objects) was 36–43 % of its samples. These functions
 take the transaction's ``Session`` (so they run inside ``Database.read``/``run_write`` on either
 engine, through ``AsyncSession.run_sync`` on PostgreSQL) and work on its connection: on SQLite the
-statements run straight on the DB-API cursor (:class:`~mailserver.db.prepared.Prepared`), elsewhere
-through ``Connection.execute``; rows come back as tuples or the small frozen dataclasses below.
+statements run straight on the DB-API cursor (:class:`~mailserver.db.prepared.Prepared`: sqlite3's, or
+SQLAlchemy's asyncpg adapter); rows come back as tuples or the small frozen dataclasses below.
 Statements bound to a UID set read the span between its first and last UID and keep the wanted ones
 (an IMAP set is nearly always a range), so each has one compiled form. The rules (which messages a
 STORE changes, usage, MODSEQ, what a member of a shared mailbox sees of their own private flags)

@@ -1,9 +1,10 @@
 """A password the credential cache knows (``Authenticator._known_login``): one write transaction, no
 place in the lock-out counters, and still refused when the account is locked or disabled, by this
 node or another (a second ``Authenticator`` on its own engines), or changed between the read and the
-write. Write transactions are counted with SQLAlchemy's engine events, on every engine of the
-database, and on SQLite with each connection's statement trace too (the hot path's statements run
-straight on the DB-API cursor, ``mailserver.db.prepared``, which engine events do not see)."""
+write. Write transactions are counted with SQLAlchemy's engine events (COMMIT, ROLLBACK) on every
+engine of the database, and their statements where every statement goes, hot path included (it runs
+straight on the DB-API cursor, ``mailserver.db.prepared``, which engine events do not see): each
+SQLite connection's statement trace, the cursor of SQLAlchemy's asyncpg adapter."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, select, update
+from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_cursor
 from sqlalchemy.engine import Engine
 
 from mailserver.audit import Audit
@@ -34,7 +36,7 @@ def engines(db: Database) -> list[Engine]:
 
 
 @pytest.fixture
-def write_transactions(imap_both: IMAPEnv) -> Iterator[list[list[str]]]:
+def write_transactions(imap_both: IMAPEnv, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[list[str]]]:
     """Every committed transaction that wrote, as the list of its writing statements (keyed by the
     DB-API connection, which both the engine events and SQLite's trace callback name)."""
     committed: list[list[str]] = []
@@ -46,8 +48,18 @@ def write_transactions(imap_both: IMAPEnv) -> Iterator[list[list[str]]]:
 
     def executed(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         dbapi_connection = conn.connection.dbapi_connection
-        if not hasattr(dbapi_connection, "set_trace_callback"):  # else the trace sees it, and more
+        traced = hasattr(dbapi_connection, "set_trace_callback") or conn.dialect.name == "postgresql"
+        if not traced:  # aiosqlite's adapter: else the trace or the cursor below sees it, and more
             seen(id(dbapi_connection), statement)
+
+    for method in ("execute", "executemany"):
+        real = getattr(AsyncAdapt_asyncpg_cursor, method)
+
+        def tracing(cursor: Any, operation: str, *args: Any, real: Any = real) -> Any:
+            seen(id(cursor._adapt_connection), operation)  # the DB-API connection of the events
+            return real(cursor, operation, *args)
+
+        monkeypatch.setattr(AsyncAdapt_asyncpg_cursor, method, tracing)
 
     def checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
         if hasattr(dbapi_connection, "set_trace_callback"):  # sqlite3's, not aiosqlite's adapter
