@@ -4,7 +4,7 @@ each command's catch-up (``changes_since``) read and write, as SQLAlchemy Core s
 Under the IMAP benchmark's load the server is CPU-bound on its one core, and the ORM (statement
 compilation, identity map, row loading into objects) was 36–43 % of its samples. These functions
 take the transaction's ``Session`` (so they run inside ``Database.read``/``run_write`` on either
-engine, through ``AsyncSession.run_sync`` on PostgreSQL) and work on its connection: on SQLite the
+engine, through ``AsyncSession.run_sync`` on PostgreSQL) and work on its connection: the
 statements run straight on the DB-API cursor (:class:`~mailserver.db.prepared.Prepared`: sqlite3's, or
 SQLAlchemy's asyncpg adapter); rows come back as tuples or the small frozen dataclasses below.
 Statements bound to a UID set read the span between its first and last UID and keep the wanted ones
