@@ -33,6 +33,7 @@ Invariants (see tests/foundation/test_db_concurrency.py):
   such a read costs microseconds in WAL mode (it never waits for a writer) while a trip through
   aiosqlite's thread and SQLAlchemy's async session costs a millisecond or more of CPU. Only
   lookups by key belong there, never scans; statements are built once (module constants).
+  ``db.read_one(fn)`` is the same for a hot path's read of one Core statement.
 """
 
 from __future__ import annotations
@@ -512,6 +513,25 @@ class Database:
                     yield session
                 finally:
                     session.close()
+        finally:
+            self.observe("read", time.perf_counter() - started)
+
+    async def read_one(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(connection, *args)``, a function of Core statements (``mailserver.store.queries``) that
+        reads with one statement, or several each right on its own (immutable rows): outside a
+        transaction, each statement its own snapshot, so no BEGIN and COMMIT, which on PostgreSQL are
+        two of the three round trips of such a read. Never for reads that must agree with each other
+        (a folder's UIDNEXT and its messages): ``read()``."""
+        started = time.perf_counter()
+        try:
+            if self.lookup_engine is not None:
+                with self.lookup_engine.connect() as connection:
+                    return fn(connection, *args)
+            if self.async_lookup_engine is not None:
+                async with self.async_lookup_engine.connect() as connection:
+                    return await connection.run_sync(fn, *args)
+            async with self.read() as session:  # in-memory SQLite
+                return await run_core(session, fn, *args)
         finally:
             self.observe("read", time.perf_counter() - started)
 

@@ -525,8 +525,7 @@ class Store:
 
     async def read_blob(self, blob_id: int) -> bytes:
         """The message's bytes; :class:`MessageUnavailable` when its file cannot be read."""
-        async with self.db.read() as session:
-            found = await run_core(session, queries.blob_content, blob_id)
+        found = await self.db.read_one(queries.blob_content, blob_id)
         if found is None:
             raise StoreError("NONEXISTENT", f"no blob {blob_id}")
         path, data = found
@@ -552,8 +551,7 @@ class Store:
 
     async def blob_meta(self, blob_id: int) -> dict[str, Any]:
         """The analysis made at delivery (envelope, body structure, offsets, header fields)."""
-        async with self.db.read() as session:
-            meta = await run_core(session, queries.blob_meta, blob_id)
+        meta = await self.db.read_one(queries.blob_meta, blob_id)
         if meta is None:
             raise StoreError("NONEXISTENT", f"no blob {blob_id}")
         return _meta_cached(blob_id, meta)
@@ -562,8 +560,7 @@ class Store:
         ids = list(set(blob_ids))
         if not ids:
             return {}
-        async with self.db.read() as session:
-            rows = await run_core(session, queries.blob_metas, ids)
+        rows = await self.db.read_one(queries.blob_metas, ids)  # a blob's analysis never changes
         return {blob_id: _meta_cached(blob_id, meta) for blob_id, meta in rows}
 
     # ----------------------------------------------------------------- delivery (SMTP, portal)
@@ -852,8 +849,7 @@ class Store:
             raise StoreError("LIMIT", f"a mailbox holds at most {limit} folders")
 
     async def folders(self, mailbox_id: int) -> list[FolderInfo]:
-        async with self.db.read() as session:
-            found = await run_core(session, queries.folders_of, mailbox_id)
+        found = await self.db.read_one(queries.folders_of, mailbox_id)
         return sorted(found, key=lambda f: f.name)
 
     async def existing_folders(self, folder_ids: Iterable[int]) -> set[int]:
@@ -874,15 +870,13 @@ class Store:
             return folders, await run_core(session, queries.subscriptions_of, mailbox_id)
 
     async def folder(self, mailbox_id: int, name: str) -> FolderInfo:
-        async with self.db.read() as session:
-            f = await run_core(session, queries.folder_by_name, mailbox_id, normalize_folder(name))
+        f = await self.db.read_one(queries.folder_by_name, mailbox_id, normalize_folder(name))
         if f is None:
             raise FolderNotFound(name)
         return f
 
     async def folder_by_id(self, folder_id: int) -> FolderInfo:
-        async with self.db.read() as session:
-            f = await run_core(session, queries.folder_by_id, folder_id)
+        f = await self.db.read_one(queries.folder_by_id, folder_id)
         if f is None:
             raise StoreError("NONEXISTENT", "the folder no longer exists")
         return f
@@ -1081,6 +1075,8 @@ class Store:
     ) -> list[MessageInfo]:
         """The current state of some messages in UID order (IMAP FETCH/STORE read only what they need),
         as ``viewer`` sees them."""
+        if viewer is None:  # one statement per span of UIDs, each message's row read once
+            return await self.db.read_one(queries.messages, folder_id, sorted(set(uids)))
         async with self.db.read() as session:
             infos = await run_core(session, queries.messages, folder_id, sorted(set(uids)))
             return await _seen(session, folder_id, infos, viewer)
@@ -1089,6 +1085,9 @@ class Store:
         self, folder_id: int, uids: Iterable[int], viewer: Viewer | None = None
     ) -> tuple[list[MessageInfo], dict[int, dict[str, Any]]]:
         """``messages`` and ``blob_metas`` of them in one read (IMAP FETCH of envelopes or bodies)."""
+        if viewer is None:  # one statement per span of UIDs, each message's row read once
+            rows = await self.db.read_one(queries.messages_with_metas, folder_id, sorted(set(uids)))
+            return [m for m, _ in rows], {m.blob_id: _meta_cached(m.blob_id, meta) for m, meta in rows}
         async with self.db.read() as session:
             rows = await run_core(session, queries.messages_with_metas, folder_id, sorted(set(uids)))
             infos = await _seen(session, folder_id, [m for m, _ in rows], viewer)
@@ -1101,7 +1100,11 @@ class Store:
         Every change to a folder's messages raises its HIGHESTMODSEQ: when that has not moved there is
         nothing more to read (an IMAP NOOP's usual answer). With a ``viewer``, also the messages whose
         private flags that member changed after ``modseq``, and not those another member changed (a
-        private change leaves the message's own modseq alone)."""
+        private change leaves the message's own modseq alone). Whether it moved is asked alone first,
+        outside a transaction (``read_one``): the usual answer, after every command, is no."""
+        f = await self.db.read_one(queries.folder_by_id, folder_id)
+        if f is not None and f.highestmodseq <= modseq:
+            return f, [], []
         async with self.db.read() as session:
             f = await run_core(session, queries.folder_by_id, folder_id)
             if f is None:
