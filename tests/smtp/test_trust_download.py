@@ -49,7 +49,11 @@ class Publisher:
             "/shrunk.xml": shrunken(3),
         }
         for path, body in pages.items():
-            app.router.add_get(path, lambda _r, body=body: _xml(body))
+
+            async def page(_request: web.Request, body: bytes = body) -> web.Response:
+                return await _xml(body)
+
+            app.router.add_get(path, page)
         app.router.add_get("/error", self.error)
         app.router.add_get("/slow", self.slow)
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
