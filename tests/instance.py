@@ -24,6 +24,8 @@ from typing import Any
 
 import ldap3
 
+from mailserver.store import identity
+
 DOMAIN = "a.mssante.test"
 PATIENT_DOMAIN = "patient.a.mssante.test"
 MARTIN = f"dr.martin@{DOMAIN}"
@@ -141,6 +143,35 @@ class Instance(ServerProcess):
         text = text.replace("[ldap]\n", '[ldap]\ntls_listen = ["127.0.0.1:0"]\n', 1)
         config.write_text(text + extra_config, encoding="utf-8")
         return cls(caducee, directory, passwords)
+
+    def run(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """``caducee --config DIR/caducee.toml ARGS``, as an operator types it."""
+        return subprocess.run(
+            [self.caducee, "--config", str(self.config), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    def use_postgresql(self, url: str) -> None:
+        """Point the instance at a new, empty PostgreSQL database and provision there what ``init``
+        made in its SQLite one: the schema, the two domains, the demo mailboxes with their passwords."""
+        text = self.config.read_text(encoding="utf-8")
+        self.config.write_text(re.sub(r"(?m)^url = .*$", f'url = "{url}"', text, count=1), encoding="utf-8")
+        # The store init marked belongs to init's SQLite database: a new database starts a new pair.
+        (self.directory / "store" / identity.MARKER).unlink()
+        assert self.run("db", "upgrade").returncode == 0
+        for domain, flags in ((DOMAIN, []), (PATIENT_DOMAIN, ["--patients"])):
+            assert self.run("domain", "add", domain, *flags).returncode == 0
+        for address, kind in (
+            (MARTIN, ["--type", "PER", "--rpps", "10000000009"]),
+            (SECRETARIAT, ["--type", "ORG"]),
+        ):
+            made = self.run(
+                "mailbox", "add", address, *kind, "--password-stdin", stdin=self.passwords[address] + "\n"
+            )
+            assert made.returncode == 0, made.stderr
 
     def start(self) -> None:
         """Start ``caducee serve`` and wait for its ``ready`` event."""

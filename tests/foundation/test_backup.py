@@ -10,7 +10,6 @@ import contextlib
 import email.message
 import json
 import os
-import re
 import smtplib
 import sqlite3
 import subprocess
@@ -27,13 +26,10 @@ from config.settings import load as load_settings
 from mailserver import accounts, backup
 from mailserver.db.models import Blob, Message
 from mailserver.runtime import Runtime
-from mailserver.store import identity
 from tests.conftest import PG_ADMIN, pg_admin
 from tests.instance import (
-    DOMAIN,
     LARGE,
     MARTIN,
-    PATIENT_DOMAIN,
     SECRETARIAT,
     Instance,
     Load,
@@ -151,27 +147,7 @@ def test_postgresql_backup_under_smtp_load_restores_into_a_new_database(
     tmp_path: Path, pg_url: str, empty_pg_url: str
 ) -> None:
     inst = Instance.init(CADUCEE, tmp_path / "data")
-    text = inst.config.read_text(encoding="utf-8")
-    inst.config.write_text(re.sub(r"(?m)^url = .*$", f'url = "{pg_url}"', text, count=1), encoding="utf-8")
-    # The store init marked belongs to init's SQLite database: a new database starts a new pair.
-    (inst.directory / "store" / identity.MARKER).unlink()
-    assert caducee("db", "upgrade", config=inst.config).returncode == 0
-    for domain, flags in ((DOMAIN, []), (PATIENT_DOMAIN, ["--patients"])):
-        assert caducee("domain", "add", domain, *flags, config=inst.config).returncode == 0
-    for address, kind in (
-        (MARTIN, ["--type", "PER", "--rpps", "10000000009"]),
-        (SECRETARIAT, ["--type", "ORG"]),
-    ):
-        made = caducee(
-            "mailbox",
-            "add",
-            address,
-            *kind,
-            "--password-stdin",
-            config=inst.config,
-            stdin=inst.passwords[address] + "\n",
-        )
-        assert made.returncode == 0, made.stderr
+    inst.use_postgresql(pg_url)
     backup_dir = tmp_path / "backup"
     before, _ = backup_under_load(inst, backup_dir)
     check_manifest(backup_dir, "postgresql")

@@ -4,23 +4,30 @@ the store has no row without its file.
 
 A SIGKILL does not lose the page cache, so this checks the order of things (acknowledged only once
 committed), not the fsync itself; the group commit that makes writers share a COMMIT is what it
-exercises most. Real processes, the standard library's smtplib and imaplib.
+exercises most. On SQLite (``caducee init``'s default) and PostgreSQL. Real processes, the standard
+library's smtplib and imaplib.
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from tests.instance import MARTIN, SECRETARIAT, Instance, Load, subjects_in_inbox
 
 CADUCEE = str(Path(sys.executable).with_name("caducee"))
 
 
-def test_kill_9_under_load_loses_no_acknowledged_message(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_kill_9_under_load_loses_no_acknowledged_message(
+    tmp_path: Path, engine: str, request: pytest.FixtureRequest
+) -> None:
     inst = Instance.init(CADUCEE, tmp_path / "data")
+    if engine == "postgresql":
+        inst.use_postgresql(request.getfixturevalue("pg_url"))
     inst.start()
     with Load(inst, senders=3, appenders=3) as load:
         load.wait_for(60)
@@ -44,7 +51,5 @@ def test_kill_9_under_load_loses_no_acknowledged_message(tmp_path: Path) -> None
         assert not missing, f"{len(missing)} submitted messages lost: {sorted(missing)[:5]}"
     finally:
         assert inst.stop() == 0
-    check = subprocess.run(
-        [CADUCEE, "--config", str(inst.config), "store", "check"], capture_output=True, text=True, timeout=120
-    )
+    check = inst.run("store", "check")
     assert check.returncode == 0 and "0 missing file(s)" in check.stdout, check.stdout + check.stderr
