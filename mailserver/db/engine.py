@@ -330,13 +330,12 @@ class Database:
             self.write_engine = create_async_engine(
                 url, echo=echo, pool_size=pool_size, max_overflow=pool_size
             )
+            # One pool for all three (asyncpg's isolation level is set client-side, no round trip):
+            # half the connections a pool of its own for lookups needed, for the same throughput.
             # A read transaction is one snapshot on either engine (read-only ones never fail there).
             self.read_engine = self.write_engine.execution_options(isolation_level="REPEATABLE READ")
-            self.async_lookup_engine = create_async_engine(
-                url, echo=echo, pool_size=pool_size, max_overflow=pool_size, isolation_level="AUTOCOMMIT"
-            )
-            for engine in (self.write_engine, self.async_lookup_engine):
-                _ping_when_idle(engine)
+            self.async_lookup_engine = self.write_engine.execution_options(isolation_level="AUTOCOMMIT")
+            _ping_when_idle(self.write_engine)
         self._write = async_sessionmaker(self.write_engine, expire_on_commit=False)
         self._writer = asyncio.Lock() if self.kind == "sqlite" else None
         self._read = async_sessionmaker(self.read_engine, expire_on_commit=False)
@@ -558,8 +557,6 @@ class Database:
         for engine in (self.lookup_engine, self.sync_read_engine, self.brief_engine, self.sync_write_engine):
             if engine is not None:
                 engine.dispose()
-        await self.write_engine.dispose()
+        await self.write_engine.dispose()  # on PostgreSQL, the pool of all three
         if self.read_engine is not self.write_engine:
             await self.read_engine.dispose()
-        if self.async_lookup_engine is not None:
-            await self.async_lookup_engine.dispose()
