@@ -44,7 +44,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, Result, create_engine, event, make_url
@@ -438,8 +438,10 @@ class Database:
                 for (_work, done), outcome in zip(batch, outcomes, strict=True):
                     _settle(done, outcome if error is None else (False, error))
 
-            with suppress(Exception):  # a failed COMMIT is every caller's outcome
+            try:
                 await self._commit_brief(session, settle)
+            except Exception as exc:  # a failed COMMIT, or one never begun, is every caller's outcome
+                settle(exc)
 
     async def _outcome_in_thread(self, work: Callable[[Session], Any]) -> _Outcome:
         assert self._writer_thread is not None
@@ -482,7 +484,11 @@ class Database:
                 committed(work.exception())
             _copy_outcome(work, done)
 
-        self._brief_commit = self._writer_thread.submit(_commit, session)
+        try:
+            self._brief_commit = self._writer_thread.submit(_commit, session)
+        except BaseException:  # never reached the thread (shut down): roll back, free the write lock
+            session.close()
+            raise
         self._brief_commit.add_done_callback(lambda work: loop.call_soon_threadsafe(finished, work))
         await done
 

@@ -252,6 +252,46 @@ async def test_brief_writes_share_commits_and_fail_alone(
         assert 1 <= len(commits) < len(boxes)
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_failed_group_commit_is_every_writers_error(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A COMMIT that fails (a full disk) fails every brief transaction that shared it, none of them
+    written, and the next group commits as usual; so does one that cannot even start (the writer
+    thread gone): no caller is left waiting."""
+    boxes = [await accounts.add_mailbox(runtime, f"group{i}@a.mssante.test", "ORG") for i in range(6)]
+    real_commit = engine._commit
+
+    def disk_full(session: Session) -> None:
+        session.close()
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(engine, "_commit", disk_full)
+    results = await asyncio.gather(
+        *(runtime.db.run_write(_set(mb.id, used_messages=1), brief=True) for mb in boxes),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, sqlite3.OperationalError) for r in results), results
+    monkeypatch.setattr(engine, "_commit", real_commit)
+    await runtime.db.run_write(_set(boxes[0].id, used_messages=2), brief=True)
+    async with runtime.db.read() as session:
+        used = dict((await session.execute(select(Mailbox.id, Mailbox.used_messages))).all())
+    assert [used[mb.id] for mb in boxes] == [2, 0, 0, 0, 0, 0]
+
+    def refused(_fn: object, *_args: object) -> None:
+        raise RuntimeError("cannot schedule new futures after shutdown")
+
+    assert runtime.db._writer_thread is not None
+    monkeypatch.setattr(runtime.db._writer_thread, "submit", refused)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        await asyncio.wait_for(runtime.db.run_write(_set(boxes[1].id, used_messages=3), brief=True), 10)
+    monkeypatch.undo()  # the write lock was given back: writes go on
+    await asyncio.wait_for(runtime.db.run_write(_set(boxes[2].id, used_messages=4), brief=True), 10)
+    async with runtime.db.read() as session:
+        used = dict((await session.execute(select(Mailbox.id, Mailbox.used_messages))).all())
+    assert [used[mb.id] for mb in boxes] == [2, 0, 4, 0, 0, 0]
+
+
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 @pytest.mark.parametrize("idle", [False, True])
 async def test_connections_recover_after_the_server_drops_them(
