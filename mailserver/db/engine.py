@@ -147,6 +147,8 @@ def _in_savepoint(session: Session, work: Callable[[Session], Any]) -> _Outcome:
     try:
         with session.begin_nested():
             return True, work(session)
+    except StopIteration as exc:  # a future cannot hold it (asyncio refuses it: TypeError)
+        return False, RuntimeError(f"brief transaction raised StopIteration: {exc!r}")
     except Exception as exc:
         return False, exc
 
@@ -415,6 +417,8 @@ class Database:
             try:
                 await self._commit_brief_batch(batch)
             except BaseException:  # cancelled (shutdown): nobody is left waiting forever
+                batch += self._brief_queue  # queued meanwhile: never run now
+                self._brief_queue = []
                 for _work, done in batch:
                     done.cancel()
                 raise
@@ -480,9 +484,11 @@ class Database:
         done: asyncio.Future[None] = loop.create_future()
 
         def finished(work: concurrent.futures.Future[None]) -> None:  # on the loop
-            if committed is not None:
-                committed(work.exception())
-            _copy_outcome(work, done)
+            try:
+                if committed is not None:
+                    committed(work.exception())
+            finally:  # whatever happened there, the committer goes on
+                _copy_outcome(work, done)
 
         try:
             self._brief_commit = self._writer_thread.submit(_commit, session)

@@ -8,7 +8,7 @@ processors, so stored values are exactly what SQLAlchemy would store) and execut
 connection's DB-API cursor (sqlite3's, or SQLAlchemy's adapter of asyncpg, which keeps its own cache
 of server-side prepared statements); a SELECT's rows go through its columns' result processors (a
 stored datetime comes back as SQLAlchemy would return it). A driver's error is raised as SQLAlchemy
-would raise it (``DBAPIError.instance``: ``IntegrityError``, ``OperationalError``...).
+would raise it (``IntegrityError``, ``OperationalError``...), a lost connection invalidated as it would.
 
 Statements without expanding parameters only; SQLAlchemy's statement events do not see these.
 """
@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Select
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.expression import Executable
 
 # (SQL, [(parameter name, bind processor, value when not given)], result processor per column or None)
@@ -36,10 +35,11 @@ class Prepared:
 
     def __init__(self, statement: Executable) -> None:
         self.statement = statement
-        self._plans: dict[str, _Plan] = {}
+        self._plans: dict[tuple[str, str], _Plan] = {}
 
     def _compile(self, dialect: Dialect) -> _Plan:
-        plan = self._plans.get(dialect.name)
+        key = (dialect.name, dialect.driver)
+        plan = self._plans.get(key)
         if plan is None:
             compiled = self.statement.compile(dialect=dialect)
             results = None
@@ -54,7 +54,7 @@ class Prepared:
                 for name in compiled.positiontup or []
                 for bind in (compiled.binds[name],)
             ]
-            plan = self._plans[dialect.name] = (compiled.string, binds, results)
+            plan = self._plans[key] = (compiled.string, binds, results)
         return plan
 
     def _args(self, plan: _Plan, values: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -104,6 +104,9 @@ def _cursor(conn: Connection, sql: str, args: Any) -> Iterator[Any]:
     try:
         yield cursor
     except dbapi_error as exc:
-        raise DBAPIError.instance(sql, args, exc, dbapi_error, dialect=conn.dialect) from exc
+        # What SQLAlchemy does for its own statements (a private method, but the one place that does
+        # it all): wrap the error, and on a lost connection invalidate it and the pool's older ones,
+        # so that the next checkout reconnects instead of failing again.
+        conn._handle_dbapi_exception(exc, sql, args, cursor, None)
     finally:
         cursor.close()
