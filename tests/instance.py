@@ -80,6 +80,11 @@ class ServerProcess:
             )
         assert met and condition(), "condition not met; server log:\n" + "".join(self.lines)
 
+    def notify(self) -> None:
+        """Wake ``wait_for``, for a condition that another thread than the log reader changed."""
+        with self._seen:
+            self._seen.notify_all()
+
     def records(self) -> list[dict[str, Any]]:
         """The log lines that are JSON objects (all of them, if the server keeps its word)."""
         out = []
@@ -290,6 +295,7 @@ class Load:
     def _acked(self, subject: str) -> None:
         with self.lock:
             self.acked.append(subject)
+        self.inst.notify()
 
     def send(self, n: int) -> None:
         try:
@@ -308,6 +314,7 @@ class Load:
             client.quit()
         except BaseException as exc:  # reported by the test thread
             self.errors.append(exc)
+            self.inst.notify()
 
     def append(self, n: int) -> None:
         try:
@@ -325,6 +332,7 @@ class Load:
             client.logout()
         except BaseException as exc:
             self.errors.append(exc)
+            self.inst.notify()
 
     def __enter__(self) -> Load:
         for t in self.threads:
