@@ -834,7 +834,7 @@ async def audit_export(rt: Runtime, since: str, until: str | None, fmt: str) -> 
     import csv
 
     start, end = _parse_since(since), _parse_since(until)
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     writer = csv.DictWriter(out, EXPORT_FIELDS, lineterminator="\n") if fmt == "csv" else None
     if writer is not None:
         writer.writeheader()
