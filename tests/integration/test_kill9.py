@@ -11,7 +11,6 @@ library's smtplib and imaplib.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -40,15 +39,10 @@ def test_kill_9_under_load_loses_no_acknowledged_message(
 
     inst.start()
     try:
-        appended = {s for s in acked if s.startswith("ajout-")}
-        missing = appended - subjects_in_inbox(inst, MARTIN)
-        assert not missing, f"{len(missing)} appended messages lost: {sorted(missing)[:5]}"
-        # submissions acknowledged are queued: delivered to the secretariat after the restart
-        submitted = {s for s in acked if s.startswith("charge-")}
-        deadline = time.monotonic() + 60
-        while (missing := submitted - subjects_in_inbox(inst, SECRETARIAT)) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert not missing, f"{len(missing)} submitted messages lost: {sorted(missing)[:5]}"
+        # a local recipient's copy commits with the message, before its 250: no queue to wait for
+        for prefix, owner in (("ajout-", MARTIN), ("charge-", SECRETARIAT)):
+            missing = {s for s in acked if s.startswith(prefix)} - subjects_in_inbox(inst, owner)
+            assert not missing, f"{len(missing)} acknowledged messages lost: {sorted(missing)[:5]}"
     finally:
         assert inst.stop() == 0
     check = inst.run("store", "check")
